@@ -1,0 +1,5 @@
+import sys
+
+from geoseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""Model bundle specification: a directory with ``bundle.yaml`` + safetensors weights.
+
+The YAML says everything the pipeline needs to run a model on a raster without guessing: the
+architecture, which image bands it reads and how to normalise them, the classes (names, colours),
+the tile size and pixel size it was trained at, and its version. Weights are safetensors (no
+pickle execution on load).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geoseg.errors import BundleError
+
+BUNDLE_FILE = "bundle.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassSpec(_Strict):
+    id: int = Field(ge=0, le=254)
+    name: str
+    color: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        c = self.color.lstrip("#")
+        return (int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16))
+
+
+class ArchitectureSpec(_Strict):
+    name: Literal["unet", "deeplabv3plus", "maskrcnn"]
+    encoder: str = "resnet18"
+    encoder_depth: int = Field(default=5, ge=3, le=5)
+    decoder_channels: tuple[int, ...] | None = None
+    # Mask R-CNN only: score threshold for kept instances, mask threshold.
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+
+
+class Normalization(_Strict):
+    """``(x - mean) / std`` per band, on the raw pixel values of the image."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(s <= 0 for s in v):
+            raise ValueError("std values must be > 0")
+        return v
+
+
+class BundleSpec(_Strict):
+    """What ``bundle.yaml`` holds."""
+
+    name: str
+    version: str
+    task: Literal["landcover", "buildings"]
+    architecture: ArchitectureSpec
+    bands: tuple[int, ...] = Field(description="1-based band indexes of the input image")
+    band_names: tuple[str, ...] | None = None
+    normalization: Normalization
+    classes: tuple[ClassSpec, ...]
+    tile_size: int = Field(default=512, ge=32)
+    pixel_size: float | None = Field(default=None, gt=0)
+    weights: str = "weights.safetensors"
+    onnx: str | None = None
+    description: str = ""
+    training: dict[str, object] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleSpec:
+        n = len(self.bands)
+        if len(self.normalization.mean) != n or len(self.normalization.std) != n:
+            raise ValueError(f"normalization needs {n} mean/std values (one per band)")
+        if self.band_names is not None and len(self.band_names) != n:
+            raise ValueError("band_names must have one name per band")
+        ids = [c.id for c in self.classes]
+        if ids != list(range(len(ids))):
+            raise ValueError("class ids must be 0..K-1 in order")
+        if self.task == "buildings" and "building" not in {c.name for c in self.classes}:
+            raise ValueError("a buildings bundle needs a class named 'building'")
+        if self.tile_size % 32:
+            raise ValueError("tile_size must be a multiple of 32")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_id(self, name: str) -> int:
+        for c in self.classes:
+            if c.name == name:
+                return c.id
+        raise BundleError(f"bundle {self.name!r} has no class {name!r}")
+
+
+def read_spec(bundle_dir: str | Path) -> BundleSpec:
+    """Read and validate ``bundle.yaml`` in ``bundle_dir``."""
+    path = Path(bundle_dir) / BUNDLE_FILE
+    if not path.is_file():
+        raise BundleError(f"no {BUNDLE_FILE} in {bundle_dir}: point --model at a bundle directory")
+    try:
+        data = yaml.safe_load(path.read_text())
+        return BundleSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"{path}: {loc}: {first['msg']}") from exc
+    except yaml.YAMLError as exc:
+        raise BundleError(f"{path} is not valid YAML: {exc}") from exc
+
+
+def write_spec(spec: BundleSpec, bundle_dir: str | Path) -> Path:
+    path = Path(bundle_dir) / BUNDLE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True),
+                                   sort_keys=False))
+    return path
+
+
+def builtin_bundle(name: str) -> Path:
+    """Path of a bundle shipped with geoseg (``landcover`` or ``buildings``)."""
+    path = Path(__file__).parent / "bundles" / name
+    if not (path / BUNDLE_FILE).is_file():
+        raise BundleError(f"no built-in bundle {name!r}: rebuild it with "
+                          "`python -m workflows.build_bundles` or pass --model DIR")
+    return path

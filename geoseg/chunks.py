@@ -1,0 +1,92 @@
+"""The work done for one chunk, as plain functions on numpy arrays (no Ray here).
+
+read → predict (all models, tiled + blended, halo cropped) → write one Zarr chunk → stats.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from geoseg.grid import Chunk
+from geoseg.io import read_window
+from geoseg.plan import Plan
+from geoseg.region import region_mask
+from geoseg.stitch import classify, predict_window
+from geoseg.store import FILL, write_chunk
+
+
+class ProbaModel(Protocol):
+    def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ChunkInput:
+    chunk: Chunk
+    data: np.ndarray   # (C, H, W) float32 over chunk + halo, bands = plan.bands
+    valid: np.ndarray  # (H, W) bool
+    read_s: float
+
+
+@dataclass
+class ChunkOutput:
+    chunk: Chunk
+    arrays: dict[str, np.ndarray]  # store array name -> core block
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
+    """Read the chunk plus halo from the image (boundless; region and nodata masked)."""
+    t0 = time.perf_counter()
+    ctx = chunk.window.pad(plan.halo)
+    img_win = type(ctx)(ctx.row_off + plan.offset.row_off, ctx.col_off + plan.offset.col_off,
+                        ctx.height, ctx.width)
+    data, valid = read_window(plan.image, img_win, plan.bands)
+    # pixels of the image outside the output grid (region clip) are context, not output; they
+    # stay valid input so that a region's edge is predicted as it would be in the whole image.
+    if plan.region is not None:
+        valid &= region_mask(plan.region, plan.image.geobox, img_win)
+    return ChunkInput(chunk, data, valid, time.perf_counter() - t0)
+
+
+def predict_chunk(plan: Plan, models: dict[str, ProbaModel], inp: ChunkInput) -> ChunkOutput:
+    """Run every model on the chunk context and crop to the chunk."""
+    core = inp.chunk.window.relative_to(inp.chunk.window.pad(plan.halo))
+    rs, cs = core.slices()
+    valid_core = inp.valid[rs, cs]
+    out: dict[str, np.ndarray] = {}
+    timings: dict[str, float] = {}
+    for ref in plan.models:
+        t0 = time.perf_counter()
+        idx = [plan.bands.index(b) for b in ref.spec.bands]
+        x = inp.data[idx]
+        mean = np.asarray(ref.spec.normalization.mean, dtype=np.float32)[:, None, None]
+        x = np.where(inp.valid[None], x, mean)  # nodata → band mean (0 after normalising)
+        if valid_core.any():
+            probs = predict_window(x, models[ref.name].predict_proba, ref.spec.num_classes,
+                                   tile=plan.tile, overlap=plan.overlap,
+                                   batch_size=plan.batch_size)
+            cls, conf = classify(probs[:, rs, cs], valid_core, FILL)
+        else:  # nothing to predict (collar, outside region): skip the model
+            cls = np.full(core.shape, FILL, np.uint8)
+            conf = np.zeros(core.shape, np.uint8)
+        out[ref.name] = cls
+        out[f"{ref.name}_confidence"] = conf
+        timings[f"predict_{ref.name}_s"] = time.perf_counter() - t0
+    return ChunkOutput(inp.chunk, out, timings)
+
+
+def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
+    """Write the chunk to the store; return stats for the manifest (class pixel counts)."""
+    t0 = time.perf_counter()
+    write_chunk(store, out.chunk, out.arrays, plan.chunks.chunk)
+    hist: dict[str, list[int]] = {}
+    for ref in plan.models:
+        counts = np.bincount(out.arrays[ref.name].ravel(), minlength=256)
+        hist[ref.name] = [int(v) for v in counts[: ref.spec.num_classes]]
+    valid = int(np.count_nonzero(out.arrays[plan.models[0].name] != FILL))
+    return {"hist": hist, "valid_px": valid, "pixels": out.chunk.window.size,
+            "timings": {**out.timings, "write_s": time.perf_counter() - t0}}

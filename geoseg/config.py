@@ -1,0 +1,135 @@
+"""Typed job configuration: pydantic models that reject unknown keys, loadable from YAML.
+
+One model per stage (region, tiling/inference, vectors, outputs, runtime) composed into
+:class:`JobConfig`. Below the CLI nobody reads dicts: everything takes these objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from geoseg.errors import ConfigError
+
+CONFIG_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegionConfig(_Strict):
+    """Exactly one of ``bbox`` (with ``crs``), ``file`` or ``wkt`` (with ``crs``); none = whole
+    image."""
+
+    bbox: tuple[float, float, float, float] | None = None
+    file: str | None = None
+    wkt: str | None = None
+    crs: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> RegionConfig:
+        given = [v for v in (self.bbox, self.file, self.wkt) if v is not None]
+        if len(given) > 1:
+            raise ValueError("give only one of bbox, file, wkt")
+        if (self.bbox is not None or self.wkt is not None) and self.crs is None:
+            raise ValueError("bbox and wkt regions need a crs (e.g. EPSG:32633)")
+        return self
+
+
+class InferenceConfig(_Strict):
+    """How chunks are tiled and predicted. Changing any of these changes the results."""
+
+    chunk_size: int = Field(default=1024, ge=64, le=8192)
+    halo: int = Field(default=64, ge=0, le=1024)
+    tile_size: int | Literal["auto"] = "auto"
+    tile_overlap: int = Field(default=64, ge=0)
+    batch_size: int = Field(default=4, ge=1, le=256)
+    max_tile: int = Field(default=1536, ge=64)
+
+    @model_validator(mode="after")
+    def _tiles(self) -> InferenceConfig:
+        if isinstance(self.tile_size, int) and (self.tile_size < 64 or self.tile_size % 32):
+            raise ValueError("tile_size must be 'auto' or a multiple of 32 ≥ 64")
+        return self
+
+    def tile_for(self, bundle_tile: int) -> int:
+        """'auto': one forward pass per chunk when chunk+halo fits ``max_tile`` (least redundant
+        compute), else the bundle's tile size."""
+        if isinstance(self.tile_size, int):
+            return self.tile_size
+        whole = -(-(self.chunk_size + 2 * self.halo) // 32) * 32
+        return whole if whole <= self.max_tile else bundle_tile
+
+
+class VectorConfig(_Strict):
+    enabled: bool = True
+    landcover_polygons: bool = True
+    halo: int = Field(default=128, ge=0, le=2048)
+    min_building_area_m2: float = Field(default=4.0, ge=0)
+    regularize: bool = True
+
+
+class OutputConfig(_Strict):
+    cog: bool = True
+    quicklook: bool = True
+
+
+class RuntimeConfig(_Strict):
+    """Where and how wide to run; does not change results."""
+
+    address: str | None = None
+    workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int | None = Field(default=None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_cpus: int | None = Field(default=None, ge=1)
+    gpus_per_worker: float = Field(default=1.0, gt=0, le=1)
+    max_in_flight: int | None = Field(default=None, ge=1)
+    chunk_retries: int = Field(default=2, ge=0)
+
+
+class JobConfig(_Strict):
+    version: int = CONFIG_VERSION
+    image: str
+    output: str
+    models: tuple[str, ...] = ("landcover", "buildings")
+    region: RegionConfig | None = None
+    inference: InferenceConfig = InferenceConfig()
+    vectors: VectorConfig = VectorConfig()
+    outputs: OutputConfig = OutputConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def result_key(self, model_digests: list[str]) -> str:
+        """Hash of everything that changes the output bytes (not runtime width)."""
+        payload = {"image": str(Path(self.image).resolve()) if "://" not in self.image
+                   else self.image,
+                   "region": self.region.model_dump() if self.region else None,
+                   "inference": self.inference.model_dump(), "vectors": self.vectors.model_dump(),
+                   "models": model_digests, "version": self.version}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_job_config(path: str | Path, **overrides: object) -> JobConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_job(data, source=str(p))
+
+
+def validate_job(data: dict[str, object], source: str = "config") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"]) or "(top)"
+        raise ConfigError(f"{source}: {loc}: {e['msg']}") from exc

@@ -1,0 +1,136 @@
+"""Vector outputs of a job: per-chunk vectorization (a Ray task) and the GeoPackage sink.
+
+Workers return features; the driver is the single writer of the GeoPackage. Building footprints
+and interior land-cover polygons are appended as chunks finish; land-cover parts that touch a
+chunk edge are held (only those) and merged across seams at the end. The GeoPackage is written
+under a temporary name and renamed when complete, so a partial file never looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import pyogrio
+
+from geoseg.config import VectorConfig
+from geoseg.grid import Chunk
+from geoseg.plan import Plan
+from geoseg.store import FILL, read_window
+from geoseg.vectorize.buildings import extract_buildings
+from geoseg.vectorize.landcover import LandcoverParts, landcover_parts, merge_landcover
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkVectors:
+    chunk: Chunk
+    landcover: LandcoverParts | None
+    buildings: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def vectorize_chunk(plan: Plan, store: str, chunk: Chunk, *, vcfg: VectorConfig) -> ChunkVectors:
+    """Vectorize one chunk from the stored class maps (needs its neighbours written)."""
+    import time
+
+    t0 = time.perf_counter()
+    lc_parts = None
+    lc = plan.model("landcover")
+    if lc is not None and vcfg.landcover_polygons:
+        cls = read_window(store, lc.name, chunk.window)
+        conf = read_window(store, f"{lc.name}_confidence", chunk.window)
+        lc_parts = landcover_parts(cls, conf, chunk, plan.grid.transform, fill=FILL)
+    feats: list[Any] = []
+    bd = plan.model("buildings")
+    if bd is not None:
+        ctx = chunk.window.pad(vcfg.halo).intersect(plan.grid.window)
+        cls = read_window(store, bd.name, ctx)
+        conf = read_window(store, f"{bd.name}_confidence", ctx).astype("float32") / 255.0
+        names = {c.name for c in bd.spec.classes}
+        feats = extract_buildings(
+            cls, conf, ctx, chunk, plan.grid, building_id=bd.spec.class_id("building"),
+            boundary_id=bd.spec.class_id("boundary") if "boundary" in names else None,
+            fill=FILL, min_area_m2=vcfg.min_building_area_m2, regularize=vcfg.regularize)
+    return ChunkVectors(chunk, lc_parts, feats, time.perf_counter() - t0)
+
+
+class GeoPackageSink:
+    """Appends features to layers of one GeoPackage (single writer: the driver)."""
+
+    def __init__(self, path: Path, plan: Plan, common: dict[str, Any], batch: int = 2000):
+        self.final = Path(path)
+        self.partial = self.final.with_name(f".partial-{self.final.name}")
+        if self.partial.exists():
+            self.partial.unlink()
+        self.plan = plan
+        self.common = common
+        self.batch = batch
+        self.buffers: dict[str, list[dict[str, Any]]] = {}
+        self.counts: dict[str, int] = {}
+        self.border: list[LandcoverParts] = []
+
+    def add(self, result: ChunkVectors) -> None:
+        bd = self.plan.model("buildings")
+        for f in result.buildings:
+            rec = f.to_record()
+            rec.update(self.common)
+            if bd is not None:
+                rec["model_id"] = bd.model_id
+            self._push("buildings", rec)
+        if result.landcover is not None:
+            for f in result.landcover.interior:
+                self._push("landcover", self._lc_record(f))
+            if result.landcover.border:
+                self.border.append(result.landcover)
+
+    def _lc_record(self, f: Any) -> dict[str, Any]:
+        lc = self.plan.model("landcover")
+        rec = f.to_record()
+        rec.update(self.common)
+        if lc is not None:
+            rec["class_name"] = lc.spec.classes[rec["class_id"]].name
+            rec["model_id"] = lc.model_id
+        rec["area_m2"] = float(f.geometry.area) * _unit_area(self.plan)
+        return rec
+
+    def _push(self, layer: str, rec: dict[str, Any]) -> None:
+        buf = self.buffers.setdefault(layer, [])
+        buf.append(rec)
+        if len(buf) >= self.batch:
+            self._flush(layer)
+
+    def _flush(self, layer: str) -> None:
+        buf = self.buffers.get(layer)
+        if not buf:
+            return
+        df = gpd.GeoDataFrame(buf, geometry="geometry", crs=self.plan.grid.crs)
+        pyogrio.write_dataframe(df, self.partial, layer=layer, driver="GPKG",
+                                append=self.partial.exists() and layer in self.counts)
+        self.counts[layer] = self.counts.get(layer, 0) + len(buf)
+        self.buffers[layer] = []
+
+    def finish(self) -> dict[str, int]:
+        """Merge land-cover parts across chunk seams, flush, and publish the file."""
+        if self.border:
+            for f in merge_landcover(self.border, self.plan.chunks):
+                self._push("landcover", self._lc_record(f))
+            self.border = []
+        for layer in list(self.buffers):
+            self._flush(layer)
+        if self.partial.exists():
+            os.replace(self.partial, self.final)
+        return dict(self.counts)
+
+
+def _unit_area(plan: Plan) -> float:
+    crs = plan.grid.crs
+    if crs.is_geographic:
+        return 1.0  # polygons of geographic grids get geodesic areas from the vectorizer
+    f = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return float(f * f)

@@ -1,0 +1,106 @@
+"""Reading imagery: validated raster sources and boundless, nodata-aware window reads.
+
+A worker never reads more than the window it is given (chunk + halo); pixels outside the image or
+flagged nodata come back as ``fill`` with ``valid == False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window as RioWindow
+
+from geoseg.errors import CRSError, GeoSegWarning, NotARasterError, RasterNotFoundError
+from geoseg.grid import GeoBox, Window, normalize_crs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What geoseg needs to know about an input raster (picklable, no open handles)."""
+
+    path: str
+    geobox: GeoBox
+    count: int
+    dtype: str
+    nodata: float | None
+    has_dataset_mask: bool
+    band_names: tuple[str | None, ...]
+    acquisition_date: str | None
+
+
+def open_info(path: str | Path) -> RasterInfo:
+    """Open and validate a raster; raise a one-line :class:`GeoSegError` if it cannot be used."""
+    p = str(path)
+    if "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
+        raise RasterNotFoundError(f"image not found: {p} (check the path)")
+    try:
+        with rasterio.open(p) as src:
+            if src.crs is None:
+                raise CRSError(f"{p} has no CRS: assign one first (e.g. gdal_edit.py -a_srs "
+                               "EPSG:32633 FILE)")
+            geobox = GeoBox((src.height, src.width), src.transform, normalize_crs(src.crs))
+            flags = src.mask_flag_enums
+            has_mask = src.nodata is None and any(
+                MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+            tags = src.tags()
+            date = tags.get("ACQUISITION_DATE") or _tiff_date(tags.get("TIFFTAG_DATETIME"))
+            info = RasterInfo(p, geobox, src.count, src.dtypes[0], src.nodata, has_mask,
+                              tuple(src.descriptions), date)
+    except RasterioIOError as exc:
+        raise NotARasterError(f"{p} is not a raster GDAL can read: {_first_line(exc)}") from exc
+    if info.nodata is None and not info.has_dataset_mask:
+        warnings.warn(f"{p} declares no nodata value: every pixel is treated as valid",
+                      GeoSegWarning, stacklevel=2)
+    return info
+
+
+def _tiff_date(value: str | None) -> str | None:
+    # TIFF DateTime is "YYYY:MM:DD HH:MM:SS"
+    if not value or len(value) < 10:
+        return None
+    return value[:10].replace(":", "-")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def read_window(info: RasterInfo, window: Window, bands: tuple[int, ...],
+                fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Boundless read of ``bands`` (1-based) over ``window`` of the source grid.
+
+    Returns ``(data float32 (C, H, W), valid bool (H, W))``; outside the image and at nodata
+    pixels ``data == fill`` and ``valid`` is False.
+    """
+    h, w = window.shape
+    data = np.full((len(bands), h, w), fill, dtype=np.float32)
+    valid = np.zeros((h, w), dtype=bool)
+    inner = window.intersect(info.geobox.window)
+    if inner.size == 0:
+        return data, valid
+    rel = inner.relative_to(window)
+    rio_win = RioWindow(inner.col_off, inner.row_off, inner.width, inner.height)
+    with rasterio.open(info.path) as src:
+        arr = src.read(list(bands), window=rio_win)
+        if info.nodata is not None:
+            ok = ~np.all(arr == info.nodata, axis=0)
+            if np.isnan(info.nodata):
+                ok = ~np.all(np.isnan(arr), axis=0)
+        elif info.has_dataset_mask:
+            ok = src.dataset_mask(window=rio_win) > 0
+        else:
+            ok = np.ones(inner.shape, dtype=bool)
+    rs, cs = rel.slices()
+    block = arr.astype(np.float32, copy=False)
+    data[:, rs, cs] = np.where(ok[None], block, np.float32(fill))
+    valid[rs, cs] = ok
+    return data, valid

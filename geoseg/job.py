@@ -1,0 +1,273 @@
+"""Run one job end to end: plan → manifest → store → chunks on a backend → vectors → exports
+→ summary. The CLI and ``workflows/`` call :func:`run_job`; it prints nothing (it logs and calls a
+progress callback)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg import __version__
+from geoseg.config import JobConfig
+from geoseg.errors import ResumeError
+from geoseg.grid import Chunk
+from geoseg.manifest import start
+from geoseg.plan import Plan, make_plan
+from geoseg.runtime.base import Backend, ChunkFailure
+
+log = logging.getLogger(__name__)
+
+STORE = "predictions.zarr"
+GPKG = "features.gpkg"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class Progress:
+    """A snapshot for progress displays."""
+
+    stage: str
+    done: int
+    total: int
+    pixels_done: int
+    pixels_total: int
+    elapsed_s: float
+    pixel_area_m2: float
+    failed: int = 0
+
+    @property
+    def px_per_s(self) -> float:
+        return self.pixels_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def km2_per_h(self) -> float:
+        return self.px_per_s * self.pixel_area_m2 * 3600 / 1e6
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.pixels_done == 0:
+            return None
+        return (self.pixels_total - self.pixels_done) / self.px_per_s
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclass
+class JobResult:
+    output: Path
+    summary: dict[str, Any]
+    failed: list[ChunkFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def default_backend(cfg: JobConfig) -> Backend:
+    from geoseg.runtime.ray_backend import RayBackend, ensure_ray
+
+    ensure_ray(cfg.runtime.address, cfg.runtime.num_cpus)
+    return RayBackend()
+
+
+def resolve_device(want: str) -> str:
+    if want != "auto":
+        return want
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _width(cfg: JobConfig, device: str) -> tuple[int, int]:
+    """(model workers, torch threads per worker): one worker per GPU, else one CPU worker using
+    all cores (measured faster on 2 cores than two single-threaded workers)."""
+    cpus = cfg.runtime.num_cpus or os.cpu_count() or 1
+    if device == "cuda":
+        import torch
+
+        workers = cfg.runtime.workers or max(1, torch.cuda.device_count())
+        return workers, cfg.runtime.threads_per_worker or 2
+    workers = cfg.runtime.workers or 1
+    return workers, cfg.runtime.threads_per_worker or max(1, cpus // workers)
+
+
+class _Recorder:
+    """Backend callbacks: manifest, stats, progress, vector sink."""
+
+    def __init__(self, plan: Plan, manifest: Any, sink: Any, progress: ProgressFn | None,
+                 pixels_done: int, t0: float) -> None:
+        self.plan, self.manifest, self.sink, self.progress = plan, manifest, sink, progress
+        self.pixels_total = plan.grid.height * plan.grid.width
+        self.pixels_done = pixels_done
+        self.failed: list[ChunkFailure] = []
+        self.t0 = t0
+        self.vector_s = 0.0
+        self.done = len(manifest.done)
+        self.px_area = _px_area(plan)
+        self._emit()
+
+    def _emit(self) -> None:
+        if self.progress:
+            self.progress(Progress("predict", self.done, len(self.plan.chunks), self.pixels_done,
+                                   self.pixels_total, time.perf_counter() - self.t0,
+                                   self.px_area, len(self.failed)))
+
+    def chunk_done(self, chunk: Chunk, stats: dict[str, Any]) -> None:
+        self.manifest.record(chunk.id, stats)
+        self.done += 1
+        self.pixels_done += chunk.window.size
+        self._emit()
+
+    def chunk_failed(self, failure: ChunkFailure) -> None:
+        log.error("chunk %s failed after %d attempts: %s", failure.chunk_id, failure.attempts,
+                  failure.error)
+        self.failed.append(failure)
+        self._emit()
+
+    def vectors_done(self, chunk: Chunk, result: Any) -> None:
+        if self.sink is not None:
+            self.vector_s += result.seconds
+            self.sink.add(result)
+
+
+def _px_area(plan: Plan) -> float:
+    from geoseg.outputs import _pixel_area_m2
+
+    return _pixel_area_m2(plan.grid)
+
+
+def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
+            progress: ProgressFn | None = None, backend: Backend | None = None) -> JobResult:
+    """Run ``cfg``; returns the summary. Raises GeoSegError for bad input before any work."""
+    t_start = time.perf_counter()
+    plan = make_plan(cfg)
+    out = Path(cfg.output)
+    key = cfg.result_key([m.digest for m in plan.models])
+    grid = plan.grid
+    meta = {"geoseg_version": __version__, "result_key": key, "config": cfg.model_dump(),
+            "grid": {"shape": list(grid.shape), "transform": list(grid.transform)[:6],
+                     "crs_wkt": grid.crs.to_wkt()},
+            "chunk_size": plan.chunks.chunk, "chunks": len(plan.chunks), "status": "running",
+            "models": {m.name: {"id": m.model_id, "digest": m.digest} for m in plan.models}}
+    manifest = start(out, meta, overwrite=overwrite, resume=resume)
+    store = str(out / STORE)
+    from geoseg.store import init_store
+
+    if not Path(store).exists():
+        if manifest.done:
+            raise ResumeError(f"{out} lists finished chunks but has no {STORE}: pass --overwrite")
+        init_store(store, grid, plan.chunks.chunk, plan.layers,
+                   {"source_image": plan.image.path, "acquisition_date": plan.image.acquisition_date,
+                    "result_key": key})
+    manifest.update(status="running")
+    todo = [c for c in plan.chunks if c.id not in manifest.done]
+    log.info("%d chunks, %d to do (%d already done)", len(plan.chunks), len(todo),
+             len(manifest.done))
+    device = resolve_device(cfg.runtime.device)
+    workers, threads = _width(cfg, device)
+    if backend is None:
+        backend = default_backend(cfg)
+
+    sink = None
+    vector_fn = None
+    if cfg.vectors.enabled:
+        from geoseg.features import GeoPackageSink, vectorize_chunk
+
+        common = {"source_image": Path(plan.image.path).name,
+                  "acquisition_date": plan.image.acquisition_date or ""}
+        sink = GeoPackageSink(out / GPKG, plan, common)
+        vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors)
+    done_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size for k in manifest.done)
+    rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter())
+    t0 = time.perf_counter()
+    report = backend.run(plan, store, todo, list(plan.chunks) if sink else None, vector_fn, rec,
+                         workers=workers, threads=threads, device=device,
+                         gpus_per_worker=cfg.runtime.gpus_per_worker,
+                         max_in_flight=cfg.runtime.max_in_flight or 2 * workers + 2,
+                         retries=cfg.runtime.chunk_retries)
+    t_chunks = time.perf_counter() - t0
+    timings: dict[str, float] = {"chunks_s": round(t_chunks, 3)}
+    t1 = time.perf_counter()
+    counts = sink.finish() if sink is not None else {}
+    timings["vector_merge_s"] = round(time.perf_counter() - t1, 3)
+    timings["vectorize_task_s"] = round(rec.vector_s, 3)
+    outputs: dict[str, str] = {"zarr": store}
+    if counts:
+        outputs["gpkg"] = str(out / GPKG)
+    t2 = time.perf_counter()
+    if not report.failed:
+        from geoseg.outputs import export_cog, quicklook
+
+        if cfg.outputs.cog:
+            for m in plan.models:
+                outputs[f"cog_{m.name}"] = str(export_cog(plan, store, m.name,
+                                                          out / f"{m.name}.tif"))
+        if cfg.outputs.quicklook:
+            outputs["quicklook"] = str(quicklook(plan, store, out / "quicklook.png"))
+    timings["exports_s"] = round(time.perf_counter() - t2, 3)
+    timings["total_s"] = round(time.perf_counter() - t_start, 3)
+    summary = _summary(cfg, plan, manifest, report.failed, counts, outputs, timings, device,
+                       workers, threads, len(todo))
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    status = "complete" if not report.failed else f"completed with {len(report.failed)} failed chunks"
+    manifest.update(status=status)
+    if not report.failed:
+        from geoseg.store import mark_complete
+
+        mark_complete(store, {"summary": "summary.json"})
+    return JobResult(out, summary, report.failed)
+
+
+def _summary(cfg: JobConfig, plan: Plan, manifest: Any, failed: list[ChunkFailure],
+             counts: dict[str, int], outputs: dict[str, str], timings: dict[str, float],
+             device: str, workers: int, threads: int, computed: int) -> dict[str, Any]:
+    from geoseg.outputs import class_areas
+
+    hist: dict[str, list[int]] = {}
+    stage_s: dict[str, float] = {}
+    for stats in manifest.done.values():
+        for name, h in stats.get("hist", {}).items():
+            acc = hist.setdefault(name, [0] * len(h))
+            hist[name] = [a + b for a, b in zip(acc, h, strict=True)]
+        for k, v in stats.get("timings", {}).items():
+            stage_s[k] = stage_s.get(k, 0.0) + float(v)
+    px = plan.grid.height * plan.grid.width
+    computed_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size
+                      for k in list(manifest.done)[-computed:]) if computed else 0
+    chunk_s = timings["chunks_s"]
+    return {
+        "status": "complete" if not failed else "completed_with_failures",
+        "image": plan.image.path, "acquisition_date": plan.image.acquisition_date,
+        "models": {m.name: m.model_id for m in plan.models},
+        "grid": {"shape": list(plan.grid.shape), "crs": plan.grid.crs.to_string(),
+                 "resolution": list(plan.grid.resolution),
+                 "bounds": [plan.grid.bounds.left, plan.grid.bounds.bottom,
+                            plan.grid.bounds.right, plan.grid.bounds.top]},
+        "chunks": {"total": len(plan.chunks), "computed_this_run": computed,
+                   "failed": [f.__dict__ for f in failed]},
+        "tiling": {"chunk": plan.chunks.chunk, "halo": plan.halo, "tile": plan.tile,
+                   "overlap": plan.overlap, "batch": plan.batch_size},
+        "runtime": {"device": device, "workers": workers, "threads_per_worker": threads,
+                    "host": platform.node()},
+        "throughput": {"pixels": px,
+                       "px_per_s_chunks": round(computed_px / chunk_s, 1) if chunk_s else None,
+                       "px_per_s_end_to_end": round(computed_px / timings["total_s"], 1)
+                       if computed else None},
+        "timings_s": timings, "stage_cpu_s": {k: round(v, 3) for k, v in stage_s.items()},
+        "class_areas_m2": class_areas(plan, hist),
+        "class_pixels": hist,
+        "features": counts, "outputs": outputs,
+        "valid_fraction": float(np.sum([s.get("valid_px", 0) for s in manifest.done.values()])
+                                / px),
+    }

@@ -1,0 +1,159 @@
+"""Load a bundle once and turn batches of raw image tiles into per-class probabilities.
+
+This is the object a predictor actor holds: built in ``__init__`` (spec, model, weights), then
+called on numpy batches. Input is raw band values in the bundle's band order; normalisation
+happens here, from ``spec.normalization``, so callers never need to know the statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+
+from geoseg.bundle import BundleSpec, read_spec
+from geoseg.errors import InputError
+from geoseg.models.factory import build_model, is_semantic
+from geoseg.models.maskrcnn import class_layout, instances_to_proba
+from geoseg.models.weights import load_weights, weights_path
+
+logger = logging.getLogger(__name__)
+
+
+class Instance(TypedDict):
+    """One detected object: boolean ``(H, W)`` mask, detector score, ``(x0, y0, x1, y1)`` box."""
+
+    mask: np.ndarray
+    score: float
+    box: tuple[float, float, float, float]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``torch.device`` for ``device``, refusing CUDA when torch sees no GPU."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"unknown device {device!r}: use 'cpu' or 'cuda[:N]'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for but torch sees no CUDA GPU: use 'cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device type {dev.type!r} is not supported: use 'cpu' or 'cuda'")
+    return dev
+
+
+class Predictor:
+    """A bundle's model in eval mode, ready for batches of tiles.
+
+    ``num_threads`` sets torch's intra-op thread count for the whole process (torch has no
+    per-model setting); leave it ``None`` to keep the current value.
+    """
+
+    def __init__(self, bundle_dir: str | Path, device: str = "cpu",
+                 num_threads: int | None = None) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.spec: BundleSpec = read_spec(self.bundle_dir)
+        self.device = resolve_device(device)
+        if num_threads is not None:
+            if num_threads < 1:
+                raise InputError(f"num_threads must be >= 1, got {num_threads}")
+            torch.set_num_threads(num_threads)
+        model = build_model(self.spec)
+        load_weights(model, weights_path(self.spec, self.bundle_dir))
+        model.eval()
+        if self.device.type == "cuda":
+            model = model.to(self.device, memory_format=torch.channels_last)
+        self.model = model
+        self.semantic = is_semantic(self.spec)
+        self._layout = None if self.semantic else class_layout(self.spec)
+        c = len(self.spec.bands)
+        norm = self.spec.normalization
+        self._mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, c, 1, 1).to(self.device)
+        self._std = torch.tensor(norm.std, dtype=torch.float32).view(1, c, 1, 1).to(self.device)
+        logger.info("loaded bundle %s v%s (%s) on %s", self.spec.name, self.spec.version,
+                    self.spec.architecture.name, self.device)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.spec.classes)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _prepare(self, x: np.ndarray) -> torch.Tensor:
+        """Validate a raw batch and return it normalised on the model's device."""
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            raise InputError("predictor input must be a numpy array (N, C, H, W) of raw band "
+                             f"values, got {type(x).__name__} {getattr(x, 'shape', '')}")
+        n, c, h, w = x.shape
+        if c != len(self.spec.bands):
+            raise InputError(f"bundle {self.spec.name!r} reads {len(self.spec.bands)} bands "
+                             f"{self.spec.bands}, the batch has {c}: select those bands first")
+        if h % 32 or w % 32 or h == 0 or w == 0:
+            raise InputError(f"tile size {h}x{w} is not a multiple of 32: pad tiles to a "
+                             "multiple of 32 (e.g. the bundle's tile_size)")
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        t = (t - self._mean) / self._std
+        if self.device.type == "cuda":
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Per-class probabilities ``(N, K, H, W)`` float32 for raw tiles ``(N, C, H, W)``."""
+        t = self._prepare(x)
+        if not self.semantic:
+            return np.stack([self._instance_proba(d) for d in self._detect(t)])
+        with torch.inference_mode(), self._autocast():
+            logits = self.model(t)
+        probs = torch.softmax(logits.float(), dim=1)
+        return probs.cpu().numpy().astype(np.float32, copy=False)
+
+    def predict_classes(self, x: np.ndarray) -> np.ndarray:
+        """Most probable class id per pixel ``(N, H, W)`` uint8."""
+        return self.predict_proba(x).argmax(axis=1).astype(np.uint8)
+
+    def predict_instances(self, x: np.ndarray) -> list[list[Instance]]:
+        """Mask R-CNN only: per tile, the kept instances (score >= ``score_threshold``) with
+        boolean masks (mask probability >= ``mask_threshold``)."""
+        if self.semantic:
+            raise InputError(f"bundle {self.spec.name!r} is a semantic model: use "
+                             "predict_proba, or a maskrcnn bundle for instances")
+        thr = self.spec.architecture.mask_threshold
+        out: list[list[Instance]] = []
+        for det in self._detect(self._prepare(x)):
+            boxes = det["boxes"]
+            out.append([Instance(mask=det["masks"][i] >= thr, score=float(det["scores"][i]),
+                                 box=(float(boxes[i, 0]), float(boxes[i, 1]),
+                                      float(boxes[i, 2]), float(boxes[i, 3])))
+                        for i in range(len(det["scores"]))])
+        return out
+
+    def _detect(self, t: torch.Tensor) -> Iterator[dict[str, np.ndarray]]:
+        """Mask R-CNN detections per tile as numpy: boxes (M, 4), scores (M,), masks
+        (M, H, W) probabilities, keeping scores >= ``score_threshold``."""
+        with torch.inference_mode(), self._autocast():
+            raw = self.model(list(t.unbind(0)))
+        keep_thr = self.spec.architecture.score_threshold
+        for det in raw:
+            scores = det["scores"].float().cpu().numpy()
+            keep = scores >= keep_thr
+            yield {"boxes": det["boxes"].float().cpu().numpy()[keep],
+                   "scores": scores[keep],
+                   "masks": det["masks"][:, 0].float().cpu().numpy()[keep]}
+
+    def _instance_proba(self, det: dict[str, np.ndarray]) -> np.ndarray:
+        if self._layout is None:  # pragma: no cover - semantic models never get here
+            raise InputError("not a maskrcnn bundle")
+        return instances_to_proba(det["masks"], det["scores"], self.num_classes, self._layout,
+                                  self.spec.architecture.mask_threshold)

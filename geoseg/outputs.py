@@ -1,0 +1,120 @@
+"""Derived outputs: Cloud-Optimized GeoTIFF of a class map, quicklook PNG, pixel areas.
+
+All read the store chunk by chunk: memory is O(chunk), not O(scene).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.shutil import copy as rio_copy
+from rasterio.windows import Window as RioWindow
+
+from geoseg.bundle import ClassSpec
+from geoseg.grid import GeoBox
+from geoseg.io import RasterInfo, read_window
+from geoseg.plan import Plan
+from geoseg.store import FILL
+from geoseg.store import read_window as read_store
+
+
+def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
+    """Class map of ``layer`` as a COG (DEFLATE, 512 tiles, overviews, colour table, nodata)."""
+    final = Path(path)
+    tmp = final.with_name(f".partial-{final.stem}.tif")
+    classes = next(m.spec.classes for m in plan.models if m.name == layer)
+    g = plan.grid
+    profile = {"driver": "GTiff", "width": g.width, "height": g.height, "count": 1,
+               "dtype": "uint8", "crs": g.crs.to_wkt(), "transform": g.transform,
+               "nodata": FILL, "tiled": True, "blockxsize": 512, "blockysize": 512,
+               "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for chunk in plan.chunks:
+            w = chunk.window
+            dst.write(read_store(store, layer, w), 1,
+                      window=RioWindow(w.col_off, w.row_off, w.width, w.height))
+        dst.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
+        dst.update_tags(1, **{f"class_{c.id}": c.name for c in classes})
+    out_tmp = final.with_name(f".partial-{final.name}")
+    rio_copy(tmp, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
+             overview_resampling="nearest")
+    tmp.unlink()
+    os.replace(out_tmp, final)
+    return final
+
+
+def _palette(classes: tuple[ClassSpec, ...]) -> np.ndarray:
+    lut = np.zeros((256, 3), np.uint8)
+    for c in classes:
+        lut[c.id] = c.rgb
+    lut[FILL] = (40, 40, 40)
+    return lut
+
+
+def quicklook(plan: Plan, store: str, path: str | Path, max_px: int = 1024) -> Path:
+    """PNG: the image (RGB) beside each predicted class map, decimated to ≤ ``max_px`` wide."""
+    g = plan.grid
+    step = max(1, -(-max(g.height, g.width) // max_px))
+    oh, ow = -(-g.height // step), -(-g.width // step)
+    panels = [_image_panel(plan.image, plan, step, (oh, ow))]
+    for m in plan.models:
+        lut = _palette(m.spec.classes)
+        out = np.zeros((oh, ow, 3), np.uint8)
+        for chunk in plan.chunks:
+            w = chunk.window
+            r0 = -(-w.row_off // step)
+            c0 = -(-w.col_off // step)
+            block = read_store(store, m.name, w)
+            sub = block[r0 * step - w.row_off::step, c0 * step - w.col_off::step]
+            out[r0:r0 + sub.shape[0], c0:c0 + sub.shape[1]] = lut[sub]
+        panels.append(out)
+    gap = np.full((oh, 8, 3), 255, np.uint8)
+    row = np.concatenate([p for pan in panels for p in (pan, gap)][:-1], axis=1)
+    final = Path(path)
+    Image.fromarray(row).save(final)
+    return final
+
+
+def _image_panel(info: RasterInfo, plan: Plan, step: int, shape: tuple[int, int]) -> np.ndarray:
+    bands = tuple(b for b in (1, 2, 3) if b <= info.count) or (1,)
+    with rasterio.open(info.path) as src:
+        o = plan.offset
+        arr = src.read(list(bands), window=RioWindow(o.col_off, o.row_off, o.width, o.height),
+                       out_shape=(len(bands), *shape), resampling=rasterio.enums.Resampling.nearest)
+    arr = arr.astype(np.float32)
+    lo, hi = np.percentile(arr, 2), np.percentile(arr, 98)
+    img = np.clip((arr - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    if img.shape[0] == 1:
+        img = np.repeat(img, 3, axis=0)
+    return np.moveaxis(img, 0, -1)
+
+
+def class_areas(plan: Plan, hist: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    """Area per class (m² and ha) from pixel counts; geographic grids use per-row areas
+    approximated by the grid centre latitude's pixel area."""
+    px_m2 = _pixel_area_m2(plan.grid)
+    out: dict[str, dict[str, float]] = {}
+    for m in plan.models:
+        counts = hist.get(m.name, [])
+        out[m.name] = {c.name: round(counts[c.id] * px_m2, 2) if c.id < len(counts) else 0.0
+                       for c in m.spec.classes}
+    return out
+
+
+def _pixel_area_m2(grid: GeoBox) -> float:
+    if not grid.crs.is_geographic:
+        return grid.pixel_area_m2()
+    import shapely
+
+    from geoseg.area import ground_area_m2
+
+    cx, cy = grid.transform @ (grid.width / 2, grid.height / 2)
+    rx, ry = grid.resolution
+    return ground_area_m2(shapely.box(cx, cy, cx + rx, cy + ry), grid.crs)
+
+
+__all__ = ["class_areas", "export_cog", "quicklook", "read_window"]

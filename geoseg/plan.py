@@ -1,0 +1,138 @@
+"""Planning a job: validate inputs, derive the output grid and chunk grid, resolve models.
+
+Everything that can be wrong with the inputs is found here, before any worker starts, and raised
+as one clear :class:`GeoSegError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from geoseg.bundle import BundleSpec, builtin_bundle, read_spec
+from geoseg.config import JobConfig
+from geoseg.errors import BandMismatchError, BundleError, RegionError
+from geoseg.grid import ChunkGrid, GeoBox, Window
+from geoseg.io import RasterInfo, open_info
+from geoseg.region import Region, clip_grid, parse_bbox, parse_wkt, read_region_file
+from geoseg.store import LayerSpec
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str  # layer name in the store: the bundle's task ("landcover" / "buildings")
+    path: str
+    spec: BundleSpec
+    digest: str
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.spec.name}@{self.spec.version}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything workers need, picklable and small."""
+
+    image: RasterInfo
+    grid: GeoBox          # output grid (input grid clipped to the region)
+    offset: Window        # output grid's window in image pixels
+    region: Region | None  # non-rectangular region in the image CRS (pixels outside are nodata)
+    chunks: ChunkGrid
+    models: tuple[ModelRef, ...]
+    halo: int
+    tile: int
+    overlap: int
+    batch_size: int
+
+    @property
+    def layers(self) -> list[LayerSpec]:
+        return [LayerSpec(m.name, m.spec.classes, m.model_id) for m in self.models]
+
+    @property
+    def bands(self) -> tuple[int, ...]:
+        """Union of the bands all models read, in first-seen order."""
+        out: list[int] = []
+        for m in self.models:
+            out += [b for b in m.spec.bands if b not in out]
+        return tuple(out)
+
+    def model(self, name: str) -> ModelRef | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def resolve_bundle(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    if "/" not in name_or_path and not p.exists():
+        return builtin_bundle(name_or_path)
+    raise BundleError(f"model bundle not found: {name_or_path} (a directory with bundle.yaml, "
+                      "or a built-in name: landcover, buildings)")
+
+
+def _digest(bundle: Path, spec: BundleSpec) -> str:
+    h = hashlib.sha256((bundle / "bundle.yaml").read_bytes())
+    w = bundle / spec.weights
+    if not w.is_file():
+        raise BundleError(f"bundle {bundle} lacks its weights file {spec.weights}")
+    h.update(w.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_models(names: tuple[str, ...]) -> tuple[ModelRef, ...]:
+    refs: list[ModelRef] = []
+    for n in names:
+        path = resolve_bundle(n)
+        spec = read_spec(path)
+        if any(r.name == spec.task for r in refs):
+            raise BundleError(f"two models for the same task {spec.task!r}: give one per task")
+        refs.append(ModelRef(spec.task, str(path.resolve()), spec, _digest(path, spec)))
+    if not refs:
+        raise BundleError("no model given: pass --model (e.g. landcover)")
+    return tuple(refs)
+
+
+def check_bands(image: RasterInfo, models: tuple[ModelRef, ...]) -> None:
+    for m in models:
+        need = max(m.spec.bands)
+        if need > image.count:
+            raise BandMismatchError(
+                f"model {m.model_id} reads bands {list(m.spec.bands)} but {image.path} has "
+                f"{image.count} band(s): use an image with those bands or a matching model")
+        names = m.spec.band_names
+        if names and all(image.band_names):
+            got = [str(image.band_names[b - 1]).lower() for b in m.spec.bands]
+            if got != [n.lower() for n in names]:
+                raise BandMismatchError(
+                    f"model {m.model_id} expects bands {list(names)} but {image.path} bands "
+                    f"{list(m.spec.bands)} are {got}: reorder the image bands or fix the bundle")
+
+
+def region_of(cfg: JobConfig) -> Region | None:
+    r = cfg.region
+    if r is None:
+        return None
+    if r.bbox is not None:
+        return parse_bbox(",".join(str(v) for v in r.bbox), r.crs)
+    if r.file is not None:
+        return read_region_file(r.file, r.crs)
+    if r.wkt is not None:
+        return parse_wkt(r.wkt, r.crs)
+    return None
+
+
+def make_plan(cfg: JobConfig) -> Plan:
+    image = open_info(cfg.image)
+    models = load_models(cfg.models)
+    check_bands(image, models)
+    window, region = clip_grid(image.geobox, region_of(cfg))
+    if window.height < 1 or window.width < 1:
+        raise RegionError("region covers less than one pixel of the image")
+    grid = image.geobox[window]
+    inf = cfg.inference
+    tile = inf.tile_for(min(m.spec.tile_size for m in models))
+    overlap = min(inf.tile_overlap, tile // 2)
+    return Plan(image, grid, window, region, ChunkGrid(grid.shape, inf.chunk_size), models,
+                inf.halo, tile, overlap, inf.batch_size)

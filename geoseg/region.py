@@ -1,0 +1,128 @@
+"""Regions of interest: bbox (+ CRS), GeoJSON / vector file, WKT, or the whole image.
+
+A region is normalised to a shapely geometry in the image's CRS (reprojected, never rejected for
+being in another CRS). The output grid is the input grid clipped to the region's bounds; pixels of
+that grid outside a non-rectangular region are nodata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+from shapely.geometry.base import BaseGeometry
+
+from geoseg.errors import RegionError
+from geoseg.grid import Bounds, GeoBox, Window, normalize_crs
+
+
+@dataclass(frozen=True)
+class Region:
+    geometry: BaseGeometry
+    crs: CRS
+
+    @property
+    def is_box(self) -> bool:
+        g = self.geometry
+        return bool(abs(g.area - shapely.envelope(g).area) <= 1e-9 * max(g.area, 1.0))
+
+    def to_crs(self, crs: CRS) -> Region:
+        if crs == self.crs:
+            return self
+        t = Transformer.from_crs(self.crs, crs, always_xy=True)
+        g = shapely.segmentize(self.geometry, max_segment_length=_seg_len(self.geometry))
+        return Region(shapely.transform(g, lambda xy: np.column_stack(t.transform(*xy.T))), crs)
+
+
+def _seg_len(g: BaseGeometry) -> float:
+    minx, miny, maxx, maxy = g.bounds
+    return max(maxx - minx, maxy - miny) / 50 or 1.0
+
+
+def parse_bbox(text: str, crs: str | CRS | None) -> Region:
+    """``"minx,miny,maxx,maxy"`` in ``crs``."""
+    try:
+        vals = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError as exc:
+        raise RegionError(f"bad --bbox {text!r}: give minx,miny,maxx,maxy numbers") from exc
+    if len(vals) != 4:
+        raise RegionError(f"bad --bbox {text!r}: give exactly 4 numbers minx,miny,maxx,maxy")
+    if crs is None:
+        raise RegionError("--bbox needs --bbox-crs (e.g. EPSG:32633 or EPSG:4326)")
+    b = Bounds(*vals, crs=normalize_crs(crs)) if vals[2] > vals[0] and vals[3] > vals[1] else None
+    if b is None:
+        raise RegionError(f"empty --bbox {text!r}: need minx < maxx and miny < maxy")
+    return Region(shapely.box(b.left, b.bottom, b.right, b.top), b.crs)
+
+
+def read_region_file(path: str | Path, crs: str | CRS | None = None) -> Region:
+    """A GeoJSON / GeoPackage / any OGR vector file (all features unioned)."""
+    p = Path(path)
+    if not p.exists():
+        raise RegionError(f"region file not found: {p}")
+    import geopandas as gpd
+
+    try:
+        df = gpd.read_file(p)
+    except Exception as exc:
+        raise RegionError(f"cannot read region {p}: {str(exc).splitlines()[0]}") from exc
+    if df.empty:
+        raise RegionError(f"region file {p} has no features")
+    src_crs = df.crs if df.crs is not None else crs
+    if src_crs is None:
+        raise RegionError(f"region file {p} has no CRS: add one or pass --region-crs")
+    geom = shapely.union_all(df.geometry.values)
+    if geom.is_empty or geom.area == 0:
+        raise RegionError(f"region {p} has no area: give polygons")
+    return Region(geom, normalize_crs(src_crs))
+
+
+def parse_wkt(text: str, crs: str | CRS | None) -> Region:
+    try:
+        geom = shapely.from_wkt(text)
+    except Exception as exc:
+        raise RegionError(f"bad WKT region: {exc}") from exc
+    if crs is None:
+        raise RegionError("a WKT region needs --region-crs")
+    return Region(geom, normalize_crs(crs))
+
+
+def region_from_geojson_text(text: str, crs: str | CRS | None = None) -> Region:
+    obj = json.loads(text)
+    geoms = [shapely.geometry.shape(f["geometry"]) for f in obj.get("features", [obj])]
+    return Region(shapely.union_all(geoms), normalize_crs(crs or "EPSG:4326"))
+
+
+def clip_grid(image: GeoBox, region: Region | None) -> tuple[Window, Region | None]:
+    """Window of the image grid covering ``region`` (clipped to the image), plus the region in the
+    image CRS (None when the region is a box covering its window, so no per-pixel mask is
+    needed)."""
+    if region is None:
+        return image.window, None
+    r = region.to_crs(image.crs)
+    minx, miny, maxx, maxy = r.geometry.bounds
+    try:
+        win = image.window_of(Bounds(minx, miny, maxx, maxy, image.crs))
+    except Exception as exc:
+        raise RegionError(f"region has no area in the image CRS: {exc}") from exc
+    clipped = win.intersect(image.window)
+    if clipped.size == 0:
+        ib = image.bounds
+        raise RegionError(
+            f"region {tuple(round(v, 2) for v in (minx, miny, maxx, maxy))} lies outside the "
+            f"image {tuple(round(v, 2) for v in (ib.left, ib.bottom, ib.right, ib.top))} "
+            f"({image.crs.to_string()}): pick a region that overlaps it")
+    return clipped, (None if r.is_box else r)
+
+
+def region_mask(region: Region, grid: GeoBox, window: Window) -> np.ndarray:
+    """Boolean mask of ``window`` (in ``grid`` pixels) that lies inside the region."""
+    from rasterio.features import geometry_mask
+
+    sub = grid[window]
+    return geometry_mask([region.geometry], out_shape=window.shape, transform=sub.transform,
+                         invert=True)

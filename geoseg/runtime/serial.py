@@ -1,0 +1,49 @@
+"""In-process backend: the same chunk functions, one after another. For tests and debugging."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from geoseg.chunks import predict_chunk, read_chunk, write_output
+from geoseg.grid import Chunk
+from geoseg.plan import Plan
+from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
+from geoseg.runtime.scheduling import NeighbourGate
+
+log = logging.getLogger(__name__)
+
+
+class SerialBackend:
+    def run(self, plan: Plan, store: str, todo: list[Chunk], vectorize: list[Chunk] | None,
+            vector_fn: VectorFn | None, cb: Callbacks, *, workers: int = 1, threads: int = 1,
+            device: str = "cpu", gpus_per_worker: float = 1.0, max_in_flight: int = 1,
+            retries: int = 0) -> StageReport:
+        from geoseg.models.predictor import Predictor
+
+        models = {m.name: Predictor(m.path, device=device, num_threads=threads)
+                  for m in plan.models}
+        report = StageReport()
+        todo_ids = {c.index for c in todo}
+        gate = NeighbourGate(plan.chunks, vectorize or [],
+                             {c.index for c in plan.chunks if c.index not in todo_ids})
+        ready = gate.settle()
+        for chunk in todo:
+            try:
+                stats = write_output(plan, store, predict_chunk(plan, models,
+                                                                read_chunk(plan, chunk)))
+                cb.chunk_done(chunk, stats)
+                report.done += 1
+            except Exception as exc:
+                w = chunk.window
+                f = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width),
+                                 f"{type(exc).__name__}: {exc}", 1)
+                log.debug("chunk %s failed:\n%s", chunk.id, traceback.format_exc())
+                cb.chunk_failed(f)
+                report.failed.append(f)
+            ready += gate.settle(chunk.index)
+        if vector_fn is not None:
+            for c in ready:
+                cb.vectors_done(c, vector_fn(plan, store, c))
+                report.vectorized += 1
+        return report

@@ -1,0 +1,105 @@
+"""Tiled prediction of one chunk's context window with centre-weighted blending.
+
+A chunk is predicted on ``chunk + halo`` pixels. When that window is larger than the model tile,
+it is covered by overlapping tiles; their class probabilities are blended with a separable cosine
+(Hann-like) weight that is 1 in the tile centre and ramps down over the overlap, then the halo is
+cropped away. Everything here is plain numpy and depends only on the window's pixels, so results
+do not depend on worker count or chunk order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg.errors import InputError
+
+ProbaFn = Callable[[np.ndarray], np.ndarray]
+"""(N, C, H, W) float32 raw bands -> (N, K, H, W) float32 probabilities."""
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Tile origins along one axis of length ``n`` with tiles of ``tile`` px."""
+
+    starts: tuple[int, ...]
+    tile: int
+
+
+def axis_layout(n: int, tile: int, min_overlap: int) -> TileLayout:
+    """Fewest tiles of size ``tile`` covering ``[0, n)`` with at least ``min_overlap`` px of
+    overlap between neighbours; tiles are spread evenly (deterministic, integer starts)."""
+    if tile <= 0 or min_overlap < 0 or min_overlap >= tile:
+        raise InputError(f"bad tiling: tile={tile}, overlap={min_overlap}: need 0 <= overlap < tile")
+    if n <= tile:
+        return TileLayout((0,), tile)
+    count = math.ceil((n - min_overlap) / (tile - min_overlap))
+    span = n - tile
+    starts = tuple(round(i * span / (count - 1)) for i in range(count))
+    return TileLayout(starts, tile)
+
+
+def ramp_weight(tile: int, overlap: int) -> np.ndarray:
+    """1-D blending weight: cosine ramp over ``overlap`` px at each end, 1 in between, never 0."""
+    w = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        r = min(overlap, tile // 2)
+        t = (np.arange(r, dtype=np.float32) + 0.5) / r
+        ramp = 0.5 - 0.5 * np.cos(np.pi * t)
+        w[:r] = ramp
+        w[tile - r:] = ramp[::-1]
+    return np.maximum(w, 1e-3)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile: int,
+                   overlap: int, batch_size: int, multiple: int = 32) -> np.ndarray:
+    """Blend model probabilities over ``image`` (C, H, W) → (K, H, W) float32.
+
+    If the whole window fits in one tile (after padding to ``multiple``), it is predicted in a
+    single forward pass; otherwise tiles of ``tile`` px overlap by ≥ ``overlap`` px and are
+    blended. Windows are padded at the far edges (reflect) to a multiple of ``multiple`` px.
+    """
+    c, h, w = image.shape
+    th = min(tile, round_up(h, multiple))
+    tw = min(tile, round_up(w, multiple))
+    ph, pw = max(th, h), max(tw, w)
+    if (ph, pw) != (h, w):
+        mode = "reflect" if h > 1 and w > 1 and ph - h < h and pw - w < w else "edge"
+        image = np.pad(image, ((0, 0), (0, ph - h), (0, pw - w)), mode=mode)
+    ys = axis_layout(ph, th, overlap)
+    xs = axis_layout(pw, tw, overlap)
+    wy = ramp_weight(th, overlap if len(ys.starts) > 1 else 0)
+    wx = ramp_weight(tw, overlap if len(xs.starts) > 1 else 0)
+    weight = np.outer(wy, wx)
+    acc = np.zeros((num_classes, ph, pw), dtype=np.float32)
+    norm = np.zeros((ph, pw), dtype=np.float32)
+    origins = [(y, x) for y in ys.starts for x in xs.starts]
+    for i in range(0, len(origins), batch_size):
+        group = origins[i:i + batch_size]
+        batch = np.stack([image[:, y:y + th, x:x + tw] for y, x in group])
+        probs = proba(np.ascontiguousarray(batch))
+        if probs.shape != (len(group), num_classes, th, tw):
+            raise InputError(f"model returned shape {probs.shape}, expected "
+                             f"{(len(group), num_classes, th, tw)}")
+        for (y, x), p in zip(group, probs, strict=True):
+            acc[:, y:y + th, x:x + tw] += p * weight
+            norm[y:y + th, x:x + tw] += weight
+    acc /= norm
+    return acc[:, :h, :w]
+
+
+def classify(probs: np.ndarray, valid: np.ndarray, fill: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids (uint8, ``fill`` where invalid) and confidence (uint8 0..255 of max prob,
+    0 where invalid) from (K, H, W) probabilities."""
+    cls = np.argmax(probs, axis=0).astype(np.uint8)
+    conf = np.rint(np.max(probs, axis=0) * 255.0).astype(np.uint8)
+    cls[~valid] = fill
+    conf[~valid] = 0
+    return cls, conf

@@ -1,0 +1,127 @@
+"""The prediction store: a georeferenced Zarr (format 2) group, chunk = unit of work.
+
+Why Zarr format 2 (written with zarr-python 3): GDAL reads Zarr v3 only from 3.11, while the GDAL
+in rasterio's wheels (3.10) and Debian's gdal-bin (3.6) read v2. The store carries both GDAL's
+``_CRS`` attribute and the CF ``grid_mapping``/``spatial_ref`` convention (plus 1-D ``x``/``y``
+pixel-centre coordinates), so GDAL, xarray + rioxarray (``decode_coords="all"``) and plain zarr
+all see the same CRS and transform.
+
+Invariant: the store is initialised once by the driver; afterwards each chunk task writes exactly
+one chunk-aligned block per array (LocalStore writes chunk files atomically). Nothing ever reads,
+modifies and rewrites a shared chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numcodecs import Blosc
+
+from geoseg.bundle import ClassSpec
+from geoseg.errors import InputError
+from geoseg.grid import Chunk, GeoBox, Window
+
+FILL = 255
+COMPLETE_ATTR = "geoseg_complete"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One model output in the store: ``<name>`` (class ids) + ``<name>_confidence``."""
+
+    name: str
+    classes: tuple[ClassSpec, ...]
+    model_id: str
+
+
+def _compressor() -> Blosc:
+    return Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+
+
+def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpec],
+               attrs: dict[str, Any]) -> None:
+    """Create the store from the output grid (metadata only; no chunk is written)."""
+    crs_wkt = grid.crs.to_wkt()
+    t = grid.transform
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    g.attrs.update({**attrs, COMPLETE_ATTR: False, "crs_wkt": crs_wkt,
+                    "transform": [t.a, t.b, t.c, t.d, t.e, t.f], "chunk_size": chunk})
+    h, w = grid.shape
+    xs = t.c + t.a * (np.arange(w) + 0.5)
+    ys = t.f + t.e * (np.arange(h) + 0.5)
+    units = (grid.crs.axis_info[0].unit_name if grid.crs.axis_info else "metre")
+    x = g.create_array("x", shape=(w,), chunks=(w,), dtype="float64", fill_value=None,
+                       attributes={"_ARRAY_DIMENSIONS": ["x"], "units": units,
+                                   "standard_name": "projection_x_coordinate", "axis": "X"})
+    y = g.create_array("y", shape=(h,), chunks=(h,), dtype="float64", fill_value=None,
+                       attributes={"_ARRAY_DIMENSIONS": ["y"], "units": units,
+                                   "standard_name": "projection_y_coordinate", "axis": "Y"})
+    x[:] = xs
+    y[:] = ys
+    gt = f"{t.c!r} {t.a!r} {t.b!r} {t.f!r} {t.d!r} {t.e!r}"
+    sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=None,
+                        attributes={"_ARRAY_DIMENSIONS": [], "crs_wkt": crs_wkt,
+                                    "spatial_ref": crs_wkt, "GeoTransform": gt})
+    sr[...] = 0
+    for layer in layers:
+        common = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": crs_wkt},
+                  "model_id": layer.model_id}
+        g.create_array(
+            layer.name, shape=grid.shape, chunks=(chunk, chunk), dtype="uint8", fill_value=FILL,
+            compressors=_compressor(),
+            attributes={"_ARRAY_DIMENSIONS": ["y", "x"], **common,
+                        "long_name": f"{layer.name} class id",
+                        "flag_values": [c.id for c in layer.classes],
+                        "flag_meanings": " ".join(c.name.replace(" ", "_") for c in layer.classes),
+                        "flag_colors": " ".join(c.color for c in layer.classes)})
+        g.create_array(
+            f"{layer.name}_confidence", shape=grid.shape, chunks=(chunk, chunk), dtype="uint8",
+            fill_value=0, compressors=_compressor(),
+            attributes={"_ARRAY_DIMENSIONS": ["y", "x"], **common,
+                        "long_name": f"{layer.name} confidence (max class probability)",
+                        "scale_factor": 1 / 255, "add_offset": 0.0})
+    zarr.consolidate_metadata(str(path))
+
+
+def write_chunk(path: str | Path, chunk: Chunk, arrays: dict[str, np.ndarray],
+                chunk_size: int) -> None:
+    """Write one chunk-aligned block per array; refuses misaligned blocks."""
+    win = chunk.window
+    if win.row_off % chunk_size or win.col_off % chunk_size:
+        raise InputError(f"chunk {chunk.id} window {win} is not aligned to {chunk_size}")
+    g = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
+    rs, cs = win.slices()
+    for name, block in arrays.items():
+        if block.shape != win.shape:
+            raise InputError(f"block {name} has shape {block.shape}, chunk {chunk.id} is "
+                             f"{win.shape}")
+        arr = g[name]
+        if not isinstance(arr, zarr.Array):
+            raise InputError(f"{name} is not an array in {path}")
+        arr[rs, cs] = block
+
+
+def read_window(path: str | Path, name: str, window: Window) -> np.ndarray:
+    """Read ``window`` (must lie inside the grid) of array ``name``."""
+    g = zarr.open_group(str(path), mode="r", zarr_format=2)
+    arr = g[name]
+    if not isinstance(arr, zarr.Array):
+        raise InputError(f"{name} is not an array in {path}")
+    rs, cs = window.slices()
+    return np.asarray(arr[rs, cs])
+
+
+def mark_complete(path: str | Path, extra: dict[str, Any]) -> None:
+    g = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    g.attrs.update({**extra, COMPLETE_ATTR: True})
+    zarr.consolidate_metadata(str(path))
+
+
+def store_attrs(path: str | Path) -> dict[str, Any]:
+    meta = Path(path) / ".zattrs"
+    return dict(json.loads(meta.read_text())) if meta.exists() else {}

@@ -1,0 +1,168 @@
+"""Vector features and the raster→polygon helpers shared by land cover and buildings.
+
+Polygons are traced in *global pixel coordinates* (x = column, y = row of the grid; pixel corners
+are exact integers), so two chunks trace a shared seam with bit-identical vertices and unions are
+exact. Only the final geometry is mapped through the grid's affine transform into its CRS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import rasterio.features
+import shapely
+from affine import Affine
+from pyproj import CRS
+from shapely.geometry import MultiPolygon, Polygon, shape
+
+from geoseg.errors import CRSError, InputError
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+#: 4-connectivity structuring element (same as ``rasterio.features.shapes(connectivity=4)``).
+CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+
+
+@dataclass(slots=True)
+class Feature:
+    """One output polygon with its attributes (land-cover region or building footprint).
+
+    ``confidence`` is the mean confidence/probability inside the polygon in 0..1 (``None`` when
+    no confidence raster was given). ``id`` is stable across chunk sizes and resumed runs: it is
+    derived from the feature's first pixel in global raster order.
+    """
+
+    geometry: Polygon
+    class_id: int
+    pixels: int
+    confidence: float | None
+    id: str | None = None
+    area_m2: float | None = None
+    perimeter_m: float | None = None
+    chunk_id: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """A flat dict for ``GeoDataFrame.from_records``/``GeoDataFrame(records)``; optional
+        attributes that are ``None`` are left out so each layer only gets its own columns."""
+        record: dict[str, Any] = {"geometry": self.geometry, "class_id": self.class_id,
+                                  "pixels": self.pixels, "confidence": self.confidence}
+        for key in ("id", "area_m2", "perimeter_m", "chunk_id"):
+            value = getattr(self, key)
+            if value is not None:
+                record[key] = value
+        return record
+
+
+def features_to_frame(features: Iterable[Feature], crs: CRS) -> gpd.GeoDataFrame:
+    """Features as a GeoDataFrame in ``crs`` (geopandas is imported lazily)."""
+    import geopandas as gpd
+
+    records = [f.to_record() for f in features]
+    if not records:
+        return gpd.GeoDataFrame({"class_id": [], "pixels": [], "confidence": []},
+                                geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+    return gpd.GeoDataFrame(records, geometry="geometry", crs=crs)
+
+
+def check_confidence(values: np.ndarray | None, shape: tuple[int, ...], name: str) -> float:
+    """Validate a confidence/probability raster; return the factor that maps it to 0..1
+    (1/255 for integer rasters, 1 for float rasters)."""
+    if values is None:
+        return 1.0
+    if values.shape != shape:
+        raise InputError(f"{name} has shape {values.shape} but the class map has {shape}: "
+                         "pass both for the same window")
+    if np.issubdtype(values.dtype, np.integer):
+        return 1.0 / 255.0
+    if np.issubdtype(values.dtype, np.floating):
+        if values.size and (np.nanmin(values) < 0.0 or np.nanmax(values) > 1.0):
+            raise InputError(f"float {name} must lie in 0..1: scale it (or pass uint8 0..255)")
+        return 1.0
+    raise InputError(f"{name} must be uint8 (0..255) or float (0..1), got {values.dtype}")
+
+
+def check_class_map(classes: np.ndarray, shape: tuple[int, int], name: str = "class map") -> None:
+    """The class map must be a 2-D integer array of the expected ``shape``."""
+    if classes.ndim != 2 or classes.shape != shape:
+        raise InputError(f"{name} has shape {classes.shape}, expected {shape} (the window's "
+                         "height x width)")
+    if not np.issubdtype(classes.dtype, np.integer):
+        raise InputError(f"{name} must hold integer class ids, got {classes.dtype}")
+
+
+def as_polygon(geom: shapely.Geometry) -> Polygon:
+    """A valid polygon from ``geom``: repaired when invalid, largest part when it splits."""
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom, method="structure", keep_collapsed=False)
+    if isinstance(geom, Polygon):
+        return geom
+    polys = [g for g in getattr(geom, "geoms", []) if isinstance(g, Polygon | MultiPolygon)]
+    flat = [p for g in polys for p in (g.geoms if isinstance(g, MultiPolygon) else [g])]
+    if not flat:
+        return Polygon()
+    return max(flat, key=lambda p: (p.area, p.bounds))
+
+
+def trace_labels(labels: np.ndarray, row_off: int, col_off: int) -> Iterator[tuple[int, Polygon]]:
+    """Yield ``(label, polygon)`` for each 4-connected region of equal non-zero label, in global
+    pixel coordinates (the array's top-left pixel is at ``row_off``, ``col_off``)."""
+    lab = np.ascontiguousarray(labels, dtype=np.int32)
+    transform = Affine.translation(col_off, row_off)
+    for geom, value in rasterio.features.shapes(lab, mask=lab != 0, connectivity=4,
+                                                transform=transform):
+        yield int(value), as_polygon(shape(geom))
+
+
+def drop_collinear(poly: Polygon) -> Polygon:
+    """Remove vertices where a ring runs straight on (exact for integer pixel coordinates);
+    seam unions leave such vertices where the chunk grid crossed a boundary."""
+    def ring(coords: np.ndarray) -> np.ndarray:
+        pts = coords[:-1]
+        if len(pts) <= 4:
+            return coords
+        d_in = pts - np.roll(pts, 1, axis=0)
+        d_out = np.roll(pts, -1, axis=0) - pts
+        cross = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
+        dot = (d_in * d_out).sum(axis=1)
+        keep = ~((cross == 0) & (dot > 0))
+        kept = pts[keep]
+        return np.vstack([kept, kept[:1]])
+
+    if poly.is_empty:
+        return poly
+    shell = ring(np.asarray(poly.exterior.coords))
+    holes = [ring(np.asarray(h.coords)) for h in poly.interiors]
+    return Polygon(shell, holes)
+
+
+def pixel_to_world(geom: Polygon, transform: Affine) -> Polygon:
+    """Map a polygon from global pixel coordinates to the grid CRS; normalised (canonical ring
+    order and start vertex) so equal geometries compare equal whatever the chunking."""
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, \
+        transform.f
+
+    def apply(xy: np.ndarray) -> np.ndarray:
+        out = np.empty_like(xy)
+        out[:, 0] = a * xy[:, 0] + b * xy[:, 1] + c
+        out[:, 1] = d * xy[:, 0] + e * xy[:, 1] + f
+        return out
+
+    result = shapely.normalize(shapely.transform(geom, apply))
+    return result if isinstance(result, Polygon) else as_polygon(result)
+
+
+def measure(geom: Polygon, crs: CRS) -> tuple[float, float]:
+    """``(area_m2, perimeter_m)`` of a polygon in ``crs``: planar for projected CRSs (scaled by
+    the axis unit), geodesic on the CRS's ellipsoid for geographic ones (x = lon, y = lat)."""
+    if crs.is_geographic:
+        geod = crs.get_geod()
+        if geod is None:
+            raise CRSError(f"{crs.name} has no ellipsoid: cannot measure geodesic areas")
+        area, perimeter = geod.geometry_area_perimeter(geom)
+        return abs(float(area)), float(perimeter)
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return float(geom.area) * unit * unit, float(geom.length) * unit

@@ -1,0 +1,239 @@
+"""Seam-free land-cover polygons: per-chunk parts, then a union-find merge across chunk seams.
+
+A land-cover region can span any number of chunks, so no halo is ever large enough to own it.
+Instead each chunk task traces its own 4-connected regions (:func:`landcover_parts`): regions
+away from the chunk edge are final; regions on the edge are returned as *border parts* with their
+local labels along the four edges. :func:`merge_landcover` joins border parts whose edge pixels
+touch across a seam with the same class (4-connectivity) and unions each group into one polygon.
+Border geometry stays in global pixel coordinates (exact integers) until after the union, so the
+result equals a whole-array polygonization whatever the chunk size, order or worker count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+from affine import Affine
+from shapely.geometry import MultiPolygon, Polygon
+from skimage.measure import label as label_regions
+
+from geoseg.errors import InputError
+from geoseg.grid import Chunk, ChunkGrid
+from geoseg.vectorize.features import (
+    Feature,
+    as_polygon,
+    check_class_map,
+    check_confidence,
+    drop_collinear,
+    pixel_to_world,
+    trace_labels,
+)
+
+logger = logging.getLogger(__name__)
+
+ChunkIndex = tuple[int, int]
+PartKey = tuple[ChunkIndex, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEdges:
+    """Local component labels (int32, 0 = nodata) along a chunk's four edges."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+
+@dataclass(slots=True)
+class BorderPart:
+    """A region touching its chunk's edge; may continue in a neighbour.
+
+    ``geometry`` is in global pixel coordinates (x = column, y = row); ``ref`` is the region's
+    first pixel (row, col) in global raster order within this chunk.
+    """
+
+    label: int
+    class_id: int
+    geometry: Polygon
+    pixels: int
+    confidence_sum: float | None
+    ref: tuple[int, int]
+
+
+@dataclass(slots=True)
+class LandcoverParts:
+    """Everything a chunk task returns: small and picklable."""
+
+    chunk_index: ChunkIndex
+    interior: list[Feature]
+    border: list[BorderPart]
+    edges: ChunkEdges
+    transform: Affine = field(default_factory=Affine.identity)
+    min_pixels: int = 0
+
+
+def landcover_parts(classes: np.ndarray, confidence: np.ndarray | None, chunk: Chunk,
+                    transform: Affine, *, fill: int = 255, min_pixels: int = 0) -> LandcoverParts:
+    """Trace the 4-connected class regions of one chunk's core array.
+
+    ``transform`` is the *grid's* affine (not the chunk's); ``confidence`` is uint8 0..255 or
+    float 0..1 on the same window. Pixels equal to ``fill`` are nodata and yield no polygon.
+    Interior regions smaller than ``min_pixels`` are dropped here; border regions are judged by
+    their merged size in :func:`merge_landcover`.
+    """
+    check_class_map(classes, chunk.window.shape)
+    scale = check_confidence(confidence, classes.shape, "confidence")
+    if min_pixels < 0:
+        raise InputError(f"min_pixels must be >= 0, got {min_pixels}")
+    labels = label_regions(classes, background=fill, connectivity=1).astype(np.int32)
+    edges = ChunkEdges(top=labels[0].copy(), bottom=labels[-1].copy(),
+                       left=labels[:, 0].copy(), right=labels[:, -1].copy())
+    n = int(labels.max())
+    if n == 0:
+        return LandcoverParts(chunk.index, [], [], edges, transform, min_pixels)
+
+    flat = labels.ravel()
+    pixels = np.bincount(flat, minlength=n + 1)
+    conf_sum = (np.bincount(flat, weights=confidence.ravel().astype(np.float64) * scale,
+                            minlength=n + 1) if confidence is not None else None)
+    present, first = np.unique(flat, return_index=True)
+    first_index = np.zeros(n + 1, dtype=np.int64)
+    first_index[present] = first
+    class_of = classes.ravel()[first_index]
+    width = classes.shape[1]
+    row0, col0 = chunk.window.row_off, chunk.window.col_off
+
+    on_edge = np.zeros(n + 1, dtype=bool)
+    on_edge[np.concatenate([edges.top, edges.bottom, edges.left, edges.right])] = True
+    on_edge[0] = False
+    small = (pixels < min_pixels) & ~on_edge
+    small[0] = False
+    if small.any():
+        labels = np.where(small[labels], 0, labels)
+
+    interior: list[Feature] = []
+    border: list[BorderPart] = []
+    for lab, poly in trace_labels(labels, row0, col0):
+        ref = (row0 + int(first_index[lab] // width), col0 + int(first_index[lab] % width))
+        csum = float(conf_sum[lab]) if conf_sum is not None else None
+        if on_edge[lab]:
+            border.append(BorderPart(lab, int(class_of[lab]), poly, int(pixels[lab]), csum, ref))
+        else:
+            interior.append(_feature(poly, int(class_of[lab]), int(pixels[lab]), csum, ref,
+                                     transform))
+    logger.debug("chunk %s: %d interior regions, %d border parts", chunk.id, len(interior),
+                 len(border))
+    return LandcoverParts(chunk.index, interior, border, edges, transform, min_pixels)
+
+
+def merge_landcover(parts: Iterable[LandcoverParts], grid: ChunkGrid) -> Iterator[Feature]:
+    """Yield the final land-cover features of all chunks.
+
+    Interior features are yielded as parts arrive; border parts are held until every part has
+    been read, grouped by union-find over seam-adjacent edge pixels of equal class, and each
+    group is unioned into one polygon (yielded in global raster order of their first pixel).
+    """
+    border: dict[PartKey, BorderPart] = {}
+    edges: dict[ChunkIndex, ChunkEdges] = {}
+    transform: Affine | None = None
+    min_pixels = 0
+    for part in parts:
+        _check_part(part, grid, edges)
+        if transform is None:
+            transform, min_pixels = part.transform, part.min_pixels
+        elif part.transform != transform or part.min_pixels != min_pixels:
+            raise InputError(f"chunk {part.chunk_index} was vectorized with another transform or "
+                             "min_pixels than the others: rerun it with the job's settings")
+        edges[part.chunk_index] = part.edges
+        for b in part.border:
+            border[(part.chunk_index, b.label)] = b
+        yield from part.interior
+    if transform is None:
+        return
+    if len(edges) < len(grid):
+        logger.warning("merging %d of %d chunks: regions at the missing chunks' seams stay split",
+                       len(edges), len(grid))
+
+    parent: dict[PartKey, PartKey] = {k: k for k in border}
+    for (iy, ix), e in edges.items():
+        if (iy, ix + 1) in edges:
+            _join(parent, border, (iy, ix), e.right, (iy, ix + 1), edges[(iy, ix + 1)].left)
+        if (iy + 1, ix) in edges:
+            _join(parent, border, (iy, ix), e.bottom, (iy + 1, ix), edges[(iy + 1, ix)].top)
+
+    groups: dict[PartKey, list[BorderPart]] = {}
+    for key, b in border.items():
+        groups.setdefault(_find(parent, key), []).append(b)
+    merged = sorted((_merge_group(members) for members in groups.values()), key=lambda m: m[3])
+    for poly, class_id, pixels, ref, csum in merged:
+        if pixels >= min_pixels:
+            yield _feature(poly, class_id, pixels, csum, ref, transform)
+
+
+def _feature(poly: Polygon, class_id: int, pixels: int, conf_sum: float | None,
+             ref: tuple[int, int], transform: Affine) -> Feature:
+    confidence = conf_sum / pixels if conf_sum is not None else None
+    return Feature(pixel_to_world(poly, transform), class_id, pixels, confidence,
+                   id=f"lc{ref[0]}_{ref[1]}")
+
+
+def _check_part(part: LandcoverParts, grid: ChunkGrid, seen: dict[ChunkIndex, ChunkEdges]) -> None:
+    try:
+        chunk = grid.get(*part.chunk_index)
+    except IndexError as exc:
+        raise InputError(f"parts of chunk {part.chunk_index} do not belong to a grid of "
+                         f"{grid.counts} chunks: merge parts of one job only") from exc
+    if part.chunk_index in seen:
+        raise InputError(f"chunk {part.chunk_index} was given twice: pass each chunk's parts once")
+    h, w = chunk.window.shape
+    e = part.edges
+    if (e.top.shape, e.bottom.shape, e.left.shape, e.right.shape) != ((w,), (w,), (h,), (h,)):
+        raise InputError(f"edges of chunk {part.chunk_index} do not match its {h}x{w} window: "
+                         "vectorize each chunk's core window")
+
+
+def _find(parent: dict[PartKey, PartKey], key: PartKey) -> PartKey:
+    root = key
+    while parent[root] != root:
+        root = parent[root]
+    while parent[key] != root:
+        parent[key], key = root, parent[key]
+    return root
+
+
+def _join(parent: dict[PartKey, PartKey], border: dict[PartKey, BorderPart], a_index: ChunkIndex,
+          a_edge: np.ndarray, b_index: ChunkIndex, b_edge: np.ndarray) -> None:
+    """Union the parts whose pixels face each other across one seam with the same class."""
+    both = (a_edge > 0) & (b_edge > 0)
+    if not both.any():
+        return
+    pairs = np.unique(np.stack([a_edge[both], b_edge[both]], axis=1), axis=0)
+    for la, lb in pairs.tolist():
+        ka, kb = (a_index, la), (b_index, lb)
+        if ka not in border or kb not in border:
+            raise InputError(f"edge labels of chunks {a_index}/{b_index} have no border part: "
+                             "the parts are inconsistent, vectorize these chunks again")
+        if border[ka].class_id == border[kb].class_id:
+            ra, rb = _find(parent, ka), _find(parent, kb)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+
+
+def _merge_group(members: list[BorderPart]
+                 ) -> tuple[Polygon, int, int, tuple[int, int], float | None]:
+    pixels = sum(m.pixels for m in members)
+    ref = min(m.ref for m in members)
+    sums = [m.confidence_sum for m in members]
+    csum = None if any(s is None for s in sums) else float(sum(s for s in sums if s is not None))
+    if len(members) == 1:
+        return members[0].geometry, members[0].class_id, pixels, ref, csum
+    union = shapely.union_all([m.geometry for m in members], grid_size=1.0)
+    if isinstance(union, MultiPolygon):
+        logger.error("region at pixel %s merged into %d pieces; keeping the largest",
+                     ref, len(union.geoms))
+    return drop_collinear(as_polygon(union)), members[0].class_id, pixels, ref, csum

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny generated rasters with real projected CRSs, one session Ray cluster."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from hypothesis import settings
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+settings.register_profile("geoseg", deadline=None, max_examples=60)
+settings.load_profile("geoseg")
+
+SHARED_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+CRS_UTM = "EPSG:32633"
+
+
+def write_raster(path: Path, data: np.ndarray, *, crs: str | None = CRS_UTM,
+                 transform: Affine | None = None, nodata: float | None = None,
+                 descriptions: list[str] | None = None, tags: dict[str, str] | None = None) -> Path:
+    """A tiled, compressed GeoTIFF of ``data`` (C, H, W) on a 0.5 m grid."""
+    if data.ndim == 2:
+        data = data[None]
+    c, h, w = data.shape
+    t = transform or Affine(0.5, 0, 500000.0, 0, -0.5, 5100000.0)
+    profile: dict[str, object] = {"driver": "GTiff", "width": w, "height": h, "count": c,
+                                  "dtype": data.dtype.name, "transform": t, "compress": "deflate"}
+    if crs is not None:
+        profile["crs"] = crs
+    if nodata is not None:
+        profile["nodata"] = nodata
+    if h >= 16 and w >= 16:
+        profile.update(tiled=True, blockxsize=16 * max(1, min(w, 256) // 16),
+                       blockysize=16 * max(1, min(h, 256) // 16))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if descriptions:
+            dst.descriptions = tuple(descriptions)
+        if tags:
+            dst.update_tags(**tags)
+    return path
+
+
+def coord_image(h: int, w: int, bands: int = 4) -> np.ndarray:
+    """Pixel values encode their own coordinates (exact tiling/stitching checks)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.stack([(yy * 7 + xx * 3 + b * 11) % 251 + 1 for b in range(bands)])
+    return out.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray for the whole session (keep Ray tests out of xdist)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not SHARED_REAL.is_dir():
+        pytest.skip("../shared/data/real not present")
+    return SHARED_REAL

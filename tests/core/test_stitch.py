@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geoseg.stitch import axis_layout, classify, predict_window, ramp_weight
+
+
+@given(n=st.integers(1, 3000), tile=st.sampled_from([64, 128, 256, 512]),
+       ov=st.integers(0, 63))
+def test_axis_layout_covers_with_overlap(n: int, tile: int, ov: int) -> None:
+    lay = axis_layout(n, tile, ov)
+    starts = lay.starts
+    assert starts[0] == 0
+    if n > tile:
+        assert starts[-1] + tile == n
+        for a, b in zip(starts, starts[1:], strict=False):
+            assert b > a and a + tile - b >= ov  # neighbours overlap by at least ov
+
+
+def test_ramp_weight_is_positive_and_symmetric() -> None:
+    w = ramp_weight(64, 16)
+    assert np.all(w > 0) and np.allclose(w, w[::-1]) and w[32] == 1.0
+
+
+def _pixelwise(x: np.ndarray) -> np.ndarray:
+    """A 'model' whose output at a pixel depends only on that pixel: tiling must be exact."""
+    a = x[:, 0]
+    p1 = 1 / (1 + np.exp(-(a - 100) / 20))
+    return np.stack([1 - p1, p1], axis=1).astype(np.float32)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(5, 200), w=st.integers(5, 200), tile=st.sampled_from([32, 64, 96]),
+       ov=st.integers(0, 31))
+def test_blending_is_exact_for_pixelwise_models(h: int, w: int, tile: int, ov: int) -> None:
+    rng = np.random.default_rng(h * 1000 + w)
+    img = rng.integers(0, 255, size=(2, h, w)).astype(np.float32)
+    probs = predict_window(img, _pixelwise, 2, tile=tile, overlap=ov, batch_size=3)
+    np.testing.assert_allclose(probs, _pixelwise(img[None])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_classify_masks_invalid() -> None:
+    p = np.array([[[0.2, 0.7]], [[0.8, 0.3]]], dtype=np.float32)
+    cls, conf = classify(p, np.array([[True, False]]))
+    assert cls.tolist() == [[1, 255]] and conf.tolist() == [[204, 0]]

@@ -1,0 +1,78 @@
+"""The store opens with the exact grid in real clients: GDAL (rasterio), xarray + rioxarray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import zarr
+from affine import Affine
+from pyproj import CRS
+
+from geoseg.bundle import ClassSpec
+from geoseg.grid import ChunkGrid, GeoBox
+from geoseg.store import FILL, LayerSpec, init_store, mark_complete, store_attrs, write_chunk
+
+CLASSES = (ClassSpec(id=0, name="bare", color="#c8b48c"),
+           ClassSpec(id=1, name="water", color="#3182bd"))
+
+
+def _store(tmp_path: Path, crs: CRS) -> tuple[str, GeoBox, ChunkGrid]:
+    t = Affine(0.5, 0, 500010.0, 0, -0.5, 5100020.0)
+    grid = GeoBox((70, 90), t, crs)
+    path = str(tmp_path / "p.zarr")
+    init_store(path, grid, 32, [LayerSpec("landcover", CLASSES, "m@1")], {"k": "v"})
+    cg = ChunkGrid(grid.shape, 32)
+    for ch in cg:
+        block = np.full(ch.window.shape, (ch.index[0] + ch.index[1]) % 2, np.uint8)
+        write_chunk(path, ch, {"landcover": block,
+                               "landcover_confidence": np.full(ch.window.shape, 200, np.uint8)}, 32)
+    return path, grid, cg
+
+
+def test_gdal_reads_exact_grid(tmp_path: Path) -> None:
+    crs = CRS.from_epsg(32633)
+    path, grid, _ = _store(tmp_path, crs)
+    with rasterio.open(f'ZARR:"{path}":/landcover') as src:
+        assert src.shape == grid.shape
+        assert src.transform.almost_equals(grid.transform, precision=1e-9)
+        assert CRS.from_wkt(src.crs.to_wkt()) == crs
+        assert src.nodata == FILL
+        arr = src.read(1)
+    assert arr[0, 0] == 0 and arr[0, 40] == 1 and arr[40, 40] == 0
+
+
+def test_rioxarray_reads_exact_grid(tmp_path: Path) -> None:
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    crs = CRS.from_epsg(2056)  # Swiss LV95: not a UTM zone
+    path, grid, _ = _store(tmp_path, crs)
+    ds = xr.open_zarr(path, decode_coords="all", mask_and_scale=False)
+    da = ds["landcover"]
+    assert da.shape == grid.shape and da.dtype == np.uint8
+    assert CRS.from_wkt(da.rio.crs.to_wkt()) == crs
+    assert da.rio.transform().almost_equals(grid.transform, precision=1e-9)
+    assert int(da.isel(y=0, x=40)) == 1
+
+
+def test_incomplete_until_marked(tmp_path: Path) -> None:
+    path, _, _ = _store(tmp_path, CRS.from_epsg(32633))
+    assert store_attrs(path)["geoseg_complete"] is False
+    mark_complete(path, {"x": 1})
+    assert store_attrs(path)["geoseg_complete"] is True
+    # consolidated metadata reflects the final attributes
+    assert zarr.open_group(path, mode="r").attrs["geoseg_complete"] is True
+
+
+def test_misaligned_write_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from geoseg.errors import InputError
+    from geoseg.grid import Chunk, Window
+
+    path, _, _ = _store(tmp_path, CRS.from_epsg(32633))
+    with pytest.raises(InputError, match="not aligned"):
+        write_chunk(path, Chunk((0, 0), Window(5, 0, 10, 10)),
+                    {"landcover": np.zeros((10, 10), np.uint8)}, 32)
