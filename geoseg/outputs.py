@@ -25,7 +25,7 @@ from geoseg.store import read_window as read_store
 def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
     """Class map of ``layer`` as a COG (DEFLATE, 512 tiles, overviews, colour table, nodata)."""
     final = Path(path)
-    tmp = final.with_name(f".partial-{final.stem}.tif")
+    tmp = final.with_name(f".tiles-{final.stem}.tif")
     classes = next(m.spec.classes for m in plan.models if m.name == layer)
     g = plan.grid
     profile = {"driver": "GTiff", "width": g.width, "height": g.height, "count": 1,

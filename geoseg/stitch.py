@@ -66,7 +66,7 @@ def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile:
     single forward pass; otherwise tiles of ``tile`` px overlap by ≥ ``overlap`` px and are
     blended. Windows are padded at the far edges (reflect) to a multiple of ``multiple`` px.
     """
-    c, h, w = image.shape
+    _c, h, w = image.shape
     th = min(tile, round_up(h, multiple))
     tw = min(tile, round_up(w, multiple))
     ph, pw = max(th, h), max(tw, w)

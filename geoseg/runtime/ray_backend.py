@@ -86,7 +86,8 @@ class RayBackend:
         vec_t = ray.remote(_vectorize).options(num_cpus=TASK_CPUS, max_retries=2)
 
         plan_ref = ray.put(plan)
-        actors = [actor_cls.remote(plan_ref, device, threads) for _ in range(workers)]
+        # the plan travels by value: actor restarts must not depend on an object-store ref
+        actors = [actor_cls.remote(plan, device, threads) for _ in range(workers)]
         ray.get([a.ping.remote() for a in actors])  # surface model-loading errors up front
         load = [0] * workers
         todo_ids = {c.index for c in todo}

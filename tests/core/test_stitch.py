@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +17,7 @@ def test_axis_layout_covers_with_overlap(n: int, tile: int, ov: int) -> None:
     assert starts[0] == 0
     if n > tile:
         assert starts[-1] + tile == n
-        for a, b in zip(starts, starts[1:], strict=False):
+        for a, b in itertools.pairwise(starts):
             assert b > a and a + tile - b >= ov  # neighbours overlap by at least ov
 
 

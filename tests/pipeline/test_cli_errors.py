@@ -1,0 +1,101 @@
+"""Bad input: one line on stderr, non-zero exit, no traceback, nothing lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoseg.cli import main
+from tests.conftest import write_raster
+from tests.pipeline.conftest import textured
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    rc = main(["-q", "run", *args])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                      tiny_bundles: tuple[str, str]) -> None:
+    rc, err = _run(capsys, str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o"),
+                   "-m", tiny_bundles[0])
+    assert rc != 0 and "image not found" in _one_line(err)
+
+
+def test_not_a_raster(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                      tiny_bundles: tuple[str, str]) -> None:
+    bad = tmp_path / "notes.tif"
+    bad.write_text("hello, I am text")
+    rc, err = _run(capsys, str(bad), "-o", str(tmp_path / "o"), "-m", tiny_bundles[0])
+    assert rc != 0 and "not a raster" in _one_line(err)
+
+
+def test_no_crs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                tiny_bundles: tuple[str, str]) -> None:
+    tif = write_raster(tmp_path / "nocrs.tif", textured(64, 64), crs=None)
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "-m", tiny_bundles[0])
+    assert rc != 0 and "has no CRS" in _one_line(err)
+
+
+def test_region_outside(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                        tiny_bundles: tuple[str, str]) -> None:
+    tif = write_raster(tmp_path / "a.tif", textured(64, 64))
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "-m", tiny_bundles[0],
+                   "--bbox", "600000,5100000,600100,5100100", "--bbox-crs", "EPSG:32633")
+    assert rc != 0 and "outside the image" in _one_line(err)
+    assert not (tmp_path / "o").exists()  # nothing half-made
+
+
+def test_band_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                       tiny_bundles: tuple[str, str]) -> None:
+    tif = write_raster(tmp_path / "rgb.tif", textured(64, 64)[:3])
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "-m", tiny_bundles[0])
+    assert rc != 0 and "band" in _one_line(err)
+
+
+def test_bad_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tif = write_raster(tmp_path / "a.tif", textured(64, 64))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bundle.yaml").write_text("name: x\nunknown_key: 1\n")
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "-m", str(tmp_path / "b"))
+    assert rc != 0 and "bundle.yaml" in _one_line(err)
+
+
+def test_output_exists_refused_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           tiny_bundles: tuple[str, str]) -> None:
+    tif = write_raster(tmp_path / "a.tif", textured(96, 96),
+                       descriptions=["red", "green", "blue", "nir"])
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    rc, err = _run(capsys, str(tif), "-o", str(out), "-m", tiny_bundles[0])
+    line = _one_line(err)
+    assert rc != 0 and "already holds results" in line and "--overwrite" in line
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_bad_bbox_text(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                       tiny_bundles: tuple[str, str]) -> None:
+    tif = write_raster(tmp_path / "a.tif", textured(64, 64))
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "-m", tiny_bundles[0],
+                   "--bbox", "1,2,3", "--bbox-crs", "EPSG:32633")
+    assert rc != 0 and "bbox" in _one_line(err)
+
+
+def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("inference: {chunk_sise: 512}\n")
+    tif = write_raster(tmp_path / "a.tif", np.ones((4, 32, 32), np.uint8))
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "--config", str(cfg))
+    assert rc != 0 and "chunk_sise" in _one_line(err)
