@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,7 +53,7 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
     return ChunkInput(chunk, data, valid, time.perf_counter() - t0)
 
 
-def predict_chunk(plan: Plan, models: dict[str, ProbaModel], inp: ChunkInput) -> ChunkOutput:
+def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput) -> ChunkOutput:
     """Run every model on the chunk context and crop to the chunk."""
     core = inp.chunk.window.relative_to(inp.chunk.window.pad(plan.halo))
     rs, cs = core.slices()

@@ -49,6 +49,8 @@ def evaluate_pixels(store: str | Path, layer: str, truth: str | Path,
     grid, chunk = _store_grid(store)
     win = truth_window(truth, grid)
     arr = zarr.open_group(str(store), mode="r")[layer]
+    if not isinstance(arr, zarr.Array):
+        raise InputError(f"{layer} is not an array in {store}")
     cm = np.zeros((num_classes, num_classes), np.int64)
     with rasterio.open(truth) as src:
         for r0 in range(0, grid.height, chunk):
@@ -88,7 +90,8 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0") -> dict[s
     report: dict[str, Any] = {"headline": {}}
     names = [n for n, _ in g.arrays()]
     if "landcover" in names:
-        k = len(g["landcover"].attrs["flag_values"])
+        flags = g["landcover"].attrs["flag_values"]
+        k = len(flags) if isinstance(flags, list) else 0
         ps = evaluate_pixels(store, "landcover", scene / f"landcover_{date}.tif", k)
         meanings = str(g["landcover"].attrs["flag_meanings"]).split()
         report["landcover"] = ps.to_dict(meanings)

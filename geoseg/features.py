@@ -8,6 +8,7 @@ under a temporary name and renamed when complete, so a partial file never looks 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ def vectorize_chunk(plan: Plan, store: str, chunk: Chunk, *, vcfg: VectorConfig)
     if lc is not None and vcfg.landcover_polygons:
         cls = read_window(store, lc.name, chunk.window)
         conf = read_window(store, f"{lc.name}_confidence", chunk.window)
-        lc_parts = landcover_parts(cls, conf, chunk, plan.grid.transform, fill=FILL)
+        lc_parts = landcover_parts(cls, conf, chunk, plan.grid.transform, fill=FILL,
+                                   crs=plan.grid.crs)
     feats: list[Any] = []
     bd = plan.model("buildings")
     if bd is not None:
@@ -86,8 +88,8 @@ class GeoPackageSink:
         if result.landcover is not None:
             for f in result.landcover.interior:
                 self._push("landcover", self._lc_record(f))
-            if result.landcover.border:
-                self.border.append(result.landcover)
+            if result.landcover.border:  # only seam parts wait for the merge
+                self.border.append(dataclasses.replace(result.landcover, interior=[]))
 
     def _lc_record(self, f: Any) -> dict[str, Any]:
         lc = self.plan.model("landcover")
@@ -96,7 +98,6 @@ class GeoPackageSink:
         if lc is not None:
             rec["class_name"] = lc.spec.classes[rec["class_id"]].name
             rec["model_id"] = lc.model_id
-        rec["area_m2"] = float(f.geometry.area) * _unit_area(self.plan)
         return rec
 
     def _push(self, layer: str, rec: dict[str, Any]) -> None:
@@ -127,10 +128,3 @@ class GeoPackageSink:
             os.replace(self.partial, self.final)
         return dict(self.counts)
 
-
-def _unit_area(plan: Plan) -> float:
-    crs = plan.grid.crs
-    if crs.is_geographic:
-        return 1.0  # polygons of geographic grids get geodesic areas from the vectorizer
-    f = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return float(f * f)

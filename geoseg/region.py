@@ -53,10 +53,10 @@ def parse_bbox(text: str, crs: str | CRS | None) -> Region:
         raise RegionError(f"bad --bbox {text!r}: give exactly 4 numbers minx,miny,maxx,maxy")
     if crs is None:
         raise RegionError("--bbox needs --bbox-crs (e.g. EPSG:32633 or EPSG:4326)")
-    b = Bounds(*vals, crs=normalize_crs(crs)) if vals[2] > vals[0] and vals[3] > vals[1] else None
-    if b is None:
+    minx, miny, maxx, maxy = vals
+    if not (maxx > minx and maxy > miny):
         raise RegionError(f"empty --bbox {text!r}: need minx < maxx and miny < maxy")
-    return Region(shapely.box(b.left, b.bottom, b.right, b.top), b.crs)
+    return Region(shapely.box(minx, miny, maxx, maxy), normalize_crs(crs))
 
 
 def read_region_file(path: str | Path, crs: str | CRS | None = None) -> Region:

@@ -69,16 +69,17 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
                                     "spatial_ref": crs_wkt, "GeoTransform": gt})
     sr[...] = 0
     for layer in layers:
-        common = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": crs_wkt},
+        common: dict[str, Any] = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": crs_wkt},
                   "model_id": layer.model_id}
+        flags: dict[str, Any] = {
+            "flag_values": [c.id for c in layer.classes],
+            "flag_meanings": " ".join(c.name.replace(" ", "_") for c in layer.classes),
+            "flag_colors": " ".join(c.color for c in layer.classes)}
         g.create_array(
             layer.name, shape=grid.shape, chunks=(chunk, chunk), dtype="uint8", fill_value=FILL,
             compressors=_compressor(),
             attributes={"_ARRAY_DIMENSIONS": ["y", "x"], **common,
-                        "long_name": f"{layer.name} class id",
-                        "flag_values": [c.id for c in layer.classes],
-                        "flag_meanings": " ".join(c.name.replace(" ", "_") for c in layer.classes),
-                        "flag_colors": " ".join(c.color for c in layer.classes)})
+                        "long_name": f"{layer.name} class id", **flags})
         g.create_array(
             f"{layer.name}_confidence", shape=grid.shape, chunks=(chunk, chunk), dtype="uint8",
             fill_value=0, compressors=_compressor(),

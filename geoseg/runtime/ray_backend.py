@@ -88,7 +88,7 @@ class RayBackend:
         plan_ref = ray.put(plan)
         # the plan travels by value: actor restarts must not depend on an object-store ref
         actors = [actor_cls.remote(plan, device, threads) for _ in range(workers)]
-        ray.get([a.ping.remote() for a in actors])  # surface model-loading errors up front
+        ray.get([a.ping.remote() for a in actors])  # type: ignore[attr-defined]  # surface model-loading errors up front
         load = [0] * workers
         todo_ids = {c.index for c in todo}
         gate = NeighbourGate(plan.chunks, vectorize or [],
@@ -110,7 +110,7 @@ class RayBackend:
             load[i] += 1
             attempts[chunk.id] = attempts.get(chunk.id, 0) + 1
             inp = read_t.remote(plan_ref, chunk)
-            out = actors[i].predict.remote(plan_ref, inp)
+            out = actors[i].predict.remote(plan_ref, inp)  # type: ignore[attr-defined]
             chunk_refs[write_t.remote(plan_ref, store, out)] = (chunk, i)
 
         submit_vectors(gate.settle())
@@ -121,7 +121,16 @@ class RayBackend:
             ref = ready[0]
             if ref in vec_refs:
                 c = vec_refs.pop(ref)
-                cb.vectors_done(c, ray.get(ref))
+                try:
+                    result = ray.get(ref)
+                except (ray.exceptions.RayError, OSError) as exc:
+                    w = c.window
+                    failure = ChunkFailure(c.id, (w.row_off, w.col_off, w.height, w.width),
+                                           f"vectorize: {_short(exc)}", 1)
+                    report.failed.append(failure)
+                    cb.chunk_failed(failure)
+                    continue
+                cb.vectors_done(c, result)
                 report.vectorized += 1
                 continue
             chunk, i = chunk_refs.pop(ref)
@@ -145,7 +154,7 @@ class RayBackend:
             cb.chunk_done(chunk, stats)
             submit_vectors(gate.settle(chunk.index))
         for a in actors:
-            ray.kill(a)
+            ray.kill(a)  # type: ignore[arg-type]
         return report
 
 

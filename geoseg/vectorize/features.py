@@ -139,11 +139,11 @@ def drop_collinear(poly: Polygon) -> Polygon:
     return Polygon(shell, holes)
 
 
-def pixel_to_world(geom: Polygon, transform: Affine) -> Polygon:
-    """Map a polygon from global pixel coordinates to the grid CRS; normalised (canonical ring
-    order and start vertex) so equal geometries compare equal whatever the chunking."""
-    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, \
-        transform.f
+def apply_affine(geom: Polygon, transform: Affine) -> Polygon:
+    """``geom`` with every vertex mapped through ``transform`` (same arithmetic for every
+    vertex, so equal input coordinates give bit-identical output coordinates)."""
+    a, b, c, d, e, f = (transform.a, transform.b, transform.c, transform.d, transform.e,
+                        transform.f)
 
     def apply(xy: np.ndarray) -> np.ndarray:
         out = np.empty_like(xy)
@@ -151,7 +151,14 @@ def pixel_to_world(geom: Polygon, transform: Affine) -> Polygon:
         out[:, 1] = d * xy[:, 0] + e * xy[:, 1] + f
         return out
 
-    result = shapely.normalize(shapely.transform(geom, apply))
+    result = shapely.transform(geom, apply)
+    return result if isinstance(result, Polygon) else as_polygon(result)
+
+
+def pixel_to_world(geom: Polygon, transform: Affine) -> Polygon:
+    """Map a polygon from global pixel coordinates to the grid CRS; normalised (canonical ring
+    order and start vertex) so equal geometries compare equal whatever the chunking."""
+    result = shapely.normalize(apply_affine(geom, transform))
     return result if isinstance(result, Polygon) else as_polygon(result)
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import shapely
 from affine import Affine
-from shapely.geometry import MultiPolygon, Polygon
+from pyproj import CRS
+from shapely.geometry import Polygon
 from skimage.measure import label as label_regions
 
 from geoseg.errors import InputError
@@ -29,6 +30,7 @@ from geoseg.vectorize.features import (
     check_class_map,
     check_confidence,
     drop_collinear,
+    measure,
     pixel_to_world,
     trace_labels,
 )
@@ -73,18 +75,26 @@ class LandcoverParts:
     interior: list[Feature]
     border: list[BorderPart]
     edges: ChunkEdges
-    transform: Affine = field(default_factory=Affine.identity)
+    transform: Affine
     min_pixels: int = 0
+    crs: CRS | None = None
+
+    @property
+    def settings(self) -> tuple[Affine, int, CRS | None]:
+        """What every chunk of one merge must share."""
+        return self.transform, self.min_pixels, self.crs
 
 
 def landcover_parts(classes: np.ndarray, confidence: np.ndarray | None, chunk: Chunk,
-                    transform: Affine, *, fill: int = 255, min_pixels: int = 0) -> LandcoverParts:
+                    transform: Affine, *, fill: int = 255, min_pixels: int = 0,
+                    crs: CRS | None = None) -> LandcoverParts:
     """Trace the 4-connected class regions of one chunk's core array.
 
     ``transform`` is the *grid's* affine (not the chunk's); ``confidence`` is uint8 0..255 or
     float 0..1 on the same window. Pixels equal to ``fill`` are nodata and yield no polygon.
     Interior regions smaller than ``min_pixels`` are dropped here; border regions are judged by
-    their merged size in :func:`merge_landcover`.
+    their merged size in :func:`merge_landcover`. With the grid's ``crs``, features also get
+    ``area_m2`` and ``perimeter_m`` (geodesic for geographic CRSs).
     """
     check_class_map(classes, chunk.window.shape)
     scale = check_confidence(confidence, classes.shape, "confidence")
@@ -95,7 +105,7 @@ def landcover_parts(classes: np.ndarray, confidence: np.ndarray | None, chunk: C
                        left=labels[:, 0].copy(), right=labels[:, -1].copy())
     n = int(labels.max())
     if n == 0:
-        return LandcoverParts(chunk.index, [], [], edges, transform, min_pixels)
+        return LandcoverParts(chunk.index, [], [], edges, transform, min_pixels, crs)
 
     flat = labels.ravel()
     pixels = np.bincount(flat, minlength=n + 1)
@@ -125,10 +135,10 @@ def landcover_parts(classes: np.ndarray, confidence: np.ndarray | None, chunk: C
             border.append(BorderPart(lab, int(class_of[lab]), poly, int(pixels[lab]), csum, ref))
         else:
             interior.append(_feature(poly, int(class_of[lab]), int(pixels[lab]), csum, ref,
-                                     transform))
+                                     transform, crs))
     logger.debug("chunk %s: %d interior regions, %d border parts", chunk.id, len(interior),
                  len(border))
-    return LandcoverParts(chunk.index, interior, border, edges, transform, min_pixels)
+    return LandcoverParts(chunk.index, interior, border, edges, transform, min_pixels, crs)
 
 
 def merge_landcover(parts: Iterable[LandcoverParts], grid: ChunkGrid) -> Iterator[Feature]:
@@ -137,27 +147,28 @@ def merge_landcover(parts: Iterable[LandcoverParts], grid: ChunkGrid) -> Iterato
     Interior features are yielded as parts arrive; border parts are held until every part has
     been read, grouped by union-find over seam-adjacent edge pixels of equal class, and each
     group is unioned into one polygon (yielded in global raster order of their first pixel).
+    A driver that writes interiors as chunks finish may pass only the parts with border parts,
+    interiors stripped (``dataclasses.replace(p, interior=[])``); a chunk without border parts
+    cannot join anything and may be left out, every other chunk must be given.
     """
     border: dict[PartKey, BorderPart] = {}
     edges: dict[ChunkIndex, ChunkEdges] = {}
-    transform: Affine | None = None
-    min_pixels = 0
+    settings: tuple[Affine, int, CRS | None] | None = None
     for part in parts:
         _check_part(part, grid, edges)
-        if transform is None:
-            transform, min_pixels = part.transform, part.min_pixels
-        elif part.transform != transform or part.min_pixels != min_pixels:
-            raise InputError(f"chunk {part.chunk_index} was vectorized with another transform or "
-                             "min_pixels than the others: rerun it with the job's settings")
+        if settings is None:
+            settings = part.settings
+        elif part.settings != settings:
+            raise InputError(f"chunk {part.chunk_index} was vectorized with another transform, "
+                             "min_pixels or CRS than the others: rerun it with the job's settings")
         edges[part.chunk_index] = part.edges
         for b in part.border:
             border[(part.chunk_index, b.label)] = b
         yield from part.interior
-    if transform is None:
+    if settings is None:
         return
-    if len(edges) < len(grid):
-        logger.warning("merging %d of %d chunks: regions at the missing chunks' seams stay split",
-                       len(edges), len(grid))
+    transform, min_pixels, crs = settings
+    _log_open_seams(edges, grid)
 
     parent: dict[PartKey, PartKey] = {k: k for k in border}
     for (iy, ix), e in edges.items():
@@ -172,14 +183,32 @@ def merge_landcover(parts: Iterable[LandcoverParts], grid: ChunkGrid) -> Iterato
     merged = sorted((_merge_group(members) for members in groups.values()), key=lambda m: m[3])
     for poly, class_id, pixels, ref, csum in merged:
         if pixels >= min_pixels:
-            yield _feature(poly, class_id, pixels, csum, ref, transform)
+            yield _feature(poly, class_id, pixels, csum, ref, transform, crs)
 
 
 def _feature(poly: Polygon, class_id: int, pixels: int, conf_sum: float | None,
-             ref: tuple[int, int], transform: Affine) -> Feature:
+             ref: tuple[int, int], transform: Affine, crs: CRS | None) -> Feature:
     confidence = conf_sum / pixels if conf_sum is not None else None
-    return Feature(pixel_to_world(poly, transform), class_id, pixels, confidence,
-                   id=f"lc{ref[0]}_{ref[1]}")
+    geometry = pixel_to_world(poly, transform)
+    area, perimeter = measure(geometry, crs) if crs is not None else (None, None)
+    return Feature(geometry, class_id, pixels, confidence, id=f"lc{ref[0]}_{ref[1]}",
+                   area_m2=area, perimeter_m=perimeter)
+
+
+def _log_open_seams(edges: dict[ChunkIndex, ChunkEdges], grid: ChunkGrid) -> None:
+    """Note seams with regions on one side whose neighbour was not merged: fine when that
+    neighbour had no border parts (all nodata at the seam), a split region otherwise."""
+    ny, nx = grid.counts
+    open_seams = 0
+    for (iy, ix), e in edges.items():
+        for (dy, dx), edge in (((-1, 0), e.top), ((1, 0), e.bottom), ((0, -1), e.left),
+                               ((0, 1), e.right)):
+            other = (iy + dy, ix + dx)
+            if 0 <= other[0] < ny and 0 <= other[1] < nx and other not in edges and edge.any():
+                open_seams += 1
+    if open_seams:
+        logger.debug("%d seam(s) face chunks without parts (nodata there, or parts missing)",
+                     open_seams)
 
 
 def _check_part(part: LandcoverParts, grid: ChunkGrid, seen: dict[ChunkIndex, ChunkEdges]) -> None:
@@ -232,8 +261,14 @@ def _merge_group(members: list[BorderPart]
     csum = None if any(s is None for s in sums) else float(sum(s for s in sums if s is not None))
     if len(members) == 1:
         return members[0].geometry, members[0].class_id, pixels, ref, csum
-    union = shapely.union_all([m.geometry for m in members], grid_size=1.0)
-    if isinstance(union, MultiPolygon):
-        logger.error("region at pixel %s merged into %d pieces; keeping the largest",
-                     ref, len(union.geoms))
-    return drop_collinear(as_polygon(union)), members[0].class_id, pixels, ref, csum
+    geoms = [m.geometry for m in members]
+    # Pixel corners are exact integers, so the floating overlay is exact (and 3x faster than
+    # snap-rounding, which stays as the fallback should a union ever come out in pieces).
+    union = shapely.union_all(geoms)
+    if not isinstance(union, Polygon):
+        union = shapely.union_all(geoms, grid_size=1.0)
+    if not isinstance(union, Polygon):
+        logger.error("region at pixel %s merged into %s; keeping its largest polygon",
+                     ref, union.geom_type)
+        union = as_polygon(union)
+    return drop_collinear(union), members[0].class_id, pixels, ref, csum

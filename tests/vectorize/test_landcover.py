@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from collections import defaultdict
 
@@ -13,6 +14,7 @@ from affine import Affine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from pyproj import CRS
 from shapely.geometry import shape
 
 from geoseg.errors import InputError
@@ -150,6 +152,42 @@ def test_order_of_parts_does_not_matter_and_parts_pickle() -> None:
     parts = landcover_parts(a[c.window.slices()], None, c, TRANSFORM)
     again = pickle.loads(pickle.dumps(parts))
     assert isinstance(again, LandcoverParts) and len(again.border) == len(parts.border)
+
+
+def test_driver_may_emit_interiors_itself_and_merge_only_border_parts() -> None:
+    """The driver's streaming pattern: write interiors as chunks finish, keep only the parts with
+    border regions (interiors stripped) and merge those at the end."""
+    a = scene()
+    a[:, 16:32] = FILL                                   # chunks (·, 1) hold nodata only
+    grid = ChunkGrid(a.shape, 16)
+    written: list[Feature] = []
+    held: list[LandcoverParts] = []
+    for c in grid:
+        part = landcover_parts(a[c.window.slices()], None, c, TRANSFORM, fill=FILL)
+        written += part.interior
+        if part.border:
+            held.append(dataclasses.replace(part, interior=[]))
+    assert len(held) < len(grid)                          # the all-nodata chunks are left out
+    written += merge_landcover(held, grid)
+    assert_same(written, a)
+
+
+def test_areas_with_a_crs() -> None:
+    a = scene()
+    grid = ChunkGrid(a.shape, 16)
+    utm = CRS.from_epsg(32633)
+    parts = [landcover_parts(a[c.window.slices()], None, c, TRANSFORM, crs=utm) for c in grid]
+    feats = list(merge_landcover(parts, grid))
+    assert all(f.area_m2 == pytest.approx(f.pixels * 100.0) for f in feats)
+    assert all(f.perimeter_m == pytest.approx(f.geometry.length) for f in feats)
+    geo = Affine(1e-4, 0.0, 15.0, 0.0, -1e-4, 45.0)
+    wgs84 = CRS.from_epsg(4326)
+    parts = [landcover_parts(a[c.window.slices()], None, c, geo, crs=wgs84) for c in grid]
+    feats = list(merge_landcover(parts, grid))
+    px_m2 = (1e-4 * 111_195 * np.cos(np.radians(45.0))) * (1e-4 * 111_195)
+    assert all(f.area_m2 == pytest.approx(f.pixels * px_m2, rel=0.01) for f in feats)
+    with pytest.raises(InputError):                     # CRS differs between chunks
+        list(merge_landcover([*parts[:-1], dataclasses.replace(parts[-1], crs=utm)], grid))
 
 
 def test_bad_inputs_raise_input_error() -> None:

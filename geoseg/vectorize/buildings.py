@@ -1,0 +1,193 @@
+"""Building footprints from a building / boundary class map, owned by exactly one chunk.
+
+A *cluster* is a 4-connected component of building ∪ boundary pixels. Its reference pixel is its
+first pixel in global raster order (min row, then min col); the chunk whose core window holds
+that pixel owns the cluster and is the only one to emit it, so a building straddling chunk
+borders comes out once, whole, as long as the halo is larger than the building (a cluster cut by
+the context edge is still emitted, with a warning that asks for a larger halo).
+
+Touching buildings inside a cluster are split by watershed: markers are the 4-connected
+components of the building (interior) class, grown back over the boundary pixels by distance to
+the nearest marker, so a predicted boundary line is shared halfway between the buildings it
+separates. Everything is computed on the cluster's own bounding box and mask, so a cluster gives
+the same footprints (geometry, attributes, ``id``) whatever context window contains it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import CRS
+from scipy import ndimage
+from shapely.geometry import Polygon
+from skimage.segmentation import watershed
+
+from geoseg.errors import InputError
+from geoseg.grid import Chunk, GeoBox, Window
+from geoseg.vectorize.features import (
+    CROSS,
+    Feature,
+    apply_affine,
+    check_class_map,
+    check_confidence,
+    measure,
+    pixel_to_world,
+    trace_labels,
+)
+from geoseg.vectorize.regularize import regularize_polygon
+
+logger = logging.getLogger(__name__)
+
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+def extract_buildings(classes: np.ndarray, probability: np.ndarray, context: Window, chunk: Chunk,
+                      grid: GeoBox, *, building_id: int, boundary_id: int | None, fill: int = 255,
+                      min_area_m2: float = 4.0, regularize: bool = True) -> list[Feature]:
+    """Footprints of the building clusters owned by ``chunk``, in the grid CRS.
+
+    ``classes`` and ``probability`` (building probability, uint8 0..255 or float 0..1) cover
+    ``context``: ``chunk.window`` grown by the halo and clipped to ``grid``. ``boundary_id`` is
+    the class of predicted instance boundaries, or None when the model has none; ``fill``
+    (nodata) pixels never belong to a building. Footprints under ``min_area_m2`` (measured on
+    the raw pixel outline; geodesic for geographic CRSs) are dropped. Features come in global
+    raster order of their reference pixel.
+    """
+    _check_inputs(classes, probability, context, chunk, grid, building_id, boundary_id, fill,
+                  min_area_m2)
+    if probability is None:
+        raise InputError("extract_buildings needs the building probability map")
+    scale = check_confidence(probability, classes.shape, "probability")
+    member = classes == building_id
+    if boundary_id is not None:
+        member |= classes == boundary_id
+    clusters, count = ndimage.label(member, structure=CROSS)
+    if count == 0:
+        return []
+    found: list[tuple[tuple[int, int], Feature]] = []
+    cut: list[tuple[int, int]] = []
+    with rasterio.Env():        # one GDAL environment for the many small rasterio calls below
+        for lab, box in enumerate(ndimage.find_objects(clusters), start=1):
+            if box is None:
+                continue
+            ref = _reference_pixel(clusters[box] == lab, box, context)
+            w = chunk.window
+            if not (w.row_off <= ref[0] < w.row_end and w.col_off <= ref[1] < w.col_end):
+                continue                                  # another chunk owns this cluster
+            if _cut_by_context(box, context, grid):
+                cut.append(ref)
+            origin = (context.row_off + box[0].start, context.col_off + box[1].start)
+            instances = _split_cluster(clusters[box] == lab, classes[box] == building_id)
+            found.extend(_footprints(instances, probability[box], scale, origin, chunk, grid,
+                                     building_id, min_area_m2, regularize))
+    if cut:
+        logger.warning("chunk %s: %d building cluster(s) reach the context edge (first at pixel "
+                       "%s) and may be cut or duplicated: enlarge the vectorize halo",
+                       chunk.id, len(cut), cut[0])
+    return [feature for _, feature in sorted(found, key=lambda item: item[0])]
+
+
+def _check_inputs(classes: np.ndarray, probability: np.ndarray, context: Window, chunk: Chunk,
+                  grid: GeoBox, building_id: int, boundary_id: int | None, fill: int,
+                  min_area_m2: float) -> None:
+    check_class_map(classes, context.shape)
+    if not grid.window.contains(context):
+        raise InputError(f"context window {context} reaches outside the {grid.shape} grid: clip "
+                         "it with chunk.window.pad(halo).intersect(grid.window)")
+    if not context.contains(chunk.window):
+        raise InputError(f"context window {context} does not contain chunk {chunk.id} "
+                         f"({chunk.window}): pass the chunk's own padded window")
+    if building_id in (fill, boundary_id) or boundary_id == fill:
+        raise InputError(f"building_id {building_id}, boundary_id {boundary_id} and fill {fill} "
+                         "must all differ")
+    if not (math.isfinite(min_area_m2) and min_area_m2 >= 0):
+        raise InputError(f"min_area_m2 must be a number >= 0, got {min_area_m2}")
+
+
+def _reference_pixel(mask: np.ndarray, box: tuple[slice, slice],
+                     context: Window) -> tuple[int, int]:
+    """Global (row, col) of the first pixel of ``mask`` (cropped at ``box``) in raster order."""
+    first = int(np.argmax(mask.ravel()))
+    row, col = divmod(first, mask.shape[1])
+    return context.row_off + box[0].start + row, context.col_off + box[1].start + col
+
+
+def _cut_by_context(box: tuple[slice, slice], context: Window, grid: GeoBox) -> bool:
+    """Whether a cluster's box touches a context edge that is not the grid's edge."""
+    rows, cols = box
+    return ((rows.start == 0 and context.row_off > 0)
+            or (rows.stop == context.height and context.row_end < grid.height)
+            or (cols.start == 0 and context.col_off > 0)
+            or (cols.stop == context.width and context.col_end < grid.width))
+
+
+def _split_cluster(cluster: np.ndarray, interior: np.ndarray) -> np.ndarray:
+    """Instance labels (int32, 0 outside) of one cluster: watershed from the interior
+    components over the cluster mask by distance to the nearest marker."""
+    markers, count = ndimage.label(interior & cluster, structure=CROSS)
+    if count <= 1:
+        return cluster.astype(np.int32)
+    distance = ndimage.distance_transform_edt(markers == 0)
+    return np.asarray(watershed(distance, markers, mask=cluster, connectivity=1), dtype=np.int32)
+
+
+def _footprints(instances: np.ndarray, probability: np.ndarray, scale: float,
+                origin: tuple[int, int], chunk: Chunk, grid: GeoBox, building_id: int,
+                min_area_m2: float, regularize: bool) -> list[tuple[tuple[int, int], Feature]]:
+    """One feature per instance label (keyed by its reference pixel) in the grid CRS."""
+    n = int(instances.max())
+    flat = instances.ravel()
+    pixels = np.bincount(flat, minlength=n + 1)
+    prob_sum = np.bincount(flat, weights=probability.ravel().astype(np.float64),
+                           minlength=n + 1) * scale
+    present, first = np.unique(flat, return_index=True)
+    first_index = np.zeros(n + 1, dtype=np.int64)
+    first_index[present] = first
+    width = instances.shape[1]
+
+    outlines: dict[int, Polygon] = {}
+    for lab, poly in trace_labels(instances, origin[0], origin[1]):
+        if lab not in outlines or poly.area > outlines[lab].area:
+            outlines[lab] = poly
+    out = []
+    for lab in sorted(outlines):
+        row, col = divmod(int(first_index[lab]), width)
+        ref = (origin[0] + row, origin[1] + col)
+        raw = outlines[lab]
+        area, _ = measure(pixel_to_world(raw, grid.transform), grid.crs)
+        if area < min_area_m2:
+            continue
+        pixel_poly = _regularized(raw, ref, grid) if regularize else raw
+        geometry = pixel_to_world(pixel_poly, grid.transform)
+        area_m2, perimeter_m = measure(geometry, grid.crs)
+        out.append((ref, Feature(geometry, building_id, int(pixels[lab]),
+                                 float(prob_sum[lab] / pixels[lab]), id=f"b{ref[0]}_{ref[1]}",
+                                 area_m2=area_m2, perimeter_m=perimeter_m, chunk_id=chunk.id)))
+    return out
+
+
+def _regularized(raw: Polygon, ref: tuple[int, int], grid: GeoBox) -> Polygon:
+    """Regularize in a local metric frame (origin at the reference pixel, axes scaled to ground
+    metres) so right angles are right on the ground; returned in global pixel coordinates."""
+    sx, sy = _ground_scale(grid, ref)
+    to_local = Affine.scale(sx, sy) @ Affine.translation(-ref[1], -ref[0])
+    local = apply_affine(raw, to_local)
+    result = regularize_polygon(local, math.sqrt(sx * sy))
+    return apply_affine(result, ~to_local)
+
+
+def _ground_scale(grid: GeoBox, ref: tuple[int, int]) -> tuple[float, float]:
+    """Approximate ground metres per pixel along x and y near pixel ``ref``."""
+    rx, ry = grid.resolution
+    crs: CRS = grid.crs
+    if crs.is_geographic:
+        lat = (grid.transform @ (ref[1] + 0.5, ref[0] + 0.5))[1]
+        metres_per_degree = math.pi / 180.0 * _EARTH_RADIUS_M
+        return (rx * metres_per_degree * max(math.cos(math.radians(lat)), 1e-6),
+                ry * metres_per_degree)
+    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+    return rx * unit, ry * unit

@@ -1,0 +1,1 @@
+"""End-to-end jobs as entry points (what ``ray job submit`` runs)."""
