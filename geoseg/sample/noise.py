@@ -24,10 +24,15 @@ _GOLDEN = 0x9E3779B9
 
 def subkey(key: int, *salt: int) -> int:
     """A new 32-bit key derived from ``key`` and ``salt`` (independent noise fields)."""
-    k = np.uint32(key & 0xFFFFFFFF)
+    k = key & 0xFFFFFFFF
     for s in salt:
-        k = _mix(np.asarray(k ^ np.uint32((s * _GOLDEN) & 0xFFFFFFFF), dtype=np.uint32))
-    return int(k)
+        k ^= (s * _GOLDEN) & 0xFFFFFFFF
+        k ^= k >> 16
+        k = (k * 0x7FEB352D) & 0xFFFFFFFF
+        k ^= k >> 15
+        k = (k * 0x846CA68B) & 0xFFFFFFFF
+        k ^= k >> 16
+    return k
 
 
 def _mix(h: U32) -> U32:
