@@ -225,9 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(d)
     d.set_defaults(fn=cmd_demo)
 
+    from geoseg.cli_change import add_change_command
+    from geoseg.cli_cluster import add_cluster_commands
     from geoseg.cli_extra import add_extra_commands
 
     add_extra_commands(sub)
+    add_change_command(sub)
+    add_cluster_commands(sub)
     return p
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,12 @@ import numpy as np
 
 from geoseg import __version__
 from geoseg.config import JobConfig
-from geoseg.errors import ResumeError
+from geoseg.errors import GeoSegWarning, ResumeError
 from geoseg.grid import Chunk
 from geoseg.manifest import start
 from geoseg.plan import Plan, make_plan
 from geoseg.runtime.base import Backend, ChunkFailure
+from geoseg.runtime.provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +83,33 @@ def default_backend(cfg: JobConfig) -> Backend:
     return RayBackend()
 
 
-def resolve_device(want: str) -> str:
+def _backend_gpus(backend: Backend) -> int | None:
+    """GPUs the backend will run on when it knows (a Ray cluster), else None (this host)."""
+    gpus = getattr(backend, "gpus", None)
+    return int(gpus()) if callable(gpus) else None
+
+
+def resolve_device(want: str, gpus: int | None = None) -> str:
+    """``auto``: cuda when the cluster (``gpus``, if known) or else this host has a GPU."""
     if want != "auto":
         return want
+    if gpus is not None:
+        return "cuda" if gpus > 0 else "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _width(cfg: JobConfig, device: str) -> tuple[int, int]:
+def _width(cfg: JobConfig, device: str, gpus: int | None = None) -> tuple[int, int]:
     """(model workers, torch threads per worker): one worker per GPU, else one CPU worker using
     all cores (measured faster on 2 cores than two single-threaded workers)."""
     cpus = cfg.runtime.num_cpus or os.cpu_count() or 1
     if device == "cuda":
-        import torch
+        if gpus is None:
+            import torch
 
-        workers = cfg.runtime.workers or max(1, torch.cuda.device_count())
+            gpus = torch.cuda.device_count()
+        workers = cfg.runtime.workers or max(1, int(gpus / cfg.runtime.gpus_per_worker))
         return workers, cfg.runtime.threads_per_worker or 2
     workers = cfg.runtime.workers or 1
     return workers, cfg.runtime.threads_per_worker or max(1, cpus // workers)
@@ -155,12 +168,15 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     out = Path(cfg.output)
     key = cfg.result_key([m.digest for m in plan.models])
     grid = plan.grid
-    meta = {"geoseg_version": __version__, "result_key": key, "config": cfg.model_dump(),
+    code = code_version()
+    meta = {"geoseg_version": __version__, "code": code, "result_key": key,
+            "config": cfg.model_dump(),
             "grid": {"shape": list(grid.shape), "transform": list(grid.transform)[:6],
                      "crs_wkt": grid.crs.to_wkt()},
             "chunk_size": plan.chunks.chunk, "chunks": len(plan.chunks), "status": "running",
             "models": {m.name: {"id": m.model_id, "digest": m.digest} for m in plan.models}}
     manifest = start(out, meta, overwrite=overwrite, resume=resume)
+    _note_code(manifest, code)
     store = str(out / STORE)
     from geoseg.store import init_store
 
@@ -174,10 +190,11 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     todo = [c for c in plan.chunks if c.id not in manifest.done]
     log.info("%d chunks, %d to do (%d already done)", len(plan.chunks), len(todo),
              len(manifest.done))
-    device = resolve_device(cfg.runtime.device)
-    workers, threads = _width(cfg, device)
     if backend is None:
         backend = default_backend(cfg)
+    gpus = _backend_gpus(backend)
+    device = resolve_device(cfg.runtime.device, gpus)
+    workers, threads = _width(cfg, device, gpus)
 
     sink = None
     vector_fn = None
@@ -229,6 +246,18 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     return JobResult(out, summary, report.failed)
 
 
+def _note_code(manifest: Any, code: dict[str, Any]) -> None:
+    """Record which code ran (each run of a resumed job) and warn when it changed."""
+    first = manifest.data.get("code")
+    if first is not None and first != code:
+        warnings.warn(GeoSegWarning(
+            f"resuming a run started with geoseg {first.get('geoseg_version')} (commit "
+            f"{first.get('git_commit')}) using geoseg {code['geoseg_version']} (commit "
+            f"{code['git_commit']}): pass --overwrite if results must come from one version"),
+            stacklevel=3)
+    manifest.update(runs=[*manifest.data.get("runs", []), {"code": code, "started": time.time()}])
+
+
 def _summary(cfg: JobConfig, plan: Plan, manifest: Any, failed: list[ChunkFailure],
              counts: dict[str, int], outputs: dict[str, str], timings: dict[str, float],
              device: str, workers: int, threads: int, computed: int) -> dict[str, Any]:
@@ -260,6 +289,7 @@ def _summary(cfg: JobConfig, plan: Plan, manifest: Any, failed: list[ChunkFailur
                    "overlap": plan.overlap, "batch": plan.batch_size},
         "runtime": {"device": device, "workers": workers, "threads_per_worker": threads,
                     "host": platform.node()},
+        "code": manifest.data["runs"][-1]["code"],
         "throughput": {"pixels": px,
                        "px_per_s_chunks": round(computed_px / chunk_s, 1) if chunk_s else None,
                        "px_per_s_end_to_end": round(computed_px / timings["total_s"], 1)

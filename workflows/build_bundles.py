@@ -1,6 +1,6 @@
 """Build geoseg's default model bundles (``landcover`` and ``buildings``) from generated scenes.
 
-    python -m workflows.build_bundles --out geoseg/bundles --steps 450
+    python -m workflows.build_bundles --out geoseg/bundles --steps 1500
 
 Generates the training scenes (seeds 101, 102, 103, 2048² by default) and a held-back
 evaluation scene (seed 7) with :func:`geoseg.sample.generate_scene`, trains both bundles one
@@ -39,8 +39,10 @@ logger = logging.getLogger("workflows.build_bundles")
 
 BUNDLES = ("landcover", "buildings")
 DATES = ("t0", "t1")
-ARCHITECTURE = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=3,
-                                decoder_channels=(32, 16, 16))
+# ResNet-18 up to layer3 (stride 16, receptive field ~200 px = 100 m: enough context to tell
+# roofs from roads of the same colour) with a slim decoder; 0.7 s per 4 x 512² tiles on 2 cores.
+ARCHITECTURE = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=4,
+                                decoder_channels=(64, 32, 16, 16))
 BAND_NAMES = ("red", "green", "blue", "nir")
 
 
@@ -66,6 +68,7 @@ def config_for(name: str, steps: int, seed: int, threads: int,
     common: dict[str, Any] = {
         "architecture": ARCHITECTURE, "band_names": BAND_NAMES, "steps": steps,
         "batch_size": 8, "chip_size": 256, "lr": 3e-3, "seed": seed, "threads": threads,
+        "precision": "bf16",
         "max_seconds": max_seconds, "tile_size": 512, "version": "1.0.0"}
     if name == "landcover":
         from geoseg.sample import CLASSES
@@ -73,13 +76,13 @@ def config_for(name: str, steps: int, seed: int, threads: int,
         classes = tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in CLASSES)
         return TrainConfig(name="landcover", task="landcover", classes=classes,
                            description="5-class land cover (bare, building, road, vegetation, "
-                                       "water) for 0.5 m RGB+NIR imagery; U-Net ResNet-18/3",
+                                       "water) for 0.5 m RGB+NIR imagery; U-Net ResNet-18/4",
                            **common)
     classes = tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in BUILDING_CLASSES)
     return TrainConfig(name="buildings", task="buildings", classes=classes,
                        class_weights=(1.0, 1.0, 2.0),
                        description="building footprints with a 2-px boundary class that "
-                                   "separates touching buildings; U-Net ResNet-18/3",
+                                   "separates touching buildings; U-Net ResNet-18/4",
                        **common)
 
 
@@ -162,7 +165,7 @@ def summary(name: str, m: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--out", type=Path, default=Path("geoseg/bundles"))
-    p.add_argument("--steps", type=int, default=450)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--only", choices=BUNDLES, action="append")
     p.add_argument("--scenes", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-scenes",
                    help="cache directory for generated scenes")
@@ -171,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-minutes", type=float, default=11.5,
-                   help="stop a training early after this long (0: no limit)")
+    p.add_argument("--max-minutes", type=float, default=10.5,
+                   help="time budget of each training loop; the schedule ends at whichever of "
+                        "--steps or this comes first (0: steps only, reproducible)")
     p.add_argument("--skip-train", action="store_true", help="only evaluate existing bundles")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -7,6 +7,7 @@ batch, height and width are dynamic (H and W multiples of 32).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,7 +33,9 @@ def export_onnx(bundle_dir: str | Path, file_name: str = "model.onnx",
     load_weights(model, weights_path(spec, bundle_dir))
     model.eval()
     path = bundle_dir / file_name
-    with torch.no_grad():
+    # The TorchScript exporter: the dynamo one needs onnxscript, which geoseg does not require.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (dummy_input(spec, 64),), str(path), dynamo=False,
                           input_names=["image"], output_names=["logits"], opset_version=opset,
                           dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},

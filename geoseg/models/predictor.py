@@ -66,7 +66,7 @@ class Predictor:
         load_weights(model, weights_path(self.spec, self.bundle_dir))
         model.eval()
         if self.device.type == "cuda":
-            model = model.to(self.device, memory_format=torch.channels_last)
+            model = model.to(self.device).to(memory_format=torch.channels_last)
         self.model = model
         self.semantic = is_semantic(self.spec)
         self._layout = None if self.semantic else class_layout(self.spec)
@@ -96,7 +96,7 @@ class Predictor:
         if not isinstance(x, np.ndarray) or x.ndim != 4:
             raise InputError("predictor input must be a numpy array (N, C, H, W) of raw band "
                              f"values, got {type(x).__name__} {getattr(x, 'shape', '')}")
-        n, c, h, w = x.shape
+        _, c, h, w = x.shape
         if c != len(self.spec.bands):
             raise InputError(f"bundle {self.spec.name!r} reads {len(self.spec.bands)} bands "
                              f"{self.spec.bands}, the batch has {c}: select those bands first")

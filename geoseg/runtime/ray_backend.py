@@ -1,11 +1,20 @@
-"""The Ray adapter: the only module that imports Ray.
+"""The Ray adapter: the module that runs chunks on Ray (``jobs.py`` only talks to the job server).
 
 Reading, writing and vectorizing are Ray tasks; models live in a pool of actors (one per GPU with
 ``num_gpus``, or CPU actors) that load their bundles once. The driver chains read → predict →
 write per chunk through object refs, keeps at most ``max_in_flight`` chunks in the air (back
 pressure: readers never flood memory), and schedules a chunk's vectorization as soon as it and
-its neighbours are written. A failing chunk is retried, then reported with its window and error
-without sinking the job.
+its neighbours are written.
+
+Failures, from the cheapest remedy to the last:
+
+- a task worker that dies (OOM kill, node loss) is retried by Ray (``max_retries``); writes are
+  idempotent (a chunk is rewritten with the same bytes), so a retried write is harmless;
+- a model actor whose process dies is restarted by Ray (``max_restarts``) and its in-flight calls
+  are retried (``max_task_retries``); an actor that died for good is replaced by a fresh one;
+- anything else that fails a chunk (an exception in the model, a bad window) is retried by the
+  driver ``retries`` times, then reported with the chunk's window and error. The job goes on
+  and ends "completed with N failed chunks"; ``--resume`` retries exactly those.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -26,6 +37,8 @@ from geoseg.runtime.scheduling import NeighbourGate
 log = logging.getLogger(__name__)
 
 TASK_CPUS = 0.25  # logical: I/O and vector tasks share cores with the model actors
+TASK_RETRIES = 3  # Ray-level retries of read/write/vectorize tasks on worker death
+ACTOR_RESTARTS = 3  # Ray-level restarts of a model actor whose process died
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -39,6 +52,13 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=True,
                  _node_ip_address="127.0.0.1")
+
+
+def cluster_gpus() -> int:
+    """GPUs the connected cluster offers (0 when Ray is not initialised)."""
+    if not ray.is_initialized():
+        return 0
+    return int(ray.cluster_resources().get("GPU", 0))
 
 
 class ModelWorker:
@@ -56,47 +76,102 @@ class ModelWorker:
     def predict(self, plan: Plan, inp: ChunkInput) -> ChunkOutput:
         return predict_chunk(plan, self.models, inp)
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> int:
+        """The actor's process id (a health check that also helps diagnose restarts)."""
+        return os.getpid()
 
 
 def _read(plan: Plan, chunk: Chunk) -> ChunkInput:
     return read_chunk(plan, chunk)
 
 
-def _write(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
-    return write_output(plan, store, out)
+WriteFn = Callable[[Plan, str, ChunkOutput], dict[str, Any]]
+
+
+def _write(fn: WriteFn, plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
+    return fn(plan, store, out)
 
 
 def _vectorize(fn: VectorFn, plan: Plan, store: str, chunk: Chunk) -> Any:
     return fn(plan, store, chunk)
 
 
+@dataclass
+class _Pool:
+    """The model actors, replaced one by one when one dies for good."""
+
+    make: Callable[[], Any]  # starts one actor, returns its handle
+    actors: list[Any]
+    generation: list[int]
+    load: list[int]
+    replaced: int = 0
+    max_replacements: int = 0
+
+    @classmethod
+    def start(cls, make: Callable[[], Any], workers: int, max_replacements: int) -> _Pool:
+        actors = [make() for _ in range(workers)]
+        ray.get([a.ping.remote() for a in actors])  # surface model-loading errors up front
+        return cls(make, actors, [0] * workers, [0] * workers, 0, max_replacements)
+
+    def pick(self) -> int:
+        return min(range(len(self.actors)), key=lambda k: self.load[k])  # least-loaded actor
+
+    def replace(self, i: int, generation: int) -> None:
+        """Replace actor ``i`` once per death (other chunks of the dead actor report it too)."""
+        if generation != self.generation[i] or self.replaced >= self.max_replacements:
+            return
+        log.warning("model actor %d died for good; starting a replacement", i)
+        self.actors[i] = self.make()
+        self.generation[i] += 1
+        self.replaced += 1
+
+    def stop(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+
+
 class RayBackend:
+    """Runs chunks on Ray. ``worker_cls`` (the model actor) and ``write_fn`` (the chunk writer)
+    are the seams where tests inject faults; ``peak_in_flight`` records the most chunks the
+    driver had in the air."""
+
+    def __init__(self, worker_cls: type[ModelWorker] = ModelWorker,
+                 write_fn: WriteFn = write_output, actor_restarts: int = ACTOR_RESTARTS,
+                 task_retries: int = TASK_RETRIES) -> None:
+        self.worker_cls = worker_cls
+        self.write_fn = write_fn
+        self.actor_restarts = actor_restarts
+        self.task_retries = task_retries
+        self.peak_in_flight = 0
+
+    def gpus(self) -> int:
+        """GPUs of the cluster the driver is connected to (the driver's own host may have none,
+        e.g. a CPU-only head node); ``auto`` devices are decided from this, not from torch."""
+        return cluster_gpus()
+
     def run(self, plan: Plan, store: str, todo: list[Chunk], vectorize: list[Chunk] | None,
             vector_fn: VectorFn | None, cb: Callbacks, *, workers: int, threads: int,
             device: str, gpus_per_worker: float, max_in_flight: int,
             retries: int) -> StageReport:
         gpu = device == "cuda"
-        actor_cls = ray.remote(ModelWorker).options(
+        actor_cls = ray.remote(self.worker_cls).options(
             num_cpus=1 if gpu else 0.5, num_gpus=gpus_per_worker if gpu else 0,
-            max_restarts=2, max_task_retries=2)
-        read_t = ray.remote(_read).options(num_cpus=TASK_CPUS, max_retries=2)
-        write_t = ray.remote(_write).options(num_cpus=TASK_CPUS, max_retries=2)
-        vec_t = ray.remote(_vectorize).options(num_cpus=TASK_CPUS, max_retries=2)
+            max_restarts=self.actor_restarts, max_task_retries=self.actor_restarts)
+        read_t = ray.remote(_read).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
+        write_t = ray.remote(_write).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
+        vec_t = ray.remote(_vectorize).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
 
         plan_ref = ray.put(plan)
         # the plan travels by value: actor restarts must not depend on an object-store ref
-        actors = [actor_cls.remote(plan, device, threads) for _ in range(workers)]
-        ray.get([a.ping.remote() for a in actors])  # type: ignore[attr-defined]  # surface model-loading errors up front
-        load = [0] * workers
+        pool = _Pool.start(lambda: actor_cls.remote(plan, device, threads), workers,
+                           max_replacements=2 * workers * (retries + 1))
         todo_ids = {c.index for c in todo}
         gate = NeighbourGate(plan.chunks, vectorize or [],
                              {c.index for c in plan.chunks if c.index not in todo_ids})
         report = StageReport()
         pending = deque(todo)
         attempts: dict[str, int] = {}
-        chunk_refs: dict[ray.ObjectRef, tuple[Chunk, int]] = {}
+        chunk_refs: dict[ray.ObjectRef, tuple[Chunk, int, int]] = {}
         vec_refs: dict[ray.ObjectRef, Chunk] = {}
 
         def submit_vectors(chunks: list[Chunk]) -> None:
@@ -106,59 +181,65 @@ class RayBackend:
                 vec_refs[vec_t.remote(vector_fn, plan_ref, store, c)] = c
 
         def submit(chunk: Chunk) -> None:
-            i = min(range(workers), key=lambda k: load[k])  # least-loaded actor
-            load[i] += 1
+            i = pool.pick()
+            pool.load[i] += 1
             attempts[chunk.id] = attempts.get(chunk.id, 0) + 1
             inp = read_t.remote(plan_ref, chunk)
-            out = actors[i].predict.remote(plan_ref, inp)  # type: ignore[attr-defined]
-            chunk_refs[write_t.remote(plan_ref, store, out)] = (chunk, i)
+            out = pool.actors[i].predict.remote(plan_ref, inp)
+            ref = write_t.remote(self.write_fn, plan_ref, store, out)
+            chunk_refs[ref] = (chunk, i, pool.generation[i])
+
+        def fail(chunk: Chunk, msg: str, n: int) -> None:
+            w = chunk.window
+            failure = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width), msg, n)
+            report.failed.append(failure)
+            cb.chunk_failed(failure)
 
         submit_vectors(gate.settle())
-        while pending or chunk_refs or vec_refs:
-            while pending and len(chunk_refs) < max_in_flight:
-                submit(pending.popleft())
-            ready, _ = ray.wait([*chunk_refs, *vec_refs], num_returns=1)
-            ref = ready[0]
-            if ref in vec_refs:
-                c = vec_refs.pop(ref)
+        try:
+            while pending or chunk_refs or vec_refs:
+                while pending and len(chunk_refs) < max_in_flight:
+                    submit(pending.popleft())
+                self.peak_in_flight = max(self.peak_in_flight, len(chunk_refs))
+                ready, _ = ray.wait([*chunk_refs, *vec_refs], num_returns=1)
+                ref = ready[0]
+                if ref in vec_refs:
+                    c = vec_refs.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except (ray.exceptions.RayError, OSError) as exc:
+                        fail(c, f"vectorize: {_short(exc)}", 1)
+                        continue
+                    cb.vectors_done(c, result)
+                    report.vectorized += 1
+                    continue
+                chunk, i, gen = chunk_refs.pop(ref)
+                pool.load[i] -= 1
                 try:
-                    result = ray.get(ref)
+                    stats = ray.get(ref)
                 except (ray.exceptions.RayError, OSError) as exc:
-                    w = c.window
-                    failure = ChunkFailure(c.id, (w.row_off, w.col_off, w.height, w.width),
-                                           f"vectorize: {_short(exc)}", 1)
-                    report.failed.append(failure)
-                    cb.chunk_failed(failure)
+                    if isinstance(exc, ray.exceptions.ActorDiedError):
+                        pool.replace(i, gen)
+                    n = attempts[chunk.id]
+                    msg = _short(exc)
+                    if n <= retries:
+                        log.warning("chunk %s failed (attempt %d), retrying: %s", chunk.id, n,
+                                    msg)
+                        pending.append(chunk)
+                        continue
+                    fail(chunk, msg, n)
+                    submit_vectors(gate.settle(chunk.index))
                     continue
-                cb.vectors_done(c, result)
-                report.vectorized += 1
-                continue
-            chunk, i = chunk_refs.pop(ref)
-            load[i] -= 1
-            try:
-                stats = ray.get(ref)
-            except (ray.exceptions.RayError, OSError) as exc:
-                n = attempts[chunk.id]
-                msg = _short(exc)
-                if n <= retries:
-                    log.warning("chunk %s failed (attempt %d), retrying: %s", chunk.id, n, msg)
-                    pending.append(chunk)
-                    continue
-                w = chunk.window
-                failure = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width), msg, n)
-                report.failed.append(failure)
-                cb.chunk_failed(failure)
+                report.done += 1
+                cb.chunk_done(chunk, stats)
                 submit_vectors(gate.settle(chunk.index))
-                continue
-            report.done += 1
-            cb.chunk_done(chunk, stats)
-            submit_vectors(gate.settle(chunk.index))
-        for a in actors:
-            ray.kill(a)  # type: ignore[arg-type]
+        finally:
+            pool.stop()
         return report
 
 
 def _short(exc: BaseException) -> str:
+    """One line for the report: the root cause's type and last message line."""
     cause = getattr(exc, "cause", None)
     base = cause if isinstance(cause, BaseException) else exc
     lines = [ln for ln in str(base).strip().splitlines() if ln.strip()]

@@ -48,16 +48,72 @@ def _canonical(df: object) -> list[tuple[int, str]]:
                   for k, g in zip(df[key], df.geometry, strict=True))  # type: ignore[index]
 
 
-def test_footprints_independent_of_chunk_size(ray_cluster: None, tmp_path: Path,
-                                              scene_tif: Path,
-                                              tiny_bundles: tuple[str, str]) -> None:
-    """Same buildings whatever the chunking (ids from reference pixels; no seams)."""
-    _run(scene_tif, tmp_path / "c64", tiny_bundles, 1, 64)
-    _run(scene_tif, tmp_path / "c96", tiny_bundles, 1, 96)
-    za = zarr.open_group(str(tmp_path / "c64" / "predictions.zarr"), mode="r")["buildings"][:]
-    zb = zarr.open_group(str(tmp_path / "c96" / "predictions.zarr"), mode="r")["buildings"][:]
-    d1 = pyogrio.read_dataframe(tmp_path / "c64" / "features.gpkg", layer="buildings")
-    d2 = pyogrio.read_dataframe(tmp_path / "c96" / "features.gpkg", layer="buildings")
-    if np.array_equal(za, zb):  # identical class maps ⇒ identical footprints
-        assert sorted(d1["id"]) == sorted(d2["id"])
-        assert d1["id"].is_unique
+def test_demo_end_to_end_through_cli(ray_cluster: None, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`geoseg sample` + `geoseg run` with the built-in bundles on a local Ray cluster."""
+    import geopandas as gpd
+    import rasterio
+    import rioxarray  # noqa: F401
+    import xarray as xr
+    from pyproj import CRS
+
+    from geoseg.cli import main
+
+    assert main(["sample", str(tmp_path / "scene"), "--size", "512", "--seed", "11"]) == 0
+    img = tmp_path / "scene" / "image_t0.tif"
+    out = tmp_path / "run"
+    rc = main(["-q", "run", str(img), "-o", str(out), "--chunk-size", "256"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "complete" in printed and str(out / "features.gpkg") in printed
+    with rasterio.open(img) as src:
+        crs, transform, shape = CRS.from_wkt(src.crs.to_wkt()), src.transform, src.shape
+    ds = xr.open_zarr(str(out / "predictions.zarr"), decode_coords="all", mask_and_scale=False)
+    for name in ("landcover", "buildings"):
+        assert ds[name].shape == shape
+        assert CRS.from_wkt(ds[name].rio.crs.to_wkt()) == crs
+        assert ds[name].rio.transform().almost_equals(transform, precision=1e-9)
+        with rasterio.open(out / f"{name}.tif") as cog:
+            assert cog.crs == src.crs and cog.transform == transform
+            assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    b = gpd.read_file(out / "features.gpkg", layer="buildings")
+    assert len(b) > 10 and b.geometry.is_valid.all() and b["id"].is_unique
+    assert (b.acquisition_date == "2019-06-01").all() and (b.source_image == "image_t0.tif").all()
+    assert b.crs == crs
+    lc = gpd.read_file(out / "features.gpkg", layer="landcover")
+    assert set(lc.class_name) <= {"bare", "building", "road", "vegetation", "water"}
+
+
+def test_footprints_independent_of_chunk_size(ray_cluster: None, tmp_path: Path) -> None:
+    """The same buildings (ids and geometry) whatever the chunking, with the trained model."""
+    from geoseg.sample import generate_scene
+
+    scene = generate_scene(tmp_path / "scene", size=512, seed=12)
+    runs = {}
+    for chunk in (128, 192):
+        cfg = validate_job({"image": str(scene.image_t0), "output": str(tmp_path / f"c{chunk}"),
+                            "models": ["buildings"], "inference": {"chunk_size": chunk},
+                            "outputs": {"cog": False, "quicklook": False},
+                            "runtime": {"workers": 1, "threads_per_worker": 2}})
+        assert run_job(cfg).ok
+        runs[chunk] = pyogrio.read_dataframe(tmp_path / f"c{chunk}" / "features.gpkg",
+                                             layer="buildings")
+    a, b = runs[128], runs[192]
+    assert len(a) > 10 and a["id"].is_unique and b["id"].is_unique
+    # Different tile shapes may flip a near-tie pixel (float summation order); every footprint
+    # away from such pixels must come out identical (id and geometry) under both chunkings.
+    import shapely
+
+    za = zarr.open_group(str(tmp_path / "c128" / "predictions.zarr"), mode="r")["buildings"][:]
+    zb = zarr.open_group(str(tmp_path / "c192" / "predictions.zarr"), mode="r")["buildings"][:]
+    diff = np.argwhere(za != zb)
+    assert len(diff) <= za.size * 1e-3
+    pts = shapely.points(500000.0 + (diff[:, 1] + 0.5) * 0.5, 5100000.0 - (diff[:, 0] + 0.5) * 0.5)
+
+    def clean(df: object) -> list[tuple[int, str]]:
+        keep = [not any(g.buffer(1.0).contains(pts)) for g in df.geometry]  # type: ignore[attr-defined]
+        return _canonical(df[keep])  # type: ignore[index]
+
+    ca, cb = clean(a), clean(b)
+    assert len(ca) >= len(a) - len(diff)  # at most one footprint touched per differing pixel
+    assert ca == cb

@@ -1,0 +1,170 @@
+"""Compare two ``geoseg run`` outputs of one region: change store, transitions, building
+changes, quicklooks and a summary. The CLI and workflows call :func:`compare_runs`; it prints
+nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import xarray as xr
+
+from geoseg import __version__
+from geoseg.change.align import GridDecision, aligned_inputs, decide_grid, quiet_warp
+from geoseg.change.buildings import check_params, compare_buildings, write_changes
+from geoseg.change.quicklook import render
+from geoseg.change.raster import (
+    Transitions,
+    compute_change,
+    confidence_threshold,
+    init_change_store,
+)
+from geoseg.change.runs import RunInfo, check_same_classes, open_run
+from geoseg.errors import InputError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+STORE = "change.zarr"
+GPKG = "change.gpkg"
+CSV = "transitions.csv"
+SUMMARY = "change_summary.json"
+PNGS = ("before.png", "after.png", "change.png")
+OUTPUTS = (STORE, GPKG, CSV, SUMMARY, *PNGS)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """Where the outputs are, and the summary that was written to ``change_summary.json``."""
+
+    output: Path
+    summary: dict[str, Any]
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Path:
+        return self.output / STORE
+
+    @property
+    def gpkg(self) -> Path | None:
+        p = self.output / GPKG
+        return p if p.exists() else None
+
+    @property
+    def building_counts(self) -> dict[str, int] | None:
+        b = self.summary.get("buildings")
+        return None if b is None else dict(b["counts"])
+
+
+def _prepare_output(out: Path, runs: tuple[Path, ...], overwrite: bool) -> None:
+    res = out.resolve()
+    for r in runs:
+        if res == r.resolve():
+            raise InputError(f"output {out} is an input run: choose another -o directory")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} is a file: choose a directory for -o")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"output {out} is not empty: pass --overwrite to replace "
+                                    "the change outputs, or choose another -o directory")
+        for name in OUTPUTS:  # only what this stage writes; anything else stays
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _store_attrs(a: RunInfo, b: RunInfo, decision: GridDecision,
+                 min_confidence: float) -> dict[str, Any]:
+    return {"kind": "geoseg-change", "geoseg_version": __version__, "run_a": str(a.path),
+            "run_b": str(b.path), "date_a": a.date or None, "date_b": b.date or None,
+            "source_image_a": a.source_image or None, "source_image_b": b.source_image or None,
+            "min_confidence": min_confidence, "grid_decision": decision.message,
+            "grid_target": decision.target, "grid_mode": decision.mode}
+
+
+def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"] = "a",
+                 min_confidence: float = 0.5, iou_modified: float = 0.8,
+                 area_tolerance: float = 0.1, overwrite: bool = False) -> ChangeResult:
+    """Land-cover and building change from run A (before) to run B (after).
+
+    Both runs are compared on A's grid (``grid="a"``) or B's; the other run is aligned to it
+    explicitly (window copy or nearest-neighbour resampling, recorded in the summary). Raises
+    :class:`~geoseg.errors.RegionError` when the runs do not overlap and
+    :class:`~geoseg.errors.InputError` for different class schemes or bad parameters.
+    """
+    t_start = time.perf_counter()
+    run_a, run_b, out = Path(run_a), Path(run_b), Path(out)
+    if grid not in ("a", "b"):
+        raise InputError(f"grid must be 'a' or 'b', got {grid!r}")
+    threshold = confidence_threshold(min_confidence)
+    check_params(iou_modified, area_tolerance)
+    a, b = open_run(run_a, "a"), open_run(run_b, "b")
+    check_same_classes(a, b)
+    decision = decide_grid(a, b, grid)
+    _prepare_output(out, (run_a, run_b), overwrite)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    inputs = aligned_inputs(decision, a, b)
+    store = out / STORE
+    init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence))
+    with quiet_warp():
+        transitions = compute_change(store, inputs, decision, a.classes, threshold)
+    transitions.write_csv(out / CSV)
+    timings["landcover_s"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    bchanges = compare_buildings(a, b, iou_modified=iou_modified, area_tolerance=area_tolerance)
+    outputs: dict[str, Path] = {"change_store": store, "transitions": out / CSV}
+    if bchanges is not None:
+        outputs["building_changes"] = write_changes(bchanges.frame, out / GPKG)
+    timings["buildings_s"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    ds = xr.open_zarr(str(store), chunks={"y": decision.chunk, "x": decision.chunk},
+                      mask_and_scale=False, zarr_format=2)
+    change = {n: ds[n] for n in ("changed", "to_class")}
+    with quiet_warp():
+        pngs = render(out, inputs, change, a.classes, (a.date, b.date))
+    outputs.update({f"{key}_png": path for key, path in pngs.items()})
+    timings["quicklooks_s"] = round(time.perf_counter() - t0, 3)
+    timings["total_s"] = round(time.perf_counter() - t_start, 3)
+
+    outputs["summary"] = out / SUMMARY
+    summary = _summary(a, b, decision, min_confidence, iou_modified, area_tolerance,
+                       transitions, bchanges, outputs, timings)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
+    log.info("change %s -> %s written to %s in %.1f s", run_a, run_b, out, timings["total_s"])
+    return ChangeResult(out, summary, outputs)
+
+
+def _summary(a: RunInfo, b: RunInfo, decision: GridDecision, min_confidence: float,
+             iou_modified: float, area_tolerance: float, transitions: Transitions,
+             bchanges: Any, outputs: dict[str, Path],
+             timings: dict[str, float]) -> dict[str, Any]:
+    buildings: dict[str, Any] | None = None
+    if bchanges is not None:
+        buildings = {"counts": bchanges.counts, "outside_overlap": bchanges.outside_overlap,
+                     "iou_modified": iou_modified, "area_tolerance": area_tolerance,
+                     "crs": a.grid.crs.to_string()}
+    return {
+        "geoseg_version": __version__,
+        "inputs": {"a": a.describe(), "b": b.describe()},
+        "grid": decision.describe(),
+        "min_confidence": min_confidence,
+        "classes": {str(v): m for v, m in zip(a.classes.values, a.classes.meanings,
+                                              strict=True)},
+        "areas": transitions.totals(),
+        "transitions_m2": transitions.matrix_m2(),
+        "transitions": transitions.rows(),
+        "buildings": buildings,
+        "timings_s": timings,
+        "outputs": {k: str(v) for k, v in outputs.items()},
+    }

@@ -1,0 +1,202 @@
+"""Per-pixel land-cover change: the change store and the transition matrix, out of core.
+
+Rules (invariant 4, nodata is explicit): a pixel is *known* only when both dates have a class
+and both confidences reach ``min_confidence``; everything else is unknown (255), never "no
+change". ``confidence`` is the smaller of the two dates' confidences (0 where a date has no data).
+
+The arrays are lazy dask blocks of exactly the store's chunks; one compute writes every chunk
+once (``da.store``, chunk-aligned) and sums the per-block transition counts in the same pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from geoseg.change.align import GridDecision
+from geoseg.change.runs import ClassScheme
+from geoseg.errors import InputError
+from geoseg.grid import GeoBox
+from geoseg.store import FILL, init_store, mark_complete
+
+log = logging.getLogger(__name__)
+
+NAMES = ("from_class", "to_class", "changed", "confidence")
+
+
+def confidence_threshold(min_confidence: float) -> int:
+    """``min_confidence`` in the stored uint8 scale (value/255), rounded so that a stored value
+    passes exactly when ``value / 255 >= min_confidence``."""
+    if not 0.0 <= min_confidence <= 1.0 or math.isnan(min_confidence):
+        raise InputError(f"min_confidence must be in [0, 1], got {min_confidence}")
+    return math.ceil(round(min_confidence * 255, 9))
+
+
+def change_arrays(inp: dict[str, xr.DataArray], threshold: int) -> dict[str, xr.DataArray]:
+    """Lazy change layers from the aligned inputs (see :func:`geoseg.change.align`)."""
+    a, b = inp["a_class"], inp["b_class"]
+    ac, bc = inp["a_conf"], inp["b_conf"]
+    valid = (a != FILL) & (b != FILL)
+    known = valid & (ac >= threshold) & (bc >= threshold)
+    fill = np.uint8(FILL)
+    return {
+        "from_class": xr.where(known, a, fill).astype(np.uint8),
+        "to_class": xr.where(known, b, fill).astype(np.uint8),
+        "changed": xr.where(known, (a != b).astype(np.uint8), fill).astype(np.uint8),
+        "confidence": xr.where(valid, np.minimum(ac, bc), np.uint8(0)).astype(np.uint8),
+    }
+
+
+def row_areas_m2(grid: GeoBox) -> np.ndarray | float:
+    """Ground area of one pixel: a constant for projected grids, one value per row (latitude)
+    for geographic grids (geodesic, on the CRS's ellipsoid)."""
+    from geoseg.outputs import _pixel_area_m2
+
+    if not grid.crs.is_geographic:
+        return _pixel_area_m2(grid)
+    import shapely
+
+    from geoseg.area import ground_area_m2
+
+    t = grid.transform
+    rx = abs(t.a)
+    out = np.empty(grid.height, np.float64)
+    for r in range(grid.height):
+        y0, y1 = sorted((t.f + t.e * r, t.f + t.e * (r + 1)))
+        out[r] = ground_area_m2(shapely.box(t.c, y0, t.c + rx, y1), grid.crs)
+    return out
+
+
+def _block_counts(fr: np.ndarray, to: np.ndarray, k: int, areas: np.ndarray | float,
+                  block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """(pixels, m²) per (from, to) pair of one block, plus unknown in the last bin."""
+    n = k * k + 1
+    unknown = (fr == FILL) | (to == FILL)
+    if ((fr >= k) & ~unknown).any() or ((to >= k) & ~unknown).any():
+        raise InputError(f"a class id outside the declared scheme (0..{k - 1}) in the store: "
+                         "rerun the run with a consistent model")
+    code = np.where(unknown, k * k, fr.astype(np.int64) * k + to.astype(np.int64)).ravel()
+    px = np.bincount(code, minlength=n).astype(np.float64)
+    m2: np.ndarray
+    if isinstance(areas, np.ndarray):
+        r0, r1 = block_info[0]["array-location"][0] if block_info else (0, fr.shape[0])
+        m2 = np.bincount(code, weights=np.repeat(areas[r0:r1], fr.shape[1]), minlength=n)
+    else:
+        m2 = px * areas
+    return np.stack([px, m2])[None, None]
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """Pixel counts and ground areas of every from→to pair, plus the unknown area."""
+
+    classes: ClassScheme
+    pixels: np.ndarray  # (K, K) indexed by class id
+    area_m2: np.ndarray
+    unknown_pixels: int
+    unknown_m2: float
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for f in self.classes.values:
+            for t in self.classes.values:
+                out.append({"from_class": self.classes.name(f), "to_class": self.classes.name(t),
+                            "from_id": f, "to_id": t, "pixels": int(self.pixels[f, t]),
+                            "area_m2": round(float(self.area_m2[f, t]), 3),
+                            "area_ha": round(float(self.area_m2[f, t]) / 1e4, 6)})
+        return out
+
+    def totals(self) -> dict[str, Any]:
+        diag = float(np.trace(self.area_m2))
+        known = float(self.area_m2.sum())
+        dpx = int(np.trace(self.pixels))
+        kpx = int(self.pixels.sum())
+        def entry(px: int, m2: float) -> dict[str, float | int]:
+            return {"pixels": px, "m2": round(m2, 3), "ha": round(m2 / 1e4, 6)}
+        return {"changed": entry(kpx - dpx, known - diag), "unchanged": entry(dpx, diag),
+                "known": entry(kpx, known),
+                "unknown": entry(self.unknown_pixels, self.unknown_m2),
+                "total": entry(kpx + self.unknown_pixels, known + self.unknown_m2)}
+
+    def matrix_m2(self) -> dict[str, dict[str, float]]:
+        c = self.classes
+        return {c.name(f): {c.name(t): round(float(self.area_m2[f, t]), 3) for t in c.values}
+                for f in c.values}
+
+    def write_csv(self, path: Path) -> Path:
+        import csv
+
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["from_class", "to_class", "from_id", "to_id", "pixels", "area_m2",
+                        "area_ha"])
+            for r in self.rows():
+                w.writerow([r["from_class"], r["to_class"], r["from_id"], r["to_id"],
+                            r["pixels"], f"{r['area_m2']:.3f}", f"{r['area_ha']:.6f}"])
+            w.writerow(["unknown", "unknown", "", "", self.unknown_pixels,
+                        f"{self.unknown_m2:.3f}", f"{self.unknown_m2 / 1e4:.6f}"])
+        return path
+
+
+def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
+                      attrs: dict[str, Any]) -> None:
+    """Georeferenced, empty change store on the decision's grid (same layout as the run
+    store: x/y, spatial_ref, ``_CRS`` and ``grid_mapping`` on every layer)."""
+    grid, c = decision.grid, decision.chunk
+    init_store(path, grid, c, [], attrs)
+    g = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    wkt = grid.crs.to_wkt()
+    common: dict[str, Any] = {"_ARRAY_DIMENSIONS": ["y", "x"], "grid_mapping": "spatial_ref",
+                              "_CRS": {"wkt": wkt}}
+    flags = {"flag_values": list(classes.values), "flag_meanings": " ".join(classes.meanings),
+             "flag_colors": " ".join(classes.colors)}
+    specs: dict[str, tuple[int, dict[str, Any]]] = {
+        "from_class": (FILL, {"long_name": "class id at date a (255 unknown)", **flags}),
+        "to_class": (FILL, {"long_name": "class id at date b (255 unknown)", **flags}),
+        "changed": (FILL, {"long_name": "land-cover change (0 no, 1 yes, 255 unknown)",
+                           "flag_values": [0, 1], "flag_meanings": "no_change change"}),
+        "confidence": (0, {"long_name": "min of both dates' confidences",
+                           "scale_factor": 1 / 255, "add_offset": 0.0}),
+    }
+    from geoseg.store import _compressor
+
+    for name, (fill, extra) in specs.items():
+        g.create_array(name, shape=grid.shape, chunks=(c, c), dtype="uint8", fill_value=fill,
+                       compressors=_compressor(), attributes={**common, **extra})
+    zarr.consolidate_metadata(str(path))
+
+
+def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecision,
+                   classes: ClassScheme, threshold: int) -> Transitions:
+    """Write the change layers into the initialised store at ``path`` and return the
+    transition table, in one pass over the chunks."""
+    layers = change_arrays(inp, threshold)
+    c = decision.chunk
+    g = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
+    sources: list[da.Array] = []
+    targets: list[Any] = []
+    for name in NAMES:
+        arr = layers[name].data
+        if not isinstance(arr, da.Array):
+            raise TypeError(f"{name} is not lazy")
+        sources.append(arr.rechunk((c, c)))  # a no-op unless blocks stray from the chunks
+        targets.append(g[name])
+    k = classes.size
+    areas = row_areas_m2(decision.grid)
+    counts = da.map_blocks(_block_counts, sources[0], sources[1], k, areas, new_axis=[2, 3],
+                           chunks=(1, 1, 2, k * k + 1), dtype=np.float64).sum(axis=(0, 1))
+    stored = da.store(sources, targets, lock=False, compute=False)
+    _, total = dask.compute(stored, counts, scheduler="threads")
+    px, m2 = total[0], total[1]
+    mark_complete(path, {})
+    return Transitions(classes, px[:-1].reshape(k, k).round().astype(np.int64),
+                       m2[:-1].reshape(k, k), int(np.rint(px[-1])), float(m2[-1]))

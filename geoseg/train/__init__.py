@@ -1,0 +1,10 @@
+"""Training of the semantic bundles on GeoTIFF scenes, and scene-level evaluation."""
+
+from geoseg.train.data import ChipSampler, SceneFiles, band_stats, scene_files
+from geoseg.train.evaluate import evaluate_buildings, evaluate_landcover, predict_raster
+from geoseg.train.loop import TrainConfig, TrainResult, train
+from geoseg.train.targets import BUILDING_CLASSES, boundary_mask, buildings_target
+
+__all__ = ["BUILDING_CLASSES", "ChipSampler", "SceneFiles", "TrainConfig", "TrainResult",
+           "band_stats", "boundary_mask", "buildings_target", "evaluate_buildings",
+           "evaluate_landcover", "predict_raster", "scene_files", "train"]

@@ -1,0 +1,43 @@
+"""Validation of a model in training on the held-out stripe windows of its scenes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from geoseg.metrics.instances import instances_from_classes
+from geoseg.metrics.objects import ObjectScores, score_instances
+from geoseg.metrics.pixel import PixelScores, confusion_matrix
+from geoseg.train.data import ChipSampler
+from geoseg.train.targets import BOUNDARY, BUILDING, IGNORE
+
+
+def validate(model: torch.nn.Module, sampler: ChipSampler, mean: np.ndarray, std: np.ndarray,
+             max_per_scene: int, class_names: Sequence[str]) -> dict[str, object]:
+    """Pixel metrics (and, for buildings, object F1@0.5) on the validation windows."""
+    windows = sampler.val_windows(max_per_scene) if max_per_scene else []
+    if not windows:
+        return {"windows": 0}
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=np.int64)
+    objects = ObjectScores(0, 0, 0)
+    model.eval()
+    for scene, win in windows:
+        image, target = sampler.read(scene, win)
+        x = torch.from_numpy(((image - mean) / std)[None].astype(np.float32))
+        with torch.inference_mode():
+            pred = model(x).argmax(dim=1)[0].numpy().astype(np.uint8)
+        cm += confusion_matrix(pred, target, k, ignore=IGNORE)
+        if sampler.task == "buildings":
+            truth = sampler.read_labels(scene, win)
+            found = instances_from_classes(pred, BUILDING, BOUNDARY)
+            objects = objects + score_instances(found, truth, 0.5, valid=target != IGNORE)
+    out: dict[str, object] = {"windows": len(windows)}
+    scores = PixelScores.from_confusion(cm).to_dict(class_names)
+    scores.pop("confusion")
+    out.update(scores)
+    if sampler.task == "buildings":
+        out["objects_iou50"] = objects.to_dict()
+    return out

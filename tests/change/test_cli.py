@@ -1,0 +1,168 @@
+"""``geoseg change`` through its parser: summary, one-line errors, overwrite, quicklooks,
+evaluation against truth."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from geoseg.change import evaluate_change
+from geoseg.change.quicklook import decimate
+from geoseg.cli_change import add_change_command
+from geoseg.errors import GeoSegError
+from tests.change.conftest import SHAPE, T_A, make_run
+from tests.change.test_buildings import A_BUILDINGS, B_BUILDINGS
+from tests.conftest import write_raster
+
+
+def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """What geoseg.cli.main does once the command is wired: parse, run, one-line errors."""
+    p = argparse.ArgumentParser(prog="geoseg")
+    add_change_command(p.add_subparsers(dest="cmd", required=True))
+    args = p.parse_args(argv)
+    try:
+        rc = int(args.fn(args))
+    except GeoSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rc = exc.exit_code
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    a_cls = np.full(SHAPE, 3, np.uint8)
+    b_cls = a_cls.copy()
+    b_cls[10:30, 40:80] = 1
+    b_cls[50:90, 90:120] = 4
+    a = make_run(tmp_path / "a", a_cls, buildings=A_BUILDINGS)
+    b = make_run(tmp_path / "b", b_cls, buildings=B_BUILDINGS, date="2024-06-01")
+    return a, b, a_cls, b_cls
+
+
+def test_cli_prints_summary(tmp_path: Path, runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, _, _ = runs
+    out = tmp_path / "out"
+    rc, stdout, err = _main(["change", str(a), str(b), "-o", str(out), "--min-confidence",
+                             "0.6"], capsys)
+    assert rc == 0, err
+    assert "ha changed" in stdout and "vegetation -> water" in stdout
+    assert "1 new" in stdout and "1 demolished" in stdout and "3 modified" in stdout
+    assert str(out / "change.zarr") in stdout
+    for name in ("change.zarr", "change.gpkg", "transitions.csv", "change_summary.json",
+                 "before.png", "after.png", "change.png"):
+        assert (out / name).exists(), name
+
+
+def test_cli_refuses_non_empty_output(tmp_path: Path,
+                                      runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, _, _ = runs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(out)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "--overwrite" in err
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(out), "--overwrite"], capsys)
+    assert rc == 0, err
+    assert (out / "notes.txt").read_text() == "mine"  # only change outputs are replaced
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(out), "--overwrite"], capsys)
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("argv_tail, needle", [
+    (["--min-confidence", "2"], "min_confidence"),
+    (["--iou-modified", "0"], "iou_modified"),
+])
+def test_cli_bad_values_one_line(tmp_path: Path, runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                                 capsys: pytest.CaptureFixture[str], argv_tail: list[str],
+                                 needle: str) -> None:
+    a, b, _, _ = runs
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(tmp_path / "o"), *argv_tail], capsys)
+    assert rc == 2 and err.count("\n") == 1 and needle in err
+
+
+def test_cli_missing_run_one_line(tmp_path: Path, runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    a, _, _, _ = runs
+    rc, _, err = _main(["change", str(a), str(tmp_path / "nope"), "-o", str(tmp_path / "o")],
+                       capsys)
+    assert rc == 2 and err.count("\n") == 1 and "geoseg run" in err
+
+
+def test_quicklooks_show_the_change(tmp_path: Path,
+                                    runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, _, _ = runs
+    out = tmp_path / "out"
+    assert _main(["change", str(a), str(b), "-o", str(out)], capsys)[0] == 0
+    img = np.asarray(Image.open(out / "change.png").convert("RGB"))
+    assert img.shape[0] >= SHAPE[0] and img.shape[1] > SHAPE[1]  # map + legend
+    unchanged, to_water, to_building = img[2, 2], img[70, 100], img[20, 60]
+    assert max(unchanged) - min(unchanged) < 40  # grey-ish
+    assert to_water[2] > 200 and to_water[0] < 100  # strong blue
+    assert to_building[0] > 200 and to_building[1] < 100  # strong red
+    before = np.asarray(Image.open(out / "before.png").convert("RGB"))
+    after = np.asarray(Image.open(out / "after.png").convert("RGB"))
+    assert tuple(before[70, 100]) == (0x31, 0xA3, 0x54) and tuple(after[70, 100]) == (
+        0x31, 0x82, 0xBD)
+
+
+def test_decimate_bounds_the_size() -> None:
+    import dask.array as da
+    import xarray as xr
+
+    arr = xr.DataArray(da.zeros((3000, 2100), np.uint8, chunks=512), dims=("y", "x"))
+    assert decimate(arr, 1024).shape == (1000, 700)
+
+
+def _scene(root: Path, a_cls: np.ndarray, b_cls: np.ndarray) -> Path:
+    import geopandas as gpd
+    import pyogrio
+    from pyproj import CRS
+
+    root.mkdir()
+    write_raster(root / "landcover_t0.tif", a_cls, transform=T_A, nodata=255)
+    write_raster(root / "landcover_t1.tif", b_cls, transform=T_A, nodata=255)
+    a = dict(A_BUILDINGS)
+    b = dict(B_BUILDINGS)
+    rows = [("new", None, 16, b[16]), ("demolished", 2, None, a[2]),
+            ("extended", 3, 3, b[13]), ("extended", 5, 5, b[15])]
+    crs = CRS.from_epsg(32633)
+    df = gpd.GeoDataFrame({"change": [r[0] for r in rows],
+                           "id_t0": pd.array([r[1] for r in rows], dtype="Int64"),
+                           "id_t1": pd.array([r[2] for r in rows], dtype="Int64")},
+                          geometry=gpd.GeoSeries([r[3] for r in rows], crs=crs), crs=crs)
+    pyogrio.write_dataframe(df, root / "changes.gpkg", layer="building_changes",
+                            driver="GPKG", geometry_type="Polygon")
+    return root
+
+
+def test_evaluate_change_against_truth(tmp_path: Path,
+                                       runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, a_cls, b_cls = runs
+    from geoseg.change import compare_runs
+
+    res = compare_runs(a, b, tmp_path / "out")
+    truth_b = b_cls.copy()
+    truth_b[0:5, 0:5] = 0  # a change the prediction missed (25 px)
+    truth_a = a_cls.copy()
+    truth_a[90:96, :] = 255  # truth nodata: not scored
+    scene = _scene(tmp_path / "scene", truth_a, truth_b)
+    rep = evaluate_change(res, scene)
+    px = rep["pixels"]
+    assert px["fp"] == 0 and px["fn"] == 25 and px["precision"] == 1.0
+    assert px["tp"] == 20 * 40 + 40 * 30 and px["coverage"] == 1.0
+    assert rep["buildings"]["new"]["f1"] == 1.0
+    assert rep["buildings"]["demolished"]["f1"] == 1.0
+    assert rep["buildings"]["modified"]["tp"] == 2 and rep["buildings"]["modified"]["fp"] == 0
+    assert evaluate_change(res.output, scene)["pixels"] == px

@@ -1,0 +1,192 @@
+"""Submission without a cluster: entrypoint, shipped working dir, input checks, exit codes, and
+the --plan dry run (measured rate)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geoseg.config import load_job_config
+from geoseg.runtime import jobs
+from tests.cluster.conftest import cluster_cli, job_dict, write_config
+
+
+def _project(root: Path) -> Path:
+    """A minimal geoseg source tree to ship."""
+    (root / "workflows").mkdir(parents=True)
+    (root / "workflows" / "run_region.py").write_text("")
+    (root / "geoseg").mkdir()
+    (root / "configs").mkdir()
+    return root
+
+
+@dataclass
+class _Info:
+    status: str
+    entrypoint: str = "python -m workflows.run_region"
+    message: str = ""
+    start_time: int | None = 1_000
+    end_time: int | None = 5_000
+    driver_exit_code: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class FakeClient:
+    """Stands in for JobSubmissionClient: records submissions, replays a final state."""
+
+    def __init__(self, final: _Info, log: str = "") -> None:
+        self.final, self.log = final, log
+        self.submitted: list[dict[str, Any]] = []
+
+    def submit_job(self, **kw: Any) -> str:
+        self.submitted.append(kw)
+        return "raysubmit_test"
+
+    def get_job_info(self, job_id: str) -> _Info:
+        if job_id != "raysubmit_test":
+            raise RuntimeError("Request failed with status code 404: Job x does not exist.")
+        return self.final
+
+    def get_job_logs(self, job_id: str) -> str:
+        return self.log
+
+    async def tail_job_logs(self, job_id: str) -> AsyncIterator[str]:
+        for line in self.log.splitlines(keepends=True):
+            yield line
+
+    def stop_job(self, job_id: str) -> bool:
+        return True
+
+
+@pytest.fixture()
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
+    c = FakeClient(_Info("SUCCEEDED", driver_exit_code=0), "geoseg job complete\n")
+    monkeypatch.setattr(jobs, "client", lambda address: c)
+    return c
+
+
+def test_submit_ships_project_with_config_path(tmp_path: Path, fake: FakeClient) -> None:
+    root = _project(tmp_path / "proj")
+    (root / "big.bin").open("wb").truncate(25 * 2**20)  # sparse: cheap, but "large"
+    cfg = write_config(root / "configs" / "job.yaml",
+                       {"image": "/shared/img.tif", "output": "/shared/out"})
+    rc, out, err = cluster_cli(["submit", str(cfg), "--working-dir", str(root), "--address",
+                                "http://127.0.0.1:8265", "--resume",
+                                "--output", "/shared/out2"])
+    assert rc == 0, err
+    assert "submitted job raysubmit_test" in out and "geoseg logs raysubmit_test" in out
+    (kw,) = fake.submitted
+    assert shlex.split(kw["entrypoint"]) == ["python", "-m", "workflows.run_region",
+                                             "configs/job.yaml", "--output", "/shared/out2",
+                                             "--resume"]
+    env = kw["runtime_env"]
+    assert env["working_dir"] == str(root.resolve())
+    for pattern in (".git", "/demo/", "*.zarr", ".mypy_cache", "/big.bin"):
+        assert pattern in env["excludes"]
+    assert env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert kw["metadata"]["output"] == "/shared/out2"
+
+
+def test_config_outside_project_travels_inline(tmp_path: Path, fake: FakeClient,
+                                               tiny_bundles: tuple[str, str]) -> None:
+    cfg = write_config(tmp_path / "job.yaml",
+                       job_dict(Path("/shared/img.tif"), Path("/shared/out"), tiny_bundles))
+    rc, _, err = cluster_cli(["submit", str(cfg), "--address", "127.0.0.1:8265", "--wait"])
+    assert rc == 0, err
+    args = shlex.split(fake.submitted[0]["entrypoint"])
+    assert args[:4] == ["python", "-m", "workflows.run_region", "--config-json"]
+    assert json.loads(args[4]) == load_job_config(cfg).model_dump(mode="json")
+    # the shipped tree is geoseg's own source tree
+    assert (Path(fake.submitted[0]["runtime_env"]["working_dir"]) / "workflows").is_dir()
+
+
+def test_run_region_accepts_inline_config(tmp_path: Path, region_tif: Path,
+                                          tiny_bundles: tuple[str, str]) -> None:
+    from workflows.run_region import main
+
+    data = job_dict(region_tif, tmp_path / "o", tiny_bundles)
+    data["models"] = ["/nonexistent/bundle"]
+    assert main(["--config-json", json.dumps(data)]) == 2  # a GeoSegError: bad input, no trace
+
+
+@pytest.mark.parametrize(("final", "log", "rc", "says"), [
+    (_Info("FAILED", driver_exit_code=3),
+     "failed chunk 1_0 window (64, 0, 64, 64)\n"
+     "geoseg job completed with 1 failed chunks: rerun with --resume to retry them\n",
+     3, "completed with 1 failed chunks"),
+    (_Info("FAILED", driver_exit_code=2, message="Job entrypoint command failed with exit "
+                                                  "code 2"), "error: image not found\n",
+     2, "error: job raysubmit_test FAILED"),
+    (_Info("STOPPED", message="Job was intentionally stopped."), "", 1, "STOPPED"),
+])
+def test_wait_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, final: _Info,
+                         log: str, rc: int, says: str) -> None:
+    c = FakeClient(final, log)
+    monkeypatch.setattr(jobs, "client", lambda address: c)
+    cfg = write_config(tmp_path / "job.yaml", {"image": "/s/i.tif", "output": "/s/o"})
+    got, out, err = cluster_cli(["submit", str(cfg), "--address", "http://h:8265", "--wait"])
+    assert got == rc and says in out + err
+    assert log in out  # the job's log is streamed
+
+
+def test_status_logs_cancel(fake: FakeClient) -> None:
+    fake.final.metadata = {"output": "/shared/out", "git_commit": "abc123"}
+    rc, out, _ = cluster_cli(["status", "raysubmit_test", "--address", "http://h:8265"])
+    assert rc == 0 and "SUCCEEDED" in out and "/shared/out" in out and "abc123" in out
+    rc, out, _ = cluster_cli(["logs", "raysubmit_test", "--address", "http://h:8265"])
+    assert rc == 0 and out == fake.log
+    rc, out, _ = cluster_cli(["logs", "raysubmit_test", "-f", "--address", "http://h:8265"])
+    assert rc == 0 and out == fake.log
+    rc, out, _ = cluster_cli(["cancel", "raysubmit_test", "--address", "http://h:8265"])
+    assert rc == 0 and "--resume" in out
+    rc, _, err = cluster_cli(["status", "nope", "--address", "http://h:8265"])
+    assert rc == 2 and err.count("\n") == 1 and "knows no job 'nope'" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_user_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in jobs.ADDRESS_ENVS:
+        monkeypatch.delenv(k, raising=False)
+    rc, _, err = cluster_cli(["status", "raysubmit_x"])
+    assert rc == 2 and err.startswith("error: no Ray cluster given: pass --address")
+    rc, _, err = cluster_cli(["logs", "x", "--address", f"http://127.0.0.1:{_free_port()}"])
+    assert rc == 2 and "cannot reach the Ray job server" in err and err.count("\n") == 1
+    rc, _, err = cluster_cli(["status", "x", "--address", "ray://head:10001"])
+    assert rc == 2 and "not a job server address" in err
+    cfg = write_config(tmp_path / "job.yaml", {"image": "/s/i.tif", "output": "demo/run"})
+    rc, _, err = cluster_cli(["submit", str(cfg), "--address", "http://h:8265"])
+    assert rc == 2 and "output 'demo/run' is a relative path" in err and "--output" in err
+    bad = write_config(tmp_path / "bad.yaml", {"image": "/s/i.tif", "output": "/o", "typo": 1})
+    rc, _, err = cluster_cli(["submit", str(bad), "--plan"])
+    assert rc == 2 and "typo" in err and err.count("\n") == 1
+
+
+def test_plan_measures_a_rate(tmp_path: Path, region_tif: Path, tiny_bundles: tuple[str, str],
+                              clean_run: Path) -> None:
+    cfg = write_config(tmp_path / "job.yaml",
+                       job_dict(region_tif, tmp_path / "new", tiny_bundles))
+    rc, out, err = cluster_cli(["submit", str(cfg), "--plan"])
+    assert rc == 0, err
+    assert "256×256 px" in out and "16 chunks of 64²" in out and "16 to do" in out
+    assert "0.016 km²" in out  # 256² px × 0.25 m²
+    assert "measured by calibration: this host, cpu" in out
+    # a finished run into the same output: its own measured rate, nothing left to do
+    cfg2 = write_config(tmp_path / "job2.yaml", job_dict(region_tif, clean_run, tiny_bundles))
+    rc, out, err = cluster_cli(["submit", str(cfg2), "--plan", "--json"])
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert plan["chunks"] == {"total": 16, "todo": 0, "size": 64, "halo": 32}
+    assert plan["rate"]["source"] == "summary" and plan["rate"]["px_per_s"] > 0
+    assert plan["eta_s"] == 0
