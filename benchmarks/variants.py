@@ -45,7 +45,8 @@ def forward(image: str, bundle: str, overlap: int, tile: int, batch: int) -> dic
     return {"pixels": h * w, "seconds": model_s, "px_per_s": h * w / model_s}
 
 
-def naive(image: str, bundle: str, out: str, tile: int = 512, overlap: int = 64) -> dict[str, float]:
+def naive(image: str, bundle: str, out: str, tile: int = 512,
+          overlap: int = 64) -> dict[str, float]:
     """The hand-written loop peers write: windows → scene-sized array → GeoTIFF → shapes → GPKG."""
     import geopandas as gpd
     import shapely

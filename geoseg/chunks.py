@@ -6,8 +6,8 @@ read → predict (all models, tiled + blended, halo cropped) → write one Zarr 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np

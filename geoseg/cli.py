@@ -31,7 +31,9 @@ def _fmt_eta(s: float | None) -> str:
     if s is None:
         return "--:--"
     s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    if s >= 3600:
+        return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
 
 
 class _ProgressView:
@@ -56,7 +58,8 @@ class _ProgressView:
         if self.bar is None:
             from rich.progress import BarColumn, Progress, TextColumn
 
-            self.bar = Progress(TextColumn("predict"), BarColumn(), TextColumn("{task.description}"))
+            self.bar = Progress(TextColumn("predict"), BarColumn(),
+                                TextColumn("{task.description}"))
             self.bar.start()
             self.task = self.bar.add_task(text, total=p.total)
         self.bar.update(self.task, completed=p.done, description=text)

@@ -184,7 +184,8 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
         if manifest.done:
             raise ResumeError(f"{out} lists finished chunks but has no {STORE}: pass --overwrite")
         init_store(store, grid, plan.chunks.chunk, plan.layers,
-                   {"source_image": plan.image.path, "acquisition_date": plan.image.acquisition_date,
+                   {"source_image": plan.image.path,
+                    "acquisition_date": plan.image.acquisition_date,
                     "result_key": key})
     manifest.update(status="running")
     todo = [c for c in plan.chunks if c.id not in manifest.done]
@@ -237,7 +238,8 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     summary = _summary(cfg, plan, manifest, report.failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
-    status = "complete" if not report.failed else f"completed with {len(report.failed)} failed chunks"
+    status = ("complete" if not report.failed
+              else f"completed with {len(report.failed)} failed chunks")
     manifest.update(status=status)
     if not report.failed:
         from geoseg.store import mark_complete

@@ -33,7 +33,8 @@ def axis_layout(n: int, tile: int, min_overlap: int) -> TileLayout:
     """Fewest tiles of size ``tile`` covering ``[0, n)`` with at least ``min_overlap`` px of
     overlap between neighbours; tiles are spread evenly (deterministic, integer starts)."""
     if tile <= 0 or min_overlap < 0 or min_overlap >= tile:
-        raise InputError(f"bad tiling: tile={tile}, overlap={min_overlap}: need 0 <= overlap < tile")
+        raise InputError(f"bad tiling: tile={tile}, overlap={min_overlap}: "
+                         "need 0 <= overlap < tile")
     if n <= tile:
         return TileLayout((0,), tile)
     count = math.ceil((n - min_overlap) / (tile - min_overlap))
@@ -71,8 +72,11 @@ def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile:
     tw = min(tile, round_up(w, multiple))
     ph, pw = max(th, h), max(tw, w)
     if (ph, pw) != (h, w):
-        mode = "reflect" if h > 1 and w > 1 and ph - h < h and pw - w < w else "edge"
-        image = np.pad(image, ((0, 0), (0, ph - h), (0, pw - w)), mode=mode)
+        pads = ((0, 0), (0, ph - h), (0, pw - w))
+        if h > 1 and w > 1 and ph - h < h and pw - w < w:
+            image = np.pad(image, pads, mode="reflect")
+        else:
+            image = np.pad(image, pads, mode="edge")
     ys = axis_layout(ph, th, overlap)
     xs = axis_layout(pw, tw, overlap)
     wy = ramp_weight(th, overlap if len(ys.starts) > 1 else 0)
@@ -95,7 +99,8 @@ def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile:
     return acc[:, :h, :w]
 
 
-def classify(probs: np.ndarray, valid: np.ndarray, fill: int = 255) -> tuple[np.ndarray, np.ndarray]:
+def classify(probs: np.ndarray, valid: np.ndarray,
+             fill: int = 255) -> tuple[np.ndarray, np.ndarray]:
     """Class ids (uint8, ``fill`` where invalid) and confidence (uint8 0..255 of max prob,
     0 where invalid) from (K, H, W) probabilities."""
     cls = np.argmax(probs, axis=0).astype(np.uint8)
