@@ -1,9 +1,11 @@
-"""Model bundle specification: a directory with ``bundle.yaml`` + safetensors weights.
+"""Model bundle specification: a directory with ``bundle.yaml`` + safetensors weights and/or an
+ONNX graph.
 
 The YAML says everything the pipeline needs to run a model on a raster without guessing: the
 architecture, which image bands it reads and how to normalise them, the classes (names, colours),
 the tile size and pixel size it was trained at, and its version. Weights are safetensors (no
-pickle execution on load).
+pickle execution on load); ``onnx`` names an optional ONNX graph of the same model, which is all
+an ONNX-only bundle ships (see :mod:`geoseg.engine`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,19 @@ class ArchitectureSpec(_Strict):
     encoder: str = "resnet18"
     encoder_depth: int = Field(default=5, ge=3, le=5)
     decoder_channels: tuple[int, ...] | None = None
-    # Mask R-CNN only: score threshold for kept instances, mask threshold.
+    # Mask R-CNN only: score threshold for kept instances, mask threshold, and the anchor size
+    # (px) of each of the 5 FPN levels; None = geoseg's (16..256), torchvision's are 32..512.
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
+    anchor_sizes: tuple[int, ...] | None = None
+
+    @field_validator("anchor_sizes")
+    @classmethod
+    def _anchors(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (len(v) != 5 or any(s <= 0 for s in v)):
+            raise ValueError("give 5 anchor sizes > 0, one per FPN level (e.g. torchvision's "
+                             "[32, 64, 128, 256, 512])")
+        return v
 
 
 class Normalization(_Strict):
@@ -124,6 +136,16 @@ def write_spec(spec: BundleSpec, bundle_dir: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True),
                                    sort_keys=False))
+    return path
+
+
+def bundle_file(bundle_dir: str | Path, name: str, what: str = "file") -> Path:
+    """``bundle_dir/name`` resolved; refuses names that leave the bundle directory."""
+    root = Path(bundle_dir).resolve()
+    path = (root / name).resolve()
+    if root != path.parent and root not in path.parents:
+        raise BundleError(f"bundle {what} {name!r} lies outside {bundle_dir}: give a file name "
+                          "inside the bundle directory")
     return path
 
 

@@ -82,6 +82,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int)
     p.add_argument("--halo", type=int)
     p.add_argument("--tile-size", type=int)
+    p.add_argument("--engine", choices=["auto", "torch", "onnx"],
+                   help="inference engine: torch (safetensors weights), onnx (the bundle's ONNX "
+                        "file, onnxruntime) or auto (torch when the bundle has weights; default)")
     p.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -116,7 +119,8 @@ def _job_config(a: argparse.Namespace, image: str, output: str) -> Any:
     if region is not None:
         data["region"] = region
     inf = dict(data.get("inference") or {})
-    for k, v in (("chunk_size", a.chunk_size), ("halo", a.halo), ("tile_size", a.tile_size)):
+    for k, v in (("chunk_size", a.chunk_size), ("halo", a.halo), ("tile_size", a.tile_size),
+                 ("engine", a.engine)):
         if v is not None:
             inf[k] = v
     data["inference"] = inf

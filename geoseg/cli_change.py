@@ -36,6 +36,17 @@ def cmd_change(a: argparse.Namespace) -> int:
                        min_confidence=a.min_confidence, iou_modified=a.iou_modified,
                        area_tolerance=a.area_tolerance, overwrite=a.overwrite)
     _print_summary(res)
+    if a.scene:
+        import json
+
+        from geoseg.change.evaluate import evaluate_change
+
+        report = evaluate_change(res, a.scene)
+        path = Path(a.out) / "evaluation.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print("  evaluation vs. ground truth: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in report["headline"].items()))
+        print(f"  {'evaluation':<18} {path}")
     return 0
 
 
@@ -55,4 +66,6 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     c.add_argument("--area-tolerance", type=float, default=0.1,
                    help="matched buildings whose area changed more are modified (default 0.1)")
     c.add_argument("--overwrite", action="store_true", help="replace existing change outputs")
+    c.add_argument("--scene", help="a `geoseg sample` scene directory: score the change against "
+                                   "its truth (changed-pixel and building-change P/R/F1)")
     c.set_defaults(fn=cmd_change)

@@ -47,21 +47,33 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     """Score a run (or a store layer / footprints) against truth."""
-    from geoseg.evaluate import evaluate_footprints, evaluate_pixels, evaluate_run
+    from geoseg.evaluate import (
+        evaluate_class_map,
+        evaluate_footprints,
+        evaluate_instances,
+        evaluate_run,
+    )
 
     report: dict[str, object] = {}
     if a.run and a.scene:
-        report = evaluate_run(a.run, a.scene, date=a.date)
+        report = evaluate_run(a.run, a.scene, date=a.date, boundary_tol=a.boundary_tol)
     else:
         if a.store and a.truth:
             k = a.num_classes
-            report[a.layer] = evaluate_pixels(a.store, a.layer, a.truth, k).to_dict()
+            report[a.layer] = evaluate_class_map(a.store, a.layer, a.truth, k,
+                                                 tol=a.boundary_tol).to_dict()
+        buildings: dict[str, object] = {}
         if a.footprints and a.truth_footprints:
-            report["buildings"] = evaluate_footprints(a.footprints, a.truth_footprints,
-                                                      iou=a.iou).to_dict()
+            buildings.update(evaluate_footprints(a.footprints, a.truth_footprints,
+                                                 iou=a.iou).to_dict())
+        if a.footprints and a.truth_instances:
+            buildings.update(evaluate_instances(a.footprints, a.truth_instances).to_dict())
+        if buildings:
+            report["buildings"] = buildings
     if not report:
         raise ConfigError("nothing to evaluate: pass --run RUN --scene SCENE, or --store + "
-                          "--truth, or --footprints + --truth-footprints")
+                          "--truth, or --footprints + --truth-footprints and/or "
+                          "--truth-instances")
     text = json.dumps(report, indent=2, default=float)
     if a.json:
         Path(a.json).write_text(text)
@@ -100,7 +112,11 @@ def add_extra_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     e.add_argument("--num-classes", type=int, default=5)
     e.add_argument("--footprints", help="predicted footprints (GeoPackage)")
     e.add_argument("--truth-footprints", help="truth footprints (GeoPackage)")
+    e.add_argument("--truth-instances",
+                   help="truth instance-id raster (0 = none): COCO AP and PQ of --footprints")
     e.add_argument("--iou", type=float, default=0.5)
+    e.add_argument("--boundary-tol", type=float, default=2.0,
+                   help="boundary F1 distance tolerance in pixels")
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(fn=cmd_eval)
 

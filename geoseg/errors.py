@@ -50,6 +50,10 @@ class LabelError(InputError):
     """Training or evaluation labels that cannot be used."""
 
 
+class MissingDependencyError(GeoSegError, ImportError):
+    """An optional dependency the requested feature needs is not installed."""
+
+
 class OutputExistsError(GeoSegError, FileExistsError):
     """The output directory already holds results."""
 

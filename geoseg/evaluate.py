@@ -1,9 +1,13 @@
-"""Scoring outputs against ground truth: pixel metrics streamed chunk by chunk, and footprint
-object metrics (SpaceNet one-to-one matching at IoU ≥ 0.5)."""
+"""Scoring outputs against ground truth: pixel and boundary metrics of class maps streamed
+chunk by chunk, footprint object metrics (SpaceNet one-to-one matching at IoU ≥ 0.5), and COCO
+mask AP and panoptic quality of footprints rasterized onto the truth's instance grid."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +15,26 @@ import numpy as np
 import rasterio
 import shapely
 import zarr
+from rasterio.io import DatasetReader
 from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import InputError
-from geoseg.grid import GeoBox, Window, normalize_crs
-from geoseg.metrics import ObjectScores, PixelScores, confusion_matrix, score_polygons
+from geoseg.grid import ChunkGrid, GeoBox, Window, normalize_crs
+from geoseg.metrics import (
+    BoundaryCounts,
+    BoundaryScores,
+    CocoScores,
+    InstanceOverlaps,
+    ObjectScores,
+    PanopticScores,
+    PixelScores,
+    boundary_counts,
+    boundary_halo,
+    coco_match,
+    confusion_matrix,
+    panoptic_match,
+    score_polygons,
+)
 
 
 def _store_grid(store: Path) -> tuple[GeoBox, int]:
@@ -42,25 +61,60 @@ def truth_window(truth: str | Path, grid: GeoBox) -> Window:
     return Window(round(r), round(c), grid.height, grid.width)
 
 
-def evaluate_pixels(store: str | Path, layer: str, truth: str | Path,
-                    num_classes: int) -> PixelScores:
-    """Confusion matrix of a stored class map against a truth raster (nodata 255 ignored)."""
-    store = Path(store)
+def _class_windows(store: Path, layer: str, truth: str | Path,
+                   halo: int) -> Iterator[tuple[np.ndarray, np.ndarray, Window]]:
+    """Prediction and truth of each store chunk grown by ``halo`` px (clipped to the grid), with
+    the chunk's window inside them."""
     grid, chunk = _store_grid(store)
     win = truth_window(truth, grid)
     arr = zarr.open_group(str(store), mode="r")[layer]
     if not isinstance(arr, zarr.Array):
         raise InputError(f"{layer} is not an array in {store}")
-    cm = np.zeros((num_classes, num_classes), np.int64)
     with rasterio.open(truth) as src:
-        for r0 in range(0, grid.height, chunk):
-            for c0 in range(0, grid.width, chunk):
-                h, w = min(chunk, grid.height - r0), min(chunk, grid.width - c0)
-                pred = np.asarray(arr[r0:r0 + h, c0:c0 + w])
-                t = src.read(1, window=RioWindow(win.col_off + c0, win.row_off + r0, w, h),
-                             boundless=True, fill_value=255)
-                cm += confusion_matrix(pred, t, num_classes, ignore=255)
+        for ch in ChunkGrid(grid.shape, chunk):
+            padded = ch.window.pad(halo).intersect(grid.window)
+            rs, cs = padded.slices()
+            pred = np.asarray(arr[rs, cs])
+            t = src.read(1, window=RioWindow(win.col_off + padded.col_off,
+                                             win.row_off + padded.row_off, padded.width,
+                                             padded.height), boundless=True, fill_value=255)
+            yield pred, t, ch.window.relative_to(padded)
+
+
+def evaluate_pixels(store: str | Path, layer: str, truth: str | Path,
+                    num_classes: int) -> PixelScores:
+    """Confusion matrix of a stored class map against a truth raster (nodata 255 ignored)."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for pred, t, _ in _class_windows(Path(store), layer, truth, 0):
+        cm += confusion_matrix(pred, t, num_classes, ignore=255)
     return PixelScores.from_confusion(cm)
+
+
+@dataclass(frozen=True)
+class ClassMapScores:
+    """Pixel metrics and boundary F1 of one class map."""
+
+    pixels: PixelScores
+    boundary: BoundaryScores
+
+    def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, object]:
+        out = self.pixels.to_dict(class_names)
+        out["boundary"] = self.boundary.to_dict(class_names)
+        return out
+
+
+def evaluate_class_map(store: str | Path, layer: str, truth: str | Path, num_classes: int, *,
+                       tol: float = 2.0) -> ClassMapScores:
+    """Pixel metrics and boundary F1 (tolerance ``tol`` px) of a stored class map against a
+    truth raster (nodata 255 ignored), in one pass. Chunks are read with enough context that
+    the boundary counts equal those of the whole map (chunk edges are not boundaries)."""
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    bc = BoundaryCounts.zeros(num_classes, tol)
+    for pred, t, core in _class_windows(Path(store), layer, truth, boundary_halo(tol)):
+        rs, cs = core.slices()
+        cm += confusion_matrix(pred[rs, cs], t[rs, cs], num_classes, ignore=255)
+        bc = bc + boundary_counts(pred, t, num_classes, tol=tol, ignore=255, core=core)
+    return ClassMapScores(PixelScores.from_confusion(cm), BoundaryScores.from_counts(bc))
 
 
 def evaluate_footprints(pred_gpkg: str | Path, truth_gpkg: str | Path, *,
@@ -82,26 +136,138 @@ def evaluate_footprints(pred_gpkg: str | Path, truth_gpkg: str | Path, *,
     return score_polygons(list(pred.geometry), list(truth.geometry), iou)
 
 
-def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0") -> dict[str, Any]:
-    """Score a ``geoseg run`` output directory against a generated scene's truth."""
+def _read_valid(src: DatasetReader, win: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Band 1 of ``win`` (may reach outside the raster) and where it holds data."""
+    fill = src.nodata if src.nodata is not None else 0
+    data = src.read(1, window=RioWindow(win.col_off, win.row_off, win.width, win.height),
+                    boundless=True, fill_value=fill)
+    valid = np.zeros(win.shape, bool)
+    inner = win.intersect(Window(0, 0, src.height, src.width)).relative_to(win)
+    valid[inner.slices()] = True
+    if src.nodata is not None:
+        valid &= data != src.nodata
+    return data, valid
+
+
+def _confidences(df: Any, where: str) -> np.ndarray:
+    if "confidence" not in df.columns:
+        raise InputError(f"{where} has no 'confidence' attribute: COCO AP ranks footprints by "
+                         "their confidence")
+    conf = np.asarray(df["confidence"], dtype=np.float64)
+    bad = ~np.isfinite(conf)
+    if bad.any():
+        raise InputError(f"{where}: {int(bad.sum())} footprints have no confidence: COCO AP "
+                         "needs a score for every footprint")
+    return conf
+
+
+@dataclass(frozen=True)
+class InstanceScores:
+    """COCO mask AP and panoptic quality of footprints on an instance grid."""
+
+    coco: CocoScores
+    panoptic: PanopticScores
+    max_dets: int | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"coco": {**self.coco.to_dict(), "max_dets": self.max_dets},
+                "panoptic": self.panoptic.to_dict()}
+
+
+def evaluate_instances(pred_gpkg: str | Path, truth: str | Path, *, grid: GeoBox | None = None,
+                       pred_layer: str = "buildings", void: str | Path | None = None,
+                       chunk: int = 1024, max_dets: int | None = None) -> InstanceScores:
+    """COCO mask AP/AP50/AP75 and PQ/SQ/RQ of predicted footprints against a truth raster of
+    instance ids (0 = none).
+
+    The footprints are rasterized onto ``grid`` (default: the truth raster's grid; otherwise a
+    pixel-aligned part of it) chunk by chunk, each feature one instance (pixel centres inside;
+    where footprints overlap, the one with the higher ``confidence`` wins). Scores are the
+    ``confidence`` attribute. Pixels that are nodata in the truth (or in the ``void`` raster on
+    the same grid) are void. Overlaps are summed over chunks, so objects crossing chunk edges
+    are scored whole and the area is one COCO image: ``max_dets`` defaults to None (keep all
+    detections) because COCO's 100 per image is meant for photos, not scenes with thousands of
+    buildings. Footprints that cover no valid pixel centre are not detections.
+    """
+    import geopandas as gpd
+    from rasterio import features
+
+    with rasterio.open(truth) as src:
+        tgrid = GeoBox((src.height, src.width), src.transform, normalize_crs(src.crs))
+    grid = grid if grid is not None else tgrid
+    twin = truth_window(truth, grid)
+    vwin = truth_window(void, grid) if void is not None else None
+    df = gpd.read_file(pred_gpkg, layer=pred_layer)
+    if df.crs is not None and normalize_crs(df.crs) != grid.crs:
+        df = df.to_crs(grid.crs)
+    conf = _confidences(df, f"{pred_gpkg} (layer {pred_layer})")
+    geoms = np.asarray(df.geometry.values, dtype=object)
+    tree = shapely.STRtree(geoms)
+    ov = InstanceOverlaps.empty()
+    with ExitStack() as stack:
+        tsrc = stack.enter_context(rasterio.open(truth))
+        vsrc = stack.enter_context(rasterio.open(void)) if void is not None else None
+        for ch in ChunkGrid(grid.shape, chunk):
+            w = ch.window
+            sub = grid[w]
+            b = sub.bounds
+            hit = tree.query(shapely.box(b.left, b.bottom, b.right, b.top))
+            hit = hit[np.lexsort((hit, conf[hit]))]  # low confidence first: high drawn on top
+            pred = (features.rasterize(zip(geoms[hit], (hit + 1).tolist(), strict=True),
+                                       out_shape=w.shape, transform=sub.transform, fill=0,
+                                       dtype="int32")
+                    if hit.size else np.zeros(w.shape, np.int32))
+            t, valid = _read_valid(tsrc, Window(twin.row_off + w.row_off,
+                                                twin.col_off + w.col_off, w.height, w.width))
+            if vsrc is not None and vwin is not None:
+                valid &= _read_valid(vsrc, Window(vwin.row_off + w.row_off,
+                                                  vwin.col_off + w.col_off, w.height,
+                                                  w.width))[1]
+            ov = ov + InstanceOverlaps.from_rasters(pred, t, valid)
+    pairs, n_pred, n_truth = ov.pairs()
+    scores = conf[ov.objects - 1]
+    dets = coco_match(pairs, n_pred, n_truth, scores, max_dets)
+    pq = panoptic_match(pairs, n_pred, n_truth, ov.void_fractions())
+    return InstanceScores(CocoScores.from_detections(dets), pq, max_dets)
+
+
+def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
+                 boundary_tol: float = 2.0) -> dict[str, Any]:
+    """Score a ``geoseg run`` output directory against a generated scene's truth.
+
+    Land cover: pixel metrics and boundary F1. Buildings: SpaceNet F1 on polygons, and COCO
+    mask AP and PQ with the footprints rasterized onto the scene's instance raster (land-cover
+    nodata is void).
+    """
     run, scene = Path(run), Path(scene)
     store = run / "predictions.zarr"
     g = zarr.open_group(str(store), mode="r")
     report: dict[str, Any] = {"headline": {}}
     names = [n for n, _ in g.arrays()]
+    landcover = scene / f"landcover_{date}.tif"
     if "landcover" in names:
         flags = g["landcover"].attrs["flag_values"]
         k = len(flags) if isinstance(flags, list) else 0
-        ps = evaluate_pixels(store, "landcover", scene / f"landcover_{date}.tif", k)
+        cs = evaluate_class_map(store, "landcover", landcover, k, tol=boundary_tol)
         meanings = str(g["landcover"].attrs["flag_meanings"]).split()
-        report["landcover"] = ps.to_dict(meanings)
-        report["headline"]["landcover mIoU"] = ps.miou
+        report["landcover"] = cs.to_dict(meanings)
+        report["headline"]["landcover mIoU"] = cs.pixels.miou
+        report["headline"]["landcover boundary F1"] = cs.boundary.mean_f1
     gpkg = run / "features.gpkg"
     if "buildings" in names and gpkg.exists():
-        grid, _ = _store_grid(store)
+        grid, chunk = _store_grid(store)
         b = grid.bounds
         obj = evaluate_footprints(gpkg, scene / f"buildings_{date}.gpkg",
                                   bounds=(b.left, b.bottom, b.right, b.top))
         report["buildings"] = obj.to_dict()
         report["headline"]["building F1@0.5"] = obj.f1
+        instances = scene / f"instances_{date}.tif"
+        if not instances.exists():
+            raise InputError(f"{instances} not found: pass a scene directory from "
+                             "`geoseg sample`")
+        inst = evaluate_instances(gpkg, instances, grid=grid, chunk=chunk,
+                                  void=landcover if landcover.exists() else None)
+        report["buildings"].update(inst.to_dict())
+        report["headline"]["building AP"] = inst.coco.ap
+        report["headline"]["building PQ"] = inst.panoptic.pq
     return report

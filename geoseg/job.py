@@ -174,7 +174,8 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
             "grid": {"shape": list(grid.shape), "transform": list(grid.transform)[:6],
                      "crs_wkt": grid.crs.to_wkt()},
             "chunk_size": plan.chunks.chunk, "chunks": len(plan.chunks), "status": "running",
-            "models": {m.name: {"id": m.model_id, "digest": m.digest} for m in plan.models}}
+            "models": {m.name: {"id": m.model_id, "digest": m.digest, "engine": m.engine}
+                       for m in plan.models}}
     manifest = start(out, meta, overwrite=overwrite, resume=resume)
     _note_code(manifest, code)
     store = str(out / STORE)
@@ -281,6 +282,7 @@ def _summary(cfg: JobConfig, plan: Plan, manifest: Any, failed: list[ChunkFailur
         "status": "complete" if not failed else "completed_with_failures",
         "image": plan.image.path, "acquisition_date": plan.image.acquisition_date,
         "models": {m.name: m.model_id for m in plan.models},
+        "engines": {m.name: m.engine for m in plan.models},
         "grid": {"shape": list(plan.grid.shape), "crs": plan.grid.crs.to_string(),
                  "resolution": list(plan.grid.resolution),
                  "bounds": [plan.grid.bounds.left, plan.grid.bounds.bottom,

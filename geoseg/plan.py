@@ -12,6 +12,7 @@ from pathlib import Path
 
 from geoseg.bundle import BundleSpec, builtin_bundle, read_spec
 from geoseg.config import JobConfig
+from geoseg.engine import Engine, RunEngine, model_file, resolve_engine
 from geoseg.errors import BandMismatchError, BundleError, RegionError
 from geoseg.grid import ChunkGrid, GeoBox, Window
 from geoseg.io import RasterInfo, open_info
@@ -24,7 +25,8 @@ class ModelRef:
     name: str  # layer name in the store: the bundle's task ("landcover" / "buildings")
     path: str
     spec: BundleSpec
-    digest: str
+    digest: str  # bundle.yaml + the model file the engine runs (see _digest)
+    engine: RunEngine = "torch"
 
     @property
     def model_id(self) -> str:
@@ -48,7 +50,7 @@ class Plan:
 
     @property
     def layers(self) -> list[LayerSpec]:
-        return [LayerSpec(m.name, m.spec.classes, m.model_id) for m in self.models]
+        return [LayerSpec(m.name, m.spec.classes, m.model_id, m.engine) for m in self.models]
 
     @property
     def bands(self) -> tuple[int, ...]:
@@ -72,23 +74,29 @@ def resolve_bundle(name_or_path: str) -> Path:
                       "or a built-in name: landcover, buildings)")
 
 
-def _digest(bundle: Path, spec: BundleSpec) -> str:
+def _digest(bundle: Path, spec: BundleSpec, engine: RunEngine) -> str:
+    """Hash of ``bundle.yaml`` and the file ``engine`` runs (weights or ONNX graph), so that
+    results, and the job's result key, change with the engine; torch digests are the same as
+    before engines existed (old runs stay resumable)."""
     h = hashlib.sha256((bundle / "bundle.yaml").read_bytes())
-    w = bundle / spec.weights
-    if not w.is_file():
-        raise BundleError(f"bundle {bundle} lacks its weights file {spec.weights}")
-    h.update(w.read_bytes())
+    if engine != "torch":
+        h.update(f"engine={engine}".encode())
+    h.update(model_file(spec, bundle, engine).read_bytes())
     return h.hexdigest()[:16]
 
 
-def load_models(names: tuple[str, ...]) -> tuple[ModelRef, ...]:
+def load_models(names: tuple[str, ...], engine: Engine = "auto") -> tuple[ModelRef, ...]:
+    """Resolve each bundle and the engine that runs it (``engine`` applies to every bundle;
+    ``auto`` chooses per bundle)."""
     refs: list[ModelRef] = []
     for n in names:
         path = resolve_bundle(n)
         spec = read_spec(path)
         if any(r.name == spec.task for r in refs):
             raise BundleError(f"two models for the same task {spec.task!r}: give one per task")
-        refs.append(ModelRef(spec.task, str(path.resolve()), spec, _digest(path, spec)))
+        run = resolve_engine(spec, path, engine)
+        refs.append(ModelRef(spec.task, str(path.resolve()), spec, _digest(path, spec, run),
+                             run))
     if not refs:
         raise BundleError("no model given: pass --model (e.g. landcover)")
     return tuple(refs)
@@ -125,7 +133,7 @@ def region_of(cfg: JobConfig) -> Region | None:
 
 def make_plan(cfg: JobConfig) -> Plan:
     image = open_info(cfg.image)
-    models = load_models(cfg.models)
+    models = load_models(cfg.models, cfg.inference.engine)
     check_bands(image, models)
     window, region = clip_grid(image.geobox, region_of(cfg))
     if window.height < 1 or window.width < 1:

@@ -37,6 +37,7 @@ class LayerSpec:
     name: str
     classes: tuple[ClassSpec, ...]
     model_id: str
+    engine: str = "torch"  # the inference engine that produced it (torch / onnx)
 
 
 def _compressor() -> Blosc:
@@ -70,7 +71,7 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
     sr[...] = 0
     for layer in layers:
         common: dict[str, Any] = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": crs_wkt},
-                  "model_id": layer.model_id}
+                  "model_id": layer.model_id, "engine": layer.engine}
         flags: dict[str, Any] = {
             "flag_values": [c.id for c in layer.classes],
             "flag_meanings": " ".join(c.name.replace(" ", "_") for c in layer.classes),

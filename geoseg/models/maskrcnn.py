@@ -49,7 +49,8 @@ def build_maskrcnn(arch: ArchitectureSpec, in_channels: int, tile_size: int) -> 
     old = body.conv1
     body.conv1 = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size,
                            stride=old.stride, padding=old.padding, bias=False)
-    anchors = AnchorGenerator(sizes=ANCHOR_SIZES, aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    sizes = tuple((s,) for s in arch.anchor_sizes) if arch.anchor_sizes else ANCHOR_SIZES
+    anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     model = MaskRCNN(backbone, num_classes=DETECTOR_CLASSES, min_size=tile_size,
                      max_size=tile_size, image_mean=[0.0] * in_channels,
                      image_std=[1.0] * in_channels, rpn_anchor_generator=anchors,

@@ -3,6 +3,10 @@
 This is the object a predictor actor holds: built in ``__init__`` (spec, model, weights), then
 called on numpy batches. Input is raw band values in the bundle's band order; normalisation
 happens here, from ``spec.normalization``, so callers never need to know the statistics.
+
+Two engines run a semantic bundle with the same normalisation and softmax: PyTorch (safetensors
+weights) and onnxruntime (the bundle's ONNX graph); see :mod:`geoseg.engine` for how ``auto``
+chooses. Mask R-CNN bundles run on PyTorch only.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from typing import Any, TypedDict
 
 import numpy as np
 import torch
+from torch import nn
 
 from geoseg.bundle import BundleSpec, read_spec
+from geoseg.engine import Engine, RunEngine, model_file, resolve_engine
 from geoseg.errors import InputError
 from geoseg.models.factory import build_model, is_semantic
 from geoseg.models.maskrcnn import class_layout, instances_to_proba
-from geoseg.models.weights import load_weights, weights_path
+from geoseg.models.onnx_session import OnnxSession
+from geoseg.models.weights import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +40,14 @@ class Instance(TypedDict):
     box: tuple[float, float, float, float]
 
 
-def resolve_device(device: str) -> torch.device:
-    """``torch.device`` for ``device``, refusing CUDA when torch sees no GPU."""
+def resolve_device(device: str, torch_cuda: bool = True) -> torch.device:
+    """``torch.device`` for ``device``, refusing CUDA when torch sees no GPU (unless
+    ``torch_cuda`` is False: onnxruntime finds its GPU itself)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown device {device!r}: use 'cpu' or 'cuda[:N]'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if dev.type == "cuda" and torch_cuda and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asked for but torch sees no CUDA GPU: use 'cpu'")
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"device type {dev.type!r} is not supported: use 'cpu' or 'cuda'")
@@ -47,35 +55,60 @@ def resolve_device(device: str) -> torch.device:
 
 
 class Predictor:
-    """A bundle's model in eval mode, ready for batches of tiles.
+    """A bundle's model ready for batches of tiles: a torch module in eval mode, or an
+    onnxruntime session (``engine`` "torch", "onnx" or "auto"; ``self.engine`` is the one used).
 
-    ``num_threads`` sets torch's intra-op thread count for the whole process (torch has no
-    per-model setting); leave it ``None`` to keep the current value.
+    ``num_threads`` sets the intra-op thread count: torch's for the whole process (torch has no
+    per-model setting), or the ONNX session's; ``None`` keeps torch's current value (onnxruntime:
+    all cores).
     """
 
     def __init__(self, bundle_dir: str | Path, device: str = "cpu",
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, engine: Engine = "auto") -> None:
         self.bundle_dir = Path(bundle_dir)
         self.spec: BundleSpec = read_spec(self.bundle_dir)
-        self.device = resolve_device(device)
-        if num_threads is not None:
-            if num_threads < 1:
-                raise InputError(f"num_threads must be >= 1, got {num_threads}")
-            torch.set_num_threads(num_threads)
+        if num_threads is not None and num_threads < 1:
+            raise InputError(f"num_threads must be >= 1, got {num_threads}")
+        self.engine: RunEngine = resolve_engine(self.spec, self.bundle_dir, engine)
+        self.device = resolve_device(device, torch_cuda=self.engine == "torch")
+        self.semantic = is_semantic(self.spec)
+        self._layout = None if self.semantic else class_layout(self.spec)
+        self._module: nn.Module | None = None
+        self._session: OnnxSession | None = None
+        c = len(self.spec.bands)
+        norm = self.spec.normalization
+        mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, c, 1, 1)
+        std = np.asarray(norm.std, dtype=np.float32).reshape(1, c, 1, 1)
+        path = model_file(self.spec, self.bundle_dir, self.engine)
+        if self.engine == "onnx":
+            self._session = OnnxSession(path, self.spec, self.device, num_threads)
+            self._np_mean, self._np_std = mean, std
+            where = ", ".join(self._session.providers)
+        else:
+            if num_threads is not None:
+                torch.set_num_threads(num_threads)
+            self._module = self._load_torch(path)
+            self._mean = torch.from_numpy(mean).to(self.device)
+            self._std = torch.from_numpy(std).to(self.device)
+            where = str(self.device)
+        logger.info("loaded bundle %s v%s (%s) with %s on %s", self.spec.name,
+                    self.spec.version, self.spec.architecture.name, self.engine, where)
+
+    def _load_torch(self, weights: Path) -> nn.Module:
         model = build_model(self.spec)
-        load_weights(model, weights_path(self.spec, self.bundle_dir))
+        load_weights(model, weights)
         model.eval()
         if self.device.type == "cuda":
             model = model.to(self.device).to(memory_format=torch.channels_last)
-        self.model = model
-        self.semantic = is_semantic(self.spec)
-        self._layout = None if self.semantic else class_layout(self.spec)
-        c = len(self.spec.bands)
-        norm = self.spec.normalization
-        self._mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, c, 1, 1).to(self.device)
-        self._std = torch.tensor(norm.std, dtype=torch.float32).view(1, c, 1, 1).to(self.device)
-        logger.info("loaded bundle %s v%s (%s) on %s", self.spec.name, self.spec.version,
-                    self.spec.architecture.name, self.device)
+        return model
+
+    @property
+    def model(self) -> nn.Module:
+        """The torch module (engine torch only)."""
+        if self._module is None:
+            raise InputError(f"bundle {self.spec.name!r} runs on onnxruntime (engine onnx): "
+                             "there is no torch module; use engine 'torch' for one")
+        return self._module
 
     @property
     def num_classes(self) -> int:
@@ -91,8 +124,8 @@ class Predictor:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
 
-    def _prepare(self, x: np.ndarray) -> torch.Tensor:
-        """Validate a raw batch and return it normalised on the model's device."""
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        """Validate a raw batch; return it as contiguous float32."""
         if not isinstance(x, np.ndarray) or x.ndim != 4:
             raise InputError("predictor input must be a numpy array (N, C, H, W) of raw band "
                              f"values, got {type(x).__name__} {getattr(x, 'shape', '')}")
@@ -103,7 +136,11 @@ class Predictor:
         if h % 32 or w % 32 or h == 0 or w == 0:
             raise InputError(f"tile size {h}x{w} is not a multiple of 32: pad tiles to a "
                              "multiple of 32 (e.g. the bundle's tile_size)")
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _prepare(self, x: np.ndarray) -> torch.Tensor:
+        """Validate a raw batch and return it normalised on the torch model's device."""
+        t = torch.from_numpy(self._check(x)).to(self.device)
         t = (t - self._mean) / self._std
         if self.device.type == "cuda":
             t = t.contiguous(memory_format=torch.channels_last)
@@ -111,6 +148,10 @@ class Predictor:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Per-class probabilities ``(N, K, H, W)`` float32 for raw tiles ``(N, C, H, W)``."""
+        if self._session is not None:
+            normed = (self._check(x) - self._np_mean) / self._np_std
+            logits = torch.from_numpy(self._session.run(normed))
+            return torch.softmax(logits, dim=1).numpy()
         t = self._prepare(x)
         if not self.semantic:
             return np.stack([self._instance_proba(d) for d in self._detect(t)])

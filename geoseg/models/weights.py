@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from geoseg.bundle import BundleSpec, write_spec
+from geoseg.bundle import BundleSpec, bundle_file, write_spec
 from geoseg.errors import BundleError
 
 logger = logging.getLogger(__name__)
@@ -23,12 +23,7 @@ _DTYPES: dict[str, torch.dtype] = {
 
 def weights_path(spec: BundleSpec, bundle_dir: str | Path) -> Path:
     """Where the bundle's weights live; refuses paths that leave the bundle directory."""
-    root = Path(bundle_dir).resolve()
-    path = (root / spec.weights).resolve()
-    if root != path.parent and root not in path.parents:
-        raise BundleError(f"bundle weights {spec.weights!r} point outside {bundle_dir}: "
-                          "give a file name inside the bundle directory")
-    return path
+    return bundle_file(bundle_dir, spec.weights, "weights")
 
 
 def state_tensors(model: nn.Module, dtype: StoreDtype = "float16") -> dict[str, torch.Tensor]:

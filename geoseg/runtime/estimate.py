@@ -105,7 +105,9 @@ def _rate_from_summary(cfg: JobConfig, plan: Plan) -> Rate | None:
         return None
     px_s = (s.get("throughput") or {}).get("px_per_s_chunks")
     tiling = s.get("tiling") or {}
+    engines = s.get("engines") or {m.name: "torch" for m in plan.models}  # older runs: torch
     same = (s.get("models") == {m.name: m.model_id for m in plan.models}
+            and engines == {m.name: m.engine for m in plan.models}
             and tiling.get("chunk") == plan.chunks.chunk and tiling.get("halo") == plan.halo
             and tiling.get("tile") == plan.tile)
     if not px_s or not same:
@@ -129,7 +131,8 @@ def calibrate_rate(plan: Plan, todo: list[Chunk], *, threads: int | None = None)
 
     chunk = _typical(plan, todo)
     n = threads or torch.get_num_threads()
-    models = {m.name: Predictor(m.path, device="cpu", num_threads=n) for m in plan.models}
+    models = {m.name: Predictor(m.path, device="cpu", num_threads=n, engine=m.engine)
+              for m in plan.models}
     times: list[float] = []
     for _ in range(2):
         t0 = time.perf_counter()

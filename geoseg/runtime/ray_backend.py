@@ -70,7 +70,8 @@ class ModelWorker:
         from geoseg.models.predictor import Predictor
 
         torch.set_num_threads(threads)
-        self.models = {m.name: Predictor(m.path, device=device, num_threads=threads)
+        self.models = {m.name: Predictor(m.path, device=device, num_threads=threads,
+                                         engine=m.engine)
                        for m in plan.models}
 
     def predict(self, plan: Plan, inp: ChunkInput) -> ChunkOutput:

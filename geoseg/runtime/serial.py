@@ -21,7 +21,7 @@ class SerialBackend:
             retries: int = 0) -> StageReport:
         from geoseg.models.predictor import Predictor
 
-        models = {m.name: Predictor(m.path, device=device, num_threads=threads)
+        models = {m.name: Predictor(m.path, device=device, num_threads=threads, engine=m.engine)
                   for m in plan.models}
         report = StageReport()
         todo_ids = {c.index for c in todo}

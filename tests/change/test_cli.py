@@ -166,3 +166,19 @@ def test_evaluate_change_against_truth(tmp_path: Path,
     assert rep["buildings"]["demolished"]["f1"] == 1.0
     assert rep["buildings"]["modified"]["tp"] == 2 and rep["buildings"]["modified"]["fp"] == 0
     assert evaluate_change(res.output, scene)["pixels"] == px
+
+
+def test_cli_scores_against_scene(tmp_path: Path,
+                                  runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    a, b, a_cls, b_cls = runs
+    scene = _scene(tmp_path / "scene", a_cls.copy(), b_cls.copy())
+    out = tmp_path / "out"
+    rc, stdout, err = _main(["change", str(a), str(b), "-o", str(out), "--scene", str(scene)],
+                            capsys)
+    assert rc == 0, err
+    assert "changed px precision 1.000" in stdout and "changed px recall 1.000" in stdout
+    import json
+
+    rep = json.loads((out / "evaluation.json").read_text())
+    assert rep["pixels"]["tp"] == 20 * 40 + 40 * 30 and rep["pixels"]["fn"] == 0

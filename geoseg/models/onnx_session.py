@@ -1,0 +1,118 @@
+"""A semantic bundle's ONNX graph in an onnxruntime session: normalised tiles in, logits out.
+
+The graph must take one float32 input ``(N, C, H, W)`` (already normalised, C = the bundle's
+bands) and return logits ``(N, K, H, W)`` first (K = the bundle's classes), which is what
+:func:`geoseg.models.onnx.export_onnx` writes. Graphs from elsewhere may fix the batch to 1
+(tiles are then run one by one) or fix H and W (the job's tile size must match them).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoseg.bundle import BundleSpec
+from geoseg.engine import import_onnxruntime
+from geoseg.errors import BundleError, GeoSegWarning, InputError
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def _dim(d: Any) -> int | None:
+    """A static dimension, or None for a symbolic/unknown one."""
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def providers_for(device: torch.device, available: list[str]) -> list[Any]:
+    """CUDA first on a cuda device when onnxruntime has it, CPU always last."""
+    if device.type == "cuda":
+        if CUDA in available:
+            return [(CUDA, {"device_id": device.index or 0}), CPU]
+        warnings.warn(GeoSegWarning(
+            f"device {device} asked for, but this onnxruntime has no {CUDA}: running ONNX "
+            "on the CPU (install onnxruntime-gpu for GPU inference)"), stacklevel=3)
+    return [CPU]
+
+
+class OnnxSession:
+    """One inference session; ``num_threads`` sets its intra-op thread count (None: all cores,
+    onnxruntime's default)."""
+
+    def __init__(self, path: Path, spec: BundleSpec, device: torch.device,
+                 num_threads: int | None = None) -> None:
+        ort = import_onnxruntime()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads or 0
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3  # errors only: exporter-made graphs trigger info chatter
+        available = list(ort.get_available_providers())
+        providers = providers_for(device, available)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts,
+                                                providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
+            raise BundleError(f"{path} cannot be loaded by onnxruntime "
+                              f"({type(exc).__name__}: {str(exc).strip()[:300]}): "
+                              "re-export the model") from exc
+        self.providers: list[str] = list(self.session.get_providers())
+        if device.type == "cuda" and CUDA in available and CUDA not in self.providers:
+            warnings.warn(GeoSegWarning(
+                f"onnxruntime could not start {CUDA} (CUDA/cuDNN libraries?): running ONNX on "
+                "the CPU"), stacklevel=2)
+        self.path = path
+        self._check_io(spec)
+
+    def _check_io(self, spec: BundleSpec) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise BundleError(f"{self.path} has {len(inputs)} inputs and {len(outputs)} "
+                              "outputs: geoseg needs one image input and logits as the first "
+                              "output")
+        inp, out = inputs[0], outputs[0]
+        if inp.type != "tensor(float)":
+            raise BundleError(f"{self.path} input {inp.name!r} is {inp.type}: geoseg feeds "
+                              "float32 tiles; re-export with a float32 input")
+        shape, oshape = list(inp.shape or []), list(out.shape or [])
+        if len(shape) != 4 or (oshape and len(oshape) != 4):
+            raise BundleError(f"{self.path} maps {inp.shape} to {out.shape}: geoseg needs "
+                              "(N, C, H, W) -> (N, K, H, W)")
+        c, k = _dim(shape[1]), _dim(oshape[1]) if oshape else None
+        if c is not None and c != len(spec.bands):
+            raise BundleError(f"{self.path} takes {c} bands, bundle.yaml lists "
+                              f"{len(spec.bands)} {list(spec.bands)}: fix 'bands'")
+        if k is not None and k != spec.num_classes:
+            raise BundleError(f"{self.path} returns {k} classes, bundle.yaml lists "
+                              f"{spec.num_classes}: fix 'classes'")
+        batch = _dim(shape[0])
+        if batch is not None and batch != 1:
+            raise BundleError(f"{self.path} has a fixed batch of {batch}: re-export it with a "
+                              "dynamic batch axis (or batch 1)")
+        self.input_name: str = inp.name
+        self.output_name: str = out.name
+        self.fixed_batch = batch == 1
+        self.fixed_hw = (_dim(shape[2]), _dim(shape[3]))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits ``(N, K, H, W)`` float32 for normalised tiles ``(N, C, H, W)`` float32."""
+        _, _, h, w = x.shape
+        fh, fw = self.fixed_hw
+        if (fh is not None and fh != h) or (fw is not None and fw != w):
+            raise InputError(f"{self.path.name} takes {fh or 'any'}x{fw or 'any'} px tiles, got "
+                             f"{h}x{w}: set inference.tile_size (--tile-size) to match")
+        if self.fixed_batch and len(x) > 1:
+            return np.concatenate([self.run(x[i:i + 1]) for i in range(len(x))])
+        (logits,) = self.session.run([self.output_name], {self.input_name: x})
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
+            raise InputError(f"{self.path.name} returned logits {logits.shape} for tiles "
+                             f"{x.shape}: geoseg needs (N, K, H, W) at the input resolution")
+        return logits

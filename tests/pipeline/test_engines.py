@@ -1,0 +1,148 @@
+"""`geoseg run` with the onnx engine: same tiling and stitching, the same classes as torch, the
+engine recorded and part of the result key."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from geoseg.cli import build_parser, main
+from geoseg.config import JobConfig, validate_job
+from geoseg.errors import ResumeError
+from geoseg.job import run_job
+from geoseg.runtime.serial import SerialBackend
+from geoseg.store import store_attrs
+
+LAYERS = ("landcover", "buildings")
+
+
+@pytest.fixture(scope="module")
+def onnx_bundles(tmp_path_factory: pytest.TempPathFactory,
+                 tiny_bundles: tuple[str, str]) -> tuple[str, str]:
+    """Copies of the tiny bundles with an ONNX export beside their weights."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from geoseg.models import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx-bundles")
+    out: list[str] = []
+    for b in tiny_bundles:
+        dest = root / Path(b).name
+        shutil.copytree(b, dest)
+        export_onnx(dest)
+        out.append(str(dest))
+    return out[0], out[1]
+
+
+def _cfg(image: Path, out: Path, bundles: tuple[str, ...], engine: str,
+         chunk: int = 64) -> JobConfig:
+    return validate_job({"image": str(image), "output": str(out), "models": list(bundles),
+                         "inference": {"chunk_size": chunk, "halo": 64, "engine": engine},
+                         "vectors": {"enabled": False}, "outputs": {"quicklook": False},
+                         "runtime": {"threads_per_worker": 1}})
+
+
+def _arr(out: Path, name: str) -> np.ndarray:
+    return np.asarray(zarr.open_group(str(out / "predictions.zarr"), mode="r")[name][:])
+
+
+def test_onnx_run_agrees_with_torch_run(tmp_path: Path, scene_tif: Path,
+                                        onnx_bundles: tuple[str, str],
+                                        record_property: pytest.RecordProperty) -> None:
+    runs = {e: run_job(_cfg(scene_tif, tmp_path / e, onnx_bundles, e), backend=SerialBackend())
+            for e in ("torch", "onnx")}
+    for engine, res in runs.items():
+        assert res.ok
+        assert res.summary["engines"] == dict.fromkeys(LAYERS, engine)
+        manifest = json.loads((res.output / "manifest.json").read_text())
+        assert {m["engine"] for m in manifest["models"].values()} == {engine}
+        assert manifest["config"]["inference"]["engine"] == engine
+        zattrs = json.loads((res.output / "predictions.zarr" / "landcover" / ".zattrs")
+                            .read_text())
+        assert zattrs["engine"] == engine and zattrs["model_id"] == "tiny-landcover@0.0.1"
+    assert runs["torch"].summary["tiling"] == runs["onnx"].summary["tiling"]
+    for name in LAYERS:
+        a, b = _arr(tmp_path / "torch", name), _arr(tmp_path / "onnx", name)
+        assert a.shape == b.shape and np.all(a != 255)
+        agree = float(np.mean(a == b))
+        conf = np.abs(_arr(tmp_path / "torch", f"{name}_confidence").astype(int)
+                      - _arr(tmp_path / "onnx", f"{name}_confidence"))
+        print(f"{name}: onnx vs torch class agreement {agree:.6f} over {a.size} px, "
+              f"max confidence difference {conf.max()}/255")
+        record_property(f"agreement_{name}", agree)
+        assert agree >= 0.999, f"{name}: onnx agrees with torch on {agree:.5f} of pixels"
+        assert conf.max() <= 1
+
+
+def test_resume_refuses_another_engine(tmp_path: Path, scene_tif: Path,
+                                       onnx_bundles: tuple[str, str]) -> None:
+    out = tmp_path / "o"
+    lc = onnx_bundles[:1]
+    first = run_job(_cfg(scene_tif, out, lc, "torch"), backend=SerialBackend())
+    with pytest.raises(ResumeError, match="--overwrite"):
+        run_job(_cfg(scene_tif, out, lc, "onnx"), resume=True, backend=SerialBackend())
+    # auto resolves to torch for a bundle with weights: the same computation, the same key
+    again = run_job(_cfg(scene_tif, out, lc, "auto"), resume=True, backend=SerialBackend())
+    assert again.summary["chunks"]["computed_this_run"] == 0
+    assert store_attrs(out / "predictions.zarr")["result_key"] == \
+        json.loads((out / "manifest.json").read_text())["result_key"]
+    assert first.summary["engines"] == again.summary["engines"] == {"landcover": "torch"}
+
+
+def test_engine_flag_reaches_the_config(tmp_path: Path) -> None:
+    from geoseg.cli import _job_config
+
+    a = build_parser().parse_args(["run", "img.tif", "-o", str(tmp_path), "--engine", "onnx"])
+    assert _job_config(a, a.image, a.out).inference.engine == "onnx"
+    a = build_parser().parse_args(["run", "img.tif", "-o", str(tmp_path)])
+    assert _job_config(a, a.image, a.out).inference.engine == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "img.tif", "-o", str(tmp_path), "--engine", "trt"])
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("warning:")]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_cli_engine_errors_are_one_line(tmp_path: Path, scene_tif: Path,
+                                        tiny_bundles: tuple[str, str],
+                                        onnx_bundles: tuple[str, str],
+                                        capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "o"
+    rc = main(["-q", "run", str(scene_tif), "-o", str(out), "-m", tiny_bundles[0],
+               "--engine", "onnx"])
+    assert rc == 2 and "has no ONNX model" in _one_error_line(capsys)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    rc = main(["-q", "run", str(scene_tif), "-o", str(out), "-m", onnx_bundles[0],
+               "--engine", "onnx"])
+    assert rc == 2 and "pip install 'geoseg[onnx]'" in _one_error_line(capsys)
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.ray
+def test_onnx_only_bundle_through_cli_on_ray(ray_cluster: None, tmp_path: Path,
+                                             scene_tif: Path, onnx_bundles: tuple[str, str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A bundle that ships only bundle.yaml + model.onnx runs with the default engine (auto)."""
+    only = tmp_path / "only"
+    only.mkdir()
+    for name in ("bundle.yaml", "model.onnx"):
+        shutil.copy(Path(onnx_bundles[0]) / name, only / name)
+    out = tmp_path / "run"
+    rc = main(["-q", "run", str(scene_tif), "-o", str(out), "-m", str(only), "--chunk-size",
+               "128", "--no-vectors", "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engines"] == {"landcover": "onnx"}
+    ref = run_job(_cfg(scene_tif, tmp_path / "ref", onnx_bundles[:1], "onnx", chunk=128),
+                  backend=SerialBackend())
+    assert np.array_equal(_arr(out, "landcover"), _arr(ref.output, "landcover"))
