@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import GeoSegError, GeoSegWarning
+from pydantic import ValidationError
+
+from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning
 
 EXIT_INTERRUPTED = 130
 
@@ -254,6 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GeoSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ValidationError as exc:  # settings passed on the command line, checked by pydantic
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or exc.title
+        print(f"error: invalid {where}: {first['msg']} (got {first.get('input')!r})",
+              file=sys.stderr)
+        return ConfigError.exit_code
     except KeyboardInterrupt:
         print("interrupted: finished chunks are kept; rerun with --resume to continue",
               file=sys.stderr)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from geoseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from geoseg.train.data import SceneFiles
+    from geoseg.train.losses import LossConfig
 
 
 def _classes(task: str) -> tuple[object, ...]:
@@ -19,9 +25,30 @@ def _classes(task: str) -> tuple[object, ...]:
     return tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in CLASSES)
 
 
+def _scene_files(a: argparse.Namespace, image: str, labels: str) -> SceneFiles:
+    """One training scene from the CLI: image + label raster or vector file."""
+    from geoseg.train import SceneFiles
+
+    return SceneFiles(Path(image), Path(labels), label_field=a.class_field,
+                      background=a.background)
+
+
+def _background(text: str) -> int:
+    """``--background``: a class id, or ``ignore`` (255: uncovered pixels leave the loss)."""
+    if text.strip().lower() == "ignore":
+        return 255
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a class id (0..254) or 'ignore'")
+    return value
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    """Train a semantic bundle on generated scenes or on image + label raster pairs."""
-    from geoseg.train import SceneFiles, TrainConfig, scene_files, train
+    """Train a semantic bundle on generated scenes or on image + labels (raster or vector)."""
+    from geoseg.train import TrainConfig, scene_files, train
 
     scenes: list[SceneFiles] = []
     for d in a.scene or []:
@@ -30,19 +57,99 @@ def cmd_train(a: argparse.Namespace) -> int:
         img, _, lbl = pair.partition(":")
         if not lbl:
             raise ConfigError(f"--pair {pair!r}: give IMAGE:LABELS")
-        scenes.append(SceneFiles(Path(img), Path(lbl)))
+        scenes.append(_scene_files(a, img, lbl))
+    images, labels = a.image or [], a.labels or []
+    if len(images) != len(labels):
+        raise ConfigError(f"{len(images)} --image but {len(labels)} --labels: give one --labels "
+                          "(raster or vector file) after each --image")
+    scenes += [_scene_files(a, img, lbl) for img, lbl in zip(images, labels, strict=True)]
     if not scenes:
-        raise ConfigError("no training data: pass --scene DIR (generated) or --pair IMAGE:LABELS")
+        raise ConfigError("no training data: pass --scene DIR (generated), --image IMAGE "
+                          "--labels LABELS or --pair IMAGE:LABELS")
     cfg = TrainConfig(name=a.name or f"{a.task}-custom", task=a.task,
                       classes=_classes(a.task),  # type: ignore[arg-type]
+                      sampling=a.sampling, min_valid_fraction=a.min_valid_fraction,
                       steps=a.steps, seed=a.seed, batch_size=a.batch_size,
-                      threads=a.threads)
-    res = train(cfg, scenes, a.out)
-    print(f"bundle written: {res.bundle_dir} ({res.seconds:.0f} s, {cfg.steps} steps)")
-    val = (res.spec.training or {}).get("validation")
-    if val:
-        print(f"  validation: {json.dumps(val)[:400]}")
+                      threads=a.threads, loss=_loss(a), precision=a.precision,
+                      device=a.device, checkpoint_every=a.checkpoint_every,
+                      chip_size=a.chip_size,
+                      max_seconds=a.max_minutes * 60 if a.max_minutes else None,
+                      **_architecture(a))
+    bar = _TrainProgress(a.quiet)
+    try:
+        res = train(cfg, scenes, a.out, resume=a.resume, progress=bar)
+    finally:
+        bar.close()
+    training = res.spec.training or {}
+    print(f"bundle written: {res.bundle_dir} ({res.seconds:.0f} s, "
+          f"{training.get('steps', cfg.steps)} steps, final loss {training.get('final_loss')})")
+    val = training.get("val")
+    if isinstance(val, dict) and val.get("windows"):
+        shown = {k: v for k, v in val.items() if not isinstance(v, dict | list)}
+        print(f"  validation: {json.dumps(shown)[:400]}")
     return 0
+
+
+def _architecture(a: argparse.Namespace) -> dict[str, Any]:
+    """``architecture`` for TrainConfig from ``--arch``/``--encoder`` (empty: its default)."""
+    from geoseg.bundle import ArchitectureSpec
+
+    if a.arch is None and a.encoder is None:
+        return {}
+    return {"architecture": ArchitectureSpec(name=a.arch or "unet",
+                                             encoder=a.encoder or "resnet18")}
+
+
+def _loss(a: argparse.Namespace) -> LossConfig:
+    """``LossConfig`` from ``--loss`` and ``--boundary-weight``."""
+    from geoseg.train.losses import LossConfig, parse_loss
+
+    if not a.loss:
+        return LossConfig(boundary_weight=a.boundary_weight)
+    w = parse_loss(a.loss)
+    return LossConfig(ce=w["ce"], dice=w["dice"], focal=w["focal"],
+                      boundary_weight=a.boundary_weight)
+
+
+class _TrainProgress:
+    """One-line training progress on stderr: tqdm when installed, else a ``\\r`` line; when
+    stderr is not a terminal, a plain line every 10% of the steps; nothing with ``-q``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        self.shown = 0
+
+    def __call__(self, step: int, steps: int, loss: float, lr: float, seconds: float) -> None:
+        if self.quiet:
+            return
+        text = f"loss {loss:.4f} lr {lr:.2e}"
+        if not self.tty:
+            if step == steps or step * 10 // steps > self.shown * 10 // steps:
+                print(f"train {step}/{steps} {text} {seconds:.0f} s", file=sys.stderr,
+                      flush=True)
+                self.shown = step
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            eta = seconds / step * (steps - step) if step else 0.0
+            print(f"\rtrain {step}/{steps} {text} {seconds:.0f} s, ETA {eta:.0f} s  ",
+                  end="", file=sys.stderr, flush=True)
+            self.bar = True
+            return
+        if self.bar is None:  # created at the first step (a resumed run starts mid-way)
+            self.bar = tqdm(total=steps, initial=step - 1, file=sys.stderr, unit="step",
+                            desc="train", dynamic_ncols=True, leave=True)
+        self.bar.set_postfix_str(text, refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is True:
+            print(file=sys.stderr)
+        elif self.bar is not None:
+            self.bar.close()
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -94,12 +201,46 @@ def add_extra_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     t.add_argument("--task", choices=["landcover", "buildings"], required=True)
     t.add_argument("--scene", action="append", help="generated scene dir (repeatable)")
     t.add_argument("--pair", action="append", help="IMAGE:LABELS raster pair (repeatable)")
+    t.add_argument("--image", action="append",
+                   help="training image (repeatable; each followed by --labels)")
+    t.add_argument("--labels", action="append",
+                   help="labels of the preceding --image: a raster on its grid or a vector "
+                        "file of polygons in any CRS (.gpkg, .geojson, .shp, .fgb)")
+    t.add_argument("--class-field", default="class_id",
+                   help="vector landcover labels: attribute holding class ids or class names")
+    t.add_argument("--background", type=_background, default=0,
+                   help="vector landcover labels: class of pixels no polygon covers, or "
+                        "'ignore' to leave them out of the loss (default 0)")
+    t.add_argument("--sampling", choices=["random", "grid"], default="random",
+                   help="training chips at random or from a grid over the training area")
+    t.add_argument("--min-valid-fraction", type=float, default=0.5,
+                   help="redraw/skip chips with a smaller share of valid labelled pixels")
     t.add_argument("--out", "-o", required=True, help="bundle directory to write")
     t.add_argument("--name")
     t.add_argument("--steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int)
+    t.add_argument("--loss", help="loss terms and weights: 'ce+dice' (default), 'focal', "
+                                   "'ce:1,dice:0.5,focal:1'")
+    t.add_argument("--boundary-weight", type=float, default=0.0,
+                   help="w in 1 + w*exp(-d²/2σ²), σ = 3 px: extra CE/focal weight near class "
+                        "edges (default 0 = off)")
+    t.add_argument("--checkpoint-every", type=int, default=100,
+                   help="write OUT/checkpoints/last.pt every N steps (default 100)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/last.pt (same config and scenes)")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision (fp16: CUDA only)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.add_argument("--arch", choices=["unet", "deeplabv3plus"],
+                   help="architecture (default: the built-in bundles' slim U-Net ResNet-18)")
+    t.add_argument("--encoder", help="smp encoder for --arch, e.g. resnet34, efficientnet-b0 "
+                                     "(default resnet18; no pretrained weights are fetched)")
+    t.add_argument("--chip-size", type=int, default=256, help="training chip size, px "
+                                                                "(a multiple of 32)")
+    t.add_argument("--max-minutes", type=float,
+                   help="time budget: stop (with a decayed learning rate) when it runs out")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="score predictions against ground truth")

@@ -69,6 +69,8 @@ def config_for(name: str, steps: int, seed: int, threads: int,
         "architecture": ARCHITECTURE, "band_names": BAND_NAMES, "steps": steps,
         "batch_size": 8, "chip_size": 256, "lr": 3e-3, "seed": seed, "threads": threads,
         "precision": "bf16",
+        # the recipe of the shipped bundles: joint rot90/flips + contrast, brightness, noise
+        "augment": {"scale": None, "blur": 0.0},
         "max_seconds": max_seconds, "tile_size": 512, "version": "1.0.0"}
     if name == "landcover":
         from geoseg.sample import CLASSES

@@ -57,6 +57,10 @@ def build_semantic(arch: ArchitectureSpec, in_channels: int, num_classes: int) -
     except (KeyError, ValueError) as exc:
         if isinstance(exc, BundleError):
             raise
+        if "encoder name" in str(exc):
+            raise BundleError(f"unknown encoder {arch.encoder!r} for {arch.name}: use one of "
+                              "segmentation-models-pytorch's encoders (e.g. resnet18, "
+                              "resnet34, efficientnet-b0, mit_b0)") from exc
         raise BundleError(f"cannot build {arch.name} with encoder {arch.encoder!r}: {exc}; "
                           "fix the bundle's architecture section") from exc
     _trim_encoder(model, arch.encoder_depth)

@@ -1,9 +1,12 @@
 """Training chips read window by window from GeoTIFF scenes (never whole rasters).
 
-Each scene is an image raster and a label raster on the same grid. The rightmost
+Each scene is an image raster plus labels: a raster on the image grid, or a vector file of
+polygons in any CRS (:mod:`geoseg.train.labels`, rasterized per window). The rightmost
 ``val_fraction`` of every scene's columns is a held-out validation stripe: training chips lie
 wholly left of it, validation windows wholly inside it (a split by area, so neighbouring pixels
-never land on both sides).
+never land on both sides). Training chips are drawn at random or cell by cell from a grid
+(``sampling``); chips whose valid share (image valid and label not ``IGNORE``) is below
+``min_valid_fraction`` are redrawn (random) or skipped (grid).
 """
 
 from __future__ import annotations
@@ -18,27 +21,38 @@ from typing import Literal
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import LabelError, RasterNotFoundError
 from geoseg.grid import ChunkGrid, Window
 from geoseg.io import RasterInfo, open_info, read_window
+from geoseg.train.labels import VectorLabels, is_vector
 from geoseg.train.targets import IGNORE, buildings_target
 
 logger = logging.getLogger(__name__)
 
 Task = Literal["landcover", "buildings"]
+Sampling = Literal["random", "grid"]
 LABEL_FILES: dict[str, str] = {"landcover": "landcover_{date}.tif",
                                "buildings": "instances_{date}.tif"}
 
 
 @dataclass(frozen=True)
 class SceneFiles:
-    """One training scene: image raster + label raster (classes or instance ids) on one grid."""
+    """One training scene: image raster + labels (classes or instance ids).
+
+    ``labels`` is a raster on the image grid or a vector file (.gpkg, .geojson, .json, .shp,
+    .fgb; any CRS). For vector landcover labels ``label_field`` names the class attribute (ids
+    or class names) and ``background`` is the class of uncovered pixels (``IGNORE`` = 255 to
+    leave them out of the loss).
+    """
 
     image: Path
     labels: Path
+    label_field: str = "class_id"
+    background: int = 0
 
     @property
     def name(self) -> str:
@@ -91,25 +105,38 @@ class ChipSampler:
     """Reads training chips and validation windows from open scenes.
 
     ``fill`` (usually the normalisation mean) replaces image nodata pixels, exactly as at
-    inference; their targets become ``IGNORE`` (255). Use as a context manager to close files.
+    inference; their targets become ``IGNORE`` (255). ``class_names`` check the classes of
+    vector landcover labels. Use as a context manager to close files.
     """
 
     def __init__(self, scenes: Sequence[SceneFiles], task: Task, bands: Sequence[int],
                  chip_size: int, fill: Sequence[float], val_fraction: float = 0.15,
-                 boundary_width: int = 2) -> None:
+                 boundary_width: int = 2, *, class_names: Sequence[str] | None = None,
+                 sampling: Sampling = "random", min_valid_fraction: float = 0.5,
+                 max_tries: int = 50) -> None:
         if not scenes:
             raise LabelError("no training scenes given")
         if not 0.0 <= val_fraction < 1.0:
             raise LabelError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0.0 <= min_valid_fraction <= 1.0:
+            raise LabelError(f"min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
+        if sampling not in ("random", "grid"):
+            raise LabelError(f"sampling must be 'random' or 'grid', got {sampling!r}")
         self.task = task
         self.bands = list(bands)
         self.chip = chip_size
         self.fill = np.asarray(fill, dtype=np.float32)[:, None, None]
         self.boundary_width = boundary_width
+        self.class_names = list(class_names) if class_names is not None else None
+        self.sampling = sampling
+        self.min_valid_fraction = min_valid_fraction
+        self.max_tries = max(1, max_tries)
         self._stack = contextlib.ExitStack()
         self.images: list[RasterInfo] = []
-        self.labels: list[DatasetReader] = []
+        self.labels: list[DatasetReader | VectorLabels] = []
         self.splits: list[int] = []
+        self._queue: list[tuple[int, Window]] = []
+        self._rejected: set[tuple[int, Window]] = set()
         try:
             for sc in scenes:
                 self._open(sc, val_fraction)
@@ -119,10 +146,15 @@ class ChipSampler:
 
     def _open(self, sc: SceneFiles, val_fraction: float) -> None:
         img = open_info(sc.image)
-        lab = self._stack.enter_context(rasterio.open(sc.labels))
-        if img.geobox.shape != (lab.height, lab.width) or img.geobox.transform != lab.transform:
-            raise LabelError(f"{sc.labels} is not on the grid of {sc.image}: resample the "
-                             "labels to the image grid")
+        lab: DatasetReader | VectorLabels
+        if is_vector(sc.labels):
+            lab = VectorLabels(sc.labels, img.geobox, self.task, field=sc.label_field,
+                               class_names=self.class_names, background=sc.background)
+        else:
+            lab = self._open_raster(sc.labels)
+            if img.geobox.shape != (lab.height, lab.width) or img.geobox.transform != lab.transform:
+                raise LabelError(f"{sc.labels} is not on the grid of {sc.image}: resample the "
+                                 "labels to the image grid")
         if max(self.bands) > img.count or min(self.bands) < 1:
             raise LabelError(f"{sc.image} has {img.count} bands, training reads bands "
                              f"{self.bands}: pick bands that exist")
@@ -135,6 +167,16 @@ class ChipSampler:
         self.images.append(img)
         self.labels.append(lab)
         self.splits.append(split)
+
+    def _open_raster(self, path: Path) -> DatasetReader:
+        if not Path(path).exists():
+            raise LabelError(f"labels not found: {path} (check the path)")
+        try:
+            return self._stack.enter_context(rasterio.open(path))
+        except RasterioIOError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise LabelError(f"cannot read labels {path}: {first} (give a label raster on the "
+                             "image grid or a vector file: .gpkg, .geojson, .shp, .fgb)") from exc
 
     def close(self) -> None:
         self._stack.close()
@@ -157,21 +199,22 @@ class ChipSampler:
         if self.task == "buildings":
             target = self._buildings(scene, win)
         else:
-            target = self.labels[scene].read(1, window=_rio(win)).astype(np.uint8)
+            target = self.read_labels(scene, win).astype(np.uint8)
         target[~valid] = IGNORE
         return image, target
 
     def read_labels(self, scene: int, win: Window) -> np.ndarray:
-        """The label raster's values (classes or instance ids) in ``win``."""
-        return np.asarray(self.labels[scene].read(1, window=_rio(win)))
+        """The labels' values (classes or instance ids) in ``win``."""
+        lab = self.labels[scene]
+        if isinstance(lab, VectorLabels):
+            return lab.read(win)
+        return np.asarray(lab.read(1, window=_rio(win)))
 
     def _buildings(self, scene: int, win: Window) -> np.ndarray:
         """Building/boundary target from instance ids read with a halo (exact rings)."""
-        lab = self.labels[scene]
         halo = self.boundary_width
-        grid = Window(0, 0, lab.height, lab.width)
-        outer = win.pad(halo).intersect(grid)
-        inst = lab.read(1, window=_rio(outer))
+        outer = win.pad(halo).intersect(self.images[scene].geobox.window)
+        inst = self.read_labels(scene, outer)
         top, left = win.row_off - outer.row_off, win.col_off - outer.col_off
         bottom, right = outer.row_end - win.row_end, outer.col_end - win.col_end
         inst = np.pad(inst, ((halo - top, halo - bottom), (halo - left, halo - right)),
@@ -185,6 +228,60 @@ class ChipSampler:
         col = int(rng.integers(self.splits[scene] - self.chip + 1))
         return scene, Window(row, col, self.chip, self.chip)
 
+    def grid_windows(self) -> list[tuple[int, Window]]:
+        """Chip windows tiling every scene's training area (the last row/column of cells is
+        shifted inwards so the whole area is covered)."""
+        out = []
+        for scene, img in enumerate(self.images):
+            rows = _starts(img.geobox.height, self.chip)
+            cols = _starts(self.splits[scene], self.chip)
+            out += [(scene, Window(r, c, self.chip, self.chip)) for r in rows for c in cols]
+        return out
+
+    def train_chip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Image and target of the next training chip whose valid share (image valid and
+        label not ``IGNORE``) is at least ``min_valid_fraction``, by ``sampling``."""
+        if self.sampling == "grid":
+            return self._grid_chip(rng)
+        for _ in range(self.max_tries):
+            scene, win = self.train_window(rng)
+            image, target = self.read(scene, win)
+            if valid_fraction(target) >= self.min_valid_fraction:
+                return image, target
+        raise LabelError(f"no training chip with at least {self.min_valid_fraction:.0%} valid "
+                         f"pixels in {self.max_tries} random draws: check the images' nodata "
+                         "and the labels' coverage, or lower min_valid_fraction")
+
+    def state_dict(self) -> dict[str, list[list[int]]]:
+        """JSON-able sampling state (grid sampling's queue and rejected cells), so a resumed
+        training run draws exactly the chips an uninterrupted one would."""
+        def cells(items: Sequence[tuple[int, Window]]) -> list[list[int]]:
+            return [[s, w.row_off, w.col_off] for s, w in items]
+        return {"queue": cells(self._queue), "rejected": cells(sorted(
+            self._rejected, key=lambda c: (c[0], c[1].row_off, c[1].col_off)))}
+
+    def load_state_dict(self, state: dict[str, list[list[int]]]) -> None:
+        def cells(items: list[list[int]]) -> list[tuple[int, Window]]:
+            return [(s, Window(r, c, self.chip, self.chip)) for s, r, c in items]
+        self._queue = cells(state.get("queue", []))
+        self._rejected = set(cells(state.get("rejected", [])))
+
+    def _grid_chip(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Grid cells in a fresh random order each pass; cells below the threshold are
+        skipped (and remembered, so they are read once)."""
+        for _ in range(2):
+            while self._queue:
+                cell = self._queue.pop()
+                image, target = self.read(*cell)
+                if valid_fraction(target) >= self.min_valid_fraction:
+                    return image, target
+                self._rejected.add(cell)
+            cells = [c for c in self.grid_windows() if c not in self._rejected]
+            self._queue = [cells[i] for i in rng.permutation(len(cells))]
+        raise LabelError(f"no grid cell of {self.chip} px has at least "
+                         f"{self.min_valid_fraction:.0%} valid pixels: check the images' "
+                         "nodata and the labels' coverage, or lower min_valid_fraction")
+
     def val_windows(self, max_per_scene: int = 8) -> list[tuple[int, Window]]:
         """Fixed windows tiling each scene's validation stripe (width a multiple of 32)."""
         out = []
@@ -197,19 +294,14 @@ class ChipSampler:
         return out
 
 
-def augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator,
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Joint random 90° rotation and flips of a normalised chip and its target, then
-    image-only contrast/brightness jitter and Gaussian noise."""
-    k = int(rng.integers(4))
-    image, target = np.rot90(image, k, axes=(1, 2)), np.rot90(target, k)
-    if rng.random() < 0.5:
-        image, target = image[:, :, ::-1], target[:, ::-1]
-    if rng.random() < 0.5:
-        image, target = image[:, ::-1], target[::-1]
-    contrast = rng.uniform(0.8, 1.2)
-    brightness = rng.uniform(-0.2, 0.2, size=(image.shape[0], 1, 1))
-    sigma = rng.uniform(0.0, 0.08)
-    noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sigma)
-    image = image * np.float32(contrast) + brightness.astype(np.float32) + noise
-    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
+def valid_fraction(target: np.ndarray) -> float:
+    """Share of a target's pixels that count in the loss (not ``IGNORE``)."""
+    return float(np.count_nonzero(target != IGNORE)) / max(1, target.size)
+
+
+def _starts(length: int, chip: int) -> list[int]:
+    starts = list(range(0, length - chip + 1, chip))
+    if starts[-1] != length - chip:
+        starts.append(length - chip)
+    return starts
+

@@ -1,32 +1,37 @@
 """Train a semantic segmentation bundle on GeoTIFF scenes, deterministically from a seed.
 
-Recipe: random chips from the training area, joint flips/rotations + image jitter, loss
-cross-entropy + soft Dice (nodata ignored), AdamW with linear warm-up and cosine decay. The
+Recipe: random chips from the training area, augmentations (:mod:`geoseg.train.augment`), a
+weighted sum of cross-entropy, soft Dice and focal loss (:mod:`geoseg.train.losses`, nodata
+ignored), AdamW with linear warm-up and cosine decay, checkpoints for an exact resume
+(:mod:`geoseg.train.checkpoint`); on CUDA, autocast (bf16, or fp16 with a grad scaler). The
 result is a bundle (``bundle.yaml`` + float16 safetensors) whose ``training`` section records the
 provenance (seed, steps, chips, loss, scenes, validation metrics).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization
 from geoseg.errors import ConfigError
 from geoseg.models.factory import build_model, count_parameters, is_semantic
 from geoseg.models.weights import save_bundle
-from geoseg.train.data import ChipSampler, SceneFiles, augment, band_stats
-from geoseg.train.targets import IGNORE
+from geoseg.train import checkpoint as ckpt
+from geoseg.train.augment import AugmentConfig, augment
+from geoseg.train.data import ChipSampler, SceneFiles, band_stats
+from geoseg.train.losses import LossConfig, SegLoss
 from geoseg.train.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -52,23 +57,54 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
-    dice_weight: float = Field(default=1.0, ge=0)
-    class_weights: tuple[float, ...] | None = None
+    loss: LossConfig = LossConfig()
+    class_weights: tuple[float, ...] | None = Field(default=None, description=(
+        "per-class cross-entropy weights (one per class)"))
+    augment: AugmentConfig = Field(default=AugmentConfig(), description=(
+        "training augmentations; none / null = off"))
     seed: int = 0
     val_fraction: float = Field(default=0.15, ge=0, lt=1)
     val_windows_per_scene: int = Field(default=8, ge=0)
     boundary_width: int = Field(default=2, ge=1)
+    sampling: Literal["random", "grid"] = Field(default="random", description=(
+        "random: chips anywhere in the training area; grid: every chip-sized cell of it, in a "
+        "new random order each pass"))
+    min_valid_fraction: float = Field(default=0.5, ge=0, le=1, description=(
+        "chips with a smaller share of valid pixels (image valid, label not ignore) are "
+        "redrawn (random) or skipped (grid)"))
     threads: int | None = Field(default=None, ge=1)
-    precision: Literal["fp32", "bf16"] = Field(default="fp32", description=(
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="fp32", description=(
         "bf16: autocast forward/backward in bfloat16 (weights stay float32); about 3x faster "
-        "on CPUs with AVX512-BF16/AMX, and still deterministic"))
+        "on CPUs with AVX512-BF16/AMX, and still deterministic. fp16: CUDA only, autocast "
+        "float16 with a gradient scaler"))
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description=(
+        "auto: cuda when available, else cpu"))
     channels_last: bool = True
+    checkpoint_every: int = Field(default=100, ge=1, description=(
+        "write OUT/checkpoints/last.pt every this many steps (and after the last step)"))
     max_seconds: float | None = Field(default=None, gt=0, description=(
         "time budget of the optimisation loop: the learning-rate schedule follows whichever "
         "of steps or time runs out first, so a slow machine still ends with a decayed rate. "
         "A run that hits it is not reproducible step for step (steps done are recorded)"))
     log_every: int = Field(default=25, ge=1)
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_dice_weight(cls, data: Any) -> Any:
+        """Configs written before ``loss`` existed name the Dice weight ``dice_weight``."""
+        if isinstance(data, dict) and "dice_weight" in data:
+            data = dict(data)
+            weight = data.pop("dice_weight")
+            if "loss" in data:
+                raise ValueError("give the Dice weight as loss.dice, not also dice_weight")
+            data["loss"] = {"dice": weight}
+        return data
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_off(cls, value: Any) -> Any:
+        return AugmentConfig.coerce(value)
 
 
 @dataclass(frozen=True)
@@ -89,12 +125,12 @@ def lr_factor(progress: float, warmup_fraction: float, first: float = 0.0) -> fl
 
 
 def _batch(sampler: ChipSampler, rng: np.random.Generator, n: int, mean: np.ndarray,
-           std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+           std: np.ndarray, aug: AugmentConfig | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     images, targets = [], []
     for _ in range(n):
-        scene, win = sampler.train_window(rng)
-        image, target = sampler.read(scene, win)
-        image, target = augment((image - mean) / std, target, rng)
+        image, target = sampler.train_chip(rng)
+        image, target = augment((image - mean) / std, target, rng, aug)
         images.append(image)
         targets.append(target)
     return (torch.from_numpy(np.stack(images)),
@@ -107,6 +143,12 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError("class ids must be 0..K-1 in order")
     if config.class_weights is not None and len(config.class_weights) != len(ids):
         raise ConfigError(f"class_weights needs {len(ids)} values (one per class)")
+    if config.loss.focal_alpha is not None and len(config.loss.focal_alpha) != len(ids):
+        raise ConfigError(f"loss.focal_alpha needs {len(ids)} values (one per class)")
+    if not any((config.loss.ce, config.loss.dice, config.loss.focal)):
+        raise ConfigError("loss: every term has weight 0; give ce, dice or focal a weight")
+    if config.precision == "fp16" and resolve_device(config).type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
     if config.architecture.name == "maskrcnn":
         raise ConfigError("geoseg.train trains semantic models (unet, deeplabv3plus); "
                           "Mask R-CNN training is not implemented")
@@ -122,9 +164,27 @@ def base_spec(config: TrainConfig, mean: Sequence[float], std: Sequence[float],
         description=config.description)
 
 
-def train(config: TrainConfig, scenes: Sequence[SceneFiles],
-          out_dir: str | Path) -> TrainResult:
-    """Train ``config`` on ``scenes`` and write the bundle to ``out_dir``."""
+ProgressFn = Callable[[int, int, float, float, float], None]
+"""``progress(step, steps, loss, lr, seconds)``, called after each optimisation step."""
+
+
+def resolve_device(config: TrainConfig) -> torch.device:
+    """``device: auto`` is cuda when torch sees a GPU, else cpu."""
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but torch sees no GPU: use device auto or cpu")
+    return torch.device(config.device)
+
+
+def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path, *,
+          resume: bool = False, progress: ProgressFn | None = None) -> TrainResult:
+    """Train ``config`` on ``scenes`` and write the bundle to ``out_dir``.
+
+    A checkpoint is written to ``out_dir/checkpoints/last.pt`` every ``checkpoint_every``
+    steps; ``resume=True`` continues from it (bit-identical to an uninterrupted run on CPU,
+    see :mod:`geoseg.train.checkpoint`) and starts afresh when there is none. ``progress`` is
+    called after every step (exceptions it raises stop training and propagate)."""
     _check(config)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -135,7 +195,9 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles],
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     with ChipSampler(scenes, config.task, config.bands, config.chip_size, mean_t,
-                     config.val_fraction, config.boundary_width) as sampler:
+                     config.val_fraction, config.boundary_width,
+                     class_names=[c.name for c in config.classes], sampling=config.sampling,
+                     min_valid_fraction=config.min_valid_fraction) as sampler:
         spec = base_spec(config, mean_t, std_t, sampler.pixel_size)
         if not is_semantic(spec):
             raise ConfigError("only semantic architectures can be trained here")
@@ -143,33 +205,60 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles],
         logger.info("training %s: %s, %.2f M parameters, %d steps of %dx%d² chips",
                     config.name, config.architecture.name, count_parameters(model) / 1e6,
                     config.steps, config.batch_size, config.chip_size)
-        losses, done = _fit(model, config, sampler, rng, mean, std, t0)
+        fp = ckpt.fingerprint(config, [s.name for s in scenes])
+        losses, done, resumed = _fit(model, config, sampler, rng, mean, std, t0,
+                                     _Run(resolve_device(config), ckpt.checkpoint_path(out_dir),
+                                          fp, resume, progress))
         val = validate(model, sampler, mean, std, config.val_windows_per_scene,
                        [c.name for c in config.classes])
     seconds = time.perf_counter() - t0
-    spec = spec.model_copy(update={"training": _provenance(config, scenes, done, losses, val,
-                                                           seconds)})
+    training = _provenance(config, scenes, done, losses, val, seconds)
+    training["resumed_at_step"] = resumed
+    spec = spec.model_copy(update={"training": training})
     out = save_bundle(model, spec, out_dir)
     logger.info("trained %s in %.0f s; validation %s", config.name, seconds, val)
     return TrainResult(out, spec, losses, seconds)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """Where the loop runs, where it checkpoints, and who hears about its progress."""
+
+    device: torch.device
+    checkpoint: Path
+    fingerprint: str
+    resume: bool
+    progress: ProgressFn | None
+
+
 def _fit(model: torch.nn.Module, config: TrainConfig, sampler: ChipSampler,
          rng: np.random.Generator, mean: np.ndarray, std: np.ndarray,
-         t0: float) -> tuple[list[float], int]:
-    """The optimisation loop; returns per-step losses and the number of steps done."""
-    weight = (torch.tensor(config.class_weights, dtype=torch.float32)
-              if config.class_weights else None)
-    ce = torch.nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE)
-    dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+         t0: float, run: _Run) -> tuple[list[float], int, int | None]:
+    """The optimisation loop; returns per-step losses, the number of steps done and the
+    step it resumed at (None: started afresh). The model ends on the CPU, contiguous."""
+    loss_fn = SegLoss(config.loss, len(config.classes), config.class_weights)
+    cuda = run.device.type == "cuda"
+    model.to(run.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if cuda and config.precision == "fp16" else None
+    state = ckpt.TrainState(0, [], 0.0)
+    resumed = None
+    if run.resume and run.checkpoint.is_file():
+        state = ckpt.load(run.checkpoint, model, opt, scaler, rng, run.fingerprint)
+        _restore_sampler(sampler, state.extra)
+        resumed = state.step
+        logger.info("%s: resuming at step %d of %d from %s", config.name, state.step,
+                    config.steps, run.checkpoint)
+    elif run.resume:
+        logger.warning("%s: no checkpoint at %s, training from step 0", config.name,
+                       run.checkpoint)
     model.train()
-    losses: list[float] = []
-    start = time.perf_counter()
+    losses = state.losses
+    start = time.perf_counter() - state.seconds
     lr = config.lr
-    for step in range(config.steps):
+    for step in range(state.step, config.steps):
         progress = step / config.steps
         if config.max_seconds is not None:  # the schedule follows whichever budget binds
             progress = max(progress, (time.perf_counter() - start) / config.max_seconds)
@@ -180,29 +269,59 @@ def _fit(model: torch.nn.Module, config: TrainConfig, sampler: ChipSampler,
         lr = config.lr * lr_factor(progress, config.warmup_fraction, 1.0 / config.steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = _batch(sampler, rng, config.batch_size, mean, std)
+        x, y = _batch(sampler, rng, config.batch_size, mean, std, config.augment)
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-            logits = model(x)
-        logits = logits.float()
-        loss = ce(logits, y)
-        if config.dice_weight:
-            loss = loss + config.dice_weight * dice(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(_step(model, opt, scaler, loss_fn, x, y, config.precision))
         done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            ckpt.save(run.checkpoint, model, opt, scaler, rng,
+                      ckpt.TrainState(done, losses, time.perf_counter() - start,
+                                      _sampler_state(sampler)), run.fingerprint)
         if done % config.log_every == 0 or done == config.steps:
             recent = losses[-config.log_every:]
-            elapsed = time.perf_counter() - t0
             logger.info("%s step %d/%d loss %.4f lr %.2e %.0f s (%.2f s/step)", config.name,
-                        done, config.steps, sum(recent) / len(recent), lr, elapsed,
-                        (time.perf_counter() - start) / done)
+                        done, config.steps, sum(recent) / len(recent), lr,
+                        time.perf_counter() - t0,
+                        (time.perf_counter() - start) / (done - (resumed or 0)))
+        if run.progress is not None:
+            run.progress(done, config.steps, losses[-1], lr, time.perf_counter() - t0)
+    model.to("cpu")
     model.to(memory_format=torch.contiguous_format)
     model.eval()
-    return losses, len(losses)
+    return losses, len(losses), resumed
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer,
+          scaler: torch.amp.GradScaler | None, loss_fn: SegLoss, x: torch.Tensor,
+          y: torch.Tensor, precision: str) -> float:
+    """One forward/backward/update under autocast (bf16, or fp16 + grad scaler on CUDA)."""
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    with torch.autocast(x.device.type, dtype=dtype, enabled=precision != "fp32"):
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+def _sampler_state(sampler: ChipSampler) -> str:
+    """JSON of the sampler's own state, for samplers that keep one (``state_dict``)."""
+    get = getattr(sampler, "state_dict", None)
+    return json.dumps(get()) if callable(get) else ""
+
+
+def _restore_sampler(sampler: ChipSampler, text: str) -> None:
+    put = getattr(sampler, "load_state_dict", None)
+    if text and callable(put):
+        put(json.loads(text))
 
 
 def _provenance(config: TrainConfig, scenes: Sequence[SceneFiles], done: int,
@@ -215,15 +334,17 @@ def _provenance(config: TrainConfig, scenes: Sequence[SceneFiles], done: int,
         "steps_planned": config.steps,
         "batch_size": config.batch_size,
         "chip_size": config.chip_size,
-        "loss": f"cross-entropy{' (class weights)' if config.class_weights else ''}"
-                f" + {config.dice_weight} x soft Dice, ignore {IGNORE}",
+        "sampling": f"{config.sampling}, chips with >= {config.min_valid_fraction:.0%} valid "
+                    "pixels",
+        "loss": SegLoss(config.loss, len(config.classes), config.class_weights).describe(),
         "class_weights": list(config.class_weights) if config.class_weights else None,
         "optimizer": f"AdamW lr={config.lr} weight_decay={config.weight_decay}",
         "precision": config.precision,
+        "device": resolve_device(config).type,
         "schedule": f"linear warm-up {config.warmup_fraction:.0%} + cosine to 2%"
                     + (f", by steps or {config.max_seconds:.0f} s, whichever first"
                        if config.max_seconds else ""),
-        "augmentation": "rot90, flips; contrast 0.8-1.2, brightness ±0.2σ, noise σ≤0.08",
+        "augmentation": config.augment.describe(),
         "boundary_width": config.boundary_width if config.task == "buildings" else None,
         "val_split": f"rightmost {config.val_fraction:.0%} of columns of each scene",
         "scenes": [s.name for s in scenes],
