@@ -29,10 +29,52 @@ def _print_summary(res: Any) -> None:
         print(f"  {k:<18} {v}")
 
 
+def _run_dates(a: argparse.Namespace) -> tuple[Path, Path]:
+    """The two runs to compare: the given run directories, or, when both arguments are image
+    files, ``OUT/run_a`` and ``OUT/run_b`` computed here with the same models and settings
+    (an interrupted date is resumed; ``--overwrite`` redoes both)."""
+    from geoseg.cli import cmd_run
+    from geoseg.errors import InputError, OutputExistsError
+    from geoseg.manifest import has_results
+
+    a_path, b_path = Path(a.run_a), Path(a.run_b)
+    if not (a_path.is_file() or b_path.is_file()):
+        return a_path, b_path
+    if not (a_path.is_file() and b_path.is_file()):
+        raise InputError("give two run directories or two images, not one of each: "
+                         f"{a_path} / {b_path}")
+    out_dir = Path(a.out)
+    dates = {out_dir / "run_a", out_dir / "run_b"}
+    if (not a.overwrite and out_dir.is_dir()
+            and any(p not in dates for p in out_dir.iterdir())):
+        raise OutputExistsError(f"output {out_dir} is not empty: pass --overwrite to redo both "
+                                "dates and the change outputs, or choose another -o directory")
+    runs = []
+    for label, image in (("a", a_path), ("b", b_path)):
+        out = Path(a.out) / f"run_{label}"
+        existing = has_results(out)
+        print(f"date {label.upper()}: geoseg run {image} -o {out}"
+              + (" (overwrite)" if existing and a.overwrite else
+                 " (resume)" if existing else ""), flush=True)
+        ns = argparse.Namespace(
+            image=str(image), out=str(out), models=a.models, config=a.config, bbox=a.bbox,
+            region_crs=a.region_crs, region=a.region, wkt=None, chunk_size=a.chunk_size,
+            halo=None, tile_size=None, engine=None, workers=a.workers, threads=a.threads,
+            device=a.device, address=a.address, no_vectors=False, quiet=a.quiet,
+            overwrite=existing and a.overwrite, resume=existing and not a.overwrite)
+        rc = cmd_run(ns)
+        if rc != 0:
+            raise InputError(f"the run of date {label.upper()} ({image}) did not complete: "
+                             f"see {out}/summary.json, then rerun to resume it")
+        runs.append(out)
+    return runs[0], runs[1]
+
+
 def cmd_change(a: argparse.Namespace) -> int:
     from geoseg.change import compare_runs
 
-    res = compare_runs(Path(a.run_a), Path(a.run_b), Path(a.out), grid=a.grid,
+    run_a, run_b = _run_dates(a)
+    res = compare_runs(run_a, run_b, Path(a.out), grid=a.grid,
                        min_confidence=a.min_confidence, iou_modified=a.iou_modified,
                        area_tolerance=a.area_tolerance, overwrite=a.overwrite)
     _print_summary(res)
@@ -54,8 +96,10 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     """Register ``geoseg change RUN_A RUN_B -o OUT``."""
     c = sub.add_parser("change", help="compare two runs of one region: land-cover change, "
                                       "transitions and building changes")
-    c.add_argument("run_a", help="output directory of `geoseg run` for the earlier date")
-    c.add_argument("run_b", help="output directory of `geoseg run` for the later date")
+    c.add_argument("run_a", help="output directory of `geoseg run` for the earlier date, or "
+                                  "the earlier image (then both dates are run here first)")
+    c.add_argument("run_b", help="output directory of `geoseg run` for the later date, or "
+                                  "the later image")
     c.add_argument("--out", "-o", required=True, help="output directory")
     c.add_argument("--grid", choices=["a", "b"], default="a",
                    help="compare on A's grid (default) or B's; the other run is aligned to it")
@@ -68,4 +112,17 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     c.add_argument("--overwrite", action="store_true", help="replace existing change outputs")
     c.add_argument("--scene", help="a `geoseg sample` scene directory: score the change against "
                                    "its truth (changed-pixel and building-change P/R/F1)")
+    r = c.add_argument_group("when run_a and run_b are images: how to run both dates")
+    r.add_argument("--model", "-m", action="append", dest="models",
+                   help="model bundle dir or built-in name (repeatable; default: landcover and "
+                        "buildings)")
+    r.add_argument("--config", help="job YAML (configs/); flags override it")
+    r.add_argument("--bbox", help="region minx,miny,maxx,maxy (needs --bbox-crs)")
+    r.add_argument("--bbox-crs", "--region-crs", dest="region_crs", help="CRS of --bbox")
+    r.add_argument("--region", help="region as a vector file (GeoJSON, GeoPackage, ...)")
+    r.add_argument("--chunk-size", type=int)
+    r.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
+    r.add_argument("--threads", type=int, help="torch threads per worker")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     c.set_defaults(fn=cmd_change)

@@ -47,7 +47,8 @@ def _background(text: str) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    """Train a semantic bundle on generated scenes or on image + labels (raster or vector)."""
+    """Train a bundle (semantic, or Mask R-CNN for buildings) on generated scenes or on
+    image + labels (raster or vector)."""
     from geoseg.train import TrainConfig, scene_files, train
 
     scenes: list[SceneFiles] = []
@@ -197,7 +198,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def add_extra_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    t = sub.add_parser("train", help="train a segmentation bundle")
+    t = sub.add_parser("train", help="train a segmentation (or Mask R-CNN buildings) bundle")
     t.add_argument("--task", choices=["landcover", "buildings"], required=True)
     t.add_argument("--scene", action="append", help="generated scene dir (repeatable)")
     t.add_argument("--pair", action="append", help="IMAGE:LABELS raster pair (repeatable)")
@@ -233,10 +234,13 @@ def add_extra_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision (fp16: CUDA only)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    t.add_argument("--arch", choices=["unet", "deeplabv3plus"],
-                   help="architecture (default: the built-in bundles' slim U-Net ResNet-18)")
-    t.add_argument("--encoder", help="smp encoder for --arch, e.g. resnet34, efficientnet-b0 "
-                                     "(default resnet18; no pretrained weights are fetched)")
+    t.add_argument("--arch", choices=["unet", "deeplabv3plus", "maskrcnn"],
+                   help="architecture (default: the built-in bundles' slim U-Net ResNet-18); "
+                        "maskrcnn: building instances (--task buildings), ResNet-FPN backbone")
+    t.add_argument("--encoder", help="encoder for --arch: an smp encoder for unet/deeplabv3plus "
+                                     "(e.g. resnet34, efficientnet-b0), a torchvision ResNet for "
+                                     "maskrcnn (resnet18, resnet34, resnet50); default resnet18, "
+                                     "no pretrained weights are fetched")
     t.add_argument("--chip-size", type=int, default=256, help="training chip size, px "
                                                                 "(a multiple of 32)")
     t.add_argument("--max-minutes", type=float,

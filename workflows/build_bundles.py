@@ -2,6 +2,11 @@
 
     python -m workflows.build_bundles --out geoseg/bundles   # ~40 min on 2 idle cores
 
+``--only maskrcnn`` builds the optional Mask R-CNN buildings bundle (route (b) of building
+footprints, not shipped) into ``<out>/buildings-maskrcnn``; it needs an explicit ``--out``:
+
+    python -m workflows.build_bundles --only maskrcnn --out /tmp/mr-bundles --max-minutes 60
+
 Generates the training scenes (seeds 101, 102, 103, 2048² by default) and a held-back
 evaluation scene (seed 7) with :func:`geoseg.sample.generate_scene`, trains both bundles one
 after the other on the CPU, evaluates each on the held-back scene (both dates) by sliding-window
@@ -38,12 +43,17 @@ from geoseg.train import (
 logger = logging.getLogger("workflows.build_bundles")
 
 BUNDLES = ("landcover", "buildings")
+OPTIONAL = ("maskrcnn",)   # built only when named with --only, never into geoseg/bundles
+DEFAULT_OUT = Path("geoseg/bundles")
 DATES = ("t0", "t1")
 # ResNet-18 up to layer3 (stride 16, receptive field ~200 px = 100 m: enough context to tell
 # roofs from roads of the same colour) with a slim decoder; 0.7 s per 4 x 512² tiles on 2 cores.
 ARCHITECTURE = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=4,
                                 decoder_channels=(64, 32, 16, 16))
 BAND_NAMES = ("red", "green", "blue", "nir")
+# Mask R-CNN for CPUs: ResNet-18 FPN (the smallest torchvision ResNet), chips of 256 px in
+# batches of 4, AdamW at the detector's default rate (geoseg.train.loop.MASKRCNN_LR).
+MASKRCNN_ARCHITECTURE = ArchitectureSpec(name="maskrcnn", encoder="resnet18")
 
 
 def make_scenes(root: Path, seeds: Sequence[int], size: int) -> list[Path]:
@@ -64,7 +74,9 @@ def make_scenes(root: Path, seeds: Sequence[int], size: int) -> list[Path]:
 
 
 def config_for(name: str, steps: int, seed: int, threads: int,
-               max_seconds: float | None) -> TrainConfig:
+               max_seconds: float | None, precision: str = "fp32") -> TrainConfig:
+    if name == "maskrcnn":
+        return maskrcnn_config(steps, seed, threads, max_seconds, precision)
     common: dict[str, Any] = {
         "architecture": ARCHITECTURE, "band_names": BAND_NAMES, "steps": steps,
         "batch_size": 8, "chip_size": 256, "lr": 3e-3, "seed": seed, "threads": threads,
@@ -86,6 +98,22 @@ def config_for(name: str, steps: int, seed: int, threads: int,
                        description="building footprints with a 2-px boundary class that "
                                    "separates touching buildings; U-Net ResNet-18/4",
                        **common)
+
+
+def maskrcnn_config(steps: int, seed: int, threads: int, max_seconds: float | None,
+                    precision: str) -> TrainConfig:
+    """The optional Mask R-CNN buildings bundle (classes as the semantic buildings bundle's, so
+    its predictions go through the same boundary-aware vectorizer)."""
+    classes = tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in BUILDING_CLASSES)
+    return TrainConfig(
+        name="buildings-maskrcnn", task="buildings", classes=classes,
+        architecture=MASKRCNN_ARCHITECTURE, band_names=BAND_NAMES, steps=steps, batch_size=4,
+        chip_size=256, seed=seed, threads=threads, precision=precision,  # type: ignore[arg-type]
+        augment={"scale": None, "blur": 0.0},  # type: ignore[arg-type]
+        max_seconds=max_seconds, tile_size=512, version="0.1.0", checkpoint_every=25,
+        description="building instances (Mask R-CNN, ResNet-18 FPN, trained from scratch on "
+                    "generated scenes); converted to background/building/boundary "
+                    "probabilities for the pipeline")
 
 
 def forward_seconds(bundle: Path, threads: int, repeats: int = 3) -> float:
@@ -127,13 +155,14 @@ def evaluate(name: str, bundle: Path, scene: Path) -> dict[str, Any]:
 def build(name: str, out: Path, scenes: list[Path], eval_scene: Path, args: argparse.Namespace,
           ) -> dict[str, Any]:
     config = config_for(name, args.steps, args.seed, args.train_threads,
-                        args.max_minutes * 60 if args.max_minutes else None)
+                        args.max_minutes * 60 if args.max_minutes else None,
+                        args.maskrcnn_precision)
     files = [f for d in scenes for f in scene_files(d, config.task, DATES)]
-    bundle = out / name
+    bundle = out / config.name
     if args.skip_train:
         logger.info("evaluating existing bundle %s", bundle)
     else:
-        train(config, files, bundle)
+        train(config, files, bundle, resume=args.resume)
     metrics = evaluate(name, bundle, eval_scene)
     from geoseg.bundle import read_spec
 
@@ -166,9 +195,17 @@ def summary(name: str, m: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--out", type=Path, default=Path("geoseg/bundles"))
+    p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT}; "
+                                             "required for --only maskrcnn)")
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--only", choices=BUNDLES, action="append")
+    p.add_argument("--only", choices=BUNDLES + OPTIONAL, action="append",
+                   help="build only these bundles (repeatable); maskrcnn is built only when "
+                        "named here")
+    p.add_argument("--maskrcnn-precision", choices=["fp32", "bf16"], default="fp32",
+                   help="autocast precision of the Mask R-CNN training (bf16 pays off only on "
+                        "CPUs with AVX512-BF16/AMX; on AVX2 it was 7x slower)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each bundle from <out>/<name>/checkpoints/last.pt")
     p.add_argument("--scenes", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-scenes",
                    help="cache directory for generated scenes")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[101, 102, 103])
@@ -185,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "--steps or this comes first (0: steps only, reproducible)")
     p.add_argument("--skip-train", action="store_true", help="only evaluate existing bundles")
     args = p.parse_args(argv)
+    if args.out is None:
+        if set(args.only or ()) & set(OPTIONAL):
+            p.error("--only maskrcnn writes an unshipped bundle: give --out DIR (it is not "
+                    f"written into {DEFAULT_OUT})")
+        args.out = DEFAULT_OUT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     scenes = make_scenes(args.scenes, args.train_seeds, args.size)

@@ -77,14 +77,15 @@ def load_buildings(run: RunInfo, label: str, crs: CRS) -> gpd.GeoDataFrame | Non
     if df.crs is None:
         raise InputError(f"run {label}'s {run.gpkg} has no CRS: rerun `geoseg run`")
     if "id" not in df.columns:
-        df["id"] = np.arange(1, len(df) + 1)
+        df["id"] = [str(i) for i in range(1, len(df) + 1)]
     if CRS.from_user_input(df.crs) != crs:
         df = df.to_crs(crs)
     geoms = np.asarray(df.geometry.values, dtype=object)
     if geoms.size:
         bad = ~shapely.is_valid(geoms)
         geoms[bad] = shapely.make_valid(geoms[bad])
-    return gpd.GeoDataFrame({"id": df["id"].astype("int64").to_numpy()},
+    # ids as text: geoseg's footprint ids are "b{row}_{col}", other producers use numbers
+    return gpd.GeoDataFrame({"id": df["id"].astype(str).to_numpy()},
                             geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
 
 
@@ -144,6 +145,17 @@ def match(ga: np.ndarray, gb: np.ndarray) -> tuple[dict[int, tuple[int, float]],
     return a2b, leftover
 
 
+def _id_key(value: str | None) -> tuple[int, int, str]:
+    """Sort key of a footprint id: numeric ids by value, others (``b{row}_{col}``) by their
+    numbers in order, missing ones first."""
+    if value is None:
+        return (0, 0, "")
+    if value.isdigit():
+        return (1, int(value), "")
+    return (2, 0, ".".join(f"{int(x):012d}" if x.isdigit() else x
+                           for x in value.lstrip("b").split("_")))
+
+
 def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified: float,
              area_tolerance: float, date_a: str, date_b: str) -> gpd.GeoDataFrame:
     """The change features of footprints ``a`` and ``b`` (both in ``crs``)."""
@@ -157,8 +169,8 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
     recs: list[dict[str, Any]] = []
 
     def rec(kind: str, i: int | None, j: int | None, iou: float | None, how: str) -> None:
-        recs.append({"change": kind, "id_a": None if i is None else int(ids_a[i]),
-                     "id_b": None if j is None else int(ids_b[j]), "date_a": date_a,
+        recs.append({"change": kind, "id_a": None if i is None else str(ids_a[i]),
+                     "id_b": None if j is None else str(ids_b[j]), "date_a": date_a,
                      "date_b": date_b,
                      "area_a_m2": None if i is None else round(float(area_a[i]), 3),
                      "area_b_m2": None if j is None else round(float(area_b[j]), 3),
@@ -185,10 +197,10 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
         if j not in matched_b:
             rec("new", None, j, None, "")
     order = {k: n for n, k in enumerate(KINDS)}
-    recs.sort(key=lambda r: (order[r["change"]], r["id_a"] or 0, r["id_b"] or 0))
+    recs.sort(key=lambda r: (order[r["change"]], _id_key(r["id_a"]), _id_key(r["id_b"])))
     frame = pd.DataFrame(recs, columns=[*COLUMNS, "geometry"])
     for col in ("id_a", "id_b"):
-        frame[col] = frame[col].astype("Int64")
+        frame[col] = frame[col].astype("string")
     for col in ("area_a_m2", "area_b_m2", "iou"):
         frame[col] = frame[col].astype("float64")
     return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(list(frame["geometry"]), crs=crs),

@@ -67,7 +67,8 @@ def _prepare_output(out: Path, runs: tuple[Path, ...], overwrite: bool) -> None:
             raise InputError(f"output {out} is an input run: choose another -o directory")
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} is a file: choose a directory for -o")
-    if out.exists() and any(out.iterdir()):
+    inputs = {r.resolve() for r in runs}
+    if out.exists() and any(p.resolve() not in inputs for p in out.iterdir()):
         if not overwrite:
             raise OutputExistsError(f"output {out} is not empty: pass --overwrite to replace "
                                     "the change outputs, or choose another -o directory")

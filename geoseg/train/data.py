@@ -203,6 +203,15 @@ class ChipSampler:
         target[~valid] = IGNORE
         return image, target
 
+    def read_chip(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
+        """A training chip's image and target (:meth:`read`; subclasses may train on
+        another target, e.g. instance ids in :mod:`geoseg.train.instances`)."""
+        return self.read(scene, win)
+
+    def chip_valid_fraction(self, target: np.ndarray) -> float:
+        """Share of a :meth:`read_chip` target's pixels that count in training."""
+        return valid_fraction(target)
+
     def read_labels(self, scene: int, win: Window) -> np.ndarray:
         """The labels' values (classes or instance ids) in ``win``."""
         lab = self.labels[scene]
@@ -245,8 +254,8 @@ class ChipSampler:
             return self._grid_chip(rng)
         for _ in range(self.max_tries):
             scene, win = self.train_window(rng)
-            image, target = self.read(scene, win)
-            if valid_fraction(target) >= self.min_valid_fraction:
+            image, target = self.read_chip(scene, win)
+            if self.chip_valid_fraction(target) >= self.min_valid_fraction:
                 return image, target
         raise LabelError(f"no training chip with at least {self.min_valid_fraction:.0%} valid "
                          f"pixels in {self.max_tries} random draws: check the images' nodata "
@@ -272,8 +281,8 @@ class ChipSampler:
         for _ in range(2):
             while self._queue:
                 cell = self._queue.pop()
-                image, target = self.read(*cell)
-                if valid_fraction(target) >= self.min_valid_fraction:
+                image, target = self.read_chip(*cell)
+                if self.chip_valid_fraction(target) >= self.min_valid_fraction:
                     return image, target
                 self._rejected.add(cell)
             cells = [c for c in self.grid_windows() if c not in self._rejected]

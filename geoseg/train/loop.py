@@ -1,4 +1,4 @@
-"""Train a semantic segmentation bundle on GeoTIFF scenes, deterministically from a seed.
+"""Train a segmentation bundle on GeoTIFF scenes, deterministically from a seed.
 
 Recipe: random chips from the training area, augmentations (:mod:`geoseg.train.augment`), a
 weighted sum of cross-entropy, soft Dice and focal loss (:mod:`geoseg.train.losses`, nodata
@@ -6,6 +6,11 @@ ignored), AdamW with linear warm-up and cosine decay, checkpoints for an exact r
 (:mod:`geoseg.train.checkpoint`); on CUDA, autocast (bf16, or fp16 with a grad scaler). The
 result is a bundle (``bundle.yaml`` + float16 safetensors) whose ``training`` section records the
 provenance (seed, steps, chips, loss, scenes, validation metrics).
+
+Mask R-CNN (``architecture.name: maskrcnn``, task buildings) runs through the same loop, schedule,
+checkpoints and validation; its chips, targets and step are in :mod:`geoseg.train.instances`.
+Its loss is the sum of torchvision's five detector losses, its default learning rate is
+``MASKRCNN_LR`` (AdamW from scratch; see :data:`MASKRCNN_LR`).
 """
 
 from __future__ import annotations
@@ -26,15 +31,30 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization
 from geoseg.errors import ConfigError
-from geoseg.models.factory import build_model, count_parameters, is_semantic
+from geoseg.models.factory import build_model, count_parameters
 from geoseg.models.weights import save_bundle
 from geoseg.train import checkpoint as ckpt
 from geoseg.train.augment import AugmentConfig, augment
 from geoseg.train.data import ChipSampler, SceneFiles, band_stats
+from geoseg.train.instances import (
+    GRAD_CLIP,
+    ROIS_PER_IMAGE,
+    RPN_PROPOSALS_TRAIN,
+    InstanceSampler,
+    configure_training,
+    detector_classifier,
+    detector_step,
+    instance_batch,
+)
 from geoseg.train.losses import LossConfig, SegLoss
 from geoseg.train.validate import validate
 
 logger = logging.getLogger(__name__)
+
+MASKRCNN_LR = 3e-4
+"""Default learning rate of Mask R-CNN: AdamW from random weights. torchvision's SGD 0.02 recipe
+assumes an ImageNet backbone and batches of 16; from scratch on small CPU batches AdamW with
+warm-up is the stable choice, and 3e-3 (the semantic default) makes box regression diverge."""
 
 
 class TrainConfig(BaseModel):
@@ -101,6 +121,17 @@ class TrainConfig(BaseModel):
             data["loss"] = {"dice": weight}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _detector_lr(cls, data: Any) -> Any:
+        """Mask R-CNN's default learning rate differs from the semantic models' one."""
+        if isinstance(data, dict) and "lr" not in data:
+            arch = data.get("architecture")
+            name = arch.get("name") if isinstance(arch, dict) else getattr(arch, "name", None)
+            if name == "maskrcnn":
+                data = {**data, "lr": MASKRCNN_LR}
+        return data
+
     @field_validator("augment", mode="before")
     @classmethod
     def _augment_off(cls, value: Any) -> Any:
@@ -150,8 +181,12 @@ def _check(config: TrainConfig) -> None:
     if config.precision == "fp16" and resolve_device(config).type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
     if config.architecture.name == "maskrcnn":
-        raise ConfigError("geoseg.train trains semantic models (unet, deeplabv3plus); "
-                          "Mask R-CNN training is not implemented")
+        names = [c.name for c in config.classes]
+        if config.task != "buildings" or set(names) - {"background", "building", "boundary"} \
+                or not {"background", "building"} <= set(names):
+            raise ConfigError("maskrcnn trains building instances: use task buildings with "
+                              f"classes background, building[, boundary] (got {config.task}, "
+                              f"{names})")
 
 
 def base_spec(config: TrainConfig, mean: Sequence[float], std: Sequence[float],
@@ -186,6 +221,7 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     see :mod:`geoseg.train.checkpoint`) and starts afresh when there is none. ``progress`` is
     called after every step (exceptions it raises stop training and propagate)."""
     _check(config)
+    semantic = config.architecture.name != "maskrcnn"
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     t0 = time.perf_counter()
@@ -194,13 +230,12 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     std = np.asarray(std_t, dtype=np.float32)[:, None, None]
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    with ChipSampler(scenes, config.task, config.bands, config.chip_size, mean_t,
-                     config.val_fraction, config.boundary_width,
-                     class_names=[c.name for c in config.classes], sampling=config.sampling,
-                     min_valid_fraction=config.min_valid_fraction) as sampler:
+    kind: type[ChipSampler] = ChipSampler if semantic else InstanceSampler
+    with kind(scenes, config.task, config.bands, config.chip_size, mean_t,
+              config.val_fraction, config.boundary_width,
+              class_names=[c.name for c in config.classes], sampling=config.sampling,
+              min_valid_fraction=config.min_valid_fraction) as sampler:
         spec = base_spec(config, mean_t, std_t, sampler.pixel_size)
-        if not is_semantic(spec):
-            raise ConfigError("only semantic architectures can be trained here")
         model = build_model(spec)
         logger.info("training %s: %s, %.2f M parameters, %d steps of %dx%d² chips",
                     config.name, config.architecture.name, count_parameters(model) / 1e6,
@@ -210,7 +245,8 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
                                      _Run(resolve_device(config), ckpt.checkpoint_path(out_dir),
                                           fp, resume, progress))
         val = validate(model, sampler, mean, std, config.val_windows_per_scene,
-                       [c.name for c in config.classes])
+                       [c.name for c in config.classes],
+                       None if semantic else detector_classifier(model, spec))
     seconds = time.perf_counter() - t0
     training = _provenance(config, scenes, done, losses, val, seconds)
     training["resumed_at_step"] = resumed
@@ -238,8 +274,11 @@ def _fit(model: torch.nn.Module, config: TrainConfig, sampler: ChipSampler,
     step it resumed at (None: started afresh). The model ends on the CPU, contiguous."""
     loss_fn = SegLoss(config.loss, len(config.classes), config.class_weights)
     cuda = run.device.type == "cuda"
+    detector = config.architecture.name == "maskrcnn"
     model.to(run.device)
-    if config.channels_last:
+    if detector:
+        configure_training(model)
+    elif config.channels_last:   # the detector batches its image list itself
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if cuda and config.precision == "fp16" else None
@@ -269,11 +308,19 @@ def _fit(model: torch.nn.Module, config: TrainConfig, sampler: ChipSampler,
         lr = config.lr * lr_factor(progress, config.warmup_fraction, 1.0 / config.steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = _batch(sampler, rng, config.batch_size, mean, std, config.augment)
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        losses.append(_step(model, opt, scaler, loss_fn, x, y, config.precision))
+        if detector:
+            images, targets = instance_batch(sampler, rng, config.batch_size, mean, std,
+                                             config.augment)
+            losses.append(detector_step(
+                model, opt, scaler, [t.to(run.device) for t in images],
+                [{k: v.to(run.device) for k, v in t.items()} for t in targets],
+                config.precision))
+        else:
+            x, y = _batch(sampler, rng, config.batch_size, mean, std, config.augment)
+            x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            losses.append(_step(model, opt, scaler, loss_fn, x, y, config.precision))
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             ckpt.save(run.checkpoint, model, opt, scaler, rng,
@@ -324,10 +371,16 @@ def _restore_sampler(sampler: ChipSampler, text: str) -> None:
         put(json.loads(text))
 
 
+_DETECTOR_LOSS = (f"Mask R-CNN: sum of classifier, box regression, mask, objectness and RPN box "
+                  f"regression losses ({ROIS_PER_IMAGE} RoIs/image, {RPN_PROPOSALS_TRAIN} RPN "
+                  "proposals in training)")
+
+
 def _provenance(config: TrainConfig, scenes: Sequence[SceneFiles], done: int,
                 losses: list[float], val: dict[str, object], seconds: float,
                 ) -> dict[str, object]:
     tail = losses[-max(1, min(len(losses), config.log_every)):]
+    detector = config.architecture.name == "maskrcnn"
     return {
         "seed": config.seed,
         "steps": done,
@@ -336,9 +389,12 @@ def _provenance(config: TrainConfig, scenes: Sequence[SceneFiles], done: int,
         "chip_size": config.chip_size,
         "sampling": f"{config.sampling}, chips with >= {config.min_valid_fraction:.0%} valid "
                     "pixels",
-        "loss": SegLoss(config.loss, len(config.classes), config.class_weights).describe(),
-        "class_weights": list(config.class_weights) if config.class_weights else None,
-        "optimizer": f"AdamW lr={config.lr} weight_decay={config.weight_decay}",
+        "loss": (_DETECTOR_LOSS if detector else
+                 SegLoss(config.loss, len(config.classes), config.class_weights).describe()),
+        "class_weights": (list(config.class_weights) if config.class_weights and not detector
+                          else None),
+        "optimizer": f"AdamW lr={config.lr} weight_decay={config.weight_decay}"
+                     + (f", gradient norm clipped to {GRAD_CLIP:g}" if detector else ""),
         "precision": config.precision,
         "device": resolve_device(config).type,
         "schedule": f"linear warm-up {config.warmup_fraction:.0%} + cosine to 2%"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,8 +15,12 @@ from geoseg.train.targets import BOUNDARY, BUILDING, IGNORE
 
 
 def validate(model: torch.nn.Module, sampler: ChipSampler, mean: np.ndarray, std: np.ndarray,
-             max_per_scene: int, class_names: Sequence[str]) -> dict[str, object]:
-    """Pixel metrics (and, for buildings, object F1@0.5) on the validation windows."""
+             max_per_scene: int, class_names: Sequence[str],
+             classify: Callable[[torch.Tensor], np.ndarray] | None = None) -> dict[str, object]:
+    """Pixel metrics (and, for buildings, object F1@0.5) on the validation windows.
+
+    ``classify`` maps a normalised window ``(1, C, H, W)`` to its class map ``(H, W)``
+    (default: the argmax of a semantic model's logits)."""
     windows = sampler.val_windows(max_per_scene) if max_per_scene else []
     if not windows:
         return {"windows": 0}
@@ -27,8 +31,11 @@ def validate(model: torch.nn.Module, sampler: ChipSampler, mean: np.ndarray, std
     for scene, win in windows:
         image, target = sampler.read(scene, win)
         x = torch.from_numpy(((image - mean) / std)[None].astype(np.float32))
-        with torch.inference_mode():
-            pred = model(x).argmax(dim=1)[0].numpy().astype(np.uint8)
+        if classify is not None:
+            pred = classify(x)
+        else:
+            with torch.inference_mode():
+                pred = model(x).argmax(dim=1)[0].numpy().astype(np.uint8)
         cm += confusion_matrix(pred, target, k, ignore=IGNORE)
         if sampler.task == "buildings":
             truth = sampler.read_labels(scene, win)

@@ -52,14 +52,14 @@ def test_building_changes_are_classified(tmp_path: Path) -> None:
     assert CRS.from_user_input(df.crs) == CRS.from_epsg(32633)
     assert {"change", "id_a", "id_b", "date_a", "date_b", "area_a_m2", "area_b_m2", "iou",
             "geometry"} <= set(df.columns)
-    ext = df[(df["id_a"] == 3)].iloc[0]
+    ext = df[(df["id_a"] == "3")].iloc[0]   # ids are text (geoseg's are "b{row}_{col}")
     assert ext["area_a_m2"] == pytest.approx(10 * 15 * 0.25)
     assert ext["area_b_m2"] == pytest.approx((10 * 15 + 6 * 6) * 0.25)
     assert ext["date_a"] == "2019-06-01" and ext["date_b"] == "2024-06-01"
     assert shapely.equals(ext.geometry, B_BUILDINGS[1][1])
     dem = df[df["change"] == "demolished"].iloc[0]
     assert shapely.equals(dem.geometry, A_BUILDINGS[1][1])  # A's geometry for demolished
-    assert set(df.loc[df["id_b"] == 15, "match"]) == {"merged"}
+    assert set(df.loc[df["id_b"] == "15", "match"]) == {"merged"}
 
 
 def test_identical_buildings_all_unchanged(tmp_path: Path) -> None:
@@ -93,7 +93,20 @@ def test_split_building_is_modified() -> None:
                                                    shapely.box(12.5, 0, 20, 10)], crs=crs)
     df = classify(a, b, crs, iou_modified=0.8, area_tolerance=0.1, date_a="", date_b="")
     assert list(df["change"]) == ["modified", "modified"]
-    assert set(df["match"]) == {"split"} and set(df["id_b"]) == {7, 8}
+    assert set(df["match"]) == {"split"} and set(df["id_b"]) == {"7", "8"}
+
+
+def test_pipeline_ids_are_kept_as_text() -> None:
+    import geopandas as gpd
+
+    crs = CRS.from_epsg(32633)
+    a = gpd.GeoDataFrame({"id": ["b10_200", "b9_30"]},
+                         geometry=[shapely.box(0, 0, 10, 10), shapely.box(50, 0, 60, 10)],
+                         crs=crs)
+    b = gpd.GeoDataFrame({"id": ["b10_201"]}, geometry=[shapely.box(0, 0, 10, 10)], crs=crs)
+    df = classify(a, b, crs, iou_modified=0.8, area_tolerance=0.1, date_a="", date_b="")
+    assert list(zip(df["change"], df["id_a"], df["id_b"].fillna("-"), strict=True)) == [
+        ("unchanged", "b10_200", "b10_201"), ("demolished", "b9_30", "-")]
 
 
 def test_touching_neighbour_is_not_a_match() -> None:

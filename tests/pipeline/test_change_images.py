@@ -1,0 +1,61 @@
+"""``geoseg change IMAGE_A IMAGE_B``: both dates run in one command, then compared."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from geoseg.cli import main
+from tests.conftest import write_raster
+from tests.pipeline.conftest import textured
+
+pytestmark = pytest.mark.ray
+
+
+def test_two_images_run_both_dates_then_compare(ray_cluster: None, tmp_path: Path,
+                                                tiny_bundles: tuple[str, str],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_raster(tmp_path / "a.tif", textured(128, 160, seed=0))
+    b_data = textured(128, 160, seed=0)
+    b_data[:, 40:100, 60:140] = textured(128, 160, seed=3)[:, 40:100, 60:140]
+    b = write_raster(tmp_path / "b.tif", b_data)
+    out = tmp_path / "change"
+    models = ["-m", tiny_bundles[0], "-m", tiny_bundles[1]]
+    args = ["-q", "change", str(a), str(b), "-o", str(out), *models, "--chunk-size", "64",
+            "--workers", "1", "--threads", "1"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "date A: geoseg run" in text and "geoseg change complete" in text
+    for label, image in (("a", a), ("b", b)):
+        summary = json.loads((out / f"run_{label}" / "summary.json").read_text())
+        assert summary["status"] == "complete" and str(summary["image"]).endswith(image.name)
+    store = zarr.open_group(str(out / "change.zarr"), mode="r")
+    changed = np.asarray(store["changed"][:])  # type: ignore[index]
+    assert changed.shape == (128, 160)
+    # a second call refuses before running anything, unless told to redo everything
+    assert main(args) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the same property on hand-made runs is in tests/change (default suite)
+def test_identical_images_give_no_change(ray_cluster: None, tmp_path: Path,
+                                         tiny_bundles: tuple[str, str]) -> None:
+    a = write_raster(tmp_path / "a.tif", textured(96, 96, seed=1))
+    b = write_raster(tmp_path / "b.tif", textured(96, 96, seed=1))
+    out = tmp_path / "change"
+    assert main(["-q", "change", str(a), str(b), "-o", str(out), "-m", tiny_bundles[0],
+                 "--chunk-size", "64", "--workers", "1", "--threads", "1"]) == 0
+    summary = json.loads((out / "change_summary.json").read_text())
+    assert summary["areas"]["changed"]["m2"] == 0.0
+
+
+def test_one_image_and_one_run_is_refused(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_raster(tmp_path / "a.tif", textured(64, 64))
+    assert main(["change", str(a), str(tmp_path), "-o", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "two run directories or two images" in err[0]
