@@ -28,15 +28,43 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tree_pss(proc: psutil.Process) -> int:
+def _role(p: psutil.Process) -> str:
+    """What a process of the tree is: driver, a Ray service, or a Ray worker by its title."""
+    cmd = p.cmdline()
+    title = cmd[0] if cmd else p.name()
+    if title.startswith("ray::"):
+        return title.split()[0]
+    for service in ("raylet", "gcs_server", "dashboard", "log_monitor", "runtime_env",
+                    "monitor", "agent"):
+        if any(service in c for c in cmd[:3]):
+            return service
+    return "driver" if any("geoseg" in c for c in cmd[:4]) else p.name()
+
+
+def tree_pss(proc: psutil.Process, roles: dict[int, tuple[str, int]] | None = None) -> int:
+    """Summed PSS of ``proc`` and its descendants; per-process peaks go to ``roles``."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
             mi = p.memory_full_info()
-            total += getattr(mi, "pss", mi.rss)
+            pss = getattr(mi, "pss", mi.rss)
+            total += pss
+            if roles is not None:
+                role, peak = roles.get(p.pid, ("", 0))
+                new = _role(p)
+                roles[p.pid] = (new if new.startswith("ray::") or not role else role,
+                                max(peak, pss))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
+
+
+def by_role(roles: dict[int, tuple[str, int]]) -> dict[str, float]:
+    """Sum over processes of each role of their peak PSS, GB (peaks need not coincide)."""
+    out: dict[str, float] = {}
+    for role, peak in roles.values():
+        out[role] = out.get(role, 0.0) + peak / 2**30
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -46,13 +74,14 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
                             env={**os.environ, **(env or {})}, cwd=ROOT)
     ps = psutil.Process(proc.pid)
     peak = 0
+    roles: dict[int, tuple[str, int]] = {}
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
             try:
-                peak = max(peak, tree_pss(ps))
+                peak = max(peak, tree_pss(ps, roles))
             except psutil.NoSuchProcess:
                 return
             stop.wait(0.2)
@@ -70,7 +99,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
         if line.startswith("{"):
             last = json.loads(line)
             break
-    return {"wall_s": wall, "peak_pss_gb": peak / 2**30, **last}
+    return {"wall_s": wall, "peak_pss_gb": peak / 2**30, "peak_by_role_gb": by_role(roles),
+            **last}
 
 
 def reference_bundle(root: Path) -> Path:
@@ -192,6 +222,9 @@ def main() -> None:
             print(f"ratio  {name} / forward-no-overlap @ {size}: "
                   f"{r['px_per_s'] / limit[size]:.3f}")
     gs = [(s, r) for n, s, r in rows if n.startswith("geoseg")]
+    for s_, r in gs:
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["peak_by_role_gb"].items())[:6])
+        print(f"peak PSS by process role @ {s_} (GB, each process's own peak): {top}")
     if len(gs) > 1:
         (s0, r0), (s1, r1) = gs[0], gs[-1]
         print(f"memory geoseg {s1}² / {s0}²: {r1['peak_pss_gb'] / r0['peak_pss_gb']:.3f} "

@@ -2,13 +2,14 @@
 
 Workers return features; the driver is the single writer of the GeoPackage. Building footprints
 and interior land-cover polygons are appended as chunks finish; land-cover parts that touch a
-chunk edge are held (only those) and merged across seams at the end. The GeoPackage is written
+chunk edge are held (only those) until their region is complete, i.e. every chunk it reaches and
+those chunks' neighbours are done (:class:`~geoseg.vectorize.landcover.SeamMerger`), so the
+driver holds the seams of the chunks in flight, not of the raster. The GeoPackage is written
 under a temporary name and renamed when complete, so a partial file never looks finished.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from geoseg.grid import Chunk
 from geoseg.plan import Plan
 from geoseg.store import FILL, read_window
 from geoseg.vectorize.buildings import extract_buildings
-from geoseg.vectorize.landcover import LandcoverParts, landcover_parts, merge_landcover
+from geoseg.vectorize.landcover import LandcoverParts, SeamMerger, landcover_parts
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class GeoPackageSink:
         self.batch = batch
         self.buffers: dict[str, list[dict[str, Any]]] = {}
         self.counts: dict[str, int] = {}
-        self.border: list[LandcoverParts] = []
+        self.seams = SeamMerger(plan.chunks)
 
     def add(self, result: ChunkVectors) -> None:
         bd = self.plan.model("buildings")
@@ -85,11 +86,9 @@ class GeoPackageSink:
             if bd is not None:
                 rec["model_id"] = bd.model_id
             self._push("buildings", rec)
-        if result.landcover is not None:
-            for f in result.landcover.interior:
+        if result.landcover is not None:  # interiors at once, seam groups once complete
+            for f in self.seams.add(result.landcover):
                 self._push("landcover", self._lc_record(f))
-            if result.landcover.border:  # only seam parts wait for the merge
-                self.border.append(dataclasses.replace(result.landcover, interior=[]))
 
     def _lc_record(self, f: Any) -> dict[str, Any]:
         lc = self.plan.model("landcover")
@@ -118,10 +117,8 @@ class GeoPackageSink:
 
     def finish(self) -> dict[str, int]:
         """Merge land-cover parts across chunk seams, flush, and publish the file."""
-        if self.border:
-            for f in merge_landcover(self.border, self.plan.chunks):
-                self._push("landcover", self._lc_record(f))
-            self.border = []
+        for f in self.seams.finish():
+            self._push("landcover", self._lc_record(f))
         for layer in list(self.buffers):
             self._flush(layer)
         if self.partial.exists():

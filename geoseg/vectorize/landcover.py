@@ -255,6 +255,7 @@ def _join(parent: dict[PartKey, PartKey], border: dict[PartKey, BorderPart], a_i
 
 def _merge_group(members: list[BorderPart]
                  ) -> tuple[Polygon, int, int, tuple[int, int], float | None]:
+    members = sorted(members, key=lambda m: m.ref)  # sums independent of arrival order
     pixels = sum(m.pixels for m in members)
     ref = min(m.ref for m in members)
     sums = [m.confidence_sum for m in members]
@@ -272,3 +273,128 @@ def _merge_group(members: list[BorderPart]
                      ref, union.geom_type)
         union = as_polygon(union)
     return drop_collinear(union), members[0].class_id, pixels, ref, csum
+
+
+class SeamMerger:
+    """:func:`merge_landcover`, incrementally: memory follows the chunks still in flight, not
+    the raster.
+
+    ``add`` takes each chunk's parts as it finishes (every chunk, also those without border
+    parts, so that arrivals are known) and yields its interior features plus every seam group
+    that can no longer grow: a group is complete when each chunk holding one of its parts is
+    *closed* (all its in-grid 4-neighbours have arrived). A complete group is merged, yielded
+    and forgotten, and a closed chunk's edge labels are dropped. ``finish`` yields the groups
+    that stay open (neighbours that never came: failed chunks). The features are those of
+    :func:`merge_landcover` on the same parts; only their order follows the arrivals.
+    """
+
+    def __init__(self, grid: ChunkGrid) -> None:
+        self.grid = grid
+        self.settings: tuple[Affine, int, CRS | None] | None = None
+        self.arrived: set[ChunkIndex] = set()
+        self.edges: dict[ChunkIndex, ChunkEdges] = {}
+        self.border: dict[PartKey, BorderPart] = {}
+        self.parent: dict[PartKey, PartKey] = {}
+        self.members: dict[PartKey, list[PartKey]] = {}   # root -> keys of its group
+        self.keys_of: dict[ChunkIndex, list[PartKey]] = {}
+
+    @property
+    def held(self) -> int:
+        """Border parts waiting for their neighbours (what this merger holds in memory)."""
+        return len(self.border)
+
+    def add(self, part: LandcoverParts) -> Iterator[Feature]:
+        idx = part.chunk_index
+        _check_part(part, self.grid, dict.fromkeys(self.arrived))  # type: ignore[arg-type]
+        if self.settings is None:
+            self.settings = part.settings
+        elif part.settings != self.settings:
+            raise InputError(f"chunk {idx} was vectorized with another transform, min_pixels "
+                             "or CRS than the others: rerun it with the job's settings")
+        yield from part.interior
+        self.arrived.add(idx)
+        self.edges[idx] = part.edges
+        keys = [(idx, b.label) for b in part.border]
+        self.keys_of[idx] = keys
+        for key, b in zip(keys, part.border, strict=True):
+            self.border[key] = b
+            self.parent[key] = key
+            self.members[key] = [key]
+        iy, ix = idx
+        for (dy, dx) in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            other = (iy + dy, ix + dx)
+            if other not in self.edges:
+                continue
+            if dx == 1:
+                self._join(idx, part.edges.right, other, self.edges[other].left)
+            elif dx == -1:
+                self._join(other, self.edges[other].right, idx, part.edges.left)
+            elif dy == 1:
+                self._join(idx, part.edges.bottom, other, self.edges[other].top)
+            else:
+                self._join(other, self.edges[other].bottom, idx, part.edges.top)
+        for k in [idx, *self._neighbours(idx)]:
+            if k in self.arrived and self._closed(k):
+                yield from self._emit_closed(k)
+
+    def finish(self) -> Iterator[Feature]:
+        """The groups still open (some neighbour never arrived), in raster order."""
+        roots = {_find(self.parent, k) for k in self.border}
+        yield from self._emit(sorted(roots, key=lambda r: min(self.border[k].ref
+                                                             for k in self.members[r])))
+
+    def _neighbours(self, idx: ChunkIndex) -> list[ChunkIndex]:
+        ny, nx = self.grid.counts
+        iy, ix = idx
+        return [(y, x) for y, x in ((iy - 1, ix), (iy + 1, ix), (iy, ix - 1), (iy, ix + 1))
+                if 0 <= y < ny and 0 <= x < nx]
+
+    def _closed(self, idx: ChunkIndex) -> bool:
+        return all(n in self.arrived for n in self._neighbours(idx))
+
+    def _emit_closed(self, idx: ChunkIndex) -> Iterator[Feature]:
+        """Emit the complete groups with a part in closed chunk ``idx``; drop its edges once
+        every neighbour is closed too (they may still need them to join)."""
+        roots = {_find(self.parent, k) for k in self.keys_of.get(idx, []) if k in self.border}
+        done = [r for r in roots
+                if all(self._closed(k[0]) for k in self.members[r])]
+        yield from self._emit(sorted(done, key=lambda r: min(self.border[k].ref
+                                                             for k in self.members[r])))
+        left = [k for k in self.keys_of.pop(idx, []) if k in self.border]
+        if left:
+            self.keys_of[idx] = left
+        # a closed chunk's edges are only read when a neighbour arrives: all have
+        self.edges.pop(idx, None)
+
+    def _emit(self, roots: list[PartKey]) -> Iterator[Feature]:
+        assert self.settings is not None
+        transform, min_pixels, crs = self.settings
+        for r in roots:
+            keys = self.members.pop(r)
+            poly, class_id, pixels, ref, csum = _merge_group([self.border[k] for k in keys])
+            for k in keys:
+                del self.border[k]
+                del self.parent[k]
+            if pixels >= min_pixels:
+                yield _feature(poly, class_id, pixels, csum, ref, transform, crs)
+
+    def _join(self, a_index: ChunkIndex, a_edge: np.ndarray, b_index: ChunkIndex,
+              b_edge: np.ndarray) -> None:
+        both = (a_edge > 0) & (b_edge > 0)
+        if not both.any():
+            return
+        pairs = np.unique(np.stack([a_edge[both], b_edge[both]], axis=1), axis=0)
+        for la, lb in pairs.tolist():
+            ka, kb = (a_index, la), (b_index, lb)
+            if ka not in self.border or kb not in self.border:
+                raise InputError(f"edge labels of chunks {a_index}/{b_index} have no border "
+                                 "part: the parts are inconsistent, vectorize these chunks "
+                                 "again")
+            if self.border[ka].class_id != self.border[kb].class_id:
+                continue
+            ra, rb = _find(self.parent, ka), _find(self.parent, kb)
+            if ra == rb:
+                continue
+            keep, drop = min(ra, rb), max(ra, rb)
+            self.parent[drop] = keep
+            self.members[keep].extend(self.members.pop(drop))

@@ -96,6 +96,6 @@ def test_building_detected_in_two_tiles_gives_one_footprint(
 
 def test_two_buildings_stay_two() -> None:
     """The blending does not merge neighbours: two buildings 6 px apart, both in the overlap."""
-    tiles, proba = _fake_detector([(30, 54, 66, 78), (30, 54, 84, 94)], (0.9, 0.8), 0)
+    _, proba = _fake_detector([(30, 54, 66, 78), (30, 54, 84, 94)], (0.9, 0.8), 0)
     probs = predict_window(_image(), proba, 3, tile=TILE, overlap=OVERLAP, batch_size=1)
     assert len(_footprints(probs, [Window(0, 0, H, W)])) == 2

@@ -20,7 +20,12 @@ from shapely.geometry import shape
 from geoseg.errors import InputError
 from geoseg.grid import ChunkGrid
 from geoseg.vectorize.features import Feature
-from geoseg.vectorize.landcover import LandcoverParts, landcover_parts, merge_landcover
+from geoseg.vectorize.landcover import (
+    LandcoverParts,
+    SeamMerger,
+    landcover_parts,
+    merge_landcover,
+)
 
 FILL = 255
 # A UTM 33N grid (EPSG:32633) with 10 m pixels; the merge is done in pixel space, so the
@@ -223,3 +228,51 @@ def test_property_chunked_equals_whole(data: st.DataObject, h: int, w: int, chun
     union = shapely.union_all([f.geometry for f in feats])
     assert sum(f.geometry.area for f in feats) == pytest.approx(union.area)
     assert all(f.geometry.is_valid for f in feats)
+
+
+def _key(f: Feature) -> tuple[object, ...]:
+    return (f.id, f.class_id, f.pixels, f.confidence, shapely.normalize(f.geometry).wkt)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), h=st.integers(12, 40), w=st.integers(12, 40), chunk=st.integers(3, 16))
+def test_property_streaming_merge_equals_batch_merge(data: st.DataObject, h: int, w: int,
+                                                     chunk: int) -> None:
+    """SeamMerger emits exactly merge_landcover's features, whatever the arrival order."""
+    a = data.draw(arrays(np.uint8, (h, w), elements=st.sampled_from([0, 1, 2, FILL])))
+    conf = data.draw(arrays(np.uint8, (h, w), elements=st.integers(0, 255)))
+    grid = ChunkGrid(a.shape, chunk)
+    parts = [landcover_parts(a[c.window.slices()], conf[c.window.slices()], c, TRANSFORM,
+                             fill=FILL, min_pixels=3) for c in grid]
+    order = data.draw(st.permutations(range(len(parts))))
+    merger = SeamMerger(grid)
+    got = [f for i in order for f in merger.add(parts[i])]
+    assert merger.held == 0 and not merger.edges  # every group closed: nothing left over
+    got += list(merger.finish())
+    assert sorted(map(_key, got)) == sorted(map(_key, merge_landcover(parts, grid)))
+
+
+def test_streaming_merge_holds_a_frontier_not_the_raster() -> None:
+    """In raster order, the parts held stay near one row of chunks; a missing chunk keeps its
+    neighbours' groups open until finish."""
+    # 5-px blocks of 4 classes: regions cross seams but stay small (below percolation)
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 4, (20, 20)).astype(np.uint8).repeat(5, 0).repeat(5, 1)[:96, :96]
+    grid = ChunkGrid(a.shape, 8)
+    parts = [landcover_parts(a[c.window.slices()], None, c, TRANSFORM, fill=FILL) for c in grid]
+    total = sum(len(p.border) for p in parts)
+    merger = SeamMerger(grid)
+    held = []
+    for p in parts:
+        list(merger.add(p))
+        held.append(merger.held)
+    _, nx = grid.counts
+    per_chunk = total / len(parts)
+    assert max(held) <= (2 * nx + 2) * per_chunk * 1.5 and held[-1] == 0
+    assert max(held) < total
+    merger = SeamMerger(grid)
+    first = [f for p in parts[1:] for f in merger.add(p)]    # chunk (0, 0) never arrives
+    assert merger.held > 0
+    rest = list(merger.finish())
+    batch = list(merge_landcover(parts[1:], grid))
+    assert sorted(map(_key, first + rest)) == sorted(map(_key, batch))
