@@ -37,6 +37,10 @@ from geoseg.runtime.scheduling import NeighbourGate
 log = logging.getLogger(__name__)
 
 TASK_CPUS = 0.25  # logical: I/O and vector tasks share cores with the model actors
+# Vectorizing is CPU-bound (one core per task): reserve what it uses. At a quarter CPU, six ran
+# beside the two-thread model actor on 2 cores and the oversubscribed model took 93 s of CPU
+# instead of 64 s (4096² demo land cover: 132.7 s -> 94.7 s wall, benchmarks/bench_pipeline.py).
+VECTOR_TASK_CPUS = 1.0
 TASK_RETRIES = 3  # Ray-level retries of read/write/vectorize tasks on worker death
 ACTOR_RESTARTS = 3  # Ray-level restarts of a model actor whose process died
 
@@ -160,7 +164,8 @@ class RayBackend:
             max_restarts=self.actor_restarts, max_task_retries=self.actor_restarts)
         read_t = ray.remote(_read).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
         write_t = ray.remote(_write).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
-        vec_t = ray.remote(_vectorize).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
+        vec_t = ray.remote(_vectorize).options(num_cpus=_vector_cpus(workers, gpu),
+                                               max_retries=self.task_retries)
 
         plan_ref = ray.put(plan)
         # the plan travels by value: actor restarts must not depend on an object-store ref
@@ -237,6 +242,15 @@ class RayBackend:
         finally:
             pool.stop()
         return report
+
+
+def _vector_cpus(workers: int, gpu: bool) -> float:
+    """CPUs a vectorize task reserves: ``VECTOR_TASK_CPUS`` where the cluster has them beside
+    the model actors and one read + one write task, else what is left (never below
+    ``TASK_CPUS``, so vectorizing can always be scheduled next to the actors)."""
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    spare = total - workers * (1.0 if gpu else 0.5) - 2 * TASK_CPUS
+    return max(TASK_CPUS, min(VECTOR_TASK_CPUS, spare))
 
 
 def _short(exc: BaseException) -> str:
