@@ -235,9 +235,9 @@ def _find(parent: dict[PartKey, PartKey], key: PartKey) -> PartKey:
     return root
 
 
-def _join(parent: dict[PartKey, PartKey], border: dict[PartKey, BorderPart], a_index: ChunkIndex,
-          a_edge: np.ndarray, b_index: ChunkIndex, b_edge: np.ndarray) -> None:
-    """Union the parts whose pixels face each other across one seam with the same class."""
+def _seam_pairs(border: dict[PartKey, BorderPart], a_index: ChunkIndex, a_edge: np.ndarray,
+                b_index: ChunkIndex, b_edge: np.ndarray) -> Iterator[tuple[PartKey, PartKey]]:
+    """The pairs of parts whose pixels face each other across one seam with the same class."""
     both = (a_edge > 0) & (b_edge > 0)
     if not both.any():
         return
@@ -248,9 +248,16 @@ def _join(parent: dict[PartKey, PartKey], border: dict[PartKey, BorderPart], a_i
             raise InputError(f"edge labels of chunks {a_index}/{b_index} have no border part: "
                              "the parts are inconsistent, vectorize these chunks again")
         if border[ka].class_id == border[kb].class_id:
-            ra, rb = _find(parent, ka), _find(parent, kb)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+            yield ka, kb
+
+
+def _join(parent: dict[PartKey, PartKey], border: dict[PartKey, BorderPart], a_index: ChunkIndex,
+          a_edge: np.ndarray, b_index: ChunkIndex, b_edge: np.ndarray) -> None:
+    """Union the parts whose pixels face each other across one seam with the same class."""
+    for ka, kb in _seam_pairs(border, a_index, a_edge, b_index, b_edge):
+        ra, rb = _find(parent, ka), _find(parent, kb)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
 
 
 def _merge_group(members: list[BorderPart]
@@ -380,21 +387,9 @@ class SeamMerger:
 
     def _join(self, a_index: ChunkIndex, a_edge: np.ndarray, b_index: ChunkIndex,
               b_edge: np.ndarray) -> None:
-        both = (a_edge > 0) & (b_edge > 0)
-        if not both.any():
-            return
-        pairs = np.unique(np.stack([a_edge[both], b_edge[both]], axis=1), axis=0)
-        for la, lb in pairs.tolist():
-            ka, kb = (a_index, la), (b_index, lb)
-            if ka not in self.border or kb not in self.border:
-                raise InputError(f"edge labels of chunks {a_index}/{b_index} have no border "
-                                 "part: the parts are inconsistent, vectorize these chunks "
-                                 "again")
-            if self.border[ka].class_id != self.border[kb].class_id:
-                continue
+        for ka, kb in _seam_pairs(self.border, a_index, a_edge, b_index, b_edge):
             ra, rb = _find(self.parent, ka), _find(self.parent, kb)
-            if ra == rb:
-                continue
-            keep, drop = min(ra, rb), max(ra, rb)
-            self.parent[drop] = keep
-            self.members[keep].extend(self.members.pop(drop))
+            if ra != rb:
+                keep, drop = min(ra, rb), max(ra, rb)
+                self.parent[drop] = keep
+                self.members[keep].extend(self.members.pop(drop))
