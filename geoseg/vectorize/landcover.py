@@ -374,7 +374,8 @@ class SeamMerger:
         self.edges.pop(idx, None)
 
     def _emit(self, roots: list[PartKey]) -> Iterator[Feature]:
-        assert self.settings is not None
+        if not roots or self.settings is None:  # nothing held (no land-cover part arrived)
+            return
         transform, min_pixels, crs = self.settings
         for r in roots:
             keys = self.members.pop(r)

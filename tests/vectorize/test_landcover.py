@@ -270,6 +270,7 @@ def test_streaming_merge_holds_a_frontier_not_the_raster() -> None:
     per_chunk = total / len(parts)
     assert max(held) <= (2 * nx + 2) * per_chunk * 1.5 and held[-1] == 0
     assert max(held) < total
+    assert list(SeamMerger(grid).finish()) == []             # a run without land cover
     merger = SeamMerger(grid)
     first = [f for p in parts[1:] for f in merger.add(p)]    # chunk (0, 0) never arrives
     assert merger.held > 0
