@@ -21,6 +21,11 @@ from geoseg.plan import Plan
 from geoseg.store import FILL
 from geoseg.store import read_window as read_store
 
+# GDAL's block cache (default 5 % of RAM) fills with the whole raster while a COG and its
+# overviews are built: the 16384² class map took 343 MB RSS to convert, 87 MB with a 64 MB cache,
+# in the same time. Exports stream chunks, so a small cache keeps them O(chunk).
+EXPORT_CACHE_MB = 64
+
 
 def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
     """Class map of ``layer`` as a COG (DEFLATE, 512 tiles, overviews, colour table, nodata)."""
@@ -32,7 +37,7 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
                "dtype": "uint8", "crs": g.crs.to_wkt(), "transform": g.transform,
                "nodata": FILL, "tiled": True, "blockxsize": 512, "blockysize": 512,
                "compress": "deflate", "BIGTIFF": "IF_SAFER"}
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), rasterio.open(tmp, "w", **profile) as dst:
         for chunk in plan.chunks:
             w = chunk.window
             dst.write(read_store(store, layer, w), 1,
@@ -40,8 +45,9 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
         dst.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
         dst.update_tags(1, **{f"class_{c.id}": c.name for c in classes})
     out_tmp = final.with_name(f".partial-{final.name}")
-    rio_copy(tmp, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
-             overview_resampling="nearest")
+    with rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB):
+        rio_copy(tmp, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
+                 overview_resampling="nearest")
     tmp.unlink()
     os.replace(out_tmp, final)
     return final
