@@ -128,15 +128,9 @@ def _truth_iou(raw: list[shapely.Polygon], reg: list[shapely.Polygon],
 
 def _corner_check(reg: list[shapely.Polygon], truth: gpd.GeoDataFrame) -> dict[str, object]:
     square = truth[[corner_angle_share(g, 5.0) == 1.0 for g in truth.geometry]]
-    tree = shapely.STRtree(list(square.geometry))
-    shares = []
-    for g in reg:
-        hits = tree.query(g, predicate="intersects")
-        best = max(((shapely.intersection(g, tree.geometries[i]).area
-                     / shapely.union(g, tree.geometries[i]).area) for i in hits), default=0.0)
-        if best >= 0.5:
-            shares.append(corner_angle_share(g, 5.0))
-    s = np.array(shares)
+    best = _best_iou(reg, shapely.STRtree(list(square.geometry)))
+    s = np.array([corner_angle_share(g, 5.0) for g, b in zip(reg, best, strict=True)
+                  if b >= 0.5])
     return {"truth_buildings_with_only_right_angles": len(square),
             "of_total": len(truth),
             "matched_footprints": len(s),

@@ -33,7 +33,7 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path]:
     """The two runs to compare: the given run directories, or, when both arguments are image
     files, ``OUT/run_a`` and ``OUT/run_b`` computed here with the same models and settings
     (an interrupted date is resumed; ``--overwrite`` redoes both)."""
-    from geoseg.cli import cmd_run
+    from geoseg.cli import build_parser, cmd_run
     from geoseg.errors import InputError, OutputExistsError
     from geoseg.manifest import has_results
 
@@ -56,11 +56,12 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path]:
         print(f"date {label.upper()}: geoseg run {image} -o {out}"
               + (" (overwrite)" if existing and a.overwrite else
                  " (resume)" if existing else ""), flush=True)
-        ns = argparse.Namespace(
-            image=str(image), out=str(out), models=a.models, config=a.config, bbox=a.bbox,
-            region_crs=a.region_crs, region=a.region, wkt=None, chunk_size=a.chunk_size,
-            halo=None, tile_size=None, engine=None, workers=a.workers, threads=a.threads,
-            device=a.device, address=a.address, no_vectors=False, quiet=a.quiet,
+        # `geoseg run IMAGE -o OUT` with its own defaults, then this command's settings
+        ns = build_parser().parse_args(["run", str(image), "-o", str(out)])
+        vars(ns).update(
+            {k: getattr(a, k) for k in ("models", "config", "bbox", "region_crs", "region",
+                                        "chunk_size", "workers", "threads", "device",
+                                        "address", "quiet")},
             overwrite=existing and a.overwrite, resume=existing and not a.overwrite)
         rc = cmd_run(ns)
         if rc != 0:

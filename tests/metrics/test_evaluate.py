@@ -3,9 +3,7 @@ SpaceNet F1, COCO AP and PQ of the footprints, in the JSON report and its headli
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,7 +12,7 @@ import pyogrio
 import pytest
 from shapely.geometry.base import BaseGeometry
 
-from geoseg.cli_extra import add_extra_commands
+from geoseg.cli import main
 from geoseg.errors import GeoSegError
 from geoseg.evaluate import evaluate_instances, evaluate_run
 from geoseg.metrics import BoundaryScores, boundary_counts
@@ -38,15 +36,8 @@ PQ, SQ, RQ = (5 / 3) / 3, (5 / 3) / 2, 2 / 3
 
 
 def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """What geoseg.cli.main does with the eval command: parse, run, one-line errors."""
-    p = argparse.ArgumentParser(prog="geoseg")
-    add_extra_commands(p.add_subparsers(dest="cmd", required=True))
-    args = p.parse_args(argv)
-    try:
-        rc = int(args.fn(args))
-    except GeoSegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        rc = exc.exit_code
+    """``geoseg.cli.main`` (parse, run, one-line errors) with its captured output."""
+    rc = main(argv)
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 
