@@ -16,11 +16,20 @@ Matching, in A's CRS:
 
 Only footprints whose representative point lies where both runs have imagery (the overlap of
 their extents) are compared; the others are counted as outside the overlap.
+
+Out of core: the overlap is cut into square tiles (``TILE_PX`` pixels of A's grid). A tile reads
+the footprints of both runs that meet it plus a margin (the GeoPackages' R-trees answer the bbox
+query) and decides the *connected groups* of candidates it owns: a group belongs to the tile
+holding the representative point of its first member (A before B, then by id), so every group is
+decided once. A group that reaches beyond the margin is retried with a doubled margin, so the
+result does not depend on the tile size. Records are appended to the output tile by tile (within
+a tile, sorted by change then ids); memory follows the footprints of one tile, not the region.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,21 +52,19 @@ LAYER = "building_changes"
 KINDS = ("unchanged", "modified", "new", "demolished")
 MIN_PAIR_IOU = 0.2
 MIN_COVER = 0.5
+TILE_PX = 2048
+MARGIN_PX = 128
 COLUMNS = ("change", "id_a", "id_b", "date_a", "date_b", "area_a_m2", "area_b_m2", "iou",
            "match")
 
 
 @dataclass(frozen=True)
 class BuildingChanges:
-    """The change features (a GeoDataFrame in A's CRS) and their counts."""
+    """What the comparison wrote: features per change type, footprints outside the overlap."""
 
-    frame: gpd.GeoDataFrame
+    path: Path
+    counts: dict[str, int]
     outside_overlap: dict[str, int]
-
-    @property
-    def counts(self) -> dict[str, int]:
-        vc = self.frame["change"].value_counts() if len(self.frame) else {}
-        return {k: int(vc.get(k, 0)) for k in KINDS}
 
 
 def check_params(iou_modified: float, area_tolerance: float) -> None:
@@ -67,17 +74,36 @@ def check_params(iou_modified: float, area_tolerance: float) -> None:
         raise InputError(f"area_tolerance must be >= 0, got {area_tolerance}")
 
 
-def load_buildings(run: RunInfo, label: str, crs: CRS) -> gpd.GeoDataFrame | None:
-    """Footprints of a run in ``crs`` (None when the run has no building layer)."""
+def building_layer(run: RunInfo) -> Path | None:
+    """The run's GeoPackage when it has a ``buildings`` layer."""
     if run.gpkg is None:
         return None
     if "buildings" not in {str(n) for n, _ in pyogrio.list_layers(run.gpkg)}:
         return None
-    df = gpd.read_file(run.gpkg, layer="buildings", engine="pyogrio")
+    return run.gpkg
+
+
+def load_buildings(path: Path, label: str, crs: CRS,
+                   bbox: tuple[float, float, float, float] | None = None,
+                   own: CRS | None = None) -> gpd.GeoDataFrame:
+    """Footprints of a run's ``buildings`` layer in ``crs`` (those meeting ``bbox``, given in
+    ``crs``, when set; ``own`` is the layer's CRS if known), with text ids and repaired
+    geometries."""
+    query = None
+    if bbox is not None:
+        if own is None:
+            info = pyogrio.read_info(path, layer="buildings")
+            own = CRS.from_user_input(info["crs"]) if info["crs"] else crs
+        if own != crs:
+            query = Transformer.from_crs(crs, own, always_xy=True).transform_bounds(
+                *bbox, densify_pts=21)
+        else:
+            query = bbox
+    df = pyogrio.read_dataframe(path, layer="buildings", bbox=query, fid_as_index=True)
     if df.crs is None:
-        raise InputError(f"run {label}'s {run.gpkg} has no CRS: rerun `geoseg run`")
-    if "id" not in df.columns:
-        df["id"] = [str(i) for i in range(1, len(df) + 1)]
+        raise InputError(f"run {label}'s {path} has no CRS: rerun `geoseg run`")
+    if "id" not in df.columns:  # another producer's layer: its feature ids
+        df["id"] = [str(int(i)) for i in df.index]
     if CRS.from_user_input(df.crs) != crs:
         df = df.to_crs(crs)
     geoms = np.asarray(df.geometry.values, dtype=object)
@@ -207,33 +233,135 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
                             crs=crs)
 
 
-def compare_buildings(a: RunInfo, b: RunInfo, *, iou_modified: float,
-                      area_tolerance: float) -> BuildingChanges | None:
-    """Building changes of two runs inside their overlap; None when a run has no footprints."""
+def _groups(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
+    """Connected-group label of each footprint (A's then B's) over the candidate pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(ga) + len(gb)
+    pairs = _candidates(ga, gb)
+    rows = np.array([i for i, _, _ in pairs], np.int64)
+    cols = np.array([len(ga) + j for _, j, _ in pairs], np.int64)
+    graph = coo_matrix((np.ones(len(pairs)), (rows, cols)), shape=(n, n))
+    return np.asarray(connected_components(graph, directed=False)[1])
+
+
+def _tile_of(pts: np.ndarray, origin: tuple[float, float], size: float,
+             tiles: tuple[int, int]) -> np.ndarray:
+    """(row, col) of the tile holding each point, rows counted down from the top."""
+    x, y = shapely.get_x(pts), shapely.get_y(pts)
+    col = np.clip(np.floor((x - origin[0]) / size), 0, tiles[1] - 1).astype(np.int64)
+    row = np.clip(np.floor((origin[1] - y) / size), 0, tiles[0] - 1).astype(np.int64)
+    return np.stack([row, col], axis=1)
+
+
+@dataclass
+class _Tiles:
+    """The square tiles over the overlap and the footprints that meet one of them."""
+
+    paths: tuple[Path, Path]
+    crs: CRS
+    layer_crs: tuple[CRS, CRS]
+    area: BaseGeometry
+    origin: tuple[float, float]  # top-left corner
+    size: float
+    shape: tuple[int, int]
+
+    def load(self, row: int, col: int, margin: float
+             ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, BaseGeometry]:
+        x0 = self.origin[0] + col * self.size - margin
+        y1 = self.origin[1] - row * self.size + margin
+        box = (x0, y1 - self.size - 2 * margin, x0 + self.size + 2 * margin, y1)
+        frames = []
+        for path, label, own in zip(self.paths, ("a", "b"), self.layer_crs, strict=True):
+            df = load_buildings(path, label, self.crs, box, own)
+            pts = shapely.point_on_surface(np.asarray(df.geometry.values, dtype=object))
+            inside = shapely.within(pts, self.area) if len(df) else np.zeros(0, bool)
+            df = df[inside].reset_index(drop=True)
+            df["tile"] = list(map(tuple, _tile_of(pts[inside], self.origin, self.size,
+                                                  self.shape)))
+            frames.append(df)
+        return frames[0], frames[1], shapely.box(*box)
+
+    def owned(self, row: int, col: int, margin: float
+              ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, int, int]:
+        """The footprints of the groups this tile owns (in layer order), and how many inside
+        footprints of each run lie in the tile. Widens the margin until each owned group lies
+        inside the loaded box, so that no partner of a member can be missing."""
+        while True:
+            fa, fb, box = self.load(row, col, margin)
+            ga = np.asarray(fa.geometry.values, dtype=object)
+            gb = np.asarray(fb.geometry.values, dtype=object)
+            group = _groups(ga, gb)
+            keys = [(0, _id_key(v)) for v in fa["id"]] + [(1, _id_key(v)) for v in fb["id"]]
+            tile = list(fa["tile"]) + list(fb["tile"])
+            first: dict[int, int] = {}
+            for k, g in enumerate(group):
+                if g not in first or keys[k] < keys[first[g]]:
+                    first[g] = k
+            mine = np.array([tile[first[g]] == (row, col) for g in group], bool)
+            geoms = np.concatenate([ga, gb])
+            if shapely.covers(box, shapely.envelope(geoms[mine])).all():
+                na = len(fa)
+                here = np.array([t == (row, col) for t in tile], bool)
+                return (fa[mine[:na]].reset_index(drop=True),
+                        fb[mine[na:]].reset_index(drop=True),
+                        int(here[:na].sum()), int(here[na:].sum()))
+            margin *= 2
+
+
+def compare_buildings(a: RunInfo, b: RunInfo, path: Path, *, iou_modified: float,
+                      area_tolerance: float, tile_px: int = TILE_PX,
+                      margin_px: int = MARGIN_PX) -> BuildingChanges | None:
+    """Building changes of two runs inside their overlap, written to the ``building_changes``
+    layer of the GeoPackage ``path`` tile by tile; None when a run has no footprints."""
     crs = a.grid.crs
-    fa, fb = load_buildings(a, "a", crs), load_buildings(b, "b", crs)
-    if fa is None or fb is None:
-        missing = "a" if fa is None else "b"
+    pa, pb = building_layer(a), building_layer(b)
+    if pa is None or pb is None:
+        missing = "a" if pa is None else "b"
         log.warning("run %s has no building footprints: building changes skipped", missing)
         return None
     area = overlap_polygon(a, b)
-    outside: dict[str, int] = {}
-    kept: list[gpd.GeoDataFrame] = []
-    for label, df in (("a", fa), ("b", fb)):
-        pts = shapely.point_on_surface(np.asarray(df.geometry.values, dtype=object))
-        inside = shapely.within(pts, area) if len(df) else np.zeros(0, bool)
-        outside[label] = int((~inside).sum())
-        kept.append(df[inside].reset_index(drop=True))
-    frame = classify(kept[0], kept[1], crs, iou_modified=iou_modified,
-                     area_tolerance=area_tolerance, date_a=a.date, date_b=b.date)
-    return BuildingChanges(frame, outside)
+    x0, y0, x1, y1 = area.bounds
+    res = abs(a.grid.transform.a)
+    size = tile_px * res
+    shape = (max(1, math.ceil((y1 - y0) / size)), max(1, math.ceil((x1 - x0) / size)))
+    info = [pyogrio.read_info(p, layer="buildings") for p in (pa, pb)]
+    own = tuple(CRS.from_user_input(i["crs"]) if i["crs"] else crs for i in info)
+    tiles = _Tiles((pa, pb), crs, (own[0], own[1]), area, (x0, y1), size, shape)
+    counts = dict.fromkeys(KINDS, 0)
+    inside = {"a": 0, "b": 0}
+    multi = any(str(i["geometry_type"]) != "Polygon" for i in info)
+    written = False
+    for row in range(shape[0]):
+        for col in range(shape[1]):
+            fa, fb, na, nb = tiles.owned(row, col, margin_px * res)
+            inside["a"] += na
+            inside["b"] += nb
+            frame = classify(fa, fb, crs, iou_modified=iou_modified,
+                             area_tolerance=area_tolerance, date_a=a.date, date_b=b.date)
+            for k, v in frame["change"].value_counts().items():
+                counts[str(k)] += int(v)
+            if len(frame) or not written:
+                _append(frame, path, multi, append=written)
+                written = True
+    outside = {label: int(i["features"]) - inside[label]
+               for label, i in zip(("a", "b"), info, strict=True)}
+    return BuildingChanges(path, counts, outside)
 
 
-def write_changes(frame: gpd.GeoDataFrame, path: Path) -> Path:
-    """The ``building_changes`` layer (Polygon or MultiPolygon) of a GeoPackage."""
-    types = set(frame.geometry.geom_type) if len(frame) else {"Polygon"}
-    multi = bool(types - {"Polygon"})
-    pyogrio.write_dataframe(frame, path, layer=LAYER, driver="GPKG",
+def _append(frame: gpd.GeoDataFrame, path: Path, multi: bool, *, append: bool) -> None:
+    """Add records to the ``building_changes`` layer: MultiPolygon when an input layer is, else
+    Polygon (a footprint that repair split in parts keeps its largest part there)."""
+    if not multi and len(frame):
+        geoms = np.asarray(frame.geometry.values, dtype=object)
+        split = shapely.get_type_id(geoms) != 3  # not a Polygon
+        if split.any():
+            log.warning("%d repaired footprints came out in parts: their largest part is "
+                        "written", int(split.sum()))
+            geoms[split] = [max(shapely.get_parts(g), key=shapely.area, default=g)
+                            for g in geoms[split]]
+            frame = frame.set_geometry(gpd.GeoSeries(geoms, crs=frame.crs))
+    pyogrio.write_dataframe(frame, path, layer=LAYER, driver="GPKG", append=append,
                             geometry_type="MultiPolygon" if multi else "Polygon",
                             promote_to_multi=multi)
-    return path

@@ -16,7 +16,7 @@ import xarray as xr
 
 from geoseg import __version__
 from geoseg.change.align import GridDecision, aligned_inputs, decide_grid, quiet_warp
-from geoseg.change.buildings import check_params, compare_buildings, write_changes
+from geoseg.change.buildings import check_params, compare_buildings
 from geoseg.change.quicklook import render
 from geoseg.change.raster import (
     Transitions,
@@ -122,10 +122,11 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     timings["landcover_s"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
-    bchanges = compare_buildings(a, b, iou_modified=iou_modified, area_tolerance=area_tolerance)
+    bchanges = compare_buildings(a, b, out / GPKG, iou_modified=iou_modified,
+                                 area_tolerance=area_tolerance)
     outputs: dict[str, Path] = {"change_store": store, "transitions": out / CSV}
     if bchanges is not None:
-        outputs["building_changes"] = write_changes(bchanges.frame, out / GPKG)
+        outputs["building_changes"] = bchanges.path
     timings["buildings_s"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()

@@ -8,7 +8,10 @@ import numpy as np
 import pyogrio
 import pytest
 import shapely
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyproj import CRS
+from shapely.geometry.base import BaseGeometry
 
 from geoseg.change import compare_runs
 from geoseg.change.buildings import classify
@@ -117,3 +120,60 @@ def test_touching_neighbour_is_not_a_match() -> None:
     b = gpd.GeoDataFrame({"id": [2]}, geometry=[shapely.box(9.8, 0, 20, 10)], crs=crs)
     df = classify(a, b, crs, iou_modified=0.8, area_tolerance=0.1, date_a="", date_b="")
     assert sorted(df["change"]) == ["demolished", "new"]
+
+
+def _records(path: Path) -> list[tuple[str, str, str, float, str]]:
+    df = pyogrio.read_dataframe(path, layer="building_changes")
+    return sorted((c, str(a), str(b), round(float(i), 9) if i == i else -1.0, g.wkb_hex)
+                  for c, a, b, i, g in zip(df["change"], df["id_a"], df["id_b"], df["iou"],
+                                           df.geometry, strict=True))
+
+
+def _compare_tiled(tmp_path: Path, a_b: list[tuple[int, BaseGeometry]],
+                   b_b: list[tuple[int, BaseGeometry]], tiles: tuple[int, ...]) -> None:
+    """The same records, counts and outside counts whatever the tile size."""
+    from geoseg.change.buildings import compare_buildings
+    from geoseg.change.runs import open_run
+
+    cls = np.zeros(SHAPE, np.uint8)
+    ra = open_run(make_run(tmp_path / "a", cls, buildings=a_b), "a")
+    rb = open_run(make_run(tmp_path / "b", cls, buildings=b_b, date="2024-06-01"), "b")
+    results = []
+    for t in tiles:
+        out = tmp_path / f"t{t}.gpkg"
+        res = compare_buildings(ra, rb, out, iou_modified=0.8, area_tolerance=0.1, tile_px=t,
+                                margin_px=2)  # small: groups past it widen the margin
+        assert res is not None
+        results.append((_records(out), res.counts, res.outside_overlap))
+    for other in results[1:]:
+        assert other == results[0]
+    recs, counts, _ = results[0]
+    assert sum(counts.values()) == len(recs)
+    # every footprint of each date appears in exactly one record (or one per relation)
+    assert {r[1] for r in recs} - {"None", "<NA>", "nan"} == {str(i) for i, _ in a_b}
+    assert {r[2] for r in recs} - {"None", "<NA>", "nan"} == {str(i) for i, _ in b_b}
+
+
+def test_building_changes_do_not_depend_on_the_tiles(tmp_path: Path) -> None:
+    # the hand-made cases, plus a long building across many small tiles (margin widening)
+    a_b = [*A_BUILDINGS, (7, box_px(80, 2, 90, 120))]
+    b_b = [*B_BUILDINGS, (17, box_px(80, 2, 90, 119)), (18, box_px(81, 60, 89, 70))]
+    _compare_tiled(tmp_path, a_b, b_b, (2048, 40, 11))
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.floats(0, 85), st.floats(0, 115), st.floats(3, 20),
+                          st.floats(3, 25), st.booleans(), st.floats(-2, 2)),
+                min_size=1, max_size=14))
+def test_random_layouts_do_not_depend_on_the_tiles(
+        tmp_path_factory: pytest.TempPathFactory,
+        boxes: list[tuple[float, float, float, float, bool, float]]) -> None:
+    a_b: list[tuple[int, BaseGeometry]] = []
+    b_b: list[tuple[int, BaseGeometry]] = []
+    for n, (r, c, h, w, in_a, d) in enumerate(boxes):
+        geom = box_px(r, c, min(r + h, 96), min(c + w, 128))
+        (a_b if in_a else b_b).append((n + 1, geom))
+        if n % 3 == 0:  # the same building at the other date, moved or grown a little
+            b_b.append((100 + n, box_px(r + d, c, min(r + h + abs(d), 96), min(c + w, 128))))
+    _compare_tiled(tmp_path_factory.mktemp("tiles"), a_b, b_b, (2048, 40, 21))
