@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,10 @@ def cmd_change(a: argparse.Namespace) -> int:
     from geoseg.change import compare_runs
 
     run_a, run_b = _run_dates(a)
+    if a.address or os.environ.get("RAY_ADDRESS"):  # the change pass runs on that cluster too
+        from geoseg.runtime.ray_backend import ensure_ray
+
+        ensure_ray(a.address)
     res = compare_runs(run_a, run_b, Path(a.out), grid=a.grid,
                        min_confidence=a.min_confidence, iou_modified=a.iou_modified,
                        area_tolerance=a.area_tolerance, overwrite=a.overwrite)
@@ -125,5 +130,7 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     r.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
     r.add_argument("--threads", type=int, help="torch threads per worker")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    r.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    c.add_argument("--address", help="Ray cluster address: runs both dates (for images) and the "
+                                      "land-cover change pass there (default: RAY_ADDRESS; "
+                                      "images else run on a local Ray)")
     c.set_defaults(fn=cmd_change)

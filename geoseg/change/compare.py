@@ -23,6 +23,7 @@ from geoseg.change.raster import (
     compute_change,
     confidence_threshold,
     init_change_store,
+    on_ray,
 )
 from geoseg.change.runs import RunInfo, check_same_classes, open_run
 from geoseg.errors import InputError, OutputExistsError
@@ -92,13 +93,18 @@ def _store_attrs(a: RunInfo, b: RunInfo, decision: GridDecision,
 
 def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"] = "a",
                  min_confidence: float = 0.5, iou_modified: float = 0.8,
-                 area_tolerance: float = 0.1, overwrite: bool = False) -> ChangeResult:
+                 area_tolerance: float = 0.1, overwrite: bool = False,
+                 executor: Literal["auto", "threads", "ray"] = "auto") -> ChangeResult:
     """Land-cover and building change from run A (before) to run B (after).
 
     Both runs are compared on A's grid (``grid="a"``) or B's; the other run is aligned to it
     explicitly (window copy or nearest-neighbour resampling, recorded in the summary). Raises
     :class:`~geoseg.errors.RegionError` when the runs do not overlap and
     :class:`~geoseg.errors.InputError` for different class schemes or bad parameters.
+
+    The land-cover pass runs as Ray tasks with ``executor="ray"`` or, with ``"auto"``, when
+    this process is connected to Ray (as ``geoseg change`` is after running both dates, or with
+    ``--address``); else in threads here.
     """
     t_start = time.perf_counter()
     run_a, run_b, out = Path(run_a), Path(run_b), Path(out)
@@ -106,6 +112,13 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
         raise InputError(f"grid must be 'a' or 'b', got {grid!r}")
     threshold = confidence_threshold(min_confidence)
     check_params(iou_modified, area_tolerance)
+    if executor not in ("auto", "threads", "ray"):
+        raise InputError(f"executor must be auto, threads or ray, got {executor!r}")
+    use_ray = executor == "ray" or (executor == "auto" and on_ray())
+    if use_ray:
+        from geoseg.runtime.ray_backend import ensure_ray
+
+        ensure_ray()  # connected already, or a local Ray on 127.0.0.1
     a, b = open_run(run_a, "a"), open_run(run_b, "b")
     check_same_classes(a, b)
     decision = decide_grid(a, b, grid)
@@ -117,7 +130,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     store = out / STORE
     init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence))
     with quiet_warp():
-        transitions = compute_change(store, inputs, decision, a.classes, threshold)
+        transitions = compute_change(store, inputs, decision, a.classes, threshold,
+                                     (a, b) if use_ray else None)
     transitions.write_csv(out / CSV)
     timings["landcover_s"] = round(time.perf_counter() - t0, 3)
 
@@ -142,6 +156,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     outputs["summary"] = out / SUMMARY
     summary = _summary(a, b, decision, min_confidence, iou_modified, area_tolerance,
                        transitions, bchanges, outputs, timings)
+    summary["executor"] = "ray" if use_ray else "threads"
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     log.info("change %s -> %s written to %s in %.1f s", run_a, run_b, out, timings["total_s"])
     return ChangeResult(out, summary, outputs)

@@ -23,7 +23,7 @@ import xarray as xr
 import zarr
 
 from geoseg.change.align import GridDecision
-from geoseg.change.runs import ClassScheme
+from geoseg.change.runs import ClassScheme, RunInfo
 from geoseg.errors import InputError
 from geoseg.grid import GeoBox
 from geoseg.store import FILL, init_store, mark_complete
@@ -175,12 +175,13 @@ def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
     zarr.consolidate_metadata(str(path))
 
 
-def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecision,
-                   classes: ClassScheme, threshold: int) -> Transitions:
-    """Write the change layers into the initialised store at ``path`` and return the
-    transition table, in one pass over the chunks."""
-    layers = change_arrays(inp, threshold)
-    c = decision.chunk
+def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassScheme,
+                   threshold: int, areas: np.ndarray | float, rows: tuple[int, int],
+                   chunk: int, scheduler: str) -> np.ndarray:
+    """Write the change layers of grid rows ``rows`` (chunk-aligned) into the store and return
+    their (pixels, m²) per transition: one dask compute over those rows' chunks."""
+    band = {n: v.isel(y=slice(*rows)) for n, v in inp.items()}
+    layers = change_arrays(band, threshold)
     g = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
     sources: list[da.Array] = []
     targets: list[Any] = []
@@ -188,14 +189,62 @@ def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecis
         arr = layers[name].data
         if not isinstance(arr, da.Array):
             raise TypeError(f"{name} is not lazy")
-        sources.append(arr.rechunk((c, c)))  # a no-op unless blocks stray from the chunks
+        sources.append(arr.rechunk((chunk, chunk)))  # a no-op unless blocks stray from chunks
         targets.append(g[name])
     k = classes.size
+    band_areas = areas[rows[0]:rows[1]] if isinstance(areas, np.ndarray) else areas
+    counts = da.map_blocks(_block_counts, sources[0], sources[1], k, band_areas,
+                           new_axis=[2, 3], chunks=(1, 1, 2, k * k + 1),
+                           dtype=np.float64).sum(axis=(0, 1))
+    region = (slice(*rows), slice(None))
+    stored = da.store(sources, targets, regions=[region] * len(NAMES), lock=False,
+                      compute=False)
+    _, total = dask.compute(stored, counts, scheduler=scheduler)
+    return np.asarray(total)
+
+
+def _band_task(path: Path, decision: GridDecision, a: RunInfo, b: RunInfo,
+               classes: ClassScheme, threshold: int, rows: tuple[int, int]) -> np.ndarray:
+    """One Ray task: a band of chunk rows, its inputs opened where it runs."""
+    from geoseg.change.align import aligned_inputs, quiet_warp
+
     areas = row_areas_m2(decision.grid)
-    counts = da.map_blocks(_block_counts, sources[0], sources[1], k, areas, new_axis=[2, 3],
-                           chunks=(1, 1, 2, k * k + 1), dtype=np.float64).sum(axis=(0, 1))
-    stored = da.store(sources, targets, lock=False, compute=False)
-    _, total = dask.compute(stored, counts, scheduler="threads")
+    with quiet_warp():
+        return _window_change(path, aligned_inputs(decision, a, b), classes, threshold, areas,
+                              rows, decision.chunk, "sync")
+
+
+def on_ray() -> bool:
+    """Whether this process is connected to Ray (then the change runs as Ray tasks)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecision,
+                   classes: ClassScheme, threshold: int,
+                   ray_runs: tuple[RunInfo, RunInfo] | None = None) -> Transitions:
+    """Write the change layers into the initialised store at ``path`` and return the
+    transition table, in one pass over the chunks.
+
+    With ``ray_runs`` (the two runs), bands of chunk rows run as Ray tasks that open the runs
+    where they run (on a cluster the output must be on storage every node sees, as for
+    ``geoseg run``); else one dask compute in threads here."""
+    c = decision.chunk
+    k = classes.size
+    areas = row_areas_m2(decision.grid)
+    height = decision.grid.height
+    if ray_runs is not None:
+        import ray
+
+        task = ray.remote(num_cpus=1, max_retries=2)(_band_task)
+        refs = [task.remote(path, decision, *ray_runs, classes, threshold,
+                            (r, min(r + c, height))) for r in range(0, height, c)]
+        log.info("land-cover change: %d bands of chunks on Ray", len(refs))
+        total = np.sum(ray.get(refs), axis=0)
+    else:
+        total = _window_change(path, inp, classes, threshold, areas, (0, height), c, "threads")
     px, m2 = total[0], total[1]
     mark_complete(path, {})
     return Transitions(classes, px[:-1].reshape(k, k).round().astype(np.int64),

@@ -1,0 +1,44 @@
+"""The land-cover change pass as Ray tasks gives exactly what the local threads give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from geoseg.change import compare_runs
+from tests.change.conftest import SHAPE, make_run, pattern, shifted
+
+pytestmark = pytest.mark.ray
+
+LAYERS = ("from_class", "to_class", "changed", "confidence")
+
+
+def _layers(out: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(out / "change.zarr"), mode="r")
+    return {n: np.asarray(g[n][...]) for n in LAYERS}  # type: ignore[index]
+
+
+@pytest.mark.parametrize("grid", ["a", "b"])
+def test_ray_equals_threads(tmp_path: Path, ray_cluster: None, grid: str) -> None:
+    rng = np.random.default_rng(1)
+    conf_a = rng.integers(60, 255, SHAPE).astype(np.uint8)
+    a = make_run(tmp_path / "a", pattern(SHAPE, 3), conf_a, chunk=32)
+    # b: another origin (10.3, 7.6 px off) and chunking, so it is resampled onto a's grid
+    b = make_run(tmp_path / "b", pattern((100, 130), 4), 200, transform=shifted(10.3, 7.6),
+                 chunk=48, date="2024-06-01")
+    local = compare_runs(a, b, tmp_path / "threads", grid=grid,  # type: ignore[arg-type]
+                         min_confidence=0.4, executor="threads")
+    on_ray = compare_runs(a, b, tmp_path / "ray", grid=grid,  # type: ignore[arg-type]
+                          min_confidence=0.4, executor="ray")
+    assert local.summary["executor"] == "threads" and on_ray.summary["executor"] == "ray"
+    want, got = _layers(local.output), _layers(on_ray.output)
+    for name in LAYERS:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert (want["changed"] == 1).any() and (want["changed"] == 255).any()
+    assert on_ray.summary["areas"] == local.summary["areas"]
+    assert ((on_ray.output / "transitions.csv").read_bytes()
+            == (local.output / "transitions.csv").read_bytes())
+    assert zarr.open_group(str(on_ray.output / "change.zarr"), mode="r").attrs["geoseg_complete"]
