@@ -82,7 +82,8 @@ def cmd_change(a: argparse.Namespace) -> int:
         ensure_ray(a.address)
     res = compare_runs(run_a, run_b, Path(a.out), grid=a.grid,
                        min_confidence=a.min_confidence, iou_modified=a.iou_modified,
-                       area_tolerance=a.area_tolerance, overwrite=a.overwrite)
+                       area_tolerance=a.area_tolerance, overwrite=a.overwrite,
+                       min_change_width=a.min_change_width)
     _print_summary(res)
     if a.scene:
         import json
@@ -111,6 +112,10 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="compare on A's grid (default) or B's; the other run is aligned to it")
     c.add_argument("--min-confidence", type=float, default=0.5,
                    help="pixels below this confidence on either date are unknown (default 0.5)")
+    c.add_argument("--min-change-width", type=int, default=3, metavar="PX",
+                   help="a changed pixel must lie in a PX×PX square of changed pixels; thinner "
+                        "differences (a class boundary drawn a pixel or two apart) are no "
+                        "change (default 3; 1 keeps every differing pixel)")
     c.add_argument("--iou-modified", type=float, default=0.8,
                    help="matched buildings with a lower IoU are modified (default 0.8)")
     c.add_argument("--area-tolerance", type=float, default=0.1,

@@ -19,7 +19,9 @@ from geoseg.change.align import GridDecision, aligned_inputs, decide_grid, quiet
 from geoseg.change.buildings import check_params, compare_buildings
 from geoseg.change.quicklook import render
 from geoseg.change.raster import (
+    MIN_CHANGE_WIDTH,
     Transitions,
+    check_min_width,
     compute_change,
     confidence_threshold,
     init_change_store,
@@ -94,7 +96,8 @@ def _store_attrs(a: RunInfo, b: RunInfo, decision: GridDecision,
 def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"] = "a",
                  min_confidence: float = 0.5, iou_modified: float = 0.8,
                  area_tolerance: float = 0.1, overwrite: bool = False,
-                 executor: Literal["auto", "threads", "ray"] = "auto") -> ChangeResult:
+                 executor: Literal["auto", "threads", "ray"] = "auto",
+                 min_change_width: int = MIN_CHANGE_WIDTH) -> ChangeResult:
     """Land-cover and building change from run A (before) to run B (after).
 
     Both runs are compared on A's grid (``grid="a"``) or B's; the other run is aligned to it
@@ -112,6 +115,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
         raise InputError(f"grid must be 'a' or 'b', got {grid!r}")
     threshold = confidence_threshold(min_confidence)
     check_params(iou_modified, area_tolerance)
+    check_min_width(min_change_width)
     if executor not in ("auto", "threads", "ray"):
         raise InputError(f"executor must be auto, threads or ray, got {executor!r}")
     use_ray = executor == "ray" or (executor == "auto" and on_ray())
@@ -131,7 +135,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence))
     with quiet_warp():
         transitions = compute_change(store, inputs, decision, a.classes, threshold,
-                                     (a, b) if use_ray else None)
+                                     min_change_width, (a, b) if use_ray else None)
     transitions.write_csv(out / CSV)
     timings["landcover_s"] = round(time.perf_counter() - t0, 3)
 
@@ -156,6 +160,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     outputs["summary"] = out / SUMMARY
     summary = _summary(a, b, decision, min_confidence, iou_modified, area_tolerance,
                        transitions, bchanges, outputs, timings)
+    summary["min_change_width_px"] = min_change_width
     summary["executor"] = "ray" if use_ray else "threads"
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     log.info("change %s -> %s written to %s in %.1f s", run_a, run_b, out, timings["total_s"])

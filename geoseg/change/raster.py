@@ -31,6 +31,7 @@ from geoseg.store import FILL, init_store, mark_complete
 log = logging.getLogger(__name__)
 
 NAMES = ("from_class", "to_class", "changed", "confidence")
+MIN_CHANGE_WIDTH = 3  # px: drops a class boundary drawn 1-2 px apart on the two dates
 
 
 def confidence_threshold(min_confidence: float) -> int:
@@ -41,17 +42,48 @@ def confidence_threshold(min_confidence: float) -> int:
     return math.ceil(round(min_confidence * 255, 9))
 
 
-def change_arrays(inp: dict[str, xr.DataArray], threshold: int) -> dict[str, xr.DataArray]:
-    """Lazy change layers from the aligned inputs (see :func:`geoseg.change.align`)."""
+def check_min_width(min_width: int) -> None:
+    if not isinstance(min_width, int) or min_width < 1:
+        raise InputError(f"min_change_width must be a whole number of pixels >= 1, "
+                         f"got {min_width}")
+
+
+def _depth(min_width: int) -> int:
+    """Rows/columns of context the width filter needs (erosion then dilation)."""
+    return 2 * (min_width // 2) + (min_width + 1) % 2
+
+
+def _open(mask: np.ndarray, width: int) -> np.ndarray:
+    """Binary opening with a width×width square (outside the array counts as unchanged)."""
+    from scipy import ndimage
+
+    return np.asarray(ndimage.binary_opening(mask, structure=np.ones((width, width), bool),
+                                             border_value=0))
+
+
+def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
+                  min_width: int = 1) -> dict[str, xr.DataArray]:
+    """Lazy change layers from the aligned inputs (see :func:`geoseg.change.align`).
+
+    ``min_width`` > 1 keeps a change only where a ``min_width``² square of changed pixels
+    covers it (a binary opening, computed with enough overlap between blocks to equal the
+    whole-array result): thinner differences, mostly a class boundary drawn a pixel or two
+    apart on the two dates, become "no change" (their from/to classes stay as each date has
+    them)."""
     a, b = inp["a_class"], inp["b_class"]
     ac, bc = inp["a_conf"], inp["b_conf"]
     valid = (a != FILL) & (b != FILL)
     known = valid & (ac >= threshold) & (bc >= threshold)
+    diff = known & (a != b)
+    if min_width > 1:
+        opened = da.map_overlap(_open, diff.data, depth=_depth(min_width), boundary="none",
+                                dtype=bool, meta=np.empty((0, 0), bool), width=min_width)
+        diff = diff.copy(data=opened)
     fill = np.uint8(FILL)
     return {
         "from_class": xr.where(known, a, fill).astype(np.uint8),
         "to_class": xr.where(known, b, fill).astype(np.uint8),
-        "changed": xr.where(known, (a != b).astype(np.uint8), fill).astype(np.uint8),
+        "changed": xr.where(known, diff.astype(np.uint8), fill).astype(np.uint8),
         "confidence": xr.where(valid, np.minimum(ac, bc), np.uint8(0)).astype(np.uint8),
     }
 
@@ -76,11 +108,14 @@ def row_areas_m2(grid: GeoBox) -> np.ndarray | float:
     return out
 
 
-def _block_counts(fr: np.ndarray, to: np.ndarray, k: int, areas: np.ndarray | float,
+def _block_counts(fr: np.ndarray, to: np.ndarray, changed: np.ndarray, k: int,
+                  areas: np.ndarray | float,
                   block_info: dict[Any, Any] | None = None) -> np.ndarray:
-    """(pixels, m²) per (from, to) pair of one block, plus unknown in the last bin."""
+    """(pixels, m²) per (from, to) pair of one block, plus unknown in the last bin; a pixel
+    not flagged as changed counts as from -> from."""
     n = k * k + 1
     unknown = (fr == FILL) | (to == FILL)
+    to = np.where(changed == 1, to, fr)
     if ((fr >= k) & ~unknown).any() or ((to >= k) & ~unknown).any():
         raise InputError(f"a class id outside the declared scheme (0..{k - 1}) in the store: "
                          "rerun the run with a consistent model")
@@ -176,12 +211,17 @@ def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
 
 
 def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassScheme,
-                   threshold: int, areas: np.ndarray | float, rows: tuple[int, int],
-                   chunk: int, scheduler: str) -> np.ndarray:
+                   threshold: int, min_width: int, areas: np.ndarray | float,
+                   rows: tuple[int, int], chunk: int, scheduler: str) -> np.ndarray:
     """Write the change layers of grid rows ``rows`` (chunk-aligned) into the store and return
-    their (pixels, m²) per transition: one dask compute over those rows' chunks."""
-    band = {n: v.isel(y=slice(*rows)) for n, v in inp.items()}
-    layers = change_arrays(band, threshold)
+    their (pixels, m²) per transition: one dask compute over those rows' chunks (read with
+    the rows of context the width filter needs)."""
+    height = next(iter(inp.values())).shape[0]
+    pad = _depth(min_width) if min_width > 1 else 0
+    r0, r1 = max(0, rows[0] - pad), min(height, rows[1] + pad)
+    band = {n: v.isel(y=slice(r0, r1)) for n, v in inp.items()}
+    layers = {n: v.isel(y=slice(rows[0] - r0, rows[1] - r0))
+              for n, v in change_arrays(band, threshold, min_width).items()}
     g = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
     sources: list[da.Array] = []
     targets: list[Any] = []
@@ -193,7 +233,7 @@ def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassSchem
         targets.append(g[name])
     k = classes.size
     band_areas = areas[rows[0]:rows[1]] if isinstance(areas, np.ndarray) else areas
-    counts = da.map_blocks(_block_counts, sources[0], sources[1], k, band_areas,
+    counts = da.map_blocks(_block_counts, sources[0], sources[1], sources[2], k, band_areas,
                            new_axis=[2, 3], chunks=(1, 1, 2, k * k + 1),
                            dtype=np.float64).sum(axis=(0, 1))
     region = (slice(*rows), slice(None))
@@ -204,14 +244,15 @@ def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassSchem
 
 
 def _band_task(path: Path, decision: GridDecision, a: RunInfo, b: RunInfo,
-               classes: ClassScheme, threshold: int, rows: tuple[int, int]) -> np.ndarray:
+               classes: ClassScheme, threshold: int, min_width: int,
+               rows: tuple[int, int]) -> np.ndarray:
     """One Ray task: a band of chunk rows, its inputs opened where it runs."""
     from geoseg.change.align import aligned_inputs, quiet_warp
 
     areas = row_areas_m2(decision.grid)
     with quiet_warp():
-        return _window_change(path, aligned_inputs(decision, a, b), classes, threshold, areas,
-                              rows, decision.chunk, "sync")
+        return _window_change(path, aligned_inputs(decision, a, b), classes, threshold,
+                              min_width, areas, rows, decision.chunk, "sync")
 
 
 def on_ray() -> bool:
@@ -223,7 +264,7 @@ def on_ray() -> bool:
 
 
 def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecision,
-                   classes: ClassScheme, threshold: int,
+                   classes: ClassScheme, threshold: int, min_width: int = 1,
                    ray_runs: tuple[RunInfo, RunInfo] | None = None) -> Transitions:
     """Write the change layers into the initialised store at ``path`` and return the
     transition table, in one pass over the chunks.
@@ -239,12 +280,13 @@ def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecis
         import ray
 
         task = ray.remote(num_cpus=1, max_retries=2)(_band_task)
-        refs = [task.remote(path, decision, *ray_runs, classes, threshold,
+        refs = [task.remote(path, decision, *ray_runs, classes, threshold, min_width,
                             (r, min(r + c, height))) for r in range(0, height, c)]
         log.info("land-cover change: %d bands of chunks on Ray", len(refs))
         total = np.sum(ray.get(refs), axis=0)
     else:
-        total = _window_change(path, inp, classes, threshold, areas, (0, height), c, "threads")
+        total = _window_change(path, inp, classes, threshold, min_width, areas, (0, height), c,
+                               "threads")
     px, m2 = total[0], total[1]
     mark_complete(path, {})
     return Transitions(classes, px[:-1].reshape(k, k).round().astype(np.int64),

@@ -55,7 +55,7 @@ def test_shifted_grid_resampled_onto_a(tmp_path: Path,
                                        shifted_runs: tuple[Path, Path, np.ndarray, np.ndarray]
                                        ) -> None:
     a, b, a_cls, b_cls = shifted_runs
-    res = compare_runs(a, b, tmp_path / "out")
+    res = compare_runs(a, b, tmp_path / "out", min_change_width=1)  # every differing pixel
     g = res.summary["grid"]
     assert g["mode"] == "resampled" and g["target"] == "a" and g["resampling"] == "nearest"
     assert "resampled b onto a's grid" in g["message"]

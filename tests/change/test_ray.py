@@ -1,4 +1,5 @@
-"""The land-cover change pass as Ray tasks gives exactly what the local threads give."""
+"""The land-cover change pass as Ray tasks (bands of chunk rows, with the rows of context the
+width filter needs) gives exactly what the local threads give."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ def test_ray_equals_threads(tmp_path: Path, ray_cluster: None, grid: str) -> Non
     b = make_run(tmp_path / "b", pattern((100, 130), 4), 200, transform=shifted(10.3, 7.6),
                  chunk=48, date="2024-06-01")
     local = compare_runs(a, b, tmp_path / "threads", grid=grid,  # type: ignore[arg-type]
-                         min_confidence=0.4, executor="threads")
+                         min_confidence=0.4, executor="threads", min_change_width=5)
     on_ray = compare_runs(a, b, tmp_path / "ray", grid=grid,  # type: ignore[arg-type]
-                          min_confidence=0.4, executor="ray")
+                          min_confidence=0.4, executor="ray", min_change_width=5)
     assert local.summary["executor"] == "threads" and on_ray.summary["executor"] == "ray"
     want, got = _layers(local.output), _layers(on_ray.output)
     for name in LAYERS:

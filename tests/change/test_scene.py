@@ -26,7 +26,7 @@ def test_truth_runs_reproduce_the_scene_change(tmp_path: Path) -> None:
         write_buildings(run / "features.gpkg", list(zip(df["id"], df.geometry, strict=True)),
                         crs, date)
         runs.append(run)
-    res = compare_runs(runs[0], runs[1], tmp_path / "out")
+    res = compare_runs(runs[0], runs[1], tmp_path / "out", min_change_width=1)
     rep = evaluate_change(res, scene)
     px = rep["pixels"]
     assert px["precision"] == 1.0 and px["recall"] == 1.0 and px["tp"] > 0
