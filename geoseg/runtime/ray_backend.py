@@ -131,8 +131,10 @@ class _Pool:
         self.replaced += 1
 
     def stop(self) -> None:
+        """Kill the actors (once): their model memory, on the GPU too, is freed at once."""
         for a in self.actors:
             ray.kill(a)
+        self.actors = []
 
 
 class RayBackend:
@@ -239,6 +241,11 @@ class RayBackend:
                 report.done += 1
                 cb.chunk_done(chunk, stats)
                 submit_vectors(gate.settle(chunk.index))
+                if not pending and not chunk_refs and pool.actors:
+                    # inference is over: free the models before the last vectors and merges
+                    # (a region spanning the raster is merged last, in the driver)
+                    log.info("all chunks predicted: model actors released")
+                    pool.stop()
         finally:
             pool.stop()
         return report
