@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.bench_pipeline import measure
 
@@ -100,8 +101,7 @@ def tile_run(src: Path, dst: Path, n: int) -> Path:
             part["id"] = [f"b{int(m[1]) + i * height}_{int(m[2]) + j * width}"
                           if (m := ID.match(str(v))) else f"{v}-{i}-{j}" for v in frame["id"]]
             parts.append(part)
-    tiled = gpd.GeoDataFrame(np.concatenate([p.to_numpy() for p in parts]),
-                             columns=frame.columns).set_geometry("geometry", crs=frame.crs)
+    tiled = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=frame.crs)
     tiled.to_file(dst / GPKG, layer="buildings", driver="GPKG", engine="pyogrio")
     return dst
 

@@ -87,10 +87,10 @@ def _coloured(store: str, layer: str, lut: np.ndarray, w: Window) -> np.ndarray:
 
 
 def _decimate(plan: Plan, step: int, shape: tuple[int, int], bands: int,
-              read: Callable[[Window], np.ndarray]) -> np.ndarray:
+              read: Callable[[Window], np.ndarray], dtype: type = np.uint8) -> np.ndarray:
     """Every ``step``-th pixel of the output grid, read chunk by chunk: ``read(window)`` returns
     that chunk as (rows, cols, bands)."""
-    out = np.zeros((*shape, bands), np.uint8)
+    out: np.ndarray = np.zeros((*shape, bands), dtype)
     for chunk in plan.chunks:
         w = chunk.window
         r0, c0 = -(-w.row_off // step), -(-w.col_off // step)
@@ -111,7 +111,7 @@ def _image_panel(plan: Plan, step: int, shape: tuple[int, int]) -> np.ndarray:
             win = RioWindow(o.col_off + w.col_off, o.row_off + w.row_off, w.width, w.height)
             return np.moveaxis(src.read(bands, window=win), 0, -1)
 
-        arr = _decimate(plan, step, shape, len(bands), read).astype(np.float32)
+        arr = _decimate(plan, step, shape, len(bands), read, np.float32)  # any image dtype
     lo, hi = (float(v) for v in np.percentile(arr, [2, 98]))
     img = np.clip((arr - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
     return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img

@@ -95,8 +95,11 @@ def load_buildings(path: Path, label: str, crs: CRS,
             info = pyogrio.read_info(path, layer="buildings")
             own = CRS.from_user_input(info["crs"]) if info["crs"] else crs
         if own != crs:
-            query = Transformer.from_crs(crs, own, always_xy=True).transform_bounds(
+            qx0, qy0, qx1, qy1 = Transformer.from_crs(crs, own, always_xy=True).transform_bounds(
                 *bbox, densify_pts=21)
+            # densified edges still cut curved ones a little short: pad by 1 %
+            px, py = (qx1 - qx0) * 0.01, (qy1 - qy0) * 0.01
+            query = (qx0 - px, qy0 - py, qx1 + px, qy1 + py)
         else:
             query = bbox
     df = pyogrio.read_dataframe(path, layer="buildings", bbox=query, fid_as_index=True)
@@ -322,11 +325,18 @@ def compare_buildings(a: RunInfo, b: RunInfo, path: Path, *, iou_modified: float
         log.warning("run %s has no building footprints: building changes skipped", missing)
         return None
     area = overlap_polygon(a, b)
+    info = [pyogrio.read_info(p, layer="buildings") for p in (pa, pb)]
+    if area.is_empty:  # grids that touch only along an edge: nothing to compare
+        _append(classify(gpd.GeoDataFrame({"id": []}, geometry=[], crs=crs),
+                         gpd.GeoDataFrame({"id": []}, geometry=[], crs=crs), crs,
+                         iou_modified=iou_modified, area_tolerance=area_tolerance,
+                         date_a=a.date, date_b=b.date), path, False, append=False)
+        return BuildingChanges(path, dict.fromkeys(KINDS, 0),
+                               {"a": int(info[0]["features"]), "b": int(info[1]["features"])})
     x0, y0, x1, y1 = area.bounds
     res = abs(a.grid.transform.a)
     size = tile_px * res
     shape = (max(1, math.ceil((y1 - y0) / size)), max(1, math.ceil((x1 - x0) / size)))
-    info = [pyogrio.read_info(p, layer="buildings") for p in (pa, pb)]
     own = tuple(CRS.from_user_input(i["crs"]) if i["crs"] else crs for i in info)
     tiles = _Tiles((pa, pb), crs, (own[0], own[1]), area, (x0, y1), size, shape)
     counts = dict.fromkeys(KINDS, 0)

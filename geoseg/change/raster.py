@@ -43,7 +43,7 @@ def confidence_threshold(min_confidence: float) -> int:
 
 
 def check_min_width(min_width: int) -> None:
-    if not isinstance(min_width, int) or min_width < 1:
+    if isinstance(min_width, bool) or not isinstance(min_width, int) or min_width < 1:
         raise InputError(f"min_change_width must be a whole number of pixels >= 1, "
                          f"got {min_width}")
 
@@ -76,7 +76,9 @@ def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
     known = valid & (ac >= threshold) & (bc >= threshold)
     diff = known & (a != b)
     if min_width > 1:
-        opened = da.map_overlap(_open, diff.data, depth=_depth(min_width), boundary="none",
+        d = _depth(min_width)  # dask wants depth <= each axis: a shorter axis is all context
+        depth = {0: min(d, diff.shape[0]), 1: min(d, diff.shape[1])}
+        opened = da.map_overlap(_open, diff.data, depth=depth, boundary="none",
                                 dtype=bool, meta=np.empty((0, 0), bool), width=min_width)
         diff = diff.copy(data=opened)
     fill = np.uint8(FILL)
@@ -115,10 +117,10 @@ def _block_counts(fr: np.ndarray, to: np.ndarray, changed: np.ndarray, k: int,
     not flagged as changed counts as from -> from."""
     n = k * k + 1
     unknown = (fr == FILL) | (to == FILL)
-    to = np.where(changed == 1, to, fr)
     if ((fr >= k) & ~unknown).any() or ((to >= k) & ~unknown).any():
         raise InputError(f"a class id outside the declared scheme (0..{k - 1}) in the store: "
                          "rerun the run with a consistent model")
+    to = np.where(changed == 1, to, fr)
     code = np.where(unknown, k * k, fr.astype(np.int64) * k + to.astype(np.int64)).ravel()
     px = np.bincount(code, minlength=n).astype(np.float64)
     m2: np.ndarray

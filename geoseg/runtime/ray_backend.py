@@ -236,10 +236,9 @@ class RayBackend:
                         pending.append(chunk)
                         continue
                     fail(chunk, msg, n)
-                    submit_vectors(gate.settle(chunk.index))
-                    continue
-                report.done += 1
-                cb.chunk_done(chunk, stats)
+                else:
+                    report.done += 1
+                    cb.chunk_done(chunk, stats)
                 submit_vectors(gate.settle(chunk.index))
                 if not pending and not chunk_refs and pool.actors:
                     # inference is over: free the models before the last vectors and merges

@@ -27,7 +27,7 @@ def _inputs(a: np.ndarray, b: np.ndarray, chunk: int) -> dict[str, xr.DataArray]
 
 
 @settings(max_examples=40, deadline=None)
-@given(arrays(np.uint8, st.tuples(st.integers(5, 40), st.integers(5, 40)),
+@given(arrays(np.uint8, st.tuples(st.integers(1, 40), st.integers(1, 40)),
               elements=st.integers(0, 1)),
        st.integers(1, 6), st.integers(3, 17))
 def test_blockwise_equals_whole_array_opening(diff: np.ndarray, width: int, chunk: int) -> None:
