@@ -83,17 +83,12 @@ def building_layer(run: RunInfo) -> Path | None:
     return run.gpkg
 
 
-def load_buildings(path: Path, label: str, crs: CRS,
-                   bbox: tuple[float, float, float, float] | None = None,
-                   own: CRS | None = None) -> gpd.GeoDataFrame:
-    """Footprints of a run's ``buildings`` layer in ``crs`` (those meeting ``bbox``, given in
-    ``crs``, when set; ``own`` is the layer's CRS if known), with text ids and repaired
-    geometries."""
+def load_buildings(path: Path, label: str, crs: CRS, own: CRS,
+                   bbox: tuple[float, float, float, float] | None = None) -> gpd.GeoDataFrame:
+    """Footprints of a run's ``buildings`` layer (whose CRS is ``own``) in ``crs``, those
+    meeting ``bbox`` (given in ``crs``) when set, with text ids and repaired geometries."""
     query = None
     if bbox is not None:
-        if own is None:
-            info = pyogrio.read_info(path, layer="buildings")
-            own = CRS.from_user_input(info["crs"]) if info["crs"] else crs
         if own != crs:
             qx0, qy0, qx1, qy1 = Transformer.from_crs(crs, own, always_xy=True).transform_bounds(
                 *bbox, densify_pts=21)
@@ -137,7 +132,10 @@ def ground_areas(geoms: np.ndarray, crs: CRS) -> np.ndarray:
     return np.array([ground_area_m2(g, crs) for g in geoms], np.float64)
 
 
-def _candidates(ga: np.ndarray, gb: np.ndarray) -> list[tuple[int, int, float]]:
+Pairs = list[tuple[int, int, float]]  # (index in a, index in b, IoU)
+
+
+def _candidates(ga: np.ndarray, gb: np.ndarray) -> Pairs:
     if not ga.size or not gb.size:
         return []
     ia, ib = shapely.STRtree(gb).query(ga, predicate="intersects")
@@ -154,11 +152,14 @@ def _candidates(ga: np.ndarray, gb: np.ndarray) -> list[tuple[int, int, float]]:
             if k]
 
 
-def match(ga: np.ndarray, gb: np.ndarray) -> tuple[dict[int, tuple[int, float]],
-                                                  dict[int, tuple[int, float, str]]]:
+def match(ga: np.ndarray, gb: np.ndarray, candidates: Pairs | None = None
+          ) -> tuple[dict[int, tuple[int, float]], dict[int, tuple[int, float, str]]]:
     """Greedy one-to-one pairs ``a -> (b, iou)`` and leftover relations keyed by
-    ``("a"|"b", index)`` flattened as ``±(index + 1)`` -> (partner, iou, relation)."""
-    pairs = sorted(_candidates(ga, gb), key=lambda p: (-p[2], p[0], p[1]))
+    ``("a"|"b", index)`` flattened as ``±(index + 1)`` -> (partner, iou, relation).
+    ``candidates`` are :func:`_candidates` of ``ga``/``gb`` when the caller has them."""
+    if candidates is None:
+        candidates = _candidates(ga, gb)
+    pairs = sorted(candidates, key=lambda p: (-p[2], p[0], p[1]))
     a2b: dict[int, tuple[int, float]] = {}
     used_b: set[int] = set()
     for i, j, v in pairs:
@@ -186,13 +187,15 @@ def _id_key(value: str | None) -> tuple[int, int, str]:
 
 
 def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified: float,
-             area_tolerance: float, date_a: str, date_b: str) -> gpd.GeoDataFrame:
-    """The change features of footprints ``a`` and ``b`` (both in ``crs``)."""
+             area_tolerance: float, date_a: str, date_b: str,
+             candidates: Pairs | None = None) -> gpd.GeoDataFrame:
+    """The change features of footprints ``a`` and ``b`` (both in ``crs``); ``candidates``
+    as for :func:`match`."""
     ga = np.asarray(a.geometry.values, dtype=object)
     gb = np.asarray(b.geometry.values, dtype=object)
     area_a, area_b = ground_areas(ga, crs), ground_areas(gb, crs)
     ids_a, ids_b = a["id"].to_numpy(), b["id"].to_numpy()
-    a2b, leftover = match(ga, gb)
+    a2b, leftover = match(ga, gb, candidates)
     related_a = {j for j, _, r in leftover.values() if r == "split"}
     related_b = {j for j, _, r in leftover.values() if r == "merged"}
     recs: list[dict[str, Any]] = []
@@ -236,15 +239,15 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
                             crs=crs)
 
 
-def _groups(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
-    """Connected-group label of each footprint (A's then B's) over the candidate pairs."""
+def _groups(na: int, nb: int, pairs: Pairs) -> np.ndarray:
+    """Connected-group label of each footprint (A's ``na`` then B's ``nb``) over the
+    candidate pairs."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    n = len(ga) + len(gb)
-    pairs = _candidates(ga, gb)
+    n = na + nb
     rows = np.array([i for i, _, _ in pairs], np.int64)
-    cols = np.array([len(ga) + j for _, j, _ in pairs], np.int64)
+    cols = np.array([na + j for _, j, _ in pairs], np.int64)
     graph = coo_matrix((np.ones(len(pairs)), (rows, cols)), shape=(n, n))
     return np.asarray(connected_components(graph, directed=False)[1])
 
@@ -277,7 +280,7 @@ class _Tiles:
         box = (x0, y1 - self.size - 2 * margin, x0 + self.size + 2 * margin, y1)
         frames = []
         for path, label, own in zip(self.paths, ("a", "b"), self.layer_crs, strict=True):
-            df = load_buildings(path, label, self.crs, box, own)
+            df = load_buildings(path, label, self.crs, own, box)
             pts = shapely.point_on_surface(np.asarray(df.geometry.values, dtype=object))
             inside = shapely.within(pts, self.area) if len(df) else np.zeros(0, bool)
             df = df[inside].reset_index(drop=True)
@@ -287,15 +290,17 @@ class _Tiles:
         return frames[0], frames[1], shapely.box(*box)
 
     def owned(self, row: int, col: int, margin: float
-              ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, int, int]:
-        """The footprints of the groups this tile owns (in layer order), and how many inside
-        footprints of each run lie in the tile. Widens the margin until each owned group lies
-        inside the loaded box, so that no partner of a member can be missing."""
+              ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, Pairs, int, int]:
+        """The footprints of the groups this tile owns (in layer order) with their candidate
+        pairs, and how many inside footprints of each run lie in the tile. Widens the margin
+        until each owned group lies inside the loaded box, so that no partner of a member can
+        be missing."""
         while True:
             fa, fb, box = self.load(row, col, margin)
             ga = np.asarray(fa.geometry.values, dtype=object)
             gb = np.asarray(fb.geometry.values, dtype=object)
-            group = _groups(ga, gb)
+            pairs = _candidates(ga, gb)
+            group = _groups(len(ga), len(gb), pairs)
             keys = [(0, _id_key(v)) for v in fa["id"]] + [(1, _id_key(v)) for v in fb["id"]]
             tile = list(fa["tile"]) + list(fb["tile"])
             first: dict[int, int] = {}
@@ -307,8 +312,13 @@ class _Tiles:
             if shapely.covers(box, shapely.envelope(geoms[mine])).all():
                 na = len(fa)
                 here = np.array([t == (row, col) for t in tile], bool)
+                # renumber the owned pairs (both ends of a pair share a group, so both are
+                # owned); the renumbering keeps their order, hence the matching's tie-breaks
+                new_a = np.cumsum(mine[:na]) - 1
+                new_b = np.cumsum(mine[na:]) - 1
+                owned = [(int(new_a[i]), int(new_b[j]), v) for i, j, v in pairs if mine[i]]
                 return (fa[mine[:na]].reset_index(drop=True),
-                        fb[mine[na:]].reset_index(drop=True),
+                        fb[mine[na:]].reset_index(drop=True), owned,
                         int(here[:na].sum()), int(here[na:].sum()))
             margin *= 2
 
@@ -326,17 +336,14 @@ def compare_buildings(a: RunInfo, b: RunInfo, path: Path, *, iou_modified: float
         return None
     area = overlap_polygon(a, b)
     info = [pyogrio.read_info(p, layer="buildings") for p in (pa, pb)]
-    if area.is_empty:  # grids that touch only along an edge: nothing to compare
-        _append(classify(gpd.GeoDataFrame({"id": []}, geometry=[], crs=crs),
-                         gpd.GeoDataFrame({"id": []}, geometry=[], crs=crs), crs,
-                         iou_modified=iou_modified, area_tolerance=area_tolerance,
-                         date_a=a.date, date_b=b.date), path, False, append=False)
-        return BuildingChanges(path, dict.fromkeys(KINDS, 0),
-                               {"a": int(info[0]["features"]), "b": int(info[1]["features"])})
-    x0, y0, x1, y1 = area.bounds
     res = abs(a.grid.transform.a)
     size = tile_px * res
-    shape = (max(1, math.ceil((y1 - y0) / size)), max(1, math.ceil((x1 - x0) / size)))
+    if area.is_empty:  # grids that touch only along an edge: no tile, an empty layer
+        x0 = y0 = x1 = y1 = 0.0
+        shape = (0, 0)
+    else:
+        x0, y0, x1, y1 = area.bounds
+        shape = (max(1, math.ceil((y1 - y0) / size)), max(1, math.ceil((x1 - x0) / size)))
     own = tuple(CRS.from_user_input(i["crs"]) if i["crs"] else crs for i in info)
     tiles = _Tiles((pa, pb), crs, (own[0], own[1]), area, (x0, y1), size, shape)
     counts = dict.fromkeys(KINDS, 0)
@@ -345,16 +352,22 @@ def compare_buildings(a: RunInfo, b: RunInfo, path: Path, *, iou_modified: float
     written = False
     for row in range(shape[0]):
         for col in range(shape[1]):
-            fa, fb, na, nb = tiles.owned(row, col, margin_px * res)
+            fa, fb, pairs, na, nb = tiles.owned(row, col, margin_px * res)
             inside["a"] += na
             inside["b"] += nb
             frame = classify(fa, fb, crs, iou_modified=iou_modified,
-                             area_tolerance=area_tolerance, date_a=a.date, date_b=b.date)
+                             area_tolerance=area_tolerance, date_a=a.date, date_b=b.date,
+                             candidates=pairs)
             for k, v in frame["change"].value_counts().items():
                 counts[str(k)] += int(v)
-            if len(frame) or not written:
+            if len(frame):
                 _append(frame, path, multi, append=written)
                 written = True
+    if not written:  # the layer exists (empty) whatever was found
+        none = gpd.GeoDataFrame({"id": []}, geometry=[], crs=crs)
+        _append(classify(none, none, crs, iou_modified=iou_modified,
+                         area_tolerance=area_tolerance, date_a=a.date, date_b=b.date),
+                path, multi, append=False)
     outside = {label: int(i["features"]) - inside[label]
                for label, i in zip(("a", "b"), info, strict=True)}
     return BuildingChanges(path, counts, outside)
