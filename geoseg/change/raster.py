@@ -247,11 +247,10 @@ def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassSchem
 
 def _band_task(path: Path, decision: GridDecision, a: RunInfo, b: RunInfo,
                classes: ClassScheme, threshold: int, min_width: int,
-               rows: tuple[int, int]) -> np.ndarray:
+               areas: np.ndarray | float, rows: tuple[int, int]) -> np.ndarray:
     """One Ray task: a band of chunk rows, its inputs opened where it runs."""
     from geoseg.change.align import aligned_inputs, quiet_warp
 
-    areas = row_areas_m2(decision.grid)
     with quiet_warp():
         return _window_change(path, aligned_inputs(decision, a, b), classes, threshold,
                               min_width, areas, rows, decision.chunk, "sync")
@@ -273,7 +272,9 @@ def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecis
 
     With ``ray_runs`` (the two runs), bands of chunk rows run as Ray tasks that open the runs
     where they run (on a cluster the output must be on storage every node sees, as for
-    ``geoseg run``); else one dask compute in threads here."""
+    ``geoseg run``); else the same bands one after another in threads here. (One dask graph
+    over every chunk, with the width filter's overlaps, kept most blocks in memory: peak PSS
+    ×1.48 from a 4096² to a 16384² pair; band by band it stays flat.)"""
     c = decision.chunk
     k = classes.size
     areas = row_areas_m2(decision.grid)
@@ -282,13 +283,15 @@ def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecis
         import ray
 
         task = ray.remote(num_cpus=1, max_retries=2)(_band_task)
+        areas_ref = ray.put(areas)  # per-row geodesic areas: computed once, not per band
         refs = [task.remote(path, decision, *ray_runs, classes, threshold, min_width,
-                            (r, min(r + c, height))) for r in range(0, height, c)]
+                            areas_ref, (r, min(r + c, height))) for r in range(0, height, c)]
         log.info("land-cover change: %d bands of chunks on Ray", len(refs))
         total = np.sum(ray.get(refs), axis=0)
-    else:
-        total = _window_change(path, inp, classes, threshold, min_width, areas, (0, height), c,
-                               "threads")
+    else:  # band by band here too: one graph over all chunks kept most blocks alive
+        total = np.sum([_window_change(path, inp, classes, threshold, min_width, areas,
+                                       (r, min(r + c, height)), c, "threads")
+                        for r in range(0, height, c)], axis=0)
     px, m2 = total[0], total[1]
     mark_complete(path, {})
     return Transitions(classes, px[:-1].reshape(k, k).round().astype(np.int64),
