@@ -8,16 +8,20 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from rasterio.errors import RasterioIOError
 
+from geoseg.errors import InputError
 from geoseg.grid import Chunk
 from geoseg.io import read_window
+from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
 from geoseg.region import region_mask
 from geoseg.stitch import classify, predict_window
-from geoseg.store import FILL, write_chunk
+from geoseg.store import FILL, chunk_files, write_chunk
 
 
 class ProbaModel(Protocol):
@@ -45,7 +49,17 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
     ctx = chunk.window.pad(plan.halo)
     img_win = type(ctx)(ctx.row_off + plan.offset.row_off, ctx.col_off + plan.offset.col_off,
                         ctx.height, ctx.width)
-    data, valid = read_window(plan.image, img_win, plan.bands)
+    try:
+        data, valid = read_window(plan.image, img_win, plan.bands)
+    except RasterioIOError as exc:
+        path = plan.image.path
+        if "://" in path or path.startswith("/vsi"):
+            raise  # a remote read may succeed on retry
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        raise InputError(f"{path} is damaged (cannot read pixels {img_win.row_off}:"
+                         f"{img_win.row_end}, {img_win.col_off}:{img_win.col_end}: "
+                         f"{lines[-1] if lines else 'read failed'}): repair or re-download "
+                         "it; a rerun cannot fix this") from exc
     # pixels of the image outside the output grid (region clip) are context, not output; they
     # stay valid input so that a region's edge is predicted as it would be in the whole image.
     if plan.region is not None:
@@ -83,11 +97,13 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
 def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
     """Write the chunk to the store; return stats for the manifest (class pixel counts)."""
     t0 = time.perf_counter()
-    write_chunk(store, out.chunk, out.arrays, plan.chunks.chunk)
+    with storage_errors(Path(store)):  # disk full / permission: one line, never retried
+        write_chunk(store, out.chunk, out.arrays, plan.chunks.chunk)
     hist: dict[str, list[int]] = {}
     for ref in plan.models:
         counts = np.bincount(out.arrays[ref.name].ravel(), minlength=256)
         hist[ref.name] = [int(v) for v in counts[: ref.spec.num_classes]]
     valid = int(np.count_nonzero(out.arrays[plan.models[0].name] != FILL))
     return {"hist": hist, "valid_px": valid, "pixels": out.chunk.window.size,
+            "files": chunk_files(store, out.chunk, sorted(out.arrays)),
             "timings": {**out.timings, "write_s": time.perf_counter() - t0}}

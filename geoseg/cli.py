@@ -9,7 +9,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning
+from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning, JobInterrupted
 
 EXIT_INTERRUPTED = 130
 
@@ -155,7 +157,12 @@ def _print_summary(res: Any) -> None:
     for f in s["chunks"]["failed"]:
         con.print(f"  [red]failed chunk {f['chunk_id']} window {f['window']}: {f['error']}[/red]")
     if not res.ok:
-        con.print("  rerun with --resume to retry the failed chunks")
+        fatal = [f for f in res.failed if not f.retryable]
+        if fatal:
+            con.print(f"  {len(fatal)} chunk(s) failed on an error a rerun cannot fix: fix the "
+                      "input or model named above, then rerun with --resume")
+        else:
+            con.print("  rerun with --resume to retry the failed chunks")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -246,15 +253,64 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# options whose value may start with "-" (a bbox west of Greenwich or south of the equator)
+_NEGATIVE_VALUE_OPTIONS = ("--bbox",)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--bbox -101.2,41.4,...`` → ``--bbox=-101.2,41.4,...`` (argparse would take the value for
+    an option)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if tok in _NEGATIVE_VALUE_OPTIONS and nxt is not None and nxt.startswith("-") \
+                and len(nxt) > 1 and (nxt[1].isdigit() or nxt[1] == "."):
+            out.append(f"{tok}={nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise JobInterrupted(signum)
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray this process started or joined (workers and actors go with it)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_join_negative_values(raw))
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("default", GeoSegWarning)
     warnings.showwarning = lambda m, c, *_a, **_k: print(f"warning: {m}", file=sys.stderr)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (Kubernetes, systemd, timeout, `ray job stop`) stops like Ctrl-C does
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, _raise_interrupted)
     try:
         return int(args.fn(args))
+    except JobInterrupted as exc:
+        _stop_ray()
+        print("interrupted: finished chunks are kept; rerun with --resume to continue",
+              file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _stop_ray()
+        print("interrupted: finished chunks are kept; rerun with --resume to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     except GeoSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -264,10 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: invalid {where}: {first['msg']} (got {first.get('input')!r})",
               file=sys.stderr)
         return ConfigError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: finished chunks are kept; rerun with --resume to continue",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
 
 
 if __name__ == "__main__":

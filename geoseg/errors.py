@@ -68,5 +68,36 @@ class JobFailedError(GeoSegError, RuntimeError):
     exit_code = 3
 
 
+class ClusterError(GeoSegError, ConnectionError):
+    """The Ray cluster or its job server cannot be reached, or does not know the job."""
+
+
+class ClusterAuthError(ClusterError, PermissionError):
+    """The Ray job server wants a token (Ray token authentication) that was not sent or does not
+    match."""
+
+
 class GeoSegWarning(UserWarning):
     """Degraded but valid situations (e.g. a raster without declared nodata)."""
+
+
+class OutputLockedError(GeoSegError, BlockingIOError):
+    """Another geoseg job holds the output folder."""
+
+
+class StorageError(GeoSegError, OSError):
+    """Writing an output failed for a reason a retry cannot fix (disk full, permission)."""
+
+    exit_code = 4
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the job; finished chunks are kept."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -69,8 +69,8 @@ class GeoPackageSink:
     def __init__(self, path: Path, plan: Plan, common: dict[str, Any], batch: int = 2000):
         self.final = Path(path)
         self.partial = self.final.with_name(f".partial-{self.final.name}")
-        if self.partial.exists():
-            self.partial.unlink()
+        if self.partial.exists() or self.partial.is_symlink():
+            self.partial.unlink()  # geoseg's own temporary name (a link there is not followed)
         self.plan = plan
         self.common = common
         self.batch = batch

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -20,18 +21,18 @@ import numpy as np
 
 from geoseg import __version__
 from geoseg.config import JobConfig
-from geoseg.errors import GeoSegWarning, ResumeError
+from geoseg.errors import GeoSegWarning, JobInterrupted
 from geoseg.grid import Chunk
-from geoseg.manifest import start
+from geoseg.layout import GPKG, STORE, SUMMARY, RunLayout
+from geoseg.manifest import Manifest, start
+from geoseg.outdir import FolderLock, atomic_write_text, prepare_folder, storage_errors
 from geoseg.plan import Plan, make_plan
 from geoseg.runtime.base import Backend, ChunkFailure
 from geoseg.runtime.provenance import code_version
 
 log = logging.getLogger(__name__)
 
-STORE = "predictions.zarr"
-GPKG = "features.gpkg"
-SUMMARY = "summary.json"
+__all__ = ["GPKG", "STORE", "SUMMARY", "JobResult", "Progress", "run_job"]
 
 
 @dataclass
@@ -46,10 +47,12 @@ class Progress:
     elapsed_s: float
     pixel_area_m2: float
     failed: int = 0
+    pixels_this_run: int | None = None  # excludes chunks an earlier run finished (--resume)
 
     @property
     def px_per_s(self) -> float:
-        return self.pixels_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        px = self.pixels_done if self.pixels_this_run is None else self.pixels_this_run
+        return px / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def km2_per_h(self) -> float:
@@ -57,7 +60,7 @@ class Progress:
 
     @property
     def eta_s(self) -> float | None:
-        if self.pixels_done == 0:
+        if self.pixels_done == 0 or self.px_per_s == 0:
             return None
         return (self.pixels_total - self.pixels_done) / self.px_per_s
 
@@ -123,6 +126,7 @@ class _Recorder:
         self.plan, self.manifest, self.sink, self.progress = plan, manifest, sink, progress
         self.pixels_total = plan.grid.height * plan.grid.width
         self.pixels_done = pixels_done
+        self.pixels_before = pixels_done
         self.failed: list[ChunkFailure] = []
         self.t0 = t0
         self.vector_s = 0.0
@@ -134,7 +138,8 @@ class _Recorder:
         if self.progress:
             self.progress(Progress("predict", self.done, len(self.plan.chunks), self.pixels_done,
                                    self.pixels_total, time.perf_counter() - self.t0,
-                                   self.px_area, len(self.failed)))
+                                   self.px_area, len(self.failed),
+                                   self.pixels_done - self.pixels_before))
 
     def chunk_done(self, chunk: Chunk, stats: dict[str, Any]) -> None:
         self.manifest.record(chunk.id, stats)
@@ -162,10 +167,30 @@ def _px_area(plan: Plan) -> float:
 
 def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
             progress: ProgressFn | None = None, backend: Backend | None = None) -> JobResult:
-    """Run ``cfg``; returns the summary. Raises GeoSegError for bad input before any work."""
-    t_start = time.perf_counter()
+    """Run ``cfg``; returns the summary. Raises GeoSegError for bad input before any work.
+
+    The output folder is locked for the whole job (a second job into it is refused); an
+    interruption (KeyboardInterrupt, :class:`~geoseg.errors.JobInterrupted`) leaves finished
+    chunks and a manifest that says so."""
     plan = make_plan(cfg)
-    out = Path(cfg.output)
+    out = prepare_folder(Path(cfg.output))
+    with FolderLock(out):
+        return _run_locked(cfg, plan, out, overwrite=overwrite, resume=resume,
+                           progress=progress, backend=backend)
+
+
+def _inputs(cfg: JobConfig, plan: Plan) -> list[Path]:
+    """Files the run reads: never removed by --overwrite."""
+    paths = [Path(plan.image.path), *(Path(m.path) for m in plan.models)]
+    if cfg.region is not None and cfg.region.file:
+        paths.append(Path(cfg.region.file))
+    return [p for p in paths if "://" not in str(p)]
+
+
+def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resume: bool,
+                progress: ProgressFn | None, backend: Backend | None) -> JobResult:
+    t_start = time.perf_counter()
+    layout = RunLayout(out)
     key = cfg.result_key([m.digest for m in plan.models])
     grid = plan.grid
     code = code_version()
@@ -176,22 +201,58 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
             "chunk_size": plan.chunks.chunk, "chunks": len(plan.chunks), "status": "running",
             "models": {m.name: {"id": m.model_id, "digest": m.digest, "engine": m.engine}
                        for m in plan.models}}
-    manifest = start(out, meta, overwrite=overwrite, resume=resume)
+    manifest = start(out, meta, overwrite=overwrite, resume=resume,
+                     protect=_inputs(cfg, plan))
     _note_code(manifest, code)
-    store = str(out / STORE)
+    store = str(layout.store)
     from geoseg.store import init_store
 
     if not Path(store).exists():
         if manifest.done:
-            raise ResumeError(f"{out} lists finished chunks but has no {STORE}: pass --overwrite")
-        init_store(store, grid, plan.chunks.chunk, plan.layers,
-                   {"source_image": plan.image.path,
-                    "acquisition_date": plan.image.acquisition_date,
-                    "result_key": key})
+            log.warning("%s is missing: every recorded chunk is recomputed", store)
+            manifest.forget(list(manifest.done))
+        with storage_errors(layout.store):
+            init_store(store, grid, plan.chunks.chunk, plan.layers,
+                       {"source_image": plan.image.path,
+                        "acquisition_date": plan.image.acquisition_date,
+                        "result_key": key})
+    damaged = _verify(plan, store, manifest)
+    if damaged:
+        log.warning("%d finished chunk(s) are missing or damaged on disk (e.g. %s): "
+                    "recomputing them", len(damaged), damaged[0])
     manifest.update(status="running")
     todo = [c for c in plan.chunks if c.id not in manifest.done]
     log.info("%d chunks, %d to do (%d already done)", len(plan.chunks), len(todo),
              len(manifest.done))
+    try:
+        return _execute(cfg, plan, layout, manifest, todo, progress, backend, t_start)
+    except JobInterrupted as exc:
+        manifest.update(status="cancelled" if exc.signum == signal.SIGTERM else "interrupted")
+        raise
+    except KeyboardInterrupt:
+        manifest.update(status="interrupted")
+        raise
+
+
+def _verify(plan: Plan, store: str, manifest: Manifest) -> list[str]:
+    """Chunks the manifest lists whose stored files are not what was written (forgotten)."""
+    from geoseg.store import chunk_intact
+
+    bad = []
+    for cid, stats in manifest.done.items():
+        files = stats.get("files")
+        chunk = plan.chunks.get(*map(int, cid.split("_")))
+        if not isinstance(files, dict) or not chunk_intact(store, chunk, files):
+            bad.append(cid)
+    manifest.forget(bad)
+    return bad
+
+
+def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
+             todo: list[Chunk], progress: ProgressFn | None, backend: Backend | None,
+             t_start: float) -> JobResult:
+    out = layout.root
+    store = str(layout.store)
     if backend is None:
         backend = default_backend(cfg)
     gpus = _backend_gpus(backend)
@@ -205,7 +266,7 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
 
         common = {"source_image": Path(plan.image.path).name,
                   "acquisition_date": plan.image.acquisition_date or ""}
-        sink = GeoPackageSink(out / GPKG, plan, common)
+        sink = GeoPackageSink(layout.gpkg, plan, common)
         vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors)
     done_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size for k in manifest.done)
     rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter())
@@ -215,38 +276,60 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
                          gpus_per_worker=cfg.runtime.gpus_per_worker,
                          max_in_flight=cfg.runtime.max_in_flight or 2 * workers + 2,
                          retries=cfg.runtime.chunk_retries)
+    failed = list(report.failed)
+    # a run never says "complete" while a chunk is missing or not what was written
+    if not failed:
+        failed += _missing(plan, store, manifest)
     t_chunks = time.perf_counter() - t0
     timings: dict[str, float] = {"chunks_s": round(t_chunks, 3)}
     t1 = time.perf_counter()
-    counts = sink.finish() if sink is not None else {}
+    with storage_errors(layout.gpkg):
+        counts = sink.finish() if sink is not None else {}
     timings["vector_merge_s"] = round(time.perf_counter() - t1, 3)
     timings["vectorize_task_s"] = round(rec.vector_s, 3)
     outputs: dict[str, str] = {"zarr": store}
     if counts:
-        outputs["gpkg"] = str(out / GPKG)
+        outputs["gpkg"] = str(layout.gpkg)
     t2 = time.perf_counter()
-    if not report.failed:
+    if not failed:
         from geoseg.outputs import export_cog, quicklook
 
         if cfg.outputs.cog:
             for m in plan.models:
-                outputs[f"cog_{m.name}"] = str(export_cog(plan, store, m.name,
-                                                          out / f"{m.name}.tif"))
+                with storage_errors(layout.cog(m.name)):
+                    outputs[f"cog_{m.name}"] = str(export_cog(plan, store, m.name,
+                                                              layout.cog(m.name)))
         if cfg.outputs.quicklook:
-            outputs["quicklook"] = str(quicklook(plan, store, out / "quicklook.png"))
+            with storage_errors(layout.quicklook):
+                outputs["quicklook"] = str(quicklook(plan, store, layout.quicklook))
     timings["exports_s"] = round(time.perf_counter() - t2, 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
-    summary = _summary(cfg, plan, manifest, report.failed, counts, outputs, timings, device,
+    summary = _summary(cfg, plan, manifest, failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
-    status = ("complete" if not report.failed
-              else f"completed with {len(report.failed)} failed chunks")
+    atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
+    status = "complete" if not failed else f"completed with {len(failed)} failed chunks"
     manifest.update(status=status)
-    if not report.failed:
+    if not failed:
         from geoseg.store import mark_complete
 
-        mark_complete(store, {"summary": "summary.json"})
-    return JobResult(out, summary, report.failed)
+        with storage_errors(layout.store):
+            mark_complete(store, {"summary": SUMMARY})
+    return JobResult(out, summary, failed)
+
+
+def _missing(plan: Plan, store: str, manifest: Manifest) -> list[ChunkFailure]:
+    """Chunks of the plan without a verified record (should be none after a clean pass)."""
+    from geoseg.store import chunk_intact
+
+    out = []
+    for c in plan.chunks:
+        stats = manifest.done.get(c.id)
+        files = stats.get("files") if stats else None
+        if not isinstance(files, dict) or not chunk_intact(store, c, files):
+            w = c.window
+            out.append(ChunkFailure(c.id, (w.row_off, w.col_off, w.height, w.width),
+                                    "chunk missing or damaged after the run", 0))
+    return out
 
 
 def _note_code(manifest: Any, code: dict[str, Any]) -> None:

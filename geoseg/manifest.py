@@ -1,23 +1,30 @@
 """The run manifest: plan + resolved config + per-chunk completion, next to the outputs.
 
-``manifest.json`` is written once by the driver when a run starts; ``chunks.jsonl`` gets one line
-per finished chunk, appended and fsynced by the driver (the single writer) *after* the chunk's Zarr
-write returned. A rerun with ``--resume`` skips every chunk listed there, so a killed job loses at
-most the chunks in flight.
+``manifest.json`` is written once by the driver when a run starts and lists every output the run
+may write (``outputs``); ``chunks.jsonl`` gets one line per finished chunk, appended and fsynced
+by the driver (the single writer) *after* the chunk's Zarr write returned. Each line carries the
+size and hash of the chunk's stored files, so ``--resume`` trusts a chunk only when its files are
+exactly what was written, and recomputes any that is missing, truncated or different.
+
+``--overwrite`` removes exactly the outputs the earlier manifest lists (and geoseg's temporary
+files), never anything else; a folder geoseg did not write is refused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import OutputExistsError, ResumeError
+from geoseg.errors import InputError, OutputExistsError, ResumeError
+from geoseg.layout import CHUNKS, LOCK, MANIFEST, RunLayout
+from geoseg.outdir import atomic_write_text, remove_output, replace_link, storage_errors
 
-MANIFEST = "manifest.json"
-CHUNKS = "chunks.jsonl"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,72 +40,127 @@ class Manifest:
     def record(self, chunk_id: str, stats: dict[str, Any]) -> None:
         self.done[chunk_id] = stats
         line = json.dumps({"chunk": chunk_id, **stats}, sort_keys=True)
-        with open(self.root / CHUNKS, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        path = self.root / CHUNKS
+        with storage_errors(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
-        _atomic_write_json(self.root / MANIFEST, self.data)
+        _write_json(self.root / MANIFEST, self.data)
+
+    def forget(self, chunk_ids: Iterable[str]) -> None:
+        """Stop trusting these chunks (their files did not verify): they are recomputed."""
+        for cid in chunk_ids:
+            self.done.pop(cid, None)
 
 
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _entries(root: Path) -> list[Path]:
+    """What the folder holds, without the lock of the job that is looking."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name != LOCK and not p.name.startswith(".tmp-"))
 
 
 def has_results(root: Path) -> bool:
-    return root.exists() and any(root.iterdir())
+    """Whether ``root`` holds anything (the lock of a job looking at it aside)."""
+    return bool(_entries(Path(root)))
 
 
-def start(root: Path, data: dict[str, Any], *, overwrite: bool, resume: bool) -> Manifest:
-    """Open the manifest for a new run, refusing to clobber existing outputs unless told."""
+def _is_ours(root: Path) -> dict[str, Any] | None:
+    """The earlier manifest when geoseg wrote this folder, else None."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "result_key" in data else None
+
+
+def outputs_of(data: dict[str, Any], root: Path) -> list[str]:
+    """The names a run wrote or may write: its manifest's list (older manifests: the layout)."""
+    listed = data.get("outputs")
+    if isinstance(listed, list) and listed:
+        return [str(n) for n in listed if "/" not in str(n) and str(n) not in ("", ".", "..")]
+    return RunLayout(root).outputs(list(data.get("models", {})))
+
+
+def start(root: Path, data: dict[str, Any], *, overwrite: bool, resume: bool,
+          protect: Iterable[Path] = ()) -> Manifest:
+    """Open the manifest for a run in ``root`` (created and locked by the caller).
+
+    Refuses a folder geoseg did not write, and a finished or partial run unless told to
+    ``resume`` it or ``overwrite`` it; ``protect`` (the run's inputs) is never removed."""
     root = Path(root)
-    if has_results(root):
+    layout = RunLayout(root)
+    entries = _entries(root)
+    earlier = _is_ours(root)
+    if entries and earlier is None:
+        raise OutputExistsError(
+            f"{root} holds files geoseg did not write (e.g. {entries[0].name}): choose a new or "
+            "empty --out (geoseg never deletes files it did not write)")
+    if entries and earlier is not None:
         if resume:
             return load(root, expect_key=str(data["result_key"]))
         if not overwrite:
             raise OutputExistsError(
-                f"output {root} already holds results: pass --resume to continue that run or "
-                "--overwrite to replace it")
-        _clear(root)
-    elif resume and not root.exists():
-        pass  # nothing to resume: a fresh run
-    root.mkdir(parents=True, exist_ok=True)
-    m = Manifest(root, dict(data))
-    _atomic_write_json(root / MANIFEST, m.data)
-    (root / CHUNKS).touch()
+                f"{root} already holds the results of a geoseg run: pass --resume to continue "
+                "that run or --overwrite to replace its outputs (other files are kept)")
+        _remove_outputs(root, outputs_of(earlier, root), protect)
+    new = dict(data)
+    new["outputs"] = layout.outputs(list(data.get("models", {})))
+    m = Manifest(root, new)
+    _write_json(layout.manifest, m.data)
+    atomic_write_text(layout.chunks, "")
     return m
 
 
+def _remove_outputs(root: Path, names: list[str], protect: Iterable[Path]) -> None:
+    keep = [Path(p).resolve() for p in protect]
+    temps = [t for n in names for t in (f".partial-{n}", f".tiles-{Path(n).stem}.tif")]
+    doomed = [root / n for n in [*names, *temps]
+              if (root / n).exists() or (root / n).is_symlink()]
+    for p in doomed:
+        target = p.resolve() if not p.is_symlink() else p.absolute()
+        for k in keep:
+            if k == target or target in k.parents:
+                raise InputError(f"--overwrite would delete {p}, which this run reads: copy it "
+                                 "elsewhere or write to another --out")
+    for p in doomed:
+        log.info("--overwrite: removing %s", p)
+        remove_output(p)
+    others = _entries(root)
+    if others:
+        log.info("--overwrite kept %d file(s) geoseg did not write (e.g. %s)", len(others),
+                 others[0].name)
+
+
 def load(root: Path, expect_key: str | None = None) -> Manifest:
-    path = root / MANIFEST
-    if not path.is_file():
+    layout = RunLayout(root)
+    if not layout.manifest.is_file():
         raise ResumeError(f"{root} has no {MANIFEST}: it was not written by geoseg run; "
-                          "choose another output or pass --overwrite")
-    data = json.loads(path.read_text())
+                          "choose another output")
+    for p in (layout.manifest, layout.chunks):
+        replace_link(p)  # later writes must stay inside the folder
+    data = json.loads(layout.manifest.read_text())
     if expect_key is not None and data.get("result_key") != expect_key:
         raise ResumeError(f"{root} was produced with a different image, region, model or "
                           "inference settings: resume refused; pass --overwrite to start over")
     done: dict[str, dict[str, Any]] = {}
-    chunks = root / CHUNKS
-    if chunks.exists():
-        for line in chunks.read_text().splitlines():
+    if layout.chunks.exists():
+        for line in layout.chunks.read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn last line from a killed driver: that chunk is redone
             done[rec.pop("chunk")] = rec
     return Manifest(root, data, done)
-
-
-def _clear(root: Path) -> None:
-    import shutil
-
-    for child in root.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()

@@ -6,6 +6,7 @@ All read the store chunk by chunk: memory is O(chunk), not O(scene).
 from __future__ import annotations
 
 import functools
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from rasterio.windows import Window as RioWindow
 from geoseg.bundle import ClassSpec
 from geoseg.grid import GeoBox, Window
 from geoseg.io import read_window
+from geoseg.outdir import atomic_write_bytes
 from geoseg.plan import Plan
 from geoseg.store import FILL
 from geoseg.store import read_window as read_store
@@ -33,6 +35,10 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
     """Class map of ``layer`` as a COG (DEFLATE, 512 tiles, overviews, colour table, nodata)."""
     final = Path(path)
     tmp = final.with_name(f".tiles-{final.stem}.tif")
+    out_tmp = final.with_name(f".partial-{final.name}")
+    for t in (tmp, out_tmp):  # geoseg's own temporary names: never write through a link
+        if t.is_symlink() or t.exists():
+            t.unlink()
     classes = next(m.spec.classes for m in plan.models if m.name == layer)
     g = plan.grid
     profile = {"driver": "GTiff", "width": g.width, "height": g.height, "count": 1,
@@ -46,7 +52,6 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
                       window=RioWindow(w.col_off, w.row_off, w.width, w.height))
         dst.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
         dst.update_tags(1, **{f"class_{c.id}": c.name for c in classes})
-    out_tmp = final.with_name(f".partial-{final.name}")
     with rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB):
         rio_copy(tmp, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
                  overview_resampling="nearest")
@@ -78,7 +83,9 @@ def quicklook(plan: Plan, store: str, path: str | Path, max_px: int = 1024) -> P
     gap = np.full((shape[0], 8, 3), 255, np.uint8)
     row = np.concatenate([p for pan in panels for p in (pan, gap)][:-1], axis=1)
     final = Path(path)
-    Image.fromarray(row).save(final)
+    buf = io.BytesIO()
+    Image.fromarray(row).save(buf, format="PNG")
+    atomic_write_bytes(final, buf.getvalue())  # replaces a symlink, never follows it
     return final
 
 
@@ -112,9 +119,28 @@ def _image_panel(plan: Plan, step: int, shape: tuple[int, int]) -> np.ndarray:
             return np.moveaxis(src.read(bands, window=win), 0, -1)
 
         arr = _decimate(plan, step, shape, len(bands), read, np.float32)  # any image dtype
-    lo, hi = (float(v) for v in np.percentile(arr, [2, 98]))
-    img = np.clip((arr - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
-    return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img
+    return _stretch(arr, info.nodata)
+
+
+NODATA_RGB = (40, 40, 40)  # as the class panels draw FILL
+
+
+def _stretch(arr: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(rows, cols, bands) float to uint8 RGB, 2–98 % of the valid values; invalid pixels
+    (declared nodata, NaN, ±inf in any band) neither move the stretch nor show as image: they are
+    drawn in the class panels' nodata grey."""
+    valid = np.all(np.isfinite(arr), axis=-1)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= ~np.all(arr == np.float32(nodata), axis=-1)
+    lo, hi = ((float(v) for v in np.percentile(arr[valid], [2, 98])) if valid.any()
+              else (0.0, 1.0))
+    scaled = np.nan_to_num((arr - lo) / max(hi - lo, 1e-6) * 255, nan=0.0, posinf=255.0,
+                           neginf=0.0)
+    img = np.clip(scaled, 0, 255).astype(np.uint8)
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    img[~valid] = NODATA_RGB
+    return img
 
 
 def class_areas(plan: Plan, hist: dict[str, list[int]]) -> dict[str, dict[str, float]]:

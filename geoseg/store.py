@@ -13,6 +13,7 @@ modifies and rewrites a shared chunk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,33 @@ def write_chunk(path: str | Path, chunk: Chunk, arrays: dict[str, np.ndarray],
         if not isinstance(arr, zarr.Array):
             raise InputError(f"{name} is not an array in {path}")
         arr[rs, cs] = block
+
+
+def chunk_files(path: str | Path, chunk: Chunk, names: list[str]) -> dict[str, list[Any] | None]:
+    """Fingerprint of the stored bytes of one chunk: ``{array: [size, blake2b] or None}``.
+
+    None means no chunk file (zarr stores no chunk that equals the fill value). Recorded in the
+    manifest after the write, checked by ``--resume`` before a chunk is trusted."""
+    out: dict[str, list[Any] | None] = {}
+    for name in names:
+        f = _chunk_path(path, name, chunk)
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:
+            out[name] = None
+            continue
+        out[name] = [len(data), hashlib.blake2b(data, digest_size=16).hexdigest()]
+    return out
+
+
+def chunk_intact(path: str | Path, chunk: Chunk, expected: dict[str, Any]) -> bool:
+    """Whether every array's chunk file is exactly what the manifest recorded."""
+    return chunk_files(path, chunk, list(expected)) == expected
+
+
+def _chunk_path(path: str | Path, name: str, chunk: Chunk) -> Path:
+    """The chunk file of ``name`` in a local format-2 store (``.`` separator, as written)."""
+    return Path(path) / name / f"{chunk.index[0]}.{chunk.index[1]}"
 
 
 def read_window(path: str | Path, name: str, window: Window) -> np.ndarray:

@@ -16,6 +16,7 @@ class ChunkFailure:
     window: tuple[int, int, int, int]  # row_off, col_off, height, width (output grid pixels)
     error: str
     attempts: int
+    retryable: bool = True  # False: bad input or model, a rerun cannot fix it
 
 
 @dataclass

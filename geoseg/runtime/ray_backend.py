@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import Any
 import ray
 
 from geoseg.chunks import ChunkInput, ChunkOutput, predict_chunk, read_chunk, write_output
+from geoseg.errors import GeoSegError, StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
 from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
@@ -50,12 +53,21 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     addr = address or os.environ.get("RAY_ADDRESS")
-    if addr:
-        ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=True,
-                 _node_ip_address="127.0.0.1")
+    main = threading.current_thread() is threading.main_thread()
+    # ray.init installs its own SIGTERM/SIGINT handlers; keep the caller's (the CLI stops a job
+    # cleanly on either)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        if addr:
+            ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=True)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=True,
+                     _node_ip_address="127.0.0.1")
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def cluster_gpus() -> int:
@@ -197,9 +209,10 @@ class RayBackend:
             ref = write_t.remote(self.write_fn, plan_ref, store, out)
             chunk_refs[ref] = (chunk, i, pool.generation[i])
 
-        def fail(chunk: Chunk, msg: str, n: int) -> None:
+        def fail(chunk: Chunk, msg: str, n: int, retryable: bool = True) -> None:
             w = chunk.window
-            failure = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width), msg, n)
+            failure = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width), msg, n,
+                                   retryable)
             report.failed.append(failure)
             cb.chunk_failed(failure)
 
@@ -226,11 +239,16 @@ class RayBackend:
                 try:
                     stats = ray.get(ref)
                 except (ray.exceptions.RayError, OSError) as exc:
+                    cause = _root(exc)
+                    if isinstance(cause, StorageError):
+                        raise cause from None  # disk full, permission: stop the job, one line
                     if isinstance(exc, ray.exceptions.ActorDiedError):
                         pool.replace(i, gen)
                     n = attempts[chunk.id]
                     msg = _short(exc)
-                    if n <= retries:
+                    if isinstance(cause, GeoSegError):  # bad input or model: a retry cannot help
+                        fail(chunk, msg, n, retryable=False)
+                    elif n <= retries:
                         log.warning("chunk %s failed (attempt %d), retrying: %s", chunk.id, n,
                                     msg)
                         pending.append(chunk)
@@ -259,9 +277,14 @@ def _vector_cpus(workers: int, gpu: bool) -> float:
     return max(TASK_CPUS, min(VECTOR_TASK_CPUS, spare))
 
 
+def _root(exc: BaseException) -> BaseException:
+    """The exception a task raised, out of Ray's wrapper (chained tasks pass it along)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
 def _short(exc: BaseException) -> str:
     """One line for the report: the root cause's type and last message line."""
-    cause = getattr(exc, "cause", None)
-    base = cause if isinstance(cause, BaseException) else exc
+    base = _root(exc)
     lines = [ln for ln in str(base).strip().splitlines() if ln.strip()]
     return f"{type(base).__name__}: {lines[-1] if lines else ''}"[:500]

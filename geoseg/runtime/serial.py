@@ -6,6 +6,7 @@ import logging
 import traceback
 
 from geoseg.chunks import predict_chunk, read_chunk, write_output
+from geoseg.errors import GeoSegError, StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
 from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
@@ -34,10 +35,13 @@ class SerialBackend:
                                                                 read_chunk(plan, chunk)))
                 cb.chunk_done(chunk, stats)
                 report.done += 1
+            except StorageError:
+                raise  # disk full, permission: stop the job
             except Exception as exc:
                 w = chunk.window
                 f = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width),
-                                 f"{type(exc).__name__}: {exc}", 1)
+                                 f"{type(exc).__name__}: {exc}", 1,
+                                 retryable=not isinstance(exc, GeoSegError))
                 log.debug("chunk %s failed:\n%s", chunk.id, traceback.format_exc())
                 cb.chunk_failed(f)
                 report.failed.append(f)

@@ -81,8 +81,11 @@ def test_output_exists_refused_then_resume(tmp_path: Path, capsys: pytest.Captur
     (out / "precious.txt").write_text("keep me")
     rc, err = _run(capsys, str(tif), "-o", str(out), "-m", tiny_bundles[0])
     line = _one_line(err)
-    assert rc != 0 and "already holds results" in line and "--overwrite" in line
+    assert rc != 0 and "geoseg did not write" in line and "precious.txt" in line
     assert (out / "precious.txt").read_text() == "keep me"
+    rc, err = _run(capsys, str(tif), "-o", str(out), "-m", tiny_bundles[0], "--overwrite")
+    assert rc != 0 and "precious.txt" in _one_line(err)  # --overwrite never takes it either
+    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
 
 
 def test_bad_bbox_text(tmp_path: Path, capsys: pytest.CaptureFixture[str],

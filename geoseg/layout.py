@@ -1,0 +1,67 @@
+"""The layout of a run folder: every name geoseg writes there, in one place.
+
+``--overwrite`` removes exactly these names (and nothing else) from a folder whose manifest says
+geoseg wrote it; anything else in the folder belongs to the user and stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STORE = "predictions.zarr"
+GPKG = "features.gpkg"
+SUMMARY = "summary.json"
+MANIFEST = "manifest.json"
+CHUNKS = "chunks.jsonl"
+QUICKLOOK = "quicklook.png"
+EVALUATION = "evaluation.json"
+LOCK = ".geoseg.lock"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run folder."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / STORE
+
+    @property
+    def gpkg(self) -> Path:
+        return self.root / GPKG
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def chunks(self) -> Path:
+        return self.root / CHUNKS
+
+    @property
+    def quicklook(self) -> Path:
+        return self.root / QUICKLOOK
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / EVALUATION
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    def cog(self, layer: str) -> Path:
+        return self.root / f"{layer}.tif"
+
+    def outputs(self, layers: list[str] | tuple[str, ...]) -> list[str]:
+        """Names (relative to the root) a run with these model layers writes."""
+        return [STORE, GPKG, SUMMARY, QUICKLOOK, EVALUATION, CHUNKS, MANIFEST,
+                *(f"{name}.tif" for name in layers)]
+

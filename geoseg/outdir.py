@@ -1,0 +1,240 @@
+"""Safety of the output folder: one job per folder, writes that never follow links out of it, and
+I/O errors that say what happened.
+
+- :class:`FolderLock` is an exclusive lock file (``.geoseg.lock``, created atomically with the
+  holder's host, PID and start time). A lock whose process is gone (same host, PID dead or
+  reused) is stale and taken over; a live one refuses the second job with one line.
+- :func:`atomic_write_bytes` writes through a temporary name and ``os.replace``: a symlink at the
+  destination is replaced, never followed, and a reader never sees half a file.
+- :func:`storage_errors` turns ``OSError`` and GDAL/OGR write failures into a one-line
+  :class:`~geoseg.errors.StorageError` that names the cause (disk full, permission) and the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import GeoSegError, InputError, OutputLockedError, StorageError
+
+log = logging.getLogger(__name__)
+
+LOW_SPACE_BYTES = 64 * 2**20  # below this, a failed write is reported as "disk full"
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+    except Exception:  # no such process, or no permission to ask
+        return None
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the process recorded in a lock still runs (only answerable on its own host)."""
+    if holder.get("host") != socket.gethostname():
+        return True  # cannot tell: assume it does
+    pid = int(holder.get("pid", -1))
+    started = _process_start(pid) if pid > 0 else None
+    if started is None:
+        return False
+    recorded = holder.get("started")
+    # a PID reused by a later process is not the holder
+    return recorded is None or abs(float(recorded) - started) < 1.0
+
+
+class FolderLock:
+    """Exclusive lock on an output folder for the lifetime of a job."""
+
+    def __init__(self, root: Path, name: str = ".geoseg.lock") -> None:
+        self.path = Path(root) / name
+        self.held = False
+
+    def acquire(self, what: str = "geoseg run") -> FolderLock:
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": _process_start(os.getpid()), "command": what, "since": time.time()}
+        for _ in range(3):
+            if self._create(me):
+                self.held = True
+                return self
+            holder = self._read()
+            if holder is not None and _alive(holder):
+                raise OutputLockedError(
+                    f"{self.path.parent} is in use by another geoseg job ({holder.get('command')}"
+                    f", host {holder.get('host')}, pid {holder.get('pid')}): wait for it, or "
+                    f"choose another --out; if that job is gone, delete {self.path}")
+            self._break_stale(holder)
+        raise OutputLockedError(f"could not lock {self.path.parent}: another job keeps taking "
+                                "it; retry when it has finished")
+
+    def _create(self, me: dict[str, Any]) -> bool:
+        """Create the lock with its content in one step (link of a finished temporary file)."""
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-lock-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}  # released meanwhile: try again
+        except (OSError, ValueError):
+            return None  # unreadable: stale
+        return data if isinstance(data, dict) else None
+
+    def _break_stale(self, holder: dict[str, Any] | None) -> None:
+        if holder == {}:
+            return
+        log.warning("taking over the stale lock %s (%s)", self.path, holder)
+        # rename first: of two processes breaking the same stale lock, only one succeeds
+        aside = self.path.with_name(f".tmp-stale-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, aside)
+            os.unlink(aside)
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.held = False
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire() if not self.held else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def prepare_folder(root: Path) -> Path:
+    """Create the output folder (one line when it cannot be a folder or cannot be written)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--out {root} is a file, not a folder: choose a folder path")
+    with storage_errors(root):
+        root.mkdir(parents=True, exist_ok=True)
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write into {root} (permission denied): choose another "
+                           "--out or fix its permissions")
+    return root
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file + rename (replaces a symlink there)."""
+    path = Path(path)
+    with storage_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_link(path: Path) -> None:
+    """A symlink at ``path`` becomes a regular file with the same content (or goes away when its
+    target is missing), so that later in-place writes stay inside the folder."""
+    path = Path(path)
+    if not path.is_symlink():
+        return
+    try:
+        data = path.read_bytes()
+    except OSError:
+        path.unlink()
+        return
+    atomic_write_bytes(path, data)
+
+
+def remove_output(path: Path) -> None:
+    """Remove one output geoseg wrote: a directory tree, a file, or a symlink (never its target)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return "read-only file system"
+    return ""
+
+
+def _free_bytes(path: Path) -> int | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free
+            except OSError:
+                return None
+    return None
+
+
+def storage_error(exc: BaseException, path: Path) -> StorageError:
+    """A one-line StorageError for a failed write at ``path``."""
+    cause = _cause(exc)
+    if not cause:
+        free = _free_bytes(Path(path))
+        if free is not None and free < LOW_SPACE_BYTES:
+            cause = "disk full"
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    detail = lines[-1][:200] if lines else type(exc).__name__
+    if cause == "disk full":
+        return StorageError(f"disk full writing {path}: free some space, then rerun with "
+                            "--resume (finished chunks are kept)")
+    if cause:
+        return StorageError(f"{cause} writing {path}: fix it, then rerun with --resume")
+    return StorageError(f"cannot write {path} ({detail}): fix it, then rerun with --resume")
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    kinds: list[type[BaseException]] = [OSError]
+    with contextlib.suppress(ImportError):
+        from pyogrio.errors import DataLayerError, DataSourceError
+
+        kinds += [DataSourceError, DataLayerError]
+    with contextlib.suppress(ImportError):
+        from rasterio.errors import RasterioError
+
+        kinds.append(RasterioError)
+    return tuple(kinds)
+
+
+@contextlib.contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """Turn write failures under ``path`` into one-line StorageErrors."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except _write_errors() as exc:
+        if isinstance(exc, GeoSegError):
+            raise
+        raise storage_error(exc, Path(path)) from exc

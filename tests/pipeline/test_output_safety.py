@@ -1,0 +1,273 @@
+"""The output folder: --overwrite removes only what geoseg wrote, resume verifies every chunk it
+trusts, one job per folder, writes never follow symlinks out of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from geoseg.cli import _join_negative_values, main
+from geoseg.config import validate_job
+from geoseg.errors import InputError, OutputExistsError, OutputLockedError
+from geoseg.job import Progress, run_job
+from geoseg.outdir import FolderLock
+from geoseg.runtime.serial import SerialBackend
+from geoseg.store import store_attrs
+from tests.pipeline.conftest import textured
+
+ARRAYS = ("landcover", "landcover_confidence", "buildings", "buildings_confidence")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(image: Path, out: Path, bundles: tuple[str, str], **extra: Any) -> Any:
+    return validate_job({"image": str(image), "output": str(out), "models": list(bundles),
+                         "inference": {"chunk_size": 64, "halo": 32},
+                         "vectors": {"halo": 48}, "runtime": {"threads_per_worker": 1},
+                         **extra})
+
+
+def _run(image: Path, out: Path, bundles: tuple[str, str], **kw: Any) -> Any:
+    return run_job(_cfg(image, out, bundles), backend=SerialBackend(), **kw)
+
+
+def _same_store(a: Path, b: Path) -> None:
+    ga = zarr.open_group(str(a / "predictions.zarr"), mode="r")
+    gb = zarr.open_group(str(b / "predictions.zarr"), mode="r")
+    for name in ARRAYS:
+        assert np.array_equal(ga[name][:], gb[name][:]), name  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory, tiny_bundles: tuple[str, str]) -> Path:
+    from tests.conftest import write_raster
+
+    root = tmp_path_factory.mktemp("safety")
+    tif = write_raster(root / "img.tif", textured(200, 264),
+                       descriptions=["red", "green", "blue", "nir"])
+    assert _run(tif, root / "clean", tiny_bundles).ok
+    return root
+
+
+def test_overwrite_removes_only_what_geoseg_wrote(clean: Path, tmp_path: Path,
+                                                  tiny_bundles: tuple[str, str]) -> None:
+    tif = clean / "img.tif"
+    out = tmp_path / "o"
+    _run(tif, out, tiny_bundles)
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "data.csv").write_text("1,2")
+    shutil.copy(tif, out / "input.tif")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        _run(tif, out, tiny_bundles)
+    res = run_job(_cfg(out / "input.tif", out, tiny_bundles), overwrite=True,
+                  backend=SerialBackend())
+    assert res.ok
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "sub" / "data.csv").read_text() == "1,2"
+    assert (out / "input.tif").read_bytes() == tif.read_bytes()
+    listed = json.loads((out / "manifest.json").read_text())["outputs"]
+    assert "notes.txt" not in listed and "predictions.zarr" in listed
+    _same_store(clean / "clean", out)
+
+
+def test_overwrite_never_deletes_its_input(clean: Path, tmp_path: Path,
+                                          tiny_bundles: tuple[str, str]) -> None:
+    out = tmp_path / "o"
+    _run(clean / "img.tif", out, tiny_bundles)
+    # a name the earlier run wrote (its COG), now holding the input of this run
+    shutil.copy(clean / "img.tif", out / "landcover.tif")
+    before = (out / "landcover.tif").read_bytes()
+    with pytest.raises(InputError, match="which this run reads"):
+        run_job(_cfg(out / "landcover.tif", out, tiny_bundles), overwrite=True,
+                backend=SerialBackend())
+    assert (out / "landcover.tif").read_bytes() == before
+    assert (out / "predictions.zarr").is_dir()  # nothing removed before the refusal
+
+
+def test_foreign_folder_refused_with_one_line(tmp_path: Path, clean: Path,
+                                              tiny_bundles: tuple[str, str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "thesis.tex").write_text("x")
+    rc = main(["-q", "run", str(clean / "img.tif"), "-o", str(out), "-m", tiny_bundles[0],
+               "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "thesis.tex" in err[0]
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_out_is_a_file(tmp_path: Path, clean: Path, tiny_bundles: tuple[str, str],
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "out.txt"
+    f.write_text("x")
+    rc = main(["-q", "run", str(clean / "img.tif"), "-o", str(f), "-m", tiny_bundles[0]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "is a file" in err[0]
+    assert f.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_parent(tmp_path: Path, clean: Path, tiny_bundles: tuple[str, str],
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    rc = main(["-q", "run", str(clean / "img.tif"), "-o", str(ro / "o"), "-m", tiny_bundles[0]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "permission denied" in err[0]
+
+
+def _chunk_file(out: Path, name: str, cid: str) -> Path:
+    return out / "predictions.zarr" / name / cid.replace("_", ".")
+
+
+def test_resume_recomputes_damaged_chunks(clean: Path, tmp_path: Path,
+                                          tiny_bundles: tuple[str, str]) -> None:
+    out = tmp_path / "o"
+    shutil.copytree(clean / "clean", out)
+    recs = [json.loads(ln) for ln in (out / "chunks.jsonl").read_text().splitlines()]
+    written = [(r["chunk"], n) for r in recs for n, f in sorted(r["files"].items()) if f]
+    (c1, n1), (c2, n2), (c3, n3) = written[0], written[7], written[-1]
+    f1 = _chunk_file(out, n1, c1)
+    f1.write_bytes(f1.read_bytes()[: f1.stat().st_size // 2])  # truncated
+    _chunk_file(out, n2, c2).write_bytes(b"")  # emptied
+    _chunk_file(out, n3, c3).unlink()  # deleted
+    res = run_job(_cfg(clean / "img.tif", out, tiny_bundles), resume=True,
+                  backend=SerialBackend())
+    assert res.ok
+    assert res.summary["chunks"]["computed_this_run"] == len({c1, c2, c3})
+    _same_store(clean / "clean", out)
+    assert store_attrs(out / "predictions.zarr")["geoseg_complete"] is True
+    ref = json.loads((clean / "clean" / "summary.json").read_text())
+    assert res.summary["features"] == ref["features"]
+    assert res.summary["class_pixels"] == ref["class_pixels"]
+
+
+def test_resume_progress_rate_counts_this_run_only(clean: Path, tmp_path: Path,
+                                                   tiny_bundles: tuple[str, str]) -> None:
+    out = tmp_path / "o"
+    shutil.copytree(clean / "clean", out)
+    lines = (out / "chunks.jsonl").read_text().splitlines()
+    (out / "chunks.jsonl").write_text("\n".join(lines[:-2]) + "\n")  # two chunks left to do
+    seen: list[Progress] = []
+    run_job(_cfg(clean / "img.tif", out, tiny_bundles), resume=True, backend=SerialBackend(),
+            progress=seen.append)
+    first = seen[0]
+    assert first.done == len(lines) - 2 and first.pixels_this_run == 0
+    assert first.px_per_s == 0 and first.eta_s is None  # not "117 Mpx/s, ETA 0:00"
+    assert seen[-1].pixels_this_run == seen[-1].pixels_done - first.pixels_done > 0
+
+
+def test_writes_replace_symlinks(clean: Path, tmp_path: Path,
+                                 tiny_bundles: tuple[str, str]) -> None:
+    out = tmp_path / "o"
+    shutil.copytree(clean / "clean", out)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("summary.json", "quicklook.png", "chunks.jsonl"):
+        target = outside / name
+        target.write_bytes((out / name).read_bytes() if name == "chunks.jsonl" else b"VICTIM")
+        (out / name).unlink()
+        (out / name).symlink_to(target)
+    lines = (out / "chunks.jsonl").read_text().splitlines()
+    (outside / "chunks.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    before = (outside / "chunks.jsonl").read_bytes()
+    assert run_job(_cfg(clean / "img.tif", out, tiny_bundles), resume=True,
+                   backend=SerialBackend()).ok
+    assert (outside / "summary.json").read_bytes() == b"VICTIM"
+    assert (outside / "quicklook.png").read_bytes() == b"VICTIM"
+    assert (outside / "chunks.jsonl").read_bytes() == before
+    for name in ("summary.json", "quicklook.png", "chunks.jsonl"):
+        assert not (out / name).is_symlink()
+
+
+def test_second_job_refused_while_locked(clean: Path, tmp_path: Path,
+                                         tiny_bundles: tuple[str, str],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from geoseg.outdir import FolderLock; "
+         f"FolderLock({str(out)!r}).acquire('test holder'); print('locked', flush=True); "
+         "time.sleep(60)"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        rc = main(["-q", "run", str(clean / "img.tif"), "-o", str(out), "-m", tiny_bundles[0]])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "in use by another geoseg job" in err[0]
+        assert f"pid {holder.pid}" in err[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: its lock is stale and taken over
+    assert (out / ".geoseg.lock").exists()
+    assert _run(clean / "img.tif", out, tiny_bundles).ok
+    assert not (out / ".geoseg.lock").exists()
+
+
+_RACE = """
+import sys
+from geoseg.config import validate_job
+from geoseg.errors import OutputLockedError
+from geoseg.job import run_job
+from geoseg.runtime.serial import SerialBackend
+cfg = validate_job({"image": sys.argv[1], "output": sys.argv[2], "models": sys.argv[3:],
+                    "inference": {"chunk_size": 64, "halo": 32},
+                    "vectors": {"halo": 48}, "runtime": {"threads_per_worker": 1}})
+try:
+    run_job(cfg, resume=True, backend=SerialBackend())
+except OutputLockedError as exc:
+    print("REFUSED", exc)
+    sys.exit(2)
+print("DONE")
+"""
+
+
+def test_two_processes_one_folder(clean: Path, tmp_path: Path,
+                                  tiny_bundles: tuple[str, str]) -> None:
+    out = tmp_path / "o"
+    argv = [sys.executable, "-c", _RACE, str(clean / "img.tif"), str(out), *tiny_bundles]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=REPO) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    assert any("REFUSED" in o and "in use by another geoseg job" in o for o in outs)
+    _same_store(clean / "clean", out)
+    n = len((out / "chunks.jsonl").read_text().splitlines())
+    assert n == 20  # 4 x 5 chunks, each computed once
+
+
+def test_stale_lock_from_a_dead_process(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    import socket
+
+    (tmp_path / ".geoseg.lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": int(dead.stdout), "started": 1.0}))
+    with FolderLock(tmp_path) as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(OutputLockedError):
+            FolderLock(tmp_path).acquire()
+    assert not (tmp_path / ".geoseg.lock").exists()
+
+
+def test_negative_bbox_values_parse() -> None:
+    argv = ["run", "a.tif", "-o", "o", "--bbox", "-101.195,41.478,-101.18,41.495",
+            "--bbox-crs", "EPSG:4326"]
+    assert _join_negative_values(argv)[4] == "--bbox=-101.195,41.478,-101.18,41.495"
+    from geoseg.cli import build_parser
+
+    ns = build_parser().parse_args(_join_negative_values(argv))
+    assert ns.bbox == "-101.195,41.478,-101.18,41.495" and ns.region_crs == "EPSG:4326"
