@@ -55,11 +55,14 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
         path = plan.image.path
         if "://" in path or path.startswith("/vsi"):
             raise  # a remote read may succeed on retry
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        root: BaseException = exc
+        while root.__cause__ is not None:  # rasterio chains GDAL's own message
+            root = root.__cause__
+        lines = [ln for ln in str(root).splitlines() if ln.strip()]
         raise InputError(f"{path} is damaged (cannot read pixels {img_win.row_off}:"
                          f"{img_win.row_end}, {img_win.col_off}:{img_win.col_end}: "
-                         f"{lines[-1] if lines else 'read failed'}): repair or re-download "
-                         "it; a rerun cannot fix this") from exc
+                         f"{lines[-1][:160] if lines else 'read failed'}): repair or "
+                         "re-download it; a rerun cannot fix this") from exc
     # pixels of the image outside the output grid (region clip) are context, not output; they
     # stay valid input so that a region's edge is predicted as it would be in the whole image.
     if plan.region is not None:

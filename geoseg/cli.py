@@ -9,9 +9,7 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -20,9 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning, JobInterrupted
-
-EXIT_INTERRUPTED = 130
+from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning
 
 
 def _console() -> Any:
@@ -275,10 +271,6 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise JobInterrupted(signum)
-
-
 def _stop_ray() -> None:
     """Shut down the Ray this process started or joined (workers and actors go with it)."""
     ray = sys.modules.get("ray")
@@ -294,23 +286,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("default", GeoSegWarning)
     warnings.showwarning = lambda m, c, *_a, **_k: print(f"warning: {m}", file=sys.stderr)
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (Kubernetes, systemd, timeout, `ray job stop`) stops like Ctrl-C does
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            handlers[sig] = signal.signal(sig, _raise_interrupted)
+    from geoseg.runtime.signals import StopOnSignals, exit_code
+
+    # SIGTERM (Kubernetes, systemd, timeout, `ray job stop`) stops a job as Ctrl-C does
+    stop = StopOnSignals().__enter__()
     try:
         return int(args.fn(args))
-    except JobInterrupted as exc:
+    except KeyboardInterrupt as exc:  # JobInterrupted too
         _stop_ray()
         print("interrupted: finished chunks are kept; rerun with --resume to continue",
               file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        _stop_ray()
-        print("interrupted: finished chunks are kept; rerun with --resume to continue",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return exit_code(exc)
     except GeoSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -321,8 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return ConfigError.exit_code
     finally:
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
+        stop.__exit__()
 
 
 if __name__ == "__main__":

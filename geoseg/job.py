@@ -21,7 +21,7 @@ import numpy as np
 
 from geoseg import __version__
 from geoseg.config import JobConfig
-from geoseg.errors import GeoSegWarning, JobInterrupted
+from geoseg.errors import GeoSegWarning
 from geoseg.grid import Chunk
 from geoseg.layout import GPKG, STORE, SUMMARY, RunLayout
 from geoseg.manifest import Manifest, start
@@ -226,11 +226,11 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
              len(manifest.done))
     try:
         return _execute(cfg, plan, layout, manifest, todo, progress, backend, t_start)
-    except JobInterrupted as exc:
-        manifest.update(status="cancelled" if exc.signum == signal.SIGTERM else "interrupted")
-        raise
-    except KeyboardInterrupt:
-        manifest.update(status="interrupted")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (JobInterrupted): a cancelled job
+        from geoseg.runtime.signals import received
+
+        signum = getattr(exc, "signum", None) or received()
+        manifest.update(status="cancelled" if signum == signal.SIGTERM else "interrupted")
         raise
 
 

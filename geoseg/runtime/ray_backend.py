@@ -31,7 +31,7 @@ from typing import Any
 import ray
 
 from geoseg.chunks import ChunkInput, ChunkOutput, predict_chunk, read_chunk, write_output
-from geoseg.errors import GeoSegError, StorageError
+from geoseg.errors import GeoSegError, JobInterrupted, StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
 from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
@@ -64,6 +64,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      logging_level=logging.WARNING, log_to_driver=True,
                      _node_ip_address="127.0.0.1")
+    except SystemExit as exc:  # Ray's own SIGTERM handler, active while ray.init runs
+        if exc.code == signal.SIGTERM:
+            raise JobInterrupted(signal.SIGTERM) from None
+        raise
     finally:
         for sig, handler in saved.items():
             if handler is not None:
@@ -253,7 +257,8 @@ class RayBackend:
                                     msg)
                         pending.append(chunk)
                         continue
-                    fail(chunk, msg, n)
+                    else:
+                        fail(chunk, msg, n)
                 else:
                     report.done += 1
                     cb.chunk_done(chunk, stats)
