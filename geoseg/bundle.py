@@ -128,7 +128,20 @@ def read_spec(bundle_dir: str | Path) -> BundleSpec:
         loc = ".".join(str(p) for p in first["loc"])
         raise BundleError(f"{path}: {loc}: {first['msg']}") from exc
     except yaml.YAMLError as exc:
-        raise BundleError(f"{path} is not valid YAML: {exc}") from exc
+        raise BundleError(yaml_error_line(path, exc)) from exc
+
+
+def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where, what, and what to do (PyYAML's own text is 4–8 lines
+    with a source excerpt)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if isinstance(exc, yaml.constructor.ConstructorError) and "python/" in problem:
+        tag = problem.split("'")[1] if problem.count("'") >= 2 else "!!python/..."
+        return (f"{path}:{where}: tag {tag.replace('tag:yaml.org,2002:', '!!')} is refused "
+                "(geoseg never constructs Python objects from a bundle): remove it")
+    return f"{path}:{where}: invalid YAML ({problem}): fix {path.name}"
 
 
 def write_spec(spec: BundleSpec, bundle_dir: str | Path) -> Path:

@@ -58,7 +58,8 @@ def open_info(path: str | Path) -> RasterInfo:
     except RasterioIOError as exc:
         raise NotARasterError(f"{p} is not a raster GDAL can read: {_first_line(exc)}") from exc
     if info.nodata is None and not info.has_dataset_mask:
-        warnings.warn(f"{p} declares no nodata value: every pixel is treated as valid",
+        but = " except NaN/inf" if np.dtype(info.dtype).kind in "fc" else ""
+        warnings.warn(f"{p} declares no nodata value: every pixel{but} is treated as valid",
                       GeoSegWarning, stacklevel=2)
     return info
 
@@ -78,8 +79,9 @@ def read_window(info: RasterInfo, window: Window, bands: tuple[int, ...],
                 fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Boundless read of ``bands`` (1-based) over ``window`` of the source grid.
 
-    Returns ``(data float32 (C, H, W), valid bool (H, W))``; outside the image and at nodata
-    pixels ``data == fill`` and ``valid`` is False.
+    Returns ``(data float32 (C, H, W), valid bool (H, W))``; outside the image, at nodata
+    pixels and wherever a band is NaN or ±inf (declared nodata or not: no model can use them)
+    ``data == fill`` and ``valid`` is False.
     """
     h, w = window.shape
     data = np.full((len(bands), h, w), fill, dtype=np.float32)
@@ -91,14 +93,14 @@ def read_window(info: RasterInfo, window: Window, bands: tuple[int, ...],
     rio_win = RioWindow(inner.col_off, inner.row_off, inner.width, inner.height)
     with rasterio.open(info.path) as src:
         arr = src.read(list(bands), window=rio_win)
-        if info.nodata is not None:
+        if info.nodata is not None and not np.isnan(info.nodata):
             ok = ~np.all(arr == info.nodata, axis=0)
-            if np.isnan(info.nodata):
-                ok = ~np.all(np.isnan(arr), axis=0)
         elif info.has_dataset_mask:
             ok = src.dataset_mask(window=rio_win) > 0
         else:
             ok = np.ones(inner.shape, dtype=bool)
+    if arr.dtype.kind in "fc":
+        ok &= np.all(np.isfinite(arr), axis=0)
     rs, cs = rel.slices()
     block = arr.astype(np.float32, copy=False)
     data[:, rs, cs] = np.where(ok[None], block, np.float32(fill))

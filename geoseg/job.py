@@ -4,6 +4,7 @@ progress callback)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -21,7 +22,7 @@ import numpy as np
 
 from geoseg import __version__
 from geoseg.config import JobConfig
-from geoseg.errors import GeoSegWarning
+from geoseg.errors import GeoSegError, GeoSegWarning, StorageError
 from geoseg.grid import Chunk
 from geoseg.layout import GPKG, STORE, SUMMARY, RunLayout
 from geoseg.manifest import Manifest, start
@@ -231,6 +232,10 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
 
         signum = getattr(exc, "signum", None) or received()
         manifest.update(status="cancelled" if signum == signal.SIGTERM else "interrupted")
+        raise
+    except GeoSegError as exc:  # bad model, disk full, ...: finished chunks stay valid
+        with contextlib.suppress(StorageError):  # no room to say so on a full disk
+            manifest.update(status="failed", error=str(exc))
         raise
 
 

@@ -7,13 +7,15 @@ as one clear :class:`GeoSegError`.
 from __future__ import annotations
 
 import hashlib
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from geoseg.bundle import BundleSpec, builtin_bundle, read_spec
 from geoseg.config import JobConfig
 from geoseg.engine import Engine, RunEngine, model_file, resolve_engine
-from geoseg.errors import BandMismatchError, BundleError, RegionError
+from geoseg.errors import BandMismatchError, BundleError, GeoSegWarning, RegionError
 from geoseg.grid import ChunkGrid, GeoBox, Window
 from geoseg.io import RasterInfo, open_info
 from geoseg.region import Region, clip_grid, parse_bbox, parse_wkt, read_region_file
@@ -87,7 +89,10 @@ def _digest(bundle: Path, spec: BundleSpec, engine: RunEngine) -> str:
 
 def load_models(names: tuple[str, ...], engine: Engine = "auto") -> tuple[ModelRef, ...]:
     """Resolve each bundle and the engine that runs it (``engine`` applies to every bundle;
-    ``auto`` chooses per bundle)."""
+    ``auto`` chooses per bundle), and check the model file it will run (see
+    :mod:`geoseg.models.preflight`), so that a bad file stops the job here, not in a worker."""
+    from geoseg.models.preflight import check_model_file
+
     refs: list[ModelRef] = []
     for n in names:
         path = resolve_bundle(n)
@@ -95,6 +100,9 @@ def load_models(names: tuple[str, ...], engine: Engine = "auto") -> tuple[ModelR
         if any(r.name == spec.task for r in refs):
             raise BundleError(f"two models for the same task {spec.task!r}: give one per task")
         run = resolve_engine(spec, path, engine)
+        # every tensor is compared here when torch is loaded anyway (tests, serial runs);
+        # else the model actor does it as it loads the weights
+        check_model_file(spec, path, run, architecture="torch" in sys.modules)
         refs.append(ModelRef(spec.task, str(path.resolve()), spec, _digest(path, spec, run),
                              run))
     if not refs:
@@ -116,6 +124,13 @@ def check_bands(image: RasterInfo, models: tuple[ModelRef, ...]) -> None:
                 raise BandMismatchError(
                     f"model {m.model_id} expects bands {list(names)} but {image.path} bands "
                     f"{list(m.spec.bands)} are {got}: reorder the image bands or fix the bundle")
+            continue  # the image names its bands and they are the model's: nothing to guess
+        if image.count > len(set(m.spec.bands)):
+            named = f" ({', '.join(names)})" if names else ""
+            warnings.warn(
+                f"model {m.name} reads bands {', '.join(map(str, m.spec.bands))}{named} of "
+                f"{image.count} image bands: check the band order (or name the image bands "
+                "to have it checked)", GeoSegWarning, stacklevel=2)
 
 
 def region_of(cfg: JobConfig) -> Region | None:

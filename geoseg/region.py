@@ -8,6 +8,8 @@ that grid outside a non-rectangular region are nodata.
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
-from geoseg.errors import RegionError
+from geoseg.errors import GeoSegWarning, RegionError
 from geoseg.grid import Bounds, GeoBox, Window, normalize_crs
 
 
@@ -75,26 +77,59 @@ def read_region_file(path: str | Path, crs: str | CRS | None = None) -> Region:
     src_crs = df.crs if df.crs is not None else crs
     if src_crs is None:
         raise RegionError(f"region file {p} has no CRS: add one or pass --region-crs")
-    geom = shapely.union_all(df.geometry.values)
-    if geom.is_empty or geom.area == 0:
-        raise RegionError(f"region {p} has no area: give polygons")
+    geom = polygonal(df.geometry.values, f"region file {p}")
     return Region(geom, normalize_crs(src_crs))
+
+
+def polygonal(geoms: Iterable[BaseGeometry | None], what: str) -> BaseGeometry:
+    """The union of the polygonal parts of ``geoms`` (GeometryCollections opened up).
+
+    Lines and points have no area: kept, they would stretch the grid to their extent and get
+    their pixels classified. They are dropped with a :class:`GeoSegWarning`; no polygon at all
+    is a :class:`RegionError`."""
+    polys: list[BaseGeometry] = []
+    dropped: list[str] = []
+
+    def visit(g: BaseGeometry | None) -> None:
+        if g is None or g.is_empty:
+            return
+        if isinstance(g, shapely.Polygon | shapely.MultiPolygon):
+            polys.append(g)
+        elif isinstance(g, shapely.GeometryCollection):
+            for part in g.geoms:
+                visit(part)
+        else:
+            dropped.append(g.geom_type)
+
+    for g in geoms:
+        visit(g)
+    if dropped:
+        kinds = ", ".join(f"{dropped.count(k)} {k}" for k in dict.fromkeys(dropped))
+        warnings.warn(f"{what}: dropped {len(dropped)} non-polygon geometr"
+                      f"{'y' if len(dropped) == 1 else 'ies'} ({kinds}): a region is its "
+                      "polygons only", GeoSegWarning, stacklevel=3)
+    geom = shapely.union_all(polys) if polys else shapely.Polygon()
+    if geom.is_empty or geom.area == 0:
+        raise RegionError(f"{what} has no polygon with an area: give Polygon or MultiPolygon "
+                          "geometries")
+    return geom
 
 
 def parse_wkt(text: str, crs: str | CRS | None) -> Region:
     try:
         geom = shapely.from_wkt(text)
     except Exception as exc:
-        raise RegionError(f"bad WKT region: {exc}") from exc
+        raise RegionError(f"bad WKT region: {(str(exc).strip() or 'unreadable').splitlines()[0]}"
+                          ) from exc
     if crs is None:
         raise RegionError("a WKT region needs --region-crs")
-    return Region(geom, normalize_crs(crs))
+    return Region(polygonal([geom], "WKT region"), normalize_crs(crs))
 
 
 def region_from_geojson_text(text: str, crs: str | CRS | None = None) -> Region:
     obj = json.loads(text)
     geoms = [shapely.geometry.shape(f["geometry"]) for f in obj.get("features", [obj])]
-    return Region(shapely.union_all(geoms), normalize_crs(crs or "EPSG:4326"))
+    return Region(polygonal(geoms, "GeoJSON region"), normalize_crs(crs or "EPSG:4326"))
 
 
 def clip_grid(image: GeoBox, region: Region | None) -> tuple[Window, Region | None]:

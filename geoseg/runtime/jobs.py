@@ -1,44 +1,41 @@
 """Submitting region jobs to a Ray cluster through the Ray Jobs API, and following them.
 
 A job is ``python -m workflows.run_region CONFIG ...`` run by the cluster's job server on the head
-node, with the project shipped as the job's ``runtime_env`` working dir (the cluster's nodes must
-already have geoseg's dependencies: see ``infra/Dockerfile``). The image and the outputs are not
+node. Only the code travels as the job's ``runtime_env`` working dir: the ``geoseg`` package,
+``workflows/`` and the job config (see :mod:`geoseg.runtime.upload`); the cluster's nodes must
+already have geoseg's dependencies (``infra/Dockerfile``). The image and the outputs are not
 shipped: they must be on storage every node can read and write (a shared filesystem or object
-storage), which is why relative image/output paths are refused here.
+storage), which is why relative image, output, region and model paths are refused here.
+
+A cluster with Ray token authentication (``RAY_AUTH_MODE=token``) answers 401/403 to a client
+without the token; that becomes one :class:`~geoseg.errors.ClusterAuthError` line naming the
+variables to set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from geoseg.config import JobConfig, load_job_config
-from geoseg.errors import ConfigError, GeoSegError, InputError
+from geoseg.errors import ClusterAuthError, ClusterError, ConfigError, InputError
 from geoseg.runtime.provenance import COMMIT_ENV, code_version, source_root
+from geoseg.runtime.upload import MAX_UPLOAD_MB, UploadPlan, check_size, plan_upload, staged
 
 log = logging.getLogger(__name__)
 
 ENTRY_MODULE = "workflows.run_region"
 ADDRESS_ENVS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-# gitignore-style patterns, relative to the working dir; the project's .gitignore applies too
-EXCLUDES = (".git", ".venv", "venv", "__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache",
-            ".ruff_cache", ".hypothesis", "*.egg-info", "build/", "dist/", "/demo/", "/out/",
-            "/outputs/", "/runs/", "/data/", "*.zarr", "*.tif", "*.tiff", "*.gpkg", "*.vrt",
-            ".ipynb_checkpoints", ".benchmarks")
-MAX_FILE_MB = 20.0  # larger files are left out of the shipped working dir (bundles are ~1 MB)
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
-class ClusterError(GeoSegError, ConnectionError):
-    """The Ray cluster or its job server cannot be reached, or does not know the job."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ class Submission:
     overwrite: bool = False
     working_dir: Path | None = None
     submission_id: str | None = None
-    max_file_mb: float = MAX_FILE_MB
+    max_upload_mb: float = MAX_UPLOAD_MB
 
 
 @dataclass(frozen=True)
@@ -89,17 +86,52 @@ def client(address: str | None) -> Any:
     from ray.job_submission import JobSubmissionClient
 
     url = resolve_address(address)
+    with authenticated(url):
+        try:
+            return JobSubmissionClient(url)
+        except (ConnectionError, RuntimeError, OSError, ValueError) as exc:
+            raise ClusterError(f"cannot reach the Ray job server at {url} ({_first_line(exc)}): "
+                               "start the cluster with the dashboard (ray start --head "
+                               "--include-dashboard=true) and pass its URL (port 8265 by "
+                               "default)") from None
+
+
+AUTH_HELP = ("set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to the cluster's token (or "
+             "RAY_AUTH_TOKEN_PATH to a file holding it); on KubeRay: RAY_AUTH_TOKEN=$(kubectl "
+             "get secret geoseg-ray-token -o jsonpath='{.data.auth_token}' | base64 -d)")
+
+
+def auth_error(url: str | None, status: int | None) -> ClusterAuthError:
+    """The one-line error for a 401 (no token sent) or 403 (wrong token) from the job server."""
+    where = f"the Ray job server at {url}" if url else "the Ray job server"
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if status == 403:
+        what = "rejected the authentication token (403)"
+        todo = ("check that RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH (else ~/.ray/auth_token) holds "
+                "the cluster's current token")
+    else:
+        what = "requires token authentication (401)"
+        todo = AUTH_HELP if mode.lower() != "token" else (
+            "RAY_AUTH_MODE=token is set but no token was found: set RAY_AUTH_TOKEN to the "
+            "cluster's token (or RAY_AUTH_TOKEN_PATH to a file holding it)")
+    return ClusterAuthError(f"{where} {what}: {todo}")
+
+
+@contextlib.contextmanager
+def authenticated(url: str | None) -> Iterator[None]:
+    """Turn Ray's ``AuthenticationError`` (and a refused log stream) into one
+    :class:`ClusterAuthError` line."""
+    from ray.exceptions import AuthenticationError
+
     try:
-        return JobSubmissionClient(url)
-    except (ConnectionError, RuntimeError, OSError, ValueError) as exc:
-        raise ClusterError(f"cannot reach the Ray job server at {url} ({_first_line(exc)}): "
-                           "start the cluster with the dashboard (ray start --head "
-                           "--include-dashboard=true) and pass its URL (port 8265 by "
-                           "default)") from None
+        yield
+    except AuthenticationError as exc:
+        msg = str(getattr(exc, "message", "")) or ""
+        raise auth_error(url, 403 if msg.startswith("Authentication failed") else 401) from None
 
 
 def project_root(working_dir: Path | None = None) -> Path:
-    """The directory shipped to the cluster: it must hold ``geoseg/`` and ``workflows/``."""
+    """The directory the code is taken from: it must hold ``geoseg/`` and ``workflows/``."""
     root = (working_dir or source_root()).resolve()
     if not (root / "workflows" / "run_region.py").is_file() or not (root / "geoseg").is_dir():
         raise InputError(f"{root} is not a geoseg source tree (no workflows/run_region.py): "
@@ -107,37 +139,19 @@ def project_root(working_dir: Path | None = None) -> Path:
     return root
 
 
-def large_files(root: Path, limit_mb: float) -> list[str]:
-    """Files above ``limit_mb`` under ``root`` (outside the always-excluded directories), as
-    anchored exclude patterns."""
-    skip = {".git", ".venv", "venv", "__pycache__", ".mypy_cache", ".pytest_cache",
-            ".ruff_cache", ".hypothesis", "build", "dist", "demo", "out", "outputs", "runs",
-            "data"}
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in skip and not d.endswith(".zarr")]
-        for f in filenames:
-            p = Path(dirpath) / f
-            try:
-                big = p.stat().st_size > limit_mb * 2**20
-            except OSError:
-                continue
-            if big:
-                out.append("/" + p.relative_to(root).as_posix())
-    return sorted(out)
+def upload_plan(sub: Submission) -> UploadPlan:
+    """What :func:`submit` would ship for ``sub`` (nothing is sent)."""
+    return plan_upload(project_root(sub.working_dir), sub.config)
 
 
-def runtime_env(root: Path, max_file_mb: float = MAX_FILE_MB) -> dict[str, Any]:
-    """The job's runtime_env: the project as working dir (no caches, data or outputs), the code
-    version for the manifest (the shipped copy has no .git)."""
-    big = large_files(root, max_file_mb)
-    for p in big:
-        log.warning("not shipping %s (> %.0f MB): put it on shared storage", p, max_file_mb)
+def runtime_env(working_dir: Path, root: Path) -> dict[str, Any]:
+    """The job's runtime_env: the staged code as working dir, and the code version for the
+    manifest (the shipped copy has no .git)."""
     env = {"RAY_USAGE_STATS_ENABLED": "0"}
     commit = code_version(root).get("git_commit")
     if commit:
         env[COMMIT_ENV] = str(commit)
-    return {"working_dir": str(root), "excludes": [*EXCLUDES, *big], "env_vars": env}
+    return {"working_dir": str(working_dir), "env_vars": env}
 
 
 def _is_url(p: str) -> bool:
@@ -145,12 +159,21 @@ def _is_url(p: str) -> bool:
 
 
 def _check_cluster_paths(cfg: JobConfig) -> None:
-    for what, value, flag in (("image", cfg.image, "--image"), ("output", cfg.output, "--output")):
+    """Paths the cluster must resolve: absolute (shared storage) or URLs, never relative (they
+    would resolve inside the job's temporary working dir, which holds only the code)."""
+    checks = [("image", cfg.image, "pass --image with"), ("output", cfg.output,
+                                                          "pass --output with")]
+    if cfg.region is not None and cfg.region.file:
+        checks.append(("region file", cfg.region.file, "give the region file as"))
+    for m in cfg.models:
+        if "/" in m or Path(m).exists():  # a bundle directory, not a built-in name
+            checks.append(("model", m, "give the bundle directory as"))
+    for what, value, todo in checks:
         if not _is_url(value) and not Path(value).is_absolute():
             raise ConfigError(
                 f"{what} {value!r} is a relative path: on a cluster it would resolve inside the "
-                f"job's temporary working dir; pass {flag} with an absolute path on storage every "
-                "node mounts (or an object-store URL)")
+                f"job's temporary working dir, which holds only the code; {todo} an absolute "
+                "path on storage every node mounts (or an object-store URL)")
 
 
 def entrypoint(sub: Submission, root: Path, cfg: JobConfig) -> str:
@@ -175,32 +198,36 @@ def entrypoint(sub: Submission, root: Path, cfg: JobConfig) -> str:
 
 
 def submit(sub: Submission) -> str:
-    """Validate the config here, ship the project, start the job; returns the job id."""
+    """Validate the config here, stage and ship the code, start the job; returns the job id."""
     cfg = load_job_config(sub.config, image=sub.image, output=sub.output)
     _check_cluster_paths(cfg)
     root = project_root(sub.working_dir)
+    plan = plan_upload(root, sub.config)
+    check_size(plan, sub.max_upload_mb)
     c = client(sub.address)
     version = code_version(root)
     meta = {"geoseg_version": str(version["geoseg_version"]),
             "git_commit": str(version["git_commit"] or ""), "config": sub.config.name,
             "output": cfg.output}
     ep = entrypoint(sub, root, cfg)
-    log.info("submitting %s", ep)
-    try:
-        return str(c.submit_job(entrypoint=ep, runtime_env=runtime_env(root, sub.max_file_mb),
-                                submission_id=sub.submission_id, metadata=meta))
-    except (ConnectionError, RuntimeError, OSError, ValueError) as exc:
-        raise ClusterError(f"the job server refused the job ({_first_line(exc)}): check "
-                           "`geoseg status` and the dashboard; a repeated --job-id is refused"
-                           ) from None
+    log.info("submitting %s with %d files (%.1f MB)", ep, len(plan.files), plan.mb)
+    with staged(plan) as work, authenticated(resolve_address(sub.address)):
+        try:
+            return str(c.submit_job(entrypoint=ep, runtime_env=runtime_env(work, root),
+                                    submission_id=sub.submission_id, metadata=meta))
+        except (ConnectionError, RuntimeError, OSError, ValueError) as exc:
+            raise ClusterError(f"the job server refused the job ({_first_line(exc)}): check "
+                               "`geoseg status` and the dashboard; a repeated --job-id is "
+                               "refused") from None
 
 
 def state(job_id: str, address: str | None = None, *, c: Any = None) -> JobState:
     c = c or client(address)
-    try:
-        info = c.get_job_info(job_id)
-    except (RuntimeError, OSError) as exc:
-        raise _job_error(job_id, exc) from None
+    with authenticated(_url(c, address)):
+        try:
+            info = c.get_job_info(job_id)
+        except (RuntimeError, OSError) as exc:
+            raise _job_error(job_id, exc) from None
     return JobState(job_id, str(getattr(info.status, "value", info.status)), info.message or "",
                     info.entrypoint, _ms(info.start_time), _ms(info.end_time),
                     info.driver_exit_code, dict(info.metadata or {}))
@@ -208,10 +235,11 @@ def state(job_id: str, address: str | None = None, *, c: Any = None) -> JobState
 
 def logs(job_id: str, address: str | None = None, *, c: Any = None) -> str:
     c = c or client(address)
-    try:
-        return str(c.get_job_logs(job_id))
-    except (RuntimeError, OSError) as exc:
-        raise _job_error(job_id, exc) from None
+    with authenticated(_url(c, address)):
+        try:
+            return str(c.get_job_logs(job_id))
+        except (RuntimeError, OSError) as exc:
+            raise _job_error(job_id, exc) from None
 
 
 def follow_logs(job_id: str, address: str | None, emit: Callable[[str], None], *,
@@ -224,19 +252,27 @@ def follow_logs(job_id: str, address: str | None, emit: Callable[[str], None], *
         async for text in c.tail_job_logs(job_id):
             emit(text)
 
-    try:
-        asyncio.run(tail())
-    except (RuntimeError, OSError) as exc:
-        raise _job_error(job_id, exc) from None
+    import aiohttp
+
+    with authenticated(_url(c, address)):
+        try:
+            asyncio.run(tail())
+        except aiohttp.ClientResponseError as exc:  # the websocket handshake, e.g. 401
+            if exc.status in (401, 403):
+                raise auth_error(_url(c, address), exc.status) from None
+            raise _job_error(job_id, exc) from None
+        except (RuntimeError, OSError) as exc:
+            raise _job_error(job_id, exc) from None
 
 
 def cancel(job_id: str, address: str | None = None) -> bool:
     """Ask the cluster to stop the job; False when it had already ended."""
     c = client(address)
-    try:
-        return bool(c.stop_job(job_id))
-    except (RuntimeError, OSError) as exc:
-        raise _job_error(job_id, exc) from None
+    with authenticated(_url(c, address)):
+        try:
+            return bool(c.stop_job(job_id))
+        except (RuntimeError, OSError) as exc:
+            raise _job_error(job_id, exc) from None
 
 
 def wait(job_id: str, address: str | None, emit: Callable[[str], None], *,
@@ -259,6 +295,11 @@ def failed_chunks(log_text: str) -> int | None:
 
     found = re.findall(r"completed with (\d+) failed chunks", log_text)
     return int(found[-1]) if found else None
+
+
+def _url(c: Any, address: str | None) -> str | None:
+    """The job server's URL, for messages (the client's own when it has one)."""
+    return getattr(c, "_address", None) or address
 
 
 def _ms(t: int | None) -> float | None:

@@ -90,16 +90,23 @@ class ModelWorker:
         from geoseg.models.predictor import Predictor
 
         torch.set_num_threads(threads)
-        self.models = {m.name: Predictor(m.path, device=device, num_threads=threads,
-                                         engine=m.engine)
-                       for m in plan.models}
+        self.error: GeoSegError | None = None
+        try:
+            self.models = {m.name: Predictor(m.path, device=device, num_threads=threads,
+                                             engine=m.engine)
+                           for m in plan.models}
+        except GeoSegError as exc:  # a bad model file: reported by ping, in one line
+            self.error = exc
 
     def predict(self, plan: Plan, inp: ChunkInput) -> ChunkOutput:
+        if self.error is not None:
+            raise self.error
         return predict_chunk(plan, self.models, inp)
 
-    def ping(self) -> int:
-        """The actor's process id (a health check that also helps diagnose restarts)."""
-        return os.getpid()
+    def ping(self) -> int | GeoSegError:
+        """The actor's process id (a health check that also helps diagnose restarts), or the
+        error that kept it from loading its models (a retry or a restart cannot fix that)."""
+        return self.error if self.error is not None else os.getpid()
 
 
 def _read(plan: Plan, chunk: Chunk) -> ChunkInput:
@@ -131,7 +138,11 @@ class _Pool:
     @classmethod
     def start(cls, make: Callable[[], Any], workers: int, max_replacements: int) -> _Pool:
         actors = [make() for _ in range(workers)]
-        ray.get([a.ping.remote() for a in actors])  # surface model-loading errors up front
+        for answer in ray.get([a.ping.remote() for a in actors]):  # model-loading errors first
+            if isinstance(answer, GeoSegError):
+                for a in actors:
+                    ray.kill(a)
+                raise answer
         return cls(make, actors, [0] * workers, [0] * workers, 0, max_replacements)
 
     def pick(self) -> int:

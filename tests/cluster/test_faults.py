@@ -111,7 +111,8 @@ def test_disk_full_is_one_line_then_resume(ray_cluster: None, tmp_path: Path, re
         err = [ln for ln in err if not ln.startswith("warning:")]
         assert rc == 4 and len(err) == 1, err
         assert err[0].startswith("error: disk full writing") and "--resume" in err[0]
-        assert json.loads((out / "manifest.json").read_text())["status"] != "complete"
+        # "failed" when there was room to say so, never "complete"
+        assert json.loads((out / "manifest.json").read_text())["status"] in ("failed", "running")
         assert not (out / "summary.json").exists()
         partial = _finished(out)
         filler.unlink()
@@ -164,3 +165,40 @@ def test_damaged_image_is_not_retried(ray_cluster: None, tmp_path: Path, region_
     assert all("is damaged" in f["error"] for f in failed)
     assert "a rerun cannot fix" in captured.out and "Traceback" not in captured.err
     assert summary["chunks"]["total"] == 16 and len(failed) < 16
+
+
+def test_model_file_error_in_the_actor_is_one_error(ray_cluster: None, tmp_path: Path,
+                                                     region_tif: Path,
+                                                     tiny_bundles: tuple[str, str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver without torch checks only the header and counts; a wrong tensor deeper in the
+    network is found by the model actor as it loads, and comes back as the BundleError itself
+    (no actor restarts, no chunk retries)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import geoseg.models.preflight as preflight
+    from geoseg.config import validate_job
+    from geoseg.errors import BundleError
+    from geoseg.job import run_job
+    from geoseg.runtime.ray_backend import RayBackend
+
+    bad = Path(shutil.copytree(tiny_bundles[0], tmp_path / "bad"))
+    weights = load_file(str(bad / "weights.safetensors"))
+    name = next(k for k, v in weights.items() if k.startswith("decoder.") and v.ndim == 4)
+    v = weights[name]
+    weights[name] = torch.zeros((v.shape[0] + 1, *v.shape[1:]), dtype=v.dtype)
+    save_file(weights, str(bad / "weights.safetensors"))
+    real = preflight.check_model_file
+    monkeypatch.setattr(preflight, "check_model_file",
+                        lambda *a, **k: real(*a, **{**k, "architecture": False}))
+    t0 = time.monotonic()
+    with pytest.raises(BundleError, match=name.replace(".", r"\.")):
+        run_job(validate_job(job_dict(region_tif, tmp_path / "out", (str(bad),))),
+                backend=RayBackend())
+    assert time.monotonic() - t0 < 60
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and name in manifest["error"]
+    assert _finished(tmp_path / "out") == 0

@@ -57,6 +57,118 @@ def _check_ray_cluster_spec(spec: dict[str, Any]) -> None:
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu_tol)
 
 
+def _templates(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [spec["headGroupSpec"]["template"],
+            *(g["template"] for g in spec["workerGroupSpecs"])]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # matchExpressions: not used here
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _check_exposure(docs: list[dict[str, Any]], spec: dict[str, Any],
+                    rayjob: str | None = None) -> None:
+    """Token authentication from a Secret on every Ray container, and a NetworkPolicy that
+    selects every pod of the cluster: Ray ports from the cluster only, the job server from named
+    clients only. (KubeRay labels a RayJob's Ray pods with a generated ray.io/cluster only, so
+    the pod templates must carry the label the policy selects.)"""
+    auth = spec["authOptions"]
+    assert auth["mode"] == "token" and auth["secretName"] == SECRET
+    for tpl in _templates(spec):
+        for c in tpl["spec"]["containers"]:
+            env = {e["name"]: e for e in c["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": SECRET, "key": "auth_token"}  # KubeRay's key name
+    assert not [d for d in docs if d["kind"] == "Secret"]  # the token is never in a manifest
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert policies
+    for tpl in _templates(spec):
+        labels = tpl["metadata"]["labels"]
+        pols = [p for p in policies if _selects(p["spec"]["podSelector"], labels)]
+        assert pols, f"no NetworkPolicy selects pods labelled {labels}"
+        for pol in pols:
+            assert pol["apiVersion"] == "networking.k8s.io/v1"
+            assert "Ingress" in pol["spec"]["policyTypes"]
+            for rule in pol["spec"]["ingress"]:
+                assert rule.get("from"), "an ingress rule without `from` admits everyone"
+                for peer in rule["from"]:
+                    assert "ipBlock" not in peer
+                    if "namespaceSelector" in peer:  # another namespace: the operator only
+                        assert peer["podSelector"]["matchLabels"] == {
+                            "app.kubernetes.io/component": "kuberay-operator"}
+                    sel = peer["podSelector"]
+                    assert sel.get("matchLabels"), "podSelector {} admits every pod"
+                    if sel["matchLabels"] != labels and "namespaceSelector" not in peer:
+                        assert [p["port"] for p in rule["ports"]] == [8265]
+    head = spec["headGroupSpec"]
+    if head["rayStartParams"].get("dashboard-host", "127.0.0.1") != "127.0.0.1":
+        assert auth["mode"] == "token"  # reachable beyond loopback: behind token and policy
+    if rayjob is not None:  # the submitter pod may reach the job server
+        submitter = {"ray.io/originated-from-cr-name": rayjob,
+                     "ray.io/originated-from-crd": "RayJob"}
+        assert any(_selects(peer.get("podSelector", {}), submitter) and
+                   "namespaceSelector" not in peer
+                   for p in policies for r in p["spec"]["ingress"] for peer in r["from"])
+
+
+# field names of KubeRay v1.6.0's CRDs (ray.io_rayclusters.yaml, ray.io_rayjobs.yaml): a typo or
+# a field of a later KubeRay would be dropped or refused by the API server
+RAYCLUSTER_SPEC = {"authOptions", "autoscalerOptions", "enableInTreeAutoscaling",
+                   "gcsFaultToleranceOptions", "headGroupSpec", "headServiceAnnotations",
+                   "managedBy", "rayVersion", "suspend", "upgradeStrategy", "workerGroupSpecs"}
+HEAD_GROUP = {"enableIngress", "headService", "labels", "rayStartParams", "resources",
+              "serviceType", "template"}
+WORKER_GROUP = {"groupName", "idleTimeoutSeconds", "labels", "maxReplicas", "minReplicas",
+                "numOfHosts", "rayStartParams", "replicas", "resources", "scaleStrategy",
+                "suspend", "template"}
+AUTH_OPTIONS = {"enableK8sTokenAuth", "mode", "secretName"}
+AUTOSCALER_OPTIONS = {"env", "envFrom", "idleTimeoutSeconds", "image", "imagePullPolicy",
+                      "resources", "securityContext", "upscalingMode", "version",
+                      "volumeMounts"}
+RAYJOB_SPEC = {"activeDeadlineSeconds", "backoffLimit", "clusterSelector", "deletionStrategy",
+               "entrypoint", "entrypointNumCpus", "entrypointNumGpus", "entrypointResources",
+               "jobId", "managedBy", "metadata", "preRunningDeadlineSeconds", "rayClusterSpec",
+               "runtimeEnvYAML", "shutdownAfterJobFinishes", "submissionMode",
+               "submitterConfig", "submitterPodTemplate", "suspend", "ttlSecondsAfterFinished"}
+SECRET = "geoseg-ray-token"
+
+
+def _check_kuberay_fields(spec: dict[str, Any]) -> None:
+    assert set(spec) <= RAYCLUSTER_SPEC, set(spec) - RAYCLUSTER_SPEC
+    assert set(spec["headGroupSpec"]) <= HEAD_GROUP
+    assert set(spec["authOptions"]) <= AUTH_OPTIONS
+    assert set(spec.get("autoscalerOptions", {})) <= AUTOSCALER_OPTIONS
+    for g in spec["workerGroupSpecs"]:
+        assert set(g) <= WORKER_GROUP, set(g) - WORKER_GROUP
+    for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+
+
+def _validate_k8s(doc: dict[str, Any]) -> None:
+    """Kubernetes' own schemas (strict: unknown fields refused) through kubernetes-validate;
+    KubeRay kinds are checked by their pod templates as Pods, plus the CRD field names."""
+    kv = pytest.importorskip("kubernetes_validate")
+    version = "1.30.0"
+    if doc["apiVersion"].startswith("ray.io/"):
+        spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+        if doc["kind"] == "RayJob":
+            assert set(doc["spec"]) <= RAYJOB_SPEC, set(doc["spec"]) - RAYJOB_SPEC
+        _check_kuberay_fields(spec)
+        for tpl in _templates(spec):
+            kv.validate({"apiVersion": "v1", "kind": "Pod", "metadata": tpl.get("metadata", {}),
+                         "spec": tpl["spec"]}, version, strict=True)
+        return
+    kv.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_manifests_pass_kubernetes_schemas(name: str) -> None:
+    for doc in _docs(name):
+        _validate_k8s(doc)
+
+
 def test_raycluster() -> None:
     docs = _docs("raycluster.yaml")
     rc = _one(docs, "RayCluster")
@@ -65,16 +177,12 @@ def test_raycluster() -> None:
     pvc = _one(docs, "PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == "geoseg-data"
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # every node writes chunks
-    np_ = _one(docs, "NetworkPolicy")
-    assert np_["apiVersion"] == "networking.k8s.io/v1"
-    assert np_["spec"]["podSelector"]["matchLabels"] == {"ray.io/cluster": "geoseg",
-                                                         "ray.io/node-type": "head"}
-    (rule,) = np_["spec"]["ingress"]
-    assert rule["from"] == [{"podSelector": {}}]  # this namespace only
+    _check_exposure(docs, rc["spec"])
 
 
 def test_rayjob() -> None:
-    job = _one(_docs("rayjob.yaml"), "RayJob")
+    docs = _docs("rayjob.yaml")
+    job = _one(docs, "RayJob")
     assert job["apiVersion"] == "ray.io/v1"
     spec = job["spec"]
     args = shlex.split(spec["entrypoint"])
@@ -84,6 +192,7 @@ def test_rayjob() -> None:
     assert spec["shutdownAfterJobFinishes"] is True and spec["backoffLimit"] >= 1
     assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
     _check_ray_cluster_spec(spec["rayClusterSpec"])
+    _check_exposure(docs, spec["rayClusterSpec"], rayjob=job["metadata"]["name"])
     # the entrypoint parses with the real entry point's parser
     from workflows.run_region import _parser
 
@@ -108,6 +217,10 @@ def test_cluster_launcher_passes_rays_validator() -> None:
     assert types["ray.worker.gpu"]["docker"]["worker_image"].endswith("geoseg:0.1.0-gpu")
     head_start = " ".join(cfg["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
+    # token authentication on every node, from a token file the launcher copies there
+    (token_path,) = cfg["file_mounts"]
+    for cmd in (head_start, " ".join(cfg["worker_start_ray_commands"])):
+        assert "RAY_AUTH_MODE=token" in cmd and f"RAY_AUTH_TOKEN_PATH={token_path}" in cmd
     assert "/data" in " ".join(cfg["docker"]["run_options"])
 
 

@@ -44,9 +44,13 @@ class FakeClient:
     def __init__(self, final: _Info, log: str = "") -> None:
         self.final, self.log = final, log
         self.submitted: list[dict[str, Any]] = []
+        self.shipped: list[str] = []  # the working dir's files at submission, as Ray zips them
 
     def submit_job(self, **kw: Any) -> str:
         self.submitted.append(kw)
+        wd = Path(kw["runtime_env"]["working_dir"])
+        self.shipped = sorted(p.relative_to(wd).as_posix() for p in wd.rglob("*")
+                              if p.is_file())
         return "raysubmit_test"
 
     def get_job_info(self, job_id: str) -> _Info:
@@ -74,7 +78,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
 
 def test_submit_ships_project_with_config_path(tmp_path: Path, fake: FakeClient) -> None:
     root = _project(tmp_path / "proj")
-    (root / "big.bin").open("wb").truncate(25 * 2**20)  # sparse: cheap, but "large"
+    (root / "geoseg" / "model.py").write_text("x = 1\n")
+    (root / "big.bin").open("wb").truncate(25 * 2**20)  # outside geoseg/ and workflows/
     cfg = write_config(root / "configs" / "job.yaml",
                        {"image": "/shared/img.tif", "output": "/shared/out"})
     rc, out, err = cluster_cli(["submit", str(cfg), "--working-dir", str(root), "--address",
@@ -87,9 +92,9 @@ def test_submit_ships_project_with_config_path(tmp_path: Path, fake: FakeClient)
                                              "configs/job.yaml", "--output", "/shared/out2",
                                              "--resume"]
     env = kw["runtime_env"]
-    assert env["working_dir"] == str(root.resolve())
-    for pattern in (".git", "/demo/", "*.zarr", ".mypy_cache", "/big.bin"):
-        assert pattern in env["excludes"]
+    assert fake.shipped == ["configs/job.yaml", "geoseg/model.py", "workflows/run_region.py"]
+    assert env["working_dir"] != str(root.resolve())  # a staging copy, removed afterwards
+    assert not Path(env["working_dir"]).exists()
     assert env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
     assert kw["metadata"]["output"] == "/shared/out2"
 
@@ -103,8 +108,9 @@ def test_config_outside_project_travels_inline(tmp_path: Path, fake: FakeClient,
     args = shlex.split(fake.submitted[0]["entrypoint"])
     assert args[:4] == ["python", "-m", "workflows.run_region", "--config-json"]
     assert json.loads(args[4]) == load_job_config(cfg).model_dump(mode="json")
-    # the shipped tree is geoseg's own source tree
-    assert (Path(fake.submitted[0]["runtime_env"]["working_dir"]) / "workflows").is_dir()
+    # the shipped tree is geoseg's own code, and nothing else
+    assert "workflows/run_region.py" in fake.shipped and "geoseg/cli.py" in fake.shipped
+    assert {p.split("/")[0] for p in fake.shipped} == {"geoseg", "workflows"}
 
 
 def test_run_region_accepts_inline_config(tmp_path: Path, region_tif: Path,

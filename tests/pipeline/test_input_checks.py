@@ -1,0 +1,79 @@
+"""Input the planner and workers must not misread (issue 13 C, E): NaN pixels through a whole
+run, and an image with more bands than a model reads."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from geoseg.config import validate_job
+from geoseg.errors import GeoSegWarning
+from geoseg.job import run_job
+from geoseg.plan import make_plan
+from geoseg.runtime.serial import SerialBackend
+from tests.conftest import write_raster
+from tests.pipeline.conftest import textured
+
+
+def _cfg(image: Path, out: Path, models: list[str]) -> object:
+    return validate_job({"image": str(image), "output": str(out), "models": models,
+                         "inference": {"chunk_size": 64, "halo": 32},
+                         "vectors": {"enabled": False},
+                         "runtime": {"threads_per_worker": 1}})
+
+
+def test_nan_pixels_without_nodata_are_fill(tmp_path: Path,
+                                            tiny_bundles: tuple[str, str]) -> None:
+    img = textured(96, 96, seed=4).astype(np.float32)
+    img[:, 10:20, 30:50] = np.nan
+    img[2, 60, 60] = np.inf
+    tif = write_raster(tmp_path / "f.tif", img, descriptions=["red", "green", "blue", "nir"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", ".*declares no nodata", GeoSegWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        res = run_job(_cfg(tif, tmp_path / "o", [tiny_bundles[0]]),  # type: ignore[arg-type]
+                      backend=SerialBackend())
+    assert res.ok
+    lc = np.asarray(zarr.open_group(str(tmp_path / "o" / "predictions.zarr"),
+                                    mode="r")["landcover"][:])  # type: ignore[index]
+    assert (lc[10:20, 30:50] == 255).all() and lc[60, 60] == 255
+    assert (lc != 255).sum() == 96 * 96 - 200 - 1
+
+
+def _six_band(tmp_path: Path, names: list[str] | None) -> Path:
+    img = np.concatenate([textured(64, 64), textured(64, 64, seed=1)[:2]])
+    return write_raster(tmp_path / "six.tif", img, descriptions=names)
+
+
+def test_more_image_bands_than_the_model_reads_warns(tmp_path: Path,
+                                                     tiny_bundles: tuple[str, str]) -> None:
+    tif = _six_band(tmp_path, None)
+    with pytest.warns(GeoSegWarning) as rec:
+        make_plan(_cfg(tif, tmp_path / "o", list(tiny_bundles)))  # type: ignore[arg-type]
+    msgs = [str(w.message) for w in rec if "image bands" in str(w.message)]
+    assert len(msgs) == 2, msgs  # one per model
+    assert ("model landcover reads bands 1, 2, 3, 4 (red, green, blue, nir) of 6 image bands: "
+            "check the band order") in msgs[0]
+    assert msgs[1].startswith("model buildings reads bands 1, 2, 3, 4")
+
+
+def test_named_matching_bands_do_not_warn(tmp_path: Path,
+                                          tiny_bundles: tuple[str, str]) -> None:
+    tif = _six_band(tmp_path, ["red", "green", "blue", "nir", "swir1", "swir2"])
+    with pytest.warns(GeoSegWarning) as rec:  # only "declares no nodata"
+        make_plan(_cfg(tif, tmp_path / "o", list(tiny_bundles)))  # type: ignore[arg-type]
+    assert not [w for w in rec if "image bands" in str(w.message)]
+
+
+def test_as_many_bands_as_read_does_not_warn(tmp_path: Path,
+                                             tiny_bundles: tuple[str, str]) -> None:
+    tif = write_raster(tmp_path / "four.tif", textured(64, 64))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        make_plan(_cfg(tif, tmp_path / "o", [tiny_bundles[0]]))  # type: ignore[arg-type]
+    assert not [w for w in rec if "image bands" in str(w.message)]
