@@ -61,13 +61,22 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give a config YAML path or --config-json, not both")
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from geoseg.config import load_job_config, validate_job
-    from geoseg.errors import GeoSegError
-    from geoseg.job import run_job
     from geoseg.runtime.provenance import code_version
+    from geoseg.runtime.signals import StopOnSignals
 
     v = code_version()
     print(f"geoseg {v['geoseg_version']} (commit {v['git_commit'] or 'unknown'})", flush=True)
+    # `geoseg cancel` (ray job stop) sends SIGTERM: stop cleanly, manifest "cancelled"
+    with StopOnSignals():
+        return _run(a, p)
+
+
+def _run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    from geoseg.config import load_job_config, validate_job
+    from geoseg.errors import GeoSegError
+    from geoseg.job import run_job
+    from geoseg.runtime.signals import exit_code
+
     try:
         if a.config_json is not None:
             try:
@@ -87,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except GeoSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM from `geoseg cancel`
         print("interrupted: finished chunks are kept; rerun with --resume to continue",
               file=sys.stderr)
-        return 130
+        return exit_code(exc)
     print(f"summary: {res.output / 'summary.json'}")
     if res.ok:
         print(f"geoseg job complete: {res.summary['chunks']['total']} chunks "

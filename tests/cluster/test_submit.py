@@ -221,6 +221,11 @@ def test_cancel(local_cluster: LocalCluster, tmp_path: Path, region_tif: Path,
     rc, _, err = cluster_cli(["submit", str(cfg), "--address", local_cluster.url, "--job-id",
                               "geoseg-test-2"])
     assert rc == 0, err
+    manifest = tmp_path / "out" / "manifest.json"
+    deadline = time.monotonic() + 120
+    while not manifest.exists():  # the job is running: cancel it mid-way
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     rc, printed, _ = cluster_cli(["cancel", "geoseg-test-2", "--address", local_cluster.url])
     assert rc == 0 and "--resume" in printed
     from geoseg.runtime import jobs
@@ -229,3 +234,5 @@ def test_cancel(local_cluster: LocalCluster, tmp_path: Path, region_tif: Path,
     while (st := jobs.state("geoseg-test-2", local_cluster.url)).status != "STOPPED":
         assert time.monotonic() < deadline, st
         time.sleep(1)
+    # the entrypoint got SIGTERM and said so: never "running" for a job that is gone
+    assert json.loads(manifest.read_text())["status"] == "cancelled"
