@@ -4,6 +4,7 @@
     python -m benchmarks.bench_pipeline --size 4096 --size 16384 \
         --only geoseg                                              # memory vs raster size
     python -m benchmarks.bench_pipeline --model demo               # the shipped demo bundle
+    python -m benchmarks.bench_pipeline --model null --only geoseg # the pipeline's own cost
 
 Every figure in one table comes from one run of this script on one machine; compare ratios, not
 absolute numbers (these machines vary ±12% run to run). Memory is the peak PSS summed over the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -69,6 +71,7 @@ def by_role(roles: dict[int, tuple[str, int]]) -> dict[str, float]:
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``cmd``; return wall seconds, peak tree PSS and the last JSON line it printed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child's CPU once it exits
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, cwd=ROOT)
@@ -92,6 +95,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
     stop.set()
     th.join()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
     last = {}
@@ -99,8 +104,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
         if line.startswith("{"):
             last = json.loads(line)
             break
-    return {"wall_s": wall, "peak_pss_gb": peak / 2**30, "peak_by_role_gb": by_role(roles),
-            **last}
+    return {"wall_s": wall, "cpu_s": cpu, "peak_pss_gb": peak / 2**30,
+            "peak_by_role_gb": by_role(roles), **last}
 
 
 def reference_bundle(root: Path) -> Path:
@@ -122,7 +127,37 @@ def reference_bundle(root: Path) -> Path:
                       tile_size=512, pixel_size=0.5)
     torch.manual_seed(0)
     out = root / "ref-bundle"
-    save_bundle(build_model(spec), spec, out, dtype="float32")
+    if not (out / "model.onnx").exists():
+        from geoseg.models.onnx import export_onnx
+
+        save_bundle(build_model(spec), spec, out, dtype="float32")
+        export_onnx(out)  # `geoseg export BUNDLE --onnx`: engine auto runs it on CPUs
+    return out
+
+
+def null_bundle(root: Path) -> Path:
+    """A near-free model (one 1×1 convolution, 3 bands → 5 classes) as an ONNX-only bundle:
+    runs the whole pipeline with the model taken out, to measure the pipeline's own cost."""
+    import torch
+    import yaml
+
+    out = root / "null-bundle"
+    if (out / "model.onnx").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 1).eval()
+    torch.onnx.export(conv, (torch.zeros(1, 3, 64, 64),), str(out / "model.onnx"),
+                      input_names=["x"], output_names=["logits"], opset_version=17,
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"},
+                                    "logits": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+    names = ("bare", "building", "road", "vegetation", "water")
+    (out / "bundle.yaml").write_text(yaml.safe_dump({
+        "name": "null-1x1", "version": "0", "task": "landcover",
+        "architecture": {"name": "unet"}, "bands": [1, 2, 3],
+        "normalization": {"mean": [110.0] * 3, "std": [50.0] * 3},
+        "classes": [{"id": i, "name": n, "color": "#808080"} for i, n in enumerate(names)],
+        "tile_size": 512, "onnx": "model.onnx"}, sort_keys=False))
     return out
 
 
@@ -169,21 +204,58 @@ def _mosaic(src_path: Path, size: int, out: Path) -> Path:
     return out
 
 
+def _stage_profile(summary: dict[str, Any], wall: float, cpu: float) -> list[str]:
+    """CPU-s (or driver wall-s) per Mpx of each stage, from the run's summary."""
+    mpx = summary["throughput"]["pixels"] / 1e6
+    st, t = summary["stage_cpu_s"], summary["timings_s"]
+    rows = [(k.removesuffix("_s"), v) for k, v in sorted(st.items())]
+    rows += [("vectorize tasks", t.get("vectorize_task_s", 0.0)),
+             ("seam merge + GeoPackage (writer thread)", t.get("gpkg_append_s", 0.0)),
+             ("final merge wait", t.get("vector_merge_s", 0.0)),
+             ("COG export", t.get("cog_s", 0.0)), ("quicklook", t.get("quicklook_s", 0.0)),
+             ("plan, manifest, store (driver)", t.get("setup_s", 0.0)),
+             ("model load", t.get("model_load_s", 0.0)),
+             ("process start + exit (outside run_job)", wall - t["total_s"])]
+    out = [f"    {name:<42} {v / mpx:>7.3f} s/Mpx" for name, v in rows]
+    out.append(f"    {'whole run, CPU-s of the process tree':<42} {cpu / mpx:>7.3f} CPU-s/Mpx "
+               f"({cpu:.1f} CPU-s over {wall:.1f} s wall)")
+    return out
+
+
+def _geoseg(img: str, out: Path, bundle: str, a: argparse.Namespace, vectors: bool,
+            size: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "geoseg", "-q", "run", img, "-o", str(out), "--overwrite",
+           "-m", bundle, "--chunk-size", str(a.chunk_size), "--halo", str(a.halo)]
+    if not vectors:
+        cmd.append("--no-vectors")
+    res = measure(cmd)
+    summ = json.loads((out / "summary.json").read_text())
+    res["px_per_s"] = size * size / res["wall_s"]
+    res["summary"] = summ
+    res["engine"] = next(iter(summ["engines"].values()))
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", type=int, action="append")
-    p.add_argument("--model", choices=["reference", "demo"], default="reference")
+    p.add_argument("--model", choices=["reference", "demo", "null"], default="reference",
+                   help="reference: U-Net R18 (torch weights + ONNX graph); demo: the shipped "
+                        "land-cover bundle; null: a 1x1 convolution (the pipeline's own cost)")
     p.add_argument("--only", choices=["all", "geoseg"], default="all")
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--halo", type=int, default=64)
-    p.add_argument("--vectors", choices=["on", "off"], default="on")
+    p.add_argument("--vectors", choices=["on", "off", "both"], default="both")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "geoseg-bench"))
     a = p.parse_args()
     sizes = a.size or [4096]
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    bundle = str(reference_bundle(work)) if a.model == "reference" else "landcover"
-    if a.model == "demo":
+    if a.model == "reference":
+        bundle = str(reference_bundle(work))
+    elif a.model == "null":
+        bundle = str(null_bundle(work))
+    else:
         from geoseg.bundle import builtin_bundle
 
         bundle = str(builtin_bundle("landcover"))
@@ -192,45 +264,56 @@ def main() -> None:
     for size in sizes:
         img = str(scene(size, work))
         if a.only == "all":
-            rows.append(("forward, no overlap (limit)", size, measure(
-                [py, "-m", "benchmarks.variants", "forward", img, bundle])))
-            rows.append(("forward, 64-px-overlap tiling", size, measure(
+            for engine in ("torch", "onnx"):
+                if engine == "onnx" and not (Path(bundle) / "model.onnx").exists():
+                    continue
+                rows.append((f"forward {engine}, no overlap (limit)", size, measure(
+                    [py, "-m", "benchmarks.variants", "forward", img, bundle, "--engine",
+                     engine])))
+            rows.append(("forward torch, 64-px-overlap tiling", size, measure(
                 [py, "-m", "benchmarks.variants", "forward", img, bundle, "--overlap", "64"])))
-            rows.append(("naive loop (scene array → GeoTIFF → GPKG)", size, measure(
+            rows.append(("naive loop, torch (scene array → GeoTIFF → GPKG)", size, measure(
                 [py, "-m", "benchmarks.variants", "naive", img, bundle, str(work / "naive")])))
-        out = work / f"geoseg-{size}"
-        cmd = [py, "-m", "geoseg", "-q", "run", img, "-o", str(out), "--overwrite", "-m", bundle,
-               "--chunk-size", str(a.chunk_size), "--halo", str(a.halo)]
-        if a.vectors == "off":
-            cmd.append("--no-vectors")
-        res = measure(cmd)
-        summ = json.loads((out / "summary.json").read_text())
-        res["px_per_s"] = size * size / res["wall_s"]
-        res["px_per_s_chunks"] = summ["throughput"]["px_per_s_chunks"]
-        res["features"] = summ["features"]
-        rows.append(("geoseg run (Zarr + COG + GPKG, wall incl. start-up)", size, res))
+        for vectors in ((True, False) if a.vectors == "both" else (a.vectors == "on",)):
+            res = _geoseg(img, work / f"geoseg-{size}-{int(vectors)}", bundle, a, vectors, size)
+            what = "Zarr + COG + GPKG" if vectors else "--no-vectors: Zarr + COG"
+            rows.append((f"geoseg run, {res['engine']} ({what})", size, res))
     print(f"\nmodel: {a.model} ({bundle}); chunk {a.chunk_size}, halo {a.halo}; "
           f"{psutil.cpu_count()} cores")
-    print(f"{'what':<52} {'size':>6} {'Mpx/s':>7} {'wall s':>8} {'peak PSS GB':>12}")
+    print(f"{'what':<56} {'size':>6} {'Mpx/s':>7} {'wall s':>8} {'CPU s':>7} {'peak PSS GB':>12}")
     for name, size, r in rows:
-        print(f"{name:<52} {size:>6} {r['px_per_s'] / 1e6:>7.3f} {r['wall_s']:>8.1f} "
-              f"{r['peak_pss_gb']:>12.2f}")
-    limit = {s: r["px_per_s"] for n, s, r in rows if n.startswith("forward, no overlap")}
+        print(f"{name:<56} {size:>6} {r['px_per_s'] / 1e6:>7.3f} {r['wall_s']:>8.1f} "
+              f"{r['cpu_s']:>7.1f} {r['peak_pss_gb']:>12.2f}")
     print()
-    for name, size, r in rows:
-        if size in limit and not name.startswith("forward, no"):
-            print(f"ratio  {name} / forward-no-overlap @ {size}: "
-                  f"{r['px_per_s'] / limit[size]:.3f}")
-    gs = [(s, r) for n, s, r in rows if n.startswith("geoseg")]
-    for s_, r in gs:
-        top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["peak_by_role_gb"].items())[:6])
-        print(f"peak PSS by process role @ {s_} (GB, each process's own peak): {top}")
+    for size in sizes:
+        at = {n: r for n, s, r in rows if s == size}
+        naive = next((r for n, r in at.items() if n.startswith("naive")), None)
+        for name, r in at.items():
+            if not name.startswith("geoseg"):
+                continue
+            limit = at.get(f"forward {r['engine']}, no overlap (limit)")
+            parts = []
+            if naive is not None:
+                parts.append(f"{r['px_per_s'] / naive['px_per_s']:.2f}× the naive loop")
+                parts.append(f"memory {r['peak_pss_gb'] / naive['peak_pss_gb']:.2f}× its")
+            if limit is not None:
+                parts.append(f"{r['px_per_s'] / limit['px_per_s']:.2f}× the {r['engine']} "
+                             "forward-only limit")
+            print(f"ratio @ {size}: {name}: " + ", ".join(parts))
+        for name, r in at.items():
+            if name.startswith("geoseg"):
+                print(f"where the time goes @ {size}, {name}:")
+                print("\n".join(_stage_profile(r["summary"], r["wall_s"], r["cpu_s"])))
+                top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["peak_by_role_gb"].items())[:6])
+                print(f"    peak PSS by process role (GB): {top}")
+    gs = [(s, r) for n, s, r in rows if n.startswith("geoseg") and "no-vectors" not in n]
     if len(gs) > 1:
         (s0, r0), (s1, r1) = gs[0], gs[-1]
         print(f"memory geoseg {s1}² / {s0}²: {r1['peak_pss_gb'] / r0['peak_pss_gb']:.3f} "
               f"({r0['peak_pss_gb']:.2f} → {r1['peak_pss_gb']:.2f} GB)")
     (work / "results.json").write_text(json.dumps(
-        [{"what": n, "size": s, **r} for n, s, r in rows], indent=2, default=str))
+        [{"what": n, "size": s, **{k: v for k, v in r.items() if k != "summary"}}
+         for n, s, r in rows], indent=2, default=str))
 
 
 if __name__ == "__main__":

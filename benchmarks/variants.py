@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -25,11 +26,15 @@ def _tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     return [(y, x) for y in ys for x in xs]
 
 
-def forward(image: str, bundle: str, overlap: int, tile: int, batch: int) -> dict[str, float]:
-    """Model time alone over a tiling of the image (reads excluded from the clock)."""
-    from geoseg.models.predictor import Predictor
+def forward(image: str, bundle: str, overlap: int, tile: int, batch: int,
+            engine: str = "torch") -> dict[str, float]:
+    """Model time alone over a tiling of the image (reads excluded from the clock), softmax
+    included, with ``engine`` (torch: PyTorch eager, as users write it; onnx: onnxruntime)."""
+    import os
 
-    pred = Predictor(bundle, num_threads=2)
+    from geoseg.models.onnx_predictor import load_predictor
+
+    pred: Any = load_predictor(bundle, "cpu", os.cpu_count() or 1, engine)  # type: ignore[arg-type]
     bands = list(pred.spec.bands)
     with rasterio.open(image) as src:
         h, w = src.height, src.width
@@ -93,9 +98,10 @@ def main() -> None:
     p.add_argument("--overlap", type=int, default=0)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch")
     a = p.parse_args()
     if a.variant == "forward":
-        res = forward(a.image, a.bundle, a.overlap, a.tile, a.batch)
+        res = forward(a.image, a.bundle, a.overlap, a.tile, a.batch, a.engine)
     else:
         res = naive(a.image, a.bundle, a.out or "/tmp/naive", a.tile, 64)
     print(json.dumps(res))

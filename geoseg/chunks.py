@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from rasterio.errors import RasterioIOError
@@ -20,12 +20,20 @@ from geoseg.io import read_window
 from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
 from geoseg.region import region_mask
-from geoseg.stitch import classify, predict_window
+from geoseg.stitch import Crop, classify, pad_to_multiple, predict_window, single_pass
 from geoseg.store import FILL, chunk_files, write_chunk
 
 
 class ProbaModel(Protocol):
     def predict_proba(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class CoreModel(ProbaModel, Protocol):
+    """A model that classifies one tile's core itself (on its device: only uint8 comes back)."""
+
+    semantic: bool
+
+    def predict_core(self, x: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -76,21 +84,30 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
     rs, cs = core.slices()
     valid_core = inp.valid[rs, cs]
     out: dict[str, np.ndarray] = {}
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"read_s": inp.read_s}
     for ref in plan.models:
         t0 = time.perf_counter()
         idx = [plan.bands.index(b) for b in ref.spec.bands]
         x = inp.data[idx]
         mean = np.asarray(ref.spec.normalization.mean, dtype=np.float32)[:, None, None]
         x = np.where(inp.valid[None], x, mean)  # nodata → band mean (0 after normalising)
-        if valid_core.any():
-            probs = predict_window(x, models[ref.name].predict_proba, ref.spec.num_classes,
+        model = models[ref.name]
+        if not valid_core.any():  # nothing to predict (collar, outside region): skip the model
+            cls = np.full(core.shape, FILL, np.uint8)
+            conf = np.zeros(core.shape, np.uint8)
+        elif single_pass(x.shape[1], x.shape[2], plan.tile) and getattr(model, "semantic",
+                                                                        False):
+            # one forward pass, no blending: classes and confidence of the core straight from
+            # the logits (no softmax over the halo, no blending buffers)
+            cls, conf = cast(CoreModel, model).predict_core(
+                pad_to_multiple(x, plan.tile)[None], (rs, cs))
+            cls = np.where(valid_core, cls, np.uint8(FILL))
+            conf = np.where(valid_core, conf, np.uint8(0))
+        else:
+            probs = predict_window(x, model.predict_proba, ref.spec.num_classes,
                                    tile=plan.tile, overlap=plan.overlap,
                                    batch_size=plan.batch_size)
             cls, conf = classify(probs[:, rs, cs], valid_core, FILL)
-        else:  # nothing to predict (collar, outside region): skip the model
-            cls = np.full(core.shape, FILL, np.uint8)
-            conf = np.zeros(core.shape, np.uint8)
         out[ref.name] = cls
         out[f"{ref.name}_confidence"] = conf
         timings[f"predict_{ref.name}_s"] = time.perf_counter() - t0

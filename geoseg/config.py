@@ -89,6 +89,10 @@ class RuntimeConfig(_Strict):
     """Where and how wide to run; does not change results."""
 
     address: str | None = None
+    # where chunks run: "local" (threads of this process), "ray" (a local or remote Ray), or
+    # "auto": Ray when an address is given (or RAY_ADDRESS, or Ray is already initialised),
+    # else local
+    executor: Literal["auto", "local", "ray"] = "auto"
     workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int | None = Field(default=None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -80,7 +81,22 @@ class JobResult:
         return not self.failed
 
 
+def executor(cfg: JobConfig) -> str:
+    """``local`` or ``ray`` for the configured executor (``auto``: Ray when there is a cluster
+    to join: an address, RAY_ADDRESS, or a Ray this process already initialised)."""
+    want = cfg.runtime.executor
+    if want != "auto":
+        return want
+    ray = sys.modules.get("ray")
+    joined = ray is not None and ray.is_initialized()
+    return "ray" if cfg.runtime.address or os.environ.get("RAY_ADDRESS") or joined else "local"
+
+
 def default_backend(cfg: JobConfig) -> Backend:
+    if executor(cfg) == "local":
+        from geoseg.runtime.local import LocalBackend
+
+        return LocalBackend()
     from geoseg.runtime.ray_backend import RayBackend, ensure_ray
 
     ensure_ray(cfg.runtime.address, cfg.runtime.num_cpus)
@@ -93,12 +109,20 @@ def _backend_gpus(backend: Backend) -> int | None:
     return int(gpus()) if callable(gpus) else None
 
 
-def resolve_device(want: str, gpus: int | None = None) -> str:
-    """``auto``: cuda when the cluster (``gpus``, if known) or else this host has a GPU."""
+def resolve_device(want: str, gpus: int | None = None, torch_free: bool = False) -> str:
+    """``auto``: cuda when the cluster (``gpus``, if known) or else this host has a GPU.
+
+    ``torch_free``: every model runs on onnxruntime, so ask it, not torch (whose import alone
+    costs ~500 MB)."""
     if want != "auto":
         return want
     if gpus is not None:
         return "cuda" if gpus > 0 else "cpu"
+    if torch_free:
+        from geoseg.engine import import_onnxruntime
+
+        cuda = "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
+        return "cuda" if cuda else "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -261,37 +285,47 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
     if backend is None:
         backend = default_backend(cfg)
     gpus = _backend_gpus(backend)
-    device = resolve_device(cfg.runtime.device, gpus)
+    device = resolve_device(cfg.runtime.device, gpus,
+                            torch_free=all(m.engine == "onnx" for m in plan.models))
     workers, threads = _width(cfg, device, gpus)
 
     sink = None
     vector_fn = None
     if cfg.vectors.enabled:
-        from geoseg.features import GeoPackageSink, vectorize_chunk
+        from geoseg.features import BackgroundSink, GeoPackageSink, vectorize_chunk
 
         common = {"source_image": Path(plan.image.path).name,
                   "acquisition_date": plan.image.acquisition_date or ""}
-        sink = GeoPackageSink(layout.gpkg, plan, common)
+        sink = BackgroundSink(GeoPackageSink(layout.gpkg, plan, common))
         vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors)
     done_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size for k in manifest.done)
     rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter())
     t0 = time.perf_counter()
-    report = backend.run(plan, store, todo, list(plan.chunks) if sink else None, vector_fn, rec,
-                         workers=workers, threads=threads, device=device,
-                         gpus_per_worker=cfg.runtime.gpus_per_worker,
-                         max_in_flight=cfg.runtime.max_in_flight or 2 * workers + 2,
-                         retries=cfg.runtime.chunk_retries)
+    setup_s = t0 - t_start
+    try:
+        report = backend.run(plan, store, todo, list(plan.chunks) if sink else None, vector_fn,
+                             rec, workers=workers, threads=threads, device=device,
+                             gpus_per_worker=cfg.runtime.gpus_per_worker,
+                             max_in_flight=cfg.runtime.max_in_flight or 2 * workers + 2,
+                             retries=cfg.runtime.chunk_retries)
+    except BaseException:
+        if sink is not None:
+            sink.close()  # the writer thread ends; the partial GeoPackage keeps its temp name
+        raise
     failed = list(report.failed)
     # a run never says "complete" while a chunk is missing or not what was written
     if not failed:
         failed += _missing(plan, store, manifest)
     t_chunks = time.perf_counter() - t0
-    timings: dict[str, float] = {"chunks_s": round(t_chunks, 3)}
+    timings: dict[str, float] = {"setup_s": round(setup_s, 3),
+                                 "model_load_s": round(report.load_s, 3),
+                                 "chunks_s": round(t_chunks, 3)}
     t1 = time.perf_counter()
     with storage_errors(layout.gpkg):
         counts = sink.finish() if sink is not None else {}
     timings["vector_merge_s"] = round(time.perf_counter() - t1, 3)
     timings["vectorize_task_s"] = round(rec.vector_s, 3)
+    timings["gpkg_append_s"] = round(sink.busy_s if sink is not None else 0.0, 3)
     outputs: dict[str, str] = {"zarr": store}
     if counts:
         outputs["gpkg"] = str(layout.gpkg)
@@ -304,13 +338,17 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
                 with storage_errors(layout.cog(m.name)):
                     outputs[f"cog_{m.name}"] = str(export_cog(plan, store, m.name,
                                                               layout.cog(m.name)))
+        timings["cog_s"] = round(time.perf_counter() - t2, 3)
         if cfg.outputs.quicklook:
+            t3 = time.perf_counter()
             with storage_errors(layout.quicklook):
                 outputs["quicklook"] = str(quicklook(plan, store, layout.quicklook))
+            timings["quicklook_s"] = round(time.perf_counter() - t3, 3)
     timings["exports_s"] = round(time.perf_counter() - t2, 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
     summary = _summary(cfg, plan, manifest, failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
+    summary["runtime"]["backend"] = type(backend).__name__
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
     status = "complete" if not failed else f"completed with {len(failed)} failed chunks"
     manifest.update(status=status)

@@ -7,6 +7,7 @@ as one clear :class:`GeoSegError`.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from geoseg.bundle import BundleSpec, builtin_bundle, read_spec
 from geoseg.config import JobConfig
-from geoseg.engine import Engine, RunEngine, model_file, resolve_engine
+from geoseg.engine import Engine, RunEngine, model_file, onnx_fits, resolve_engine
 from geoseg.errors import BandMismatchError, BundleError, GeoSegWarning, RegionError
 from geoseg.grid import ChunkGrid, GeoBox, Window
 from geoseg.io import RasterInfo, open_info
@@ -87,7 +88,8 @@ def _digest(bundle: Path, spec: BundleSpec, engine: RunEngine) -> str:
     return h.hexdigest()[:16]
 
 
-def load_models(names: tuple[str, ...], engine: Engine = "auto") -> tuple[ModelRef, ...]:
+def load_models(names: tuple[str, ...], engine: Engine = "auto",
+                onnx_ok: bool = False) -> tuple[ModelRef, ...]:
     """Resolve each bundle and the engine that runs it (``engine`` applies to every bundle;
     ``auto`` chooses per bundle), and check the model file it will run (see
     :mod:`geoseg.models.preflight`), so that a bad file stops the job here, not in a worker."""
@@ -99,7 +101,7 @@ def load_models(names: tuple[str, ...], engine: Engine = "auto") -> tuple[ModelR
         spec = read_spec(path)
         if any(r.name == spec.task for r in refs):
             raise BundleError(f"two models for the same task {spec.task!r}: give one per task")
-        run = resolve_engine(spec, path, engine)
+        run = resolve_engine(spec, path, engine, onnx_ok)
         # every tensor is compared here when torch is loaded anyway (tests, serial runs);
         # else the model actor does it as it loads the weights
         check_model_file(spec, path, run, architecture="torch" in sys.modules)
@@ -148,7 +150,9 @@ def region_of(cfg: JobConfig) -> Region | None:
 
 def make_plan(cfg: JobConfig) -> Plan:
     image = open_info(cfg.image)
-    models = load_models(cfg.models, cfg.inference.engine)
+    remote = bool(cfg.runtime.address or os.environ.get("RAY_ADDRESS"))
+    models = load_models(cfg.models, cfg.inference.engine,
+                         onnx_ok=onnx_fits(cfg.runtime.device, remote))
     check_bands(image, models)
     window, region = clip_grid(image.geobox, region_of(cfg))
     if window.height < 1 or window.width < 1:

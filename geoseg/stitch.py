@@ -59,6 +59,28 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+Crop = tuple[slice, slice]
+"""Rows and columns of a chunk's core inside its context window."""
+
+
+def pad_to_multiple(image: np.ndarray, tile: int, multiple: int = 32) -> np.ndarray:
+    """``image`` (C, H, W) padded at the far edges (reflect, or edge when too small) to the
+    tile grid's size: a multiple of ``multiple`` up to ``tile``, never smaller than the image."""
+    _c, h, w = image.shape
+    ph, pw = max(min(tile, round_up(h, multiple)), h), max(min(tile, round_up(w, multiple)), w)
+    if (ph, pw) == (h, w):
+        return image
+    pads = ((0, 0), (0, ph - h), (0, pw - w))
+    if h > 1 and w > 1 and ph - h < h and pw - w < w:
+        return np.pad(image, pads, mode="reflect")
+    return np.pad(image, pads, mode="edge")
+
+
+def single_pass(h: int, w: int, tile: int, multiple: int = 32) -> bool:
+    """Whether an (h, w) window is predicted in one forward pass (no blending)."""
+    return round_up(h, multiple) <= tile and round_up(w, multiple) <= tile
+
+
 def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile: int,
                    overlap: int, batch_size: int, multiple: int = 32) -> np.ndarray:
     """Blend model probabilities over ``image`` (C, H, W) → (K, H, W) float32.
@@ -70,13 +92,8 @@ def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile:
     _c, h, w = image.shape
     th = min(tile, round_up(h, multiple))
     tw = min(tile, round_up(w, multiple))
-    ph, pw = max(th, h), max(tw, w)
-    if (ph, pw) != (h, w):
-        pads = ((0, 0), (0, ph - h), (0, pw - w))
-        if h > 1 and w > 1 and ph - h < h and pw - w < w:
-            image = np.pad(image, pads, mode="reflect")
-        else:
-            image = np.pad(image, pads, mode="edge")
+    image = pad_to_multiple(image, tile, multiple)
+    ph, pw = image.shape[1:]
     ys = axis_layout(ph, th, overlap)
     xs = axis_layout(pw, tw, overlap)
     wy = ramp_weight(th, overlap if len(ys.starts) > 1 else 0)
@@ -107,4 +124,18 @@ def classify(probs: np.ndarray, valid: np.ndarray,
     conf = np.rint(np.max(probs, axis=0) * 255.0).astype(np.uint8)
     cls[~valid] = fill
     conf[~valid] = 0
+    return cls, conf
+
+
+def classify_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids and confidence (uint8 0..255 of the max softmax probability) straight from
+    (K, H, W) logits: argmax of logits = argmax of probabilities, and the max probability is
+    1 / sum(exp(l - max l)), so no full softmax is computed. Invalid pixels are masked by the
+    caller."""
+    top = logits.max(axis=0)
+    cls = logits.argmax(axis=0).astype(np.uint8)
+    total = np.zeros(top.shape, np.float32)
+    for k in range(logits.shape[0]):
+        total += np.exp(logits[k] - top)
+    conf = np.rint(255.0 / total).astype(np.uint8)
     return cls, conf

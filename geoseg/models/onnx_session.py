@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from geoseg.bundle import BundleSpec
 from geoseg.engine import import_onnxruntime
@@ -31,11 +30,21 @@ def _dim(d: Any) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
-def providers_for(device: torch.device, available: list[str]) -> list[Any]:
+def device_parts(device: Any) -> tuple[str, int | None]:
+    """(type, index) of a ``torch.device`` or a device string such as ``cuda:1`` (no torch
+    import: an ONNX model runs without torch)."""
+    if hasattr(device, "type"):
+        return str(device.type), device.index
+    kind, _, index = str(device).partition(":")
+    return kind, int(index) if index else None
+
+
+def providers_for(device: Any, available: list[str]) -> list[Any]:
     """CUDA first on a cuda device when onnxruntime has it, CPU always last."""
-    if device.type == "cuda":
+    kind, index = device_parts(device)
+    if kind == "cuda":
         if CUDA in available:
-            return [(CUDA, {"device_id": device.index or 0}), CPU]
+            return [(CUDA, {"device_id": index or 0}), CPU]
         warnings.warn(GeoSegWarning(
             f"device {device} asked for, but this onnxruntime has no {CUDA}: running ONNX "
             "on the CPU (install onnxruntime-gpu for GPU inference)"), stacklevel=3)
@@ -46,7 +55,7 @@ class OnnxSession:
     """One inference session; ``num_threads`` sets its intra-op thread count (None: all cores,
     onnxruntime's default)."""
 
-    def __init__(self, path: Path, spec: BundleSpec, device: torch.device,
+    def __init__(self, path: Path, spec: BundleSpec, device: Any,
                  num_threads: int | None = None) -> None:
         ort = import_onnxruntime()
         opts = ort.SessionOptions()
@@ -54,6 +63,9 @@ class OnnxSession:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3  # errors only: exporter-made graphs trigger info chatter
+        # onnxruntime's CPU arena keeps its high-water mark for good: 1.18 GB RSS after one
+        # 1152² U-Net-R18 pass with it, 0.46 GB without, at the same speed (2-core machine)
+        opts.enable_cpu_mem_arena = False
         available = list(ort.get_available_providers())
         providers = providers_for(device, available)
         try:
@@ -64,7 +76,7 @@ class OnnxSession:
                               f"({type(exc).__name__}: {str(exc).strip()[:300]}): "
                               "re-export the model") from exc
         self.providers: list[str] = list(self.session.get_providers())
-        if device.type == "cuda" and CUDA in available and CUDA not in self.providers:
+        if device_parts(device)[0] == "cuda" and CUDA in available and CUDA not in self.providers:
             warnings.warn(GeoSegWarning(
                 f"onnxruntime could not start {CUDA} (CUDA/cuDNN libraries?): running ONNX on "
                 "the CPU"), stacklevel=2)

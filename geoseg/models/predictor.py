@@ -28,6 +28,7 @@ from geoseg.models.factory import build_model, is_semantic
 from geoseg.models.maskrcnn import class_layout, instances_to_proba
 from geoseg.models.onnx_session import OnnxSession
 from geoseg.models.weights import load_weights
+from geoseg.stitch import Crop, classify_logits
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,26 @@ class Predictor:
             logits = self.model(t)
         probs = torch.softmax(logits.float(), dim=1)
         return probs.cpu().numpy().astype(np.float32, copy=False)
+
+    def predict_core(self, x: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
+        """Class ids and confidence (uint8) of one raw tile ``(1, C, H, W)`` inside ``crop``,
+        computed on the model's device (argmax and max probability there; on a GPU only the
+        two uint8 planes come back), as :func:`geoseg.stitch.classify_logits` on the CPU."""
+        if self._session is not None or not self.semantic:
+            from geoseg.stitch import classify
+
+            probs = self.predict_proba(x)[0][:, crop[0], crop[1]]
+            return classify(probs, np.ones(probs.shape[1:], bool))
+        t = self._prepare(x)
+        with torch.inference_mode(), self._autocast():
+            logits = self.model(t)[0][:, crop[0], crop[1]].float()
+        if self.device.type == "cpu":
+            return classify_logits(logits.numpy())
+        with torch.inference_mode():
+            top, ids = logits.max(dim=0)
+            scaled = torch.round(255.0 / torch.exp(logits - top).sum(dim=0))
+            return (ids.to(torch.uint8).cpu().numpy(),
+                    scaled.clamp(0, 255).to(torch.uint8).cpu().numpy())
 
     def predict_classes(self, x: np.ndarray) -> np.ndarray:
         """Most probable class id per pixel ``(N, H, W)`` uint8."""

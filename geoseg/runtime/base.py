@@ -24,6 +24,7 @@ class StageReport:
     done: int = 0
     failed: list[ChunkFailure] = field(default_factory=list)
     vectorized: int = 0
+    load_s: float = 0.0  # loading the models (where the backend knows it)
 
 
 class Callbacks(Protocol):

@@ -85,16 +85,11 @@ class ModelWorker:
     """Holds every model of the job, loaded once per actor."""
 
     def __init__(self, plan: Plan, device: str, threads: int) -> None:
-        import torch
+        from geoseg.runtime.local import load_models
 
-        from geoseg.models.predictor import Predictor
-
-        torch.set_num_threads(threads)
         self.error: GeoSegError | None = None
-        try:
-            self.models = {m.name: Predictor(m.path, device=device, num_threads=threads,
-                                             engine=m.engine)
-                           for m in plan.models}
+        try:  # torch is imported only for models that run on it
+            self.models = load_models(plan, device, threads)
         except GeoSegError as exc:  # a bad model file: reported by ping, in one line
             self.error = exc
 

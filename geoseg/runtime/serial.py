@@ -20,10 +20,9 @@ class SerialBackend:
             vector_fn: VectorFn | None, cb: Callbacks, *, workers: int = 1, threads: int = 1,
             device: str = "cpu", gpus_per_worker: float = 1.0, max_in_flight: int = 1,
             retries: int = 0) -> StageReport:
-        from geoseg.models.predictor import Predictor
+        from geoseg.runtime.local import load_models
 
-        models = {m.name: Predictor(m.path, device=device, num_threads=threads, engine=m.engine)
-                  for m in plan.models}
+        models = load_models(plan, device, threads)
         report = StageReport()
         todo_ids = {c.index for c in todo}
         gate = NeighbourGate(plan.chunks, vectorize or [],

@@ -7,7 +7,7 @@ exact. Only the final geometry is mapped through the grid's affine transform int
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ import rasterio.features
 import shapely
 from affine import Affine
 from pyproj import CRS
-from shapely.geometry import MultiPolygon, Polygon, shape
+from shapely.geometry import MultiPolygon, Polygon
 
 from geoseg.errors import CRSError, InputError
 
@@ -112,36 +112,61 @@ def trace_labels(labels: np.ndarray, row_off: int, col_off: int) -> Iterator[tup
     pixel coordinates (the array's top-left pixel is at ``row_off``, ``col_off``)."""
     lab = np.ascontiguousarray(labels, dtype=np.int32)
     transform = Affine.translation(col_off, row_off)
+    values: list[int] = []
+    rings: list[np.ndarray] = []
+    ring_ends = [0]  # polygon i has rings ring_ends[i]:ring_ends[i + 1]
     for geom, value in rasterio.features.shapes(lab, mask=lab != 0, connectivity=4,
                                                 transform=transform):
-        yield int(value), as_polygon(shape(geom))
+        values.append(int(value))
+        rings.extend(np.asarray(r, dtype=np.float64) for r in geom["coordinates"])
+        ring_ends.append(len(rings))
+    if not values:
+        return
+    # one C call builds every polygon (shapely.geometry.shape would walk each vertex in Python)
+    coords = np.concatenate(rings)
+    ring_offsets = np.concatenate([[0], np.cumsum([len(r) for r in rings])])
+    polys = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords,
+                                      (ring_offsets, np.asarray(ring_ends)))
+    valid = shapely.is_valid(polys)
+    for value, poly, ok in zip(values, polys, valid, strict=True):
+        yield value, poly if ok else as_polygon(poly)
 
 
 def drop_collinear(poly: Polygon) -> Polygon:
     """Remove vertices where a ring runs straight on (exact for integer pixel coordinates);
-    seam unions leave such vertices where the chunk grid crossed a boundary."""
-    def ring(coords: np.ndarray) -> np.ndarray:
-        pts = coords[:-1]
-        if len(pts) <= 4:
-            return coords
-        d_in = pts - np.roll(pts, 1, axis=0)
-        d_out = np.roll(pts, -1, axis=0) - pts
-        cross = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
-        dot = (d_in * d_out).sum(axis=1)
-        keep = ~((cross == 0) & (dot > 0))
-        kept = pts[keep]
-        return np.vstack([kept, kept[:1]])
-
+    seam unions leave such vertices where the chunk grid crossed a boundary. Rings of at most
+    four vertices are kept as they are. All rings at once, in numpy (a region spanning the
+    raster has tens of thousands of holes)."""
     if poly.is_empty:
         return poly
-    shell = ring(np.asarray(poly.exterior.coords))
-    holes = [ring(np.asarray(h.coords)) for h in poly.interiors]
-    return Polygon(shell, holes)
+    _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(np.asarray([poly], dtype=object))
+    counts = np.diff(ring_off)
+    ring = np.repeat(np.arange(len(counts)), counts)
+    start = ring_off[:-1][ring]
+    distinct = (counts - 1)[ring]
+    pos = np.arange(len(xy)) - start
+    closing = pos == distinct
+    safe = np.maximum(distinct, 1)
+    d_in = xy - xy[start + (pos - 1) % safe]
+    d_out = xy[start + (pos + 1) % safe] - xy
+    cross = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
+    dot = (d_in * d_out).sum(axis=1)
+    keep = ~closing & ~((cross == 0) & (dot > 0) & (distinct > 4))
+    kept = np.flatnonzero(keep)
+    per_ring = np.bincount(ring[kept], minlength=len(counts))
+    first = kept[np.concatenate([[0], np.cumsum(per_ring)[:-1]])]
+    new_off = np.concatenate([[0], np.cumsum(per_ring + 1)])
+    out = np.empty((int(new_off[-1]), 2))
+    ends = new_off[1:] - 1
+    body = np.ones(len(out), bool)
+    body[ends] = False
+    out[body] = xy[kept]
+    out[ends] = xy[first]
+    result = shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (new_off, poly_off))
+    return result[0]
 
 
-def apply_affine(geom: Polygon, transform: Affine) -> Polygon:
-    """``geom`` with every vertex mapped through ``transform`` (same arithmetic for every
-    vertex, so equal input coordinates give bit-identical output coordinates)."""
+def _affine_fn(transform: Affine) -> Callable[[np.ndarray], np.ndarray]:
     a, b, c, d, e, f = (transform.a, transform.b, transform.c, transform.d, transform.e,
                         transform.f)
 
@@ -151,8 +176,19 @@ def apply_affine(geom: Polygon, transform: Affine) -> Polygon:
         out[:, 1] = d * xy[:, 0] + e * xy[:, 1] + f
         return out
 
-    result = shapely.transform(geom, apply)
+    return apply
+
+
+def apply_affine(geom: Polygon, transform: Affine) -> Polygon:
+    """``geom`` with every vertex mapped through ``transform`` (same arithmetic for every
+    vertex, so equal input coordinates give bit-identical output coordinates)."""
+    result = shapely.transform(geom, _affine_fn(transform))
     return result if isinstance(result, Polygon) else as_polygon(result)
+
+
+def apply_affine_many(geoms: np.ndarray, transform: Affine) -> np.ndarray:
+    """:func:`apply_affine` over an array of geometries in one call."""
+    return np.asarray(shapely.transform(geoms, _affine_fn(transform)))
 
 
 def pixel_to_world(geom: Polygon, transform: Affine) -> Polygon:

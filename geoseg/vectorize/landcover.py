@@ -26,6 +26,7 @@ from geoseg.errors import InputError
 from geoseg.grid import Chunk, ChunkGrid
 from geoseg.vectorize.features import (
     Feature,
+    apply_affine_many,
     as_polygon,
     check_class_map,
     check_confidence,
@@ -126,7 +127,7 @@ def landcover_parts(classes: np.ndarray, confidence: np.ndarray | None, chunk: C
     if small.any():
         labels = np.where(small[labels], 0, labels)
 
-    interior: list[Feature] = []
+    inner: list[tuple[Polygon, int, int, float | None, tuple[int, int]]] = []
     border: list[BorderPart] = []
     for lab, poly in trace_labels(labels, row0, col0):
         ref = (row0 + int(first_index[lab] // width), col0 + int(first_index[lab] % width))
@@ -134,8 +135,8 @@ def landcover_parts(classes: np.ndarray, confidence: np.ndarray | None, chunk: C
         if on_edge[lab]:
             border.append(BorderPart(lab, int(class_of[lab]), poly, int(pixels[lab]), csum, ref))
         else:
-            interior.append(_feature(poly, int(class_of[lab]), int(pixels[lab]), csum, ref,
-                                     transform, crs))
+            inner.append((poly, int(class_of[lab]), int(pixels[lab]), csum, ref))
+    interior = _features(inner, transform, crs)
     logger.debug("chunk %s: %d interior regions, %d border parts", chunk.id, len(interior),
                  len(border))
     return LandcoverParts(chunk.index, interior, border, edges, transform, min_pixels, crs)
@@ -180,10 +181,41 @@ def merge_landcover(parts: Iterable[LandcoverParts], grid: ChunkGrid) -> Iterato
     groups: dict[PartKey, list[BorderPart]] = {}
     for key, b in border.items():
         groups.setdefault(_find(parent, key), []).append(b)
-    merged = sorted((_merge_group(members) for members in groups.values()), key=lambda m: m[3])
+    merged = sorted((_merge_group(members, grid.chunk) for members in groups.values()),
+                    key=lambda m: m[3])
     for poly, class_id, pixels, ref, csum in merged:
         if pixels >= min_pixels:
             yield _feature(poly, class_id, pixels, csum, ref, transform, crs)
+
+
+def _features(items: list[tuple[Polygon, int, int, float | None, tuple[int, int]]],
+              transform: Affine, crs: CRS | None) -> list[Feature]:
+    """:func:`_feature` of many polygons at once: the affine, normalisation and planar measures
+    run over the whole array in shapely's C loops (the same arithmetic per vertex, so the same
+    coordinates as one by one)."""
+    if not items:
+        return []
+    polys = np.array([it[0] for it in items], dtype=object)
+    world = shapely.normalize(apply_affine_many(polys, transform))
+    if crs is not None and not crs.is_geographic:
+        unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        areas = (shapely.area(world) * unit * unit).tolist()
+        lengths = (shapely.length(world) * unit).tolist()
+    out = []
+    for i, (_poly, class_id, pixels, csum, ref) in enumerate(items):
+        geom = world[i]
+        if not isinstance(geom, Polygon):
+            geom = as_polygon(geom)
+        if crs is None:
+            area = perimeter = None
+        elif crs.is_geographic:
+            area, perimeter = measure(geom, crs)
+        else:
+            area, perimeter = areas[i], lengths[i]
+        confidence = csum / pixels if csum is not None else None
+        out.append(Feature(geom, class_id, pixels, confidence, id=f"lc{ref[0]}_{ref[1]}",
+                           area_m2=area, perimeter_m=perimeter))
+    return out
 
 
 def _feature(poly: Polygon, class_id: int, pixels: int, conf_sum: float | None,
@@ -260,7 +292,60 @@ def _join(parent: dict[PartKey, PartKey], border: dict[PartKey, BorderPart], a_i
             parent[max(ra, rb)] = min(ra, rb)
 
 
-def _merge_group(members: list[BorderPart]
+def _coverage_union(geoms: list[Polygon], seam: int) -> shapely.Geometry | None:
+    """Union of seam parts as a polygon coverage: the parts never overlap (chunks are disjoint
+    pixel sets) and, with a vertex at every pixel corner of their boundaries, their shared seam
+    edges match vertex for vertex, which is what GEOS's coverage union needs. It dissolves the
+    shared edges in linear time instead of noding every edge against every other (overlay
+    union: 4.2 of 6.8 s of a 4096² run's seam merging on the 2-core machine). The extra
+    vertices go afterwards (``drop_collinear``). None when the parts are not such a coverage."""
+    dense = _unit_vertices(geoms, seam)
+    if dense is None:
+        return None
+    try:
+        return shapely.coverage_union_all(dense)
+    except shapely.errors.GEOSException:
+        return None
+
+
+def _unit_vertices(geoms: list[Polygon], seam: int) -> np.ndarray | None:
+    """The polygons with a vertex at every integer point of their edges that lie on a chunk
+    seam (a multiple of ``seam`` px: the only edges two parts can share), computed exactly in
+    numpy (GEOS's ``segmentize`` interpolates in floating point: 30.000000000000007). None
+    unless every edge is axis-parallel between integer corners."""
+    _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(np.asarray(geoms, dtype=object))
+    if not np.array_equal(xy, np.rint(xy)):
+        return None
+    last = np.zeros(len(xy), bool)
+    last[ring_off[1:] - 1] = True  # each ring's closing vertex starts no segment
+    start = np.flatnonzero(~last)
+    d = xy[start + 1] - xy[start]
+    if np.any((d[:, 0] != 0) & (d[:, 1] != 0)):
+        return None
+    a = xy[start]
+    on_seam = (((d[:, 0] == 0) & (a[:, 0] % seam == 0))
+               | ((d[:, 1] == 0) & (a[:, 1] % seam == 0)))
+    steps = np.where(on_seam, np.abs(d).sum(axis=1), 1).astype(np.int64)
+    total = int(steps.sum())
+    seg = np.repeat(np.arange(len(start)), steps)
+    k = np.arange(total) - np.repeat(np.cumsum(steps) - steps, steps)
+    unit = np.sign(d) * on_seam[:, None]  # off the seams: the segment's start only
+    pts = a[seg] + unit[seg] * k[:, None]
+    # each ring: its segments' points, then its closing vertex
+    ring_of_seg = np.searchsorted(ring_off, start, side="right") - 1
+    per_ring = np.bincount(ring_of_seg, weights=steps, minlength=len(ring_off) - 1)
+    new_off = np.concatenate([[0], np.cumsum(per_ring.astype(np.int64) + 1)])
+    out = np.empty((int(new_off[-1]), 2))
+    closing = new_off[1:] - 1
+    mask = np.ones(len(out), bool)
+    mask[closing] = False
+    out[mask] = pts
+    out[closing] = xy[ring_off[:-1]]
+    return np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, out,
+                                                (new_off, poly_off)))
+
+
+def _merge_group(members: list[BorderPart], seam: int
                  ) -> tuple[Polygon, int, int, tuple[int, int], float | None]:
     members = sorted(members, key=lambda m: m.ref)  # sums independent of arrival order
     pixels = sum(m.pixels for m in members)
@@ -270,9 +355,11 @@ def _merge_group(members: list[BorderPart]
     if len(members) == 1:
         return members[0].geometry, members[0].class_id, pixels, ref, csum
     geoms = [m.geometry for m in members]
-    # Pixel corners are exact integers, so the floating overlay is exact (and 3x faster than
-    # snap-rounding, which stays as the fallback should a union ever come out in pieces).
-    union = shapely.union_all(geoms)
+    union = _coverage_union(geoms, seam)
+    if not isinstance(union, Polygon):
+        # Pixel corners are exact integers, so the floating overlay is exact (and 3x faster
+        # than snap-rounding, the last resort should a union ever come out in pieces).
+        union = shapely.union_all(geoms)
     if not isinstance(union, Polygon):
         union = shapely.union_all(geoms, grid_size=1.0)
     if not isinstance(union, Polygon):
@@ -379,7 +466,8 @@ class SeamMerger:
         transform, min_pixels, crs = self.settings
         for r in roots:
             keys = self.members.pop(r)
-            poly, class_id, pixels, ref, csum = _merge_group([self.border[k] for k in keys])
+            poly, class_id, pixels, ref, csum = _merge_group([self.border[k] for k in keys],
+                                                             self.grid.chunk)
             for k in keys:
                 del self.border[k]
                 del self.parent[k]
