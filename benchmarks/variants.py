@@ -27,14 +27,14 @@ def _tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def forward(image: str, bundle: str, overlap: int, tile: int, batch: int,
-            engine: str = "torch") -> dict[str, float]:
+            engine: str = "torch", device: str = "cpu") -> dict[str, float]:
     """Model time alone over a tiling of the image (reads excluded from the clock), softmax
     included, with ``engine`` (torch: PyTorch eager, as users write it; onnx: onnxruntime)."""
     import os
 
     from geoseg.models.onnx_predictor import load_predictor
 
-    pred: Any = load_predictor(bundle, "cpu", os.cpu_count() or 1, engine)  # type: ignore[arg-type]
+    pred: Any = load_predictor(bundle, device, os.cpu_count() or 1, engine)  # type: ignore[arg-type]
     bands = list(pred.spec.bands)
     with rasterio.open(image) as src:
         h, w = src.height, src.width
@@ -99,9 +99,10 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
     if a.variant == "forward":
-        res = forward(a.image, a.bundle, a.overlap, a.tile, a.batch, a.engine)
+        res = forward(a.image, a.bundle, a.overlap, a.tile, a.batch, a.engine, a.device)
     else:
         res = naive(a.image, a.bundle, a.out or "/tmp/naive", a.tile, 64)
     print(json.dumps(res))

@@ -1,0 +1,142 @@
+"""The local executor (threads of one process) and the fast paths it relies on give the same
+results as the serial reference: byte-identical stores and features, classes from logits equal
+to classes from blended probabilities, and a seam merge that is a coverage union."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from hypothesis import given
+from hypothesis import strategies as st
+from shapely.geometry import Polygon
+
+from geoseg.config import validate_job
+from geoseg.job import executor, run_job
+from geoseg.runtime.local import LocalBackend
+from geoseg.runtime.serial import SerialBackend
+from geoseg.stitch import classify, classify_logits
+from geoseg.vectorize import landcover as lc
+from geoseg.vectorize.features import drop_collinear
+from tests.cluster.conftest import assert_same_store
+
+
+def _cfg(image: Path, out: Path, bundles: tuple[str, ...], **runtime: Any) -> Any:
+    return validate_job({"image": str(image), "output": str(out), "models": list(bundles),
+                         "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"halo": 48},
+                         "runtime": {"threads_per_worker": 1, **runtime}})
+
+
+def _features(out: Path, layer: str) -> Any:
+    df = pyogrio.read_dataframe(out / "features.gpkg", layer=layer)
+    return df.sort_values("id").reset_index(drop=True)
+
+
+def test_local_equals_serial(tmp_path: Path, scene_tif: Path,
+                             tiny_bundles: tuple[str, str]) -> None:
+    ref = run_job(_cfg(scene_tif, tmp_path / "serial", tiny_bundles), backend=SerialBackend())
+    backend = LocalBackend(io_threads=3)
+    res = run_job(_cfg(scene_tif, tmp_path / "local", tiny_bundles, max_in_flight=4),
+                  backend=backend)
+    assert res.ok and ref.ok
+    assert backend.peak_in_flight <= 4
+    assert_same_store(tmp_path / "serial", tmp_path / "local")
+    for layer in ("landcover", "buildings"):
+        a, b = _features(tmp_path / "serial", layer), _features(tmp_path / "local", layer)
+        assert len(a) == len(b) > 0
+        assert (a.geometry.to_wkb() == b.geometry.to_wkb()).all()
+        assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
+    assert res.summary["class_pixels"] == ref.summary["class_pixels"]
+    assert res.summary["runtime"]["backend"] == "LocalBackend"
+
+
+def test_executor_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {"image": "a.tif", "output": str(tmp_path)}
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray = pytest.importorskip("ray")
+    joined = ray.is_initialized()
+    assert executor(validate_job(base)) == ("ray" if joined else "local")
+    assert executor(validate_job({**base, "runtime": {"address": "127.0.0.1:6379"}})) == "ray"
+    assert executor(validate_job({**base, "runtime": {"executor": "ray"}})) == "ray"
+    assert executor(validate_job({**base, "runtime": {"executor": "local"}})) == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert executor(validate_job(base)) == "ray"
+
+
+@given(st.integers(2, 7), st.integers(0, 2**31 - 1))
+def test_classes_from_logits_equal_classes_from_probabilities(k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=4, size=(k, 17, 23)).astype(np.float32)
+    e = np.exp(logits - logits.max(axis=0))
+    probs = e / e.sum(axis=0)
+    cls_a, conf_a = classify_logits(logits)
+    cls_b, conf_b = classify(probs, np.ones((17, 23), bool))
+    assert np.array_equal(cls_a, cls_b)
+    assert np.abs(conf_a.astype(int) - conf_b.astype(int)).max() <= 1  # float rounding
+
+
+def _old_drop_collinear(poly: Polygon) -> Polygon:
+    """The per-ring implementation the vectorized one replaced."""
+    def ring(coords: np.ndarray) -> np.ndarray:
+        pts = coords[:-1]
+        if len(pts) <= 4:
+            return coords
+        d_in = pts - np.roll(pts, 1, axis=0)
+        d_out = np.roll(pts, -1, axis=0) - pts
+        cross = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
+        keep = ~((cross == 0) & ((d_in * d_out).sum(axis=1) > 0))
+        kept = pts[keep]
+        return np.vstack([kept, kept[:1]])
+
+    return Polygon(ring(np.asarray(poly.exterior.coords)),
+                   [ring(np.asarray(h.coords)) for h in poly.interiors])
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(4, 40))
+def test_seam_merge_is_an_exact_coverage_union(seed: int, chunk: int) -> None:
+    """Pixel regions cut by a chunk lattice: the coverage union of the pieces (no fallback to
+    the overlay union) equals the overlay union and the uncut region, vertex for vertex."""
+    from skimage.measure import label
+
+    rng = np.random.default_rng(seed)
+    blob = rng.random((3 * chunk, 3 * chunk)) < 0.6
+    labels = label(blob, connectivity=1)
+    big = np.bincount(labels.ravel())[1:].argmax() + 1
+    region = labels == big
+    whole = next(iter(_polygons(region, 0, 0)))
+    pieces = [p for r in range(0, 3 * chunk, chunk) for c in range(0, 3 * chunk, chunk)
+              for p in _polygons(region[r:r + chunk, c:c + chunk], r, c)]
+    union = lc._coverage_union(pieces, chunk)
+    assert isinstance(union, Polygon)  # the coverage path, not the fallback
+    merged = drop_collinear(union)
+    assert shapely.normalize(merged).equals_exact(shapely.normalize(drop_collinear(whole)), 0)
+    overlay = drop_collinear(shapely.union_all(pieces))
+    assert shapely.normalize(merged).equals_exact(shapely.normalize(overlay), 0)
+    assert shapely.normalize(drop_collinear(whole)).equals_exact(
+        shapely.normalize(_old_drop_collinear(whole)), 0)
+
+
+def _polygons(mask: np.ndarray, row: int, col: int) -> list[Polygon]:
+    from geoseg.vectorize.features import trace_labels
+
+    return [p for _v, p in trace_labels(mask.astype(np.int32), row, col)]
+
+
+def test_background_sink_reports_a_writer_error() -> None:
+    from geoseg.features import BackgroundSink
+
+    class Broken:
+        def add(self, _result: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        def finish(self) -> dict[str, int]:
+            return {}
+
+    sink = BackgroundSink(Broken(), depth=2)  # type: ignore[arg-type]
+    sink.add(object())  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="No space"):
+        sink.finish()
