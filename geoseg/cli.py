@@ -88,7 +88,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS; none: this "
+                                     "machine)")
+    p.add_argument("--executor", choices=["auto", "local", "ray"],
+                   help="where chunks run: local (threads of this process), ray (a local or "
+                        "remote Ray) or auto (ray when an address is given, else local; "
+                        "default)")
     p.add_argument("--no-vectors", action="store_true", help="skip the GeoPackage")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -126,7 +131,8 @@ def _job_config(a: argparse.Namespace, image: str, output: str) -> Any:
     data["inference"] = inf
     rt = dict(data.get("runtime") or {})
     for k, v in (("workers", a.workers), ("threads_per_worker", a.threads),
-                 ("device", a.device), ("address", a.address)):
+                 ("device", a.device), ("address", a.address),
+                 ("executor", getattr(a, "executor", None))):
         if v is not None:
             rt[k] = v
     data["runtime"] = rt

@@ -77,8 +77,13 @@ def cmd_change(a: argparse.Namespace) -> int:
 
     run_a, run_b = _run_dates(a)
     if a.address or os.environ.get("RAY_ADDRESS"):  # the change pass runs on that cluster too
-        from geoseg.runtime.ray_backend import ensure_ray
+        try:
+            from geoseg.runtime.ray_backend import ensure_ray
+        except ImportError as exc:
+            from geoseg.errors import MissingDependencyError
 
+            raise MissingDependencyError("--address needs Ray, which is not installed: "
+                                         "pip install 'geoseg[cluster]'") from exc
         ensure_ray(a.address)
     res = compare_runs(run_a, run_b, Path(a.out), grid=a.grid,
                        min_confidence=a.min_confidence, iou_modified=a.iou_modified,

@@ -66,7 +66,7 @@ def vectorize_chunk(plan: Plan, store: str, chunk: Chunk, *, vcfg: VectorConfig)
 class GeoPackageSink:
     """Appends features to layers of one GeoPackage (single writer: the driver)."""
 
-    def __init__(self, path: Path, plan: Plan, common: dict[str, Any], batch: int = 2000):
+    def __init__(self, path: Path, plan: Plan, common: dict[str, Any], batch: int = 10000):
         self.final = Path(path)
         self.partial = self.final.with_name(f".partial-{self.final.name}")
         if self.partial.exists() or self.partial.is_symlink():

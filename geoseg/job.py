@@ -23,7 +23,7 @@ import numpy as np
 
 from geoseg import __version__
 from geoseg.config import JobConfig
-from geoseg.errors import GeoSegError, GeoSegWarning, StorageError
+from geoseg.errors import GeoSegError, GeoSegWarning, MissingDependencyError, StorageError
 from geoseg.grid import Chunk
 from geoseg.layout import GPKG, STORE, SUMMARY, RunLayout
 from geoseg.manifest import Manifest, start
@@ -97,7 +97,12 @@ def default_backend(cfg: JobConfig) -> Backend:
         from geoseg.runtime.local import LocalBackend
 
         return LocalBackend()
-    from geoseg.runtime.ray_backend import RayBackend, ensure_ray
+    try:
+        from geoseg.runtime.ray_backend import RayBackend, ensure_ray
+    except ImportError as exc:
+        raise MissingDependencyError("the ray executor (--address, --executor ray) needs Ray, "
+                                     "which is not installed: pip install 'geoseg[cluster]'"
+                                     ) from exc
 
     ensure_ray(cfg.runtime.address, cfg.runtime.num_cpus)
     return RayBackend()

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.config import JobConfig, load_job_config
-from geoseg.errors import ClusterAuthError, ClusterError, ConfigError, InputError
+from geoseg.errors import (
+    ClusterAuthError,
+    ClusterError,
+    ConfigError,
+    InputError,
+    MissingDependencyError,
+)
 from geoseg.runtime.provenance import COMMIT_ENV, code_version, source_root
 from geoseg.runtime.upload import MAX_UPLOAD_MB, UploadPlan, check_size, plan_upload, staged
 
@@ -83,7 +89,11 @@ def resolve_address(address: str | None) -> str:
 
 def client(address: str | None) -> Any:
     """A ``JobSubmissionClient`` for the cluster (checks that the job server answers)."""
-    from ray.job_submission import JobSubmissionClient
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as exc:
+        raise MissingDependencyError("cluster commands need Ray, which is not installed: "
+                                     "pip install 'geoseg[cluster]'") from exc
 
     url = resolve_address(address)
     with authenticated(url):

@@ -49,9 +49,7 @@ class LocalBackend:
         t0 = time.perf_counter()
         models = load_models(plan, device, threads)
         report = StageReport(load_s=time.perf_counter() - t0)
-        todo_ids = {c.index for c in todo}
-        gate = NeighbourGate(plan.chunks, vectorize or [],
-                             {c.index for c in plan.chunks if c.index not in todo_ids})
+        gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         n_io = self.io_threads or max(2, min(4, os.cpu_count() or 2))
         pending = deque(todo)
         attempts: dict[str, int] = {}
@@ -80,17 +78,21 @@ class LocalBackend:
                             attempts[chunk.id], exc)
                 pending.append(chunk)
 
+        ready: deque[Chunk] = deque()  # released for vectorizing, not yet submitted
+        vec_limit = max(1, n_io - 1)  # vector results in memory at once (back pressure)
+
         def settle(chunk: Chunk) -> None:
-            for c in gate.settle(chunk.index):
-                if vector_fn is not None:
-                    vectors[pool.submit(vector_fn, plan, store, c)] = c
+            if vector_fn is not None:
+                ready.extend(gate.settle(chunk.index))
 
         with ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io") as pool:
-            for c in gate.settle():
-                if vector_fn is not None:
-                    vectors[pool.submit(vector_fn, plan, store, c)] = c
+            if vector_fn is not None:
+                ready.extend(gate.settle())
             try:
-                while pending or reads or writes or vectors:
+                while pending or reads or writes or vectors or ready:
+                    while ready and len(vectors) < vec_limit and vector_fn is not None:
+                        c = ready.popleft()
+                        vectors[pool.submit(vector_fn, plan, store, c)] = c
                     while pending and len(reads) + len(writes) < max_in_flight \
                             and len(reads) < ahead:
                         c = pending.popleft()

@@ -195,9 +195,7 @@ class RayBackend:
         # the plan travels by value: actor restarts must not depend on an object-store ref
         pool = _Pool.start(lambda: actor_cls.remote(plan, device, threads), workers,
                            max_replacements=2 * workers * (retries + 1))
-        todo_ids = {c.index for c in todo}
-        gate = NeighbourGate(plan.chunks, vectorize or [],
-                             {c.index for c in plan.chunks if c.index not in todo_ids})
+        gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         report = StageReport()
         pending = deque(todo)
         attempts: dict[str, int] = {}

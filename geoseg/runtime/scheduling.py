@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from geoseg.grid import Chunk, ChunkGrid
+
+if TYPE_CHECKING:
+    from geoseg.plan import Plan
 
 
 class NeighbourGate:
     """Releases a chunk for vectorization once it and its 8 neighbours are settled (written or
-    failed). Chunks settled before this run (resume) count as settled."""
+    failed); with ``neighbours=False`` (land cover only: its vectors read the chunk alone, seams
+    are joined later by the merger) as soon as the chunk itself is. Chunks settled before this
+    run (resume) count as settled."""
 
-    def __init__(self, grid: ChunkGrid, wanted: list[Chunk], settled: set[tuple[int, int]]):
+    def __init__(self, grid: ChunkGrid, wanted: list[Chunk], settled: set[tuple[int, int]],
+                 neighbours: bool = True):
         self.grid = grid
         self.settled = set(settled)
         self.waiting = {c.index: c for c in wanted}
+        self.neighbours = neighbours
+
+    @classmethod
+    def for_plan(cls, plan: Plan, wanted: list[Chunk], todo: list[Chunk]) -> NeighbourGate:
+        """The gate a job needs: building footprints read a context around the chunk."""
+        todo_ids = {c.index for c in todo}
+        return cls(plan.chunks, wanted, {c.index for c in plan.chunks if c.index not in todo_ids},
+                   neighbours=plan.model("buildings") is not None)
 
     def settle(self, index: tuple[int, int] | None = None) -> list[Chunk]:
         """Mark ``index`` settled; return chunks that became ready (in raster order)."""
@@ -26,6 +42,6 @@ class NeighbourGate:
             c = self.waiting.get(idx)
             if c is None or idx not in self.settled:
                 continue
-            if all(n in self.settled for n in self.grid.neighbours(idx)):
+            if not self.neighbours or all(n in self.settled for n in self.grid.neighbours(idx)):
                 ready.append(self.waiting.pop(idx))
         return ready

@@ -24,9 +24,7 @@ class SerialBackend:
 
         models = load_models(plan, device, threads)
         report = StageReport()
-        todo_ids = {c.index for c in todo}
-        gate = NeighbourGate(plan.chunks, vectorize or [],
-                             {c.index for c in plan.chunks if c.index not in todo_ids})
+        gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         ready = gate.settle()
         for chunk in todo:
             try:
