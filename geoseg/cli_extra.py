@@ -173,9 +173,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
         buildings: dict[str, object] = {}
         if a.footprints and a.truth_footprints:
             buildings.update(evaluate_footprints(a.footprints, a.truth_footprints,
+                                                 pred_layer=a.footprints_layer,
+                                                 truth_layer=a.truth_layer,
                                                  iou=a.iou).to_dict())
         if a.footprints and a.truth_instances:
-            buildings.update(evaluate_instances(a.footprints, a.truth_instances).to_dict())
+            buildings.update(evaluate_instances(a.footprints, a.truth_instances,
+                                                pred_layer=a.footprints_layer).to_dict())
         if buildings:
             report["buildings"] = buildings
     if not report:
@@ -255,8 +258,13 @@ def add_extra_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     e.add_argument("--layer", default="landcover")
     e.add_argument("--truth", help="truth class raster on the same grid")
     e.add_argument("--num-classes", type=int, default=5)
-    e.add_argument("--footprints", help="predicted footprints (GeoPackage)")
-    e.add_argument("--truth-footprints", help="truth footprints (GeoPackage)")
+    e.add_argument("--footprints", help="predicted footprints: any OGR vector file "
+                                        "(GeoPackage, GeoJSON, shapefile, FlatGeobuf, ...)")
+    e.add_argument("--footprints-layer", help="layer of --footprints (default: 'buildings', "
+                                              "else the first polygon layer)")
+    e.add_argument("--truth-footprints", help="truth footprints: any OGR vector file, any CRS "
+                                              "(reprojected to the predictions')")
+    e.add_argument("--truth-layer", help="layer of --truth-footprints (default as above)")
     e.add_argument("--truth-instances",
                    help="truth instance-id raster (0 = none): COCO AP and PQ of --footprints")
     e.add_argument("--iou", type=float, default=0.5)

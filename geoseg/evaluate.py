@@ -20,6 +20,7 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import InputError
 from geoseg.grid import ChunkGrid, GeoBox, Window, normalize_crs
+from geoseg.layout import RunLayout
 from geoseg.metrics import (
     BoundaryCounts,
     BoundaryScores,
@@ -117,17 +118,54 @@ def evaluate_class_map(store: str | Path, layer: str, truth: str | Path, num_cla
     return ClassMapScores(PixelScores.from_confusion(cm), BoundaryScores.from_counts(bc))
 
 
+def read_polygons(path: str | Path, layer: str | None, what: str) -> Any:
+    """Polygons of any OGR vector file (GeoPackage, GeoJSON, shapefile, FlatGeobuf, ...) as a
+    GeoDataFrame: ``layer``, else a layer named ``buildings``, else the only (first) polygon
+    layer. Non-polygon features are dropped with a warning; every problem is one line."""
+    import warnings
+
+    import geopandas as gpd
+    import pyogrio
+
+    from geoseg.errors import GeoSegWarning
+
+    p = str(path)
+    if "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
+        raise InputError(f"{what} {p} not found: check the path")
+    try:
+        layers = [(str(n), str(t or "")) for n, t in pyogrio.list_layers(p)]
+    except Exception as exc:  # pyogrio's DataSourceError and GDAL's own
+        raise InputError(f"{what} {p} is not a vector file GDAL can read "
+                         f"({str(exc).splitlines()[0][:200]})") from exc
+    names = [n for n, _ in layers]
+    if layer is None:
+        polygonal = [n for n, t in layers if "polygon" in t.lower()] or names
+        layer = "buildings" if "buildings" in names else (polygonal[0] if polygonal else None)
+    if layer is None or layer not in names:
+        raise InputError(f"{what} {p} has no layer {layer!r} (layers: {', '.join(names) or 'none'})"
+                         ": pass the right one")
+    df = gpd.read_file(p, layer=layer)
+    keep = df.geometry.geom_type.isin(["Polygon", "MultiPolygon"])
+    if not keep.all():
+        warnings.warn(GeoSegWarning(f"{what} {p} (layer {layer}): {int((~keep).sum())} "
+                                    "non-polygon features ignored"), stacklevel=2)
+        df = df[keep]
+    if len(df) and df.crs is None:
+        raise InputError(f"{what} {p} (layer {layer}) has no CRS: assign one (e.g. "
+                         "ogr2ogr -a_srs EPSG:4326 ...)")
+    return df
+
+
 def evaluate_footprints(pred_gpkg: str | Path, truth_gpkg: str | Path, *,
-                        pred_layer: str = "buildings", truth_layer: str = "buildings",
+                        pred_layer: str | None = None, truth_layer: str | None = None,
                         bounds: tuple[float, float, float, float] | None = None,
                         iou: float = 0.5) -> ObjectScores:
-    """SpaceNet precision/recall/F1; with ``bounds``, truth is limited to buildings whose centre
-    lies inside (the area that was predicted)."""
-    import geopandas as gpd
-
-    pred = gpd.read_file(pred_gpkg, layer=pred_layer)
-    truth = gpd.read_file(truth_gpkg, layer=truth_layer)
-    if truth.crs is not None and pred.crs is not None and truth.crs != pred.crs:
+    """SpaceNet precision/recall/F1 of predicted vs truth footprints, any OGR format, layer and
+    CRS (truth is reprojected to the predictions'); with ``bounds``, both are limited to
+    buildings whose centre lies inside (the area that was predicted)."""
+    pred = read_polygons(pred_gpkg, pred_layer, "footprints")
+    truth = read_polygons(truth_gpkg, truth_layer, "truth footprints")
+    if len(truth) and len(pred) and normalize_crs(truth.crs) != normalize_crs(pred.crs):
         truth = truth.to_crs(pred.crs)
     if bounds is not None:
         box = shapely.box(*bounds)
@@ -175,7 +213,7 @@ class InstanceScores:
 
 
 def evaluate_instances(pred_gpkg: str | Path, truth: str | Path, *, grid: GeoBox | None = None,
-                       pred_layer: str = "buildings", void: str | Path | None = None,
+                       pred_layer: str | None = None, void: str | Path | None = None,
                        chunk: int = 1024, max_dets: int | None = None) -> InstanceScores:
     """COCO mask AP/AP50/AP75 and PQ/SQ/RQ of predicted footprints against a truth raster of
     instance ids (0 = none).
@@ -189,7 +227,6 @@ def evaluate_instances(pred_gpkg: str | Path, truth: str | Path, *, grid: GeoBox
     detections) because COCO's 100 per image is meant for photos, not scenes with thousands of
     buildings. Footprints that cover no valid pixel centre are not detections.
     """
-    import geopandas as gpd
     from rasterio import features
 
     with rasterio.open(truth) as src:
@@ -197,7 +234,7 @@ def evaluate_instances(pred_gpkg: str | Path, truth: str | Path, *, grid: GeoBox
     grid = grid if grid is not None else tgrid
     twin = truth_window(truth, grid)
     vwin = truth_window(void, grid) if void is not None else None
-    df = gpd.read_file(pred_gpkg, layer=pred_layer)
+    df = read_polygons(pred_gpkg, pred_layer, "footprints")
     if df.crs is not None and normalize_crs(df.crs) != grid.crs:
         df = df.to_crs(grid.crs)
     conf = _confidences(df, f"{pred_gpkg} (layer {pred_layer})")
@@ -240,7 +277,8 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
     nodata is void).
     """
     run, scene = Path(run), Path(scene)
-    store = run / "predictions.zarr"
+    layout = RunLayout(run)
+    store = layout.store
     g = zarr.open_group(str(store), mode="r")
     report: dict[str, Any] = {"headline": {}}
     names = [n for n, _ in g.arrays()]
@@ -253,7 +291,7 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
         report["landcover"] = cs.to_dict(meanings)
         report["headline"]["landcover mIoU"] = cs.pixels.miou
         report["headline"]["landcover boundary F1"] = cs.boundary.mean_f1
-    gpkg = run / "features.gpkg"
+    gpkg = layout.gpkg
     if "buildings" in names and gpkg.exists():
         grid, chunk = _store_grid(store)
         b = grid.bounds

@@ -17,11 +17,10 @@ from affine import Affine
 
 from geoseg.errors import GeoSegWarning, InputError
 from geoseg.grid import GeoBox, normalize_crs
+from geoseg.layout import GPKG, STORE
 
 log = logging.getLogger(__name__)
 
-STORE = "predictions.zarr"
-GPKG = "features.gpkg"
 LAYER = "landcover"
 
 

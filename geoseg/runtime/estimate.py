@@ -17,6 +17,7 @@ from typing import Any
 from geoseg.config import JobConfig
 from geoseg.errors import ResumeError
 from geoseg.grid import Chunk
+from geoseg.layout import RunLayout
 from geoseg.plan import Plan, make_plan
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def _todo(cfg: JobConfig, plan: Plan) -> list[Chunk]:
     from geoseg.manifest import load
 
     out = Path(cfg.output)
-    if not (out / "manifest.json").is_file():
+    if not RunLayout(out).manifest.is_file():
         return list(plan.chunks)
     key = cfg.result_key([m.digest for m in plan.models])
     try:
@@ -98,7 +99,7 @@ def _area_km2(plan: Plan) -> float:
 
 
 def _rate_from_summary(cfg: JobConfig, plan: Plan) -> Rate | None:
-    path = Path(cfg.output) / "summary.json"
+    path = RunLayout(Path(cfg.output)).summary
     try:
         s = json.loads(path.read_text())
     except (OSError, ValueError):
