@@ -20,7 +20,14 @@ from geoseg.io import read_window
 from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
 from geoseg.region import region_mask
-from geoseg.stitch import Crop, classify, pad_to_multiple, predict_window, single_pass
+from geoseg.stitch import (
+    Crop,
+    classify,
+    pad_to_multiple,
+    predict_window,
+    single_pass,
+    tta_proba,
+)
 from geoseg.store import FILL, chunk_files, write_chunk
 
 
@@ -95,8 +102,8 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
         if not valid_core.any():  # nothing to predict (collar, outside region): skip the model
             cls = np.full(core.shape, FILL, np.uint8)
             conf = np.zeros(core.shape, np.uint8)
-        elif single_pass(x.shape[1], x.shape[2], plan.tile) and getattr(model, "semantic",
-                                                                        False):
+        elif (plan.tta == "none" and single_pass(x.shape[1], x.shape[2], plan.tile)
+              and getattr(model, "semantic", False)):
             # one forward pass, no blending: classes and confidence of the core straight from
             # the logits (no softmax over the halo, no blending buffers)
             cls, conf = cast(CoreModel, model).predict_core(
@@ -104,7 +111,8 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
             cls = np.where(valid_core, cls, np.uint8(FILL))
             conf = np.where(valid_core, conf, np.uint8(0))
         else:
-            probs = predict_window(x, model.predict_proba, ref.spec.num_classes,
+            probs = predict_window(x, tta_proba(model.predict_proba, plan.tta),
+                                   ref.spec.num_classes,
                                    tile=plan.tile, overlap=plan.overlap,
                                    batch_size=plan.batch_size)
             cls, conf = classify(probs[:, rs, cs], valid_core, FILL)

@@ -85,6 +85,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["auto", "torch", "onnx"],
                    help="inference engine: torch (safetensors weights), onnx (the bundle's ONNX "
                         "file, onnxruntime) or auto (torch when the bundle has weights; default)")
+    p.add_argument("--tta", choices=["none", "flips", "d4"],
+                   help="test-time augmentation: average the probabilities of 4 flipped (flips) "
+                        "or 8 flipped/rotated (d4) views before blending (default: none; costs "
+                        "4x / 8x the model time)")
     p.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -125,7 +129,7 @@ def _job_config(a: argparse.Namespace, image: str, output: str) -> Any:
         data["region"] = region
     inf = dict(data.get("inference") or {})
     for k, v in (("chunk_size", a.chunk_size), ("halo", a.halo), ("tile_size", a.tile_size),
-                 ("engine", a.engine)):
+                 ("engine", a.engine), ("tta", getattr(a, "tta", None))):
         if v is not None:
             inf[k] = v
     data["inference"] = inf

@@ -52,8 +52,11 @@ class InferenceConfig(_Strict):
     tile_overlap: int = Field(default=64, ge=0)
     batch_size: int = Field(default=4, ge=1, le=256)
     max_tile: int = Field(default=1536, ge=64)
-    # torch / onnx (onnxruntime) / auto: torch when a bundle has weights, else its ONNX file
+    # torch / onnx (onnxruntime) / auto: see geoseg.engine
     engine: Engine = "auto"
+    # test-time augmentation: probabilities averaged over flips (4: none, x, y, xy) or the
+    # dihedral group d4 (8: flips x 90° rotations) before blending
+    tta: Literal["none", "flips", "d4"] = "none"
 
     @model_validator(mode="after")
     def _tiles(self) -> InferenceConfig:
@@ -122,7 +125,9 @@ class JobConfig(_Strict):
         payload = {"image": str(Path(self.image).resolve()) if "://" not in self.image
                    else self.image,
                    "region": self.region.model_dump() if self.region else None,
-                   "inference": self.inference.model_dump(exclude={"engine"}),
+                   # tta enters only when used: runs from before it existed keep their key
+                   "inference": self.inference.model_dump(
+                       exclude={"engine"} | ({"tta"} if self.inference.tta == "none" else set())),
                    "vectors": self.vectors.model_dump(),
                    "models": model_digests, "version": self.version}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

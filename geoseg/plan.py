@@ -50,6 +50,7 @@ class Plan:
     tile: int
     overlap: int
     batch_size: int
+    tta: str = "none"  # test-time augmentation: none, flips, d4
 
     @property
     def layers(self) -> list[LayerSpec]:
@@ -162,4 +163,4 @@ def make_plan(cfg: JobConfig) -> Plan:
     tile = inf.tile_for(min(m.spec.tile_size for m in models))
     overlap = min(inf.tile_overlap, tile // 2)
     return Plan(image, grid, window, region, ChunkGrid(grid.shape, inf.chunk_size), models,
-                inf.halo, tile, overlap, inf.batch_size)
+                inf.halo, tile, overlap, inf.batch_size, inf.tta)

@@ -139,3 +139,37 @@ def classify_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         total += np.exp(logits[k] - top)
     conf = np.rint(255.0 / total).astype(np.uint8)
     return cls, conf
+
+
+def _transforms(mode: str) -> list[tuple[int, bool]]:
+    """(quarter turns, flip left-right) of each view: flips = the identity and 3 flips; d4 =
+    the 8 symmetries of the square."""
+    if mode == "flips":
+        return [(0, False), (0, True), (2, True), (2, False)]  # id, x, y (=rot180∘x), xy
+    if mode == "d4":
+        return [(k, f) for k in range(4) for f in (False, True)]
+    if mode == "none":
+        return [(0, False)]
+    raise InputError(f"unknown test-time augmentation {mode!r}: use none, flips or d4")
+
+
+def tta_proba(proba: ProbaFn, mode: str) -> ProbaFn:
+    """``proba`` averaged over the views of ``mode`` (each view's probabilities mapped back to
+    the tile before averaging), for batches (N, C, H, W). Quarter turns need square tiles or
+    a model that takes any multiple of 32 (U-Net / DeepLabV3+ do)."""
+    views = _transforms(mode)
+    if len(views) == 1:
+        return proba
+
+    def view(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+        v = np.rot90(x[..., ::-1] if flip else x, k, axes=(2, 3))
+        p = np.rot90(proba(np.ascontiguousarray(v)), -k, axes=(2, 3))
+        return p[..., ::-1] if flip else p
+
+    def averaged(x: np.ndarray) -> np.ndarray:
+        total = np.array(view(x, *views[0]), dtype=np.float32)
+        for k, flip in views[1:]:
+            total += view(x, k, flip)
+        return total / np.float32(len(views))
+
+    return averaged
