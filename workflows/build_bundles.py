@@ -163,6 +163,10 @@ def build(name: str, out: Path, scenes: list[Path], eval_scene: Path, args: argp
         logger.info("evaluating existing bundle %s", bundle)
     else:
         train(config, files, bundle, resume=args.resume)
+    if name != "maskrcnn":  # engine auto runs the ONNX graph on CPUs
+        from geoseg.models.onnx import export_onnx
+
+        export_onnx(bundle)
     metrics = evaluate(name, bundle, eval_scene)
     from geoseg.bundle import read_spec
 

@@ -300,8 +300,8 @@ def _coverage_union(geoms: list[Polygon], seam: int) -> shapely.Geometry | None:
     run's seam merging on the 2-core machine). Holes that touch no seam cannot change in a
     union: they are set aside and put back into the result (a raster-spanning road network has
     hundreds of thousands; with them the union of its 3.5 k parts at 16384² took 70 s). The extra
-    corner vertices go afterwards (``drop_collinear``). None when the parts are not such a
-    coverage."""
+    corner vertices go afterwards (``drop_collinear``; traced holes have none). None when the
+    parts are not such a coverage."""
     _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(np.asarray(geoms, dtype=object))
     if not np.array_equal(xy, np.rint(xy)):
         return None
@@ -322,7 +322,10 @@ def _coverage_union(geoms: list[Polygon], seam: int) -> shapely.Geometry | None:
         union = shapely.coverage_union_all(dense)
     except shapely.errors.GEOSException:
         return None
-    if not isinstance(union, Polygon) or kept.all():
+    if not isinstance(union, Polygon):
+        return union
+    union = drop_collinear(union)  # before the set-aside holes join: they have no such vertices
+    if kept.all():
         return union
     return _with_holes(union, xy[~kept[ring_of]], sizes[~kept])
 
@@ -386,6 +389,8 @@ def _merge_group(members: list[BorderPart], seam: int
         return members[0].geometry, members[0].class_id, pixels, ref, csum
     geoms = [m.geometry for m in members]
     union = _coverage_union(geoms, seam)
+    if isinstance(union, Polygon):
+        return union, members[0].class_id, pixels, ref, csum
     if not isinstance(union, Polygon):
         # Pixel corners are exact integers, so the floating overlay is exact (and 3x faster
         # than snap-rounding, the last resort should a union ever come out in pieces).
