@@ -140,3 +140,26 @@ def test_background_sink_reports_a_writer_error() -> None:
     sink.add(object())  # type: ignore[arg-type]
     with pytest.raises(OSError, match="No space"):
         sink.finish()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_predict_core_matches_the_probability_path(tiny_bundles: tuple[str, str],
+                                                   device: str) -> None:
+    """The single-pass fast path (classes and confidence from logits, on the model's device)
+    gives the classes of softmax + argmax over the cropped core."""
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from geoseg.models.predictor import Predictor
+
+    pred = Predictor(tiny_bundles[0], device=device, engine="torch")
+    x = (np.random.default_rng(3).random((1, 4, 160, 192)) * 200).astype(np.float32)
+    crop = (slice(16, 144), slice(32, 160))
+    cls, conf = pred.predict_core(x, crop)
+    probs = pred.predict_proba(x)[0][:, crop[0], crop[1]]
+    ref_cls, ref_conf = classify(probs, np.ones(probs.shape[1:], bool))
+    if device == "cpu":
+        assert np.array_equal(cls, ref_cls)
+    else:  # bf16/fp16 autocast on the GPU: near-ties may flip
+        assert np.mean(cls == ref_cls) > 0.99
+    assert np.abs(conf.astype(int) - ref_conf.astype(int)).max() <= (1 if device == "cpu" else 8)
