@@ -125,7 +125,7 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
 def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
     """Write the chunk to the store; return stats for the manifest (class pixel counts)."""
     t0 = time.perf_counter()
-    with storage_errors(Path(store)):  # disk full / permission: one line, never retried
+    with storage_errors(Path(store), fatal_only=True):  # disk full / permission: one line
         write_chunk(store, out.chunk, out.arrays, plan.chunks.chunk)
     hist: dict[str, list[int]] = {}
     for ref in plan.models:

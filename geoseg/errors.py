@@ -89,6 +89,7 @@ class StorageError(GeoSegError, OSError):
     """Writing an output failed for a reason a retry cannot fix (disk full, permission)."""
 
     exit_code = 4
+    fatal = True  # False: an I/O error of unknown cause (see geoseg.outdir.storage_errors)
 
 
 class JobInterrupted(KeyboardInterrupt):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pyogrio
 
 from geoseg.config import VectorConfig
 from geoseg.grid import Chunk
+from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
 from geoseg.store import FILL, read_window
 from geoseg.vectorize.buildings import extract_buildings
@@ -110,8 +112,9 @@ class GeoPackageSink:
         if not buf:
             return
         df = gpd.GeoDataFrame(buf, geometry="geometry", crs=self.plan.grid.crs)
-        pyogrio.write_dataframe(df, self.partial, layer=layer, driver="GPKG",
-                                append=self.partial.exists() and layer in self.counts)
+        with storage_errors(self.partial):  # disk full while appending: one line
+            pyogrio.write_dataframe(df, self.partial, layer=layer, driver="GPKG",
+                                    append=self.partial.exists() and layer in self.counts)
         self.counts[layer] = self.counts.get(layer, 0) + len(buf)
         self.buffers[layer] = []
 
@@ -135,13 +138,13 @@ class BackgroundSink:
     at the next ``add`` or at ``finish``."""
 
     def __init__(self, sink: GeoPackageSink, depth: int = 8) -> None:
-        import queue
         import threading
 
         self.sink = sink
         self.busy_s = 0.0  # time the writer spent in the sink
         self._queue: queue.Queue[ChunkVectors | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._abort = False
         self._thread = threading.Thread(target=self._work, name="geoseg-gpkg", daemon=True)
         self._thread.start()
 
@@ -152,7 +155,7 @@ class BackgroundSink:
             item = self._queue.get()
             if item is None:
                 return
-            if self._error is not None:
+            if self._error is not None or self._abort:
                 continue  # drain: the error is reported to the producer
             t0 = time.perf_counter()
             try:
@@ -169,11 +172,20 @@ class BackgroundSink:
         self._raise()
         self._queue.put(result)
 
-    def close(self) -> None:
-        """Stop the writer thread after what is queued (idempotent)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+    def close(self, abort: bool = False) -> None:
+        """Stop the writer thread after what is queued, or (``abort``: the job is stopping)
+        after the item in hand, dropping the rest (idempotent)."""
+        if not self._thread.is_alive():
+            return
+        if abort:
+            self._abort = True
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+        self._queue.put(None)
+        self._thread.join()
 
     def finish(self) -> dict[str, int]:
         self.close()

@@ -23,7 +23,7 @@ import numpy as np
 
 from geoseg import __version__
 from geoseg.config import JobConfig
-from geoseg.errors import GeoSegError, GeoSegWarning, MissingDependencyError, StorageError
+from geoseg.errors import GeoSegWarning, MissingDependencyError, StorageError
 from geoseg.grid import Chunk
 from geoseg.layout import GPKG, STORE, SUMMARY, RunLayout
 from geoseg.manifest import Manifest, start
@@ -89,7 +89,17 @@ def executor(cfg: JobConfig) -> str:
         return want
     ray = sys.modules.get("ray")
     joined = ray is not None and ray.is_initialized()
-    return "ray" if cfg.runtime.address or os.environ.get("RAY_ADDRESS") or joined else "local"
+    if cfg.runtime.address or os.environ.get("RAY_ADDRESS") or joined:
+        return "ray"
+    # the local executor runs one model: several GPUs (or workers) need Ray's actors
+    gpus = _local_gpus() if cfg.runtime.device != "cpu" else 0
+    return "ray" if gpus > 1 or (cfg.runtime.workers or 1) > 1 else "local"
+
+
+def _local_gpus() -> int:
+    """NVIDIA GPUs of this host, from the driver's /proc entries (no torch import)."""
+    root = Path("/proc/driver/nvidia/gpus")
+    return len(list(root.iterdir())) if root.is_dir() else 0
 
 
 def default_backend(cfg: JobConfig) -> Backend:
@@ -126,7 +136,9 @@ def resolve_device(want: str, gpus: int | None = None, torch_free: bool = False)
     if torch_free:
         from geoseg.engine import import_onnxruntime
 
-        cuda = "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
+        # the provider list says what the build supports, not what the host has
+        cuda = ("CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
+                and Path("/dev/nvidiactl").exists())
         return "cuda" if cuda else "cpu"
     import torch
 
@@ -262,9 +274,9 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
         signum = getattr(exc, "signum", None) or received()
         manifest.update(status="cancelled" if signum == signal.SIGTERM else "interrupted")
         raise
-    except GeoSegError as exc:  # bad model, disk full, ...: finished chunks stay valid
+    except Exception as exc:  # bad model, disk full, a bug: finished chunks stay valid
         with contextlib.suppress(StorageError):  # no room to say so on a full disk
-            manifest.update(status="failed", error=str(exc))
+            manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
         raise
 
 
@@ -314,8 +326,8 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
                              max_in_flight=cfg.runtime.max_in_flight or 2 * workers + 2,
                              retries=cfg.runtime.chunk_retries)
     except BaseException:
-        if sink is not None:
-            sink.close()  # the writer thread ends; the partial GeoPackage keeps its temp name
+        if sink is not None:  # stop the writer now; the partial GeoPackage keeps its temp name
+            sink.close(abort=True)
         raise
     failed = list(report.failed)
     # a run never says "complete" while a chunk is missing or not what was written
@@ -338,16 +350,14 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
     if not failed:
         from geoseg.outputs import export_cog, quicklook
 
-        if cfg.outputs.cog:
+        if cfg.outputs.cog:  # (each export converts its own write errors)
             for m in plan.models:
-                with storage_errors(layout.cog(m.name)):
-                    outputs[f"cog_{m.name}"] = str(export_cog(plan, store, m.name,
-                                                              layout.cog(m.name)))
+                outputs[f"cog_{m.name}"] = str(export_cog(plan, store, m.name,
+                                                          layout.cog(m.name)))
         timings["cog_s"] = round(time.perf_counter() - t2, 3)
         if cfg.outputs.quicklook:
             t3 = time.perf_counter()
-            with storage_errors(layout.quicklook):
-                outputs["quicklook"] = str(quicklook(plan, store, layout.quicklook))
+            outputs["quicklook"] = str(quicklook(plan, store, layout.quicklook))
             timings["quicklook_s"] = round(time.perf_counter() - t3, 3)
     timings["exports_s"] = round(time.perf_counter() - t2, 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)

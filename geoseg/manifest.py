@@ -125,7 +125,7 @@ def start(root: Path, data: dict[str, Any], *, overwrite: bool, resume: bool,
 
 
 def _remove_outputs(root: Path, names: list[str], protect: Iterable[Path]) -> None:
-    keep = [Path(p).resolve() for p in protect]
+    keep = [q for p in protect for q in (Path(p).absolute(), Path(p).resolve())]
     temps = [t for n in names for t in (f".partial-{n}", f".tiles-{Path(n).stem}.tif")]
     doomed = [root / n for n in [*names, *temps]
               if (root / n).exists() or (root / n).is_symlink()]
@@ -157,7 +157,11 @@ def load(root: Path, expect_key: str | None = None) -> Manifest:
                           "inference settings: resume refused; pass --overwrite to start over")
     done: dict[str, dict[str, Any]] = {}
     if layout.chunks.exists():
-        for line in layout.chunks.read_text().splitlines():
+        text = layout.chunks.read_text()
+        if text and not text.endswith("\n"):  # a torn last line: drop it before appending
+            text = text[: text.rfind("\n") + 1]
+            atomic_write_text(layout.chunks, text)
+        for line in text.splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:

@@ -2,8 +2,10 @@
 I/O errors that say what happened.
 
 - :class:`FolderLock` is an exclusive lock file (``.geoseg.lock``, created atomically with the
-  holder's host, PID and start time). A lock whose process is gone (same host, PID dead or
-  reused) is stale and taken over; a live one refuses the second job with one line.
+  holder's host, PID and start time, its mtime refreshed every 30 s). A lock whose process is
+  gone (same host: PID dead or reused; another host: no heartbeat for 5 minutes, e.g. a job
+  retried on a fresh Kubernetes pod) is stale and taken over; a live one refuses the second job
+  with one line.
 - :func:`atomic_write_bytes` writes through a temporary name and ``os.replace``: a symlink at the
   destination is replaced, never followed, and a reader never sees half a file.
 - :func:`storage_errors` turns ``OSError`` and GDAL/OGR write failures into a one-line
@@ -20,6 +22,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,10 +44,15 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
-def _alive(holder: dict[str, Any]) -> bool:
-    """Whether the process recorded in a lock still runs (only answerable on its own host)."""
+HEARTBEAT_S = 30.0  # a held lock's mtime is refreshed this often
+STALE_AFTER_S = 300.0  # a lock of another host untouched this long is stale
+
+
+def _alive(holder: dict[str, Any], mtime: float | None = None) -> bool:
+    """Whether the process recorded in a lock still runs: on this host, its PID (and start
+    time); on another host (a retried Kubernetes job gets a new pod), its heartbeat."""
     if holder.get("host") != socket.gethostname():
-        return True  # cannot tell: assume it does
+        return mtime is None or time.time() - mtime < STALE_AFTER_S
     pid = int(holder.get("pid", -1))
     started = _process_start(pid) if pid > 0 else None
     if started is None:
@@ -60,6 +68,18 @@ class FolderLock:
     def __init__(self, root: Path, name: str = ".geoseg.lock") -> None:
         self.path = Path(root) / name
         self.held = False
+        self._beat: threading.Event | None = None
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
 
     def acquire(self, what: str = "geoseg run") -> FolderLock:
         me = {"host": socket.gethostname(), "pid": os.getpid(),
@@ -67,9 +87,12 @@ class FolderLock:
         for _ in range(3):
             if self._create(me):
                 self.held = True
+                self._beat = threading.Event()
+                threading.Thread(target=self._heartbeat, args=(self._beat,), daemon=True,
+                                 name="geoseg-lock").start()
                 return self
             holder = self._read()
-            if holder is not None and _alive(holder):
+            if holder is not None and _alive(holder, self._mtime()):
                 raise OutputLockedError(
                     f"{self.path.parent} is in use by another geoseg job ({holder.get('command')}"
                     f", host {holder.get('host')}, pid {holder.get('pid')}): wait for it, or "
@@ -82,6 +105,7 @@ class FolderLock:
         """Create the lock with its content in one step (link of a finished temporary file)."""
         fd, tmp = tempfile.mkstemp(prefix=".tmp-lock-", dir=self.path.parent)
         try:
+            os.fchmod(fd, 0o644)  # readable by the group's other jobs, which must see it live
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             os.link(tmp, self.path)
@@ -96,21 +120,36 @@ class FolderLock:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}  # released meanwhile: try again
-        except (OSError, ValueError):
-            return None  # unreadable: stale
+        except OSError:
+            return {"host": "unknown (lock unreadable)", "pid": "?", "command": "?"}  # alive
+        except ValueError:
+            return None  # written by no geoseg (content is created in one step): stale
         return data if isinstance(data, dict) else None
 
     def _break_stale(self, holder: dict[str, Any] | None) -> None:
         if holder == {}:
             return
         log.warning("taking over the stale lock %s (%s)", self.path, holder)
-        # rename first: of two processes breaking the same stale lock, only one succeeds
+        # move it aside, then check it is the lock judged stale: another process may have
+        # broken that one and taken the folder in between; its live lock goes back
         aside = self.path.with_name(f".tmp-stale-{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.replace(self.path, aside)
-            os.unlink(aside)
+        except FileNotFoundError:
+            return
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if holder is not None and moved != holder:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+        os.unlink(aside)
 
     def release(self) -> None:
+        if self._beat is not None:
+            self._beat.set()
+            self._beat = None
         if self.held:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -207,11 +246,14 @@ def storage_error(exc: BaseException, path: Path) -> StorageError:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     detail = lines[-1][:200] if lines else type(exc).__name__
     if cause == "disk full":
-        return StorageError(f"disk full writing {path}: free some space, then rerun with "
-                            "--resume (finished chunks are kept)")
-    if cause:
-        return StorageError(f"{cause} writing {path}: fix it, then rerun with --resume")
-    return StorageError(f"cannot write {path} ({detail}): fix it, then rerun with --resume")
+        err = StorageError(f"disk full writing {path}: free some space, then rerun with "
+                           "--resume (finished chunks are kept)")
+    elif cause:
+        err = StorageError(f"{cause} writing {path}: fix it, then rerun with --resume")
+    else:
+        err = StorageError(f"cannot write {path} ({detail}): fix it, then rerun with --resume")
+    err.fatal = bool(cause)
+    return err
 
 
 def _write_errors() -> tuple[type[BaseException], ...]:
@@ -228,8 +270,10 @@ def _write_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def storage_errors(path: Path) -> Iterator[None]:
-    """Turn write failures under ``path`` into one-line StorageErrors."""
+def storage_errors(path: Path, fatal_only: bool = False) -> Iterator[None]:
+    """Turn write failures under ``path`` into one-line StorageErrors. ``fatal_only``: only
+    those a retry cannot fix (disk full, permission, read-only); others (EIO, a stale NFS
+    handle) propagate as they are, to be retried."""
     try:
         yield
     except StorageError:
@@ -237,4 +281,7 @@ def storage_errors(path: Path) -> Iterator[None]:
     except _write_errors() as exc:
         if isinstance(exc, GeoSegError):
             raise
-        raise storage_error(exc, Path(path)) from exc
+        err = storage_error(exc, Path(path))
+        if fatal_only and not err.fatal:
+            raise
+        raise err from exc

@@ -20,7 +20,7 @@ from rasterio.windows import Window as RioWindow
 from geoseg.bundle import ClassSpec
 from geoseg.grid import GeoBox, Window
 from geoseg.io import read_window
-from geoseg.outdir import atomic_write_bytes
+from geoseg.outdir import atomic_write_bytes, storage_errors
 from geoseg.plan import Plan
 from geoseg.store import FILL
 from geoseg.store import read_window as read_store
@@ -45,14 +45,15 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
                "dtype": "uint8", "crs": g.crs.to_wkt(), "transform": g.transform,
                "nodata": FILL, "tiled": True, "blockxsize": 512, "blockysize": 512,
                "compress": "deflate", "BIGTIFF": "IF_SAFER"}
-    with rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), rasterio.open(tmp, "w", **profile) as dst:
+    with storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), \
+            rasterio.open(tmp, "w", **profile) as dst:
         for chunk in plan.chunks:
             w = chunk.window
             dst.write(read_store(store, layer, w), 1,
                       window=RioWindow(w.col_off, w.row_off, w.width, w.height))
         dst.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
         dst.update_tags(1, **{f"class_{c.id}": c.name for c in classes})
-    with rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB):
+    with storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB):
         rio_copy(tmp, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
                  overview_resampling="nearest")
     tmp.unlink()

@@ -85,7 +85,8 @@ class LocalBackend:
             if vector_fn is not None:
                 ready.extend(gate.settle(chunk.index))
 
-        with ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io") as pool:
+        pool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io")
+        try:
             if vector_fn is not None:
                 ready.extend(gate.settle())
             try:
@@ -126,16 +127,19 @@ class LocalBackend:
                             c = vectors.pop(fut)
                             try:
                                 result = fut.result()
-                            except OSError as exc:
-                                attempts.setdefault(c.id, 1)
+                            except StorageError:
+                                raise
+                            except Exception as exc:  # this chunk's vectors only
                                 fail_vectors(report, cb, c, exc)
                                 continue
                             cb.vectors_done(c, result)
                             report.vectorized += 1
             except BaseException:
-                for f in [*writes, *vectors, *(f for _, f in reads)]:
-                    f.cancel()
+                # stop now (a signal, a storage error): queued work is dropped, not waited for
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise
+        finally:
+            pool.shutdown(wait=True)
         return report
 
 

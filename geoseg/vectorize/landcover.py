@@ -302,6 +302,8 @@ def _coverage_union(geoms: list[Polygon], seam: int) -> shapely.Geometry | None:
     hundreds of thousands; with them the union of its 3.5 k parts at 16384² took 70 s). The extra
     corner vertices go afterwards (``drop_collinear``; traced holes have none). None when the
     parts are not such a coverage."""
+    if any(g.is_empty for g in geoms):
+        return None
     _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(np.asarray(geoms, dtype=object))
     if not np.array_equal(xy, np.rint(xy)):
         return None

@@ -163,3 +163,39 @@ def test_predict_core_matches_the_probability_path(tiny_bundles: tuple[str, str]
     else:  # bf16/fp16 autocast on the GPU: near-ties may flip
         assert np.mean(cls == ref_cls) > 0.99
     assert np.abs(conf.astype(int) - ref_conf.astype(int)).max() <= (1 if device == "cpu" else 8)
+
+
+def test_a_failing_vector_task_fails_its_chunk_only(tmp_path: Path, scene_tif: Path,
+                                                   tiny_bundles: tuple[str, str]) -> None:
+    from geoseg.plan import make_plan
+    from geoseg.store import init_store
+
+    plan = make_plan(_cfg(scene_tif, tmp_path / "o", tiny_bundles))
+    store = str(tmp_path / "s.zarr")
+    init_store(store, plan.grid, plan.chunks.chunk, plan.layers, {})
+
+    def flaky(_plan: Any, _store: str, chunk: Any) -> Any:
+        if chunk.id == "1_1":
+            raise ValueError("a GEOS error, say")
+        return chunk.id
+
+    class Record:
+        def __init__(self) -> None:
+            self.done: list[str] = []
+            self.failed: list[Any] = []
+            self.vectors: list[str] = []
+
+        def chunk_done(self, chunk: Any, _stats: Any) -> None:
+            self.done.append(chunk.id)
+
+        def chunk_failed(self, failure: Any) -> None:
+            self.failed.append(failure)
+
+        def vectors_done(self, _chunk: Any, result: Any) -> None:
+            self.vectors.append(result)
+
+    cb = Record()
+    report = LocalBackend().run(plan, store, list(plan.chunks), list(plan.chunks), flaky, cb)
+    assert len(cb.done) == 20 and len(cb.vectors) == 19
+    assert [f.chunk_id for f in cb.failed] == ["1_1"]
+    assert "vectorize: ValueError" in cb.failed[0].error and report.failed == cb.failed

@@ -271,3 +271,30 @@ def test_negative_bbox_values_parse() -> None:
 
     ns = build_parser().parse_args(_join_negative_values(argv))
     assert ns.bbox == "-101.195,41.478,-101.18,41.495" and ns.region_crs == "EPSG:4326"
+
+
+def test_lock_of_another_host_is_stale_without_heartbeat(tmp_path: Path) -> None:
+    """A job retried on a fresh pod (another host name) takes over a lock whose holder stopped
+    refreshing it; a fresh one is respected."""
+    lock = tmp_path / ".geoseg.lock"
+    lock.write_text(json.dumps({"host": "old-pod-7f9c", "pid": 1, "started": 1.0}))
+    with pytest.raises(OutputLockedError, match="old-pod-7f9c"):
+        FolderLock(tmp_path).acquire()  # its mtime is now: alive
+    old = lock.stat().st_mtime - 3600
+    os.utime(lock, (old, old))
+    with FolderLock(tmp_path) as held:
+        assert json.loads(held.path.read_text())["pid"] == os.getpid()
+
+
+def test_transient_write_error_is_retried_not_fatal(tmp_path: Path) -> None:
+    import errno
+
+    from geoseg.errors import StorageError
+    from geoseg.outdir import storage_errors
+
+    with pytest.raises(OSError) as info, storage_errors(tmp_path, fatal_only=True):
+        raise OSError(errno.EIO, "Input/output error")
+    assert not isinstance(info.value, StorageError)  # retried by the backend
+    with pytest.raises(StorageError, match="disk full"), \
+            storage_errors(tmp_path, fatal_only=True):
+        raise OSError(errno.ENOSPC, "No space left on device")
