@@ -33,14 +33,19 @@ def export_onnx(bundle_dir: str | Path, file_name: str = "model.onnx",
     load_weights(model, weights_path(spec, bundle_dir))
     model.eval()
     path = bundle_dir / file_name
+    half = half_weights_exact(spec, bundle_dir)
     # The TorchScript exporter: the dynamo one needs onnxscript, which geoseg does not require.
+    # With float16 weights the graph keeps them as they are (no folding of BatchNorm into the
+    # convolutions, whose folded weights float16 cannot hold): onnxruntime folds them in float32
+    # when it loads the graph.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (dummy_input(spec, 64),), str(path), dynamo=False,
                           input_names=["image"], output_names=["logits"], opset_version=opset,
+                          do_constant_folding=not half,
                           dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                                         "logits": {0: "batch", 2: "height", 3: "width"}})
-    if half_weights_exact(spec, bundle_dir):
+    if half:
         store_half(path)
     write_spec(spec.model_copy(update={"onnx": file_name}), bundle_dir)
     logger.info("exported %s to %s", spec.name, path)
