@@ -223,7 +223,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="geoseg", description=__doc__)
+    from geoseg import __version__
+
+    p = argparse.ArgumentParser(
+        prog="geoseg", description="Segment huge georeferenced images into maps: land cover "
+        "and building footprints as georeferenced Zarr, COG and GeoPackage, change between "
+        "dates, training and evaluation; on this machine or a Ray cluster.")
+    p.add_argument("--version", action="version", version=f"geoseg {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sub = p.add_subparsers(dest="cmd", required=True)

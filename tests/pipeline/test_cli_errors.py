@@ -102,3 +102,11 @@ def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     tif = write_raster(tmp_path / "a.tif", np.ones((4, 32, 32), np.uint8))
     rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "--config", str(cfg))
     assert rc != 0 and "chunk_sise" in _one_line(err)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from geoseg import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"geoseg {__version__}"
