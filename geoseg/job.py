@@ -214,11 +214,21 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     The output folder is locked for the whole job (a second job into it is refused); an
     interruption (KeyboardInterrupt, :class:`~geoseg.errors.JobInterrupted`) leaves finished
     chunks and a manifest that says so."""
-    plan = make_plan(cfg)
+    plan = make_plan(cfg, engines=_recorded_engines(Path(cfg.output)) if resume else None)
     out = prepare_folder(Path(cfg.output))
     with FolderLock(out):
         return _run_locked(cfg, plan, out, overwrite=overwrite, resume=resume,
                            progress=progress, backend=backend)
+
+
+def _recorded_engines(out: Path) -> dict[str, Any] | None:
+    """Engines the run in ``out`` used, per model task (None when there is no such run)."""
+    try:
+        models = json.loads(RunLayout(out).manifest.read_text()).get("models", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    engines = {k: v.get("engine") for k, v in models.items() if isinstance(v, dict)}
+    return {k: v for k, v in engines.items() if v in ("torch", "onnx")} or None
 
 
 def _inputs(cfg: JobConfig, plan: Plan) -> list[Path]:

@@ -89,8 +89,8 @@ def _digest(bundle: Path, spec: BundleSpec, engine: RunEngine) -> str:
     return h.hexdigest()[:16]
 
 
-def load_models(names: tuple[str, ...], engine: Engine = "auto",
-                onnx_ok: bool = False) -> tuple[ModelRef, ...]:
+def load_models(names: tuple[str, ...], engine: Engine = "auto", onnx_ok: bool = False,
+                prefer: dict[str, RunEngine] | None = None) -> tuple[ModelRef, ...]:
     """Resolve each bundle and the engine that runs it (``engine`` applies to every bundle;
     ``auto`` chooses per bundle), and check the model file it will run (see
     :mod:`geoseg.models.preflight`), so that a bad file stops the job here, not in a worker."""
@@ -102,7 +102,8 @@ def load_models(names: tuple[str, ...], engine: Engine = "auto",
         spec = read_spec(path)
         if any(r.name == spec.task for r in refs):
             raise BundleError(f"two models for the same task {spec.task!r}: give one per task")
-        run = resolve_engine(spec, path, engine, onnx_ok)
+        want = prefer.get(spec.task) if prefer and engine == "auto" else None
+        run = resolve_engine(spec, path, want or engine, onnx_ok)
         # every tensor is compared here when torch is loaded anyway (tests, serial runs);
         # else the model actor does it as it loads the weights
         check_model_file(spec, path, run, architecture="torch" in sys.modules)
@@ -149,11 +150,14 @@ def region_of(cfg: JobConfig) -> Region | None:
     return None
 
 
-def make_plan(cfg: JobConfig) -> Plan:
+def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None) -> Plan:
+    """The plan of ``cfg``. ``engines`` (task → engine, e.g. those a run being resumed used)
+    decide what engine ``auto`` picks per model, so a resume on another host (onnxruntime or a
+    GPU there or not) runs the same computation as the run it continues."""
     image = open_info(cfg.image)
     remote = bool(cfg.runtime.address or os.environ.get("RAY_ADDRESS"))
     models = load_models(cfg.models, cfg.inference.engine,
-                         onnx_ok=onnx_fits(cfg.runtime.device, remote))
+                         onnx_ok=onnx_fits(cfg.runtime.device, remote), prefer=engines)
     check_bands(image, models)
     window, region = clip_grid(image.geobox, region_of(cfg))
     if window.height < 1 or window.width < 1:

@@ -150,3 +150,21 @@ def test_onnx_only_bundle_through_cli_on_ray(ray_cluster: None, tmp_path: Path,
     ref = run_job(_cfg(scene_tif, tmp_path / "ref", onnx_bundles[:1], "onnx", chunk=128),
                   backend=SerialBackend())
     assert np.array_equal(_arr(out, "landcover"), _arr(ref.output, "landcover"))
+
+
+def test_resume_with_auto_keeps_the_engine_of_the_run(tmp_path: Path, scene_tif: Path,
+                                                      onnx_bundles: tuple[str, str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto depends on the host (onnxruntime, a GPU); a run resumed elsewhere with auto uses
+    the engine the run was made with, so its chunks come from one computation."""
+    import geoseg.plan
+
+    out = tmp_path / "o"
+    lc = onnx_bundles[:1]
+    first = run_job(_cfg(scene_tif, out, lc, "onnx"), backend=SerialBackend())
+    monkeypatch.setattr(geoseg.plan, "onnx_fits", lambda *a, **k: False)  # a "GPU host"
+    again = run_job(_cfg(scene_tif, out, lc, "auto"), resume=True, backend=SerialBackend())
+    assert again.summary["chunks"]["computed_this_run"] == 0
+    assert first.summary["engines"] == again.summary["engines"] == {"landcover": "onnx"}
+    fresh = run_job(_cfg(scene_tif, tmp_path / "new", lc, "auto"), backend=SerialBackend())
+    assert fresh.summary["engines"] == {"landcover": "torch"}  # a new run: the host decides
