@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,29 +348,24 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
     timings: dict[str, float] = {"setup_s": round(setup_s, 3),
                                  "model_load_s": round(report.load_s, 3),
                                  "chunks_s": round(t_chunks, 3)}
+    outputs: dict[str, str] = {"zarr": store}
+    # the exports read only the store: they run while the GeoPackage writer finishes
     t1 = time.perf_counter()
-    with storage_errors(layout.gpkg):
-        counts = sink.finish() if sink is not None else {}
-    timings["vector_merge_s"] = round(time.perf_counter() - t1, 3)
+    with ThreadPoolExecutor(2, thread_name_prefix="geoseg-export") as pool:
+        exports = _start_exports(pool, cfg, plan, layout) if not failed else {}
+        with storage_errors(layout.gpkg):
+            counts = sink.finish() if sink is not None else {}
+        timings["vector_merge_s"] = round(time.perf_counter() - t1, 3)
+        exported = {key: fut.result() for key, fut in exports.items()}
     timings["vectorize_task_s"] = round(rec.vector_s, 3)
     timings["gpkg_append_s"] = round(sink.busy_s if sink is not None else 0.0, 3)
-    outputs: dict[str, str] = {"zarr": store}
     if counts:
         outputs["gpkg"] = str(layout.gpkg)
-    t2 = time.perf_counter()
-    if not failed:
-        from geoseg.outputs import export_cog, quicklook
-
-        if cfg.outputs.cog:  # (each export converts its own write errors)
-            for m in plan.models:
-                outputs[f"cog_{m.name}"] = str(export_cog(plan, store, m.name,
-                                                          layout.cog(m.name)))
-        timings["cog_s"] = round(time.perf_counter() - t2, 3)
-        if cfg.outputs.quicklook:
-            t3 = time.perf_counter()
-            outputs["quicklook"] = str(quicklook(plan, store, layout.quicklook))
-            timings["quicklook_s"] = round(time.perf_counter() - t3, 3)
-    timings["exports_s"] = round(time.perf_counter() - t2, 3)
+    for key, (path, seconds) in exported.items():
+        outputs[key] = str(path)
+        name = "quicklook_s" if key == "quicklook" else "cog_s"
+        timings[name] = round(timings.get(name, 0.0) + seconds, 3)
+    timings["exports_s"] = round(timings.get("cog_s", 0.0) + timings.get("quicklook_s", 0.0), 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
     summary = _summary(cfg, plan, manifest, failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
@@ -383,6 +379,26 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
         with storage_errors(layout.store):
             mark_complete(store, {"summary": SUMMARY})
     return JobResult(out, summary, failed)
+
+
+def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan,
+                   layout: RunLayout) -> dict[str, Future[tuple[Path, float]]]:
+    """COGs and the quicklook as tasks of ``pool``: output key -> (path, seconds)."""
+    from geoseg.outputs import export_cog, quicklook
+
+    def timed(fn: Callable[..., Path], *args: Any) -> tuple[Path, float]:
+        t0 = time.perf_counter()
+        return fn(*args), time.perf_counter() - t0
+
+    store = str(layout.store)
+    futures: dict[str, Future[tuple[Path, float]]] = {}
+    if cfg.outputs.cog:  # (each export converts its own write errors)
+        for m in plan.models:
+            futures[f"cog_{m.name}"] = pool.submit(timed, export_cog, plan, store, m.name,
+                                                   layout.cog(m.name))
+    if cfg.outputs.quicklook:
+        futures["quicklook"] = pool.submit(timed, quicklook, plan, store, layout.quicklook)
+    return futures
 
 
 def _missing(plan: Plan, store: str, manifest: Manifest) -> list[ChunkFailure]:
