@@ -84,7 +84,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-size", type=int)
     p.add_argument("--engine", choices=["auto", "torch", "onnx"],
                    help="inference engine: torch (safetensors weights), onnx (the bundle's ONNX "
-                        "file, onnxruntime) or auto (torch when the bundle has weights; default)")
+                        "graph, onnxruntime) or auto (default: onnx on CPUs when the bundle has a "
+                        "graph, else torch)")
     p.add_argument("--tta", choices=["none", "flips", "d4"],
                    help="test-time augmentation: average the probabilities of 4 flipped (flips) "
                         "or 8 flipped/rotated (d4) views before blending (default: none; costs "
@@ -222,6 +223,24 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return rc
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where the parser sets one (options left to the job config,
+    whose argparse default is None, say theirs in their help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: ``--help`` shows each option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from geoseg import __version__
 
@@ -232,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_CommandParser)
 
     r = sub.add_parser("run", help="segment a region of an image into Zarr + GeoPackage")
     r.add_argument("image")
