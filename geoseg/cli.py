@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from geoseg.runtime.signals import StopOnSignals, exit_code
 
     # SIGTERM (Kubernetes, systemd, timeout, `ray job stop`) stops a job as Ctrl-C does
-    stop = StopOnSignals().__enter__()
+    with StopOnSignals():
+        return _dispatch(args, exit_code)
+
+
+def _dispatch(args: argparse.Namespace, exit_code: Callable[[BaseException], int]) -> int:
+    """Run the sub-command; user errors and interruptions become one line and an exit code."""
     try:
         return int(args.fn(args))
     except KeyboardInterrupt as exc:  # JobInterrupted too
@@ -341,9 +346,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: invalid {where}: {first['msg']} (got {first.get('input')!r})",
               file=sys.stderr)
         return ConfigError.exit_code
-    finally:
-        stop.__exit__()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -291,16 +291,18 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
         raise
 
 
-def _verify(plan: Plan, store: str, manifest: Manifest) -> list[str]:
-    """Chunks the manifest lists whose stored files are not what was written (forgotten)."""
+def _verified(store: str, chunk: Chunk, stats: dict[str, Any] | None) -> bool:
+    """Whether a chunk has a record and its stored files are exactly what the record says."""
     from geoseg.store import chunk_intact
 
-    bad = []
-    for cid, stats in manifest.done.items():
-        files = stats.get("files")
-        chunk = plan.chunks.get(*map(int, cid.split("_")))
-        if not isinstance(files, dict) or not chunk_intact(store, chunk, files):
-            bad.append(cid)
+    files = stats.get("files") if stats else None
+    return isinstance(files, dict) and chunk_intact(store, chunk, files)
+
+
+def _verify(plan: Plan, store: str, manifest: Manifest) -> list[str]:
+    """Chunks the manifest lists whose stored files are not what was written (forgotten)."""
+    bad = [cid for cid, stats in manifest.done.items()
+           if not _verified(store, plan.chunks.get(*map(int, cid.split("_"))), stats)]
     manifest.forget(bad)
     return bad
 
@@ -403,17 +405,8 @@ def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan,
 
 def _missing(plan: Plan, store: str, manifest: Manifest) -> list[ChunkFailure]:
     """Chunks of the plan without a verified record (should be none after a clean pass)."""
-    from geoseg.store import chunk_intact
-
-    out = []
-    for c in plan.chunks:
-        stats = manifest.done.get(c.id)
-        files = stats.get("files") if stats else None
-        if not isinstance(files, dict) or not chunk_intact(store, c, files):
-            w = c.window
-            out.append(ChunkFailure(c.id, (w.row_off, w.col_off, w.height, w.width),
-                                    "chunk missing or damaged after the run", 0))
-    return out
+    return [ChunkFailure.of(c, "chunk missing or damaged after the run", 0)
+            for c in plan.chunks if not _verified(store, c, manifest.done.get(c.id))]
 
 
 def _note_code(manifest: Any, code: dict[str, Any]) -> None:

@@ -47,9 +47,9 @@ class OnnxPredictor:
         self._mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, c, 1, 1)
         self._std = np.asarray(norm.std, dtype=np.float32).reshape(1, c, 1, 1)
         path = model_file(self.spec, self.bundle_dir, "onnx")
-        self._session = OnnxSession(path, self.spec, device, num_threads)
+        self.session = OnnxSession(path, self.spec, device, num_threads)
         logger.info("loaded bundle %s v%s with onnx on %s", self.spec.name, self.spec.version,
-                    ", ".join(self._session.providers))
+                    ", ".join(self.session.providers))
 
     @property
     def num_classes(self) -> int:
@@ -61,7 +61,7 @@ class OnnxPredictor:
             raise InputError(f"bundle {self.spec.name!r} reads {len(self.spec.bands)} bands, got "
                              f"a batch of shape {x.shape}")
         normed = (np.asarray(x, dtype=np.float32) - self._mean) / self._std
-        return self._session.run(np.ascontiguousarray(normed))
+        return self.session.run(np.ascontiguousarray(normed))
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Per-class probabilities ``(N, K, H, W)`` float32."""

@@ -26,7 +26,7 @@ from geoseg.engine import Engine, RunEngine, model_file, resolve_engine
 from geoseg.errors import InputError
 from geoseg.models.factory import build_model, is_semantic
 from geoseg.models.maskrcnn import class_layout, instances_to_proba
-from geoseg.models.onnx_session import OnnxSession
+from geoseg.models.onnx_predictor import OnnxPredictor
 from geoseg.models.weights import load_weights
 from geoseg.stitch import Crop, classify_logits
 
@@ -75,17 +75,17 @@ class Predictor:
         self.semantic = is_semantic(self.spec)
         self._layout = None if self.semantic else class_layout(self.spec)
         self._module: nn.Module | None = None
-        self._session: OnnxSession | None = None
-        c = len(self.spec.bands)
-        norm = self.spec.normalization
-        mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, c, 1, 1)
-        std = np.asarray(norm.std, dtype=np.float32).reshape(1, c, 1, 1)
+        self._onnx: OnnxPredictor | None = None  # engine onnx: the torch-free predictor
         path = model_file(self.spec, self.bundle_dir, self.engine)
         if self.engine == "onnx":
-            self._session = OnnxSession(path, self.spec, self.device, num_threads)
-            self._np_mean, self._np_std = mean, std
-            where = ", ".join(self._session.providers)
+            self._onnx = OnnxPredictor(self.bundle_dir, device=str(self.device),
+                                       num_threads=num_threads)
+            where = ", ".join(self._onnx.session.providers)
         else:
+            c = len(self.spec.bands)
+            norm = self.spec.normalization
+            mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, c, 1, 1)
+            std = np.asarray(norm.std, dtype=np.float32).reshape(1, c, 1, 1)
             if num_threads is not None:
                 torch.set_num_threads(num_threads)
             self._module = self._load_torch(path)
@@ -149,10 +149,8 @@ class Predictor:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Per-class probabilities ``(N, K, H, W)`` float32 for raw tiles ``(N, C, H, W)``."""
-        if self._session is not None:
-            normed = (self._check(x) - self._np_mean) / self._np_std
-            logits = torch.from_numpy(self._session.run(normed))
-            return torch.softmax(logits, dim=1).numpy()
+        if self._onnx is not None:
+            return self._onnx.predict_proba(self._check(x))
         t = self._prepare(x)
         if not self.semantic:
             return np.stack([self._instance_proba(d) for d in self._detect(t)])
@@ -165,7 +163,9 @@ class Predictor:
         """Class ids and confidence (uint8) of one raw tile ``(1, C, H, W)`` inside ``crop``,
         computed on the model's device (argmax and max probability there; on a GPU only the
         two uint8 planes come back), as :func:`geoseg.stitch.classify_logits` on the CPU."""
-        if self._session is not None or not self.semantic:
+        if self._onnx is not None:
+            return self._onnx.predict_core(self._check(x), crop)
+        if not self.semantic:
             from geoseg.stitch import classify
 
             probs = self.predict_proba(x)[0][:, crop[0], crop[1]]

@@ -18,6 +18,12 @@ class ChunkFailure:
     attempts: int
     retryable: bool = True  # False: bad input or model, a rerun cannot fix it
 
+    @classmethod
+    def of(cls, chunk: Chunk, error: str, attempts: int, retryable: bool = True) -> ChunkFailure:
+        w = chunk.window
+        return cls(chunk.id, (w.row_off, w.col_off, w.height, w.width), error, attempts,
+                   retryable)
+
 
 @dataclass
 class StageReport:

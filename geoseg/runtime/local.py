@@ -59,10 +59,8 @@ class LocalBackend:
         ahead = max(1, max_in_flight // 2)  # chunks read ahead of the model
 
         def fail(chunk: Chunk, exc: BaseException) -> None:
-            w = chunk.window
-            f = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width),
-                             f"{type(exc).__name__}: {exc}"[:500], attempts[chunk.id],
-                             retryable=not isinstance(exc, GeoSegError))
+            f = ChunkFailure.of(chunk, f"{type(exc).__name__}: {exc}"[:500], attempts[chunk.id],
+                                retryable=not isinstance(exc, GeoSegError))
             report.failed.append(f)
             cb.chunk_failed(f)
             settle(chunk)
@@ -144,9 +142,7 @@ class LocalBackend:
 
 
 def fail_vectors(report: StageReport, cb: Callbacks, chunk: Chunk, exc: BaseException) -> None:
-    w = chunk.window
-    f = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width),
-                     f"vectorize: {type(exc).__name__}: {exc}"[:500], 1)
+    f = ChunkFailure.of(chunk, f"vectorize: {type(exc).__name__}: {exc}"[:500], 1)
     report.failed.append(f)
     cb.chunk_failed(f)
 

@@ -218,9 +218,7 @@ class RayBackend:
             chunk_refs[ref] = (chunk, i, pool.generation[i])
 
         def fail(chunk: Chunk, msg: str, n: int, retryable: bool = True) -> None:
-            w = chunk.window
-            failure = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width), msg, n,
-                                   retryable)
+            failure = ChunkFailure.of(chunk, msg, n, retryable)
             report.failed.append(failure)
             cb.chunk_failed(failure)
 

@@ -35,10 +35,8 @@ class SerialBackend:
             except StorageError:
                 raise  # disk full, permission: stop the job
             except Exception as exc:
-                w = chunk.window
-                f = ChunkFailure(chunk.id, (w.row_off, w.col_off, w.height, w.width),
-                                 f"{type(exc).__name__}: {exc}", 1,
-                                 retryable=not isinstance(exc, GeoSegError))
+                f = ChunkFailure.of(chunk, f"{type(exc).__name__}: {exc}", 1,
+                                    retryable=not isinstance(exc, GeoSegError))
                 log.debug("chunk %s failed:\n%s", chunk.id, traceback.format_exc())
                 cb.chunk_failed(f)
                 report.failed.append(f)

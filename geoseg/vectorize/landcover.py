@@ -32,7 +32,6 @@ from geoseg.vectorize.features import (
     check_confidence,
     drop_collinear,
     measure,
-    pixel_to_world,
     trace_labels,
 )
 
@@ -220,11 +219,7 @@ def _features(items: list[tuple[Polygon, int, int, float | None, tuple[int, int]
 
 def _feature(poly: Polygon, class_id: int, pixels: int, conf_sum: float | None,
              ref: tuple[int, int], transform: Affine, crs: CRS | None) -> Feature:
-    confidence = conf_sum / pixels if conf_sum is not None else None
-    geometry = pixel_to_world(poly, transform)
-    area, perimeter = measure(geometry, crs) if crs is not None else (None, None)
-    return Feature(geometry, class_id, pixels, confidence, id=f"lc{ref[0]}_{ref[1]}",
-                   area_m2=area, perimeter_m=perimeter)
+    return _features([(poly, class_id, pixels, conf_sum, ref)], transform, crs)[0]
 
 
 def _log_open_seams(edges: dict[ChunkIndex, ChunkEdges], grid: ChunkGrid) -> None:

@@ -48,7 +48,7 @@ def test_onnx_engine_matches_torch(tmp_path: Path, spec_factory: Callable[..., B
     pt = Predictor(bundle, engine="torch")
     ox = Predictor(bundle, engine="onnx", num_threads=1)
     assert (pt.engine, ox.engine, Predictor(bundle).engine) == ("torch", "onnx", "torch")
-    opts = ox._session.session.get_session_options()  # type: ignore[union-attr]
+    opts = ox._onnx.session.session.get_session_options()  # type: ignore[union-attr]
     assert opts.intra_op_num_threads == 1
     for n, h, w in ((3, 96, 128), (1, 64, 64)):  # dynamic batch, height and width
         x = _raw(n, h, w, seed=h)
