@@ -132,6 +132,54 @@ class JobConfig(_Strict):
                    "models": model_digests, "version": self.version}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+    def with_overrides(self, source: str = "arguments", **overrides: object) -> JobConfig:
+        """A copy with settings replaced; ``None`` keeps the current value.
+
+        The one place where flags (CLI, ``workflows/``, the Python API) meet a config: names are
+        flat, as the flags spell them (``chunk_size``, ``tile_size``, ``workers``, ``threads``,
+        ``vectors``, ...; see :data:`OVERRIDES`); a bad value raises :class:`ConfigError` naming
+        ``source``."""
+        unknown = sorted(set(overrides) - set(OVERRIDES))
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(OVERRIDES))}")
+        data = self.model_dump()
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            path = OVERRIDES[name]
+            if len(path) == 1:
+                data[path[0]] = value
+            else:
+                data[path[0]] = {**(data.get(path[0]) or {}), path[1]: value}
+        return validate_job(data, source=source)
+
+
+# flat override name -> path in JobConfig (the names of `geoseg run`'s flags)
+OVERRIDES: dict[str, tuple[str, ...]] = {
+    "image": ("image",),
+    "output": ("output",),
+    "models": ("models",),
+    "region": ("region",),
+    "chunk_size": ("inference", "chunk_size"),
+    "halo": ("inference", "halo"),
+    "tile_size": ("inference", "tile_size"),
+    "tile_overlap": ("inference", "tile_overlap"),
+    "batch_size": ("inference", "batch_size"),
+    "engine": ("inference", "engine"),
+    "tta": ("inference", "tta"),
+    "vectors": ("vectors", "enabled"),
+    "cog": ("outputs", "cog"),
+    "quicklook": ("outputs", "quicklook"),
+    "address": ("runtime", "address"),
+    "executor": ("runtime", "executor"),
+    "workers": ("runtime", "workers"),
+    "threads": ("runtime", "threads_per_worker"),
+    "device": ("runtime", "device"),
+    "num_cpus": ("runtime", "num_cpus"),
+    "chunk_retries": ("runtime", "chunk_retries"),
+}
+
 
 def load_job_config(path: str | Path, **overrides: object) -> JobConfig:
     p = Path(path)
@@ -152,3 +200,14 @@ def validate_job(data: dict[str, object], source: str = "config") -> JobConfig:
         e = exc.errors()[0]
         loc = ".".join(str(x) for x in e["loc"]) or "(top)"
         raise ConfigError(f"{source}: {loc}: {e['msg']}") from exc
+
+
+def make_job_config(image: str | None, output: str | None, config: str | Path | None = None,
+                    source: str = "arguments", **overrides: object) -> JobConfig:
+    """The job for ``image`` → ``output``: the YAML ``config`` when given (its image/output
+    replaced by these when not None), then ``overrides`` (see :meth:`JobConfig.with_overrides`)."""
+    if config is not None:
+        base = load_job_config(config, image=image, output=output)
+    else:
+        base = validate_job({"image": image, "output": output}, source=source)
+    return base.with_overrides(source, **overrides)

@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import sys
-import time
-from typing import Any
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,23 +32,6 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only in the log")
     return p
-
-
-class _Progress:
-    """A progress line in the job's log at most every ``every_s`` seconds, and at the end."""
-
-    def __init__(self, every_s: float = 10.0) -> None:
-        self.every_s = every_s
-        self.last = -every_s
-
-    def __call__(self, pr: Any) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every_s and pr.done < pr.total:
-            return
-        self.last = now
-        eta = f", ETA {pr.eta_s:.0f} s" if pr.eta_s is not None else ""
-        print(f"progress {pr.done}/{pr.total} chunks, {pr.px_per_s / 1e6:.2f} Mpx/s{eta}"
-              + (f", {pr.failed} failed" if pr.failed else ""), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    from geoseg.cli.run_cmds import RunProgress
     from geoseg.config import load_job_config, validate_job
     from geoseg.errors import GeoSegError
     from geoseg.job import run_job
@@ -87,12 +69,12 @@ def _run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             cfg = validate_job(data, source="--config-json")
         else:
             cfg = load_job_config(a.config, image=a.image, output=a.output)
-        runtime = {k: x for k, x in (("device", a.device), ("workers", a.workers)) if x}
-        if runtime:
-            data = cfg.model_dump()
-            data["runtime"] = {**data["runtime"], **runtime}
-            cfg = validate_job(data, source="arguments")
-        res = run_job(cfg, overwrite=a.overwrite, resume=a.resume, progress=_Progress())
+        cfg = cfg.with_overrides(device=a.device, workers=a.workers)
+        progress = RunProgress(quiet=False, every_s=10.0)  # plain lines in the job's log
+        try:
+            res = run_job(cfg, overwrite=a.overwrite, resume=a.resume, progress=progress)
+        finally:
+            progress.close()
     except GeoSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -14,7 +14,7 @@ from PIL import Image
 
 from geoseg.change import evaluate_change
 from geoseg.change.quicklook import decimate
-from geoseg.cli_change import add_change_command
+from geoseg.cli.change_cmd import add_change_command
 from geoseg.errors import GeoSegError
 from tests.change.conftest import SHAPE, T_A, make_run
 from tests.change.test_buildings import A_BUILDINGS, B_BUILDINGS

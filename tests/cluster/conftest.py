@@ -86,7 +86,7 @@ def assert_same_store(a: Path, b: Path) -> None:
 
 def cluster_cli(argv: Sequence[str]) -> tuple[int, str, str]:
     """Run a cluster sub-command as ``geoseg`` would (errors as one line): rc, stdout, stderr."""
-    from geoseg.cli_cluster import add_cluster_commands
+    from geoseg.cli.cluster_cmds import add_cluster_commands
     from geoseg.errors import GeoSegError
 
     p = argparse.ArgumentParser(prog="geoseg")

@@ -109,7 +109,7 @@ def test_config_outside_project_travels_inline(tmp_path: Path, fake: FakeClient,
     assert args[:4] == ["python", "-m", "workflows.run_region", "--config-json"]
     assert json.loads(args[4]) == load_job_config(cfg).model_dump(mode="json")
     # the shipped tree is geoseg's own code, and nothing else
-    assert "workflows/run_region.py" in fake.shipped and "geoseg/cli.py" in fake.shipped
+    assert "workflows/run_region.py" in fake.shipped and "geoseg/cli/app.py" in fake.shipped
     assert {p.split("/")[0] for p in fake.shipped} == {"geoseg", "workflows"}
 
 

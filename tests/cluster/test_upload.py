@@ -65,7 +65,7 @@ def test_excluded_names(rel: str) -> None:
     assert is_excluded(rel)
 
 
-@pytest.mark.parametrize("rel", ["geoseg/cli.py", "geoseg/runtime/jobs.py",
+@pytest.mark.parametrize("rel", ["geoseg/cli/app.py", "geoseg/runtime/jobs.py",
                                  "geoseg/bundles/landcover/weights.safetensors",
                                  "workflows/run_region.py", "configs/demo.yaml",
                                  "geoseg/keys.py", "geoseg/environment.py"])

@@ -100,12 +100,12 @@ def test_resume_refuses_another_engine(tmp_path: Path, scene_tif: Path,
 
 
 def test_engine_flag_reaches_the_config(tmp_path: Path) -> None:
-    from geoseg.cli import _job_config
+    from geoseg.cli.run_cmds import job_config
 
     a = build_parser().parse_args(["run", "img.tif", "-o", str(tmp_path), "--engine", "onnx"])
-    assert _job_config(a, a.image, a.out).inference.engine == "onnx"
+    assert job_config(a, a.image, a.out).inference.engine == "onnx"
     a = build_parser().parse_args(["run", "img.tif", "-o", str(tmp_path)])
-    assert _job_config(a, a.image, a.out).inference.engine == "auto"
+    assert job_config(a, a.image, a.out).inference.engine == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "img.tif", "-o", str(tmp_path), "--engine", "trt"])
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from geoseg.cli import _join_negative_values, main
+from geoseg.cli import main
+from geoseg.cli.app import _join_negative_values
 from geoseg.config import validate_job
 from geoseg.errors import InputError, OutputExistsError, OutputLockedError
 from geoseg.job import Progress, run_job

@@ -132,11 +132,11 @@ def test_cli_train_flags_and_progress(tiny_scene: Path, tmp_path: Path,
     assert resume and config.checkpoint_every == 7 and config.precision == "bf16"
     assert (config.loss.ce, config.loss.dice, config.loss.focal) == (1.0, 0.0, 0.5)
     assert config.loss.boundary_weight == 2.0
-    assert "train 2/2 loss 0.2500" in err               # stderr is not a terminal here
+    assert "train: step 2/2  loss 0.2500" in err        # stderr is not a terminal here
     assert "final loss 0.25" in out and '"miou": 0.5' in out
     assert main(["-q", *args[:-1]]) == 0                 # -q: no progress lines
     out, err = capsys.readouterr()
-    assert "train 2/2" not in err and not calls[-1][1] and calls[-1][0].loss.focal == 0.5
+    assert "step 2/2" not in err and not calls[-1][1] and calls[-1][0].loss.focal == 0.5
     assert main([*args, "--loss", "lovasz"]) != 0
     _, err = capsys.readouterr()
     assert err.startswith("error: --loss 'lovasz'") and err.count("\n") == 1

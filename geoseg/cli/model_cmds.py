@@ -1,13 +1,14 @@
-"""Sub-commands that wrap training, evaluation and export (kept apart to keep cli.py small)."""
+"""``geoseg train``, ``geoseg eval`` and ``geoseg export``: make, score and export model
+bundles."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from geoseg.cli.progress import ProgressLine, fmt_duration
 from geoseg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       chip_size=a.chip_size,
                       max_seconds=a.max_minutes * 60 if a.max_minutes else None,
                       **_architecture(a))
-    bar = _TrainProgress(a.quiet)
+    bar = _TrainProgress(a.quiet, cfg.max_seconds)
     try:
         res = train(cfg, scenes, a.out, resume=a.resume, progress=bar)
     finally:
@@ -113,44 +114,25 @@ def _loss(a: argparse.Namespace) -> LossConfig:
 
 
 class _TrainProgress:
-    """One-line training progress on stderr: tqdm when installed, else a ``\\r`` line; when
-    stderr is not a terminal, a plain line every 10% of the steps; nothing with ``-q``."""
+    """Training progress (a :class:`ProgressLine`): by steps and, with a time budget, by time,
+    whichever ends first; a plain line every minute when stderr is not a terminal."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.bar: Any = None
-        self.shown = 0
+    def __init__(self, quiet: bool, max_seconds: float | None) -> None:
+        self.line = ProgressLine("train", 1.0, quiet=quiet, every_s=60.0)
+        self.max_seconds = max_seconds
 
     def __call__(self, step: int, steps: int, loss: float, lr: float, seconds: float) -> None:
-        if self.quiet:
-            return
-        text = f"loss {loss:.4f} lr {lr:.2e}"
-        if not self.tty:
-            if step == steps or step * 10 // steps > self.shown * 10 // steps:
-                print(f"train {step}/{steps} {text} {seconds:.0f} s", file=sys.stderr,
-                      flush=True)
-                self.shown = step
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            eta = seconds / step * (steps - step) if step else 0.0
-            print(f"\rtrain {step}/{steps} {text} {seconds:.0f} s, ETA {eta:.0f} s  ",
-                  end="", file=sys.stderr, flush=True)
-            self.bar = True
-            return
-        if self.bar is None:  # created at the first step (a resumed run starts mid-way)
-            self.bar = tqdm(total=steps, initial=step - 1, file=sys.stderr, unit="step",
-                            desc="train", dynamic_ncols=True, leave=True)
-        self.bar.set_postfix_str(text, refresh=False)
-        self.bar.update(step - self.bar.n)
+        done = step / steps
+        left = seconds / step * (steps - step) if step else None
+        if self.max_seconds:
+            done = max(done, min(seconds / self.max_seconds, 1.0))
+            left = min(left, self.max_seconds - seconds) if left is not None else None
+        self.line.update(done, f"step {step}/{steps}  loss {loss:.4f}  lr {lr:.2e}  "
+                               f"{fmt_duration(seconds)} elapsed, ETA {fmt_duration(left)}",
+                         final=step == steps)
 
     def close(self) -> None:
-        if self.bar is True:
-            print(file=sys.stderr)
-        elif self.bar is not None:
-            self.bar.close()
+        self.line.close()
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -200,7 +182,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def add_extra_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = sub.add_parser("train", help="train a segmentation (or Mask R-CNN buildings) bundle")
     t.add_argument("--task", choices=["landcover", "buildings"], required=True)
     t.add_argument("--scene", action="append", help="generated scene dir (repeatable)")

@@ -1,4 +1,4 @@
-"""The ``geoseg change`` sub-command: compare two runs of one region (wired into geoseg.cli)."""
+"""``geoseg change``: compare two runs (or two images, run here first) of one region."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path]:
     """The two runs to compare: the given run directories, or, when both arguments are image
     files, ``OUT/run_a`` and ``OUT/run_b`` computed here with the same models and settings
     (an interrupted date is resumed; ``--overwrite`` redoes both)."""
-    from geoseg.cli import build_parser, cmd_run
+    from geoseg.cli.run_cmds import cmd_run, run_parser
     from geoseg.errors import InputError, OutputExistsError
     from geoseg.manifest import has_results
 
@@ -58,7 +58,7 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path]:
               + (" (overwrite)" if existing and a.overwrite else
                  " (resume)" if existing else ""), flush=True)
         # `geoseg run IMAGE -o OUT` with its own defaults, then this command's settings
-        ns = build_parser().parse_args(["run", str(image), "-o", str(out)])
+        ns = run_parser().parse_args([str(image), "-o", str(out)])
         vars(ns).update(
             {k: getattr(a, k) for k in ("models", "config", "bbox", "region_crs", "region",
                                         "chunk_size", "workers", "threads", "device",

@@ -10,19 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from geoseg.cli.progress import fmt_duration
 from geoseg.runtime.upload import MAX_UPLOAD_MB
 
 EXIT_FAILED_CHUNKS = 3
 PLAN_LIST_N = 25  # files listed by `submit --plan` (all of them with --json)
-
-
-def _fmt_s(s: float | None) -> str:
-    if s is None:
-        return "unknown"
-    n = round(s)
-    if n >= 3600:
-        return f"{n // 3600}:{n % 3600 // 60:02d}:{n % 60:02d}"
-    return f"{n // 60}:{n % 60:02d}"
 
 
 def _print_plan(e: Any, as_json: bool) -> None:
@@ -42,9 +34,10 @@ def _print_plan(e: Any, as_json: bool) -> None:
         return
     print(f"  rate     {e.rate.px_per_s / 1e6:.3f} Mpx/s measured by {e.rate.source}: "
           f"{e.rate.detail}")
-    print(f"  time     {_fmt_s(e.eta_s)} at that rate")
+    print(f"  time     {fmt_duration(e.eta_s, 'unknown')} at that rate")
     if e.workers and e.workers > 1 and e.eta_s is not None and e.rate.source == "calibration":
-        print(f"           {_fmt_s(e.eta_s / e.workers)} with {e.workers} such workers if "
+        each = fmt_duration(e.eta_s / e.workers, "unknown")
+        print(f"           {each} with {e.workers} such workers if "
               "throughput scales linearly (an upper bound on speed-up)")
 
 
@@ -132,7 +125,8 @@ def cmd_status(a: argparse.Namespace) -> int:
 
     st = jobs.state(a.job_id, a.address)
     took = (st.end_time or time.time()) - st.start_time if st.start_time else None
-    print(f"job {st.job_id}: {st.status}" + (f" ({_fmt_s(took)})" if took is not None else ""))
+    print(f"job {st.job_id}: {st.status}"
+          + (f" ({fmt_duration(took, 'unknown')})" if took is not None else ""))
     if st.message:
         print(f"  message     {st.message.strip().splitlines()[-1]}")
     print(f"  entrypoint  {st.entrypoint[:200]}")

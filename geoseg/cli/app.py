@@ -1,0 +1,129 @@
+"""The ``geoseg`` command: parse, validate, call the library, print a short summary.
+
+Each sub-command lives in a module of this package (``run_cmds``, ``model_cmds``,
+``change_cmd``, ``cluster_cmds``); this one builds the parser and turns errors into exit codes.
+
+Errors a user can cause print as one line on stderr with a non-zero exit and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from geoseg.cli.change_cmd import add_change_command
+from geoseg.cli.cluster_cmds import add_cluster_commands
+from geoseg.cli.model_cmds import add_model_commands
+from geoseg.cli.run_cmds import add_run_commands
+from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where the parser sets one (options left to the job config,
+    whose argparse default is None, say theirs in their help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: ``--help`` shows each option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from geoseg import __version__
+
+    p = argparse.ArgumentParser(
+        prog="geoseg", description="Segment huge georeferenced images into maps: land cover "
+        "and building footprints as georeferenced Zarr, COG and GeoPackage, change between "
+        "dates, training and evaluation; on this machine or a Ray cluster.")
+    p.add_argument("--version", action="version", version=f"geoseg {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_CommandParser)
+
+    add_run_commands(sub)
+    add_model_commands(sub)
+    add_change_command(sub)
+    add_cluster_commands(sub)
+    return p
+
+
+# options whose value may start with "-" (a bbox west of Greenwich or south of the equator)
+_NEGATIVE_VALUE_OPTIONS = ("--bbox",)
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--bbox -101.2,41.4,...`` → ``--bbox=-101.2,41.4,...`` (argparse would take the value for
+    an option)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if tok in _NEGATIVE_VALUE_OPTIONS and nxt is not None and nxt.startswith("-") \
+                and len(nxt) > 1 and (nxt[1].isdigit() or nxt[1] == "."):
+            out.append(f"{tok}={nxt}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+def _stop_ray() -> None:
+    """Shut down the Ray this process started or joined (workers and actors go with it)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_join_negative_values(raw))
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    warnings.simplefilter("default", GeoSegWarning)
+    warnings.showwarning = lambda m, c, *_a, **_k: print(f"warning: {m}", file=sys.stderr)
+    from geoseg.runtime.signals import StopOnSignals, exit_code
+
+    # SIGTERM (Kubernetes, systemd, timeout, `ray job stop`) stops a job as Ctrl-C does
+    with StopOnSignals():
+        return _dispatch(args, exit_code)
+
+
+def _dispatch(args: argparse.Namespace, exit_code: Callable[[BaseException], int]) -> int:
+    """Run the sub-command; user errors and interruptions become one line and an exit code."""
+    try:
+        return int(args.fn(args))
+    except KeyboardInterrupt as exc:  # JobInterrupted too
+        _stop_ray()
+        print("interrupted: finished chunks are kept; rerun with --resume to continue",
+              file=sys.stderr)
+        return exit_code(exc)
+    except GeoSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ValidationError as exc:  # settings passed on the command line, checked by pydantic
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or exc.title
+        print(f"error: invalid {where}: {first['msg']} (got {first.get('input')!r})",
+              file=sys.stderr)
+        return ConfigError.exit_code
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""``geoseg run``, ``geoseg demo`` and ``geoseg sample``: segment an image (or the demo
+scene) into Zarr + COG + GeoPackage, with a progress bar and a short summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from geoseg.cli.progress import ProgressLine, fmt_duration
+from geoseg.errors import GeoSegError
+from geoseg.layout import RunLayout
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", action="append", dest="models",
+                   help="model bundle dir or built-in name (repeatable; default: landcover and "
+                        "buildings)")
+    p.add_argument("--bbox", help="region minx,miny,maxx,maxy (needs --bbox-crs)")
+    p.add_argument("--bbox-crs", "--region-crs", dest="region_crs",
+                   help="CRS of --bbox / --wkt (e.g. EPSG:4326)")
+    p.add_argument("--region", help="region as a vector file (GeoJSON, GeoPackage, ...)")
+    p.add_argument("--wkt", help="region as WKT (needs --region-crs)")
+    p.add_argument("--config", help="job YAML (configs/); flags override it")
+    p.add_argument("--chunk-size", type=int)
+    p.add_argument("--halo", type=int)
+    p.add_argument("--tile-size", type=int)
+    p.add_argument("--engine", choices=["auto", "torch", "onnx"],
+                   help="inference engine: torch (safetensors weights), onnx (the bundle's ONNX "
+                        "graph, onnxruntime) or auto (default: onnx on CPUs when the bundle has a "
+                        "graph, else torch)")
+    p.add_argument("--tta", choices=["none", "flips", "d4"],
+                   help="test-time augmentation: average the probabilities of 4 flipped (flips) "
+                        "or 8 flipped/rotated (d4) views before blending (default: none; costs "
+                        "4x / 8x the model time)")
+    p.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
+    p.add_argument("--threads", type=int, help="torch threads per worker")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS; none: this "
+                                     "machine)")
+    p.add_argument("--executor", choices=["auto", "local", "ray"],
+                   help="where chunks run: local (threads of this process), ray (a local or "
+                        "remote Ray) or auto (ray when an address is given, else local; "
+                        "default)")
+    p.add_argument("--no-vectors", action="store_true", help="skip the GeoPackage")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    g.add_argument("--resume", action="store_true", help="continue a previous run in --out")
+
+
+def job_config(a: argparse.Namespace, image: str, output: str) -> Any:
+    """The JobConfig of ``geoseg run``'s flags (``--config`` first, then every flag given)."""
+    from geoseg.config import make_job_config
+
+    return make_job_config(image, output, a.config, models=a.models, region=_region(a),
+                           chunk_size=a.chunk_size, halo=a.halo, tile_size=a.tile_size,
+                           engine=a.engine, tta=a.tta, workers=a.workers, threads=a.threads,
+                           device=a.device, address=a.address, executor=a.executor,
+                           vectors=False if a.no_vectors else None)
+
+
+def _region(a: argparse.Namespace) -> dict[str, Any] | None:
+    if a.bbox:
+        try:
+            bbox = [float(v) for v in a.bbox.split(",")]
+        except ValueError:
+            raise GeoSegError(f"bad --bbox {a.bbox!r}: give minx,miny,maxx,maxy") from None
+        if len(bbox) != 4:
+            raise GeoSegError(f"bad --bbox {a.bbox!r}: give exactly 4 numbers")
+        return {"bbox": bbox, "crs": a.region_crs}
+    if a.region:
+        return {"file": a.region, "crs": a.region_crs}
+    if a.wkt:
+        return {"wkt": a.wkt, "crs": a.region_crs}
+    return None
+
+
+class RunProgress:
+    """Chunks done, Mpx/s, km²/h and ETA of a running job (a :class:`ProgressLine`)."""
+
+    def __init__(self, quiet: bool, every_s: float = 5.0) -> None:
+        self.line = ProgressLine("predict", 1, quiet=quiet, every_s=every_s)
+
+    def __call__(self, p: Any) -> None:
+        text = (f"{p.done}/{p.total} chunks  {p.px_per_s / 1e6:.2f} Mpx/s  "
+                f"{p.km2_per_h:.1f} km²/h  ETA {fmt_duration(p.eta_s)}"
+                + (f"  [red]{p.failed} failed[/red]" if p.failed else ""))
+        self.line.update(p.done, text, total=p.total)
+
+    def close(self) -> None:
+        self.line.close()
+
+
+def _print_summary(res: Any) -> None:
+    from rich.console import Console
+
+    con = Console(highlight=False)  # the results, on stdout
+    s = res.summary
+    thr = s["throughput"]
+    status = "[green]complete[/green]" if res.ok else f"[red]{s['status']}[/red]"
+    con.print(f"geoseg run {status}: {s['grid']['shape'][1]}×{s['grid']['shape'][0]} px "
+              f"({s['grid']['crs']}), {s['chunks']['total']} chunks "
+              f"({s['chunks']['computed_this_run']} computed) in {s['timings_s']['total_s']:.1f} s"
+              + (f", {thr['px_per_s_end_to_end'] / 1e6:.2f} Mpx/s end to end"
+                 if thr["px_per_s_end_to_end"] else ""))
+    for name, n in s["features"].items():
+        con.print(f"  {name}: {n} features")
+    for k, v in s["outputs"].items():
+        con.print(f"  {k:<16} {v}")
+    con.print(f"  {'summary':<16} {RunLayout(res.output).summary}")
+    for f in s["chunks"]["failed"]:
+        con.print(f"  [red]failed chunk {f['chunk_id']} window {f['window']}: {f['error']}[/red]")
+    if not res.ok:
+        fatal = [f for f in res.failed if not f.retryable]
+        if fatal:
+            con.print(f"  {len(fatal)} chunk(s) failed on an error a rerun cannot fix: fix the "
+                      "input or model named above, then rerun with --resume")
+        else:
+            con.print("  rerun with --resume to retry the failed chunks")
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from geoseg.job import run_job
+
+    cfg = job_config(a, a.image, a.out)
+    view = RunProgress(a.quiet)
+    try:
+        res = run_job(cfg, overwrite=a.overwrite, resume=a.resume, progress=view)
+    finally:
+        view.close()
+    _print_summary(res)
+    return 0 if res.ok else 3
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    from geoseg.sample import generate_scene
+
+    size = a.size
+    t0 = time.perf_counter()
+    files = generate_scene(a.out, size=size, seed=a.seed, nodata_collar=a.nodata_collar,
+                           overwrite=a.overwrite)
+    print(f"sample scene {size}² (seed {a.seed}) in {time.perf_counter() - t0:.1f} s: {files.root}")
+    for k in ("image_t0", "image_t1", "landcover_t0", "buildings_t0", "changes"):
+        print(f"  {k:<14} {getattr(files, k)}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Generate the demo scene (if missing) and run the whole pipeline on it."""
+    from geoseg.sample import generate_scene
+
+    root = Path(a.out)
+    scene = root / "scene"
+    if not (scene / "scene.json").exists():
+        print(f"generating the demo scene ({a.size}² px, seed 0) in {scene} ...", flush=True)
+        generate_scene(scene, size=a.size, seed=0, overwrite=True)
+    ns = argparse.Namespace(**{**vars(a), "image": str(scene / "image_t0.tif"),
+                               "out": str(root / "run"), "overwrite": not a.resume,
+                               "resume": a.resume})
+    with warnings.catch_warnings():  # the generated scene has no nodata, by design
+        warnings.filterwarnings("ignore", message=".*declares no nodata value.*")
+        rc = cmd_run(ns)
+    if rc == 0 and not a.no_eval:
+        from geoseg.evaluate import evaluate_run
+
+        report = evaluate_run(root / "run", scene, date="t0")
+        RunLayout(root / "run").evaluation.write_text(json.dumps(report, indent=2))
+        print("  evaluation vs. ground truth: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in report["headline"].items()))
+    return rc
+
+
+
+
+def run_parser(sub: Any = None) -> argparse.ArgumentParser:
+    """``geoseg run IMAGE -o OUT [flags]``: registered on ``sub``, or a parser of its own (for
+    commands that run dates with run's defaults)."""
+    r = (sub.add_parser("run", help="segment a region of an image into Zarr + GeoPackage")
+         if sub is not None else argparse.ArgumentParser(prog="geoseg run"))
+    r.add_argument("image", help="the image: a GeoTIFF/COG or anything GDAL reads")
+    r.add_argument("--out", "-o", required=True, help="output directory")
+    add_run_args(r)
+    r.set_defaults(fn=cmd_run, quiet=False, verbose=0)
+    return r
+
+
+def add_run_commands(sub: Any) -> None:
+    """Register ``run``, ``sample`` and ``demo``."""
+    run_parser(sub)
+
+    s = sub.add_parser("sample", help="generate a synthetic two-date scene with ground truth")
+    s.add_argument("out", help="scene directory to write")
+    s.add_argument("--size", type=int, default=4096, help="scene width and height, px")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same scene)")
+    s.add_argument("--nodata-collar", type=int, default=0,
+                   help="width of a nodata border around the image, px")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing scene")
+    s.set_defaults(fn=cmd_sample)
+
+    d = sub.add_parser("demo", help="generate the demo scene and run the whole pipeline on it")
+    d.add_argument("--out", "-o", default="demo", help="folder for the scene and the run")
+    d.add_argument("--size", type=int, default=4096, help="demo scene size, px")
+    d.add_argument("--no-eval", action="store_true",
+                   help="skip scoring the run against the scene's truth")
+    add_run_args(d)
+    d.set_defaults(fn=cmd_demo)
