@@ -24,8 +24,8 @@ import shapely
 
 from geoseg.change.runs import STORE, open_run
 from geoseg.grid import ChunkGrid
-from geoseg.store import FILL, read_window
-from geoseg.vectorize.buildings import extract_buildings
+from geoseg.store import FILL, read_layer
+from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.regularize import corner_angle_share
 
 
@@ -45,8 +45,8 @@ def run_stage(run: Path, layer: str, halo: int, min_area: float,
     seconds = 0.0
     for chunk in ChunkGrid(info.grid.shape, info.chunk):
         ctx = chunk.window.pad(halo).intersect(info.grid.window)
-        cls = read_window(store, layer, ctx)
-        conf = read_window(store, f"{layer}_confidence", ctx).astype("float32") / 255.0
+        cls = read_layer(store, layer, ctx)
+        conf = read_layer(store, f"{layer}_confidence", ctx).astype("float32") / 255.0
         t0 = time.perf_counter()
         feats = extract_buildings(cls, conf, ctx, chunk, info.grid, building_id=building,
                                   boundary_id=boundary, fill=FILL, min_area_m2=min_area,

@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 from rasterio.errors import RasterioIOError
 
+from geoseg.area import row_pixel_areas_m2
 from geoseg.errors import InputError
 from geoseg.grid import Chunk
 from geoseg.io import read_window
@@ -132,6 +133,15 @@ def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
         counts = np.bincount(out.arrays[ref.name].ravel(), minlength=256)
         hist[ref.name] = [int(v) for v in counts[: ref.spec.num_classes]]
     valid = int(np.count_nonzero(out.arrays[plan.models[0].name] != FILL))
-    return {"hist": hist, "valid_px": valid, "pixels": out.chunk.window.size,
+    extra: dict[str, Any] = {}
+    if plan.grid.crs.is_geographic:  # a pixel's area depends on its row (latitude)
+        w = out.chunk.window
+        per_px = np.repeat(row_pixel_areas_m2(plan.grid, w.row_off, w.row_end), w.width)
+        extra["area_m2"] = {
+            ref.name: [round(float(v), 4) for v in np.bincount(
+                out.arrays[ref.name].ravel(), weights=per_px,
+                minlength=256)[: ref.spec.num_classes]]
+            for ref in plan.models}
+    return {"hist": hist, **extra, "valid_px": valid, "pixels": out.chunk.window.size,
             "files": chunk_files(store, out.chunk, sorted(out.arrays)),
             "timings": {**out.timings, "write_s": time.perf_counter() - t0}}

@@ -175,15 +175,6 @@ class GeoBox:
         r0, r1 = math.floor(min(ys) + eps), math.ceil(max(ys) - eps)
         return Window(r0, c0, r1 - r0, c1 - c0)
 
-    def pixel_area_m2(self) -> float:
-        """Ground area of one pixel in m² for projected CRSs in metres (see :mod:`geoseg.area`
-        for geographic CRSs)."""
-        if self.crs.is_geographic:
-            raise CRSError("pixel_area_m2 needs a projected CRS; use geoseg.area for lat/lon grids")
-        unit = self.crs.axis_info[0].unit_conversion_factor if self.crs.axis_info else 1.0
-        rx, ry = self.resolution
-        return rx * ry * unit * unit
-
 
 @dataclass(frozen=True, slots=True)
 class Chunk:

@@ -28,7 +28,13 @@ from geoseg.errors import GeoSegWarning, MissingDependencyError, StorageError
 from geoseg.grid import Chunk
 from geoseg.layout import GPKG, STORE, SUMMARY, RunLayout
 from geoseg.manifest import Manifest, start
-from geoseg.outdir import FolderLock, atomic_write_text, prepare_folder, storage_errors
+from geoseg.outdir import (
+    FolderLock,
+    atomic_write_text,
+    prepare_folder,
+    remove_output,
+    storage_errors,
+)
 from geoseg.plan import Plan, make_plan
 from geoseg.runtime.base import Backend, ChunkFailure
 from geoseg.runtime.provenance import code_version
@@ -203,9 +209,9 @@ class _Recorder:
 
 
 def _px_area(plan: Plan) -> float:
-    from geoseg.outputs import _pixel_area_m2
+    from geoseg.area import pixel_area_m2
 
-    return _pixel_area_m2(plan.grid)
+    return pixel_area_m2(plan.grid)
 
 
 def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
@@ -257,6 +263,8 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
     manifest = start(out, meta, overwrite=overwrite, resume=resume,
                      protect=_inputs(cfg, plan))
     _note_code(manifest, code)
+    with storage_errors(layout.stac_item):  # the item says "complete": only a finished run has one
+        remove_output(layout.stac_item)
     store = str(layout.store)
     from geoseg.store import init_store
 
@@ -322,7 +330,7 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
     sink = None
     vector_fn = None
     if cfg.vectors.enabled:
-        from geoseg.features import BackgroundSink, GeoPackageSink, vectorize_chunk
+        from geoseg.vector_outputs import BackgroundSink, GeoPackageSink, vectorize_chunk
 
         common = {"source_image": Path(plan.image.path).name,
                   "acquisition_date": plan.image.acquisition_date or ""}
@@ -369,10 +377,17 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
         timings[name] = round(timings.get(name, 0.0) + seconds, 3)
     timings["exports_s"] = round(timings.get("cog_s", 0.0) + timings.get("quicklook_s", 0.0), 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
+    if not failed:
+        outputs["stac_item"] = str(layout.stac_item)
     summary = _summary(cfg, plan, manifest, failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
     summary["runtime"]["backend"] = type(backend).__name__
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
+    if not failed:  # last: it lists the outputs with their checksums
+        from geoseg.stac_item import write_stac_item
+
+        write_stac_item(layout, plan, outputs, result_key=manifest.result_key,
+                        class_pixels=summary["class_pixels"])
     status = "complete" if not failed else f"completed with {len(failed)} failed chunks"
     manifest.update(status=status)
     if not failed:
@@ -427,11 +442,15 @@ def _summary(cfg: JobConfig, plan: Plan, manifest: Any, failed: list[ChunkFailur
     from geoseg.outputs import class_areas
 
     hist: dict[str, list[int]] = {}
+    areas: dict[str, list[float]] = {}
     stage_s: dict[str, float] = {}
     for stats in manifest.done.values():
         for name, h in stats.get("hist", {}).items():
             acc = hist.setdefault(name, [0] * len(h))
             hist[name] = [a + b for a, b in zip(acc, h, strict=True)]
+        for name, h in stats.get("area_m2", {}).items():  # geographic grids only
+            got = areas.setdefault(name, [0.0] * len(h))
+            areas[name] = [a + b for a, b in zip(got, h, strict=True)]
         for k, v in stats.get("timings", {}).items():
             stage_s[k] = stage_s.get(k, 0.0) + float(v)
     px = plan.grid.height * plan.grid.width
@@ -459,7 +478,7 @@ def _summary(cfg: JobConfig, plan: Plan, manifest: Any, failed: list[ChunkFailur
                        "px_per_s_end_to_end": round(computed_px / timings["total_s"], 1)
                        if computed else None},
         "timings_s": timings, "stage_cpu_s": {k: round(v, 3) for k, v in stage_s.items()},
-        "class_areas_m2": class_areas(plan, hist),
+        "class_areas_m2": class_areas(plan, hist, areas),
         "class_pixels": hist,
         "features": counts, "outputs": outputs,
         "valid_fraction": float(np.sum([s.get("valid_px", 0) for s in manifest.done.values()])

@@ -16,6 +16,7 @@ MANIFEST = "manifest.json"
 CHUNKS = "chunks.jsonl"
 QUICKLOOK = "quicklook.png"
 EVALUATION = "evaluation.json"
+STAC_ITEM = "stac-item.json"  # written last, by a complete run only
 LOCK = ".geoseg.lock"
 
 
@@ -54,6 +55,10 @@ class RunLayout:
         return self.root / EVALUATION
 
     @property
+    def stac_item(self) -> Path:
+        return self.root / STAC_ITEM
+
+    @property
     def lock(self) -> Path:
         return self.root / LOCK
 
@@ -62,6 +67,6 @@ class RunLayout:
 
     def outputs(self, layers: list[str] | tuple[str, ...]) -> list[str]:
         """Names (relative to the root) a run with these model layers writes."""
-        return [STORE, GPKG, SUMMARY, QUICKLOOK, EVALUATION, CHUNKS, MANIFEST,
+        return [STORE, GPKG, SUMMARY, QUICKLOOK, EVALUATION, STAC_ITEM, CHUNKS, MANIFEST,
                 *(f"{name}.tif" for name in layers)]
 

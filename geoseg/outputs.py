@@ -17,13 +17,12 @@ from PIL import Image
 from rasterio.shutil import copy as rio_copy
 from rasterio.windows import Window as RioWindow
 
+from geoseg.area import pixel_area_m2
 from geoseg.bundle import ClassSpec
-from geoseg.grid import GeoBox, Window
-from geoseg.io import read_window
+from geoseg.grid import Window
 from geoseg.outdir import atomic_write_bytes, storage_errors
 from geoseg.plan import Plan
-from geoseg.store import FILL
-from geoseg.store import read_window as read_store
+from geoseg.store import FILL, read_layer
 
 # GDAL's block cache (default 5 % of RAM) fills with the whole raster while a COG and its
 # overviews are built: the 16384² class map took 343 MB RSS to convert, 87 MB with a 64 MB cache,
@@ -49,7 +48,7 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
             rasterio.open(tmp, "w", **profile) as dst:
         for chunk in plan.chunks:
             w = chunk.window
-            dst.write(read_store(store, layer, w), 1,
+            dst.write(read_layer(store, layer, w), 1,
                       window=RioWindow(w.col_off, w.row_off, w.width, w.height))
         dst.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
         dst.update_tags(1, **{f"class_{c.id}": c.name for c in classes})
@@ -91,7 +90,7 @@ def quicklook(plan: Plan, store: str, path: str | Path, max_px: int = 1024) -> P
 
 
 def _coloured(store: str, layer: str, lut: np.ndarray, w: Window) -> np.ndarray:
-    return np.asarray(lut[read_store(store, layer, w)])
+    return np.asarray(lut[read_layer(store, layer, w)])
 
 
 def _decimate(plan: Plan, step: int, shape: tuple[int, int], bands: int,
@@ -144,28 +143,20 @@ def _stretch(arr: np.ndarray, nodata: float | None) -> np.ndarray:
     return img
 
 
-def class_areas(plan: Plan, hist: dict[str, list[int]]) -> dict[str, dict[str, float]]:
-    """Area per class (m² and ha) from pixel counts; geographic grids use per-row areas
-    approximated by the grid centre latitude's pixel area."""
-    px_m2 = _pixel_area_m2(plan.grid)
+def class_areas(plan: Plan, hist: dict[str, list[int]],
+                areas: dict[str, list[float]] | None = None) -> dict[str, dict[str, float]]:
+    """Area per class in m²: pixel counts × pixel area on projected grids; on geographic grids
+    the per-row (latitude) areas the chunks summed (``areas``)."""
+    px_m2 = pixel_area_m2(plan.grid)
     out: dict[str, dict[str, float]] = {}
     for m in plan.models:
         counts = hist.get(m.name, [])
-        out[m.name] = {c.name: round(counts[c.id] * px_m2, 2) if c.id < len(counts) else 0.0
+        summed = (areas or {}).get(m.name)
+        out[m.name] = {c.name: (round(summed[c.id], 2) if summed is not None
+                                else round(counts[c.id] * px_m2, 2))
+                       if c.id < len(counts) else 0.0
                        for c in m.spec.classes}
     return out
 
 
-def _pixel_area_m2(grid: GeoBox) -> float:
-    if not grid.crs.is_geographic:
-        return grid.pixel_area_m2()
-    import shapely
-
-    from geoseg.area import ground_area_m2
-
-    cx, cy = grid.transform @ (grid.width / 2, grid.height / 2)
-    rx, ry = grid.resolution
-    return ground_area_m2(shapely.box(cx, cy, cx + rx, cy + ry), grid.crs)
-
-
-__all__ = ["class_areas", "export_cog", "quicklook", "read_window"]
+__all__ = ["class_areas", "export_cog", "quicklook"]

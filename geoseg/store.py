@@ -136,7 +136,7 @@ def _chunk_path(path: str | Path, name: str, chunk: Chunk) -> Path:
     return Path(path) / name / f"{chunk.index[0]}.{chunk.index[1]}"
 
 
-def read_window(path: str | Path, name: str, window: Window) -> np.ndarray:
+def read_layer(path: str | Path, name: str, window: Window) -> np.ndarray:
     """Read ``window`` (must lie inside the grid) of array ``name``."""
     g = zarr.open_group(str(path), mode="r", zarr_format=2)
     arr = g[name]

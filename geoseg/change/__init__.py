@@ -4,7 +4,7 @@
 :func:`evaluate_change` scores the result against a generated scene's truth.
 """
 
+from geoseg.change.change_scores import evaluate_change
 from geoseg.change.compare import ChangeResult, compare_runs
-from geoseg.change.evaluate import evaluate_change
 
 __all__ = ["ChangeResult", "compare_runs", "evaluate_change"]

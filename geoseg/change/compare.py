@@ -16,7 +16,7 @@ import xarray as xr
 
 from geoseg import __version__
 from geoseg.change.align import GridDecision, aligned_inputs, decide_grid, quiet_warp
-from geoseg.change.buildings import check_params, compare_buildings
+from geoseg.change.building_change import check_params, compare_buildings
 from geoseg.change.quicklook import render
 from geoseg.change.raster import (
     MIN_CHANGE_WIDTH,

@@ -22,10 +22,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from geoseg.area import pixel_areas_by_row
 from geoseg.change.align import GridDecision
 from geoseg.change.runs import ClassScheme, RunInfo
 from geoseg.errors import InputError
-from geoseg.grid import GeoBox
 from geoseg.store import FILL, init_store, mark_complete
 
 log = logging.getLogger(__name__)
@@ -88,26 +88,6 @@ def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
         "changed": xr.where(known, diff.astype(np.uint8), fill).astype(np.uint8),
         "confidence": xr.where(valid, np.minimum(ac, bc), np.uint8(0)).astype(np.uint8),
     }
-
-
-def row_areas_m2(grid: GeoBox) -> np.ndarray | float:
-    """Ground area of one pixel: a constant for projected grids, one value per row (latitude)
-    for geographic grids (geodesic, on the CRS's ellipsoid)."""
-    from geoseg.outputs import _pixel_area_m2
-
-    if not grid.crs.is_geographic:
-        return _pixel_area_m2(grid)
-    import shapely
-
-    from geoseg.area import ground_area_m2
-
-    t = grid.transform
-    rx = abs(t.a)
-    out = np.empty(grid.height, np.float64)
-    for r in range(grid.height):
-        y0, y1 = sorted((t.f + t.e * r, t.f + t.e * (r + 1)))
-        out[r] = ground_area_m2(shapely.box(t.c, y0, t.c + rx, y1), grid.crs)
-    return out
 
 
 def _block_counts(fr: np.ndarray, to: np.ndarray, changed: np.ndarray, k: int,
@@ -277,7 +257,7 @@ def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecis
     ×1.48 from a 4096² to a 16384² pair; band by band it stays flat.)"""
     c = decision.chunk
     k = classes.size
-    areas = row_areas_m2(decision.grid)
+    areas = pixel_areas_by_row(decision.grid)
     height = decision.grid.height
     if ray_runs is not None:
         import ray

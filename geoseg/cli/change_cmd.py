@@ -93,7 +93,7 @@ def cmd_change(a: argparse.Namespace) -> int:
     if a.scene:
         import json
 
-        from geoseg.change.evaluate import evaluate_change
+        from geoseg.change.change_scores import evaluate_change
 
         report = evaluate_change(res, a.scene)
         path = Path(a.out) / "evaluation.json"

@@ -17,7 +17,6 @@ from geoseg.metrics.coco import (
     coco_instances,
     coco_match,
 )
-from geoseg.metrics.instances import instances_from_classes
 from geoseg.metrics.objects import (
     ObjectScores,
     greedy_match,
@@ -42,6 +41,7 @@ from geoseg.metrics.pixel import (
     mean_iou,
     pixel_accuracy,
 )
+from geoseg.metrics.semantic_instances import instances_from_classes
 
 __all__ = ["IOU_THRESHOLDS", "RECALL_THRESHOLDS", "BoundaryCounts", "BoundaryScores",
            "CocoDetections", "CocoScores", "InstanceOverlaps", "ObjectScores", "PanopticScores",

@@ -18,6 +18,7 @@ from rasterio import features
 
 from geoseg.grid import Window
 from geoseg.sample import shading
+from geoseg.sample.city_plan import Plan
 from geoseg.sample.noise import fbm, subkey
 from geoseg.sample.palette import (
     BUILDING,
@@ -28,7 +29,6 @@ from geoseg.sample.palette import (
     VEG,
     Mat,
 )
-from geoseg.sample.plan import Plan
 
 F32 = NDArray[np.float32]
 WHITE_PAINT = np.array([0.82, 0.82, 0.78, 0.68], np.float32)

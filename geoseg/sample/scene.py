@@ -29,8 +29,8 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import CRSError, InputError, OutputExistsError
 from geoseg.grid import ChunkGrid, normalize_crs
+from geoseg.sample.city_plan import Plan, build_plan
 from geoseg.sample.palette import CLASSES, LANDCOVER_NODATA
-from geoseg.sample.plan import Plan, build_plan
 from geoseg.sample.render import render_block
 
 log = logging.getLogger(__name__)

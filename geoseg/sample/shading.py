@@ -12,8 +12,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from geoseg.sample.city_plan import Illumination, Layer, Plan
 from geoseg.sample.noise import noise1d, subkey, white
-from geoseg.sample.plan import Illumination, Layer, Plan
 from geoseg.sample.shapes import DOME, FLAT, GABLE, HIP
 
 F32 = NDArray[np.float32]

@@ -205,7 +205,7 @@ class ChipSampler:
 
     def read_chip(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
         """A training chip's image and target (:meth:`read`; subclasses may train on
-        another target, e.g. instance ids in :mod:`geoseg.train.instances`)."""
+        another target, e.g. instance ids in :mod:`geoseg.train.maskrcnn_step`)."""
         return self.read(scene, win)
 
     def chip_valid_fraction(self, target: np.ndarray) -> float:

@@ -8,7 +8,7 @@ result is a bundle (``bundle.yaml`` + float16 safetensors) whose ``training`` se
 provenance (seed, steps, chips, loss, scenes, validation metrics).
 
 Mask R-CNN (``architecture.name: maskrcnn``, task buildings) runs through the same loop, schedule,
-checkpoints and validation; its chips, targets and step are in :mod:`geoseg.train.instances`.
+checkpoints and validation; its chips, targets and step are in :mod:`geoseg.train.maskrcnn_step`.
 Its loss is the sum of torchvision's five detector losses, its default learning rate is
 ``MASKRCNN_LR`` (AdamW from scratch; see :data:`MASKRCNN_LR`).
 """
@@ -36,7 +36,8 @@ from geoseg.models.weights import save_bundle
 from geoseg.train import checkpoint as ckpt
 from geoseg.train.augment import AugmentConfig, augment
 from geoseg.train.data import ChipSampler, SceneFiles, band_stats
-from geoseg.train.instances import (
+from geoseg.train.losses import LossConfig, SegLoss
+from geoseg.train.maskrcnn_step import (
     GRAD_CLIP,
     ROIS_PER_IMAGE,
     RPN_PROPOSALS_TRAIN,
@@ -46,7 +47,6 @@ from geoseg.train.instances import (
     detector_step,
     instance_batch,
 )
-from geoseg.train.losses import LossConfig, SegLoss
 from geoseg.train.validate import validate
 
 logger = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from geoseg.metrics.instances import instances_from_classes
 from geoseg.metrics.objects import ObjectScores, score_instances
 from geoseg.metrics.pixel import PixelScores, confusion_matrix
+from geoseg.metrics.semantic_instances import instances_from_classes
 from geoseg.train.data import ChipSampler
 from geoseg.train.targets import BOUNDARY, BUILDING, IGNORE
 

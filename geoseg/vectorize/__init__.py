@@ -1,13 +1,13 @@
 """Vectorization of class maps into seam-free features.
 
 - :mod:`~geoseg.vectorize.landcover`: land-cover polygons as per-chunk parts plus a seam merge;
-- :mod:`~geoseg.vectorize.buildings`: building footprints owned by one chunk (halo context);
+- :mod:`~geoseg.vectorize.footprints`: building footprints owned by one chunk (halo context);
 - :mod:`~geoseg.vectorize.regularize`: right-angled building outlines;
 - :mod:`~geoseg.vectorize.features`: the :class:`Feature` type and shared pixel→polygon helpers.
 """
 
-from geoseg.vectorize.buildings import extract_buildings
 from geoseg.vectorize.features import Feature, features_to_frame
+from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.landcover import (
     BorderPart,
     ChunkEdges,

@@ -18,7 +18,7 @@ from affine import Affine
 from pyproj import CRS
 from shapely.geometry import MultiPolygon, Polygon
 
-from geoseg.errors import CRSError, InputError
+from geoseg.errors import InputError
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -198,14 +198,3 @@ def pixel_to_world(geom: Polygon, transform: Affine) -> Polygon:
     return result if isinstance(result, Polygon) else as_polygon(result)
 
 
-def measure(geom: Polygon, crs: CRS) -> tuple[float, float]:
-    """``(area_m2, perimeter_m)`` of a polygon in ``crs``: planar for projected CRSs (scaled by
-    the axis unit), geodesic on the CRS's ellipsoid for geographic ones (x = lon, y = lat)."""
-    if crs.is_geographic:
-        geod = crs.get_geod()
-        if geod is None:
-            raise CRSError(f"{crs.name} has no ellipsoid: cannot measure geodesic areas")
-        area, perimeter = geod.geometry_area_perimeter(geom)
-        return abs(float(area)), float(perimeter)
-    unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return float(geom.area) * unit * unit, float(geom.length) * unit

@@ -22,6 +22,7 @@ from pyproj import CRS
 from shapely.geometry import Polygon
 from skimage.measure import label as label_regions
 
+from geoseg.area import area_perimeter_m
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, ChunkGrid
 from geoseg.vectorize.features import (
@@ -31,7 +32,6 @@ from geoseg.vectorize.features import (
     check_class_map,
     check_confidence,
     drop_collinear,
-    measure,
     trace_labels,
 )
 
@@ -208,7 +208,7 @@ def _features(items: list[tuple[Polygon, int, int, float | None, tuple[int, int]
         if crs is None:
             area = perimeter = None
         elif crs.is_geographic:
-            area, perimeter = measure(geom, crs)
+            area, perimeter = area_perimeter_m(geom, crs)
         else:
             area, perimeter = areas[i], lengths[i]
         confidence = csum / pixels if csum is not None else None

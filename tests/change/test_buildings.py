@@ -14,7 +14,7 @@ from pyproj import CRS
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.change import compare_runs
-from geoseg.change.buildings import classify
+from geoseg.change.building_change import classify
 from tests.change.conftest import SHAPE, box_px, make_run, shifted
 
 # a: ids 1..6; b: ids 11..16 (a model numbers its own features)
@@ -132,7 +132,7 @@ def _records(path: Path) -> list[tuple[str, str, str, float, str]]:
 def _compare_tiled(tmp_path: Path, a_b: list[tuple[int, BaseGeometry]],
                    b_b: list[tuple[int, BaseGeometry]], tiles: tuple[int, ...]) -> None:
     """The same records, counts and outside counts whatever the tile size."""
-    from geoseg.change.buildings import compare_buildings
+    from geoseg.change.building_change import compare_buildings
     from geoseg.change.runs import open_run
 
     cls = np.zeros(SHAPE, np.uint8)

@@ -12,8 +12,9 @@ import pytest
 import rasterio
 import zarr
 
+from geoseg.area import pixel_areas_by_row as row_areas_m2
 from geoseg.change import compare_runs
-from geoseg.change.raster import confidence_threshold, row_areas_m2
+from geoseg.change.raster import confidence_threshold
 from geoseg.errors import InputError
 from geoseg.grid import GeoBox
 from tests.change.conftest import SHAPE, make_run, pattern

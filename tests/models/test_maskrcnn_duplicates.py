@@ -6,7 +6,7 @@ fake reports, in each tile that sees part of a building, that part as an instanc
 score, exactly what a real detector's per-tile output looks like. Everything after it is the real
 pipeline code: :func:`instances_to_proba` per tile, the cosine blending of
 :func:`geoseg.stitch.predict_window`, :func:`geoseg.stitch.classify` and the chunk-owned
-:func:`geoseg.vectorize.buildings.extract_buildings` on the confidence the store would hold.
+:func:`geoseg.vectorize.footprints.extract_buildings` on the confidence the store would hold.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pyproj import CRS
 from geoseg.grid import Chunk, GeoBox, Window
 from geoseg.models.maskrcnn import instances_to_proba
 from geoseg.stitch import ProbaFn, classify, predict_window
-from geoseg.vectorize.buildings import extract_buildings
 from geoseg.vectorize.features import Feature
+from geoseg.vectorize.footprints import extract_buildings
 
 LAYOUT = (0, 1, 2)            # background, building, boundary (BUILDING_CLASSES)
 H, W, TILE, OVERLAP = 96, 160, 96, 32   # two tiles: columns [0, 96) and [64, 160)

@@ -127,7 +127,7 @@ def _polygons(mask: np.ndarray, row: int, col: int) -> list[Polygon]:
 
 
 def test_background_sink_reports_a_writer_error() -> None:
-    from geoseg.features import BackgroundSink
+    from geoseg.vector_outputs import BackgroundSink
 
     class Broken:
         def add(self, _result: Any) -> None:

@@ -17,17 +17,17 @@ from geoseg.cli import main
 from geoseg.errors import ConfigError
 from geoseg.models import Predictor
 from geoseg.train import BUILDING_CLASSES, AugmentConfig, SceneFiles, TrainConfig, train
-from geoseg.train import instances as inst
+from geoseg.train import maskrcnn_step as inst
 from geoseg.train.augment import augment
 from geoseg.train.checkpoint import checkpoint_path
-from geoseg.train.instances import (
+from geoseg.train.loop import MASKRCNN_LR
+from geoseg.train.maskrcnn_step import (
     InstanceSampler,
     decode_chip,
     detection_targets,
     encode_chip,
     instance_batch,
 )
-from geoseg.train.loop import MASKRCNN_LR
 from tests.train.test_checkpoint import Stop, _stop_at
 
 BUILDINGS = tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in BUILDING_CLASSES)

@@ -18,8 +18,8 @@ from shapely import affinity
 
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, ChunkGrid, GeoBox, Window
-from geoseg.vectorize.buildings import extract_buildings
 from geoseg.vectorize.features import CROSS, Feature, features_to_frame
+from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.regularize import corner_angle_share
 
 BG, BUILDING, BOUNDARY, FILL = 0, 1, 2, 255
@@ -197,7 +197,7 @@ def test_cluster_larger_than_halo_warns(caplog: pytest.LogCaptureFixture) -> Non
     classes = np.zeros((48, 48), dtype=np.uint8)
     classes[4:40, 4:12] = BUILDING                        # 36 px tall, halo only 8
     grid = utm_grid(classes.shape)
-    with caplog.at_level(logging.WARNING, logger="geoseg.vectorize.buildings"):
+    with caplog.at_level(logging.WARNING, logger="geoseg.vectorize.footprints"):
         feats = run_chunks(classes, prob_of(classes), grid, chunk=16, halo=8)
     assert [f.id for f in feats] == ["b4_4"]              # still emitted, by its owner
     assert "chunk 0_0" in caplog.text and "enlarge" in caplog.text

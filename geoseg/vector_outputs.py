@@ -24,8 +24,8 @@ from geoseg.config import VectorConfig
 from geoseg.grid import Chunk
 from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
-from geoseg.store import FILL, read_window
-from geoseg.vectorize.buildings import extract_buildings
+from geoseg.store import FILL, read_layer
+from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.landcover import LandcoverParts, SeamMerger, landcover_parts
 
 log = logging.getLogger(__name__)
@@ -47,16 +47,16 @@ def vectorize_chunk(plan: Plan, store: str, chunk: Chunk, *, vcfg: VectorConfig)
     lc_parts = None
     lc = plan.model("landcover")
     if lc is not None and vcfg.landcover_polygons:
-        cls = read_window(store, lc.name, chunk.window)
-        conf = read_window(store, f"{lc.name}_confidence", chunk.window)
+        cls = read_layer(store, lc.name, chunk.window)
+        conf = read_layer(store, f"{lc.name}_confidence", chunk.window)
         lc_parts = landcover_parts(cls, conf, chunk, plan.grid.transform, fill=FILL,
                                    crs=plan.grid.crs)
     feats: list[Any] = []
     bd = plan.model("buildings")
     if bd is not None:
         ctx = chunk.window.pad(vcfg.halo).intersect(plan.grid.window)
-        cls = read_window(store, bd.name, ctx)
-        conf = read_window(store, f"{bd.name}_confidence", ctx).astype("float32") / 255.0
+        cls = read_layer(store, bd.name, ctx)
+        conf = read_layer(store, f"{bd.name}_confidence", ctx).astype("float32") / 255.0
         names = {c.name for c in bd.spec.classes}
         feats = extract_buildings(
             cls, conf, ctx, chunk, plan.grid, building_id=bd.spec.class_id("building"),

@@ -42,7 +42,7 @@ import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
-from geoseg.area import ground_area_m2
+from geoseg.area import ground_areas_m2
 from geoseg.change.runs import RunInfo
 from geoseg.errors import InputError
 
@@ -125,13 +125,6 @@ def overlap_polygon(a: RunInfo, b: RunInfo) -> BaseGeometry:
     return shapely.intersection(shapely.box(ab.left, ab.bottom, ab.right, ab.top), box_b)
 
 
-def ground_areas(geoms: np.ndarray, crs: CRS) -> np.ndarray:
-    if not crs.is_geographic:
-        f = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-        return np.asarray(shapely.area(geoms), np.float64) * f * f
-    return np.array([ground_area_m2(g, crs) for g in geoms], np.float64)
-
-
 Pairs = list[tuple[int, int, float]]  # (index in a, index in b, IoU)
 
 
@@ -193,7 +186,7 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
     as for :func:`match`."""
     ga = np.asarray(a.geometry.values, dtype=object)
     gb = np.asarray(b.geometry.values, dtype=object)
-    area_a, area_b = ground_areas(ga, crs), ground_areas(gb, crs)
+    area_a, area_b = ground_areas_m2(ga, crs), ground_areas_m2(gb, crs)
     ids_a, ids_b = a["id"].to_numpy(), b["id"].to_numpy()
     a2b, leftover = match(ga, gb, candidates)
     related_a = {j for j, _, r in leftover.values() if r == "split"}

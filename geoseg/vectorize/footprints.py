@@ -26,6 +26,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 from skimage.segmentation import watershed
 
+from geoseg.area import area_perimeter_m
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, GeoBox, Window
 from geoseg.vectorize.features import (
@@ -34,7 +35,6 @@ from geoseg.vectorize.features import (
     apply_affine,
     check_class_map,
     check_confidence,
-    measure,
     pixel_to_world,
     trace_labels,
 )
@@ -158,12 +158,12 @@ def _footprints(instances: np.ndarray, probability: np.ndarray, scale: float,
         row, col = divmod(int(first_index[lab]), width)
         ref = (origin[0] + row, origin[1] + col)
         raw = outlines[lab]
-        area, _ = measure(pixel_to_world(raw, grid.transform), grid.crs)
+        area, _ = area_perimeter_m(pixel_to_world(raw, grid.transform), grid.crs)
         if area < min_area_m2:
             continue
         pixel_poly = _regularized(raw, ref, grid) if regularize else raw
         geometry = pixel_to_world(pixel_poly, grid.transform)
-        area_m2, perimeter_m = measure(geometry, grid.crs)
+        area_m2, perimeter_m = area_perimeter_m(geometry, grid.crs)
         out.append((ref, Feature(geometry, building_id, int(pixels[lab]),
                                  float(prob_sum[lab] / pixels[lab]), id=f"b{ref[0]}_{ref[1]}",
                                  area_m2=area_m2, perimeter_m=perimeter_m, chunk_id=chunk.id)))

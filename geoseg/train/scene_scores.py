@@ -17,9 +17,9 @@ import rasterio
 from geoseg.errors import BandMismatchError, InputError, LabelError
 from geoseg.grid import ChunkGrid, Window
 from geoseg.io import open_info, read_window
-from geoseg.metrics.instances import instances_from_classes
 from geoseg.metrics.objects import score_instances
 from geoseg.metrics.pixel import PixelScores, confusion_matrix
+from geoseg.metrics.semantic_instances import instances_from_classes
 from geoseg.models.predictor import Predictor
 from geoseg.train.targets import IGNORE, buildings_target
 
