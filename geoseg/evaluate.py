@@ -4,7 +4,6 @@ mask AP and panoptic quality of footprints rasterized onto the truth's instance 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -36,16 +35,7 @@ from geoseg.metrics import (
     panoptic_match,
     score_polygons,
 )
-
-
-def _store_grid(store: Path) -> tuple[GeoBox, int]:
-    from affine import Affine
-
-    attrs = json.loads((store / ".zattrs").read_text())
-    g = zarr.open_group(str(store), mode="r")
-    arr = next(a for n, a in g.arrays() if n not in ("x", "y", "spatial_ref"))
-    return (GeoBox(tuple(arr.shape), Affine(*attrs["transform"]),  # type: ignore[arg-type]
-                   normalize_crs(attrs["crs_wkt"])), int(attrs["chunk_size"]))
+from geoseg.store import store_grid
 
 
 def truth_window(truth: str | Path, grid: GeoBox) -> Window:
@@ -66,7 +56,7 @@ def _class_windows(store: Path, layer: str, truth: str | Path,
                    halo: int) -> Iterator[tuple[np.ndarray, np.ndarray, Window]]:
     """Prediction and truth of each store chunk grown by ``halo`` px (clipped to the grid), with
     the chunk's window inside them."""
-    grid, chunk = _store_grid(store)
+    grid, chunk = store_grid(store)
     win = truth_window(truth, grid)
     arr = zarr.open_group(str(store), mode="r")[layer]
     if not isinstance(arr, zarr.Array):
@@ -293,7 +283,7 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
         report["headline"]["landcover boundary F1"] = cs.boundary.mean_f1
     gpkg = layout.gpkg
     if "buildings" in names and gpkg.exists():
-        grid, chunk = _store_grid(store)
+        grid, chunk = store_grid(store)
         b = grid.bounds
         obj = evaluate_footprints(gpkg, scene / f"buildings_{date}.gpkg",
                                   bounds=(b.left, b.bottom, b.right, b.top))

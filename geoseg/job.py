@@ -11,7 +11,6 @@ import logging
 import os
 import platform
 import signal
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from geoseg.outdir import (
 )
 from geoseg.plan import Plan, make_plan
 from geoseg.runtime.base import Backend, ChunkFailure
+from geoseg.runtime.connection import ray_connected
 from geoseg.runtime.provenance import code_version
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ def executor(cfg: JobConfig) -> str:
     want = cfg.runtime.executor
     if want != "auto":
         return want
-    ray = sys.modules.get("ray")
-    joined = ray is not None and ray.is_initialized()
-    if cfg.runtime.address or os.environ.get("RAY_ADDRESS") or joined:
+    if cfg.runtime.address or os.environ.get("RAY_ADDRESS") or ray_connected():
         return "ray"
     # the local executor runs one model: several GPUs (or workers) need Ray's actors
     gpus = _local_gpus() if cfg.runtime.device != "cpu" else 0

@@ -54,8 +54,7 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
     g.attrs.update({**attrs, COMPLETE_ATTR: False, "crs_wkt": crs_wkt,
                     "transform": [t.a, t.b, t.c, t.d, t.e, t.f], "chunk_size": chunk})
     h, w = grid.shape
-    xs = t.c + t.a * (np.arange(w) + 0.5)
-    ys = t.f + t.e * (np.arange(h) + 0.5)
+    centres = pixel_centres(grid)
     units = (grid.crs.axis_info[0].unit_name if grid.crs.axis_info else "metre")
     x = g.create_array("x", shape=(w,), chunks=(w,), dtype="float64", fill_value=None,
                        attributes={"_ARRAY_DIMENSIONS": ["x"], "units": units,
@@ -63,32 +62,57 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
     y = g.create_array("y", shape=(h,), chunks=(h,), dtype="float64", fill_value=None,
                        attributes={"_ARRAY_DIMENSIONS": ["y"], "units": units,
                                    "standard_name": "projection_y_coordinate", "axis": "Y"})
-    x[:] = xs
-    y[:] = ys
+    x[:] = centres["x"]
+    y[:] = centres["y"]
     gt = f"{t.c!r} {t.a!r} {t.b!r} {t.f!r} {t.d!r} {t.e!r}"
     sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=None,
                         attributes={"_ARRAY_DIMENSIONS": [], "crs_wkt": crs_wkt,
                                     "spatial_ref": crs_wkt, "GeoTransform": gt})
     sr[...] = 0
     for layer in layers:
-        common: dict[str, Any] = {"grid_mapping": "spatial_ref", "_CRS": {"wkt": crs_wkt},
-                  "model_id": layer.model_id, "engine": layer.engine}
+        common: dict[str, Any] = {"model_id": layer.model_id, "engine": layer.engine}
         flags: dict[str, Any] = {
             "flag_values": [c.id for c in layer.classes],
             "flag_meanings": " ".join(c.name.replace(" ", "_") for c in layer.classes),
             "flag_colors": " ".join(c.color for c in layer.classes)}
-        g.create_array(
-            layer.name, shape=grid.shape, chunks=(chunk, chunk), dtype="uint8", fill_value=FILL,
-            compressors=_compressor(),
-            attributes={"_ARRAY_DIMENSIONS": ["y", "x"], **common,
-                        "long_name": f"{layer.name} class id", **flags})
-        g.create_array(
-            f"{layer.name}_confidence", shape=grid.shape, chunks=(chunk, chunk), dtype="uint8",
-            fill_value=0, compressors=_compressor(),
-            attributes={"_ARRAY_DIMENSIONS": ["y", "x"], **common,
-                        "long_name": f"{layer.name} confidence (max class probability)",
-                        "scale_factor": 1 / 255, "add_offset": 0.0})
+        create_layer(g, layer.name, grid, chunk, FILL,
+                     {**common, "long_name": f"{layer.name} class id", **flags})
+        create_layer(g, f"{layer.name}_confidence", grid, chunk, 0,
+                     {**common, "long_name": f"{layer.name} confidence (max class probability)",
+                      "scale_factor": 1 / 255, "add_offset": 0.0})
     zarr.consolidate_metadata(str(path))
+
+
+def create_layer(group: zarr.Group, name: str, grid: GeoBox, chunk: int, fill: int,
+                 attributes: dict[str, Any]) -> None:
+    """One georeferenced uint8 layer of a store made by :func:`init_store` (the run's layers and
+    the change layers): chunked ``chunk`` × ``chunk``, compressed, on the store's ``y``/``x``
+    with its CRS (CF ``grid_mapping`` and GDAL ``_CRS``), plus ``attributes``."""
+    group.create_array(
+        name, shape=grid.shape, chunks=(chunk, chunk), dtype="uint8", fill_value=fill,
+        compressors=_compressor(),
+        attributes={"_ARRAY_DIMENSIONS": ["y", "x"], "grid_mapping": "spatial_ref",
+                    "_CRS": {"wkt": grid.crs.to_wkt()}, **attributes})
+
+
+def pixel_centres(grid: GeoBox) -> dict[str, np.ndarray]:
+    """The store's 1-D ``y``/``x`` coordinates: pixel centres in the grid's CRS."""
+    t = grid.transform
+    return {"y": t.f + t.e * (np.arange(grid.height) + 0.5),
+            "x": t.c + t.a * (np.arange(grid.width) + 0.5)}
+
+
+def store_grid(path: str | Path) -> tuple[GeoBox, int]:
+    """The grid and chunk size of a store made by :func:`init_store`."""
+    from affine import Affine
+
+    from geoseg.grid import normalize_crs
+
+    attrs = json.loads((Path(path) / ".zattrs").read_text())
+    g = zarr.open_group(str(path), mode="r")
+    arr = next(a for n, a in g.arrays() if n not in ("x", "y", "spatial_ref"))
+    return (GeoBox(tuple(arr.shape), Affine(*attrs["transform"]),  # type: ignore[arg-type]
+                   normalize_crs(attrs["crs_wkt"])), int(attrs["chunk_size"]))
 
 
 def write_chunk(path: str | Path, chunk: Chunk, arrays: dict[str, np.ndarray],

@@ -26,7 +26,7 @@ from dask.base import tokenize
 from geoseg.change.runs import LAYER, RunInfo
 from geoseg.errors import CRSError, RegionError
 from geoseg.grid import Bounds, GeoBox, Window
-from geoseg.store import FILL
+from geoseg.store import FILL, pixel_centres
 
 log = logging.getLogger(__name__)
 
@@ -205,15 +205,8 @@ def quiet_warp() -> Iterator[None]:
         yield
 
 
-def grid_coords(grid: GeoBox) -> dict[str, np.ndarray]:
-    """Pixel-centre ``y``/``x`` coordinates, as :func:`geoseg.store.init_store` writes them."""
-    t = grid.transform
-    return {"y": t.f + t.e * (np.arange(grid.height) + 0.5),
-            "x": t.c + t.a * (np.arange(grid.width) + 0.5)}
-
-
 def _wrap(data: da.Array, grid: GeoBox) -> xr.DataArray:
-    return xr.DataArray(data, dims=("y", "x"), coords=grid_coords(grid))
+    return xr.DataArray(data, dims=("y", "x"), coords=pixel_centres(grid))
 
 
 def open_layer(run: RunInfo) -> tuple[da.Array, da.Array]:

@@ -19,9 +19,9 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.change.compare import GPKG, STORE, ChangeResult
 from geoseg.errors import InputError
-from geoseg.evaluate import _store_grid, truth_window
+from geoseg.evaluate import truth_window
 from geoseg.metrics import ObjectScores, score_polygons
-from geoseg.store import FILL
+from geoseg.store import FILL, store_grid
 
 TRUTH_KIND = {"new": "new", "demolished": "demolished", "extended": "modified",
               "modified": "modified"}
@@ -32,7 +32,7 @@ def _ratio(n: int, d: int) -> float:
 
 
 def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
-    grid, chunk = _store_grid(store)
+    grid, chunk = store_grid(store)
     t0, t1 = scene / "landcover_t0.tif", scene / "landcover_t1.tif"
     for p in (t0, t1):
         if not p.exists():
@@ -112,7 +112,7 @@ def evaluate_change(result_or_out: ChangeResult | Path | str, scene_dir: Path | 
                 "changed px recall": report["pixels"]["recall"]}
     gpkg = out / GPKG
     if gpkg.exists():
-        grid, _ = _store_grid(store)
+        grid, _ = store_grid(store)
         b = grid.bounds
         report["buildings"] = _building_scores(gpkg, scene, (b.left, b.bottom, b.right, b.top))
         for kind in ("new", "demolished", "modified"):

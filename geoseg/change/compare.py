@@ -25,10 +25,10 @@ from geoseg.change.raster import (
     compute_change,
     confidence_threshold,
     init_change_store,
-    on_ray,
 )
 from geoseg.change.runs import RunInfo, check_same_classes, open_run
 from geoseg.errors import InputError, OutputExistsError
+from geoseg.runtime.connection import ray_connected
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     check_min_width(min_change_width)
     if executor not in ("auto", "threads", "ray"):
         raise InputError(f"executor must be auto, threads or ray, got {executor!r}")
-    use_ray = executor == "ray" or (executor == "auto" and on_ray())
+    use_ray = executor == "ray" or (executor == "auto" and ray_connected())
     if use_ray:
         from geoseg.runtime.ray_backend import ensure_ray
 

@@ -26,7 +26,7 @@ from geoseg.area import pixel_areas_by_row
 from geoseg.change.align import GridDecision
 from geoseg.change.runs import ClassScheme, RunInfo
 from geoseg.errors import InputError
-from geoseg.store import FILL, init_store, mark_complete
+from geoseg.store import FILL, create_layer, init_store, mark_complete
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,6 @@ def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
     grid, c = decision.grid, decision.chunk
     init_store(path, grid, c, [], attrs)
     g = zarr.open_group(str(path), mode="r+", zarr_format=2)
-    wkt = grid.crs.to_wkt()
-    common: dict[str, Any] = {"_ARRAY_DIMENSIONS": ["y", "x"], "grid_mapping": "spatial_ref",
-                              "_CRS": {"wkt": wkt}}
     flags = {"flag_values": list(classes.values), "flag_meanings": " ".join(classes.meanings),
              "flag_colors": " ".join(classes.colors)}
     specs: dict[str, tuple[int, dict[str, Any]]] = {
@@ -184,11 +181,8 @@ def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
         "confidence": (0, {"long_name": "min of both dates' confidences",
                            "scale_factor": 1 / 255, "add_offset": 0.0}),
     }
-    from geoseg.store import _compressor
-
     for name, (fill, extra) in specs.items():
-        g.create_array(name, shape=grid.shape, chunks=(c, c), dtype="uint8", fill_value=fill,
-                       compressors=_compressor(), attributes={**common, **extra})
+        create_layer(g, name, grid, c, fill, extra)
     zarr.consolidate_metadata(str(path))
 
 
@@ -225,23 +219,15 @@ def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassSchem
     return np.asarray(total)
 
 
-def _band_task(path: Path, decision: GridDecision, a: RunInfo, b: RunInfo,
-               classes: ClassScheme, threshold: int, min_width: int,
-               areas: np.ndarray | float, rows: tuple[int, int]) -> np.ndarray:
+def _band_task(rows: tuple[int, int], path: Path, decision: GridDecision, a: RunInfo,
+               b: RunInfo, classes: ClassScheme, threshold: int, min_width: int,
+               areas: np.ndarray | float) -> np.ndarray:
     """One Ray task: a band of chunk rows, its inputs opened where it runs."""
     from geoseg.change.align import aligned_inputs, quiet_warp
 
     with quiet_warp():
         return _window_change(path, aligned_inputs(decision, a, b), classes, threshold,
                               min_width, areas, rows, decision.chunk, "sync")
-
-
-def on_ray() -> bool:
-    """Whether this process is connected to Ray (then the change runs as Ray tasks)."""
-    import sys
-
-    ray = sys.modules.get("ray")
-    return bool(ray is not None and ray.is_initialized())
 
 
 def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecision,
@@ -260,14 +246,14 @@ def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecis
     areas = pixel_areas_by_row(decision.grid)
     height = decision.grid.height
     if ray_runs is not None:
-        import ray
+        from geoseg.runtime.ray_backend import ray_map
 
-        task = ray.remote(num_cpus=1, max_retries=2)(_band_task)
-        areas_ref = ray.put(areas)  # per-row geodesic areas: computed once, not per band
-        refs = [task.remote(path, decision, *ray_runs, classes, threshold, min_width,
-                            areas_ref, (r, min(r + c, height))) for r in range(0, height, c)]
-        log.info("land-cover change: %d bands of chunks on Ray", len(refs))
-        total = np.sum(ray.get(refs), axis=0)
+        bands = [(r, min(r + c, height)) for r in range(0, height, c)]
+        log.info("land-cover change: %d bands of chunks on Ray", len(bands))
+        # per-row geodesic areas and the run handles go to the object store once
+        total = np.sum(ray_map(_band_task, bands, dict(
+            path=path, decision=decision, a=ray_runs[0], b=ray_runs[1], classes=classes,
+            threshold=threshold, min_width=min_width, areas=areas)), axis=0)
     else:  # band by band here too: one graph over all chunks kept most blocks alive
         total = np.sum([_window_change(path, inp, classes, threshold, min_width, areas,
                                        (r, min(r + c, height)), c, "threads")

@@ -23,6 +23,7 @@ from geoseg.cli.cluster_cmds import add_cluster_commands
 from geoseg.cli.model_cmds import add_model_commands
 from geoseg.cli.run_cmds import add_run_commands
 from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning
+from geoseg.runtime.connection import shutdown_ray
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -84,13 +85,6 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-def _stop_ray() -> None:
-    """Shut down the Ray this process started or joined (workers and actors go with it)."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     raw = list(sys.argv[1:] if argv is None else argv)
@@ -111,7 +105,7 @@ def _dispatch(args: argparse.Namespace, exit_code: Callable[[BaseException], int
     try:
         return int(args.fn(args))
     except KeyboardInterrupt as exc:  # JobInterrupted too
-        _stop_ray()
+        shutdown_ray()
         print("interrupted: finished chunks are kept; rerun with --resume to continue",
               file=sys.stderr)
         return exit_code(exc)

@@ -49,3 +49,4 @@ class Backend(Protocol):
         """Predict and write every chunk in ``todo``; vectorize each chunk of ``vectorize`` once it
         and its neighbours are written (or failed)."""
         ...
+

@@ -295,3 +295,16 @@ def _short(exc: BaseException) -> str:
     base = _root(exc)
     lines = [ln for ln in str(base).strip().splitlines() if ln.strip()]
     return f"{type(base).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+def ray_map(fn: Callable[..., Any], items: list[Any], shared: dict[str, Any], *,
+            num_cpus: float = 1, retries: int = 2) -> list[Any]:
+    """``[fn(item, **shared) for item in items]`` as Ray tasks (in order); ``shared`` is put in
+    the object store once, not shipped with every task."""
+    task = ray.remote(num_cpus=num_cpus, max_retries=retries)(_call_shared)
+    shared_ref = ray.put(shared)
+    return list(ray.get([task.remote(fn, shared_ref, item) for item in items]))
+
+
+def _call_shared(fn: Callable[..., Any], shared: dict[str, Any], item: Any) -> Any:
+    return fn(item, **shared)
