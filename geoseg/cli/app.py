@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and building footprints as georeferenced Zarr, COG and GeoPackage, change between "
         "dates, training and evaluation; on this machine or a Ray cluster.")
     p.add_argument("--version", action="version", version=f"geoseg {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log more (-v info, -vv debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_CommandParser)
 

@@ -136,10 +136,12 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     r.add_argument("--bbox", help="region minx,miny,maxx,maxy (needs --bbox-crs)")
     r.add_argument("--bbox-crs", "--region-crs", dest="region_crs", help="CRS of --bbox")
     r.add_argument("--region", help="region as a vector file (GeoJSON, GeoPackage, ...)")
-    r.add_argument("--chunk-size", type=int)
+    r.add_argument("--chunk-size", type=int,
+                   help="output chunk of each date's run, px (default 1024)")
     r.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
     r.add_argument("--threads", type=int, help="torch threads per worker")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="where models run (default auto: CUDA when available)")
     c.add_argument("--address", help="Ray cluster address: runs both dates (for images) and the "
                                       "land-cover change pass there (default: RAY_ADDRESS; "
                                       "images else run on a local Ray)")

@@ -197,17 +197,17 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     s.set_defaults(fn=cmd_submit)
 
     st = sub.add_parser("status", help="state of a submitted job")
-    st.add_argument("job_id")
+    st.add_argument("job_id", help="the id `geoseg submit` printed (raysubmit_...)")
     _address(st)
     st.set_defaults(fn=cmd_status)
 
     lg = sub.add_parser("logs", help="log of a submitted job")
-    lg.add_argument("job_id")
+    lg.add_argument("job_id", help="the id `geoseg submit` printed (raysubmit_...)")
     lg.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
     _address(lg)
     lg.set_defaults(fn=cmd_logs)
 
     c = sub.add_parser("cancel", help="stop a submitted job (finished chunks are kept)")
-    c.add_argument("job_id")
+    c.add_argument("job_id", help="the id `geoseg submit` printed (raysubmit_...)")
     _address(c)
     c.set_defaults(fn=cmd_cancel)

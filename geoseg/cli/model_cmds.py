@@ -16,9 +16,25 @@ if TYPE_CHECKING:
     from geoseg.train.losses import LossConfig
 
 
-def _classes(task: str) -> tuple[object, ...]:
+_COLOURS = ("#000000", "#31a354", "#3182bd", "#d7301f", "#636363", "#c8b48c", "#fdae61",
+            "#756bb1", "#e7298a", "#66a61e")
+
+
+def _classes(task: str, names: list[str] | None = None) -> tuple[object, ...]:
+    """The bundle's classes: ``--classes NAME[:#RRGGBB],...`` (landcover), else the task's
+    built-in ones."""
     from geoseg.bundle import ClassSpec
 
+    if names is not None:
+        if task != "landcover":
+            raise ConfigError("--classes is for --task landcover (buildings classes are fixed: "
+                              "background, building, boundary)")
+        out = []
+        for i, item in enumerate(names):
+            name, _, colour = item.partition(":")
+            out.append(ClassSpec(id=i, name=name.strip(),
+                                 color=colour.strip() or _COLOURS[i % len(_COLOURS)]))
+        return tuple(out)
     if task == "landcover":
         from geoseg.sample import CLASSES
     else:
@@ -47,6 +63,38 @@ def _background(text: str) -> int:
     return value
 
 
+def _band_list(text: str) -> tuple[int, ...]:
+    """``--bands 4,3,2``: distinct 1-based band indexes, in the model's channel order."""
+    try:
+        bands = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        bands = ()
+    if not bands or min(bands) < 1 or len(set(bands)) != len(bands):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct 1-based band indexes, "
+                                         "comma-separated (e.g. 1 or 3,2,1)")
+    return bands
+
+
+def _name_list(text: str) -> list[str]:
+    """``--band-names red,green,blue`` / ``--classes other,tree``."""
+    names = [v.strip() for v in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated, non-empty names")
+    return names
+
+
+def _percentiles(text: str) -> tuple[float, float]:
+    """``--clip-percentiles 2,98``."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo, hi = -1.0, -1.0
+    if not 0.0 <= lo < hi <= 100.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give LOW,HIGH with 0 <= LOW < HIGH <= 100 "
+                                         "(e.g. 2,98)")
+    return lo, hi
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     """Train a bundle (semantic, or Mask R-CNN for buildings) on generated scenes or on
     image + labels (raster or vector)."""
@@ -69,7 +117,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ConfigError("no training data: pass --scene DIR (generated), --image IMAGE "
                           "--labels LABELS or --pair IMAGE:LABELS")
     cfg = TrainConfig(name=a.name or f"{a.task}-custom", task=a.task,
-                      classes=_classes(a.task),  # type: ignore[arg-type]
+                      classes=_classes(a.task, a.classes),  # type: ignore[arg-type]
+                      bands=a.bands, band_names=a.band_names,
+                      clip_percentiles=a.clip_percentiles,
                       sampling=a.sampling, min_valid_fraction=a.min_valid_fraction,
                       steps=a.steps, seed=a.seed, batch_size=a.batch_size,
                       threads=a.threads, loss=_loss(a), precision=a.precision,
@@ -85,6 +135,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     training = res.spec.training or {}
     print(f"bundle written: {res.bundle_dir} ({res.seconds:.0f} s, "
           f"{training.get('steps', cfg.steps)} steps, final loss {training.get('final_loss')})")
+    norm = res.spec.normalization
+    clip = f", clipped to {list(norm.clip[0])}..{list(norm.clip[1])}" if norm.clip else ""
+    print(f"  bands {list(res.spec.bands)} ({', '.join(res.spec.band_names or ())}): "
+          f"mean {list(norm.mean)}, std {list(norm.std)}{clip}")
     val = training.get("val")
     if isinstance(val, dict) and val.get("windows"):
         shown = {k: v for k, v in val.items() if not isinstance(v, dict | list)}
@@ -184,7 +238,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = sub.add_parser("train", help="train a segmentation (or Mask R-CNN buildings) bundle")
-    t.add_argument("--task", choices=["landcover", "buildings"], required=True)
+    t.add_argument("--task", choices=["landcover", "buildings"], required=True,
+                   help="landcover: a class per pixel; buildings: footprints (instance labels)")
     t.add_argument("--scene", action="append", help="generated scene dir (repeatable)")
     t.add_argument("--pair", action="append", help="IMAGE:LABELS raster pair (repeatable)")
     t.add_argument("--image", action="append",
@@ -201,12 +256,28 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="training chips at random or from a grid over the training area")
     t.add_argument("--min-valid-fraction", type=float, default=0.5,
                    help="redraw/skip chips with a smaller share of valid labelled pixels")
+    t.add_argument("--bands", type=_band_list,
+                   help="1-based image bands the model reads, in this order, e.g. 1 or 3,2,1 "
+                        "(default: every band of the images, which then need the same count)")
+    t.add_argument("--band-names", type=_name_list,
+                   help="one name per band, comma-separated, stored in the bundle and checked "
+                        "against named images at run time (default: the image's band "
+                        "descriptions, else b1..bN)")
+    t.add_argument("--clip-percentiles", type=_percentiles,
+                   help="LOW,HIGH: clip each band to these percentiles of the training pixels "
+                        "before normalising, in training and at inference (stored in the "
+                        "bundle), e.g. 2,98 for reflectance with outliers (default: no clipping)")
+    t.add_argument("--classes", type=_name_list,
+                   help="--task landcover: class names for ids 0..K-1, comma-separated, each "
+                        "optionally NAME:#RRGGBB, e.g. other,tree (default: bare, building, "
+                        "road, vegetation, water)")
     t.add_argument("--out", "-o", required=True, help="bundle directory to write")
-    t.add_argument("--name")
-    t.add_argument("--steps", type=int, default=500)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int)
+    t.add_argument("--name", help="bundle name (default: TASK-custom)")
+    t.add_argument("--steps", type=int, default=500, help="optimisation steps")
+    t.add_argument("--batch-size", type=int, default=8, help="chips per step")
+    t.add_argument("--seed", type=int, default=0,
+                   help="random seed (chips, augmentations, weights): same seed, same bundle")
+    t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     t.add_argument("--loss", help="loss terms and weights: 'ce+dice' (default), 'focal', "
                                    "'ce:1,dice:0.5,focal:1'")
     t.add_argument("--boundary-weight", type=float, default=0.0,
@@ -218,7 +289,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="continue from OUT/checkpoints/last.pt (same config and scenes)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision (fp16: CUDA only)")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: cuda when torch sees a GPU, else cpu")
     t.add_argument("--arch", choices=["unet", "deeplabv3plus", "maskrcnn"],
                    help="architecture (default: the built-in bundles' slim U-Net ResNet-18); "
                         "maskrcnn: building instances (--task buildings), ResNet-FPN backbone")
@@ -229,7 +301,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     t.add_argument("--chip-size", type=int, default=256, help="training chip size, px "
                                                                 "(a multiple of 32)")
     t.add_argument("--max-minutes", type=float,
-                   help="time budget: stop (with a decayed learning rate) when it runs out")
+                   help="time budget: stop (with a decayed learning rate) when it runs out "
+                        "(default: none, --steps decide)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="score predictions against ground truth")
@@ -256,6 +329,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     e.set_defaults(fn=cmd_eval)
 
     x = sub.add_parser("export", help="export a bundle's model (ONNX)")
-    x.add_argument("bundle")
-    x.add_argument("--onnx", action="store_true", required=True)
+    x.add_argument("bundle", help="bundle directory (bundle.yaml + weights)")
+    x.add_argument("--onnx", action="store_true", required=True,
+                   help="write model.onnx into the bundle (the only format for now)")
     x.set_defaults(fn=cmd_export)

@@ -25,9 +25,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", help="region as a vector file (GeoJSON, GeoPackage, ...)")
     p.add_argument("--wkt", help="region as WKT (needs --region-crs)")
     p.add_argument("--config", help="job YAML (configs/); flags override it")
-    p.add_argument("--chunk-size", type=int)
-    p.add_argument("--halo", type=int)
-    p.add_argument("--tile-size", type=int)
+    p.add_argument("--chunk-size", type=int,
+                   help="output chunk (unit of work and Zarr chunk), px (default 1024)")
+    p.add_argument("--halo", type=int,
+                   help="context read around each chunk, px (default 64)")
+    p.add_argument("--tile-size", type=int,
+                   help="model input tile, px, a multiple of 32 (default: one pass per chunk when "
+                        "chunk + halo fits 1536 px, else the bundle's tile size)")
     p.add_argument("--engine", choices=["auto", "torch", "onnx"],
                    help="inference engine: torch (safetensors weights), onnx (the bundle's ONNX "
                         "graph, onnxruntime) or auto (default: onnx on CPUs when the bundle has a "
@@ -38,7 +42,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "4x / 8x the model time)")
     p.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="where models run (default auto: CUDA when available)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS; none: this "
                                      "machine)")
     p.add_argument("--executor", choices=["auto", "local", "ray"],
