@@ -17,7 +17,7 @@ import rasterio
 import zarr
 from rasterio.windows import Window as RioWindow
 
-from geoseg.change.compare import GPKG, STORE, ChangeResult
+from geoseg.change.compare import GPKG, PR_PNG, STORE, ChangeResult
 from geoseg.errors import InputError
 from geoseg.evaluate import truth_window
 from geoseg.metrics import ObjectScores, score_polygons
@@ -40,8 +40,13 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
     win = truth_window(t0, grid)
     if truth_window(t1, grid) != win:
         raise InputError(f"{t0.name} and {t1.name} are on different grids: regenerate the scene")
-    changed = zarr.open_group(str(store), mode="r", zarr_format=2)["changed"]
+    g = zarr.open_group(str(store), mode="r", zarr_format=2)
+    changed, confidence = g["changed"], g["confidence"]
     tp = fp = fn = tn = truth_valid = unknown = 0
+    # changed pixels by their confidence (min of both dates', uint8): the precision/recall
+    # curve of "changed only where confidence >= t"
+    hit_by_conf = np.zeros(256, np.int64)
+    false_by_conf = np.zeros(256, np.int64)
     with rasterio.open(t0) as s0, rasterio.open(t1) as s1:
         for r0 in range(0, grid.height, chunk):
             for c0 in range(0, grid.width, chunk):
@@ -56,6 +61,9 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
                 truth_valid += int(valid.sum())
                 unknown += int((valid & (pred == FILL)).sum())
                 p = pred == 1
+                conf = np.asarray(confidence[r0:r0 + h, c0:c0 + w])  # type: ignore[index]
+                hit_by_conf += np.bincount(conf[known & p & truth], minlength=256)
+                false_by_conf += np.bincount(conf[known & p & ~truth], minlength=256)
                 tp += int((known & p & truth).sum())
                 fp += int((known & p & ~truth).sum())
                 fn += int((known & ~p & truth).sum())
@@ -66,7 +74,59 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
             if prec + rec else 0.0,
             "coverage": round(1 - unknown / truth_valid, 6) if truth_valid else 0.0,
             "truth_changed_fraction": round((tp + fn) / (tp + fp + fn + tn), 6)
-            if tp + fp + fn + tn else 0.0}
+            if tp + fp + fn + tn else 0.0,
+            "by_confidence": confidence_curve(hit_by_conf, false_by_conf, fn)}
+
+
+def confidence_curve(hits: np.ndarray, falses: np.ndarray, missed: int) -> dict[str, Any]:
+    """Precision and recall of changed pixels when only those with confidence >= t count as
+    changed (the rest become "not changed"), for every t; and the lowest t whose precision
+    reaches 0.8 (``None`` if none does)."""
+    tp = np.cumsum(hits[::-1])[::-1]  # tp[t] = changed & right with confidence >= t
+    fp = np.cumsum(falses[::-1])[::-1]
+    total_true = int(hits.sum()) + missed
+    precision = np.divide(tp, tp + fp, out=np.ones(256), where=(tp + fp) > 0)
+    recall = tp / total_true if total_true else np.zeros(256)
+    ok = np.flatnonzero((precision >= 0.8) & (tp > 0))
+    at = int(ok[0]) if ok.size else None
+    return {"threshold": [round(t / 255, 4) for t in range(256)],
+            "precision": [round(float(v), 5) for v in precision],
+            "recall": [round(float(v), 5) for v in recall],
+            "precision_0.8_at": None if at is None else {
+                "min_confidence": round(at / 255, 4), "precision": round(float(precision[at]), 5),
+                "recall": round(float(recall[at]), 5)}}
+
+
+def write_pr_png(curve: dict[str, Any], path: Path, size: int = 360) -> Path:
+    """The precision/recall curve of :func:`confidence_curve` as a small PNG (PIL only)."""
+    from PIL import Image, ImageDraw
+
+    m = 40  # margin for the axes' labels
+    img = Image.new("RGB", (size, size), "white")
+    d = ImageDraw.Draw(img)
+    span = size - 2 * m
+
+    def xy(recall: float, precision: float) -> tuple[float, float]:
+        return m + recall * span, size - m - precision * span
+
+    for v in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):  # grid and tick labels
+        d.line([xy(v, 0), xy(v, 1)], fill=(225, 225, 225))
+        d.line([xy(0, v), xy(1, v)], fill=(225, 225, 225))
+        d.text((xy(v, 0)[0] - 8, size - m + 4), f"{v:.1f}", fill="black")
+        d.text((4, xy(0, v)[1] - 6), f"{v:.1f}", fill="black")
+    d.rectangle([xy(0, 1), xy(1, 0)], outline="black")
+    pts = [xy(r, p) for r, p in zip(curve["recall"], curve["precision"], strict=True)
+           if r > 0]
+    if len(pts) > 1:
+        d.line(pts, fill=(200, 40, 40), width=2)
+    if pts:
+        x, y = pts[0]  # the lowest threshold: today's output
+        d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(30, 30, 160), width=2)
+    d.text((m, 8), "changed pixels: precision vs recall by min confidence", fill="black")
+    d.text((size // 2 - 16, size - 16), "recall", fill="black")
+    d.text((2, m - 20), "precision", fill="black")
+    img.save(path)
+    return path
 
 
 def _building_scores(gpkg: Path, scene: Path, bounds: tuple[float, float, float, float]
@@ -108,6 +168,8 @@ def evaluate_change(result_or_out: ChangeResult | Path | str, scene_dir: Path | 
     if not (store / ".zgroup").exists():
         raise InputError(f"{out} has no {STORE}: pass the -o directory of `geoseg change`")
     report: dict[str, Any] = {"pixels": _pixel_scores(store, scene)}
+    curve = report["pixels"]["by_confidence"]
+    report["pixels"]["pr_curve_png"] = str(write_pr_png(curve, out / PR_PNG))
     headline = {"changed px precision": report["pixels"]["precision"],
                 "changed px recall": report["pixels"]["recall"]}
     gpkg = out / GPKG

@@ -37,7 +37,9 @@ GPKG = "change.gpkg"
 CSV = "transitions.csv"
 SUMMARY = "change_summary.json"
 PNGS = ("before.png", "after.png", "change.png")
-OUTPUTS = (STORE, GPKG, CSV, SUMMARY, *PNGS)
+EVALUATION = "evaluation.json"  # `geoseg change --scene`: scores against a scene's truth
+PR_PNG = "change_pr_curve.png"  # ... and precision/recall of changed pixels by confidence
+OUTPUTS = (STORE, GPKG, CSV, SUMMARY, *PNGS, EVALUATION, PR_PNG)
 
 
 @dataclass(frozen=True)

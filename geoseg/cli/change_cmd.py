@@ -94,13 +94,19 @@ def cmd_change(a: argparse.Namespace) -> int:
         import json
 
         from geoseg.change.change_scores import evaluate_change
+        from geoseg.change.compare import EVALUATION
 
         report = evaluate_change(res, a.scene)
-        path = Path(a.out) / "evaluation.json"
+        path = Path(a.out) / EVALUATION
         path.write_text(json.dumps(report, indent=2) + "\n")
         print("  evaluation vs. ground truth: " + ", ".join(
             f"{k} {v:.3f}" for k, v in report["headline"].items()))
+        at = report["pixels"]["by_confidence"]["precision_0.8_at"]
+        print("  changed px precision 0.8: " + (
+            f"from min confidence {at['min_confidence']:.2f}, at recall {at['recall']:.3f}"
+            if at else "not reached at any confidence"))
         print(f"  {'evaluation':<18} {path}")
+        print(f"  {'pr_curve':<18} {report['pixels']['pr_curve_png']}")
     return 0
 
 

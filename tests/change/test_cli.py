@@ -182,3 +182,29 @@ def test_cli_scores_against_scene(tmp_path: Path,
 
     rep = json.loads((out / "evaluation.json").read_text())
     assert rep["pixels"]["tp"] == 20 * 40 + 40 * 30 and rep["pixels"]["fn"] == 0
+    assert (out / "change_pr_curve.png").is_file() and "pr_curve" in stdout
+
+
+def test_confidence_curve_trades_recall_for_precision(tmp_path: Path) -> None:
+    """Changed pixels by confidence: right ones at high confidence, wrong ones at low; raising
+    the threshold drops the wrong ones first."""
+    from PIL import Image
+
+    from geoseg.change.change_scores import confidence_curve, write_pr_png
+
+    hits = np.zeros(256, np.int64)
+    falses = np.zeros(256, np.int64)
+    hits[200] = 60   # right changes, confident
+    hits[100] = 20   # right changes, unsure
+    falses[90] = 80  # false changes, unsure
+    curve = confidence_curve(hits, falses, missed=20)
+    assert curve["precision"][0] == pytest.approx(80 / 160)
+    assert curve["recall"][0] == pytest.approx(80 / 100)
+    assert curve["precision"][91] == 1.0 and curve["recall"][91] == pytest.approx(0.8)
+    assert curve["precision"][101] == 1.0 and curve["recall"][101] == pytest.approx(0.6)
+    at = curve["precision_0.8_at"]
+    assert at == {"min_confidence": round(91 / 255, 4), "precision": 1.0, "recall": 0.8}
+    png = write_pr_png(curve, tmp_path / "pr.png")
+    with Image.open(png) as im:
+        px = np.asarray(im.convert("RGB"))
+    assert im.size == (360, 360) and (px == [200, 40, 40]).all(axis=2).any()  # the curve is drawn
