@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -57,10 +58,15 @@ class ArchitectureSpec(_Strict):
 
 
 class Normalization(_Strict):
-    """``(x - mean) / std`` per band, on the raw pixel values of the image."""
+    """``(x - mean) / std`` per band, on the raw pixel values of the image; with ``clip_min`` /
+    ``clip_max`` the raw values are first clipped to them (``clip_percentiles`` records the
+    percentiles of the training pixels they are, for provenance)."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    clip_min: tuple[float, ...] | None = None
+    clip_max: tuple[float, ...] | None = None
+    clip_percentiles: tuple[float, float] | None = None
 
     @field_validator("std")
     @classmethod
@@ -68,6 +74,37 @@ class Normalization(_Strict):
         if any(s <= 0 for s in v):
             raise ValueError("std values must be > 0")
         return v
+
+    @model_validator(mode="after")
+    def _clip(self) -> Normalization:
+        lo, hi = self.clip_min, self.clip_max
+        if (lo is None) != (hi is None):
+            raise ValueError("give both clip_min and clip_max (one value per band), or neither")
+        if lo is not None and hi is not None:
+            if len(lo) != len(self.mean) or len(hi) != len(self.mean):
+                raise ValueError(f"clip_min/clip_max need {len(self.mean)} values (one per band)")
+            if any(a > b for a, b in zip(lo, hi, strict=True)):
+                raise ValueError("clip_min must not exceed clip_max")
+        return self
+
+    @property
+    def clip(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(clip_min, clip_max)``, or None when the bundle does not clip."""
+        if self.clip_min is None or self.clip_max is None:
+            return None
+        return self.clip_min, self.clip_max
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 values of raw ``x`` (``(..., C, H, W)``, C = the bands): clipped
+        when the bundle clips, then ``(x - mean) / std``. The one definition the numpy paths
+        (onnxruntime, training) use; the torch predictor does the same on its device."""
+        shape = (len(self.mean), 1, 1)
+        x = np.asarray(x, dtype=np.float32)
+        if self.clip is not None:
+            x = np.clip(x, np.asarray(self.clip[0], np.float32).reshape(shape),
+                        np.asarray(self.clip[1], np.float32).reshape(shape))
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
+        return (x - mean) / np.asarray(self.std, dtype=np.float32).reshape(shape)
 
 
 class BundleSpec(_Strict):
@@ -82,6 +119,11 @@ class BundleSpec(_Strict):
     normalization: Normalization
     classes: tuple[ClassSpec, ...]
     tile_size: int = Field(default=512, ge=32)
+    # what the model sees beyond the image edge (and where a tile is padded up to a fixed input
+    # size): "constant" = the band mean (0 after normalising), as for nodata; "reflect" = the
+    # image's valid pixels mirrored at its edge (numpy 'reflect'). Nodata holes inside the
+    # image always get the constant.
+    padding: Literal["constant", "reflect"] = "constant"
     pixel_size: float | None = Field(default=None, gt=0)
     weights: str = "weights.safetensors"
     onnx: str | None = None
@@ -105,6 +147,15 @@ class BundleSpec(_Strict):
         return self
 
     @property
+    def checked_band_names(self) -> tuple[str, ...] | None:
+        """``band_names`` to check an image's band names against: None when there are none or
+        they are the ``b<index>`` placeholders of bands the training image did not describe."""
+        names = self.band_names
+        if not names or [n.lower() for n in names] == list(placeholder_names(self.bands)):
+            return None
+        return names
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
@@ -113,6 +164,11 @@ class BundleSpec(_Strict):
             if c.name == name:
                 return c.id
         raise BundleError(f"bundle {self.name!r} has no class {name!r}")
+
+
+def placeholder_names(bands: tuple[int, ...]) -> tuple[str, ...]:
+    """``b<index>`` names of bands nobody described (``geoseg train``'s default)."""
+    return tuple(f"b{b}" for b in bands)
 
 
 def read_spec(bundle_dir: str | Path) -> BundleSpec:

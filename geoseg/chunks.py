@@ -16,15 +16,17 @@ from rasterio.errors import RasterioIOError
 
 from geoseg.area import row_pixel_areas_m2
 from geoseg.errors import InputError
-from geoseg.grid import Chunk
+from geoseg.grid import Chunk, Window
 from geoseg.io import read_window
 from geoseg.outdir import storage_errors
-from geoseg.plan import Plan
+from geoseg.plan import ModelRef, Plan
 from geoseg.region import region_mask
+from geoseg.sources.mosaic import Mosaic
 from geoseg.stitch import (
     Crop,
     classify,
     pad_to_multiple,
+    pad_window,
     predict_window,
     single_pass,
     tta_proba,
@@ -69,8 +71,8 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
         data, valid = read_window(plan.image, img_win, plan.bands)
     except RasterioIOError as exc:
         path = plan.image.path
-        if "://" in path or path.startswith("/vsi"):
-            raise  # a remote read may succeed on retry
+        if "://" in path or path.startswith("/vsi") or isinstance(plan.image, Mosaic):
+            raise  # a remote read may succeed on retry (a mosaic's local errors are InputError)
         root: BaseException = exc
         while root.__cause__ is not None:  # rasterio chains GDAL's own message
             root = root.__cause__
@@ -86,6 +88,31 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
     return ChunkInput(chunk, data, valid, time.perf_counter() - t0)
 
 
+def model_input(plan: Plan, ref: ModelRef, inp: ChunkInput) -> tuple[np.ndarray, int, int, bool]:
+    """``(x, tile, overlap, exact)``: the raw bands ``ref`` reads over the chunk context, with
+    nodata and pixels outside the image filled as the bundle's ``padding`` says (constant: the
+    band mean, 0 after normalising; reflect: the image mirrored at its edge, nodata holes inside
+    it still the mean), and the tiling of ``ref`` (see :meth:`Plan.tiling`). With ``exact``
+    tiles ``x`` is padded at the far edges up to the tile when the context is smaller (a small
+    image or region, a chunk at the image edge with little or no halo); the core's rows and
+    columns in ``x`` are the same as in the context."""
+    idx = [plan.bands.index(b) for b in ref.spec.bands]
+    mean = np.asarray(ref.spec.normalization.mean, dtype=np.float32)[:, None, None]
+    x = np.where(inp.valid[None], inp.data[idx], mean)  # nodata → band mean (0 after normalising)
+    tile, overlap, exact = plan.tiling(ref)
+    h, w = x.shape[1:]
+    shape = (max(h, tile), max(w, tile)) if exact else (h, w)
+    if ref.spec.padding == "constant" and shape == (h, w):
+        return x, tile, overlap, exact  # as before padding existed: no copy
+    ctx = inp.chunk.window.pad(plan.halo)
+    img_win = Window(ctx.row_off + plan.offset.row_off, ctx.col_off + plan.offset.col_off,
+                     ctx.height, ctx.width)
+    inner = img_win.intersect(plan.image.geobox.window)
+    inside = (inner.relative_to(img_win).slices() if inner.size
+              else (slice(0, 0), slice(0, 0)))
+    return pad_window(x, shape, inside, ref.spec.padding, mean), tile, overlap, exact
+
+
 def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput) -> ChunkOutput:
     """Run every model on the chunk context and crop to the chunk."""
     core = inp.chunk.window.relative_to(inp.chunk.window.pad(plan.halo))
@@ -95,27 +122,25 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
     timings: dict[str, float] = {"read_s": inp.read_s}
     for ref in plan.models:
         t0 = time.perf_counter()
-        idx = [plan.bands.index(b) for b in ref.spec.bands]
-        x = inp.data[idx]
-        mean = np.asarray(ref.spec.normalization.mean, dtype=np.float32)[:, None, None]
-        x = np.where(inp.valid[None], x, mean)  # nodata → band mean (0 after normalising)
+        x, tile, overlap, exact = model_input(plan, ref, inp)
         model = models[ref.name]
+        one_pass = (x.shape[1:] == (tile, tile) if exact
+                    else single_pass(x.shape[1], x.shape[2], tile))
         if not valid_core.any():  # nothing to predict (collar, outside region): skip the model
             cls = np.full(core.shape, FILL, np.uint8)
             conf = np.zeros(core.shape, np.uint8)
-        elif (plan.tta == "none" and single_pass(x.shape[1], x.shape[2], plan.tile)
-              and getattr(model, "semantic", False)):
+        elif plan.tta == "none" and one_pass and getattr(model, "semantic", False):
             # one forward pass, no blending: classes and confidence of the core straight from
             # the logits (no softmax over the halo, no blending buffers)
             cls, conf = cast(CoreModel, model).predict_core(
-                pad_to_multiple(x, plan.tile)[None], (rs, cs))
+                (x if exact else pad_to_multiple(x, tile))[None], (rs, cs))
             cls = np.where(valid_core, cls, np.uint8(FILL))
             conf = np.where(valid_core, conf, np.uint8(0))
         else:
             probs = predict_window(x, tta_proba(model.predict_proba, plan.tta),
                                    ref.spec.num_classes,
-                                   tile=plan.tile, overlap=plan.overlap,
-                                   batch_size=plan.batch_size)
+                                   tile=tile, overlap=overlap,
+                                   batch_size=plan.batch_size, exact=exact)
             cls, conf = classify(probs[:, rs, cs], valid_core, FILL)
         out[ref.name] = cls
         out[f"{ref.name}_confidence"] = conf

@@ -64,9 +64,18 @@ class InferenceConfig(_Strict):
             raise ValueError("tile_size must be 'auto' or a multiple of 32 ≥ 64")
         return self
 
-    def tile_for(self, bundle_tile: int) -> int:
+    def tile_for(self, bundle_tile: int, fixed: int | None = None, model: str = "the model") -> int:
         """'auto': one forward pass per chunk when chunk+halo fits ``max_tile`` (least redundant
-        compute), else the bundle's tile size."""
+        compute), else the bundle's tile size. ``fixed``: the only input size ``model`` takes
+        (a static ONNX input), which wins over 'auto'; a ``tile_size`` that contradicts it is a
+        one-line :class:`ConfigError`."""
+        if fixed is not None:
+            if isinstance(self.tile_size, int) and self.tile_size != fixed:
+                raise ConfigError(f"tile size {self.tile_size} (--tile-size / inference."
+                                  f"tile_size) contradicts {model}, which takes only {fixed}x"
+                                  f"{fixed} px tiles: leave the tile size out or set it to "
+                                  f"{fixed}")
+            return fixed
         if isinstance(self.tile_size, int):
             return self.tile_size
         whole = -(-(self.chunk_size + 2 * self.halo) // 32) * 32

@@ -20,6 +20,7 @@ from geoseg.errors import BandMismatchError, BundleError, GeoSegWarning, RegionE
 from geoseg.grid import ChunkGrid, GeoBox, Window
 from geoseg.io import RasterInfo, open_info
 from geoseg.region import Region, clip_grid, parse_bbox, parse_wkt, read_region_file
+from geoseg.sources.mosaic import Mosaic
 from geoseg.store import LayerSpec
 
 
@@ -30,6 +31,9 @@ class ModelRef:
     spec: BundleSpec
     digest: str  # bundle.yaml + the model file the engine runs (see _digest)
     engine: RunEngine = "torch"
+    # the only tile size (px) the model takes (an ONNX graph with a static H x W input); None:
+    # any size (multiples of 32)
+    fixed_tile: int | None = None
 
     @property
     def model_id(self) -> str:
@@ -40,7 +44,7 @@ class ModelRef:
 class Plan:
     """Everything workers need, picklable and small."""
 
-    image: RasterInfo
+    image: RasterInfo | Mosaic  # a Mosaic quacks like a RasterInfo (geoseg.sources)
     grid: GeoBox          # output grid (input grid clipped to the region)
     offset: Window        # output grid's window in image pixels
     region: Region | None  # non-rectangular region in the image CRS (pixels outside are nodata)
@@ -66,6 +70,14 @@ class Plan:
 
     def model(self, name: str) -> ModelRef | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def tiling(self, ref: ModelRef) -> tuple[int, int, bool]:
+        """``(tile, overlap, exact)`` for ``ref``: the plan's tiling, or, for a model that takes
+        one input size only, tiles of exactly that size (``exact``: a window smaller than the
+        tile is padded up to it, never predicted on a smaller tile)."""
+        if ref.fixed_tile is None:
+            return self.tile, self.overlap, False
+        return ref.fixed_tile, min(self.overlap, ref.fixed_tile // 2), True
 
 
 def resolve_bundle(name_or_path: str) -> Path:
@@ -94,6 +106,7 @@ def load_models(names: tuple[str, ...], engine: Engine = "auto", onnx_ok: bool =
     """Resolve each bundle and the engine that runs it (``engine`` applies to every bundle;
     ``auto`` chooses per bundle), and check the model file it will run (see
     :mod:`geoseg.models.preflight`), so that a bad file stops the job here, not in a worker."""
+    from geoseg.models.onnx_session import fixed_tile
     from geoseg.models.preflight import check_model_file
 
     refs: list[ModelRef] = []
@@ -107,21 +120,26 @@ def load_models(names: tuple[str, ...], engine: Engine = "auto", onnx_ok: bool =
         # every tensor is compared here when torch is loaded anyway (tests, serial runs);
         # else the model actor does it as it loads the weights
         check_model_file(spec, path, run, architecture="torch" in sys.modules)
+        fixed = fixed_tile(spec, model_file(spec, path, run)) if run == "onnx" else None
         refs.append(ModelRef(spec.task, str(path.resolve()), spec, _digest(path, spec, run),
-                             run))
+                             run, fixed))
     if not refs:
         raise BundleError("no model given: pass --model (e.g. landcover)")
     return tuple(refs)
 
 
-def check_bands(image: RasterInfo, models: tuple[ModelRef, ...]) -> None:
+def check_bands(image: RasterInfo | Mosaic, models: tuple[ModelRef, ...]) -> None:
     for m in models:
         need = max(m.spec.bands)
         if need > image.count:
+            checked = m.spec.checked_band_names
+            named = f" ({', '.join(checked)})" if checked else ""
             raise BandMismatchError(
-                f"model {m.model_id} reads bands {list(m.spec.bands)} but {image.path} has "
-                f"{image.count} band(s): use an image with those bands or a matching model")
-        names = m.spec.band_names
+                f"model {m.model_id} reads bands {list(m.spec.bands)}{named} but {image.path} "
+                f"has {image.count} band(s): use an image with those bands or a model trained "
+                f"on this image's bands (geoseg train --bands "
+                f"{','.join(map(str, range(1, min(image.count, len(m.spec.bands)) + 1)))})")
+        names = m.spec.checked_band_names
         if names and all(image.band_names):
             got = [str(image.band_names[b - 1]).lower() for b in m.spec.bands]
             if got != [n.lower() for n in names]:
@@ -164,7 +182,12 @@ def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None) -> Pl
         raise RegionError("region covers less than one pixel of the image")
     grid = image.geobox[window]
     inf = cfg.inference
-    tile = inf.tile_for(min(m.spec.tile_size for m in models))
+    # a model with a static input size runs tiles of that size (a contradicting tile size is
+    # refused here); the others keep the configured tiling ('auto': one pass per chunk)
+    fixed = [inf.tile_for(m.spec.tile_size, m.fixed_tile, f"model {m.model_id}")
+             for m in models if m.fixed_tile is not None]
+    free = [m.spec.tile_size for m in models if m.fixed_tile is None]
+    tile = inf.tile_for(min(free)) if free else min(fixed)
     overlap = min(inf.tile_overlap, tile // 2)
     return Plan(image, grid, window, region, ChunkGrid(grid.shape, inf.chunk_size), models,
                 inf.halo, tile, overlap, inf.batch_size, inf.tta)

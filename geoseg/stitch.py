@@ -81,18 +81,58 @@ def single_pass(h: int, w: int, tile: int, multiple: int = 32) -> bool:
     return round_up(h, multiple) <= tile and round_up(w, multiple) <= tile
 
 
+def pad_window(image: np.ndarray, shape: tuple[int, int], inside: Crop, mode: str,
+               fill: np.ndarray) -> np.ndarray:
+    """``image`` (C, H, W) padded at the far edges to ``shape`` (≥ (H, W)), what lies outside
+    ``inside`` (the rows and columns of the window that are in the image) filled by ``mode``:
+
+    - ``constant``: the window as it is (pixels outside the image already hold the fill) and
+      ``fill`` (C, 1, 1) in the padding;
+    - ``reflect``: the pixels inside the image mirrored outward (numpy ``reflect``, repeated
+      when the padding is wider than the image), over the window's part outside the image and
+      the padding alike.
+    """
+    _c, h, w = image.shape
+    ph, pw = max(shape[0], h), max(shape[1], w)
+    rs, cs = inside
+    r0, r1, _ = rs.indices(h)
+    c0, c1, _ = cs.indices(w)
+    if mode == "reflect" and r1 > r0 and c1 > c0:
+        if (r0, r1, c0, c1, ph, pw) == (0, h, 0, w, h, w):
+            return image
+        pads = ((0, 0), (r0, ph - r1), (c0, pw - c1))
+        return np.pad(image[:, r0:r1, c0:c1], pads, mode="reflect")
+    if mode not in ("reflect", "constant"):
+        raise InputError(f"unknown padding {mode!r}: use constant or reflect")
+    if (ph, pw) == (h, w):
+        return image
+    out = np.empty((image.shape[0], ph, pw), dtype=image.dtype)
+    out[...] = np.asarray(fill, dtype=image.dtype).reshape(-1, 1, 1)
+    out[:, :h, :w] = image
+    return out
+
+
 def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile: int,
-                   overlap: int, batch_size: int, multiple: int = 32) -> np.ndarray:
+                   overlap: int, batch_size: int, multiple: int = 32,
+                   exact: bool = False) -> np.ndarray:
     """Blend model probabilities over ``image`` (C, H, W) → (K, H, W) float32.
 
     If the whole window fits in one tile (after padding to ``multiple``), it is predicted in a
     single forward pass; otherwise tiles of ``tile`` px overlap by ≥ ``overlap`` px and are
     blended. Windows are padded at the far edges (reflect) to a multiple of ``multiple`` px.
+
+    ``exact`` (a model that takes one input size only): every tile is exactly ``tile`` px; the
+    caller pads a window smaller than a tile up to it (see :func:`pad_window`).
     """
     _c, h, w = image.shape
-    th = min(tile, round_up(h, multiple))
-    tw = min(tile, round_up(w, multiple))
-    image = pad_to_multiple(image, tile, multiple)
+    if exact:
+        if h < tile or w < tile:
+            raise ValueError(f"window {h}x{w} is smaller than the {tile} px tile: pad it first")
+        th = tw = tile
+    else:
+        th = min(tile, round_up(h, multiple))
+        tw = min(tile, round_up(w, multiple))
+        image = pad_to_multiple(image, tile, multiple)
     ph, pw = image.shape[1:]
     ys = axis_layout(ph, th, overlap)
     xs = axis_layout(pw, tw, overlap)

@@ -18,6 +18,7 @@ import zarr
 from rasterio.windows import Window as RioWindow
 
 from geoseg.change.compare import GPKG, PR_PNG, STORE, ChangeResult
+from geoseg.change.raster import UNCERTAIN
 from geoseg.errors import InputError
 from geoseg.evaluate import truth_window
 from geoseg.metrics import ObjectScores, score_polygons
@@ -42,7 +43,7 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
         raise InputError(f"{t0.name} and {t1.name} are on different grids: regenerate the scene")
     g = zarr.open_group(str(store), mode="r", zarr_format=2)
     changed, confidence = g["changed"], g["confidence"]
-    tp = fp = fn = tn = truth_valid = unknown = 0
+    tp = fp = fn = tn = truth_valid = unknown = missed_flips = 0
     # changed pixels by their confidence (min of both dates', uint8): the precision/recall
     # curve of "changed only where confidence >= t"
     hit_by_conf = np.zeros(256, np.int64)
@@ -60,13 +61,15 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
                 known = valid & (pred != FILL)
                 truth_valid += int(valid.sum())
                 unknown += int((valid & (pred == FILL)).sum())
-                p = pred == 1
+                p = pred == 1  # uncertain (2) counts as "not changed"
+                flip = p | (pred == UNCERTAIN)  # ... but is on the curve, at its confidence
                 conf = np.asarray(confidence[r0:r0 + h, c0:c0 + w])  # type: ignore[index]
-                hit_by_conf += np.bincount(conf[known & p & truth], minlength=256)
-                false_by_conf += np.bincount(conf[known & p & ~truth], minlength=256)
+                hit_by_conf += np.bincount(conf[known & flip & truth], minlength=256)
+                false_by_conf += np.bincount(conf[known & flip & ~truth], minlength=256)
                 tp += int((known & p & truth).sum())
                 fp += int((known & p & ~truth).sum())
                 fn += int((known & ~p & truth).sum())
+                missed_flips += int((known & ~flip & truth).sum())
                 tn += int((known & ~p & ~truth).sum())
     prec, rec = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": round(prec, 6),
@@ -75,7 +78,7 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
             "coverage": round(1 - unknown / truth_valid, 6) if truth_valid else 0.0,
             "truth_changed_fraction": round((tp + fn) / (tp + fp + fn + tn), 6)
             if tp + fp + fn + tn else 0.0,
-            "by_confidence": confidence_curve(hit_by_conf, false_by_conf, fn)}
+            "by_confidence": confidence_curve(hit_by_conf, false_by_conf, missed_flips)}
 
 
 def confidence_curve(hits: np.ndarray, falses: np.ndarray, missed: int) -> dict[str, Any]:

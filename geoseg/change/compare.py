@@ -17,9 +17,9 @@ import xarray as xr
 from geoseg import __version__
 from geoseg.change.align import GridDecision, aligned_inputs, decide_grid, quiet_warp
 from geoseg.change.building_change import check_params, compare_buildings
+from geoseg.change.defaults import MIN_CHANGE_CONFIDENCE, MIN_CHANGE_WIDTH
 from geoseg.change.quicklook import render
 from geoseg.change.raster import (
-    MIN_CHANGE_WIDTH,
     Transitions,
     check_min_width,
     compute_change,
@@ -99,7 +99,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
                  min_confidence: float = 0.5, iou_modified: float = 0.8,
                  area_tolerance: float = 0.1, overwrite: bool = False,
                  executor: Literal["auto", "threads", "ray"] = "auto",
-                 min_change_width: int = MIN_CHANGE_WIDTH) -> ChangeResult:
+                 min_change_width: int = MIN_CHANGE_WIDTH,
+                 min_change_confidence: float = MIN_CHANGE_CONFIDENCE) -> ChangeResult:
     """Land-cover and building change from run A (before) to run B (after).
 
     Both runs are compared on A's grid (``grid="a"``) or B's; the other run is aligned to it
@@ -116,6 +117,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     if grid not in ("a", "b"):
         raise InputError(f"grid must be 'a' or 'b', got {grid!r}")
     threshold = confidence_threshold(min_confidence)
+    change_threshold = confidence_threshold(min_change_confidence)
     check_params(iou_modified, area_tolerance)
     check_min_width(min_change_width)
     if executor not in ("auto", "threads", "ray"):
@@ -137,7 +139,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence))
     with quiet_warp():
         transitions = compute_change(store, inputs, decision, a.classes, threshold,
-                                     min_change_width, (a, b) if use_ray else None)
+                                     min_change_width, change_threshold,
+                                     (a, b) if use_ray else None)
     transitions.write_csv(out / CSV)
     timings["landcover_s"] = round(time.perf_counter() - t0, 3)
 
@@ -163,6 +166,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     summary = _summary(a, b, decision, min_confidence, iou_modified, area_tolerance,
                        transitions, bchanges, outputs, timings)
     summary["min_change_width_px"] = min_change_width
+    summary["min_change_confidence"] = min_change_confidence
     summary["executor"] = "ray" if use_ray else "threads"
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     log.info("change %s -> %s written to %s in %.1f s", run_a, run_b, out, timings["total_s"])

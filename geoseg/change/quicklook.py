@@ -16,11 +16,13 @@ import numpy as np
 import xarray as xr
 from PIL import Image, ImageDraw, ImageFont
 
+from geoseg.change.raster import UNCERTAIN
 from geoseg.change.runs import ClassScheme
 from geoseg.store import FILL
 
 NODATA_RGB = (40, 40, 40)
 UNKNOWN_RGB = (28, 28, 40)
+UNCERTAIN_RGB = (120, 110, 150)  # a muted violet: neither "unchanged" grey nor a class colour
 UNCHANGED_RGB = (175, 175, 175)
 UNCHANGED_GREY = np.array(UNCHANGED_RGB, np.float64)
 FALLBACK = ((230, 0, 200), (255, 140, 0), (0, 200, 220), (150, 60, 255), (255, 220, 0))
@@ -67,6 +69,7 @@ def change_rgb(changed: np.ndarray, to_class: np.ndarray, classes: ClassScheme) 
     out[:] = UNKNOWN_RGB
     out[changed == 0] = tint_lut[to_class[changed == 0]]
     out[changed == 1] = strong_lut[to_class[changed == 1]]
+    out[changed == UNCERTAIN] = UNCERTAIN_RGB
     return out
 
 
@@ -108,7 +111,8 @@ def render(out: Path, inputs: dict[str, xr.DataArray], change: dict[str, xr.Data
     to_class = decimate(change["to_class"], max_px)
     to_class = np.where(changed == FILL, 0, to_class)
     entries = [(UNCHANGED_RGB, "unchanged (faint class tint)"),
-               (UNKNOWN_RGB, "unknown")]
+               (UNKNOWN_RGB, "unknown"),
+               (UNCERTAIN_RGB, "uncertain (classes differ, low confidence)")]
     entries += [(strong(c, n), f"changed to {m}")
                 for n, (c, m) in enumerate(zip(classes.colors, classes.meanings, strict=True))]
     paths["change"] = out / "change.png"

@@ -31,7 +31,6 @@ from geoseg.store import FILL, create_layer, init_store, mark_complete
 log = logging.getLogger(__name__)
 
 NAMES = ("from_class", "to_class", "changed", "confidence")
-MIN_CHANGE_WIDTH = 3  # px: drops a class boundary drawn 1-2 px apart on the two dates
 
 
 def confidence_threshold(min_confidence: float) -> int:
@@ -61,15 +60,20 @@ def _open(mask: np.ndarray, width: int) -> np.ndarray:
                                              border_value=0))
 
 
+UNCERTAIN = 2  # `changed`: the classes differ, but not with the confidence a change needs
+
+
 def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
-                  min_width: int = 1) -> dict[str, xr.DataArray]:
+                  min_width: int = 1, change_threshold: int = 0) -> dict[str, xr.DataArray]:
     """Lazy change layers from the aligned inputs (see :func:`geoseg.change.align`).
 
     ``min_width`` > 1 keeps a change only where a ``min_width``² square of changed pixels
     covers it (a binary opening, computed with enough overlap between blocks to equal the
     whole-array result): thinner differences, mostly a class boundary drawn a pixel or two
     apart on the two dates, become "no change" (their from/to classes stay as each date has
-    them)."""
+    them). A remaining difference where either date's confidence is below ``change_threshold``
+    is :data:`UNCERTAIN` (most false changes are one date's low-confidence error), not a
+    change."""
     a, b = inp["a_class"], inp["b_class"]
     ac, bc = inp["a_conf"], inp["b_conf"]
     valid = (a != FILL) & (b != FILL)
@@ -85,7 +89,9 @@ def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
     return {
         "from_class": xr.where(known, a, fill).astype(np.uint8),
         "to_class": xr.where(known, b, fill).astype(np.uint8),
-        "changed": xr.where(known, diff.astype(np.uint8), fill).astype(np.uint8),
+        "changed": xr.where(known, xr.where(diff, xr.where(
+            np.minimum(ac, bc) >= change_threshold, np.uint8(1), np.uint8(UNCERTAIN)),
+            np.uint8(0)), fill).astype(np.uint8),
         "confidence": xr.where(valid, np.minimum(ac, bc), np.uint8(0)).astype(np.uint8),
     }
 
@@ -93,9 +99,9 @@ def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
 def _block_counts(fr: np.ndarray, to: np.ndarray, changed: np.ndarray, k: int,
                   areas: np.ndarray | float,
                   block_info: dict[Any, Any] | None = None) -> np.ndarray:
-    """(pixels, m²) per (from, to) pair of one block, plus unknown in the last bin; a pixel
-    not flagged as changed counts as from -> from."""
-    n = k * k + 1
+    """(pixels, m²) per (from, to) pair of one block, plus unknown and uncertain in the last
+    two bins; a pixel not flagged as changed counts as from -> from (uncertain ones also)."""
+    n = k * k + 2
     unknown = (fr == FILL) | (to == FILL)
     if ((fr >= k) & ~unknown).any() or ((to >= k) & ~unknown).any():
         raise InputError(f"a class id outside the declared scheme (0..{k - 1}) in the store: "
@@ -103,10 +109,14 @@ def _block_counts(fr: np.ndarray, to: np.ndarray, changed: np.ndarray, k: int,
     to = np.where(changed == 1, to, fr)
     code = np.where(unknown, k * k, fr.astype(np.int64) * k + to.astype(np.int64)).ravel()
     px = np.bincount(code, minlength=n).astype(np.float64)
+    unsure = (changed == UNCERTAIN).ravel()
+    px[k * k + 1] = np.count_nonzero(unsure)
     m2: np.ndarray
     if isinstance(areas, np.ndarray):
         r0, r1 = block_info[0]["array-location"][0] if block_info else (0, fr.shape[0])
-        m2 = np.bincount(code, weights=np.repeat(areas[r0:r1], fr.shape[1]), minlength=n)
+        per_px = np.repeat(areas[r0:r1], fr.shape[1])
+        m2 = np.bincount(code, weights=per_px, minlength=n)
+        m2[k * k + 1] = per_px[unsure].sum()
     else:
         m2 = px * areas
     return np.stack([px, m2])[None, None]
@@ -121,6 +131,8 @@ class Transitions:
     area_m2: np.ndarray
     unknown_pixels: int
     unknown_m2: float
+    uncertain_pixels: int = 0  # counted from -> from above: classes differ, confidence low
+    uncertain_m2: float = 0.0
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -142,6 +154,7 @@ class Transitions:
         return {"changed": entry(kpx - dpx, known - diag), "unchanged": entry(dpx, diag),
                 "known": entry(kpx, known),
                 "unknown": entry(self.unknown_pixels, self.unknown_m2),
+                "uncertain": entry(self.uncertain_pixels, self.uncertain_m2),
                 "total": entry(kpx + self.unknown_pixels, known + self.unknown_m2)}
 
     def matrix_m2(self) -> dict[str, dict[str, float]]:
@@ -176,8 +189,10 @@ def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
     specs: dict[str, tuple[int, dict[str, Any]]] = {
         "from_class": (FILL, {"long_name": "class id at date a (255 unknown)", **flags}),
         "to_class": (FILL, {"long_name": "class id at date b (255 unknown)", **flags}),
-        "changed": (FILL, {"long_name": "land-cover change (0 no, 1 yes, 255 unknown)",
-                           "flag_values": [0, 1], "flag_meanings": "no_change change"}),
+        "changed": (FILL, {"long_name": "land-cover change (0 no, 1 yes, 2 uncertain: classes "
+                                        "differ at low confidence, 255 unknown)",
+                           "flag_values": [0, 1, UNCERTAIN],
+                           "flag_meanings": "no_change change uncertain"}),
         "confidence": (0, {"long_name": "min of both dates' confidences",
                            "scale_factor": 1 / 255, "add_offset": 0.0}),
     }
@@ -188,7 +203,8 @@ def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
 
 def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassScheme,
                    threshold: int, min_width: int, areas: np.ndarray | float,
-                   rows: tuple[int, int], chunk: int, scheduler: str) -> np.ndarray:
+                   rows: tuple[int, int], chunk: int, scheduler: str,
+                   change_threshold: int = 0) -> np.ndarray:
     """Write the change layers of grid rows ``rows`` (chunk-aligned) into the store and return
     their (pixels, m²) per transition: one dask compute over those rows' chunks (read with
     the rows of context the width filter needs)."""
@@ -197,7 +213,8 @@ def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassSchem
     r0, r1 = max(0, rows[0] - pad), min(height, rows[1] + pad)
     band = {n: v.isel(y=slice(r0, r1)) for n, v in inp.items()}
     layers = {n: v.isel(y=slice(rows[0] - r0, rows[1] - r0))
-              for n, v in change_arrays(band, threshold, min_width).items()}
+              for n, v in change_arrays(band, threshold, min_width,
+                                                  change_threshold).items()}
     g = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
     sources: list[da.Array] = []
     targets: list[Any] = []
@@ -221,17 +238,18 @@ def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassSchem
 
 def _band_task(rows: tuple[int, int], path: Path, decision: GridDecision, a: RunInfo,
                b: RunInfo, classes: ClassScheme, threshold: int, min_width: int,
-               areas: np.ndarray | float) -> np.ndarray:
+               areas: np.ndarray | float, change_threshold: int) -> np.ndarray:
     """One Ray task: a band of chunk rows, its inputs opened where it runs."""
     from geoseg.change.align import aligned_inputs, quiet_warp
 
     with quiet_warp():
         return _window_change(path, aligned_inputs(decision, a, b), classes, threshold,
-                              min_width, areas, rows, decision.chunk, "sync")
+                              min_width, areas, rows, decision.chunk, "sync", change_threshold)
 
 
 def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecision,
                    classes: ClassScheme, threshold: int, min_width: int = 1,
+                   change_threshold: int = 0,
                    ray_runs: tuple[RunInfo, RunInfo] | None = None) -> Transitions:
     """Write the change layers into the initialised store at ``path`` and return the
     transition table, in one pass over the chunks.
@@ -253,12 +271,15 @@ def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecis
         # per-row geodesic areas and the run handles go to the object store once
         total = np.sum(ray_map(_band_task, bands, dict(
             path=path, decision=decision, a=ray_runs[0], b=ray_runs[1], classes=classes,
-            threshold=threshold, min_width=min_width, areas=areas)), axis=0)
+            threshold=threshold, min_width=min_width, areas=areas,
+            change_threshold=change_threshold)), axis=0)
     else:  # band by band here too: one graph over all chunks kept most blocks alive
         total = np.sum([_window_change(path, inp, classes, threshold, min_width, areas,
-                                       (r, min(r + c, height)), c, "threads")
+                                       (r, min(r + c, height)), c, "threads",
+                                       change_threshold)
                         for r in range(0, height, c)], axis=0)
     px, m2 = total[0], total[1]
     mark_complete(path, {})
-    return Transitions(classes, px[:-1].reshape(k, k).round().astype(np.int64),
-                       m2[:-1].reshape(k, k), int(np.rint(px[-1])), float(m2[-1]))
+    return Transitions(classes, px[:-2].reshape(k, k).round().astype(np.int64),
+                       m2[:-2].reshape(k, k), int(np.rint(px[-2])), float(m2[-2]),
+                       int(np.rint(px[-1])), float(m2[-1]))

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from geoseg.change.defaults import MIN_CHANGE_CONFIDENCE
+
 
 def _print_summary(res: Any) -> None:
     s = res.summary
@@ -88,7 +90,8 @@ def cmd_change(a: argparse.Namespace) -> int:
     res = compare_runs(run_a, run_b, Path(a.out), grid=a.grid,
                        min_confidence=a.min_confidence, iou_modified=a.iou_modified,
                        area_tolerance=a.area_tolerance, overwrite=a.overwrite,
-                       min_change_width=a.min_change_width)
+                       min_change_width=a.min_change_width,
+                       min_change_confidence=a.min_change_confidence)
     _print_summary(res)
     if a.scene:
         import json
@@ -127,6 +130,11 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="a changed pixel must lie in a PX×PX square of changed pixels; thinner "
                         "differences (a class boundary drawn a pixel or two apart) are no "
                         "change (default 3; 1 keeps every differing pixel)")
+    c.add_argument("--min-change-confidence", type=float, default=MIN_CHANGE_CONFIDENCE,
+                   metavar="C",
+                   help="a pixel whose classes differ is a change only when both dates' "
+                        "confidence is at least C, else 'uncertain' (default chosen on a "
+                        "validation scene, see README; 0 makes every difference a change)")
     c.add_argument("--iou-modified", type=float, default=0.8,
                    help="matched buildings with a lower IoU are modified (default 0.8)")
     c.add_argument("--area-tolerance", type=float, default=0.1,

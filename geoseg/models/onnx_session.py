@@ -3,7 +3,10 @@
 The graph must take one float32 input ``(N, C, H, W)`` (already normalised, C = the bundle's
 bands) and return logits ``(N, K, H, W)`` first (K = the bundle's classes), which is what
 :func:`geoseg.models.onnx.export_onnx` writes. Graphs from elsewhere may fix the batch to 1
-(tiles are then run one by one) or fix H and W (the job's tile size must match them).
+(tiles are then run one by one) or fix H and W: the planner reads that size (:func:`fixed_tile`)
+and every tile is then exactly that size (a window smaller than a tile is padded up to it).
+A tile the graph cannot take (a hidden fixed size, e.g. a Reshape to constants) is an
+:class:`InputError`: the same tile fails the same way on every retry.
 """
 
 from __future__ import annotations
@@ -28,6 +31,79 @@ CUDA = "CUDAExecutionProvider"
 def _dim(d: Any) -> int | None:
     """A static dimension, or None for a symbolic/unknown one."""
     return d if isinstance(d, int) and d > 0 else None
+
+
+def input_hw(path: Path) -> tuple[int | None, int | None]:
+    """Static height and width of the graph's image input (None where symbolic): read from the
+    ``onnx`` model when that package is installed (no tensor data loaded), else from an
+    onnxruntime session's input."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None  # type: ignore[assignment]
+    if onnx is not None:
+        try:
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception as exc:  # protobuf's DecodeError and onnx's own errors share no base
+            raise BundleError(f"{path} is not a readable ONNX model ({type(exc).__name__}): "
+                              "export it again") from exc
+        init = {i.name for i in graph.initializer}
+        inputs = [i for i in graph.input if i.name not in init]
+        if not inputs:
+            return None, None
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in inputs[0].type.tensor_type.shape.dim]
+        return (_dim(dims[2]), _dim(dims[3])) if len(dims) == 4 else (None, None)
+    ort = import_onnxruntime()
+    try:
+        sess = ort.InferenceSession(str(path), providers=[CPU])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise BundleError(f"{path} cannot be loaded by onnxruntime ({type(exc).__name__}): "
+                          "re-export the model") from exc
+    shape = list(sess.get_inputs()[0].shape or [])
+    return (_dim(shape[2]), _dim(shape[3])) if len(shape) == 4 else (None, None)
+
+
+def fixed_tile(spec: BundleSpec, path: Path) -> int | None:
+    """The tile size (px) a graph with a static ``H x W`` input takes, None for a graph that
+    takes any size. The graph wins over the bundle's ``tile_size`` (a warning when they differ:
+    bundle.yaml files written by geoseg carry the default 512 when none was given); inputs
+    geoseg cannot tile (not square, one side fixed) are a one-line :class:`BundleError`."""
+    h, w = input_hw(path)
+    if h is None and w is None:
+        return None
+    if h is None or w is None or h != w:
+        raise BundleError(f"{path.name} takes {h or 'any'}x{w or 'any'} px tiles: geoseg runs "
+                          "square tiles; re-export it with a square (or fully dynamic) input")
+    if spec.tile_size != h:
+        warnings.warn(GeoSegWarning(
+            f"bundle {spec.name!r}: {path.name} takes only {h}x{w} px tiles, so tiles are "
+            f"{h} px, not the tile_size {spec.tile_size} of bundle.yaml (set tile_size: {h} "
+            "there)"), stacklevel=3)
+    return h
+
+
+def ort_error_line(exc: BaseException) -> str:
+    """onnxruntime's message in one line, without its ``[ONNXRuntimeError] : N : CODE :``
+    prefix or source paths."""
+    text = " ".join(str(exc).split())
+    if text.startswith("[ONNXRuntimeError]"):
+        text = text.split(" : ", 3)[-1]
+    return text[:300]
+
+
+# onnxruntime errors that depend only on the graph and the tile's shape (a retry gets the same)
+_SHAPE_WORDS = ("shape", "dimension", "broadcast", "reshape")
+_TRANSIENT_WORDS = ("alloc", "memory", "cuda", "cudnn", "device")
+
+
+def _shape_error(exc: BaseException) -> bool:
+    kind = type(exc).__name__
+    text = str(exc).lower()
+    if kind == "InvalidArgument":
+        return True
+    return (kind in ("Fail", "RuntimeException") and any(w in text for w in _SHAPE_WORDS)
+            and not any(w in text for w in _TRANSIENT_WORDS))
 
 
 def device_parts(device: Any) -> tuple[str, int | None]:
@@ -123,7 +199,17 @@ class OnnxSession:
                              f"{h}x{w}: set inference.tile_size (--tile-size) to match")
         if self.fixed_batch and len(x) > 1:
             return np.concatenate([self.run(x[i:i + 1]) for i in range(len(x))])
-        (logits,) = self.session.run([self.output_name], {self.input_name: x})
+        try:
+            (logits,) = self.session.run([self.output_name], {self.input_name: x})
+        except Exception as exc:  # onnxruntime's errors are untyped (Fail, InvalidArgument, ...)
+            if not _shape_error(exc):
+                raise  # e.g. out of memory: may pass on a retry
+            raise InputError(
+                f"{self.path.name} cannot run a {h}x{w} px tile ({ort_error_line(exc)}): its "
+                "input is declared dynamic but the graph needs one size; give it a static "
+                "input shape (python -m onnxruntime.tools.make_dynamic_shape_fixed "
+                f"--input_name {self.input_name} --input_shape 1,{x.shape[1]},S,S IN OUT, "
+                "S = its tile size) and set tile_size: S in bundle.yaml") from exc
         logits = np.asarray(logits, dtype=np.float32)
         if logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
             raise InputError(f"{self.path.name} returned logits {logits.shape} for tiles "

@@ -91,6 +91,10 @@ class Predictor:
             self._module = self._load_torch(path)
             self._mean = torch.from_numpy(mean).to(self.device)
             self._std = torch.from_numpy(std).to(self.device)
+            # the bundle's clipping of raw values (Normalization.apply, done on the device)
+            self._clip = None if norm.clip is None else tuple(
+                torch.tensor(b, dtype=torch.float32).reshape(1, c, 1, 1).to(self.device)
+                for b in norm.clip)
             where = str(self.device)
         logger.info("loaded bundle %s v%s (%s) with %s on %s", self.spec.name,
                     self.spec.version, self.spec.architecture.name, self.engine, where)
@@ -134,7 +138,9 @@ class Predictor:
         if c != len(self.spec.bands):
             raise InputError(f"bundle {self.spec.name!r} reads {len(self.spec.bands)} bands "
                              f"{self.spec.bands}, the batch has {c}: select those bands first")
-        if h % 32 or w % 32 or h == 0 or w == 0:
+        # an ONNX graph checks its own input size (one with a static input may take any size)
+        fixed = self._onnx is not None and self._onnx.session.fixed_hw != (None, None)
+        if h == 0 or w == 0 or (not fixed and (h % 32 or w % 32)):
             raise InputError(f"tile size {h}x{w} is not a multiple of 32: pad tiles to a "
                              "multiple of 32 (e.g. the bundle's tile_size)")
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -142,6 +148,8 @@ class Predictor:
     def _prepare(self, x: np.ndarray) -> torch.Tensor:
         """Validate a raw batch and return it normalised on the torch model's device."""
         t = torch.from_numpy(self._check(x)).to(self.device)
+        if self._clip is not None:
+            t = torch.clamp(t, self._clip[0], self._clip[1])
         t = (t - self._mean) / self._std
         if self.device.type == "cuda":
             t = t.contiguous(memory_format=torch.channels_last)

@@ -165,3 +165,27 @@ def test_geographic_grid_uses_ground_areas(tmp_path: Path) -> None:
     assert areas["changed"]["m2"] == pytest.approx(whole / 2, rel=1e-6)
     assert res.summary["transitions_m2"]["vegetation"]["bare"] == pytest.approx(whole / 2,
                                                                                 rel=1e-6)
+
+
+def test_low_confidence_flips_are_uncertain_not_changed(tmp_path: Path) -> None:
+    a_cls = np.full(SHAPE, 3, np.uint8)
+    b_cls = np.full(SHAPE, 3, np.uint8)
+    b_cls[0:20, :] = 0                   # a confident change
+    b_cls[40:60, :] = 0                  # a flip at low confidence on date b
+    b_conf = np.full(SHAPE, 240, np.uint8)
+    b_conf[40:60, :] = 150               # 0.59: known (>= 0.5) but below 0.8
+    b_conf[80:90, :] = 150               # low confidence, same class: plain "no change"
+    a = make_run(tmp_path / "a", a_cls, 240)
+    b = make_run(tmp_path / "b", b_cls, b_conf, date="2024-06-01")
+    res = compare_runs(a, b, tmp_path / "out", min_confidence=0.5, min_change_confidence=0.8)
+    changed = _read(res.output, "changed")
+    assert (changed[0:20] == 1).all() and (changed[40:60] == 2).all()
+    assert (changed[80:90] == 0).all() and (changed[20:40] == 0).all()
+    areas = res.summary["areas"]
+    assert areas["changed"]["pixels"] == 20 * SHAPE[1]
+    assert areas["uncertain"]["pixels"] == 20 * SHAPE[1]
+    assert areas["uncertain"]["m2"] == pytest.approx(20 * SHAPE[1] * PX_M2)
+    assert res.summary["min_change_confidence"] == 0.8
+    every = compare_runs(a, b, tmp_path / "out0", min_change_confidence=0.0)  # old behaviour
+    assert every.summary["areas"]["changed"]["pixels"] == 40 * SHAPE[1]
+    assert every.summary["areas"]["uncertain"]["pixels"] == 0
