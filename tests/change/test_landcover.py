@@ -82,7 +82,7 @@ def test_nodata_and_low_confidence_are_unknown(tmp_path: Path) -> None:
     b_conf[50:60, 0:20] = 128  # just at 0.5 (128/255 >= 0.5)
     a = make_run(tmp_path / "a", a_cls, 200)
     b = make_run(tmp_path / "b", b_cls, b_conf, date="2024-06-01")
-    res = compare_runs(a, b, tmp_path / "out", min_confidence=0.5)
+    res = compare_runs(a, b, tmp_path / "out", min_confidence=0.5, min_change_confidence=0.0)
     changed = _read(res.output, "changed")
     assert (changed[0:8] == 255).all() and (changed[40:50, 0:20] == 255).all()
     assert (changed[50:60, 0:20] == 1).all()
