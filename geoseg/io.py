@@ -10,6 +10,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -19,6 +20,10 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import CRSError, GeoSegWarning, NotARasterError, RasterNotFoundError
 from geoseg.grid import GeoBox, Window, normalize_crs
+from geoseg.sources.remote import describe_remote_error, gdal_path, is_remote, redact, remote_env
+
+if TYPE_CHECKING:
+    from geoseg.sources.mosaic import Mosaic
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +45,14 @@ class RasterInfo:
 def open_info(path: str | Path) -> RasterInfo:
     """Open and validate a raster; raise a one-line :class:`GeoSegError` if it cannot be used."""
     p = str(path)
-    if "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
+    remote = is_remote(p)
+    if not remote and "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
         raise RasterNotFoundError(f"image not found: {p} (check the path)")
+    shown = redact(p)  # URLs may carry signatures or tokens: never shown
     try:
-        with rasterio.open(p) as src:
+        with remote_env(p), rasterio.open(gdal_path(p)) as src:
             if src.crs is None:
-                raise CRSError(f"{p} has no CRS: assign one first (e.g. gdal_edit.py -a_srs "
+                raise CRSError(f"{shown} has no CRS: assign one first (e.g. gdal_edit.py -a_srs "
                                "EPSG:32633 FILE)")
             geobox = GeoBox((src.height, src.width), src.transform, normalize_crs(src.crs))
             flags = src.mask_flag_enums
@@ -56,10 +63,12 @@ def open_info(path: str | Path) -> RasterInfo:
             info = RasterInfo(p, geobox, src.count, src.dtypes[0], src.nodata, has_mask,
                               tuple(src.descriptions), date)
     except RasterioIOError as exc:
+        if remote:
+            raise NotARasterError(describe_remote_error(p, str(exc))) from exc
         raise NotARasterError(f"{p} is not a raster GDAL can read: {_first_line(exc)}") from exc
     if info.nodata is None and not info.has_dataset_mask:
         but = " except NaN/inf" if np.dtype(info.dtype).kind in "fc" else ""
-        warnings.warn(f"{p} declares no nodata value: every pixel{but} is treated as valid",
+        warnings.warn(f"{shown} declares no nodata value: every pixel{but} is treated as valid",
                       GeoSegWarning, stacklevel=2)
     return info
 
@@ -75,14 +84,20 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def read_window(info: RasterInfo, window: Window, bands: tuple[int, ...],
+def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...],
                 fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Boundless read of ``bands`` (1-based) over ``window`` of the source grid.
 
     Returns ``(data float32 (C, H, W), valid bool (H, W))``; outside the image, at nodata
     pixels and wherever a band is NaN or ±inf (declared nodata or not: no model can use them)
-    ``data == fill`` and ``valid`` is False.
+    ``data == fill`` and ``valid`` is False. A :class:`~geoseg.sources.mosaic.Mosaic` is read
+    on its output grid (see :func:`geoseg.sources.mosaic.read_window_sources`).
     """
+    if not isinstance(info, RasterInfo):
+        from geoseg.sources.mosaic import read_window_sources
+
+        data, valid, _, _ = read_window_sources(info, window, bands, fill)
+        return data, valid
     h, w = window.shape
     data = np.full((len(bands), h, w), fill, dtype=np.float32)
     valid = np.zeros((h, w), dtype=bool)
@@ -91,7 +106,7 @@ def read_window(info: RasterInfo, window: Window, bands: tuple[int, ...],
         return data, valid
     rel = inner.relative_to(window)
     rio_win = RioWindow(inner.col_off, inner.row_off, inner.width, inner.height)
-    with rasterio.open(info.path) as src:
+    with remote_env(info.path), rasterio.open(gdal_path(info.path)) as src:
         arr = src.read(list(bands), window=rio_win)
         if info.nodata is not None and not np.isnan(info.nodata):
             ok = ~np.all(arr == info.nodata, axis=0)

@@ -18,7 +18,9 @@ def _print_summary(res: Any) -> None:
           f"{g['shape'][1]}×{g['shape'][0]} px on {g['target']}'s grid ({g['crs']})")
     print(f"  grid: {g['message']}")
     print(f"  land cover: {areas['changed']['ha']:.2f} ha changed, "
-          f"{areas['unchanged']['ha']:.2f} ha unchanged, {areas['unknown']['ha']:.2f} ha unknown")
+          f"{areas['unchanged']['ha']:.2f} ha unchanged (of which "
+          f"{areas['uncertain']['ha']:.2f} ha uncertain: classes differ at low confidence), "
+          f"{areas['unknown']['ha']:.2f} ha unknown")
     top = sorted((r for r in s["transitions"] if r["from_id"] != r["to_id"] and r["pixels"]),
                  key=lambda r: -r["area_m2"])[:5]
     for r in top:

@@ -1,0 +1,75 @@
+"""Turning what a user typed into a list of inputs: globs expanded, ``.txt`` lists read, STAC
+documents told apart from rasters."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from geoseg.errors import InputError, RasterNotFoundError
+from geoseg.sources.items import is_url, resolve_href
+from geoseg.sources.remote import is_remote, redact
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["raster", "stac"]
+STAC_SUFFIXES = (".json", ".geojson")
+LIST_SUFFIXES = (".txt",)
+_MAX_DEPTH = 3
+
+
+def _suffix(href: str) -> str:
+    name = href.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return Path(name).suffix.lower()
+
+
+def _read_list(href: str) -> list[str]:
+    """Lines of a text file of paths/URLs (blank lines and ``#`` comments skipped), relative
+    paths resolved against the file's location."""
+    try:
+        if href.lower().startswith(("http://", "https://")):
+            with urllib.request.urlopen(href, timeout=60) as r:
+                text = r.read().decode("utf-8")
+        elif is_url(href):
+            raise InputError(f"{redact(href)}: lists of inputs are read from local files or "
+                             "http(s) only; copy it locally")
+        else:
+            text = Path(href).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read the input list {redact(href)}: {exc}") from exc
+    lines = [ln.strip() for ln in text.splitlines()]
+    return [resolve_href(ln, href) for ln in lines if ln and not ln.startswith("#")]
+
+
+def expand_inputs(inputs: Sequence[str], _depth: int = 0) -> list[tuple[Kind, str]]:
+    """``(kind, href)`` per input in order: globs expanded (sorted), ``.txt`` lists read, ``.json``
+    taken as STAC, anything else as a raster (local path, URL, VRT); duplicates dropped."""
+    if _depth > _MAX_DEPTH:
+        raise InputError("input lists nest too deeply (a .txt naming itself?)")
+    out: list[tuple[Kind, str]] = []
+    for raw in inputs:
+        href = str(raw).strip()
+        if not href:
+            continue
+        suffix = _suffix(href)
+        if suffix in LIST_SUFFIXES:
+            out += expand_inputs(_read_list(href), _depth + 1)
+        elif is_remote(href) or "://" in href or href.startswith("/vsi"):
+            out.append(("stac" if suffix in STAC_SUFFIXES else "raster", href))
+        elif glob.has_magic(href):
+            matches = sorted(p for p in glob.glob(href, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise RasterNotFoundError(f"no file matches {href} (check the pattern)")
+            out += expand_inputs(matches, _depth + 1)
+        elif not Path(href).exists():
+            raise RasterNotFoundError(f"input not found: {href} (check the path)")
+        else:
+            out.append(("stac" if suffix in STAC_SUFFIXES else "raster", href))
+    unique = list(dict.fromkeys(out))
+    if len(unique) < len(out):
+        log.warning("%d repeated input(s) ignored", len(out) - len(unique))
+    return unique

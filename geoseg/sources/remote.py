@@ -1,0 +1,142 @@
+"""Remote rasters: every GDAL network setting in one place, URL → GDAL path mapping, redaction.
+
+geoseg reads cloud-optimised GeoTIFFs (COGs) over HTTP(S), S3, Google Cloud Storage and Azure
+Blob Storage with GDAL's ``/vsicurl/``, ``/vsis3/``, ``/vsigs/`` and ``/vsiaz/`` file systems:
+only the byte ranges of the tiles a window needs are fetched.
+
+Credentials come only from the standard places GDAL itself reads: environment variables
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and the
+``~/.aws`` files, ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_CONNECTION_STRING`` ...) or
+a signed URL. geoseg never copies them into its own settings, never passes them to GDAL itself
+and never logs them: use :func:`redact` for any URL that goes into a log line, an error or an
+output file.
+
+Each default in :data:`GDAL_DEFAULTS` applies only when the same-named environment variable is
+not set, so a user tunes or overrides any of them the usual GDAL way (``export
+GDAL_HTTP_MAX_RETRY=10``), also on Ray workers (through the job's ``runtime_env``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from geoseg.errors import InputError
+
+#: URL scheme → GDAL virtual file system prefix.
+SCHEMES: dict[str, str] = {
+    "http": "/vsicurl/",
+    "https": "/vsicurl/",
+    "s3": "/vsis3/",
+    "gs": "/vsigs/",
+    "az": "/vsiaz/",
+}
+
+_VSI_NETWORK = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
+                "/vsiwebhdfs")
+
+#: GDAL configuration applied around every remote open and read (see the module docstring).
+GDAL_DEFAULTS: dict[str, str] = {
+    # transient failures (429, 5xx, connection resets): GDAL retries with a growing delay
+    "GDAL_HTTP_MAX_RETRY": "5",
+    "GDAL_HTTP_RETRY_DELAY": "1",  # seconds before the first retry
+    "GDAL_HTTP_CONNECTTIMEOUT": "20",
+    "GDAL_HTTP_TIMEOUT": "120",  # whole request, seconds
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1024",  # bytes/s ...
+    "GDAL_HTTP_LOW_SPEED_TIME": "60",  # ... for this many seconds: abort, then retry
+    # opening a file must not list its "directory" nor probe for .aux.xml/.ovr/.msk sidecars
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.vrt,.jp2,.img,{noext}",
+    # COG headers (and tile offsets of small files) in one request
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+    # the tiles of one window: fetched in parallel, adjacent ranges merged into one request
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",  # HTTP/2 where the server offers it
+    # caches: per open file (VSI_CACHE) and process-wide across opens (blocks already fetched)
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(32 * 1024 * 1024),
+    "CPL_VSIL_CURL_CACHE_SIZE": str(128 * 1024 * 1024),
+}
+
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]*@)?"
+                  r"(?P<rest>[^\s?#'\"]*)(?P<query>[?#][^\s'\"]*)?")
+
+
+def is_remote(path: str | Path) -> bool:
+    """Whether ``path`` is read over the network (a URL geoseg maps, or a GDAL network path)."""
+    p = str(path)
+    if p.startswith(_VSI_NETWORK):
+        return True
+    scheme, sep, _ = p.partition("://")
+    return bool(sep) and scheme.lower() in SCHEMES
+
+
+def gdal_path(path: str | Path) -> str:
+    """The path GDAL opens for ``path``: ``https://h/a.tif`` → ``/vsicurl/https://h/a.tif``,
+    ``s3://b/k.tif`` → ``/vsis3/b/k.tif``, ``gs://``/``az://`` likewise; ``file://`` URLs
+    become local paths; anything else (local paths, ``/vsi...`` paths) is returned unchanged."""
+    p = str(path)
+    scheme, sep, rest = p.partition("://")
+    if not sep:
+        return p
+    scheme = scheme.lower()
+    if scheme == "file":
+        return rest
+    prefix = SCHEMES.get(scheme)
+    if prefix is None:
+        return p  # zip://, tar:// ...: rasterio understands them
+    if prefix == "/vsicurl/":
+        return prefix + p
+    bucket, _, key = rest.partition("/")
+    if not bucket or not key:
+        raise InputError(f"{redact(p)} names no object: give {scheme}://BUCKET/KEY")
+    return f"{prefix}{bucket}/{key}"
+
+
+def redact(text: str | Path) -> str:
+    """``text`` with every URL's user info and query string (signatures, tokens, SAS keys)
+    removed: safe for logs, errors and output metadata. Local paths are returned unchanged."""
+    def strip(m: re.Match[str]) -> str:
+        return m["scheme"] + m["rest"] + ("?…" if m["query"] else "")
+
+    s = str(text)
+    s = _URL.sub(strip, s)
+    # /vsicurl?url=...&key=... (GDAL's option syntax) may hold anything after the '?'
+    return re.sub(r"(/vsi[a-z0-9_]+)\?\S*", r"\1?…", s)
+
+
+def gdal_options() -> dict[str, str]:
+    """:data:`GDAL_DEFAULTS` minus the options the environment sets itself."""
+    return {k: v for k, v in GDAL_DEFAULTS.items() if k not in os.environ}
+
+
+@contextmanager
+def remote_env(path: str | Path) -> Iterator[None]:
+    """GDAL settings for reading ``path``: :func:`gdal_options` when it is remote, nothing for
+    a local file. Credentials are left to GDAL (a ``DummySession``: rasterio copies none)."""
+    if not is_remote(path):
+        yield
+        return
+    import rasterio
+    from rasterio.session import DummySession
+
+    with rasterio.Env(session=DummySession(), **gdal_options()):
+        yield
+
+
+def describe_remote_error(path: str, message: str) -> str:
+    """A one-line, redacted explanation of a failed remote open, with what to do."""
+    msg = redact(message.strip().splitlines()[0] if message.strip() else "read failed")
+    shown = redact(path)
+    if re.search(r"\b404\b|does not exist|No such file", msg):
+        return f"{shown} not found ({msg}): check the URL"
+    if re.search(r"\b40[13]\b|Access Denied|AccessDenied|credential", msg, re.I):
+        return (f"{shown}: access denied ({msg}): set credentials the standard way "
+                "(AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_CONNECTION_STRING), or "
+                "AWS_NO_SIGN_REQUEST=YES for a public bucket")
+    return f"cannot read {shown} ({msg}): check the URL and the network, then rerun"
