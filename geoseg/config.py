@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,18 @@ class RegionConfig(_Strict):
         if (self.bbox is not None or self.wkt is not None) and self.crs is None:
             raise ValueError("bbox and wkt regions need a crs (e.g. EPSG:32633)")
         return self
+
+
+class SourceConfig(_Strict):
+    """How the input images become the one image a job reads (geoseg.sources): band selection
+    by name or number, the output grid, and the rule where images overlap. All defaults: one
+    image on its own grid, all its bands."""
+
+    bands: tuple[str, ...] | None = None  # names (STAC common names, descriptions) or "1", "2"
+    crs: str | None = None                # output CRS (default: the most common item's)
+    resolution: float | None = Field(default=None, gt=0)  # output pixel size, CRS units
+    mosaic: Literal["first", "latest", "least-nodata"] = "first"
+    nodata: float | None = None           # a value that is nodata in every image
 
 
 class InferenceConfig(_Strict):
@@ -116,10 +129,12 @@ class RuntimeConfig(_Strict):
 
 class JobConfig(_Strict):
     version: int = CONFIG_VERSION
-    image: str
+    # one image (path or URL), or several / a glob / a .txt list / a STAC document: a mosaic
+    image: str | tuple[str, ...]
     output: str
     models: tuple[str, ...] = ("landcover", "buildings")
     region: RegionConfig | None = None
+    source: SourceConfig = SourceConfig()
     inference: InferenceConfig = InferenceConfig()
     vectors: VectorConfig = VectorConfig()
     outputs: OutputConfig = OutputConfig()
@@ -131,15 +146,22 @@ class JobConfig(_Strict):
         The engine enters as resolved, through the model digests (which cover the file the
         engine runs), not as requested: ``auto`` and ``torch`` on a bundle with weights run the
         same computation and share a key; torch and onnx do not."""
-        payload = {"image": str(Path(self.image).resolve()) if "://" not in self.image
-                   else self.image,
+        images = [str(Path(i).resolve()) if "://" not in i else i for i in self.images]
+        payload = {"image": images[0] if isinstance(self.image, str) else images,
                    "region": self.region.model_dump() if self.region else None,
                    # tta enters only when used: runs from before it existed keep their key
                    "inference": self.inference.model_dump(
                        exclude={"engine"} | ({"tta"} if self.inference.tta == "none" else set())),
                    "vectors": self.vectors.model_dump(),
                    "models": model_digests, "version": self.version}
+        if self.source != SourceConfig():  # enters only when used: older runs keep their key
+            payload["source"] = self.source.model_dump()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """The inputs as given (paths, URLs, globs, lists, STAC documents)."""
+        return (self.image,) if isinstance(self.image, str) else self.image
 
     def with_overrides(self, source: str = "arguments", **overrides: object) -> JobConfig:
         """A copy with settings replaced; ``None`` keeps the current value.
@@ -170,6 +192,11 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "output": ("output",),
     "models": ("models",),
     "region": ("region",),
+    "bands": ("source", "bands"),
+    "crs": ("source", "crs"),
+    "resolution": ("source", "resolution"),
+    "mosaic": ("source", "mosaic"),
+    "nodata": ("source", "nodata"),
     "chunk_size": ("inference", "chunk_size"),
     "halo": ("inference", "halo"),
     "tile_size": ("inference", "tile_size"),
@@ -211,10 +238,13 @@ def validate_job(data: dict[str, object], source: str = "config") -> JobConfig:
         raise ConfigError(f"{source}: {loc}: {e['msg']}") from exc
 
 
-def make_job_config(image: str | None, output: str | None, config: str | Path | None = None,
-                    source: str = "arguments", **overrides: object) -> JobConfig:
+def make_job_config(image: str | Sequence[str] | None, output: str | None,
+                    config: str | Path | None = None, source: str = "arguments",
+                    **overrides: object) -> JobConfig:
     """The job for ``image`` → ``output``: the YAML ``config`` when given (its image/output
     replaced by these when not None), then ``overrides`` (see :meth:`JobConfig.with_overrides`)."""
+    if image is not None and not isinstance(image, str):  # several inputs; one stays a str
+        image = image[0] if len(image) == 1 else tuple(image)
     if config is not None:
         base = load_job_config(config, image=image, output=output)
     else:

@@ -68,6 +68,11 @@ class JobFailedError(GeoSegError, RuntimeError):
     exit_code = 3
 
 
+class IncompleteRunError(JobFailedError):
+    """A run's outputs were asked for but the run did not finish (failed chunks, interrupted,
+    still running): resume it, or read what exists with ``partial=True``."""
+
+
 class ClusterError(GeoSegError, ConnectionError):
     """The Ray cluster or its job server cannot be reached, or does not know the job."""
 

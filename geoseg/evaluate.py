@@ -1,6 +1,11 @@
 """Scoring outputs against ground truth: pixel and boundary metrics of class maps streamed
 chunk by chunk, footprint object metrics (SpaceNet one-to-one matching at IoU ≥ 0.5), and COCO
-mask AP and panoptic quality of footprints rasterized onto the truth's instance grid."""
+mask AP and panoptic quality of footprints rasterized onto the truth's instance grid.
+
+Truth class rasters may be on any grid (resampled nearest-neighbour onto the predictions', see
+:mod:`geoseg.truth_raster`); truth footprints in any OGR format, layer and CRS. Every bad input is
+one :class:`~geoseg.errors.InputError` line. :func:`evaluate_outputs` is what ``geoseg eval`` and
+``geoseg.evaluate(...)`` run: the report plus a confusion-matrix PNG per class layer."""
 
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import zarr
 from rasterio.io import DatasetReader
 from rasterio.windows import Window as RioWindow
 
+from geoseg.class_report import class_report, confusion_png
 from geoseg.errors import InputError
 from geoseg.grid import ChunkGrid, GeoBox, Window, normalize_crs
-from geoseg.layout import RunLayout
+from geoseg.layout import MANIFEST, RunLayout
 from geoseg.metrics import (
     BoundaryCounts,
     BoundaryScores,
@@ -36,12 +42,48 @@ from geoseg.metrics import (
     score_polygons,
 )
 from geoseg.store import store_grid
+from geoseg.truth_raster import TruthReader, open_grid
+
+_COORDS = ("x", "y", "spatial_ref")
+
+
+def open_store(store: str | Path) -> zarr.Group:
+    """A geoseg prediction store, read only; one :class:`InputError` line when it is not one."""
+    p = Path(store)
+    hint = "pass the predictions.zarr of a geoseg run"
+    if not p.exists():
+        raise InputError(f"predictions {p} not found: {hint}")
+    try:
+        g = zarr.open_group(str(p), mode="r")
+    except (OSError, ValueError) as exc:  # zarr's GroupNotFoundError is both
+        raise InputError(f"{p} is not a Zarr store: {hint}") from exc
+    if not {"transform", "crs_wkt", "chunk_size"} <= set(g.attrs):
+        raise InputError(f"{p} is a Zarr store without geoseg's grid attributes: {hint}")
+    if not any(n not in _COORDS for n, _ in g.arrays()):
+        raise InputError(f"{p} holds no prediction layer yet: the run wrote nothing")
+    return g
+
+
+def store_classes(store: str | Path, layer: str) -> tuple[int | None, tuple[str, ...] | None]:
+    """Number of classes and their names of a store layer (the model bundle's classes, as the
+    run recorded them); None where the layer does not say."""
+    g = open_store(store)
+    layers = [n for n, _ in g.arrays() if n not in _COORDS and not n.endswith("_confidence")]
+    if layer not in layers:
+        raise InputError(f"{store} has no layer {layer!r} (layers: {', '.join(layers) or 'none'})"
+                         ": pass --layer")
+    flags = g[layer].attrs.get("flag_values")
+    if not isinstance(flags, list) or not flags:
+        return None, None
+    ids = [int(v) for v in flags]
+    k = max(ids) + 1
+    meanings = str(g[layer].attrs.get("flag_meanings", "")).split()
+    return k, tuple(meanings) if ids == list(range(k)) and len(meanings) == k else None
 
 
 def truth_window(truth: str | Path, grid: GeoBox) -> Window:
     """Window of the truth raster that is exactly ``grid`` (same CRS, pixel size, alignment)."""
-    with rasterio.open(truth) as src:
-        tgrid = GeoBox((src.height, src.width), src.transform, normalize_crs(src.crs))
+    tgrid, _ = open_grid(truth)
     if tgrid.crs != grid.crs or not np.allclose(tgrid.resolution, grid.resolution):
         raise InputError(f"truth {truth} is on another grid (CRS or pixel size): resample it "
                          "onto the prediction grid first")
@@ -52,60 +94,88 @@ def truth_window(truth: str | Path, grid: GeoBox) -> Window:
     return Window(round(r), round(c), grid.height, grid.width)
 
 
-def _class_windows(store: Path, layer: str, truth: str | Path,
+def _class_windows(store: Path, layer: str, reader: TruthReader,
                    halo: int) -> Iterator[tuple[np.ndarray, np.ndarray, Window]]:
     """Prediction and truth of each store chunk grown by ``halo`` px (clipped to the grid), with
     the chunk's window inside them."""
     grid, chunk = store_grid(store)
-    win = truth_window(truth, grid)
-    arr = zarr.open_group(str(store), mode="r")[layer]
+    arr = open_store(store)[layer]
     if not isinstance(arr, zarr.Array):
         raise InputError(f"{layer} is not an array in {store}")
-    with rasterio.open(truth) as src:
-        for ch in ChunkGrid(grid.shape, chunk):
-            padded = ch.window.pad(halo).intersect(grid.window)
-            rs, cs = padded.slices()
-            pred = np.asarray(arr[rs, cs])
-            t = src.read(1, window=RioWindow(win.col_off + padded.col_off,
-                                             win.row_off + padded.row_off, padded.width,
-                                             padded.height), boundless=True, fill_value=255)
-            yield pred, t, ch.window.relative_to(padded)
+    for ch in ChunkGrid(grid.shape, chunk):
+        padded = ch.window.pad(halo).intersect(grid.window)
+        rs, cs = padded.slices()
+        yield np.asarray(arr[rs, cs]), reader.read(padded), ch.window.relative_to(padded)
+
+
+def _num_classes(store: str | Path, layer: str, given: int | None) -> int:
+    k, _ = store_classes(store, layer)
+    if given is not None:
+        return given
+    if k is None:
+        raise InputError(f"{store} does not list the classes of {layer}: pass --num-classes")
+    return k
+
+
+def _counted(cm: np.ndarray, truth: str | Path, layer: str) -> None:
+    if not cm.sum():
+        raise InputError(f"truth {truth} and the {layer} predictions share no valid pixel: "
+                         "check the truth's extent, CRS and nodata")
 
 
 def evaluate_pixels(store: str | Path, layer: str, truth: str | Path,
-                    num_classes: int) -> PixelScores:
-    """Confusion matrix of a stored class map against a truth raster (nodata 255 ignored)."""
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    for pred, t, _ in _class_windows(Path(store), layer, truth, 0):
-        cm += confusion_matrix(pred, t, num_classes, ignore=255)
+                    num_classes: int | None = None) -> PixelScores:
+    """Confusion matrix of a stored class map against a truth raster on any grid (nodata and
+    255 ignored); ``num_classes`` defaults to the layer's class list."""
+    k = _num_classes(store, layer, num_classes)
+    cm = np.zeros((k, k), np.int64)
+    with TruthReader(truth, store_grid(store)[0]) as reader:
+        for pred, t, _ in _class_windows(Path(store), layer, reader, 0):
+            cm += confusion_matrix(pred, t, k, ignore=255)
+    _counted(cm, truth, layer)
     return PixelScores.from_confusion(cm)
 
 
 @dataclass(frozen=True)
 class ClassMapScores:
-    """Pixel metrics and boundary F1 of one class map."""
+    """Pixel metrics, per-class scores and boundary F1 of one class map."""
 
     pixels: PixelScores
     boundary: BoundaryScores
+    class_names: tuple[str, ...] | None = None  # the run's (bundle's) class names, when known
+    truth_resampled: bool = False  # the truth was on another grid (nearest-neighbour)
 
     def to_dict(self, class_names: Sequence[str] | None = None) -> dict[str, object]:
-        out = self.pixels.to_dict(class_names)
-        out["boundary"] = self.boundary.to_dict(class_names)
+        names = class_names if class_names is not None else self.class_names
+        out = self.pixels.to_dict(names)
+        out["per_class"] = class_report(self.pixels.confusion, names)
+        out["boundary"] = self.boundary.to_dict(names)
+        out["truth_resampled"] = self.truth_resampled
         return out
 
 
-def evaluate_class_map(store: str | Path, layer: str, truth: str | Path, num_classes: int, *,
-                       tol: float = 2.0) -> ClassMapScores:
-    """Pixel metrics and boundary F1 (tolerance ``tol`` px) of a stored class map against a
-    truth raster (nodata 255 ignored), in one pass. Chunks are read with enough context that
-    the boundary counts equal those of the whole map (chunk edges are not boundaries)."""
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    bc = BoundaryCounts.zeros(num_classes, tol)
-    for pred, t, core in _class_windows(Path(store), layer, truth, boundary_halo(tol)):
-        rs, cs = core.slices()
-        cm += confusion_matrix(pred[rs, cs], t[rs, cs], num_classes, ignore=255)
-        bc = bc + boundary_counts(pred, t, num_classes, tol=tol, ignore=255, core=core)
-    return ClassMapScores(PixelScores.from_confusion(cm), BoundaryScores.from_counts(bc))
+def evaluate_class_map(store: str | Path, layer: str, truth: str | Path,
+                       num_classes: int | None = None, *, tol: float = 2.0) -> ClassMapScores:
+    """Pixel metrics, per-class IoU/precision/recall/F1 and boundary F1 (tolerance ``tol`` px)
+    of a stored class map against a truth raster (nodata and 255 ignored), in one pass.
+
+    The truth may be on any grid: it is then resampled nearest-neighbour onto the prediction
+    grid (and boundaries are measured there). Chunks are read with enough context that the
+    boundary counts equal those of the whole map (chunk edges are not boundaries).
+    ``num_classes`` defaults to the layer's class list (whose names label the report)."""
+    k = _num_classes(store, layer, num_classes)
+    _, names = store_classes(store, layer)
+    cm = np.zeros((k, k), np.int64)
+    bc = BoundaryCounts.zeros(k, tol)
+    with TruthReader(truth, store_grid(store)[0]) as reader:
+        for pred, t, core in _class_windows(Path(store), layer, reader, boundary_halo(tol)):
+            rs, cs = core.slices()
+            cm += confusion_matrix(pred[rs, cs], t[rs, cs], k, ignore=255)
+            bc = bc + boundary_counts(pred, t, k, tol=tol, ignore=255, core=core)
+    _counted(cm, truth, layer)
+    return ClassMapScores(PixelScores.from_confusion(cm), BoundaryScores.from_counts(bc),
+                          names if names is not None and len(names) == k else None,
+                          reader.resampled)
 
 
 def read_polygons(path: str | Path, layer: str | None, what: str) -> Any:
@@ -129,13 +199,20 @@ def read_polygons(path: str | Path, layer: str | None, what: str) -> Any:
                          f"({str(exc).splitlines()[0][:200]})") from exc
     names = [n for n, _ in layers]
     if layer is None:
-        polygonal = [n for n, t in layers if "polygon" in t.lower()] or names
-        layer = "buildings" if "buildings" in names else (polygonal[0] if polygonal else None)
-    if layer is None or layer not in names:
+        # polygon layers, else layers of unknown or mixed geometry (e.g. GeoJSON)
+        polygonal = [n for n, t in layers if "polygon" in t.lower()] or [
+            n for n, t in layers if t.lower() in ("unknown", "geometry", "geometrycollection")]
+        if not polygonal:
+            raise InputError(f"{what} {p} has no polygon layer (layers: " + (", ".join(
+                f"{n} ({t or 'no geometry'})" for n, t in layers) or "none") + ")")
+        layer = "buildings" if "buildings" in polygonal else polygonal[0]
+    if layer not in names:
         raise InputError(f"{what} {p} has no layer {layer!r} (layers: {', '.join(names) or 'none'})"
                          ": pass the right one")
     df = gpd.read_file(p, layer=layer)
     keep = df.geometry.geom_type.isin(["Polygon", "MultiPolygon"])
+    if len(df) and not keep.any():
+        raise InputError(f"{what} {p} (layer {layer}) holds no polygons: pass a polygon layer")
     if not keep.all():
         warnings.warn(GeoSegWarning(f"{what} {p} (layer {layer}): {int((~keep).sum())} "
                                     "non-polygon features ignored"), stacklevel=2)
@@ -219,8 +296,7 @@ def evaluate_instances(pred_gpkg: str | Path, truth: str | Path, *, grid: GeoBox
     """
     from rasterio import features
 
-    with rasterio.open(truth) as src:
-        tgrid = GeoBox((src.height, src.width), src.transform, normalize_crs(src.crs))
+    tgrid, _ = open_grid(truth, "truth instances")
     grid = grid if grid is not None else tgrid
     twin = truth_window(truth, grid)
     vwin = truth_window(void, grid) if void is not None else None
@@ -267,18 +343,17 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
     nodata is void).
     """
     run, scene = Path(run), Path(scene)
+    if not scene.is_dir():
+        raise InputError(f"scene {scene} not found: pass a scene directory from `geoseg sample`")
     layout = RunLayout(run)
     store = layout.store
-    g = zarr.open_group(str(store), mode="r")
+    g = open_store(store)
     report: dict[str, Any] = {"headline": {}}
     names = [n for n, _ in g.arrays()]
     landcover = scene / f"landcover_{date}.tif"
     if "landcover" in names:
-        flags = g["landcover"].attrs["flag_values"]
-        k = len(flags) if isinstance(flags, list) else 0
-        cs = evaluate_class_map(store, "landcover", landcover, k, tol=boundary_tol)
-        meanings = str(g["landcover"].attrs["flag_meanings"]).split()
-        report["landcover"] = cs.to_dict(meanings)
+        cs = evaluate_class_map(store, "landcover", landcover, tol=boundary_tol)
+        report["landcover"] = cs.to_dict()
         report["headline"]["landcover mIoU"] = cs.pixels.miou
         report["headline"]["landcover boundary F1"] = cs.boundary.mean_f1
     gpkg = layout.gpkg
@@ -298,4 +373,90 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
         report["buildings"].update(inst.to_dict())
         report["headline"]["building AP"] = inst.coco.ap
         report["headline"]["building PQ"] = inst.panoptic.pq
+    return report
+
+
+def _run_root(run: str | Path | None, store: Path | None) -> Path | None:
+    """The run folder being evaluated: ``run``, or the folder of a store that a run wrote."""
+    if run is not None:
+        return Path(run)
+    if store is not None and (store.parent / MANIFEST).is_file():
+        return store.parent
+    return None
+
+
+def _png_path(template: str | Path | None, layer: str, root: Path | None, store: Path) -> Path:
+    """Where the confusion matrix of ``layer`` goes: ``template`` (``{layer}`` filled in), else
+    the run folder (a listed output, :meth:`RunLayout.confusion`), else beside the store."""
+    if template is not None:
+        return Path(str(template).replace("{layer}", layer))
+    return RunLayout(root if root is not None else store.parent).confusion(layer)
+
+
+def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None = None,
+                     date: str = "t0", store: str | Path | None = None,
+                     layer: str = "landcover", truth: str | Path | None = None,
+                     num_classes: int | None = None, footprints: str | Path | None = None,
+                     footprints_layer: str | None = None,
+                     truth_footprints: str | Path | None = None, truth_layer: str | None = None,
+                     truth_instances: str | Path | None = None, iou: float = 0.5,
+                     boundary_tol: float = 2.0, confusion: str | Path | None = None,
+                     plot: bool = True) -> dict[str, Any]:
+    """Score whatever is given, as ``geoseg eval`` does; returns the JSON-ready report.
+
+    * ``run`` + ``scene``: a run against a generated scene (:func:`evaluate_run`);
+    * ``truth``: a class raster on any grid against ``layer`` of ``store`` (default: the run's
+      store), with per-class scores and a confusion-matrix PNG;
+    * ``truth_footprints`` (any OGR file, layer, CRS) and/or ``truth_instances`` against
+      ``footprints`` (default: the run's GeoPackage).
+
+    The PNG goes to ``confusion`` (``{layer}`` is replaced by the layer name), else into the run
+    folder as ``confusion_<layer>.png``, else beside the store; ``plot=False`` skips it. Its path
+    is in the report (``<layer>.confusion_png``).
+    """
+    from geoseg.errors import ConfigError
+
+    root = Path(run) if run is not None else None
+    if root is not None and not (root / MANIFEST).is_file() and not RunLayout(root).store.exists():
+        raise InputError(f"{root} is not a geoseg run folder (no {MANIFEST}): pass the folder "
+                         "given to `geoseg run --out`")
+    report: dict[str, Any] = {}
+    sections: list[str] = []  # class layers scored by pixels
+    if root is not None and scene is not None:
+        report = evaluate_run(root, scene, date=date, boundary_tol=boundary_tol)
+        sections = [n for n in ("landcover",) if n in report]
+    else:
+        if store is None and root is not None and truth is not None:
+            store = RunLayout(root).store
+        if footprints is None and root is not None and (truth_footprints or truth_instances):
+            footprints = RunLayout(root).gpkg
+        if truth is not None:
+            if store is None:
+                raise ConfigError("a truth raster needs predictions: pass --store (or --run)")
+            report[layer] = evaluate_class_map(store, layer, truth, num_classes,
+                                               tol=boundary_tol).to_dict()
+            sections = [layer]
+        buildings: dict[str, object] = {}
+        if footprints is not None and truth_footprints is not None:
+            buildings.update(evaluate_footprints(footprints, truth_footprints,
+                                                 pred_layer=footprints_layer,
+                                                 truth_layer=truth_layer, iou=iou).to_dict())
+        if footprints is not None and truth_instances is not None:
+            buildings.update(evaluate_instances(footprints, truth_instances,
+                                                pred_layer=footprints_layer).to_dict())
+        if buildings:
+            report["buildings"] = buildings
+    if not report:
+        raise ConfigError("nothing to evaluate: pass --run RUN --scene SCENE, or --truth (with "
+                          "--run or --store), or --truth-footprints and/or --truth-instances "
+                          "(with --run or --footprints)")
+    if plot:
+        where = Path(store) if store is not None else RunLayout(root or Path(".")).store
+        for name in sections:
+            sec = report[name]
+            png = _png_path(confusion, name, _run_root(run, where), where)
+            miou = "n/a" if sec["miou"] is None else f"{sec['miou']:.3f}"
+            confusion_png(np.asarray(sec["confusion"]), list(sec["per_class"]), png,
+                          title=f"{name}: {sec['pixels']} px, mIoU {miou}")
+            sec["confusion_png"] = str(png)
     return report

@@ -16,6 +16,7 @@ MANIFEST = "manifest.json"
 CHUNKS = "chunks.jsonl"
 QUICKLOOK = "quicklook.png"
 EVALUATION = "evaluation.json"
+CONFUSION = "confusion_{layer}.png"  # `geoseg eval`: confusion matrix of a class layer
 STAC_ITEM = "stac-item.json"  # written last, by a complete run only
 LOCK = ".geoseg.lock"
 
@@ -65,8 +66,13 @@ class RunLayout:
     def cog(self, layer: str) -> Path:
         return self.root / f"{layer}.tif"
 
+    def confusion(self, layer: str) -> Path:
+        """The confusion-matrix PNG ``geoseg eval`` writes for a class layer of this run."""
+        return self.root / CONFUSION.format(layer=layer)
+
     def outputs(self, layers: list[str] | tuple[str, ...]) -> list[str]:
         """Names (relative to the root) a run with these model layers writes."""
         return [STORE, GPKG, SUMMARY, QUICKLOOK, EVALUATION, STAC_ITEM, CHUNKS, MANIFEST,
-                *(f"{name}.tif" for name in layers)]
+                *(f"{name}.tif" for name in layers),
+                *(CONFUSION.format(layer=name) for name in layers)]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoseg.bundle import BundleSpec, builtin_bundle, read_spec
-from geoseg.config import JobConfig
+from geoseg.config import JobConfig, SourceConfig
 from geoseg.engine import Engine, RunEngine, model_file, onnx_fits, resolve_engine
 from geoseg.errors import BandMismatchError, BundleError, GeoSegWarning, RegionError
 from geoseg.grid import ChunkGrid, GeoBox, Window
@@ -168,16 +168,40 @@ def region_of(cfg: JobConfig) -> Region | None:
     return None
 
 
+def open_image(cfg: JobConfig, region: Region | None) -> RasterInfo | Mosaic:
+    """The job's one image: a raster on its own grid, or a mosaic of the inputs (items that
+    miss the region are not opened)."""
+    s = cfg.source
+    if isinstance(cfg.image, str) and s == SourceConfig() and not _expands(cfg.image):
+        return open_info(cfg.image)  # the single-image path, unchanged
+    from geoseg.grid import Bounds
+    from geoseg.sources import open_source
+
+    bounds = None
+    if region is not None:
+        left, bottom, right, top = region.geometry.bounds
+        bounds = Bounds(left, bottom, right, top, region.crs)
+    bands = None if s.bands is None else [int(b) if b.isdigit() else b for b in s.bands]
+    return open_source(cfg.images, bands=bands, crs=s.crs, resolution=s.resolution,
+                       mosaic=s.mosaic, nodata=s.nodata, region=bounds)
+
+
+def _expands(image: str) -> bool:
+    """Whether one input names several images (a glob, a list file, a STAC document)."""
+    return any(c in image for c in "*?[") or image.lower().endswith((".txt", ".json"))
+
+
 def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None) -> Plan:
     """The plan of ``cfg``. ``engines`` (task → engine, e.g. those a run being resumed used)
     decide what engine ``auto`` picks per model, so a resume on another host (onnxruntime or a
     GPU there or not) runs the same computation as the run it continues."""
-    image = open_info(cfg.image)
+    region = region_of(cfg)
+    image = open_image(cfg, region)
     remote = bool(cfg.runtime.address or os.environ.get("RAY_ADDRESS"))
     models = load_models(cfg.models, cfg.inference.engine,
                          onnx_ok=onnx_fits(cfg.runtime.device, remote), prefer=engines)
     check_bands(image, models)
-    window, region = clip_grid(image.geobox, region_of(cfg))
+    window, clipped = clip_grid(image.geobox, region)
     if window.height < 1 or window.width < 1:
         raise RegionError("region covers less than one pixel of the image")
     grid = image.geobox[window]
@@ -189,5 +213,5 @@ def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None) -> Pl
     free = [m.spec.tile_size for m in models if m.fixed_tile is None]
     tile = inf.tile_for(min(free)) if free else min(fixed)
     overlap = min(inf.tile_overlap, tile // 2)
-    return Plan(image, grid, window, region, ChunkGrid(grid.shape, inf.chunk_size), models,
+    return Plan(image, grid, window, clipped, ChunkGrid(grid.shape, inf.chunk_size), models,
                 inf.halo, tile, overlap, inf.batch_size, inf.tta)

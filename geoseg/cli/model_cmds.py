@@ -190,41 +190,28 @@ class _TrainProgress:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    """Score a run (or a store layer / footprints) against truth."""
-    from geoseg.evaluate import (
-        evaluate_class_map,
-        evaluate_footprints,
-        evaluate_instances,
-        evaluate_run,
-    )
+    """Score a run (or a store layer / footprints) against truth: the JSON report on stdout
+    (and in ``--json``), a confusion-matrix PNG per class layer."""
+    import sys
 
-    report: dict[str, object] = {}
-    if a.run and a.scene:
-        report = evaluate_run(a.run, a.scene, date=a.date, boundary_tol=a.boundary_tol)
-    else:
-        if a.store and a.truth:
-            k = a.num_classes
-            report[a.layer] = evaluate_class_map(a.store, a.layer, a.truth, k,
-                                                 tol=a.boundary_tol).to_dict()
-        buildings: dict[str, object] = {}
-        if a.footprints and a.truth_footprints:
-            buildings.update(evaluate_footprints(a.footprints, a.truth_footprints,
-                                                 pred_layer=a.footprints_layer,
-                                                 truth_layer=a.truth_layer,
-                                                 iou=a.iou).to_dict())
-        if a.footprints and a.truth_instances:
-            buildings.update(evaluate_instances(a.footprints, a.truth_instances,
-                                                pred_layer=a.footprints_layer).to_dict())
-        if buildings:
-            report["buildings"] = buildings
-    if not report:
-        raise ConfigError("nothing to evaluate: pass --run RUN --scene SCENE, or --store + "
-                          "--truth, or --footprints + --truth-footprints and/or "
-                          "--truth-instances")
+    from geoseg.evaluate import evaluate_outputs
+
+    png = a.confusion_png
+    if png is None and a.json:  # beside the report: one figure per report
+        png = f"{Path(a.json).with_suffix('')}_confusion_{{layer}}.png"
+    report = evaluate_outputs(
+        run=a.run, scene=a.scene, date=a.date, store=a.store, layer=a.layer, truth=a.truth,
+        num_classes=a.num_classes, footprints=a.footprints, footprints_layer=a.footprints_layer,
+        truth_footprints=a.truth_footprints, truth_layer=a.truth_layer,
+        truth_instances=a.truth_instances, iou=a.iou, boundary_tol=a.boundary_tol,
+        confusion=png, plot=not a.no_png)
     text = json.dumps(report, indent=2, default=float)
     if a.json:
         Path(a.json).write_text(text)
     print(text)
+    for name, section in report.items():
+        if isinstance(section, dict) and "confusion_png" in section:
+            print(f"{name} confusion matrix: {section['confusion_png']}", file=sys.stderr)
     return 0
 
 
@@ -306,15 +293,24 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="score predictions against ground truth")
-    e.add_argument("--run", help="a geoseg run output directory")
+    e.add_argument("--run", help="a geoseg run output directory (its predictions.zarr and "
+                                 "features.gpkg are the predictions)")
     e.add_argument("--scene", help="a generated scene directory (truth)")
-    e.add_argument("--date", default="t0")
-    e.add_argument("--store", help="predictions.zarr")
-    e.add_argument("--layer", default="landcover")
-    e.add_argument("--truth", help="truth class raster on the same grid")
-    e.add_argument("--num-classes", type=int, default=5)
+    e.add_argument("--date", default="t0", help="date of the --scene truth (t0 or t1)")
+    e.add_argument("--store", help="predictions.zarr (default: the --run's)")
+    e.add_argument("--layer", default="landcover", help="class layer of the store to score")
+    e.add_argument("--truth", help="truth class raster (class ids; nodata and 255 ignored) on "
+                                   "any grid and CRS: resampled nearest-neighbour onto the "
+                                   "predictions' grid")
+    e.add_argument("--num-classes", type=int,
+                   help="classes of --layer (default: the run's class list)")
+    e.add_argument("--confusion-png", help="where to write the confusion matrix PNG ({layer} is "
+                                           "replaced; default: beside --json, else "
+                                           "confusion_<layer>.png in the run folder)")
+    e.add_argument("--no-png", action="store_true", help="write no confusion matrix PNG")
     e.add_argument("--footprints", help="predicted footprints: any OGR vector file "
-                                        "(GeoPackage, GeoJSON, shapefile, FlatGeobuf, ...)")
+                                        "(GeoPackage, GeoJSON, shapefile, FlatGeobuf, ...; "
+                                        "default: the --run's features.gpkg)")
     e.add_argument("--footprints-layer", help="layer of --footprints (default: 'buildings', "
                                               "else the first polygon layer)")
     e.add_argument("--truth-footprints", help="truth footprints: any OGR vector file, any CRS "
@@ -322,7 +318,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     e.add_argument("--truth-layer", help="layer of --truth-footprints (default as above)")
     e.add_argument("--truth-instances",
                    help="truth instance-id raster (0 = none): COCO AP and PQ of --footprints")
-    e.add_argument("--iou", type=float, default=0.5)
+    e.add_argument("--iou", type=float, default=0.5,
+                   help="IoU at which a predicted footprint matches a truth one (SpaceNet)")
     e.add_argument("--boundary-tol", type=float, default=2.0,
                    help="boundary F1 distance tolerance in pixels")
     e.add_argument("--json", help="also write the report here")

@@ -56,7 +56,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue a previous run in --out")
 
 
-def job_config(a: argparse.Namespace, image: str, output: str) -> Any:
+def job_config(a: argparse.Namespace, image: str | list[str], output: str) -> Any:
     """The JobConfig of ``geoseg run``'s flags (``--config`` first, then every flag given)."""
     from geoseg.config import make_job_config
 
@@ -64,7 +64,10 @@ def job_config(a: argparse.Namespace, image: str, output: str) -> Any:
                            chunk_size=a.chunk_size, halo=a.halo, tile_size=a.tile_size,
                            engine=a.engine, tta=a.tta, workers=a.workers, threads=a.threads,
                            device=a.device, address=a.address, executor=a.executor,
-                           vectors=False if a.no_vectors else None)
+                           vectors=False if a.no_vectors else None,
+                           bands=getattr(a, "bands", None), crs=getattr(a, "crs", None),
+                           resolution=getattr(a, "resolution", None),
+                           mosaic=getattr(a, "mosaic", None), nodata=getattr(a, "nodata", None))
 
 
 def _region(a: argparse.Namespace) -> dict[str, Any] | None:
@@ -185,9 +188,24 @@ def run_parser(sub: Any = None) -> argparse.ArgumentParser:
     commands that run dates with run's defaults)."""
     r = (sub.add_parser("run", help="segment a region of an image into Zarr + GeoPackage")
          if sub is not None else argparse.ArgumentParser(prog="geoseg run"))
-    r.add_argument("image", help="the image: a GeoTIFF/COG or anything GDAL reads")
+    r.add_argument("image", nargs="+",
+                   help="the image: a GeoTIFF/COG or anything GDAL reads, a path or an "
+                        "http(s)/s3/gs/az URL; several images, a quoted glob, a .txt list or a "
+                        "STAC Item/ItemCollection/Catalog (.json) make one mosaic")
     r.add_argument("--out", "-o", required=True, help="output directory")
     add_run_args(r)
+    m = r.add_argument_group("several images or STAC items (a mosaic)")
+    m.add_argument("--bands", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
+                   help="bands to read, by name (STAC common names or band descriptions: "
+                        "red,green,blue,nir) or 1-based number (default: all bands)")
+    m.add_argument("--crs", help="output CRS (default: the most common CRS of the images)")
+    m.add_argument("--resolution", type=float,
+                   help="output pixel size in CRS units (default: the first image's)")
+    m.add_argument("--mosaic", choices=["first", "latest", "least-nodata"],
+                   help="where images overlap: the first listed, the latest acquired, or the "
+                        "one with the least nodata wins (per pixel, nodata-aware; default first)")
+    m.add_argument("--nodata", type=float,
+                   help="a value that is nodata in every image (for images that declare none)")
     r.set_defaults(fn=cmd_run, quiet=False, verbose=0)
     return r
 

@@ -171,8 +171,8 @@ def _is_url(p: str) -> bool:
 def _check_cluster_paths(cfg: JobConfig) -> None:
     """Paths the cluster must resolve: absolute (shared storage) or URLs, never relative (they
     would resolve inside the job's temporary working dir, which holds only the code)."""
-    checks = [("image", cfg.image, "pass --image with"), ("output", cfg.output,
-                                                          "pass --output with")]
+    checks = [("image", image, "pass --image with") for image in cfg.images]
+    checks.append(("output", cfg.output, "pass --output with"))
     if cfg.region is not None and cfg.region.file:
         checks.append(("region file", cfg.region.file, "give the region file as"))
     for m in cfg.models:
