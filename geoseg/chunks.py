@@ -21,7 +21,7 @@ from geoseg.io import read_window
 from geoseg.outdir import storage_errors
 from geoseg.plan import ModelRef, Plan
 from geoseg.region import region_mask
-from geoseg.sources.mosaic import Mosaic
+from geoseg.sources.mosaic import Mosaic, read_window_sources, sources_record
 from geoseg.stitch import (
     Crop,
     classify,
@@ -31,7 +31,7 @@ from geoseg.stitch import (
     single_pass,
     tta_proba,
 )
-from geoseg.store import FILL, chunk_files, write_chunk
+from geoseg.store import FILL, SOURCE, chunk_files, write_chunk
 
 
 class ProbaModel(Protocol):
@@ -52,6 +52,9 @@ class ChunkInput:
     data: np.ndarray   # (C, H, W) float32 over chunk + halo, bands = plan.bands
     valid: np.ndarray  # (H, W) bool
     read_s: float
+    # a mosaic's provenance: which item (1-based, 0 none) produced each pixel, and those items
+    source: np.ndarray | None = None
+    sources: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -59,6 +62,7 @@ class ChunkOutput:
     chunk: Chunk
     arrays: dict[str, np.ndarray]  # store array name -> core block
     timings: dict[str, float] = field(default_factory=dict)
+    sources: list[dict[str, Any]] | None = None  # a mosaic's items in this chunk
 
 
 def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
@@ -67,8 +71,13 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
     ctx = chunk.window.pad(plan.halo)
     img_win = type(ctx)(ctx.row_off + plan.offset.row_off, ctx.col_off + plan.offset.col_off,
                         ctx.height, ctx.width)
+    source = sources = None
     try:
-        data, valid = read_window(plan.image, img_win, plan.bands)
+        if isinstance(plan.image, Mosaic):
+            data, valid, source, refs = read_window_sources(plan.image, img_win, plan.bands)
+            sources = sources_record(refs)
+        else:
+            data, valid = read_window(plan.image, img_win, plan.bands)
     except RasterioIOError as exc:
         path = plan.image.path
         if "://" in path or path.startswith("/vsi") or isinstance(plan.image, Mosaic):
@@ -85,7 +94,7 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
     # stay valid input so that a region's edge is predicted as it would be in the whole image.
     if plan.region is not None:
         valid &= region_mask(plan.region, plan.image.geobox, img_win)
-    return ChunkInput(chunk, data, valid, time.perf_counter() - t0)
+    return ChunkInput(chunk, data, valid, time.perf_counter() - t0, source, sources)
 
 
 def model_input(plan: Plan, ref: ModelRef, inp: ChunkInput) -> tuple[np.ndarray, int, int, bool]:
@@ -119,6 +128,8 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
     rs, cs = core.slices()
     valid_core = inp.valid[rs, cs]
     out: dict[str, np.ndarray] = {}
+    if inp.source is not None:  # the store's `source` layer: provenance of every pixel
+        out[SOURCE] = np.where(valid_core, inp.source[rs, cs], 0).astype(np.uint16)
     timings: dict[str, float] = {"read_s": inp.read_s}
     for ref in plan.models:
         t0 = time.perf_counter()
@@ -145,7 +156,7 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
         out[ref.name] = cls
         out[f"{ref.name}_confidence"] = conf
         timings[f"predict_{ref.name}_s"] = time.perf_counter() - t0
-    return ChunkOutput(inp.chunk, out, timings)
+    return ChunkOutput(inp.chunk, out, timings, inp.sources)
 
 
 def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
@@ -167,6 +178,8 @@ def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
                 out.arrays[ref.name].ravel(), weights=per_px,
                 minlength=256)[: ref.spec.num_classes]]
             for ref in plan.models}
+    if out.sources is not None:
+        extra["sources"] = out.sources
     return {"hist": hist, **extra, "valid_px": valid, "pixels": out.chunk.window.size,
             "files": chunk_files(store, out.chunk, sorted(out.arrays)),
             "timings": {**out.timings, "write_s": time.perf_counter() - t0}}

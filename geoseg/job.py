@@ -38,6 +38,7 @@ from geoseg.plan import Plan, make_plan
 from geoseg.runtime.base import Backend, ChunkFailure
 from geoseg.runtime.connection import ray_connected
 from geoseg.runtime.provenance import code_version
+from geoseg.sources.remote import redact
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +237,24 @@ def _recorded_engines(out: Path) -> dict[str, Any] | None:
     return {k: v for k, v in engines.items() if v in ("torch", "onnx")} or None
 
 
+def _mosaic_items(plan: Plan) -> list[dict[str, Any]] | None:
+    """A mosaic's items (1-based as in the store's source layer), for the store's attributes."""
+    from geoseg.sources.mosaic import Mosaic
+
+    if not isinstance(plan.image, Mosaic):
+        return None
+    return [{"index": i, "id": it.id, "datetime": it.datetime,
+             "hrefs": [redact(h) for h in it.hrefs]}
+            for i, it in enumerate(plan.image.items, start=1)]
+
+
 def _inputs(cfg: JobConfig, plan: Plan) -> list[Path]:
     """Files the run reads: never removed by --overwrite."""
-    paths = [Path(plan.image.path), *(Path(m.path) for m in plan.models)]
+    from geoseg.sources.mosaic import Mosaic
+
+    images = ([h for it in plan.image.items for h in it.hrefs]
+              if isinstance(plan.image, Mosaic) else [plan.image.path])
+    paths = [*map(Path, images), *(Path(m.path) for m in plan.models)]
     if cfg.region is not None and cfg.region.file:
         paths.append(Path(cfg.region.file))
     return [p for p in paths if "://" not in str(p)]
@@ -272,9 +288,9 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
             manifest.forget(list(manifest.done))
         with storage_errors(layout.store):
             init_store(store, grid, plan.chunks.chunk, plan.layers,
-                       {"source_image": plan.image.path,
+                       {"source_image": redact(plan.image.path),
                         "acquisition_date": plan.image.acquisition_date,
-                        "result_key": key})
+                        "result_key": key}, _mosaic_items(plan))
     damaged = _verify(plan, store, manifest)
     if damaged:
         log.warning("%d finished chunk(s) are missing or damaged on disk (e.g. %s): "
@@ -330,9 +346,13 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
     if cfg.vectors.enabled:
         from geoseg.vector_outputs import BackgroundSink, GeoPackageSink, vectorize_chunk
 
-        common = {"source_image": Path(plan.image.path).name,
+        common = {"source_image": Path(redact(plan.image.path)).name,
                   "acquisition_date": plan.image.acquisition_date or ""}
-        sink = BackgroundSink(GeoPackageSink(layout.gpkg, plan, common))
+        from geoseg.sources.mosaic import Mosaic
+        from geoseg.vector_outputs import SourceDates
+
+        dates = SourceDates(store, plan) if isinstance(plan.image, Mosaic) else None
+        sink = BackgroundSink(GeoPackageSink(layout.gpkg, plan, common, dates=dates))
         vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors)
     done_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size for k in manifest.done)
     rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter())
@@ -457,7 +477,7 @@ def _summary(cfg: JobConfig, plan: Plan, manifest: Any, failed: list[ChunkFailur
     chunk_s = timings["chunks_s"]
     return {
         "status": "complete" if not failed else "completed_with_failures",
-        "image": plan.image.path, "acquisition_date": plan.image.acquisition_date,
+        "image": redact(plan.image.path), "acquisition_date": plan.image.acquisition_date,
         "models": {m.name: m.model_id for m in plan.models},
         "engines": {m.name: m.engine for m in plan.models},
         "grid": {"shape": list(plan.grid.shape), "crs": plan.grid.crs.to_string(),

@@ -28,6 +28,7 @@ from geoseg.errors import InputError
 from geoseg.grid import Chunk, GeoBox, Window
 
 FILL = 255
+SOURCE = "source"  # a mosaic's provenance layer: 1-based item of each pixel (0: none)
 COMPLETE_ATTR = "geoseg_complete"
 
 
@@ -46,8 +47,9 @@ def _compressor() -> Blosc:
 
 
 def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpec],
-               attrs: dict[str, Any]) -> None:
-    """Create the store from the output grid (metadata only; no chunk is written)."""
+               attrs: dict[str, Any], sources: list[dict[str, Any]] | None = None) -> None:
+    """Create the store from the output grid (metadata only; no chunk is written). With
+    ``sources`` (a mosaic's items: id, datetime, href) it also has a :data:`SOURCE` layer."""
     crs_wkt = grid.crs.to_wkt()
     t = grid.transform
     g = zarr.open_group(str(path), mode="w", zarr_format=2)
@@ -80,16 +82,21 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
         create_layer(g, f"{layer.name}_confidence", grid, chunk, 0,
                      {**common, "long_name": f"{layer.name} confidence (max class probability)",
                       "scale_factor": 1 / 255, "add_offset": 0.0})
+    if sources is not None:
+        create_layer(g, SOURCE, grid, chunk, 0,
+                     {"long_name": "mosaic item that produced the pixel (1-based; 0 none)",
+                      "items": sources}, dtype="uint16")
     zarr.consolidate_metadata(str(path))
 
 
 def create_layer(group: zarr.Group, name: str, grid: GeoBox, chunk: int, fill: int,
-                 attributes: dict[str, Any]) -> None:
-    """One georeferenced uint8 layer of a store made by :func:`init_store` (the run's layers and
-    the change layers): chunked ``chunk`` × ``chunk``, compressed, on the store's ``y``/``x``
-    with its CRS (CF ``grid_mapping`` and GDAL ``_CRS``), plus ``attributes``."""
+                 attributes: dict[str, Any], dtype: str = "uint8") -> None:
+    """One georeferenced layer (uint8 unless ``dtype``) of a store made by
+    :func:`init_store` (the run's layers and the change layers): chunked ``chunk`` ×
+    ``chunk``, compressed, on the store's ``y``/``x`` with its CRS (CF ``grid_mapping`` and
+    GDAL ``_CRS``), plus ``attributes``."""
     group.create_array(
-        name, shape=grid.shape, chunks=(chunk, chunk), dtype="uint8", fill_value=fill,
+        name, shape=grid.shape, chunks=(chunk, chunk), dtype=dtype, fill_value=fill,
         compressors=_compressor(),
         attributes={"_ARRAY_DIMENSIONS": ["y", "x"], "grid_mapping": "spatial_ref",
                     "_CRS": {"wkt": grid.crs.to_wkt()}, **attributes})

@@ -13,18 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import queue
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pyogrio
 
 from geoseg.config import VectorConfig
 from geoseg.grid import Chunk
 from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
-from geoseg.store import FILL, read_layer
+from geoseg.store import FILL, SOURCE, read_layer
 from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.landcover import LandcoverParts, SeamMerger, landcover_parts
 
@@ -65,16 +67,45 @@ def vectorize_chunk(plan: Plan, store: str, chunk: Chunk, *, vcfg: VectorConfig)
     return ChunkVectors(chunk, lc_parts, feats, time.perf_counter() - t0)
 
 
+class SourceDates:
+    """A mosaic's feature dates: the acquisition date of the item that produced the pixel at the
+    feature's representative point (the store's ``source`` layer, read a chunk at a time)."""
+
+    def __init__(self, store: str, plan: Plan, cached: int = 16) -> None:
+        self.store, self.plan, self.cached = store, plan, cached
+        items = getattr(plan.image, "items", ())
+        self.dates = {i: (it.datetime or "")[:10] for i, it in enumerate(items, start=1)}
+        self.blocks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def date(self, geom: Any) -> str:
+        p = geom.representative_point()
+        col, row = ~self.plan.grid.transform * (p.x, p.y)
+        r, c = int(row), int(col)
+        size = self.plan.chunks.chunk
+        key = (r // size, c // size)
+        block = self.blocks.get(key)
+        if block is None:
+            block = read_layer(self.store, SOURCE, self.plan.chunks.get(*key).window)
+            self.blocks[key] = block
+            if len(self.blocks) > self.cached:
+                self.blocks.popitem(last=False)
+        else:
+            self.blocks.move_to_end(key)
+        return self.dates.get(int(block[r - key[0] * size, c - key[1] * size]), "")
+
+
 class GeoPackageSink:
     """Appends features to layers of one GeoPackage (single writer: the driver)."""
 
-    def __init__(self, path: Path, plan: Plan, common: dict[str, Any], batch: int = 10000):
+    def __init__(self, path: Path, plan: Plan, common: dict[str, Any], batch: int = 10000,
+                 dates: SourceDates | None = None):
         self.final = Path(path)
         self.partial = self.final.with_name(f".partial-{self.final.name}")
         if self.partial.exists() or self.partial.is_symlink():
             self.partial.unlink()  # geoseg's own temporary name (a link there is not followed)
         self.plan = plan
         self.common = common
+        self.dates = dates  # a mosaic: each feature's own acquisition date
         self.batch = batch
         self.buffers: dict[str, list[dict[str, Any]]] = {}
         self.counts: dict[str, int] = {}
@@ -85,6 +116,8 @@ class GeoPackageSink:
         for f in result.buildings:
             rec = f.to_record()
             rec.update(self.common)
+            if self.dates is not None:
+                rec["acquisition_date"] = self.dates.date(rec["geometry"])
             if bd is not None:
                 rec["model_id"] = bd.model_id
             self._push("buildings", rec)
@@ -96,6 +129,8 @@ class GeoPackageSink:
         lc = self.plan.model("landcover")
         rec = f.to_record()
         rec.update(self.common)
+        if self.dates is not None:
+            rec["acquisition_date"] = self.dates.date(rec["geometry"])
         if lc is not None:
             rec["class_name"] = lc.spec.classes[rec["class_id"]].name
             rec["model_id"] = lc.model_id

@@ -1,16 +1,26 @@
-"""Build geoseg's default model bundles (``landcover`` and ``buildings``) from generated scenes.
+"""Build geoseg's default model bundles (``landcover`` and ``buildings``) from generated scenes,
+and score them on the path users run.
 
     python -m workflows.build_bundles --out geoseg/bundles   # ~40 min on 2 idle cores
+    python -m workflows.build_bundles --score-only           # rescore geoseg/bundles, no training
 
 ``--only maskrcnn`` builds the optional Mask R-CNN buildings bundle (route (b) of building
 footprints, not shipped) into ``<out>/buildings-maskrcnn``; it needs an explicit ``--out``:
 
     python -m workflows.build_bundles --only maskrcnn --out /tmp/mr-bundles --max-minutes 60
 
-Generates the training scenes (seeds 101, 102, 103, 2048² by default) and a held-back
-evaluation scene (seed 7) with :func:`geoseg.sample.generate_scene`, trains both bundles one
-after the other on the CPU, evaluates each on the held-back scene (both dates) by sliding-window
-prediction with :class:`geoseg.models.Predictor`, and writes ``<out>/<name>/metrics.json``.
+Generates the training scenes (seeds 101, 102, 103, 2048² by default) with
+:func:`geoseg.sample.generate_scene` and trains both bundles one after the other on the CPU.
+
+Scores come from the path a user runs, nothing else: the held-back scene (seed 7, 4096², never
+used for training) is segmented by the real job (:func:`geoseg.job.run_job` with the defaults of
+``geoseg run``; both bundles in one job, as ``geoseg run`` runs them) and scored by
+:func:`geoseg.evaluate.evaluate_run` (``geoseg eval``) on date t0. ``<out>/<name>/metrics.json``
+holds the bundle's part of that report and the commands that reproduce it:
+
+    geoseg sample scene/ --size 4096 --seed 7
+    geoseg run scene/image_t0.tif -o run/      # -m DIR -m DIR for bundles outside geoseg/bundles
+    geoseg eval --run run/ --scene scene/
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,18 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoseg.bundle import ArchitectureSpec, ClassSpec
-from geoseg.metrics.objects import ObjectScores
-from geoseg.metrics.pixel import PixelScores
+from geoseg.bundle import ArchitectureSpec, ClassSpec, builtin_bundle, read_spec
+from geoseg.errors import BundleError
 from geoseg.models import Predictor
-from geoseg.train import (
-    BUILDING_CLASSES,
-    TrainConfig,
-    evaluate_buildings,
-    evaluate_landcover,
-    scene_files,
-    train,
-)
+from geoseg.train import BUILDING_CLASSES, TrainConfig, scene_files, train
 
 logger = logging.getLogger("workflows.build_bundles")
 
@@ -46,6 +49,11 @@ BUNDLES = ("landcover", "buildings")
 OPTIONAL = ("maskrcnn",)   # built only when named with --only, never into geoseg/bundles
 DEFAULT_OUT = Path("geoseg/bundles")
 DATES = ("t0", "t1")
+# the held-back scene the published scores are measured on (`geoseg sample --size --seed`)
+EVAL_SEED, EVAL_SIZE, EVAL_DATE = 7, 4096, "t0"
+# evaluate_run's headline keys of each task
+HEADLINE = {"landcover": ("landcover mIoU", "landcover boundary F1"),
+            "buildings": ("building F1@0.5", "building AP", "building PQ")}
 # ResNet-18 up to layer3 (stride 16, receptive field ~200 px = 100 m: enough context to tell
 # roofs from roads of the same colour) with a slim decoder; 0.7 s per 4 x 512² tiles on 2 cores.
 ARCHITECTURE = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=4,
@@ -63,8 +71,7 @@ def make_scenes(root: Path, seeds: Sequence[int], size: int) -> list[Path]:
     out = []
     for seed in seeds:
         d = root / f"scene_{seed}_{size}"
-        if not all((d / f"{kind}_{t}.tif").is_file() for kind in ("image", "landcover",
-                                                                 "instances") for t in DATES):
+        if not (d / "scene.json").is_file():   # written last: the scene is complete
             t0 = time.perf_counter()
             generate_scene(d, size=size, seed=seed, overwrite=True)
             logger.info("generated scene seed %d (%d²) in %.0f s", seed, size,
@@ -129,72 +136,129 @@ def forward_seconds(bundle: Path, threads: int, repeats: int = 3) -> float:
     return round(sorted(times)[len(times) // 2], 3)
 
 
-def evaluate(name: str, bundle: Path, scene: Path) -> dict[str, Any]:
-    """Metrics per date of the evaluation scene and combined over both dates."""
-    pred = Predictor(bundle)
-    per: dict[str, Any] = {}
-    for t in DATES:
-        if name == "landcover":
-            per[t] = evaluate_landcover(pred, scene / f"image_{t}.tif",
-                                        scene / f"landcover_{t}.tif")
-        else:
-            per[t] = evaluate_buildings(pred, scene / f"image_{t}.tif",
-                                        scene / f"instances_{t}.tif")
-    cm = np.sum([np.asarray(per[t]["confusion"], dtype=np.int64) for t in DATES], axis=0)
-    combined: dict[str, Any] = PixelScores.from_confusion(cm).to_dict(pred.class_names)
-    if name == "buildings":
-        objects = sum((ObjectScores(**{k: per[t]["objects_iou50"][k] for k in ("tp", "fp", "fn")})
-                       for t in DATES), ObjectScores(0, 0, 0))
-        combined["objects_iou50"] = objects.to_dict()
-        combined["building_iou"] = combined["iou"]["building"]
-        combined["footprint_iou"] = round(float(np.mean([per[t]["footprint_iou"]
-                                                         for t in DATES])), 6)
-    return {"dates": per, "combined": combined}
+def run_commands(scene: str, run: str, models: Sequence[str], seed: int, size: int,
+                 date: str) -> list[str]:
+    """The shell commands that reproduce a score (``models`` as given to ``geoseg run``)."""
+    from geoseg.config import JobConfig
+
+    default = list(models) == list(JobConfig.model_fields["models"].default)
+    flags = "" if default else "".join(f" -m {m}" for m in models)
+    return [f"geoseg sample {scene} --size {size} --seed {seed}",
+            f"geoseg run {scene}/image_{date}.tif -o {run}{flags}",
+            f"geoseg eval --run {run} --scene {scene} --date {date}"]
 
 
-def build(name: str, out: Path, scenes: list[Path], eval_scene: Path, args: argparse.Namespace,
-          ) -> dict[str, Any]:
+def score(bundles: dict[str, Path], scene: Path, work: Path, *, seed: int = EVAL_SEED,
+          size: int = EVAL_SIZE, date: str = EVAL_DATE) -> dict[str, dict[str, Any]]:
+    """Scores of each bundle on ``scene`` measured on the user's path: one ``geoseg run`` job
+    (:func:`geoseg.job.run_job`, the CLI's defaults) over the scene's ``date`` image with all
+    the bundles (one job per bundle when two share a task), then ``geoseg eval``
+    (:func:`geoseg.evaluate.evaluate_run`). Bundles that are the built-in ones run by name,
+    exactly as ``geoseg run`` runs them by default."""
+    from geoseg.config import make_job_config
+    from geoseg.evaluate import evaluate_run
+    from geoseg.job import run_job
+
+    tasks = {name: read_spec(path).task for name, path in bundles.items()}
+    groups = ([list(bundles)] if len(set(tasks.values())) == len(tasks)
+              else [[name] for name in bundles])
+    out: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        models = [_model_arg(name, bundles[name]) for name in group]
+        run = work / f"run-{'-'.join(group)}"
+        cfg = make_job_config(str(scene / f"image_{date}.tif"), str(run), models=models)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():  # the generated scene has no nodata, by design
+            warnings.filterwarnings("ignore", message=".*declares no nodata value.*")
+            res = run_job(cfg, overwrite=True)
+        if not res.ok:
+            raise RuntimeError(f"scoring run {run} failed: {res.summary['chunks']['failed']}")
+        seconds = round(time.perf_counter() - t0, 1)
+        report = evaluate_run(run, scene, date=date)
+        s = res.summary
+        for name in group:
+            task = tasks[name]
+            out[name] = {
+                "headline": {k: round(float(report["headline"][k]), 6) for k in HEADLINE[task]},
+                task: report[task],
+                "eval": {"scene": {"seed": seed, "size": size, "date": date},
+                         "commands": run_commands("scene", "run", models, seed, size, date),
+                         "job": {"models": models, "engine": s["engines"][task],
+                                 "model_id": s["models"][task], "tiling": s["tiling"],
+                                 "inference": cfg.inference.model_dump(),
+                                 "vectors": cfg.vectors.model_dump(),
+                                 "runtime": {k: s["runtime"][k] for k in
+                                             ("device", "workers", "threads_per_worker")},
+                                 "run_seconds": seconds}},
+            }
+            logger.info("%s on scene seed %d (%d², %s): %s", name, seed, size, date,
+                        out[name]["headline"])
+    return out
+
+
+def _model_arg(name: str, bundle: Path) -> str:
+    """``name`` when ``bundle`` is the built-in bundle of that name, else its path."""
+    if name in BUNDLES:
+        try:
+            if builtin_bundle(name).resolve() == bundle.resolve():
+                return name
+        except BundleError:  # none shipped under that name
+            pass
+    return str(bundle)
+
+
+def write_metrics(name: str, bundle: Path, scores: dict[str, Any], threads: int,
+                  timed: bool) -> dict[str, Any]:
+    """``<bundle>/metrics.json``: the run-path scores, training provenance, size and speed.
+    Without ``timed`` the forward timing of the bundle's existing metrics.json is kept (same
+    weights; a rescore on a busy machine would publish a slower number)."""
+    spec = read_spec(bundle)
+    path = bundle / "metrics.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    metrics: dict[str, Any] = {"bundle": name, "version": spec.version, **scores,
+                               "training": spec.training,
+                               "weights_bytes": (bundle / spec.weights).stat().st_size}
+    if not timed and "forward_seconds_4x4x512_cpu" in old:
+        metrics["forward_seconds_4x4x512_cpu"] = old["forward_seconds_4x4x512_cpu"]
+        metrics["threads"] = old.get("threads", threads)
+    else:
+        # one timed pass for the detector: an under-trained Mask R-CNN pastes up to 200 masks
+        # per 512² tile, which alone takes tens of seconds on a CPU
+        metrics["forward_seconds_4x4x512_cpu"] = forward_seconds(bundle, threads,
+                                                                 1 if name in OPTIONAL else 3)
+        metrics["threads"] = threads
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def build(name: str, out: Path, scenes: list[Path], args: argparse.Namespace) -> Path:
+    """Train bundle ``name`` into ``<out>/<config name>`` (and export its ONNX graph)."""
     config = config_for(name, args.steps, args.seed, args.train_threads,
                         args.max_minutes * 60 if args.max_minutes else None,
                         args.maskrcnn_precision)
     files = [f for d in scenes for f in scene_files(d, config.task, DATES)]
     bundle = out / config.name
-    if args.skip_train:
-        logger.info("evaluating existing bundle %s", bundle)
-    else:
-        train(config, files, bundle, resume=args.resume)
+    train(config, files, bundle, resume=args.resume)
     if name != "maskrcnn":  # engine auto runs the ONNX graph on CPUs
         from geoseg.models.onnx import export_onnx
 
         export_onnx(bundle)
-    metrics = evaluate(name, bundle, eval_scene)
-    from geoseg.bundle import read_spec
+    return bundle
 
-    spec = read_spec(bundle)
-    metrics.update({
-        "bundle": name, "version": spec.version,
-        "eval_scene": {"seed": args.eval_seed, "size": args.size, "dates": list(DATES)},
-        "training": spec.training,
-        "weights_bytes": (bundle / spec.weights).stat().st_size,
-        # one timed pass for the detector: an under-trained Mask R-CNN pastes up to 200 masks
-        # per 512² tile, which alone takes tens of seconds on a CPU
-        "forward_seconds_4x4x512_cpu": forward_seconds(bundle, args.threads,
-                                                       1 if name in OPTIONAL else 3),
-        "threads": args.threads,
-    })
-    (bundle / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+
+def bundle_dir(name: str, out: Path) -> Path:
+    return out / ("buildings-maskrcnn" if name == "maskrcnn" else name)
 
 
 def summary(name: str, m: dict[str, Any]) -> str:
-    c = m["combined"]
-    if name == "landcover":
-        ious = ", ".join(f"{k} {v:.3f}" for k, v in c["iou"].items() if v is not None)
-        head = f"mIoU {c['miou']:.3f} ({ious})"
+    head = ", ".join(f"{k} {v:.3f}" for k, v in m["headline"].items())
+    if "landcover" in m:
+        ious = ", ".join(f"{k} {v:.3f}" for k, v in m["landcover"]["iou"].items()
+                         if v is not None)
+        head += f" (IoU {ious})"
     else:
-        o = c["objects_iou50"]
-        head = (f"building IoU {c['building_iou']:.3f}, footprint IoU {c['footprint_iou']:.3f},"
-                f" object F1@0.5 {o['f1']:.3f} (P {o['precision']:.3f} R {o['recall']:.3f})")
+        b = m["buildings"]
+        head += f" (P {b['precision']:.3f} R {b['recall']:.3f})"
     train_s = (m.get("training") or {}).get("wall_seconds")
     return (f"{name}: {head}; weights {m['weights_bytes'] / 1e6:.2f} MB; forward 4x4x512² "
             f"{m['forward_seconds_4x4x512_cpu']:.2f} s; training {train_s} s")
@@ -216,18 +280,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scenes", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-scenes",
                    help="cache directory for generated scenes")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[101, 102, 103])
-    p.add_argument("--eval-seed", type=int, default=7)
-    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--eval-seed", type=int, default=EVAL_SEED,
+                   help="seed of the held-back scene the bundles are scored on")
+    p.add_argument("--eval-size", type=int, default=EVAL_SIZE,
+                   help="width and height of the held-back scene, px")
+    p.add_argument("--eval-date", choices=DATES, default=EVAL_DATE,
+                   help="date of the held-back scene that is run and scored")
+    p.add_argument("--size", type=int, default=2048, help="size of the training scenes, px")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--threads", type=int, default=2,
-                   help="torch threads for evaluation and the forward timing")
+                   help="torch threads of the forward timing (scoring runs with geoseg run's "
+                        "defaults)")
     p.add_argument("--train-threads", type=int, default=2,
                    help="torch threads for training (bf16 autocast: 0.56 s per 8x256² step on "
                         "2 idle cores; use 1 on a machine shared with other work)")
     p.add_argument("--max-minutes", type=float, default=18,
                    help="time budget of each training loop; the schedule ends at whichever of "
                         "--steps or this comes first (0: steps only, reproducible)")
-    p.add_argument("--skip-train", action="store_true", help="only evaluate existing bundles")
+    p.add_argument("--score-only", "--skip-train", dest="score_only", action="store_true",
+                   help="only score the existing bundles in --out (no training, no ONNX "
+                        "export, forward timing kept from their metrics.json)")
     args = p.parse_args(argv)
     if args.out is None:
         if set(args.only or ()) & set(OPTIONAL):
@@ -236,10 +308,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out = DEFAULT_OUT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    scenes = make_scenes(args.scenes, args.train_seeds, args.size)
-    (eval_scene,) = make_scenes(args.scenes, [args.eval_seed], args.size)
-    results = {name: build(name, args.out, scenes, eval_scene, args)
-               for name in (args.only or BUNDLES)}
+    names = list(dict.fromkeys(args.only or BUNDLES))
+    if args.score_only:
+        bundles = {name: bundle_dir(name, args.out) for name in names}
+    else:
+        scenes = make_scenes(args.scenes, args.train_seeds, args.size)
+        bundles = {name: build(name, args.out, scenes, args) for name in names}
+    (eval_scene,) = make_scenes(args.scenes, [args.eval_seed], args.eval_size)
+    with tempfile.TemporaryDirectory(prefix="geoseg-score-") as work:
+        scores = score(bundles, eval_scene, Path(work), seed=args.eval_seed,
+                       size=args.eval_size, date=args.eval_date)
+    results = {name: write_metrics(name, bundles[name], scores[name], args.threads,
+                                   timed=not args.score_only) for name in names}
     for name, m in results.items():
         print(summary(name, m))
     return 0

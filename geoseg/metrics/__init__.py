@@ -41,12 +41,11 @@ from geoseg.metrics.pixel import (
     mean_iou,
     pixel_accuracy,
 )
-from geoseg.metrics.semantic_instances import instances_from_classes
 
 __all__ = ["IOU_THRESHOLDS", "RECALL_THRESHOLDS", "BoundaryCounts", "BoundaryScores",
            "CocoDetections", "CocoScores", "InstanceOverlaps", "ObjectScores", "PanopticScores",
            "PixelScores", "boundary_counts", "boundary_halo", "class_boundary", "coco_instances",
            "coco_match", "confusion_matrix", "dice_per_class", "greedy_match", "instance_pairs",
-           "instances_from_classes", "iou_per_class", "match_instances", "match_polygons",
+           "iou_per_class", "match_instances", "match_polygons",
            "mean_iou", "panoptic_instances", "panoptic_match", "pixel_accuracy",
            "pred_void_fractions", "score_instances", "score_polygons"]

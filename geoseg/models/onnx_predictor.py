@@ -42,10 +42,6 @@ class OnnxPredictor:
         self.spec: BundleSpec = read_spec(self.bundle_dir)
         if num_threads is not None and num_threads < 1:
             raise InputError(f"num_threads must be >= 1, got {num_threads}")
-        c = len(self.spec.bands)
-        norm = self.spec.normalization
-        self._mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, c, 1, 1)
-        self._std = np.asarray(norm.std, dtype=np.float32).reshape(1, c, 1, 1)
         path = model_file(self.spec, self.bundle_dir, "onnx")
         self.session = OnnxSession(path, self.spec, device, num_threads)
         logger.info("loaded bundle %s v%s with onnx on %s", self.spec.name, self.spec.version,
@@ -60,7 +56,7 @@ class OnnxPredictor:
         if x.ndim != 4 or x.shape[1] != len(self.spec.bands):
             raise InputError(f"bundle {self.spec.name!r} reads {len(self.spec.bands)} bands, got "
                              f"a batch of shape {x.shape}")
-        normed = (np.asarray(x, dtype=np.float32) - self._mean) / self._std
+        normed = self.spec.normalization.apply(x)  # clipped first where the bundle clips
         return self.session.run(np.ascontiguousarray(normed))
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

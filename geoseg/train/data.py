@@ -26,8 +26,9 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import LabelError, RasterNotFoundError
-from geoseg.grid import ChunkGrid, Window
+from geoseg.grid import Window
 from geoseg.io import RasterInfo, open_info, read_window
+from geoseg.train.bands import training_normalization
 from geoseg.train.labels import VectorLabels, is_vector
 from geoseg.train.targets import IGNORE, buildings_target
 
@@ -80,25 +81,11 @@ def _rio(win: Window) -> RioWindow:
 
 def band_stats(images: Sequence[Path], bands: Sequence[int],
                strip: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-band mean and std of the valid pixels of ``images``, streamed in windows of
-    ``strip`` x ``strip`` px (validity as :func:`geoseg.io.read_window` decides it)."""
-    n = 0
-    s = np.zeros(len(bands))
-    ss = np.zeros(len(bands))
-    for path in images:
-        info = open_info(path)
-        for chunk in ChunkGrid(info.geobox.shape, strip):
-            data, valid = read_window(info, chunk.window, tuple(bands))
-            v = data[:, valid].astype(np.float64)
-            n += v.shape[1]
-            s += v.sum(axis=1)
-            ss += (v * v).sum(axis=1)
-    if n == 0:
-        raise LabelError("training images have no valid pixels: check their nodata setting")
-    mean = s / n
-    std = np.sqrt(np.maximum(ss / n - mean * mean, 1e-12))
-    return (tuple(round(float(m), 4) for m in mean),
-            tuple(round(max(float(v), 1e-3), 4) for v in std))
+    """Per-band mean and std of the valid pixels of ``images``, from windows of ``strip`` px
+    (validity as :func:`geoseg.io.read_window` decides it; see
+    :func:`geoseg.train.bands.training_normalization`, which also clips)."""
+    norm = training_normalization(images, bands, window=strip)
+    return norm.mean, norm.std
 
 
 class ChipSampler:
@@ -113,7 +100,8 @@ class ChipSampler:
                  chip_size: int, fill: Sequence[float], val_fraction: float = 0.15,
                  boundary_width: int = 2, *, class_names: Sequence[str] | None = None,
                  sampling: Sampling = "random", min_valid_fraction: float = 0.5,
-                 max_tries: int = 50) -> None:
+                 max_tries: int = 50,
+                 clip: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         if not scenes:
             raise LabelError("no training scenes given")
         if not 0.0 <= val_fraction < 1.0:
@@ -126,6 +114,8 @@ class ChipSampler:
         self.bands = list(bands)
         self.chip = chip_size
         self.fill = np.asarray(fill, dtype=np.float32)[:, None, None]
+        self.clip = None if clip is None else tuple(
+            np.asarray(b, dtype=np.float32)[:, None, None] for b in clip)
         self.boundary_width = boundary_width
         self.class_names = list(class_names) if class_names is not None else None
         self.sampling = sampling
@@ -195,13 +185,20 @@ class ChipSampler:
     def read(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
         """Raw image ``(C, h, w)`` float32 (nodata = fill) and target ``(h, w)`` uint8."""
         data, valid = read_window(self.images[scene], win, tuple(self.bands))
-        image = np.where(valid[None], data, self.fill)
+        image = self.prepare(data, valid)
         if self.task == "buildings":
             target = self._buildings(scene, win)
         else:
             target = self.read_labels(scene, win).astype(np.uint8)
         target[~valid] = IGNORE
         return image, target
+
+    def prepare(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Raw window values as the model sees them before ``(x - mean) / std``: clipped to
+        the normalisation's bounds (if any), nodata = fill; as at inference."""
+        if self.clip is not None:
+            data = np.clip(data, self.clip[0], self.clip[1])
+        return np.where(valid[None], data, self.fill)
 
     def read_chip(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
         """A training chip's image and target (:meth:`read`; subclasses may train on

@@ -1,5 +1,9 @@
 """Train a segmentation bundle on GeoTIFF scenes, deterministically from a seed.
 
+Any band layout (count, order, dtype) is trained; the bundle's bands, band names and
+normalisation (per-band mean/std of the valid training pixels, optionally clipped to percentiles)
+come from the images (:mod:`geoseg.train.bands`).
+
 Recipe: random chips from the training area, augmentations (:mod:`geoseg.train.augment`), a
 weighted sum of cross-entropy, soft Dice and focal loss (:mod:`geoseg.train.losses`, nodata
 ignored), AdamW with linear warm-up and cosine decay, checkpoints for an exact resume
@@ -35,7 +39,8 @@ from geoseg.models.factory import build_model, count_parameters
 from geoseg.models.weights import save_bundle
 from geoseg.train import checkpoint as ckpt
 from geoseg.train.augment import AugmentConfig, augment
-from geoseg.train.data import ChipSampler, SceneFiles, band_stats
+from geoseg.train.bands import resolve_layout, training_normalization
+from geoseg.train.data import ChipSampler, SceneFiles
 from geoseg.train.losses import LossConfig, SegLoss
 from geoseg.train.maskrcnn_step import (
     GRAD_CLIP,
@@ -68,8 +73,17 @@ class TrainConfig(BaseModel):
     classes: tuple[ClassSpec, ...]
     architecture: ArchitectureSpec = ArchitectureSpec(
         name="unet", encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 16))
-    bands: tuple[int, ...] = (1, 2, 3, 4)
-    band_names: tuple[str, ...] | None = None
+    bands: tuple[int, ...] | None = Field(default=None, description=(
+        "1-based band indexes the model reads, in channel order; None: every band of the "
+        "training images (which must then have the same band count)"))
+    band_names: tuple[str, ...] | None = Field(default=None, description=(
+        "one name per band; None: the first image's band descriptions, else b<index>"))
+    clip_percentiles: tuple[float, float] | None = Field(default=None, description=(
+        "clip each band to these percentiles of the training pixels before normalising (at "
+        "inference too; stored in the bundle); None: no clipping"))
+    stats_windows: int = Field(default=64, ge=1, description=(
+        "normalisation statistics: at most this many windows of 256 px per training image, "
+        "at random (all of a small image)"))
     tile_size: int = Field(default=512, ge=32)
     steps: int = Field(default=500, ge=1)
     batch_size: int = Field(default=8, ge=1)
@@ -132,6 +146,20 @@ class TrainConfig(BaseModel):
                 data = {**data, "lr": MASKRCNN_LR}
         return data
 
+    @field_validator("clip_percentiles")
+    @classmethod
+    def _percentiles(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] < v[1] <= 100.0:
+            raise ValueError("give two percentiles 0 <= low < high <= 100, e.g. (2, 98)")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or min(v) < 1 or len(set(v)) != len(v)):
+            raise ValueError("give distinct 1-based band indexes, e.g. (3, 2, 1)")
+        return v
+
     @field_validator("augment", mode="before")
     @classmethod
     def _augment_off(cls, value: Any) -> Any:
@@ -189,14 +217,23 @@ def _check(config: TrainConfig) -> None:
                               f"{names})")
 
 
-def base_spec(config: TrainConfig, mean: Sequence[float], std: Sequence[float],
-              pixel_size: float | None) -> BundleSpec:
+def base_spec(config: TrainConfig, norm: Normalization, pixel_size: float | None,
+              ) -> BundleSpec:
+    """The bundle's spec (``config`` with its bands resolved, see :func:`with_layout`)."""
+    if config.bands is None:
+        raise ConfigError("resolve the config's bands first (geoseg.train.loop.with_layout)")
     return BundleSpec(
         name=config.name, version=config.version, task=config.task,
         architecture=config.architecture, bands=config.bands, band_names=config.band_names,
-        normalization=Normalization(mean=tuple(mean), std=tuple(std)),
-        classes=config.classes, tile_size=config.tile_size, pixel_size=pixel_size,
-        description=config.description)
+        normalization=norm, classes=config.classes, tile_size=config.tile_size,
+        pixel_size=pixel_size, description=config.description)
+
+
+def with_layout(config: TrainConfig, scenes: Sequence[SceneFiles]) -> TrainConfig:
+    """``config`` with its bands and band names resolved against the scenes' images
+    (:func:`geoseg.train.bands.resolve_layout`: every image must have every band)."""
+    layout = resolve_layout([s.image for s in scenes], config.bands, config.band_names)
+    return config.model_copy(update={"bands": layout.bands, "band_names": layout.names})
 
 
 ProgressFn = Callable[[int, int, float, float, float], None]
@@ -225,17 +262,21 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     t0 = time.perf_counter()
-    mean_t, std_t = band_stats([s.image for s in scenes], config.bands)
-    mean = np.asarray(mean_t, dtype=np.float32)[:, None, None]
-    std = np.asarray(std_t, dtype=np.float32)[:, None, None]
+    config = with_layout(config, scenes)
+    bands = config.bands or ()
+    norm = training_normalization([s.image for s in scenes], bands,
+                                  clip_percentiles=config.clip_percentiles,
+                                  max_windows=config.stats_windows, seed=config.seed)
+    mean = np.asarray(norm.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(norm.std, dtype=np.float32)[:, None, None]
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     kind: type[ChipSampler] = ChipSampler if semantic else InstanceSampler
-    with kind(scenes, config.task, config.bands, config.chip_size, mean_t,
+    with kind(scenes, config.task, bands, config.chip_size, norm.mean,
               config.val_fraction, config.boundary_width,
               class_names=[c.name for c in config.classes], sampling=config.sampling,
-              min_valid_fraction=config.min_valid_fraction) as sampler:
-        spec = base_spec(config, mean_t, std_t, sampler.pixel_size)
+              min_valid_fraction=config.min_valid_fraction, clip=norm.clip) as sampler:
+        spec = base_spec(config, norm, sampler.pixel_size)
         model = build_model(spec)
         logger.info("training %s: %s, %.2f M parameters, %d steps of %dx%d² chips",
                     config.name, config.architecture.name, count_parameters(model) / 1e6,
@@ -250,6 +291,11 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     seconds = time.perf_counter() - t0
     training = _provenance(config, scenes, done, losses, val, seconds)
     training["resumed_at_step"] = resumed
+    training["normalization"] = (
+        f"per-band mean/std of the valid pixels (nodata excluded) of up to "
+        f"{config.stats_windows} random 256-px windows per image"
+        + (" after clipping to the {:g}th-{:g}th percentiles".format(*config.clip_percentiles)
+           if config.clip_percentiles else ""))
     spec = spec.model_copy(update={"training": training})
     out = save_bundle(model, spec, out_dir)
     logger.info("trained %s in %.0f s; validation %s", config.name, seconds, val)

@@ -91,7 +91,7 @@ class InstanceSampler(ChipSampler):
 
     def read_chip(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
         data, valid = read_window(self.images[scene], win, tuple(self.bands))
-        image = np.where(valid[None], data, self.fill)
+        image = self.prepare(data, valid)
         return image, encode_chip(self.read_labels(scene, win), valid)
 
     def chip_valid_fraction(self, target: np.ndarray) -> float:

@@ -7,17 +7,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from geoseg.config import VectorConfig
 from geoseg.metrics.objects import ObjectScores, score_instances
 from geoseg.metrics.pixel import PixelScores, confusion_matrix
-from geoseg.metrics.semantic_instances import instances_from_classes
 from geoseg.train.data import ChipSampler
 from geoseg.train.targets import BOUNDARY, BUILDING, IGNORE
+from geoseg.vectorize.footprints import split_buildings
 
 
 def validate(model: torch.nn.Module, sampler: ChipSampler, mean: np.ndarray, std: np.ndarray,
              max_per_scene: int, class_names: Sequence[str],
              classify: Callable[[torch.Tensor], np.ndarray] | None = None) -> dict[str, object]:
-    """Pixel metrics (and, for buildings, object F1@0.5) on the validation windows.
+    """Pixel metrics (and, for buildings, object F1@0.5 of the instances the footprint
+    vectorizer would split, :func:`split_buildings`) on the validation windows.
 
     ``classify`` maps a normalised window ``(1, C, H, W)`` to its class map ``(H, W)``
     (default: the argmax of a semantic model's logits)."""
@@ -27,6 +29,10 @@ def validate(model: torch.nn.Module, sampler: ChipSampler, mean: np.ndarray, std
     k = len(class_names)
     cm = np.zeros((k, k), dtype=np.int64)
     objects = ObjectScores(0, 0, 0)
+    # the run's minimum footprint area as a pixel count (projected grids in metres; none on
+    # geographic ones)
+    px = sampler.pixel_size if sampler.task == "buildings" else 0.0
+    min_pixels = int(VectorConfig().min_building_area_m2 / px**2) if px > 0.01 else 0
     model.eval()
     for scene, win in windows:
         image, target = sampler.read(scene, win)
@@ -39,7 +45,7 @@ def validate(model: torch.nn.Module, sampler: ChipSampler, mean: np.ndarray, std
         cm += confusion_matrix(pred, target, k, ignore=IGNORE)
         if sampler.task == "buildings":
             truth = sampler.read_labels(scene, win)
-            found = instances_from_classes(pred, BUILDING, BOUNDARY)
+            found = split_buildings(pred, BUILDING, BOUNDARY, min_pixels=min_pixels)
             objects = objects + score_instances(found, truth, 0.5, valid=target != IGNORE)
     out: dict[str, object] = {"windows": len(windows)}
     scores = PixelScores.from_confusion(cm).to_dict(class_names)

@@ -125,6 +125,39 @@ def _cut_by_context(box: tuple[slice, slice], context: Window, grid: GeoBox) -> 
             or (cols.stop == context.width and context.col_end < grid.width))
 
 
+def split_buildings(classes: np.ndarray, building_id: int, boundary_id: int | None, *,
+                    min_pixels: int = 0) -> np.ndarray:
+    """Instance labels ``(H, W)`` int32 (0 = none) of a whole class map, split exactly as
+    :func:`extract_buildings` splits them (each cluster by :func:`_split_cluster`), before its
+    area filter; instances under ``min_pixels`` pixels are dropped. For training validation,
+    which scores instances without tracing polygons."""
+    if classes.ndim != 2:
+        raise InputError(f"class map must be 2-D, got shape {classes.shape}")
+    check_class_map(classes, (classes.shape[0], classes.shape[1]))
+    member = classes == building_id
+    if boundary_id is not None:
+        member |= classes == boundary_id
+    clusters, _ = ndimage.label(member, structure=CROSS)
+    out = np.zeros(classes.shape, dtype=np.int32)
+    n = 0
+    for lab, box in enumerate(ndimage.find_objects(clusters), start=1):
+        if box is None:
+            continue
+        instances = _split_cluster(clusters[box] == lab, classes[box] == building_id)
+        if min_pixels > 1:
+            sizes = np.bincount(instances.ravel())
+            small = sizes < min_pixels
+            small[0] = True
+            instances = np.where(small[instances], 0, instances)
+        ids = np.unique(instances[instances > 0])
+        if ids.size:
+            view = out[box]
+            keep = instances > 0
+            view[keep] = n + np.searchsorted(ids, instances[keep]) + 1
+            n += ids.size
+    return out
+
+
 def _split_cluster(cluster: np.ndarray, interior: np.ndarray) -> np.ndarray:
     """Instance labels (int32, 0 outside) of one cluster: watershed from the interior
     components over the cluster mask by distance to the nearest marker."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from geoseg.bundle import ClassSpec
+from geoseg.bundle import ClassSpec, Normalization
 from geoseg.cli import main
 from geoseg.errors import ConfigError
 from geoseg.train import TrainConfig, scene_files, train
@@ -119,7 +119,9 @@ def test_cli_train_flags_and_progress(tiny_scene: Path, tmp_path: Path,
         for step in (1, 2):
             progress(step, 2, 0.5 / step, 1e-3, 0.1 * step)
         training = {"steps": 2, "final_loss": 0.25, "val": {"windows": 2, "miou": 0.5}}
-        return SimpleNamespace(bundle_dir=out, seconds=0.2, spec=SimpleNamespace(training=training))
+        norm = Normalization(mean=(100.0,) * 4, std=(30.0,) * 4)
+        return SimpleNamespace(bundle_dir=out, seconds=0.2, spec=SimpleNamespace(
+            training=training, bands=(1, 2, 3, 4), band_names=None, normalization=norm))
 
     monkeypatch.setattr(geoseg.train, "train", fake_train)
     pair = f"{tiny_scene / 'image_t0.tif'}:{tiny_scene / 'landcover_t0.tif'}"

@@ -17,8 +17,6 @@ from geoseg.train import (
     TrainConfig,
     band_stats,
     buildings_target,
-    evaluate_buildings,
-    evaluate_landcover,
     scene_files,
     train,
 )
@@ -49,10 +47,6 @@ def test_two_steps_make_a_bundle_that_loads(tiny_scene: Path, tmp_path: Path,
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
     proba = Predictor(result.bundle_dir).predict_proba(np.full((1, 4, 64, 64), 100, np.float32))
     assert proba.shape == (1, 5, 64, 64)
-    metrics = evaluate_landcover(Predictor(result.bundle_dir), tiny_scene / "image_t0.tif",
-                                 tiny_scene / "landcover_t0.tif", halo=8)
-    assert set(metrics) >= {"miou", "iou", "pixel_accuracy"}
-    assert metrics["pixels"] == 128 * 128 - 64  # nodata corner left out
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -69,15 +63,12 @@ def test_training_is_deterministic(tiny_scene: Path, tmp_path: Path, precision: 
     assert not all(np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
 
 
-def test_buildings_bundle_and_evaluation(tiny_scene: Path, tmp_path: Path) -> None:
+def test_buildings_bundle_and_validation(tiny_scene: Path, tmp_path: Path) -> None:
     result = train(_config(BUILDINGS, "buildings"), scene_files(tiny_scene, "buildings", ["t0"]),
                    tmp_path / "bld")
     assert [c.name for c in result.spec.classes] == ["background", "building", "boundary"]
     val = result.spec.training["val"] if result.spec.training else {}
     assert isinstance(val, dict) and "objects_iou50" in val
-    out = evaluate_buildings(Predictor(result.bundle_dir), tiny_scene / "image_t0.tif",
-                             tiny_scene / "instances_t0.tif", halo=8)
-    assert {"footprint_iou", "objects_iou50", "iou"} <= set(out)
 
 
 def test_chips_stay_out_of_the_validation_stripe(tiny_scene: Path) -> None:

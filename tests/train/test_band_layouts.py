@@ -1,0 +1,245 @@
+"""Training on any band layout (issue 14): 1-band uint16, 3-band uint8 and 6-band float scenes
+on real projected grids, through ``geoseg train`` and ``geoseg run``; the bundle's bands, names
+and normalisation (nodata excluded, optional percentile clipping applied at inference too); and
+the one-line refusals of images with too few bands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from affine import Affine
+from scipy import ndimage
+
+from geoseg.bundle import BundleSpec, Normalization, read_spec
+from geoseg.cli import main
+from geoseg.cli.app import build_parser
+from geoseg.models import Predictor
+from geoseg.train.bands import resolve_layout, training_normalization
+from tests.conftest import write_raster
+
+SIZE = 128
+NODATA_BOX = (slice(0, 24), slice(0, 24))  # a nodata corner in every generated image
+
+
+def _labels(seed: int) -> np.ndarray:
+    """Two classes in smooth blobs (0 other, 1 target)."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=(SIZE, SIZE)), 6)
+    return (field > np.median(field)).astype(np.uint8)
+
+
+def _image(labels: np.ndarray, bands: int, dtype: str, seed: int) -> np.ndarray:
+    """``bands`` bands whose values depend on the label, in the range of ``dtype``."""
+    rng = np.random.default_rng(seed)
+    lo, span = {"uint16": (800.0, 2400.0), "uint8": (40.0, 150.0),
+                "float32": (0.05, 0.4)}[dtype]
+    out = np.stack([lo + span * (0.3 + 0.4 * labels * (1 if b % 2 else -1) + 0.5)
+                    + rng.normal(0, 0.05 * span, labels.shape) for b in range(bands)])
+    return out.astype(dtype)
+
+
+def _scene(root: Path, name: str, bands: int, dtype: str, crs: str, nodata: float,
+           seed: int = 0, descriptions: list[str] | None = None) -> tuple[Path, Path, Path]:
+    """Image (nodata corner), its label raster (255 there) and the label-free image."""
+    labels = _labels(seed)
+    img = _image(labels, bands, dtype, seed)
+    img[(slice(None), *NODATA_BOX)] = nodata
+    labels[NODATA_BOX] = 255
+    t = Affine(2.0, 0, 600000.0, 0, -2.0, 5200000.0)
+    root.mkdir(parents=True, exist_ok=True)
+    image = write_raster(root / f"{name}.tif", img, crs=crs, transform=t, nodata=nodata,
+                         descriptions=descriptions)
+    label = write_raster(root / f"{name}_labels.tif", labels, crs=crs, transform=t, nodata=255)
+    return image, label, root / f"{name}.tif"
+
+
+def _valid_mean(image: Path, bands: tuple[int, ...]) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(image) as ds:
+        data = ds.read(list(bands)).astype(np.float64)
+    keep = np.ones(data.shape[1:], bool)
+    keep[NODATA_BOX] = False
+    return data[:, keep].mean(axis=1)
+
+
+def _train(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> tuple[int, str]:
+    rc = main(["-q", "train", "--task", "landcover", "--classes", "other,target",
+               "-o", str(out), "--steps", "2", "--batch-size", "2", "--chip-size", "64",
+               "--threads", "1", *args])
+    return rc, capsys.readouterr().err.strip()
+
+
+def _run(capsys: pytest.CaptureFixture[str], image: Path, bundle: Path,
+         out: Path) -> tuple[int, str]:
+    rc = main(["-q", "run", str(image), "-o", str(out), "-m", str(bundle), "--no-vectors",
+               "--workers", "1", "--threads", "1", "--chunk-size", "64", "--halo", "16"])
+    return rc, capsys.readouterr().err.strip()
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith("error: ")
+    return lines[0]
+
+
+LAYOUTS = [  # (bands, dtype, CRS, nodata, descriptions, extra train flags, names expected)
+    pytest.param(1, "uint16", "EPSG:32632", 0, None, ["--band-names", "pan"], ("pan",),
+                 id="1-band-uint16"),
+    pytest.param(3, "uint8", "EPSG:2056", 0, ["red", "green", "blue"], [],
+                 ("red", "green", "blue"), id="3-band-uint8"),
+    pytest.param(6, "float32", "EPSG:32618", float("nan"), None, [],
+                 tuple(f"b{i}" for i in range(1, 7)), id="6-band-float"),
+]
+
+
+@pytest.mark.parametrize(("bands", "dtype", "crs", "nodata", "desc", "flags", "names"), LAYOUTS)
+def test_train_and_run_any_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  bands: int, dtype: str, crs: str, nodata: float,
+                                  desc: list[str] | None, flags: list[str],
+                                  names: tuple[str, ...]) -> None:
+    image, labels, _ = _scene(tmp_path / "s", "a", bands, dtype, crs, nodata,
+                              descriptions=desc)
+    bundle = tmp_path / "bundle"
+    rc, err = _train(capsys, bundle, "--image", str(image), "--labels", str(labels), *flags)
+    assert rc == 0, err
+    spec = read_spec(bundle)
+    assert spec.bands == tuple(range(1, bands + 1)) and spec.band_names == names
+    assert spec.normalization.clip is None
+    # nodata excluded: the mean is that of the valid pixels, not pulled by the nodata corner
+    want = _valid_mean(image, spec.bands)
+    assert np.allclose(spec.normalization.mean, want, rtol=1e-5)
+    assert spec.training is not None and "nodata excluded" in str(
+        spec.training["normalization"])
+    # a run with the bundle on a new image of the same layout
+    other, _, _ = _scene(tmp_path / "s2", "b", bands, dtype, crs, nodata, seed=1,
+                         descriptions=desc)
+    rc, err = _run(capsys, other, bundle, tmp_path / "run")
+    assert rc == 0, err
+    lc = np.asarray(zarr.open_group(str(tmp_path / "run" / "predictions.zarr"),
+                                    mode="r")["landcover"][:])  # type: ignore[index]
+    assert lc.shape == (SIZE, SIZE)
+    assert (lc[NODATA_BOX] == 255).all() and set(np.unique(lc[40:, 40:])) <= {0, 1}
+
+
+def test_image_with_fewer_bands_is_refused_in_one_line(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    image, labels, _ = _scene(tmp_path / "s", "rgb", 3, "uint8", "EPSG:32633", 0,
+                              descriptions=["red", "green", "blue"])
+    bundle = tmp_path / "bundle"
+    assert _train(capsys, bundle, "--image", str(image), "--labels", str(labels))[0] == 0
+    pan, _, _ = _scene(tmp_path / "p", "pan", 1, "uint16", "EPSG:32633", 0)
+    rc, err = _run(capsys, pan, bundle, tmp_path / "run")
+    line = _one_error_line(err)
+    assert rc != 0 and "reads bands [1, 2, 3] (red, green, blue)" in line
+    assert "has 1 band(s)" in line and "--bands 1" in line
+    assert not (tmp_path / "run" / "predictions.zarr").exists()
+
+
+def test_training_images_that_disagree(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rgb, rgb_labels, _ = _scene(tmp_path / "s", "rgb", 3, "uint8", "EPSG:32633", 0)
+    pan, pan_labels, _ = _scene(tmp_path / "s", "pan", 1, "uint8", "EPSG:32633", 0)
+    pairs = ["--image", str(rgb), "--labels", str(rgb_labels),
+             "--image", str(pan), "--labels", str(pan_labels)]
+    rc, err = _train(capsys, tmp_path / "b1", *pairs)
+    line = _one_error_line(err)
+    assert rc != 0 and "different band counts (rgb.tif: 3, pan.tif: 1)" in line
+    assert "--bands 1" in line
+    rc, err = _train(capsys, tmp_path / "b2", *pairs, "--bands", "3,1")
+    line = _one_error_line(err)
+    assert rc != 0 and "pan.tif has 1 band(s) but training reads bands [3, 1]" in line
+    # the bands every image has: trains
+    rc, err = _train(capsys, tmp_path / "b3", *pairs, "--bands", "1")
+    assert rc == 0, err
+    assert read_spec(tmp_path / "b3").bands == (1,)
+
+
+def test_band_order_names_and_clipping(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    image, labels, _ = _scene(tmp_path / "s", "ms", 6, "float32", "EPSG:32618", float("nan"))
+    bundle = tmp_path / "bundle"
+    rc, err = _train(capsys, bundle, "--image", str(image), "--labels", str(labels),
+                     "--bands", "6,2,4", "--band-names", "swir,green,nir",
+                     "--clip-percentiles", "2,98")
+    assert rc == 0, err
+    spec = read_spec(bundle)
+    norm = spec.normalization
+    assert spec.bands == (6, 2, 4) and spec.band_names == ("swir", "green", "nir")
+    assert norm.clip_percentiles == (2.0, 98.0) and norm.clip is not None
+    import rasterio
+
+    with rasterio.open(image) as ds:
+        data = ds.read([6, 2, 4]).astype(np.float64)
+    keep = np.ones(data.shape[1:], bool)
+    keep[NODATA_BOX] = False
+    valid = data[:, keep]
+    lo, hi = np.percentile(valid, [2, 98], axis=1)
+    assert np.allclose(norm.clip[0], lo, rtol=1e-4) and np.allclose(norm.clip[1], hi, rtol=1e-4)
+    clipped = np.clip(valid, lo[:, None], hi[:, None])
+    assert np.allclose(norm.mean, clipped.mean(axis=1), rtol=1e-4)
+    assert np.allclose(norm.std, clipped.std(axis=1), rtol=1e-3)
+    # inference clips too: outliers beyond the bounds predict as the bounds themselves
+    pred = Predictor(bundle)
+    x = np.random.default_rng(0).uniform(0.0, 0.6, (1, 3, 64, 64)).astype(np.float32)
+    x[0, :, :8] = 50.0
+    x[0, :, 8:16] = -50.0
+    bounded = np.clip(x, np.asarray(norm.clip[0], np.float32)[:, None, None],
+                      np.asarray(norm.clip[1], np.float32)[:, None, None])
+    assert np.allclose(pred.predict_proba(x), pred.predict_proba(bounded), atol=1e-6)
+
+
+def test_normalization_apply_and_compatibility() -> None:
+    norm = Normalization(mean=(10.0, 20.0), std=(2.0, 4.0), clip_min=(0.0, 10.0),
+                         clip_max=(20.0, 30.0), clip_percentiles=(2.0, 98.0))
+    x = np.array([[[-5.0]], [[100.0]]], dtype=np.float32)
+    assert norm.apply(x).ravel().tolist() == [-5.0, 2.5]
+    assert Normalization(mean=(10.0,), std=(2.0,)).apply(np.full((1, 1, 1), 14.0)).item() == 2.0
+    with pytest.raises(ValueError, match="both clip_min and clip_max"):
+        Normalization(mean=(1.0,), std=(1.0,), clip_min=(0.0,))
+    with pytest.raises(ValueError, match="one per band"):
+        Normalization(mean=(1.0,), std=(1.0,), clip_min=(0.0, 1.0), clip_max=(2.0, 3.0))
+    # the built-in bundles (no clipping, named bands) read as before
+    for name in ("landcover", "buildings"):
+        spec = BundleSpec.model_validate(
+            read_spec(Path(__file__).resolve().parents[2] / "geoseg" / "bundles" / name
+                      ).model_dump())
+        assert spec.normalization.clip is None
+        assert spec.checked_band_names == ("red", "green", "blue", "nir")
+
+
+def test_normalization_samples_windows_of_huge_images(tmp_path: Path) -> None:
+    """At most ``max_windows`` windows per image are read; nodata never counts."""
+    rng = np.random.default_rng(3)
+    img = rng.normal(1000, 100, (2, 512, 512)).astype(np.int16)
+    img[:, :256, :] = -9999                       # half the image is nodata
+    path = write_raster(tmp_path / "big.tif", img, nodata=-9999)
+    norm = training_normalization([path], (1, 2), max_windows=4, window=64, seed=0)
+    assert np.allclose(norm.mean, 1000, atol=10) and np.allclose(norm.std, 100, rtol=0.1)
+    layout = resolve_layout([path])
+    assert layout.bands == (1, 2) and layout.names == ("b1", "b2")
+
+
+def test_train_help_shows_every_default() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    text = train.format_help()
+    for action in train._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"{action.option_strings} has no help"
+        if action.default not in (None, False) and not action.required:
+            assert "default" in action.help or f"(default: {action.default})" in \
+                " ".join(text.split()), action.option_strings
+    flat = " ".join(text.split())
+    for flag in ("--bands", "--band-names", "--clip-percentiles", "--classes"):
+        assert flag in flat
+    assert "(default: every band of the images" in flat
+    assert "(default: no clipping)" in flat
