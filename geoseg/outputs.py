@@ -20,6 +20,7 @@ from rasterio.windows import Window as RioWindow
 from geoseg.area import pixel_area_m2
 from geoseg.bundle import ClassSpec
 from geoseg.grid import Window
+from geoseg.io import RasterInfo, read_window
 from geoseg.outdir import atomic_write_bytes, storage_errors
 from geoseg.plan import Plan
 from geoseg.store import FILL, read_layer
@@ -113,6 +114,14 @@ def _image_panel(plan: Plan, step: int, shape: tuple[int, int]) -> np.ndarray:
     info = plan.image
     bands = [b for b in (1, 2, 3) if b <= info.count] or [1]
     o = plan.offset
+    if not isinstance(info, RasterInfo):  # a mosaic: read through its own window reads
+        def read_any(w: Window) -> np.ndarray:
+            win = Window(o.row_off + w.row_off, o.col_off + w.col_off, w.height, w.width)
+            data, _ = read_window(info, win, tuple(bands), fill=float("nan"))
+            return np.moveaxis(data, 0, -1)
+
+        return _stretch(_decimate(plan, step, shape, len(bands), read_any, np.float32),
+                        info.nodata)
     with rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), rasterio.open(info.path) as src:
         def read(w: Window) -> np.ndarray:
             win = RioWindow(o.col_off + w.col_off, o.row_off + w.row_off, w.width, w.height)

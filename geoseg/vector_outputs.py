@@ -79,7 +79,7 @@ class SourceDates:
 
     def date(self, geom: Any) -> str:
         p = geom.representative_point()
-        col, row = ~self.plan.grid.transform * (p.x, p.y)
+        col, row = ~self.plan.grid.transform @ (p.x, p.y)
         r, c = int(row), int(col)
         size = self.plan.chunks.chunk
         key = (r // size, c // size)
