@@ -21,6 +21,7 @@ import numpy as np
 from geoseg.bundle import BundleSpec
 from geoseg.engine import import_onnxruntime
 from geoseg.errors import BundleError, GeoSegWarning, InputError
+from geoseg.models.preflight import onnx_io_dims
 
 logger = logging.getLogger(__name__)
 
@@ -37,23 +38,10 @@ def input_hw(path: Path) -> tuple[int | None, int | None]:
     """Static height and width of the graph's image input (None where symbolic): read from the
     ``onnx`` model when that package is installed (no tensor data loaded), else from an
     onnxruntime session's input."""
-    try:
-        import onnx
-    except ImportError:
-        onnx = None  # type: ignore[assignment]
-    if onnx is not None:
-        try:
-            graph = onnx.load(str(path), load_external_data=False).graph
-        except Exception as exc:  # protobuf's DecodeError and onnx's own errors share no base
-            raise BundleError(f"{path} is not a readable ONNX model ({type(exc).__name__}): "
-                              "export it again") from exc
-        init = {i.name for i in graph.initializer}
-        inputs = [i for i in graph.input if i.name not in init]
-        if not inputs:
-            return None, None
-        dims = [d.dim_value if d.HasField("dim_value") else None
-                for d in inputs[0].type.tensor_type.shape.dim]
-        return (_dim(dims[2]), _dim(dims[3])) if len(dims) == 4 else (None, None)
+    io = onnx_io_dims(path)
+    if io is not None:
+        dims = io[0] or []
+        return (dims[2], dims[3]) if len(dims) == 4 else (None, None)
     ort = import_onnxruntime()
     try:
         sess = ort.InferenceSession(str(path), providers=[CPU])

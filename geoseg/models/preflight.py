@@ -20,6 +20,7 @@ import json
 import logging
 import struct
 from pathlib import Path
+from typing import Any
 
 from geoseg.bundle import BundleSpec
 from geoseg.engine import RunEngine, model_file
@@ -168,14 +169,16 @@ def compare_shapes(spec: BundleSpec, path: Path, found: Shapes, expected: Shapes
                           f"bundle.yaml needs {want}: check bands, classes and architecture")
 
 
-def check_onnx(spec: BundleSpec, path: Path) -> None:
-    """The ONNX graph parses and, where it fixes them, reads ``len(spec.bands)`` channels and
-    returns ``spec.num_classes`` (skipped when the ``onnx`` package is not installed)."""
+Dims = list[int | None]  # a tensor's static dimensions, None where symbolic
+
+
+def onnx_io_dims(path: Path) -> tuple[Dims | None, Dims | None] | None:
+    """Dimensions of the graph's image input and first output (None for a graph without one),
+    read without loading tensor data; None when the ``onnx`` package is not installed."""
     try:
         import onnx
     except ImportError:
-        logger.debug("onnx not installed: %s not checked before the run", path)
-        return
+        return None
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:  # protobuf's DecodeError and onnx's own errors share no base
@@ -183,12 +186,26 @@ def check_onnx(spec: BundleSpec, path: Path) -> None:
                           "again with `geoseg export BUNDLE --onnx`") from exc
     init = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in init]
-    for values, want, what, key in ((inputs, len(spec.bands), "band(s)", "bands"),
-                                    (graph.output, spec.num_classes, "classes", "classes")):
+
+    def dims(values: Any) -> Dims | None:
         if not values:
-            continue
-        dims = values[0].type.tensor_type.shape.dim
-        got = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else None
+            return None
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in values[0].type.tensor_type.shape.dim]
+
+    return dims(inputs), dims(graph.output)
+
+
+def check_onnx(spec: BundleSpec, path: Path) -> None:
+    """The ONNX graph parses and, where it fixes them, reads ``len(spec.bands)`` channels and
+    returns ``spec.num_classes`` (skipped when the ``onnx`` package is not installed)."""
+    io = onnx_io_dims(path)
+    if io is None:
+        logger.debug("onnx not installed: %s not checked before the run", path)
+        return
+    for dims, want, what, key in ((io[0], len(spec.bands), "band(s)", "bands"),
+                                  (io[1], spec.num_classes, "classes", "classes")):
+        got = dims[1] if dims is not None and len(dims) > 1 else None
         if got is not None and got != want:
             verb = "reads" if key == "bands" else "outputs"
             raise BundleError(f"{path} {verb} {got} {what} but bundle.yaml lists {want}: fix "
