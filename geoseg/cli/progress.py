@@ -1,7 +1,7 @@
 """The one progress display of every long command (run, demo, change, train, workflows/).
 
 On a terminal: a rich bar on stderr, redrawn as work advances. Otherwise (logs, CI, a Ray job's
-log): a plain line on stderr at most every ``every_s`` seconds, and always the last one. Nothing
+log): a plain line on stderr every ``every_s`` seconds, and always the last one. Nothing
 goes to stdout, which keeps the commands' results (summaries, JSON reports) clean.
 """
 
@@ -42,7 +42,8 @@ class ProgressLine:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar: Any = None
         self._task: Any = None
-        self._last = -float("inf")
+        self._last = time.monotonic()  # the first plain line after every_s: a job that stops
+        # at once (bad input, full disk) leaves only its one error line
 
     def update(self, done: float, text: str, *, total: float | None = None,
                final: bool = False) -> None:
