@@ -7,6 +7,7 @@ flagged nodata come back as ``fill`` with ``valid == False``.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,15 @@ class RasterInfo:
 
 
 def open_info(path: str | Path) -> RasterInfo:
-    """Open and validate a raster; raise a one-line :class:`GeoSegError` if it cannot be used."""
+    """Open and validate a raster; raise a one-line :class:`GeoSegError` if it cannot be used.
+    A local path is made absolute: workers (threads, Ray processes) may not share this
+    process's working directory."""
     p = str(path)
     remote = is_remote(p)
     if not remote and "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
         raise RasterNotFoundError(f"image not found: {p} (check the path)")
+    if not remote and "://" not in p and not p.startswith("/vsi"):
+        p = os.path.abspath(p)
     shown = redact(p)  # URLs may carry signatures or tokens: never shown
     try:
         with remote_env(p), rasterio.open(gdal_path(p)) as src:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from geoseg.bundle import Normalization, placeholder_names
-from geoseg.errors import BandMismatchError, LabelError
+from geoseg.errors import BandMismatchError, GeoSegWarning, LabelError
 from geoseg.grid import ChunkGrid, Window
 from geoseg.io import RasterInfo, open_info, read_window
 
@@ -37,6 +38,14 @@ class BandLayout:
 
     bands: tuple[int, ...]
     names: tuple[str, ...]
+
+
+def _open(path: str | Path) -> RasterInfo:
+    """``open_info`` without its "no nodata declared" warning: the chip sampler, which opens
+    every training image too, gives it once per image."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeoSegWarning)
+        return open_info(path)
 
 
 def default_names(info: RasterInfo, bands: Sequence[int]) -> tuple[str, ...]:
@@ -56,7 +65,7 @@ def resolve_layout(images: Sequence[str | Path], bands: Sequence[int] | None = N
     no bands are given and the images' band counts differ."""
     if not images:
         raise LabelError("no training images given")
-    infos = [open_info(p) for p in images]
+    infos = [_open(p) for p in images]
     if bands is None:
         counts = {i.count for i in infos}
         if len(counts) > 1:
@@ -137,7 +146,7 @@ def training_normalization(images: Sequence[str | Path], bands: Sequence[int], *
     rng = np.random.default_rng(seed)
     band_t = tuple(bands)
     plan = [(info, _windows(info, window, max_windows, rng))
-            for info in (open_info(p) for p in images)]
+            for info in (_open(p) for p in images)]
     total = sum(len(w) for _, w in plan)
     per_window = max(1, max_samples // max(1, total))
     moments, samples = _Moments(len(band_t)), []

@@ -294,7 +294,7 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     training["normalization"] = (
         f"per-band mean/std of the valid pixels (nodata excluded) of up to "
         f"{config.stats_windows} random 256-px windows per image"
-        + (" after clipping to the {:g}th-{:g}th percentiles".format(*config.clip_percentiles)
+        + (" after clipping each band to percentiles {:g}-{:g}".format(*config.clip_percentiles)
            if config.clip_percentiles else ""))
     spec = spec.model_copy(update={"training": training})
     out = save_bundle(model, spec, out_dir)

@@ -90,7 +90,7 @@ def test_sentinel2_dates_on_different_extents(ray_cluster: None, real_data: Path
     change = tmp_path / "change"
     # random weights are never confident: keep every pixel with data known
     assert main(["-q", "change", str(runs[0]), str(runs[1]), "-o", str(change),
-                 "--min-confidence", "0"]) == 0
+                 "--min-confidence", "0", "--min-change-confidence", "0"]) == 0
     summary = json.loads((change / "change_summary.json").read_text())
     grid = summary["grid"]
     assert grid["mode"] == "window" and grid["shape"] == [640, 640]

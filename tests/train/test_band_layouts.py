@@ -43,8 +43,8 @@ def _image(labels: np.ndarray, bands: int, dtype: str, seed: int) -> np.ndarray:
 
 
 def _scene(root: Path, name: str, bands: int, dtype: str, crs: str, nodata: float,
-           seed: int = 0, descriptions: list[str] | None = None) -> tuple[Path, Path, Path]:
-    """Image (nodata corner), its label raster (255 there) and the label-free image."""
+           seed: int = 0, descriptions: list[str] | None = None) -> tuple[Path, Path]:
+    """Image (nodata corner) and its label raster (255 there)."""
     labels = _labels(seed)
     img = _image(labels, bands, dtype, seed)
     img[(slice(None), *NODATA_BOX)] = nodata
@@ -54,7 +54,7 @@ def _scene(root: Path, name: str, bands: int, dtype: str, crs: str, nodata: floa
     image = write_raster(root / f"{name}.tif", img, crs=crs, transform=t, nodata=nodata,
                          descriptions=descriptions)
     label = write_raster(root / f"{name}_labels.tif", labels, crs=crs, transform=t, nodata=255)
-    return image, label, root / f"{name}.tif"
+    return image, label
 
 
 def _valid_mean(image: Path, bands: tuple[int, ...]) -> np.ndarray:
@@ -103,7 +103,7 @@ def test_train_and_run_any_layout(tmp_path: Path, capsys: pytest.CaptureFixture[
                                   bands: int, dtype: str, crs: str, nodata: float,
                                   desc: list[str] | None, flags: list[str],
                                   names: tuple[str, ...]) -> None:
-    image, labels, _ = _scene(tmp_path / "s", "a", bands, dtype, crs, nodata,
+    image, labels = _scene(tmp_path / "s", "a", bands, dtype, crs, nodata,
                               descriptions=desc)
     bundle = tmp_path / "bundle"
     rc, err = _train(capsys, bundle, "--image", str(image), "--labels", str(labels), *flags)
@@ -117,7 +117,7 @@ def test_train_and_run_any_layout(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert spec.training is not None and "nodata excluded" in str(
         spec.training["normalization"])
     # a run with the bundle on a new image of the same layout
-    other, _, _ = _scene(tmp_path / "s2", "b", bands, dtype, crs, nodata, seed=1,
+    other, _ = _scene(tmp_path / "s2", "b", bands, dtype, crs, nodata, seed=1,
                          descriptions=desc)
     rc, err = _run(capsys, other, bundle, tmp_path / "run")
     assert rc == 0, err
@@ -127,14 +127,43 @@ def test_train_and_run_any_layout(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (lc[NODATA_BOX] == 255).all() and set(np.unique(lc[40:, 40:])) <= {0, 1}
 
 
+def test_issue_example_buildings_on_a_panchromatic_image(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """``geoseg train --task buildings --image pan.tif --labels buildings.geojson -o B`` (the
+    command of issue 14 that raised ``IndexError: band index 2 out of range``)."""
+    import geopandas as gpd
+    import shapely
+
+    rng = np.random.default_rng(0)
+    pan = rng.normal(300, 20, (SIZE, SIZE))
+    t = Affine(0.5, 0, 500000.0, 0, -0.5, 5100000.0)
+    boxes = []
+    for r, c in [(20, 20), (20, 70), (70, 30), (80, 90)]:
+        pan[r:r + 16, c:c + 16] = 900
+        x0, top = t.c + t.a * c, t.f + t.e * r            # 16 px = 8 m
+        boxes.append(shapely.box(x0, top - 8, x0 + 8, top))
+    image = write_raster(tmp_path / "pan.tif", pan.astype(np.uint16), nodata=0)
+    geojson = tmp_path / "buildings.geojson"
+    gpd.GeoDataFrame(geometry=boxes, crs="EPSG:32633").to_crs("EPSG:4326").to_file(geojson)
+    rc = main(["-q", "train", "--task", "buildings", "--image", str(image), "--labels",
+               str(geojson), "-o", str(tmp_path / "B"), "--steps", "2", "--batch-size", "2",
+               "--chip-size", "64", "--threads", "1", "--min-valid-fraction", "0"])
+    assert rc == 0, capsys.readouterr().err
+    spec = read_spec(tmp_path / "B")
+    assert spec.bands == (1,) and spec.band_names == ("b1",)
+    rc, err = _run(capsys, image, tmp_path / "B", tmp_path / "run")
+    assert rc == 0, err
+
+
 def test_image_with_fewer_bands_is_refused_in_one_line(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
-    image, labels, _ = _scene(tmp_path / "s", "rgb", 3, "uint8", "EPSG:32633", 0,
+    image, labels = _scene(tmp_path / "s", "rgb", 3, "uint8", "EPSG:32633", 0,
                               descriptions=["red", "green", "blue"])
     bundle = tmp_path / "bundle"
     assert _train(capsys, bundle, "--image", str(image), "--labels", str(labels))[0] == 0
-    pan, _, _ = _scene(tmp_path / "p", "pan", 1, "uint16", "EPSG:32633", 0)
+    pan, _ = _scene(tmp_path / "p", "pan", 1, "uint16", "EPSG:32633", 0)
     rc, err = _run(capsys, pan, bundle, tmp_path / "run")
     line = _one_error_line(err)
     assert rc != 0 and "reads bands [1, 2, 3] (red, green, blue)" in line
@@ -144,8 +173,8 @@ def test_image_with_fewer_bands_is_refused_in_one_line(tmp_path: Path,
 
 def test_training_images_that_disagree(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    rgb, rgb_labels, _ = _scene(tmp_path / "s", "rgb", 3, "uint8", "EPSG:32633", 0)
-    pan, pan_labels, _ = _scene(tmp_path / "s", "pan", 1, "uint8", "EPSG:32633", 0)
+    rgb, rgb_labels = _scene(tmp_path / "s", "rgb", 3, "uint8", "EPSG:32633", 0)
+    pan, pan_labels = _scene(tmp_path / "s", "pan", 1, "uint8", "EPSG:32633", 0)
     pairs = ["--image", str(rgb), "--labels", str(rgb_labels),
              "--image", str(pan), "--labels", str(pan_labels)]
     rc, err = _train(capsys, tmp_path / "b1", *pairs)
@@ -163,7 +192,7 @@ def test_training_images_that_disagree(tmp_path: Path,
 
 def test_band_order_names_and_clipping(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    image, labels, _ = _scene(tmp_path / "s", "ms", 6, "float32", "EPSG:32618", float("nan"))
+    image, labels = _scene(tmp_path / "s", "ms", 6, "float32", "EPSG:32618", float("nan"))
     bundle = tmp_path / "bundle"
     rc, err = _train(capsys, bundle, "--image", str(image), "--labels", str(labels),
                      "--bands", "6,2,4", "--band-names", "swir,green,nir",
@@ -243,3 +272,29 @@ def test_train_help_shows_every_default() -> None:
         assert flag in flat
     assert "(default: every band of the images" in flat
     assert "(default: no clipping)" in flat
+
+
+def test_placeholder_band_names_are_not_checked(tmp_path: Path) -> None:
+    """A bundle trained on undescribed bands (b1..bN) runs on an image that names its bands;
+    real names must match."""
+    from geoseg.errors import BandMismatchError
+    from geoseg.io import open_info
+    from geoseg.plan import ModelRef, check_bands
+
+    image, _ = _scene(tmp_path, "named", 3, "uint8", "EPSG:32633", 0,
+                      descriptions=["red", "green", "blue"])
+    info = open_info(image)
+    base = BundleSpec.model_validate({
+        "name": "t", "version": "1", "task": "landcover",
+        "architecture": {"name": "unet"}, "bands": [1, 2, 3],
+        "normalization": {"mean": [1, 1, 1], "std": [1, 1, 1]},
+        "classes": [{"id": 0, "name": "other", "color": "#000000"}]})
+    for names, ok in ((("b1", "b2", "b3"), True), (("red", "green", "blue"), True),
+                      (("nir", "red", "green"), False)):
+        spec = base.model_copy(update={"band_names": names})
+        ref = ModelRef("landcover", str(tmp_path), spec, "0")
+        if ok:
+            check_bands(info, (ref,))
+        else:
+            with pytest.raises(BandMismatchError, match="expects bands"):
+                check_bands(info, (ref,))
