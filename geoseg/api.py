@@ -2,7 +2,7 @@
 GeoPandas objects, train a bundle, score outputs against truth.
 
 Everything here is a thin layer over the library the CLI also calls (:func:`geoseg.job.run_job`,
-:func:`geoseg.train.train`, :func:`geoseg.evaluate.evaluate_outputs`); heavy modules (torch,
+:func:`geoseg.training.train`, :func:`geoseg.scoring.evaluate_outputs`); heavy modules (torch,
 xarray, geopandas) are imported only when a function needs them. See ``docs/python_api.md``.
 
 Incomplete runs: a run whose chunks did not all finish (failed chunks, interrupted, still
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from geoseg.config import JobConfig
     from geoseg.grid import GeoBox
     from geoseg.job import Progress
-    from geoseg.train import TrainResult
+    from geoseg.training import TrainResult
 
 __all__ = ["ChunkSummary", "FailedChunk", "GridSummary", "Quicklook", "Run", "RunSummary",
            "evaluate", "open_run", "run", "train"]
@@ -148,7 +148,9 @@ class Run:
     ``Run`` of a folder that a job is still writing shows its progress."""
 
     def __init__(self, path: str | Path) -> None:
-        root = Path(path)
+        from geoseg.runfolder import local_run
+
+        root = local_run(path)  # a run in object storage: its local copy
         if not root.exists():
             raise InputError(f"{root} not found: pass the folder given to `geoseg run --out`")
         if not root.is_dir() or not (root / MANIFEST).is_file():
@@ -218,7 +220,7 @@ class Run:
     @property
     def grid(self) -> GeoBox:
         """The output grid (shape, exact affine transform, CRS) from the store."""
-        from geoseg.evaluate import open_store
+        from geoseg.scoring import open_store
         from geoseg.store import store_grid
 
         open_store(self.layout.store)  # one line when it is missing
@@ -234,7 +236,7 @@ class Run:
 
     def class_names(self, layer: str) -> tuple[str, ...]:
         """Class names of a layer, in class-id order (from the model bundle)."""
-        from geoseg.evaluate import store_classes
+        from geoseg.scoring import store_classes
 
         _, names = store_classes(self.layout.store, layer)
         if names is None:
@@ -272,7 +274,7 @@ class Run:
         import xarray as xr
 
         self._require_complete("predictions", partial)
-        from geoseg.evaluate import open_store
+        from geoseg.scoring import open_store
 
         open_store(self.layout.store)
         return xr.open_dataset(self.layout.store, engine="zarr", decode_coords="all",
@@ -325,8 +327,9 @@ class Run:
 
 
 def open_run(path: str | Path) -> Run:
-    """The run in the local folder ``path`` (raises one-line :class:`InputError` when the
-    folder is not a geoseg run)."""
+    """The run in the local folder ``path``, or at an object-storage URL (``s3://``, ``gs://``,
+    ``az://``: fetched into a local cache first, see :func:`geoseg.runfolder.fetch_run`);
+    raises one-line :class:`InputError` when it is not a geoseg run."""
     return Run(path)
 
 
@@ -374,13 +377,13 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
           background: int = 0, name: str | None = None, resume: bool = False,
           progress: Callable[[int, int, float, float, float], None] | None = None,
           **options: Any) -> TrainResult:
-    """Train a model bundle into ``out`` and return the :class:`geoseg.train.TrainResult`
+    """Train a model bundle into ``out`` and return the :class:`geoseg.training.TrainResult`
     (``bundle_dir``, ``spec``, ``losses``, ``seconds``), as ``geoseg train`` does.
 
     Training data: ``scenes`` (generated scene folders, both dates) and/or ``pairs`` of
     (image, labels), labels a raster on the image grid or a vector file in any CRS
     (``class_field``: the class attribute; ``background``: the class of uncovered pixels, 255
-    to ignore them). ``options`` are :class:`geoseg.train.TrainConfig` fields (``steps``,
+    to ignore them). ``options`` are :class:`geoseg.training.TrainConfig` fields (``steps``,
     ``batch_size``, ``chip_size``, ``seed``, ``architecture``, ``loss``, ``device``,
     ``max_seconds``, ``classes``, ...); ``classes`` defaults to the built-in ones of ``task``.
     ``progress(step, steps, loss, lr, seconds)`` is called after every step.
@@ -389,8 +392,8 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
 
     from geoseg.bundle import ClassSpec
     from geoseg.errors import ConfigError
-    from geoseg.train import SceneFiles, TrainConfig, scene_files
-    from geoseg.train import train as train_bundle
+    from geoseg.training import SceneFiles, TrainConfig, scene_files
+    from geoseg.training import train as train_bundle
 
     data: list[SceneFiles] = []
     for d in scenes:
@@ -404,7 +407,7 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
         if task == "landcover":
             from geoseg.sample import CLASSES
         else:
-            from geoseg.train import BUILDING_CLASSES as CLASSES  # type: ignore[assignment]
+            from geoseg.training import BUILDING_CLASSES as CLASSES  # type: ignore[assignment]
         options["classes"] = tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in CLASSES)
     try:
         cfg = TrainConfig(name=name or f"{task}-custom", task=task, **options)
@@ -432,11 +435,12 @@ def evaluate(run: Run | str | Path | None = None, *, scene: str | Path | None = 
 
     ``options``: ``date``, ``store``, ``footprints``, ``footprints_layer``, ``num_classes``,
     ``iou``, ``boundary_tol``, ``confusion``, ``plot`` (see
-    :func:`geoseg.evaluate.evaluate_outputs`).
+    :func:`geoseg.scoring.evaluate_outputs`).
     """
-    from geoseg.evaluate import evaluate_outputs
+    from geoseg.runfolder import local_run
+    from geoseg.scoring import evaluate_outputs
 
-    path = run.path if isinstance(run, Run) else run
+    path = run.path if isinstance(run, Run) else local_run(run) if run is not None else None
     return evaluate_outputs(run=path, scene=scene, truth=truth, layer=layer,
                             truth_footprints=truth_footprints, truth_layer=truth_layer,
                             truth_instances=truth_instances, **options)

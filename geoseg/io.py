@@ -30,17 +30,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RasterInfo:
-    """What geoseg needs to know about an input raster (picklable, no open handles)."""
+class ImageInfo:
+    """What geoseg needs to know about its input image (picklable, no open handles): one
+    raster (:class:`RasterInfo`) or a mosaic (:class:`geoseg.sources.mosaic.Mosaic`)."""
 
-    path: str
-    geobox: GeoBox
+    path: str  # the raster, or a short description of a mosaic
+    geobox: GeoBox  # the image's grid (a mosaic's: the output grid)
     count: int
     dtype: str
     nodata: float | None
     has_dataset_mask: bool
     band_names: tuple[str | None, ...]
     acquisition_date: str | None
+
+
+@dataclass(frozen=True)
+class RasterInfo(ImageInfo):
+    """One raster, read on its own grid."""
 
 
 def open_info(path: str | Path) -> RasterInfo:

@@ -25,16 +25,12 @@ from geoseg import __version__
 from geoseg.config import JobConfig
 from geoseg.errors import GeoSegWarning, MissingDependencyError, StorageError
 from geoseg.grid import Chunk
-from geoseg.layout import GPKG, STORE, SUMMARY, RunLayout
-from geoseg.manifest import Manifest, start
-from geoseg.outdir import (
-    FolderLock,
-    atomic_write_text,
-    prepare_folder,
-    remove_output,
-    storage_errors,
-)
+from geoseg.layout import GPKG, STAC_ITEM, STORE, SUMMARY, RunLayout
+from geoseg.manifest import ObjectManifest, RunManifest
+from geoseg.objstore import join
+from geoseg.outdir import atomic_write_text, storage_errors
 from geoseg.plan import Plan, make_plan
+from geoseg.runfolder import RunFolder, open_run_folder, read_manifest
 from geoseg.runtime.base import Backend, ChunkFailure
 from geoseg.runtime.connection import ray_connected
 from geoseg.runtime.provenance import code_version
@@ -80,13 +76,20 @@ ProgressFn = Callable[[Progress], None]
 
 @dataclass
 class JobResult:
-    output: Path
+    output: Path | str  # the run folder, or its URL in object storage
     summary: dict[str, Any]
     failed: list[ChunkFailure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def summary_path(self) -> str:
+        """Where ``summary.json`` is (a path, or a URL)."""
+        if isinstance(self.output, str):
+            return join(self.output, SUMMARY)
+        return str(RunLayout(self.output).summary)
 
 
 def executor(cfg: JobConfig) -> str:
@@ -176,6 +179,7 @@ class _Recorder:
         self.pixels_done = pixels_done
         self.pixels_before = pixels_done
         self.failed: list[ChunkFailure] = []
+        self.unrecorded: list[ChunkFailure] = []  # written, but their record could not be
         self.t0 = t0
         self.vector_s = 0.0
         self.done = len(manifest.done)
@@ -190,7 +194,15 @@ class _Recorder:
                                    self.pixels_done - self.pixels_before))
 
     def chunk_done(self, chunk: Chunk, stats: dict[str, Any]) -> None:
-        self.manifest.record(chunk.id, stats)
+        try:
+            self.manifest.record(chunk.id, stats)
+        except StorageError as exc:  # object storage, after the client's retries: this chunk
+            if exc.fatal or not isinstance(self.manifest, ObjectManifest):  # fails, the job
+                raise                                                      # goes on
+            failure = ChunkFailure.of(chunk, f"recording the chunk: {exc}"[:500], 1)
+            self.unrecorded.append(failure)
+            self.chunk_failed(failure)
+            return
         self.done += 1
         self.pixels_done += chunk.window.size
         self._emit()
@@ -220,18 +232,16 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     The output folder is locked for the whole job (a second job into it is refused); an
     interruption (KeyboardInterrupt, :class:`~geoseg.errors.JobInterrupted`) leaves finished
     chunks and a manifest that says so."""
-    plan = make_plan(cfg, engines=_recorded_engines(Path(cfg.output)) if resume else None)
-    out = prepare_folder(Path(cfg.output))
-    with FolderLock(out):
-        return _run_locked(cfg, plan, out, overwrite=overwrite, resume=resume,
+    plan = make_plan(cfg, engines=_recorded_engines(cfg.output) if resume else None)
+    with open_run_folder(cfg.output) as folder:
+        return _run_locked(cfg, plan, folder, overwrite=overwrite, resume=resume,
                            progress=progress, backend=backend)
 
 
-def _recorded_engines(out: Path) -> dict[str, Any] | None:
+def _recorded_engines(out: str) -> dict[str, Any] | None:
     """Engines the run in ``out`` used, per model task (None when there is no such run)."""
-    try:
-        models = json.loads(RunLayout(out).manifest.read_text()).get("models", {})
-    except (OSError, ValueError, AttributeError):
+    models = (read_manifest(out) or {}).get("models", {})
+    if not isinstance(models, dict):
         return None
     engines = {k: v.get("engine") for k, v in models.items() if isinstance(v, dict)}
     return {k: v for k, v in engines.items() if v in ("torch", "onnx")} or None
@@ -248,22 +258,21 @@ def _mosaic_items(plan: Plan) -> list[dict[str, Any]] | None:
             for i, it in enumerate(plan.image.items, start=1)]
 
 
-def _inputs(cfg: JobConfig, plan: Plan) -> list[Path]:
-    """Files the run reads: never removed by --overwrite."""
+def _inputs(cfg: JobConfig, plan: Plan) -> list[str]:
+    """Files and URLs the run reads: never removed by --overwrite."""
     from geoseg.sources.mosaic import Mosaic
 
     images = ([h for it in plan.image.items for h in it.hrefs]
               if isinstance(plan.image, Mosaic) else [plan.image.path])
-    paths = [*map(Path, images), *(Path(m.path) for m in plan.models)]
+    paths = [*map(str, images), *(str(m.path) for m in plan.models)]
     if cfg.region is not None and cfg.region.file:
-        paths.append(Path(cfg.region.file))
-    return [p for p in paths if "://" not in str(p)]
+        paths.append(str(cfg.region.file))
+    return paths
 
 
-def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resume: bool,
-                progress: ProgressFn | None, backend: Backend | None) -> JobResult:
+def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: bool,
+                resume: bool, progress: ProgressFn | None, backend: Backend | None) -> JobResult:
     t_start = time.perf_counter()
-    layout = RunLayout(out)
     key = cfg.result_key([m.digest for m in plan.models])
     grid = plan.grid
     code = code_version()
@@ -274,19 +283,18 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
             "chunk_size": plan.chunks.chunk, "chunks": len(plan.chunks), "status": "running",
             "models": {m.name: {"id": m.model_id, "digest": m.digest, "engine": m.engine}
                        for m in plan.models}}
-    manifest = start(out, meta, overwrite=overwrite, resume=resume,
-                     protect=_inputs(cfg, plan))
+    manifest = folder.start_manifest(meta, overwrite=overwrite, resume=resume,
+                                     protect=_inputs(cfg, plan))
     _note_code(manifest, code)
-    with storage_errors(layout.stac_item):  # the item says "complete": only a finished run has one
-        remove_output(layout.stac_item)
-    store = str(layout.store)
+    folder.discard(STAC_ITEM)  # the item says "complete": only a finished run has one
+    store = folder.store
     from geoseg.store import init_store
 
-    if not Path(store).exists():
+    if not folder.store_exists():
         if manifest.done:
             log.warning("%s is missing: every recorded chunk is recomputed", store)
             manifest.forget(list(manifest.done))
-        with storage_errors(layout.store):
+        with folder.errors(STORE):
             init_store(store, grid, plan.chunks.chunk, plan.layers,
                        {"source_image": redact(plan.image.path),
                         "acquisition_date": plan.image.acquisition_date,
@@ -300,7 +308,7 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
     log.info("%d chunks, %d to do (%d already done)", len(plan.chunks), len(todo),
              len(manifest.done))
     try:
-        return _execute(cfg, plan, layout, manifest, todo, progress, backend, t_start)
+        return _execute(cfg, plan, folder, manifest, todo, progress, backend, t_start)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (JobInterrupted): a cancelled job
         from geoseg.runtime.signals import received
 
@@ -313,27 +321,28 @@ def _run_locked(cfg: JobConfig, plan: Plan, out: Path, *, overwrite: bool, resum
         raise
 
 
-def _verified(store: str, chunk: Chunk, stats: dict[str, Any] | None) -> bool:
-    """Whether a chunk has a record and its stored files are exactly what the record says."""
-    from geoseg.store import chunk_intact
+def _damaged(plan: Plan, store: str, records: dict[str, dict[str, Any] | None]) -> list[str]:
+    """Ids of the chunks (``records``: id → record or None) without a record or whose stored
+    files are not exactly what the record says."""
+    from geoseg.store import damaged_chunks
 
-    files = stats.get("files") if stats else None
-    return isinstance(files, dict) and chunk_intact(store, chunk, files)
+    return damaged_chunks(store, {
+        cid: (plan.chunks.get(*map(int, cid.split("_"))), stats.get("files") if stats else None)
+        for cid, stats in records.items()})
 
 
-def _verify(plan: Plan, store: str, manifest: Manifest) -> list[str]:
+def _verify(plan: Plan, store: str, manifest: RunManifest) -> list[str]:
     """Chunks the manifest lists whose stored files are not what was written (forgotten)."""
-    bad = [cid for cid, stats in manifest.done.items()
-           if not _verified(store, plan.chunks.get(*map(int, cid.split("_"))), stats)]
+    bad = _damaged(plan, store, dict(manifest.done))
     manifest.forget(bad)
     return bad
 
 
-def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
+def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifest,
              todo: list[Chunk], progress: ProgressFn | None, backend: Backend | None,
              t_start: float) -> JobResult:
-    out = layout.root
-    store = str(layout.store)
+    layout = folder.layout  # where outputs are built (a staging folder for object storage)
+    store = folder.store
     if backend is None:
         backend = default_backend(cfg)
     gpus = _backend_gpus(backend)
@@ -368,7 +377,7 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
         if sink is not None:  # stop the writer now; the partial GeoPackage keeps its temp name
             sink.close(abort=True)
         raise
-    failed = list(report.failed)
+    failed = [*report.failed, *rec.unrecorded]
     # a run never says "complete" while a chunk is missing or not what was written
     if not failed:
         failed += _missing(plan, store, manifest)
@@ -376,11 +385,12 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
     timings: dict[str, float] = {"setup_s": round(setup_s, 3),
                                  "model_load_s": round(report.load_s, 3),
                                  "chunks_s": round(t_chunks, 3)}
-    outputs: dict[str, str] = {"zarr": store}
+    outputs: dict[str, str] = {"zarr": store}  # where each output is (path or URL)
+    built: dict[str, str] = {"zarr": store}  # where it was built (the STAC item hashes these)
     # the exports read only the store: they run while the GeoPackage writer finishes
     t1 = time.perf_counter()
     with ThreadPoolExecutor(2, thread_name_prefix="geoseg-export") as pool:
-        exports = _start_exports(pool, cfg, plan, layout) if not failed else {}
+        exports = _start_exports(pool, cfg, plan, layout, store) if not failed else {}
         with storage_errors(layout.gpkg):
             counts = sink.finish() if sink is not None else {}
         timings["vector_merge_s"] = round(time.perf_counter() - t1, 3)
@@ -388,44 +398,53 @@ def _execute(cfg: JobConfig, plan: Plan, layout: RunLayout, manifest: Manifest,
     timings["vectorize_task_s"] = round(rec.vector_s, 3)
     timings["gpkg_append_s"] = round(sink.busy_s if sink is not None else 0.0, 3)
     if counts:
-        outputs["gpkg"] = str(layout.gpkg)
+        built["gpkg"] = str(layout.gpkg)
+        with folder.errors(GPKG):
+            outputs["gpkg"] = folder.publish(layout.gpkg)
     for key, (path, seconds) in exported.items():
-        outputs[key] = str(path)
+        built[key] = str(path)
+        with folder.errors(path.name):
+            outputs[key] = folder.publish(path)
         name = "quicklook_s" if key == "quicklook" else "cog_s"
         timings[name] = round(timings.get(name, 0.0) + seconds, 3)
     timings["exports_s"] = round(timings.get("cog_s", 0.0) + timings.get("quicklook_s", 0.0), 3)
     timings["total_s"] = round(time.perf_counter() - t_start, 3)
     if not failed:
-        outputs["stac_item"] = str(layout.stac_item)
+        outputs["stac_item"] = (join(folder.where, STAC_ITEM) if folder.remote
+                                else str(layout.stac_item))
     summary = _summary(cfg, plan, manifest, failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
     summary["runtime"]["backend"] = type(backend).__name__
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
+    with folder.errors(SUMMARY):
+        folder.publish(layout.summary)
     if not failed:  # last: it lists the outputs with their checksums
         from geoseg.stac_item import write_stac_item
 
-        write_stac_item(layout, plan, outputs, result_key=manifest.result_key,
+        write_stac_item(layout, plan, built, result_key=manifest.result_key,
                         class_pixels=summary["class_pixels"])
+        with folder.errors(STAC_ITEM):
+            folder.publish(layout.stac_item)
     status = "complete" if not failed else f"completed with {len(failed)} failed chunks"
     manifest.update(status=status)
     if not failed:
         from geoseg.store import mark_complete
 
-        with storage_errors(layout.store):
+        with folder.errors(STORE):
             mark_complete(store, {"summary": SUMMARY})
-    return JobResult(out, summary, failed)
+    return JobResult(folder.where if folder.remote else layout.root, summary, failed)
 
 
-def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan,
-                   layout: RunLayout) -> dict[str, Future[tuple[Path, float]]]:
-    """COGs and the quicklook as tasks of ``pool``: output key -> (path, seconds)."""
+def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan, layout: RunLayout,
+                   store: str) -> dict[str, Future[tuple[Path, float]]]:
+    """COGs and the quicklook (read from ``store``, built under ``layout``) as tasks of
+    ``pool``: output key -> (path, seconds)."""
     from geoseg.outputs import export_cog, quicklook
 
     def timed(fn: Callable[..., Path], *args: Any) -> tuple[Path, float]:
         t0 = time.perf_counter()
         return fn(*args), time.perf_counter() - t0
 
-    store = str(layout.store)
     futures: dict[str, Future[tuple[Path, float]]] = {}
     if cfg.outputs.cog:  # (each export converts its own write errors)
         for m in plan.models:
@@ -436,10 +455,11 @@ def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan,
     return futures
 
 
-def _missing(plan: Plan, store: str, manifest: Manifest) -> list[ChunkFailure]:
+def _missing(plan: Plan, store: str, manifest: RunManifest) -> list[ChunkFailure]:
     """Chunks of the plan without a verified record (should be none after a clean pass)."""
+    bad = set(_damaged(plan, store, {c.id: manifest.done.get(c.id) for c in plan.chunks}))
     return [ChunkFailure.of(c, "chunk missing or damaged after the run", 0)
-            for c in plan.chunks if not _verified(store, c, manifest.done.get(c.id))]
+            for c in plan.chunks if c.id in bad]
 
 
 def _note_code(manifest: Any, code: dict[str, Any]) -> None:

@@ -19,6 +19,14 @@ EVALUATION = "evaluation.json"
 CONFUSION = "confusion_{layer}.png"  # `geoseg eval`: confusion matrix of a class layer
 STAC_ITEM = "stac-item.json"  # written last, by a complete run only
 LOCK = ".geoseg.lock"
+# object storage (no appends there): one small object per finished chunk instead of chunks.jsonl
+STATE = "_geoseg"
+RECORDS = f"{STATE}/chunks"
+
+
+def record_name(chunk_id: str) -> str:
+    """The object that says chunk ``chunk_id`` is done, in a run in object storage."""
+    return f"{RECORDS}/{chunk_id}.json"
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,11 @@ class RunLayout:
         """The confusion-matrix PNG ``geoseg eval`` writes for a class layer of this run."""
         return self.root / CONFUSION.format(layer=layer)
 
-    def outputs(self, layers: list[str] | tuple[str, ...]) -> list[str]:
-        """Names (relative to the root) a run with these model layers writes."""
+    def outputs(self, layers: list[str] | tuple[str, ...], remote: bool = False) -> list[str]:
+        """Names (relative to the root) a run with these model layers writes (``remote``: a
+        run in object storage, whose chunk records are objects under :data:`STATE`)."""
         return [STORE, GPKG, SUMMARY, QUICKLOOK, EVALUATION, STAC_ITEM, CHUNKS, MANIFEST,
                 *(f"{name}.tif" for name in layers),
-                *(CONFUSION.format(layer=name) for name in layers)]
+                *(CONFUSION.format(layer=name) for name in layers),
+                *([STATE] if remote else [])]
 

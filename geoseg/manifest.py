@@ -8,6 +8,12 @@ exactly what was written, and recomputes any that is missing, truncated or diffe
 
 ``--overwrite`` removes exactly the outputs the earlier manifest lists (and geoseg's temporary
 files), never anything else; a folder geoseg did not write is refused.
+
+A run in object storage (:class:`ObjectManifest`) keeps the same ``manifest.json`` (rewritten
+whole: a PUT is atomic) and, since objects cannot be appended to, one small object per finished
+chunk (``_geoseg/chunks/<id>.json``, the chunks.jsonl line) written by the driver after the
+chunk's objects were written; ``--resume`` lists them and checks each chunk's objects against
+its record (:func:`geoseg.store.damaged_chunks`).
 """
 
 from __future__ import annotations
@@ -16,26 +22,49 @@ import json
 import logging
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from geoseg.errors import InputError, OutputExistsError, ResumeError
-from geoseg.layout import CHUNKS, LOCK, MANIFEST, RunLayout
+from geoseg.layout import (
+    CHUNKS,
+    LOCK,
+    MANIFEST,
+    RECORDS,
+    STAC_ITEM,
+    STATE,
+    RunLayout,
+    record_name,
+)
+from geoseg.objstore import ObjectFolder
 from geoseg.outdir import atomic_write_text, remove_output, replace_link, storage_errors
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Manifest:
-    root: Path
+class _Records:
+    """What every manifest has: the document and the finished chunks' records."""
+
     data: dict[str, Any]
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: dict[str, dict[str, Any]]
 
     @property
     def result_key(self) -> str:
         return str(self.data.get("result_key", ""))
+
+    def forget(self, chunk_ids: Iterable[str]) -> None:
+        """Stop trusting these chunks (their files did not verify): they are recomputed."""
+        for cid in chunk_ids:
+            self.done.pop(cid, None)
+
+
+@dataclass
+class Manifest(_Records):
+    root: Path
+    data: dict[str, Any]
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def record(self, chunk_id: str, stats: dict[str, Any]) -> None:
         self.done[chunk_id] = stats
@@ -52,14 +81,37 @@ class Manifest:
         self.data.update(values)
         _write_json(self.root / MANIFEST, self.data)
 
-    def forget(self, chunk_ids: Iterable[str]) -> None:
-        """Stop trusting these chunks (their files did not verify): they are recomputed."""
-        for cid in chunk_ids:
-            self.done.pop(cid, None)
+
+class ObjectManifest(_Records):
+    """The manifest of a run in object storage (see the module docstring)."""
+
+    def __init__(self, folder: ObjectFolder, data: dict[str, Any],
+                 done: dict[str, dict[str, Any]] | None = None) -> None:
+        self.folder, self.data, self.done = folder, data, {} if done is None else done
+
+    @property
+    def root(self) -> str:
+        return self.folder.url
+
+    def record(self, chunk_id: str, stats: dict[str, Any]) -> None:
+        line = json.dumps({"chunk": chunk_id, **stats}, sort_keys=True)
+        self.folder.put(record_name(chunk_id), (line + "\n").encode())
+        self.done[chunk_id] = stats  # only once the record is stored
+
+    def update(self, **values: Any) -> None:
+        self.data.update(values)
+        self.folder.put(MANIFEST, _json_text(self.data).encode())
+
+
+RunManifest = Manifest | ObjectManifest
+
+
+def _json_text(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
+    atomic_write_text(path, _json_text(data))
 
 
 def _entries(root: Path) -> list[Path]:
@@ -168,3 +220,86 @@ def load(root: Path, expect_key: str | None = None) -> Manifest:
                 continue  # a torn last line from a killed driver: that chunk is redone
             done[rec.pop("chunk")] = rec
     return Manifest(root, data, done)
+
+
+# --- runs in object storage ---------------------------------------------------------------------
+
+def _earlier_object_run(folder: ObjectFolder) -> dict[str, Any] | None:
+    raw = folder.read(MANIFEST)
+    try:
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "result_key" in data else None
+
+
+def start_objects(folder: ObjectFolder, data: dict[str, Any], *, overwrite: bool, resume: bool,
+                  protect: Iterable[str] = ()) -> ObjectManifest:
+    """:func:`start` for a run in object storage (same refusals; ``protect``: input URLs)."""
+    entries = [n for n in folder.children() if n != LOCK]
+    earlier = _earlier_object_run(folder)
+    if entries and earlier is None:
+        raise OutputExistsError(
+            f"{folder.url} holds objects geoseg did not write (e.g. {entries[0]}): choose a new "
+            "or empty --out (geoseg never deletes objects it did not write)")
+    if entries and earlier is not None:
+        if resume:
+            return load_objects(folder, expect_key=str(data["result_key"]))
+        if not overwrite:
+            raise OutputExistsError(
+                f"{folder.url} already holds the results of a geoseg run: pass --resume to "
+                "continue that run or --overwrite to replace its outputs (other objects are "
+                "kept)")
+        _remove_objects(folder, [*outputs_of(earlier, Path()), STATE], protect)
+    new = dict(data)
+    new["outputs"] = RunLayout(Path()).outputs(list(data.get("models", {})), remote=True)
+    m = ObjectManifest(folder, new)
+    m.update()
+    return m
+
+
+def _remove_objects(folder: ObjectFolder, names: list[str], protect: Iterable[str]) -> None:
+    """Remove a run's listed outputs: the STAC item first (the run stops looking complete at
+    once), the manifest last (an interrupted removal is still recognised as geoseg's)."""
+    order = [STAC_ITEM, *(n for n in dict.fromkeys(names) if n not in (STAC_ITEM, MANIFEST)),
+             MANIFEST]
+    for name in order:
+        url = folder.child(name)
+        for p in protect:
+            if p == url or p.startswith(url + "/"):
+                raise InputError(f"--overwrite would delete {url}, which this run reads: copy "
+                                 "it elsewhere or write to another --out")
+    removed = 0
+    for name in order:
+        removed += folder.delete_tree(name)
+    log.info("--overwrite: removed %d object(s) of the earlier run in %s", removed, folder.url)
+    others = [n for n in folder.children() if n != LOCK]
+    if others:
+        log.info("--overwrite kept %d object(s) geoseg did not write (e.g. %s)", len(others),
+                 others[0])
+
+
+def load_objects(folder: ObjectFolder, expect_key: str | None = None) -> ObjectManifest:
+    """:func:`load` for a run in object storage: the manifest and every chunk record."""
+    raw = folder.read(MANIFEST)
+    if raw is None:
+        raise ResumeError(f"{folder.url} has no {MANIFEST}: it was not written by geoseg run; "
+                          "choose another output")
+    data = json.loads(raw)
+    if expect_key is not None and data.get("result_key") != expect_key:
+        raise ResumeError(f"{folder.url} was produced with a different image, region, model or "
+                          "inference settings: resume refused; pass --overwrite to start over")
+    names = sorted(n for n in folder.listing(RECORDS) if n.endswith(".json"))
+    with ThreadPoolExecutor(16, thread_name_prefix="geoseg-records") as pool:
+        texts = list(pool.map(folder.read, names))
+    done: dict[str, dict[str, Any]] = {}
+    for name, text in zip(names, texts, strict=True):
+        try:
+            rec = json.loads(text) if text is not None else None
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict) or "chunk" not in rec:
+            log.warning("ignoring the unreadable chunk record %s: that chunk is redone", name)
+            continue
+        done[str(rec.pop("chunk"))] = rec
+    return ObjectManifest(folder, data, done)

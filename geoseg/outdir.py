@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 LOW_SPACE_BYTES = 64 * 2**20  # below this, a failed write is reported as "disk full"
 
 
-def _process_start(pid: int) -> float | None:
+def process_start(pid: int) -> float | None:
+    """When process ``pid`` of this host started (None: no such process, or not ours to ask);
+    with the PID, it tells a live lock holder from a later process that reuses the PID."""
     try:
         import psutil
 
@@ -48,13 +50,13 @@ HEARTBEAT_S = 30.0  # a held lock's mtime is refreshed this often
 STALE_AFTER_S = 300.0  # a lock of another host untouched this long is stale
 
 
-def _alive(holder: dict[str, Any], mtime: float | None = None) -> bool:
+def holder_alive(holder: dict[str, Any], mtime: float | None = None) -> bool:
     """Whether the process recorded in a lock still runs: on this host, its PID (and start
     time); on another host (a retried Kubernetes job gets a new pod), its heartbeat."""
     if holder.get("host") != socket.gethostname():
         return mtime is None or time.time() - mtime < STALE_AFTER_S
     pid = int(holder.get("pid", -1))
-    started = _process_start(pid) if pid > 0 else None
+    started = process_start(pid) if pid > 0 else None
     if started is None:
         return False
     recorded = holder.get("started")
@@ -83,7 +85,7 @@ class FolderLock:
 
     def acquire(self, what: str = "geoseg run") -> FolderLock:
         me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": _process_start(os.getpid()), "command": what, "since": time.time()}
+              "started": process_start(os.getpid()), "command": what, "since": time.time()}
         for _ in range(3):
             if self._create(me):
                 self.held = True
@@ -92,7 +94,7 @@ class FolderLock:
                                  name="geoseg-lock").start()
                 return self
             holder = self._read()
-            if holder is not None and _alive(holder, self._mtime()):
+            if holder is not None and holder_alive(holder, self._mtime()):
                 raise OutputLockedError(
                     f"{self.path.parent} is in use by another geoseg job ({holder.get('command')}"
                     f", host {holder.get('host')}, pid {holder.get('pid')}): wait for it, or "

@@ -23,6 +23,7 @@ from geoseg.grid import Window
 from geoseg.io import RasterInfo, read_window
 from geoseg.outdir import atomic_write_bytes, storage_errors
 from geoseg.plan import Plan
+from geoseg.sources.remote import gdal_path, remote_env
 from geoseg.store import FILL, read_layer
 
 # GDAL's block cache (default 5 % of RAM) fills with the whole raster while a COG and its
@@ -122,7 +123,9 @@ def _image_panel(plan: Plan, step: int, shape: tuple[int, int]) -> np.ndarray:
 
         return _stretch(_decimate(plan, step, shape, len(bands), read_any, np.float32),
                         info.nodata)
-    with rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), rasterio.open(info.path) as src:
+    # a remote image: geoseg's GDAL network settings, and its tiles come from the VSI cache
+    with remote_env(info.path), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), \
+            rasterio.open(gdal_path(info.path)) as src:
         def read(w: Window) -> np.ndarray:
             win = RioWindow(o.col_off + w.col_off, o.row_off + w.row_off, w.width, w.height)
             return np.moveaxis(src.read(bands, window=win), 0, -1)

@@ -44,7 +44,7 @@ class ModelRef:
 class Plan:
     """Everything workers need, picklable and small."""
 
-    image: RasterInfo | Mosaic  # a Mosaic quacks like a RasterInfo (geoseg.sources)
+    image: RasterInfo | Mosaic  # one raster, or many on one grid (both ImageInfo)
     grid: GeoBox          # output grid (input grid clipped to the region)
     offset: Window        # output grid's window in image pixels
     region: Region | None  # non-rectangular region in the image CRS (pixels outside are nodata)

@@ -3,7 +3,8 @@
 
 Written last, and only by a run that finished every chunk: its presence says "these outputs are
 complete and these are their bytes" (``file:checksum``). Asset hrefs are relative to the item, so
-the folder can be moved or uploaded as it is.
+the folder can be moved or uploaded as it is (a run in object storage builds its item in the
+local staging folder, from the files it then uploads, beside a store already in the bucket).
 
 - geometry/bbox: the footprint of the output grid (clipped to the region) in EPSG:4326;
 - ``proj``: the grid (code or WKT2, shape, transform, bbox in the grid's CRS), for every asset;
@@ -36,6 +37,7 @@ from shapely.geometry import mapping
 
 from geoseg import __version__
 from geoseg.layout import RunLayout
+from geoseg.objstore import is_object_url
 from geoseg.outdir import atomic_write_text
 from geoseg.plan import Plan
 from geoseg.store import FILL
@@ -122,7 +124,11 @@ def build_stac_item(layout: RunLayout, plan: Plan, outputs: dict[str, str], *,
                            "Quicklook: image beside each class map")}
     for key, (name, media, role, title) in files.items():
         path = Path(outputs.get(key, ""))
-        if key in outputs and path.exists():
+        if key == "zarr" and is_object_url(outputs.get(key, "")):
+            path = layout.store  # written straight to object storage, beside the item
+            item.add_asset(name, pystac.Asset(str(path.absolute()), title=title,
+                                              media_type=media, roles=[role]))
+        elif key in outputs and path.exists():
             asset = pystac.Asset(str(path.absolute()), title=title, media_type=media,
                                  roles=[role])
             item.add_asset(name, asset)

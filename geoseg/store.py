@@ -7,12 +7,16 @@ pixel-centre coordinates), so GDAL, xarray + rioxarray (``decode_coords="all"``)
 all see the same CRS and transform.
 
 Invariant: the store is initialised once by the driver; afterwards each chunk task writes exactly
-one chunk-aligned block per array (LocalStore writes chunk files atomically). Nothing ever reads,
-modifies and rewrites a shared chunk.
+one chunk-aligned block per array (LocalStore writes chunk files atomically; in object storage a
+chunk is one PUT, atomic by nature). Nothing ever reads, modifies and rewrites a shared chunk.
+
+``path`` is a local folder or an object-storage URL (``s3://bucket/run/predictions.zarr``, see
+:mod:`geoseg.objstore`): the same bytes are written either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from numcodecs import Blosc
 from geoseg.bundle import ClassSpec
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, GeoBox, Window
+from geoseg.objstore import ObjectFolder, client, is_object_url, object_errors
 
 FILL = 255
 SOURCE = "source"  # a mosaic's provenance layer: 1-based item of each pixel (0: none)
@@ -42,6 +47,13 @@ class LayerSpec:
     engine: str = "torch"  # the inference engine that produced it (torch / onnx)
 
 
+def _zstore(path: str | Path) -> Any:
+    """What zarr opens: the local path as before, or an object store for a URL."""
+    if is_object_url(path):
+        return zarr.storage.ObjectStore(client(str(path)))
+    return str(path)
+
+
 def _compressor() -> Blosc:
     return Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
 
@@ -52,7 +64,7 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
     ``sources`` (a mosaic's items: id, datetime, href) it also has a :data:`SOURCE` layer."""
     crs_wkt = grid.crs.to_wkt()
     t = grid.transform
-    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    g = zarr.open_group(_zstore(path), mode="w", zarr_format=2)
     g.attrs.update({**attrs, COMPLETE_ATTR: False, "crs_wkt": crs_wkt,
                     "transform": [t.a, t.b, t.c, t.d, t.e, t.f], "chunk_size": chunk})
     h, w = grid.shape
@@ -86,7 +98,7 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
         create_layer(g, SOURCE, grid, chunk, 0,
                      {"long_name": "mosaic item that produced the pixel (1-based; 0 none)",
                       "items": sources}, dtype="uint16")
-    zarr.consolidate_metadata(str(path))
+    zarr.consolidate_metadata(_zstore(path))
 
 
 def create_layer(group: zarr.Group, name: str, grid: GeoBox, chunk: int, fill: int,
@@ -115,8 +127,9 @@ def store_grid(path: str | Path) -> tuple[GeoBox, int]:
 
     from geoseg.grid import normalize_crs
 
-    attrs = json.loads((Path(path) / ".zattrs").read_text())
-    g = zarr.open_group(str(path), mode="r")
+    attrs = store_attrs(path) if is_object_url(path) else json.loads(
+        (Path(path) / ".zattrs").read_text())
+    g = zarr.open_group(_zstore(path), mode="r")
     arr = next(a for n, a in g.arrays() if n not in ("x", "y", "spatial_ref"))
     return (GeoBox(tuple(arr.shape), Affine(*attrs["transform"]),  # type: ignore[arg-type]
                    normalize_crs(attrs["crs_wkt"])), int(attrs["chunk_size"]))
@@ -128,24 +141,41 @@ def write_chunk(path: str | Path, chunk: Chunk, arrays: dict[str, np.ndarray],
     win = chunk.window
     if win.row_off % chunk_size or win.col_off % chunk_size:
         raise InputError(f"chunk {chunk.id} window {win} is not aligned to {chunk_size}")
-    g = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
-    rs, cs = win.slices()
-    for name, block in arrays.items():
-        if block.shape != win.shape:
-            raise InputError(f"block {name} has shape {block.shape}, chunk {chunk.id} is "
-                             f"{win.shape}")
-        arr = g[name]
-        if not isinstance(arr, zarr.Array):
-            raise InputError(f"{name} is not an array in {path}")
-        arr[rs, cs] = block
+    # object storage: a missing bucket or denied access stops the job (one line); a network
+    # error propagates as it is, and the chunk is retried
+    with object_errors(str(path), fatal_only=True) if is_object_url(path) \
+            else contextlib.nullcontext():
+        # object storage: the arrays' metadata from .zmetadata, one request instead of two
+        # per array (it is written once, by init_store, after every array)
+        g = zarr.open_group(_zstore(path), mode="r+", zarr_format=2,
+                            use_consolidated=None if is_object_url(path) else False)
+        rs, cs = win.slices()
+        for name, block in arrays.items():
+            if block.shape != win.shape:
+                raise InputError(f"block {name} has shape {block.shape}, chunk {chunk.id} is "
+                                 f"{win.shape}")
+            arr = g[name]
+            if not isinstance(arr, zarr.Array):
+                raise InputError(f"{name} is not an array in {path}")
+            arr[rs, cs] = block
 
 
 def chunk_files(path: str | Path, chunk: Chunk, names: list[str]) -> dict[str, list[Any] | None]:
     """Fingerprint of the stored bytes of one chunk: ``{array: [size, blake2b] or None}``.
 
     None means no chunk file (zarr stores no chunk that equals the fill value). Recorded in the
-    manifest after the write, checked by ``--resume`` before a chunk is trusted."""
+    manifest after the write, checked by ``--resume`` before a chunk is trusted. In object
+    storage each entry also carries the object's ETag: ``[size, blake2b, etag]`` (the bytes are
+    read back once, so the hash is of what the bucket holds)."""
     out: dict[str, list[Any] | None] = {}
+    if is_object_url(path):
+        folder = ObjectFolder(str(path))
+        for name in names:
+            with object_errors(folder.url, "read", fatal_only=True):
+                got = folder.get(_chunk_key(name, chunk))
+            out[name] = None if got is None else [
+                len(got[0]), hashlib.blake2b(got[0], digest_size=16).hexdigest(), got[1].e_tag]
+        return out
     for name in names:
         f = _chunk_path(path, name, chunk)
         try:
@@ -162,14 +192,50 @@ def chunk_intact(path: str | Path, chunk: Chunk, expected: dict[str, Any]) -> bo
     return chunk_files(path, chunk, list(expected)) == expected
 
 
+def damaged_chunks(path: str | Path, records: dict[str, tuple[Chunk, Any]]) -> list[str]:
+    """Ids of the chunks whose stored files are not what their record says (``records``: id →
+    (chunk, the record's ``files``, or None when there is no record)).
+
+    A local store is re-read and re-hashed. In object storage one listing of the store (a
+    request per 1000 objects, no download) gives every chunk object's size and ETag: an object
+    that is missing, truncated or rewritten by anyone since geoseg wrote it has another size or
+    ETag (S3, GCS and Azure all give a rewritten object a new ETag), so the comparison is as
+    strict as re-hashing without reading the store back."""
+    def bad_record(files: Any) -> bool:
+        return not isinstance(files, dict)
+
+    if not is_object_url(path):
+        return [cid for cid, (chunk, files) in records.items()
+                if bad_record(files) or not chunk_intact(path, chunk, files)]
+    listing = ObjectFolder(str(path)).listing()
+    bad = []
+    for cid, (chunk, files) in records.items():
+        if bad_record(files):
+            bad.append(cid)
+            continue
+        for name, want in files.items():
+            got = listing.get(_chunk_key(name, chunk))
+            if (got is None) != (want is None) or (
+                    got is not None and (not isinstance(want, list) or len(want) != 3
+                                         or [got.size, got.e_tag] != [want[0], want[2]])):
+                bad.append(cid)
+                break
+    return bad
+
+
+def _chunk_key(name: str, chunk: Chunk) -> str:
+    """The chunk file of ``name`` in a format-2 store (``.`` separator, as written)."""
+    return f"{name}/{chunk.index[0]}.{chunk.index[1]}"
+
+
 def _chunk_path(path: str | Path, name: str, chunk: Chunk) -> Path:
-    """The chunk file of ``name`` in a local format-2 store (``.`` separator, as written)."""
-    return Path(path) / name / f"{chunk.index[0]}.{chunk.index[1]}"
+    """The chunk file of ``name`` in a local store."""
+    return Path(path) / _chunk_key(name, chunk)
 
 
 def read_layer(path: str | Path, name: str, window: Window) -> np.ndarray:
     """Read ``window`` (must lie inside the grid) of array ``name``."""
-    g = zarr.open_group(str(path), mode="r", zarr_format=2)
+    g = zarr.open_group(_zstore(path), mode="r", zarr_format=2)
     arr = g[name]
     if not isinstance(arr, zarr.Array):
         raise InputError(f"{name} is not an array in {path}")
@@ -178,11 +244,14 @@ def read_layer(path: str | Path, name: str, window: Window) -> np.ndarray:
 
 
 def mark_complete(path: str | Path, extra: dict[str, Any]) -> None:
-    g = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    g = zarr.open_group(_zstore(path), mode="r+", zarr_format=2)
     g.attrs.update({**extra, COMPLETE_ATTR: True})
-    zarr.consolidate_metadata(str(path))
+    zarr.consolidate_metadata(_zstore(path))
 
 
 def store_attrs(path: str | Path) -> dict[str, Any]:
+    if is_object_url(path):
+        data = ObjectFolder(str(path)).read(".zattrs")
+        return dict(json.loads(data)) if data is not None else {}
     meta = Path(path) / ".zattrs"
     return dict(json.loads(meta.read_text())) if meta.exists() else {}

@@ -15,7 +15,7 @@ Generates the training scenes (seeds 101, 102, 103, 2048² by default) with
 Scores come from the path a user runs, nothing else: the held-back scene (seed 7, 4096², never
 used for training) is segmented by the real job (:func:`geoseg.job.run_job` with the defaults of
 ``geoseg run``; both bundles in one job, as ``geoseg run`` runs them) and scored by
-:func:`geoseg.evaluate.evaluate_run` (``geoseg eval``) on date t0. ``<out>/<name>/metrics.json``
+:func:`geoseg.scoring.evaluate_run` (``geoseg eval``) on date t0. ``<out>/<name>/metrics.json``
 holds the bundle's part of that report and the commands that reproduce it:
 
     geoseg sample scene/ --size 4096 --seed 7
@@ -41,7 +41,7 @@ import torch
 from geoseg.bundle import ArchitectureSpec, ClassSpec, builtin_bundle, read_spec
 from geoseg.errors import BundleError
 from geoseg.models import Predictor
-from geoseg.train import BUILDING_CLASSES, TrainConfig, scene_files, train
+from geoseg.training import BUILDING_CLASSES, TrainConfig, scene_files, train
 
 logger = logging.getLogger("workflows.build_bundles")
 
@@ -60,7 +60,7 @@ ARCHITECTURE = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=4
                                 decoder_channels=(64, 32, 16, 16))
 BAND_NAMES = ("red", "green", "blue", "nir")
 # Mask R-CNN for CPUs: ResNet-18 FPN (the smallest torchvision ResNet), chips of 256 px in
-# batches of 4, AdamW at the detector's default rate (geoseg.train.loop.MASKRCNN_LR).
+# batches of 4, AdamW at the detector's default rate (geoseg.training.loop.MASKRCNN_LR).
 MASKRCNN_ARCHITECTURE = ArchitectureSpec(name="maskrcnn", encoder="resnet18")
 
 
@@ -153,11 +153,11 @@ def score(bundles: dict[str, Path], scene: Path, work: Path, *, seed: int = EVAL
     """Scores of each bundle on ``scene`` measured on the user's path: one ``geoseg run`` job
     (:func:`geoseg.job.run_job`, the CLI's defaults) over the scene's ``date`` image with all
     the bundles (one job per bundle when two share a task), then ``geoseg eval``
-    (:func:`geoseg.evaluate.evaluate_run`). Bundles that are the built-in ones run by name,
+    (:func:`geoseg.scoring.evaluate_run`). Bundles that are the built-in ones run by name,
     exactly as ``geoseg run`` runs them by default."""
     from geoseg.config import make_job_config
-    from geoseg.evaluate import evaluate_run
     from geoseg.job import run_job
+    from geoseg.scoring import evaluate_run
 
     tasks = {name: read_spec(path).task for name, path in bundles.items()}
     groups = ([list(bundles)] if len(set(tasks.values())) == len(tasks)

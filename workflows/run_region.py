@@ -82,7 +82,7 @@ def _run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         print("interrupted: finished chunks are kept; rerun with --resume to continue",
               file=sys.stderr)
         return exit_code(exc)
-    print(f"summary: {res.output / 'summary.json'}")
+    print(f"summary: {res.summary_path}")
     if res.ok:
         print(f"geoseg job complete: {res.summary['chunks']['total']} chunks "
               f"({res.summary['chunks']['computed_this_run']} computed this run)")

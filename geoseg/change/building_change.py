@@ -14,6 +14,27 @@ Matching, in A's CRS:
    ``split``);
 5. footprints of A without a candidate are ``demolished``, of B ``new``.
 
+That is the *geometric* call (column ``candidate``). Most false changes are one date's
+segmentation error, so a geometric change counts only when the footprints' confidence and the
+pixels back it (:class:`EvidenceRule`, thresholds chosen on a validation scene; the pixels are
+the change store's ``changed`` mask and each run's building-class pixels, on the change grid):
+
+6. a matched group (pair, split or merge) whose *shared* area (A's parts ∩ B's parts) the
+   land-cover change mask calls changed for at least ``break_changed`` of its pixels is not one
+   building at both dates: its A parts become demolished candidates, its B parts new ones
+   (rubble or a new building where an old one stood);
+7. a split/merge whose unions of parts have IoU >= ``iou_modified`` and area within
+   ``area_tolerance`` is a different segmentation of the same building: ``unchanged``;
+8. a ``modified`` group whose difference area (A's parts △ B's parts) the change mask calls
+   changed for less than ``min_modified_changed`` of its pixels is ``uncertain``;
+9. a ``new`` (``demolished``) footprint stays one only when its confidence is at least
+   ``min_confidence``, the other date's building pixels cover at most ``max_other_cover`` of it
+   and the change mask covers at least ``min_changed`` of it; else it is ``uncertain``.
+
+``uncertain`` is a record of its own (counted separately, never as a change). A missing piece of
+evidence (no confidence column, a run without a ``buildings`` pixel layer, unknown pixels)
+never vetoes a change.
+
 Only footprints whose representative point lies where both runs have imagery (the overlap of
 their extents) are compared; the others are counted as outside the overlap.
 
@@ -30,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,23 +61,64 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import shapely
+import zarr
+from affine import Affine
 from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.area import ground_areas_m2
+from geoseg.change.align import NODATA_CODE, AlignedCodes, GridDecision, Mode
 from geoseg.change.runs import RunInfo
 from geoseg.errors import InputError
+from geoseg.grid import Bounds, GeoBox, Window
+from geoseg.store import FILL
 
 log = logging.getLogger(__name__)
 
 LAYER = "building_changes"
-KINDS = ("unchanged", "modified", "new", "demolished")
+KINDS = ("unchanged", "modified", "new", "demolished", "uncertain")
 MIN_PAIR_IOU = 0.2
 MIN_COVER = 0.5
 TILE_PX = 2048
 MARGIN_PX = 128
 COLUMNS = ("change", "id_a", "id_b", "date_a", "date_b", "area_a_m2", "area_b_m2", "iou",
-           "match")
+           "match", "candidate", "confidence_a", "confidence_b", "other_cover", "changed_cover",
+           "shared_changed")
+FLOATS = ("area_a_m2", "area_b_m2", "iou", "confidence_a", "confidence_b", "other_cover",
+          "changed_cover", "shared_changed")
+BUILDING_PIXELS = ("building", "boundary")  # classes of a run's ``buildings`` layer that
+# make up footprints (geoseg.vectorize.footprints)
+
+
+@dataclass(frozen=True)
+class EvidenceRule:
+    """When a geometric change counts (module docstring, steps 6-9). The defaults here change
+    nothing: geometry alone decides, as before evidence was used."""
+
+    min_confidence: float = 0.0  # new / demolished footprint confidence
+    max_other_cover: float = 1.0  # ... at most this covered by the other date's buildings
+    min_changed: float = 0.0  # ... at least this covered by changed pixels
+    break_changed: float = math.inf  # a group whose shared area changed this much is broken
+    min_modified_changed: float = 0.0  # a modified group's difference area changed this much
+
+    def check(self) -> None:
+        for name in ("min_confidence", "max_other_cover", "min_changed",
+                     "min_modified_changed"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {v}")
+        if not self.break_changed > 0.0:
+            raise InputError(f"break_changed must be > 0 (above 1: never), "
+                             f"got {self.break_changed}")
+
+    def describe(self) -> dict[str, float | None]:
+        return {"min_confidence": self.min_confidence, "max_other_cover": self.max_other_cover,
+                "min_changed": self.min_changed,
+                "break_changed": None if self.break_changed > 1 else self.break_changed,
+                "min_modified_changed": self.min_modified_changed}
+
+
+GEOMETRY_ONLY = EvidenceRule()
 
 
 @dataclass(frozen=True)
@@ -98,6 +161,8 @@ def load_buildings(path: Path, label: str, crs: CRS, own: CRS,
         else:
             query = bbox
     df = pyogrio.read_dataframe(path, layer="buildings", bbox=query, fid_as_index=True)
+    conf = (pd.to_numeric(df["confidence"], errors="coerce").to_numpy(np.float64)
+            if "confidence" in df.columns else np.full(len(df), np.nan))
     if df.crs is None:
         raise InputError(f"run {label}'s {path} has no CRS: rerun `geoseg run`")
     if "id" not in df.columns:  # another producer's layer: its feature ids
@@ -109,7 +174,7 @@ def load_buildings(path: Path, label: str, crs: CRS, own: CRS,
         bad = ~shapely.is_valid(geoms)
         geoms[bad] = shapely.make_valid(geoms[bad])
     # ids as text: geoseg's footprint ids are "b{row}_{col}", other producers use numbers
-    return gpd.GeoDataFrame({"id": df["id"].astype(str).to_numpy()},
+    return gpd.GeoDataFrame({"id": df["id"].astype(str).to_numpy(), "confidence": conf},
                             geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
 
 
@@ -179,57 +244,287 @@ def _id_key(value: str | None) -> tuple[int, int, str]:
                            for x in value.lstrip("b").split("_")))
 
 
+class Evidence:
+    """Pixel evidence for footprints: the fraction of each geometry's pixels that a layer
+    calls "on" (``changed``: the land-cover change mask says changed; ``buildings_a`` /
+    ``buildings_b``: that date's building-class pixels), NaN where none of its pixels is
+    known. This base class knows nothing (all NaN)."""
+
+    def cover(self, geoms: np.ndarray, layer: str) -> np.ndarray:
+        return np.full(len(geoms), np.nan)
+
+
+NO_EVIDENCE = Evidence()
+
+
+def _polygonal(g: BaseGeometry | None) -> BaseGeometry | None:
+    """The polygons of ``g`` (an intersection may add lines and points), None if none."""
+    if g is None or g.is_empty:
+        return None
+    if shapely.get_type_id(g) in (3, 6):
+        return g
+    parts = [p for p in shapely.get_parts(g) if shapely.get_type_id(p) in (3, 6)]
+    return shapely.union_all(parts) if parts else None
+
+
+def _passes(value: float, ok: bool) -> bool:
+    """A criterion on a value that may be unknown (NaN): unknown never vetoes."""
+    return bool(ok) or value != value
+
+
 def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified: float,
              area_tolerance: float, date_a: str, date_b: str,
-             candidates: Pairs | None = None) -> gpd.GeoDataFrame:
-    """The change features of footprints ``a`` and ``b`` (both in ``crs``); ``candidates``
-    as for :func:`match`."""
+             candidates: Pairs | None = None, rule: EvidenceRule = GEOMETRY_ONLY,
+             evidence: Evidence = NO_EVIDENCE) -> gpd.GeoDataFrame:
+    """The change features of footprints ``a`` and ``b`` (both in ``crs``, with an optional
+    ``confidence`` column); ``candidates`` as for :func:`match`; ``rule`` and ``evidence``
+    decide which geometric changes count (module docstring)."""
     ga = np.asarray(a.geometry.values, dtype=object)
     gb = np.asarray(b.geometry.values, dtype=object)
+    na, nb = len(ga), len(gb)
     area_a, area_b = ground_areas_m2(ga, crs), ground_areas_m2(gb, crs)
     ids_a, ids_b = a["id"].to_numpy(), b["id"].to_numpy()
+    conf_a, conf_b = (np.asarray(f["confidence"], np.float64) if "confidence" in f.columns
+                      else np.full(len(f), np.nan) for f in (a, b))
+    if candidates is None:
+        candidates = _candidates(ga, gb)
     a2b, leftover = match(ga, gb, candidates)
     related_a = {j for j, _, r in leftover.values() if r == "split"}
     related_b = {j for j, _, r in leftover.values() if r == "merged"}
+    group = _groups(na, nb, candidates) if candidates else np.arange(na + nb)
+
+    # the geometric call: (change, i, j, iou, match)
+    geo: list[tuple[str, int | None, int | None, float | None, str]] = []
+    for i, (j, v) in a2b.items():
+        grown = abs(area_b[j] - area_a[i]) / area_a[i] if area_a[i] > 0 else np.inf
+        many = i in related_a or j in related_b
+        same = v >= iou_modified and grown <= area_tolerance and not many
+        how = "merged" if j in related_b else "split" if i in related_a else "one_to_one"
+        geo.append(("unchanged" if same else "modified", i, j, v, how))
+    for key, (partner, v, how) in leftover.items():
+        geo.append(("modified", key - 1, partner, v, how) if key > 0
+                   else ("modified", partner, -key - 1, v, how))
+    matched_a = set(a2b) | {k - 1 for k in leftover if k > 0}
+    matched_b = {j for j, _ in a2b.values()} | {-k - 1 for k in leftover if k < 0}
+    geo += [("demolished", i, None, None, "") for i in range(na) if i not in matched_a]
+    geo += [("new", None, j, None, "") for j in range(nb) if j not in matched_b]
+
+    # evidence of the paired groups: shared area, difference area, unions' IoU and areas
+    paired = sorted({int(group[i]) for _, i, j, _, _ in geo if i is not None and j is not None})
+    members: dict[int, tuple[list[int], list[int]]] = {g: ([], []) for g in paired}
+    for i in range(na):
+        if int(group[i]) in members:
+            members[int(group[i])][0].append(i)
+    for j in range(nb):
+        if int(group[na + j]) in members:
+            members[int(group[na + j])][1].append(j)
+    shared_geo, diff_geo = [], []
+    union_iou: dict[int, float] = {}
+    for g in paired:
+        ua = shapely.union_all(ga[members[g][0]])
+        ub = shapely.union_all(gb[members[g][1]])
+        inter, union = shapely.intersection(ua, ub), shapely.union(ua, ub)
+        union_iou[g] = inter.area / union.area if union.area > 0 else 0.0
+        shared_geo.append(_polygonal(inter))
+        diff_geo.append(_polygonal(shapely.symmetric_difference(ua, ub)))
+    shared_changed = dict(zip(paired, evidence.cover(np.array(shared_geo, dtype=object),
+                                                     "changed"), strict=True))
+    diff_changed = dict(zip(paired, evidence.cover(np.array(diff_geo, dtype=object),
+                                                   "changed"), strict=True))
+    broken = {g for g in paired if shared_changed[g] >= rule.break_changed}
+
+    # the decision
     recs: list[dict[str, Any]] = []
 
-    def rec(kind: str, i: int | None, j: int | None, iou: float | None, how: str) -> None:
+    def rec(kind: str, i: int | None, j: int | None, iou: float | None, how: str,
+            candidate: str, other: float = np.nan, changed: float = np.nan,
+            shared: float = np.nan) -> None:
         recs.append({"change": kind, "id_a": None if i is None else str(ids_a[i]),
                      "id_b": None if j is None else str(ids_b[j]), "date_a": date_a,
                      "date_b": date_b,
                      "area_a_m2": None if i is None else round(float(area_a[i]), 3),
                      "area_b_m2": None if j is None else round(float(area_b[j]), 3),
                      "iou": None if iou is None else round(iou, 6), "match": how,
+                     "candidate": candidate,
+                     "confidence_a": None if i is None else _round(conf_a[i]),
+                     "confidence_b": None if j is None else _round(conf_b[j]),
+                     "other_cover": _round(other), "changed_cover": _round(changed),
+                     "shared_changed": _round(shared),
                      "geometry": ga[i] if j is None else gb[j]})
 
-    for i, (j, v) in a2b.items():
-        grown = abs(area_b[j] - area_a[i]) / area_a[i] if area_a[i] > 0 else np.inf
-        many = i in related_a or j in related_b
-        same = v >= iou_modified and grown <= area_tolerance and not many
-        how = "merged" if j in related_b else "split" if i in related_a else "one_to_one"
-        rec("unchanged" if same else "modified", i, j, v, how)
-    for key, (partner, v, how) in leftover.items():
-        if key > 0:
-            rec("modified", key - 1, partner, v, how)
-        else:
-            rec("modified", partner, -key - 1, v, how)
-    matched_a = set(a2b) | {k - 1 for k in leftover if k > 0}
-    matched_b = {j for j, _ in a2b.values()} | {-k - 1 for k in leftover if k < 0}
-    for i in range(len(ga)):
-        if i not in matched_a:
-            rec("demolished", i, None, None, "")
-    for j in range(len(gb)):
-        if j not in matched_b:
-            rec("new", None, j, None, "")
+    singles: list[tuple[str, int, str, float]] = []  # (side, index, candidate, shared)
+    for kind, i, j, v, how in geo:
+        if i is None or j is None:
+            singles.append(("a", i, kind, np.nan) if j is None else ("b", j, kind, np.nan))
+            continue
+        g = int(group[i])
+        if g in broken:
+            continue
+        cand = kind
+        many = len(members[g][0]) > 1 or len(members[g][1]) > 1
+        if kind == "modified" and many and union_iou[g] >= iou_modified:
+            sa, sb = (float(sum(area_a[members[g][0]])), float(sum(area_b[members[g][1]])))
+            if sa > 0 and abs(sb - sa) / sa <= area_tolerance:
+                kind = "unchanged"  # another segmentation of the same building
+        final = kind
+        if kind == "modified" and not _passes(
+                diff_changed[g], diff_changed[g] >= rule.min_modified_changed):
+            final = "uncertain"
+        rec(final, i, j, v, how, cand, changed=diff_changed[g], shared=shared_changed[g])
+    for g in sorted(broken):  # not one building: each part is judged on its own
+        was = "modified" if any(k == "modified" and i is not None and int(group[i]) == g
+                                for k, i, _, _, _ in geo) else "unchanged"
+        singles += [("a", i, was, shared_changed[g]) for i in members[g][0]]
+        singles += [("b", j, was, shared_changed[g]) for j in members[g][1]]
+    if singles:
+        geoms = np.array([ga[k] if side == "a" else gb[k] for side, k, _, _ in singles],
+                         dtype=object)
+        other_layer = ["buildings_b" if side == "a" else "buildings_a"
+                       for side, _, _, _ in singles]
+        other = np.full(len(singles), np.nan)
+        for layer in ("buildings_a", "buildings_b"):
+            sel = np.array([x == layer for x in other_layer])
+            if sel.any():
+                other[sel] = evidence.cover(geoms[sel], layer)
+        changed = evidence.cover(geoms, "changed")
+        for (side, k, was, shared), o, c in zip(singles, other, changed, strict=True):
+            conf = conf_a[k] if side == "a" else conf_b[k]
+            kind = "demolished" if side == "a" else "new"
+            ok = (_passes(conf, conf >= rule.min_confidence)
+                  and _passes(o, o <= rule.max_other_cover)
+                  and _passes(c, c >= rule.min_changed))
+            i_, j_ = (k, None) if side == "a" else (None, k)
+            rec(kind if ok else "uncertain", i_, j_, None, "",
+                kind if was in ("new", "demolished") else was, o, c, shared)
     order = {k: n for n, k in enumerate(KINDS)}
     recs.sort(key=lambda r: (order[r["change"]], _id_key(r["id_a"]), _id_key(r["id_b"])))
     frame = pd.DataFrame(recs, columns=[*COLUMNS, "geometry"])
     for col in ("id_a", "id_b"):
         frame[col] = frame[col].astype("string")
-    for col in ("area_a_m2", "area_b_m2", "iou"):
+    for col in FLOATS:
         frame[col] = frame[col].astype("float64")
     return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(list(frame["geometry"]), crs=crs),
                             crs=crs)
+
+
+def _round(v: float) -> float | None:
+    return None if v != v else round(float(v), 6)
+
+
+class _BuildingCodes(AlignedCodes):
+    """A run's ``buildings`` class ids on another grid, as :class:`AlignedCodes` codes
+    (class << 8; confidence not read)."""
+
+    _layer: Any = None
+
+    def _read(self, win: Window) -> np.ndarray:
+        if self._layer is None:
+            self._layer = zarr.open_group(str(self.run.store), mode="r",
+                                          zarr_format=2)["buildings"]
+        rs, cs = win.slices()
+        cls = np.asarray(self._layer[rs, cs])
+        return np.where(cls == FILL, NODATA_CODE, cls.astype(np.uint16) << 8).astype(np.uint16)
+
+
+def _building_ids(run: RunInfo) -> tuple[int, ...] | None:
+    """Class ids of the run's ``buildings`` pixel layer that make up footprints; None when
+    the run has no such layer."""
+    import json
+
+    layer = run.store / "buildings"
+    if not (layer / ".zarray").exists():
+        return None
+    try:
+        attrs = json.loads((layer / ".zattrs").read_text())
+    except (OSError, ValueError):
+        attrs = {}
+    values, meanings = attrs.get("flag_values"), str(attrs.get("flag_meanings", "")).split()
+    if isinstance(values, list) and len(values) == len(meanings):
+        ids = tuple(int(v) for v, m in zip(values, meanings, strict=True)
+                    if m in BUILDING_PIXELS)
+        if ids:
+            return ids
+    return (1,)
+
+
+class PixelEvidence(Evidence):
+    """The change store's ``changed`` mask and both runs' building-class pixels on the change
+    grid, read for one window at a time (:meth:`window`)."""
+
+    def __init__(self, store: Path, a: RunInfo, b: RunInfo, decision: GridDecision) -> None:
+        self.grid: GeoBox = decision.grid
+        self.crs = a.grid.crs  # footprints are compared in A's CRS
+        self._changed = zarr.open_group(str(store), mode="r", zarr_format=2)["changed"]
+        self._buildings: dict[str, tuple[_BuildingCodes, tuple[int, ...]]] = {}
+        for label, run in (("a", a), ("b", b)):
+            ids = _building_ids(run)
+            if ids is not None:
+                mode: Mode = "window" if label == decision.target else decision.mode
+                self._buildings[f"buildings_{label}"] = (
+                    _BuildingCodes(run, self.grid, mode), ids)
+        self._to_grid = (None if self.grid.crs == self.crs else
+                         Transformer.from_crs(self.crs, self.grid.crs, always_xy=True))
+
+    def window(self, geoms: Iterable[BaseGeometry]) -> Evidence:
+        """The evidence for footprints ``geoms`` (in A's CRS): the pixels under their
+        bounds."""
+        arr = np.asarray(list(geoms), dtype=object)
+        if not arr.size:
+            return NO_EVIDENCE
+        x0, y0, x1, y1 = shapely.total_bounds(arr)
+        if not (x1 > x0 and y1 > y0):
+            return NO_EVIDENCE
+        win = self.grid.window_of(Bounds(x0, y0, x1, y1, self.crs)).pad(1).intersect(
+            self.grid.window)
+        if win.size == 0:
+            return NO_EVIDENCE
+        rs, cs = win.slices()
+        layers = {"changed": (np.asarray(self._changed[rs, cs]), (1,))}
+        for name, (codes, ids) in self._buildings.items():
+            layers[name] = ((codes.window(win) >> 8).astype(np.uint8), ids)
+        return _WindowEvidence(self.grid[win].transform, layers, self._to_grid)
+
+
+class _WindowEvidence(Evidence):
+    def __init__(self, transform: Affine, layers: dict[str, tuple[np.ndarray,
+                                                                 tuple[int, ...]]],
+                 to_grid: Transformer | None) -> None:
+        self.transform, self.layers, self.to_grid = transform, layers, to_grid
+
+    def cover(self, geoms: np.ndarray, layer: str) -> np.ndarray:
+        from rasterio.features import geometry_mask
+
+        out = np.full(len(geoms), np.nan)
+        if layer not in self.layers or not len(geoms):
+            return out
+        arr, on = self.layers[layer]
+        if self.to_grid is not None:
+            t = self.to_grid
+            geoms = np.array([None if g is None else shapely.transform(
+                g, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+                for g in geoms], dtype=object)
+        inv = ~self.transform
+        h, w = arr.shape
+        for k, g in enumerate(geoms):
+            if g is None or g.is_empty:
+                continue
+            gx0, gy0, gx1, gy1 = g.bounds
+            c0, r0 = inv * (gx0, gy1)
+            c1, r1 = inv * (gx1, gy0)
+            r0, r1 = max(0, math.floor(min(r0, r1))), min(h, math.ceil(max(r0, r1)))
+            c0, c1 = max(0, math.floor(min(c0, c1))), min(w, math.ceil(max(c0, c1)))
+            if r1 <= r0 or c1 <= c0:
+                continue
+            sub = arr[r0:r1, c0:c1]
+            at = self.transform * Affine.translation(c0, r0)
+            inside = geometry_mask([g], sub.shape, at, invert=True)
+            if not inside.any():  # thinner than a pixel: the pixels it touches
+                inside = geometry_mask([g], sub.shape, at, invert=True, all_touched=True)
+            v = sub[inside]
+            v = v[v != FILL]
+            if v.size:
+                out[k] = np.isin(v, on).sum() / v.size
+        return out
 
 
 def _groups(na: int, nb: int, pairs: Pairs) -> np.ndarray:
@@ -318,9 +613,13 @@ class _Tiles:
 
 def compare_buildings(a: RunInfo, b: RunInfo, path: Path, *, iou_modified: float,
                       area_tolerance: float, tile_px: int = TILE_PX,
-                      margin_px: int = MARGIN_PX) -> BuildingChanges | None:
+                      margin_px: int = MARGIN_PX, rule: EvidenceRule = GEOMETRY_ONLY,
+                      evidence: PixelEvidence | None = None) -> BuildingChanges | None:
     """Building changes of two runs inside their overlap, written to the ``building_changes``
-    layer of the GeoPackage ``path`` tile by tile; None when a run has no footprints."""
+    layer of the GeoPackage ``path`` tile by tile; None when a run has no footprints.
+    ``rule`` says which geometric changes the footprints' confidence and the ``evidence``
+    pixels must back (without ``evidence``, only the confidence)."""
+    rule.check()
     crs = a.grid.crs
     pa, pb = building_layer(a), building_layer(b)
     if pa is None or pb is None:
@@ -348,16 +647,18 @@ def compare_buildings(a: RunInfo, b: RunInfo, path: Path, *, iou_modified: float
             fa, fb, pairs, na, nb = tiles.owned(row, col, margin_px * res)
             inside["a"] += na
             inside["b"] += nb
+            ev = (NO_EVIDENCE if evidence is None else
+                  evidence.window([*fa.geometry.values, *fb.geometry.values]))
             frame = classify(fa, fb, crs, iou_modified=iou_modified,
                              area_tolerance=area_tolerance, date_a=a.date, date_b=b.date,
-                             candidates=pairs)
+                             candidates=pairs, rule=rule, evidence=ev)
             for k, v in frame["change"].value_counts().items():
                 counts[str(k)] += int(v)
             if len(frame):
                 _append(frame, path, multi, append=written)
                 written = True
     if not written:  # the layer exists (empty) whatever was found
-        none = gpd.GeoDataFrame({"id": []}, geometry=[], crs=crs)
+        none = gpd.GeoDataFrame({"id": [], "confidence": []}, geometry=[], crs=crs)
         _append(classify(none, none, crs, iou_modified=iou_modified,
                          area_tolerance=area_tolerance, date_a=a.date, date_b=b.date),
                 path, multi, append=False)

@@ -20,8 +20,8 @@ from rasterio.windows import Window as RioWindow
 from geoseg.change.compare import GPKG, PR_PNG, STORE, ChangeResult
 from geoseg.change.raster import UNCERTAIN
 from geoseg.errors import InputError
-from geoseg.evaluate import truth_window
 from geoseg.metrics import ObjectScores, score_polygons
+from geoseg.scoring import truth_window
 from geoseg.store import FILL, store_grid
 
 TRUTH_KIND = {"new": "new", "demolished": "demolished", "extended": "modified",

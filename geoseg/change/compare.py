@@ -16,8 +16,21 @@ import xarray as xr
 
 from geoseg import __version__
 from geoseg.change.align import GridDecision, aligned_inputs, decide_grid, quiet_warp
-from geoseg.change.building_change import check_params, compare_buildings
-from geoseg.change.defaults import MIN_CHANGE_CONFIDENCE, MIN_CHANGE_WIDTH
+from geoseg.change.building_change import (
+    EvidenceRule,
+    PixelEvidence,
+    check_params,
+    compare_buildings,
+)
+from geoseg.change.defaults import (
+    BUILDING_BREAK_CHANGED,
+    BUILDING_MAX_OTHER_COVER,
+    BUILDING_MIN_CHANGED,
+    BUILDING_MIN_CONFIDENCE,
+    MIN_CHANGE_CONFIDENCE,
+    MIN_CHANGE_WIDTH,
+    MODIFIED_MIN_CHANGED,
+)
 from geoseg.change.quicklook import render
 from geoseg.change.raster import (
     Transitions,
@@ -100,7 +113,12 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
                  area_tolerance: float = 0.1, overwrite: bool = False,
                  executor: Literal["auto", "threads", "ray"] = "auto",
                  min_change_width: int = MIN_CHANGE_WIDTH,
-                 min_change_confidence: float = MIN_CHANGE_CONFIDENCE) -> ChangeResult:
+                 min_change_confidence: float = MIN_CHANGE_CONFIDENCE,
+                 building_min_confidence: float = BUILDING_MIN_CONFIDENCE,
+                 building_max_other_cover: float = BUILDING_MAX_OTHER_COVER,
+                 building_min_changed: float = BUILDING_MIN_CHANGED,
+                 building_break_changed: float = BUILDING_BREAK_CHANGED,
+                 modified_min_changed: float = MODIFIED_MIN_CHANGED) -> ChangeResult:
     """Land-cover and building change from run A (before) to run B (after).
 
     Both runs are compared on A's grid (``grid="a"``) or B's; the other run is aligned to it
@@ -111,6 +129,14 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     The land-cover pass runs as Ray tasks with ``executor="ray"`` or, with ``"auto"``, when
     this process is connected to Ray (as ``geoseg change`` is after running both dates, or with
     ``--address``); else in threads here.
+
+    A geometric building change counts only when evidence backs it, else it is ``uncertain``
+    (:mod:`geoseg.change.building_change`): a new/demolished footprint needs confidence >=
+    ``building_min_confidence``, the other date's building pixels covering at most
+    ``building_max_other_cover`` of it and changed pixels covering at least
+    ``building_min_changed``; a matched pair whose shared area changed for at least
+    ``building_break_changed`` of its pixels is demolished + new (above 1: never); a modified
+    building needs changed pixels on at least ``modified_min_changed`` of its difference area.
     """
     t_start = time.perf_counter()
     run_a, run_b, out = Path(run_a), Path(run_b), Path(out)
@@ -119,6 +145,9 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     threshold = confidence_threshold(min_confidence)
     change_threshold = confidence_threshold(min_change_confidence)
     check_params(iou_modified, area_tolerance)
+    rule = EvidenceRule(building_min_confidence, building_max_other_cover, building_min_changed,
+                        building_break_changed, modified_min_changed)
+    rule.check()
     check_min_width(min_change_width)
     if executor not in ("auto", "threads", "ray"):
         raise InputError(f"executor must be auto, threads or ray, got {executor!r}")
@@ -146,7 +175,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
 
     t0 = time.perf_counter()
     bchanges = compare_buildings(a, b, out / GPKG, iou_modified=iou_modified,
-                                 area_tolerance=area_tolerance)
+                                 area_tolerance=area_tolerance, rule=rule,
+                                 evidence=PixelEvidence(store, a, b, decision))
     outputs: dict[str, Path] = {"change_store": store, "transitions": out / CSV}
     if bchanges is not None:
         outputs["building_changes"] = bchanges.path
@@ -165,6 +195,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     outputs["summary"] = out / SUMMARY
     summary = _summary(a, b, decision, min_confidence, iou_modified, area_tolerance,
                        transitions, bchanges, outputs, timings)
+    if summary["buildings"] is not None:
+        summary["buildings"]["evidence"] = rule.describe()
     summary["min_change_width_px"] = min_change_width
     summary["min_change_confidence"] = min_change_confidence
     summary["executor"] = "ray" if use_ray else "threads"

@@ -5,3 +5,12 @@ MIN_CHANGE_WIDTH = 3  # px: drops a class boundary drawn 1-2 px apart on the two
 # the lowest min confidence whose changed-pixel precision reaches 0.8 there: 155/255, precision
 # 0.736 -> 0.804 at recall 0.854 -> 0.823 on that scene (README, DESIGN)
 MIN_CHANGE_CONFIDENCE = 0.605
+
+# building change (issue 17): a geometric change counts only when the footprints' confidence
+# and the pixels back it (geoseg.change.building_change.EvidenceRule); chosen on the validation
+# scene (seed 7), never on the test (demo) scene
+BUILDING_MIN_CONFIDENCE = 0.0  # new / demolished footprint confidence
+BUILDING_MAX_OTHER_COVER = 1.0  # ... at most this covered by the other date's building pixels
+BUILDING_MIN_CHANGED = 0.0  # ... at least this covered by changed pixels
+BUILDING_BREAK_CHANGED = 2.0  # a matched group whose shared area changed this much is broken
+MODIFIED_MIN_CHANGED = 0.0  # a modified group's difference area changed at least this much

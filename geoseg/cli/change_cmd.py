@@ -41,8 +41,9 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path]:
     from geoseg.cli.run_cmds import cmd_run, run_parser
     from geoseg.errors import InputError, OutputExistsError
     from geoseg.manifest import has_results
+    from geoseg.runfolder import local_run
 
-    a_path, b_path = Path(a.run_a), Path(a.run_b)
+    a_path, b_path = local_run(a.run_a), local_run(a.run_b)  # runs in object storage: fetched
     if not (a_path.is_file() or b_path.is_file()):
         return a_path, b_path
     if not (a_path.is_file() and b_path.is_file()):

@@ -12,8 +12,8 @@ from geoseg.cli.progress import ProgressLine, fmt_duration
 from geoseg.errors import ConfigError
 
 if TYPE_CHECKING:
-    from geoseg.train.data import SceneFiles
-    from geoseg.train.losses import LossConfig
+    from geoseg.training.data import SceneFiles
+    from geoseg.training.losses import LossConfig
 
 
 _COLOURS = ("#000000", "#31a354", "#3182bd", "#d7301f", "#636363", "#c8b48c", "#fdae61",
@@ -38,13 +38,13 @@ def _classes(task: str, names: list[str] | None = None) -> tuple[object, ...]:
     if task == "landcover":
         from geoseg.sample import CLASSES
     else:
-        from geoseg.train import BUILDING_CLASSES as CLASSES  # type: ignore[assignment]
+        from geoseg.training import BUILDING_CLASSES as CLASSES  # type: ignore[assignment]
     return tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in CLASSES)
 
 
 def _scene_files(a: argparse.Namespace, image: str, labels: str) -> SceneFiles:
     """One training scene from the CLI: image + label raster or vector file."""
-    from geoseg.train import SceneFiles
+    from geoseg.training import SceneFiles
 
     return SceneFiles(Path(image), Path(labels), label_field=a.class_field,
                       background=a.background)
@@ -98,7 +98,7 @@ def _percentiles(text: str) -> tuple[float, float]:
 def cmd_train(a: argparse.Namespace) -> int:
     """Train a bundle (semantic, or Mask R-CNN for buildings) on generated scenes or on
     image + labels (raster or vector)."""
-    from geoseg.train import TrainConfig, scene_files, train
+    from geoseg.training import TrainConfig, scene_files, train
 
     scenes: list[SceneFiles] = []
     for d in a.scene or []:
@@ -158,7 +158,7 @@ def _architecture(a: argparse.Namespace) -> dict[str, Any]:
 
 def _loss(a: argparse.Namespace) -> LossConfig:
     """``LossConfig`` from ``--loss`` and ``--boundary-weight``."""
-    from geoseg.train.losses import LossConfig, parse_loss
+    from geoseg.training.losses import LossConfig, parse_loss
 
     if not a.loss:
         return LossConfig(boundary_weight=a.boundary_weight)
@@ -194,13 +194,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
     (and in ``--json``), a confusion-matrix PNG per class layer."""
     import sys
 
-    from geoseg.evaluate import evaluate_outputs
+    from geoseg.runfolder import local_run
+    from geoseg.scoring import evaluate_outputs
 
     png = a.confusion_png
     if png is None and a.json:  # beside the report: one figure per report
         png = f"{Path(a.json).with_suffix('')}_confusion_{{layer}}.png"
     report = evaluate_outputs(
-        run=a.run, scene=a.scene, date=a.date, store=a.store, layer=a.layer, truth=a.truth,
+        run=local_run(a.run) if a.run else None, scene=a.scene, date=a.date, store=a.store,
+        layer=a.layer, truth=a.truth,
         num_classes=a.num_classes, footprints=a.footprints, footprints_layer=a.footprints_layer,
         truth_footprints=a.truth_footprints, truth_layer=a.truth_layer,
         truth_instances=a.truth_instances, iou=a.iou, boundary_tol=a.boundary_tol,

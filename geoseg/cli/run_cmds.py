@@ -118,7 +118,7 @@ def _print_summary(res: Any) -> None:
         con.print(f"  {name}: {n} features")
     for k, v in s["outputs"].items():
         con.print(f"  {k:<16} {v}")
-    con.print(f"  {'summary':<16} {RunLayout(res.output).summary}")
+    con.print(f"  {'summary':<16} {res.summary_path}")
     for f in s["chunks"]["failed"]:
         con.print(f"  [red]failed chunk {f['chunk_id']} window {f['window']}: {f['error']}[/red]")
     if not res.ok:
@@ -172,7 +172,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         warnings.filterwarnings("ignore", message=".*declares no nodata value.*")
         rc = cmd_run(ns)
     if rc == 0 and not a.no_eval:
-        from geoseg.evaluate import evaluate_run
+        from geoseg.scoring import evaluate_run
 
         report = evaluate_run(root / "run", scene, date="t0")
         RunLayout(root / "run").evaluation.write_text(json.dumps(report, indent=2))

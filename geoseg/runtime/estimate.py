@@ -7,7 +7,6 @@ calibration on this host (the job's models on one full chunk of the job's image:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.config import JobConfig
-from geoseg.errors import ResumeError
+from geoseg.errors import ResumeError, StorageError
 from geoseg.grid import Chunk
-from geoseg.layout import RunLayout
+from geoseg.layout import SUMMARY, RunLayout
 from geoseg.plan import Plan, make_plan
 
 log = logging.getLogger(__name__)
@@ -72,16 +71,19 @@ def estimate(cfg: JobConfig, *, calibrate: bool = True, threads: int | None = No
 
 def _todo(cfg: JobConfig, plan: Plan) -> list[Chunk]:
     """Chunks still to compute: all, less those a resumable run in the output finished."""
-    from geoseg.manifest import load
+    from geoseg.manifest import load, load_objects
+    from geoseg.objstore import ObjectFolder, is_object_url
 
-    out = Path(cfg.output)
-    if not RunLayout(out).manifest.is_file():
-        return list(plan.chunks)
     key = cfg.result_key([m.digest for m in plan.models])
     try:
-        done = load(out, expect_key=key).done
-    except ResumeError:
-        return list(plan.chunks)  # a different job's outputs: --resume would be refused anyway
+        if is_object_url(cfg.output):  # a run in object storage: its chunk records
+            done = load_objects(ObjectFolder(cfg.output), expect_key=key).done
+        elif RunLayout(Path(cfg.output)).manifest.is_file():
+            done = load(Path(cfg.output), expect_key=key).done
+        else:
+            return list(plan.chunks)
+    except (ResumeError, StorageError):  # no run there, or a different job's (--resume would
+        return list(plan.chunks)          # refuse it); a bucket that cannot be read: all
     return [c for c in plan.chunks if c.id not in done]
 
 
@@ -99,10 +101,10 @@ def _area_km2(plan: Plan) -> float:
 
 
 def _rate_from_summary(cfg: JobConfig, plan: Plan) -> Rate | None:
-    path = RunLayout(Path(cfg.output)).summary
-    try:
-        s = json.loads(path.read_text())
-    except (OSError, ValueError):
+    from geoseg.runfolder import read_json
+
+    s = read_json(cfg.output, SUMMARY)
+    if s is None:
         return None
     px_s = (s.get("throughput") or {}).get("px_per_s_chunks")
     tiling = s.get("tiling") or {}

@@ -31,7 +31,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg.errors import InputError
 from geoseg.grid import GeoBox, Window
-from geoseg.io import RasterInfo
+from geoseg.io import ImageInfo, RasterInfo
 from geoseg.sources.remote import is_remote
 
 MosaicRule = Literal["first", "latest", "least-nodata"]
@@ -74,17 +74,9 @@ class SourceRef:
 
 
 @dataclass(frozen=True)
-class Mosaic:
-    """Many images on one output grid; quacks like :class:`~geoseg.io.RasterInfo`."""
+class Mosaic(ImageInfo):
+    """Many images on one output grid (``geobox``; ``path`` is a short description)."""
 
-    path: str  # a short description (for messages and the manifest), not a file
-    geobox: GeoBox  # the output grid
-    count: int
-    dtype: str
-    nodata: float | None
-    has_dataset_mask: bool
-    band_names: tuple[str | None, ...]
-    acquisition_date: str | None
     items: tuple[MosaicItem, ...]
     rule: MosaicRule = "first"
     order: tuple[int, ...] = ()  # item positions, highest priority first (the rule applied)

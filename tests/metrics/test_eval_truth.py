@@ -17,9 +17,9 @@ from PIL import Image
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from geoseg.cli import main
-from geoseg.evaluate import evaluate_class_map
 from geoseg.layout import RunLayout
 from geoseg.metrics import confusion_matrix
+from geoseg.scoring import evaluate_class_map
 from tests.change.conftest import ORIGIN, SHAPE, T_A, make_run, pattern
 from tests.conftest import write_raster
 

@@ -14,8 +14,8 @@ from shapely.geometry.base import BaseGeometry
 
 from geoseg.cli import main
 from geoseg.errors import GeoSegError
-from geoseg.evaluate import evaluate_instances, evaluate_run
 from geoseg.metrics import BoundaryScores, boundary_counts
+from geoseg.scoring import evaluate_instances, evaluate_run
 from tests.change.conftest import SHAPE, T_A, UTM, box_px, make_run, pattern
 from tests.conftest import write_raster
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from geoseg.train.augment import AugmentConfig, augment, zoom
-from geoseg.train.loop import TrainConfig
-from geoseg.train.targets import IGNORE
+from geoseg.training.augment import AugmentConfig, augment, zoom
+from geoseg.training.loop import TrainConfig
+from geoseg.training.targets import IGNORE
 from tests.train.conftest import CLASSES
 
 GEOMETRY = AugmentConfig(contrast=None, brightness=0.0, blur=0.0, noise=0.0)   # joint ops only

@@ -18,7 +18,7 @@ from geoseg.bundle import BundleSpec, Normalization, read_spec
 from geoseg.cli import main
 from geoseg.cli.app import build_parser
 from geoseg.models import Predictor
-from geoseg.train.bands import resolve_layout, training_normalization
+from geoseg.training.bands import resolve_layout, training_normalization
 from tests.conftest import write_raster
 
 SIZE = 128

@@ -13,7 +13,7 @@ import pytest
 from geoseg.bundle import ClassSpec
 from geoseg.cli import main
 from geoseg.sample import generate_scene
-from geoseg.train import BUILDING_CLASSES, TrainConfig, scene_files, train
+from geoseg.training import BUILDING_CLASSES, TrainConfig, scene_files, train
 from tests.train.test_train import TINY
 from workflows.build_bundles import score, write_metrics
 

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from geoseg.bundle import ClassSpec, Normalization
 from geoseg.cli import main
 from geoseg.errors import ConfigError
-from geoseg.train import TrainConfig, scene_files, train
-from geoseg.train.checkpoint import checkpoint_path
-from geoseg.train.loop import ProgressFn
+from geoseg.training import TrainConfig, scene_files, train
+from geoseg.training.checkpoint import checkpoint_path
+from geoseg.training.loop import ProgressFn
 from tests.train.test_train import TINY
 
 
@@ -109,7 +109,7 @@ def test_cli_train_flags_and_progress(tiny_scene: Path, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """The CLI builds the config from the new flags and shows progress (training faked)."""
-    import geoseg.train
+    import geoseg.training
 
     calls: list[tuple[TrainConfig, bool]] = []
 
@@ -123,7 +123,7 @@ def test_cli_train_flags_and_progress(tiny_scene: Path, tmp_path: Path,
         return SimpleNamespace(bundle_dir=out, seconds=0.2, spec=SimpleNamespace(
             training=training, bands=(1, 2, 3, 4), band_names=None, normalization=norm))
 
-    monkeypatch.setattr(geoseg.train, "train", fake_train)
+    monkeypatch.setattr(geoseg.training, "train", fake_train)
     pair = f"{tiny_scene / 'image_t0.tif'}:{tiny_scene / 'landcover_t0.tif'}"
     args = ["train", "--task", "landcover", "--pair", pair, "-o", str(tmp_path / "o"),
             "--steps", "2", "--loss", "ce:1,focal:0.5", "--boundary-weight", "2",

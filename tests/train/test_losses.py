@@ -11,7 +11,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from geoseg.errors import ConfigError
-from geoseg.train.losses import (
+from geoseg.training.losses import (
     LossConfig,
     SegLoss,
     boundary_weights,
@@ -20,7 +20,7 @@ from geoseg.train.losses import (
     parse_loss,
     soft_dice,
 )
-from geoseg.train.targets import IGNORE
+from geoseg.training.targets import IGNORE
 
 LN2, LN43 = math.log(2.0), math.log(4.0 / 3.0)
 

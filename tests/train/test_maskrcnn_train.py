@@ -16,12 +16,12 @@ from geoseg.bundle import ArchitectureSpec, ClassSpec, read_spec
 from geoseg.cli import main
 from geoseg.errors import ConfigError
 from geoseg.models import Predictor
-from geoseg.train import BUILDING_CLASSES, AugmentConfig, SceneFiles, TrainConfig, train
-from geoseg.train import maskrcnn_step as inst
-from geoseg.train.augment import augment
-from geoseg.train.checkpoint import checkpoint_path
-from geoseg.train.loop import MASKRCNN_LR
-from geoseg.train.maskrcnn_step import (
+from geoseg.training import BUILDING_CLASSES, AugmentConfig, SceneFiles, TrainConfig, train
+from geoseg.training import maskrcnn_step as inst
+from geoseg.training.augment import augment
+from geoseg.training.checkpoint import checkpoint_path
+from geoseg.training.loop import MASKRCNN_LR
+from geoseg.training.maskrcnn_step import (
     InstanceSampler,
     decode_chip,
     detection_targets,
@@ -137,7 +137,7 @@ def test_config_checks_and_default_learning_rate() -> None:
     assert _config(lr=1e-3).lr == 1e-3
     unet = TrainConfig(name="u", task="buildings", classes=BUILDINGS)
     assert unet.lr == 3e-3
-    from geoseg.train.loop import _check
+    from geoseg.training.loop import _check
 
     with pytest.raises(ConfigError, match="task buildings"):
         _check(_config(task="landcover"))

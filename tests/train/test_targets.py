@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from geoseg.errors import LabelError
-from geoseg.train import boundary_mask, buildings_target
+from geoseg.training import boundary_mask, buildings_target
 
 
 def test_ring_of_two_pixels_by_hand() -> None:

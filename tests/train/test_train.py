@@ -11,7 +11,7 @@ from geoseg.bundle import ArchitectureSpec, ClassSpec, read_spec
 from geoseg.errors import LabelError
 from geoseg.grid import Window
 from geoseg.models import Predictor
-from geoseg.train import (
+from geoseg.training import (
     BUILDING_CLASSES,
     ChipSampler,
     TrainConfig,
@@ -20,7 +20,7 @@ from geoseg.train import (
     scene_files,
     train,
 )
-from geoseg.train.loop import lr_factor
+from geoseg.training.loop import lr_factor
 
 TINY = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=3,
                         decoder_channels=(16, 8, 8))

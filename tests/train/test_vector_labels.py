@@ -20,10 +20,10 @@ from geoseg.bundle import ClassSpec, read_spec
 from geoseg.cli import main
 from geoseg.errors import LabelError
 from geoseg.grid import Window
-from geoseg.train import ChipSampler, SceneFiles, TrainConfig, train
-from geoseg.train.data import valid_fraction
-from geoseg.train.labels import VectorLabels, is_vector
-from geoseg.train.targets import IGNORE
+from geoseg.training import ChipSampler, SceneFiles, TrainConfig, train
+from geoseg.training.data import valid_fraction
+from geoseg.training.labels import VectorLabels, is_vector
+from geoseg.training.targets import IGNORE
 from tests.train.conftest import CLASSES, write_scene
 from tests.train.test_train import BUILDINGS, TINY
 

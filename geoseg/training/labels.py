@@ -29,7 +29,7 @@ from rasterio.features import rasterize
 
 from geoseg.errors import LabelError
 from geoseg.grid import GeoBox, Window
-from geoseg.train.targets import IGNORE
+from geoseg.training.targets import IGNORE
 
 logger = logging.getLogger(__name__)
 

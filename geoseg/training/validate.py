@@ -10,8 +10,8 @@ import torch
 from geoseg.config import VectorConfig
 from geoseg.metrics.objects import ObjectScores, score_instances
 from geoseg.metrics.pixel import PixelScores, confusion_matrix
-from geoseg.train.data import ChipSampler
-from geoseg.train.targets import BOUNDARY, BUILDING, IGNORE
+from geoseg.training.data import ChipSampler
+from geoseg.training.targets import BOUNDARY, BUILDING, IGNORE
 from geoseg.vectorize.footprints import split_buildings
 
 

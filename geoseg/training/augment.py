@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
 
-from geoseg.train.targets import IGNORE
+from geoseg.training.targets import IGNORE
 
 
 class AugmentConfig(BaseModel):

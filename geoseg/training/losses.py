@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
 from geoseg.errors import ConfigError
-from geoseg.train.targets import IGNORE
+from geoseg.training.targets import IGNORE
 
 TERMS = ("ce", "dice", "focal")
 

@@ -1,11 +1,11 @@
 """Mask R-CNN training: instance-id chips, per-chip detection targets, one optimisation step.
 
-Chips come from :class:`InstanceSampler`, a :class:`~geoseg.train.data.ChipSampler` whose
+Chips come from :class:`InstanceSampler`, a :class:`~geoseg.training.data.ChipSampler` whose
 training target is the chip's instance ids instead of the building/boundary classes (the
 validation windows still read the class target, so validation scores are those of the semantic
 buildings bundles). Ids are renumbered per chip to 1..n, skipping ``IGNORE`` (255), and image
 nodata pixels carry ``-1 - id``; the chip then goes through the same joint augmentation as the
-semantic chips (:func:`geoseg.train.augment.augment`), whose rotations, flips and zoom move
+semantic chips (:func:`geoseg.training.augment.augment`), whose rotations, flips and zoom move
 label values without interpolating them (the zoom samples targets by nearest neighbour, and its
 rim is ``IGNORE``, which is never an id here and becomes "no instance"). Decoding gives the ids
 back: instances touching nodata keep all their pixels, the image there is the fill as usual.
@@ -29,9 +29,9 @@ from geoseg.bundle import BundleSpec
 from geoseg.grid import Window
 from geoseg.io import read_window
 from geoseg.models.maskrcnn import class_layout, instances_to_proba
-from geoseg.train.augment import AugmentConfig, augment
-from geoseg.train.data import ChipSampler
-from geoseg.train.targets import IGNORE
+from geoseg.training.augment import AugmentConfig, augment
+from geoseg.training.data import ChipSampler
+from geoseg.training.targets import IGNORE
 
 MIN_PIXELS = 16
 # Training-time sampling of the detector (no effect on the weights' layout or on inference).

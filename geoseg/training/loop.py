@@ -2,17 +2,17 @@
 
 Any band layout (count, order, dtype) is trained; the bundle's bands, band names and
 normalisation (per-band mean/std of the valid training pixels, optionally clipped to percentiles)
-come from the images (:mod:`geoseg.train.bands`).
+come from the images (:mod:`geoseg.training.bands`).
 
-Recipe: random chips from the training area, augmentations (:mod:`geoseg.train.augment`), a
-weighted sum of cross-entropy, soft Dice and focal loss (:mod:`geoseg.train.losses`, nodata
+Recipe: random chips from the training area, augmentations (:mod:`geoseg.training.augment`), a
+weighted sum of cross-entropy, soft Dice and focal loss (:mod:`geoseg.training.losses`, nodata
 ignored), AdamW with linear warm-up and cosine decay, checkpoints for an exact resume
-(:mod:`geoseg.train.checkpoint`); on CUDA, autocast (bf16, or fp16 with a grad scaler). The
+(:mod:`geoseg.training.checkpoint`); on CUDA, autocast (bf16, or fp16 with a grad scaler). The
 result is a bundle (``bundle.yaml`` + float16 safetensors) whose ``training`` section records the
 provenance (seed, steps, chips, loss, scenes, validation metrics).
 
 Mask R-CNN (``architecture.name: maskrcnn``, task buildings) runs through the same loop, schedule,
-checkpoints and validation; its chips, targets and step are in :mod:`geoseg.train.maskrcnn_step`.
+checkpoints and validation; its chips, targets and step are in :mod:`geoseg.training.maskrcnn_step`.
 Its loss is the sum of torchvision's five detector losses, its default learning rate is
 ``MASKRCNN_LR`` (AdamW from scratch; see :data:`MASKRCNN_LR`).
 """
@@ -37,12 +37,12 @@ from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization
 from geoseg.errors import ConfigError
 from geoseg.models.factory import build_model, count_parameters
 from geoseg.models.weights import save_bundle
-from geoseg.train import checkpoint as ckpt
-from geoseg.train.augment import AugmentConfig, augment
-from geoseg.train.bands import resolve_layout, training_normalization
-from geoseg.train.data import ChipSampler, SceneFiles
-from geoseg.train.losses import LossConfig, SegLoss
-from geoseg.train.maskrcnn_step import (
+from geoseg.training import checkpoint as ckpt
+from geoseg.training.augment import AugmentConfig, augment
+from geoseg.training.bands import resolve_layout, training_normalization
+from geoseg.training.data import ChipSampler, SceneFiles
+from geoseg.training.losses import LossConfig, SegLoss
+from geoseg.training.maskrcnn_step import (
     GRAD_CLIP,
     ROIS_PER_IMAGE,
     RPN_PROPOSALS_TRAIN,
@@ -52,7 +52,7 @@ from geoseg.train.maskrcnn_step import (
     detector_step,
     instance_batch,
 )
-from geoseg.train.validate import validate
+from geoseg.training.validate import validate
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def base_spec(config: TrainConfig, norm: Normalization, pixel_size: float | None
               ) -> BundleSpec:
     """The bundle's spec (``config`` with its bands resolved, see :func:`with_layout`)."""
     if config.bands is None:
-        raise ConfigError("resolve the config's bands first (geoseg.train.loop.with_layout)")
+        raise ConfigError("resolve the config's bands first (geoseg.training.loop.with_layout)")
     return BundleSpec(
         name=config.name, version=config.version, task=config.task,
         architecture=config.architecture, bands=config.bands, band_names=config.band_names,
@@ -231,7 +231,7 @@ def base_spec(config: TrainConfig, norm: Normalization, pixel_size: float | None
 
 def with_layout(config: TrainConfig, scenes: Sequence[SceneFiles]) -> TrainConfig:
     """``config`` with its bands and band names resolved against the scenes' images
-    (:func:`geoseg.train.bands.resolve_layout`: every image must have every band)."""
+    (:func:`geoseg.training.bands.resolve_layout`: every image must have every band)."""
     layout = resolve_layout([s.image for s in scenes], config.bands, config.band_names)
     return config.model_copy(update={"bands": layout.bands, "band_names": layout.names})
 
@@ -255,7 +255,7 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
 
     A checkpoint is written to ``out_dir/checkpoints/last.pt`` every ``checkpoint_every``
     steps; ``resume=True`` continues from it (bit-identical to an uninterrupted run on CPU,
-    see :mod:`geoseg.train.checkpoint`) and starts afresh when there is none. ``progress`` is
+    see :mod:`geoseg.training.checkpoint`) and starts afresh when there is none. ``progress`` is
     called after every step (exceptions it raises stop training and propagate)."""
     _check(config)
     semantic = config.architecture.name != "maskrcnn"

@@ -1,7 +1,7 @@
 """Training chips read window by window from GeoTIFF scenes (never whole rasters).
 
 Each scene is an image raster plus labels: a raster on the image grid, or a vector file of
-polygons in any CRS (:mod:`geoseg.train.labels`, rasterized per window). The rightmost
+polygons in any CRS (:mod:`geoseg.training.labels`, rasterized per window). The rightmost
 ``val_fraction`` of every scene's columns is a held-out validation stripe: training chips lie
 wholly left of it, validation windows wholly inside it (a split by area, so neighbouring pixels
 never land on both sides). Training chips are drawn at random or cell by cell from a grid
@@ -28,9 +28,9 @@ from rasterio.windows import Window as RioWindow
 from geoseg.errors import LabelError, RasterNotFoundError
 from geoseg.grid import Window
 from geoseg.io import RasterInfo, open_info, read_window
-from geoseg.train.bands import training_normalization
-from geoseg.train.labels import VectorLabels, is_vector
-from geoseg.train.targets import IGNORE, buildings_target
+from geoseg.training.bands import training_normalization
+from geoseg.training.labels import VectorLabels, is_vector
+from geoseg.training.targets import IGNORE, buildings_target
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def band_stats(images: Sequence[Path], bands: Sequence[int],
                strip: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-band mean and std of the valid pixels of ``images``, from windows of ``strip`` px
     (validity as :func:`geoseg.io.read_window` decides it; see
-    :func:`geoseg.train.bands.training_normalization`, which also clips)."""
+    :func:`geoseg.training.bands.training_normalization`, which also clips)."""
     norm = training_normalization(images, bands, window=strip)
     return norm.mean, norm.std
 
@@ -202,7 +202,7 @@ class ChipSampler:
 
     def read_chip(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray]:
         """A training chip's image and target (:meth:`read`; subclasses may train on
-        another target, e.g. instance ids in :mod:`geoseg.train.maskrcnn_step`)."""
+        another target, e.g. instance ids in :mod:`geoseg.training.maskrcnn_step`)."""
         return self.read(scene, win)
 
     def chip_valid_fraction(self, target: np.ndarray) -> float:

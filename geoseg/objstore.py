@@ -1,0 +1,410 @@
+"""Run outputs in object storage (``s3://``, ``gs://``, ``az://``): the few operations geoseg
+needs (get, put, conditional put, list, delete, upload a file), the lock object, and one-line
+errors.
+
+Why obstore (the Rust ``object_store`` crate): one wheel with no pin on botocore (s3fs pins it
+through aiobotocore), the same code for S3, GCS and Azure, conditional writes on all three
+(create-if-absent, replace-if-ETag-matches), retries with backoff built in (10 tries within 3
+minutes for 5xx, 429 and connection errors), and zarr-python 3 writes through it
+(:class:`zarr.storage.ObjectStore`).
+
+Credentials and endpoints come only from the environment the provider's own tools read
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``, ``AWS_REGION``,
+``AWS_ENDPOINT_URL``, IRSA/EKS pod identity (``AWS_WEB_IDENTITY_TOKEN_FILE``), the EC2/ECS
+metadata service; ``GOOGLE_APPLICATION_CREDENTIALS`` or GKE workload identity;
+``AZURE_STORAGE_ACCOUNT_NAME`` with a key, SAS, or Azure workload/managed identity). geoseg never
+copies them into a manifest, a plan or a log line. An ``AWS_ENDPOINT_URL`` that starts with
+``http://`` (MinIO in the cluster, a test server) allows plain HTTP to that endpoint only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import MissingDependencyError, OutputLockedError, StorageError
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("s3", "gs", "az", "abfs", "abfss")
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
+_NO_BUCKET = ("NoSuchBucket", "bucket does not exist", "ContainerNotFound",
+              "container does not exist")
+
+
+def is_object_url(path: str | Path) -> bool:
+    """Whether ``path`` names a folder in object storage (``s3://bucket/prefix`` ...)."""
+    scheme, sep, _ = str(path).partition("://")
+    return bool(sep) and scheme.lower() in SCHEMES
+
+
+def join(url: str, *names: str) -> str:
+    return "/".join([url.rstrip("/"), *(n.strip("/") for n in names if n)])
+
+
+def bucket_of(url: str) -> str:
+    """``s3://bucket/a/b`` → ``s3://bucket``."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+_clients: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def client(url: str) -> Any:
+    """The obstore store of the folder ``url`` (prefix = its path), one per process and set of
+    credentials/endpoint variables (a new endpoint or key in the environment: a new client)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
+    key = (url.rstrip("/"), env)
+    with _clients_lock:
+        found = _clients.get(key)
+        if found is None:
+            found = _clients[key] = _make_client(key[0])
+        return found
+
+
+def _make_client(url: str) -> Any:
+    try:
+        from obstore.store import from_url
+    except ImportError as exc:
+        raise MissingDependencyError(f"--out {url} needs obstore: pip install obstore") from exc
+    plain_http = os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://")
+    extra: dict[str, Any] = {}
+    profile = _profile_credentials(url)
+    if profile is not None:
+        extra["credential_provider"], region = profile
+        if region and not os.environ.get("AWS_REGION"):
+            extra["config"] = {"region": region}
+    with object_errors(url, "open"):
+        return from_url(url, client_options={"allow_http": True} if plain_http else None,
+                        **extra)
+
+
+def _profile_credentials(url: str) -> tuple[Any, str | None] | None:
+    """(provider, region) of ``AWS_PROFILE`` for an s3:// URL, through boto3: the object store
+    client reads keys from the environment, web identity (IRSA) and the instance metadata, but
+    not the ``~/.aws`` files. None when no profile is named or keys are in the environment."""
+    if not url.startswith("s3") or not os.environ.get("AWS_PROFILE") or os.environ.get(
+            "AWS_ACCESS_KEY_ID"):
+        return None
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "AWS_PROFILE is set: reading its ~/.aws profile for --out s3:// needs boto3 (pip "
+            "install boto3), or export the profile's keys: eval \"$(aws configure "
+            "export-credentials --format env)\"") from exc
+    session = boto3.Session()
+    return Boto3CredentialProvider(session), session.region_name
+
+
+def _detail(exc: BaseException) -> str:
+    from geoseg.sources.remote import redact
+
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return redact(lines[0][:200]) if lines else type(exc).__name__
+
+
+def storage_error(exc: BaseException, url: str, what: str = "write") -> StorageError | None:
+    """A one-line StorageError for an object-storage failure at ``url`` (None: not one).
+
+    ``fatal`` (a retry cannot help): a missing bucket, denied access, bad credentials;
+    anything else (network, 5xx after the client's own retries) is transient."""
+    try:
+        from obstore import exceptions as ox
+    except ImportError:
+        return None
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError | ox.NotFoundError | ox.GenericError) and any(
+            s in text for s in _NO_BUCKET):
+        err = StorageError(f"bucket {bucket_of(url)} does not exist ({url}): create it, or "
+                           "choose another --out")
+    elif isinstance(exc, ox.PermissionDeniedError | ox.UnauthenticatedError | PermissionError):
+        err = StorageError(f"access denied to {url} ({_detail(exc)}): check the credentials "
+                           "(environment, IAM role / workload identity) and the bucket policy")
+    elif isinstance(exc, ox.BaseError):
+        err = StorageError(f"cannot {what} {url} ({_detail(exc)}): check the network and the "
+                           "endpoint, then rerun with --resume (finished chunks are kept)")
+        err.fatal = False
+        return err
+    else:
+        return None
+    err.fatal = True
+    return err
+
+
+@contextlib.contextmanager
+def object_errors(url: str, what: str = "write", fatal_only: bool = False) -> Iterator[None]:
+    """Object-storage failures under ``url`` as one-line StorageErrors; ``fatal_only``: only
+    those a retry cannot fix, the others propagate as they are (a chunk task retries them)."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        err = storage_error(exc, url, what)
+        if err is None or (fatal_only and not err.fatal):
+            raise
+        raise err from exc
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a listing or a write says about one object."""
+
+    size: int
+    e_tag: str | None
+    modified: float | None = None  # seconds since the epoch (the server's clock)
+    version: str | None = None
+
+    @classmethod
+    def of(cls, m: Any) -> Meta:
+        when = m.get("last_modified")
+        return cls(int(m.get("size", 0)), m.get("e_tag"),
+                   when.timestamp() if when is not None else None, m.get("version"))
+
+
+class ObjectFolder:
+    """A "folder" in object storage: names are relative to the URL's path."""
+
+    def __init__(self, url: str) -> None:
+        if not is_object_url(url):
+            raise ValueError(f"not an object-storage URL: {url}")
+        self.url = url.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"ObjectFolder({self.url!r})"
+
+    @property
+    def store(self) -> Any:
+        return client(self.url)
+
+    def child(self, name: str) -> str:
+        return join(self.url, name)
+
+    def check(self) -> None:
+        """Fail with one line when the bucket is missing or cannot be read."""
+        import obstore
+
+        with object_errors(self.url, "reach"):
+            obstore.list_with_delimiter(self.store)
+
+    def get(self, name: str) -> tuple[bytes, Meta] | None:
+        """The object's bytes and metadata (None: no such object)."""
+        import obstore
+
+        with object_errors(self.child(name), "read"):
+            try:
+                got = obstore.get(self.store, name)
+            except FileNotFoundError as exc:
+                if any(s in str(exc) for s in _NO_BUCKET):
+                    raise
+                return None
+            return bytes(got.bytes()), Meta.of(got.meta)
+
+    def read(self, name: str) -> bytes | None:
+        got = self.get(name)
+        return None if got is None else got[0]
+
+    def head(self, name: str) -> Meta | None:
+        import obstore
+
+        with object_errors(self.child(name), "read"):
+            try:
+                return Meta.of(obstore.head(self.store, name))
+            except FileNotFoundError as exc:
+                if any(s in str(exc) for s in _NO_BUCKET):
+                    raise
+                return None
+
+    def put(self, name: str, data: bytes) -> Meta:
+        """Write the whole object (readers see the old or the new bytes, never a mix)."""
+        import obstore
+
+        with object_errors(self.child(name)):
+            r = obstore.put(self.store, name, data)
+        return Meta(len(data), r.get("e_tag"), None, r.get("version"))
+
+    def create(self, name: str, data: bytes) -> Meta | None:
+        """Write only if no such object exists (If-None-Match); None when one does."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        with object_errors(self.child(name)):
+            try:
+                r = obstore.put(self.store, name, data, mode="create")
+            except (AlreadyExistsError, PreconditionError):
+                return None
+        return Meta(len(data), r.get("e_tag"), None, r.get("version"))
+
+    def replace(self, name: str, data: bytes, expect: Meta) -> Meta | None:
+        """Write only if the object is still ``expect`` (If-Match its ETag); None otherwise."""
+        import obstore
+        from obstore.exceptions import NotFoundError, PreconditionError
+
+        mode = {k: v for k, v in (("e_tag", expect.e_tag), ("version", expect.version)) if v}
+        with object_errors(self.child(name)):
+            try:
+                r = obstore.put(self.store, name, data, mode=mode)  # type: ignore[arg-type]
+            except (PreconditionError, NotFoundError, FileNotFoundError):
+                return None
+        return Meta(len(data), r.get("e_tag"), None, r.get("version"))
+
+    def upload(self, path: Path, name: str) -> str:
+        """Upload a local file (multipart when large: the object appears once complete)."""
+        import obstore
+
+        with object_errors(self.child(name)):
+            obstore.put(self.store, name, Path(path))
+        return self.child(name)
+
+    def download(self, name: str, path: Path) -> None:
+        got = self.get(name)
+        if got is None:
+            raise FileNotFoundError(self.child(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(got[0])
+
+    def listing(self, prefix: str = "") -> dict[str, Meta]:
+        """Every object under ``prefix`` (a folder name, or "" for all): name → metadata."""
+        import obstore
+
+        base = prefix.strip("/")
+        out: dict[str, Meta] = {}
+        with object_errors(self.child(base), "list"):
+            for batch in obstore.list(self.store, prefix=base or None, chunk_size=1000):
+                for m in batch:
+                    out[str(m["path"])] = Meta.of(m)
+        return out
+
+    def children(self) -> list[str]:
+        """Top-level names (objects and "folders") in this folder."""
+        import obstore
+
+        with object_errors(self.url, "list"):
+            got = obstore.list_with_delimiter(self.store)
+        return sorted({*(str(p) for p in got["common_prefixes"]),
+                       *(str(m["path"]) for m in got["objects"])})
+
+    def delete(self, names: list[str]) -> None:
+        import obstore
+
+        for i in range(0, len(names), 1000):
+            with object_errors(self.url, "delete in"):
+                obstore.delete(self.store, names[i:i + 1000])
+
+    def delete_tree(self, name: str) -> int:
+        """Delete the object ``name`` and everything under ``name/``; returns how many."""
+        names = [n for n in self.listing(name) if n == name or n.startswith(name.rstrip("/") + "/")]
+        self.delete(names)
+        return len(names)
+
+
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 300.0  # a lock object not refreshed this long (server clock) is stale
+
+
+class ObjectLock:
+    """One job per output prefix: a lock object created with If-None-Match (no job can take a
+    live lock), refreshed every 30 s with If-Match on its ETag, taken over with If-Match when
+    its holder has not refreshed it for 5 minutes (a crashed driver, a lost pod), so two jobs
+    that both find it stale cannot both win. Released by deleting it when it is still ours."""
+
+    def __init__(self, folder: ObjectFolder, name: str = ".geoseg.lock") -> None:
+        self.folder, self.name = folder, name
+        self.held: Meta | None = None
+        self._beat: threading.Event | None = None
+        self._lost = False
+
+    def acquire(self, what: str = "geoseg run") -> ObjectLock:
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": what,
+                         "since": time.time()}).encode()
+        for _ in range(3):
+            meta = self.folder.create(self.name, me)
+            if meta is None:
+                got = self.folder.get(self.name)
+                if got is None:
+                    continue  # released meanwhile
+                data, current = got
+                if not _stale(current):
+                    holder = _holder(data)
+                    raise OutputLockedError(
+                        f"{self.folder.url} is in use by another geoseg job "
+                        f"({holder.get('command')}, host {holder.get('host')}, pid "
+                        f"{holder.get('pid')}): wait for it, or "
+                        f"choose another --out; if that job is gone, delete "
+                        f"{self.folder.child(self.name)} or wait {STALE_AFTER_S / 60:.0f} "
+                        "minutes")
+                log.warning("taking over the stale lock %s (%s)", self.folder.child(self.name),
+                            _holder(data))
+                meta = self.folder.replace(self.name, me, current)
+                if meta is None:
+                    continue  # another job took it first: look again
+            self.held = meta
+            self._beat = threading.Event()
+            threading.Thread(target=self._heartbeat, args=(self._beat, me), daemon=True,
+                             name="geoseg-lock").start()
+            return self
+        raise OutputLockedError(f"could not lock {self.folder.url}: another job keeps taking "
+                                "it; retry when it has finished")
+
+    def _heartbeat(self, stop: threading.Event, data: bytes) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            held = self.held
+            if held is None:
+                return
+            try:
+                meta = self.folder.replace(self.name, data, held)
+            except StorageError as exc:  # transient: try again at the next beat
+                log.warning("could not refresh the lock %s: %s", self.folder.url, exc)
+                continue
+            if meta is None:
+                self._lost = True
+                log.error("the lock on %s was taken by another job", self.folder.url)
+                return
+            self.held = meta
+
+    def release(self) -> None:
+        if self._beat is not None:
+            self._beat.set()
+            self._beat = None
+        held, self.held = self.held, None
+        if held is None or self._lost:
+            return
+        with contextlib.suppress(StorageError):
+            now = self.folder.head(self.name)
+            if now is not None and now.e_tag == held.e_tag:
+                self.folder.delete([self.name])
+
+    def __enter__(self) -> ObjectLock:
+        return self.acquire() if self.held is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _stale(meta: Meta) -> bool:
+    return meta.modified is not None and time.time() - meta.modified > STALE_AFTER_S
+
+
+def _holder(data: bytes) -> dict[str, Any]:
+    try:
+        got = json.loads(data)
+    except ValueError:
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+__all__ = ["Meta", "ObjectFolder", "ObjectLock", "bucket_of", "client", "is_object_url", "join",
+           "object_errors", "storage_error"]
