@@ -28,16 +28,13 @@ Each output's ``predictions.zarr`` arrays are compared with those of (a), pixel 
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +42,7 @@ import numpy as np
 import psutil
 
 from benchmarks.bench_pipeline import ROOT, measure, null_bundle, reference_bundle
+from tests.range_server import RangeServer
 
 BANDS = ("red", "green", "blue", "nir")
 CONFIGS: dict[str, str] = {
@@ -158,84 +156,7 @@ def make_inputs(work: Path, size: int, seed: int, overlap: int) -> dict[str, Any
     return {"www": www, "cog": cog, "cog_bytes": cog.stat().st_size, "sets": sets}
 
 
-# --------------------------------------------------------------------------- HTTP server
-
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with single-range GETs (what GDAL's /vsicurl/ sends), HTTP/1.1 keep-alive
-    (as S3 and CDNs); counts bytes and requests."""
-
-    protocol_version = "HTTP/1.1"
-    server: CountingServer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _file(self) -> Path | None:
-        p = Path(self.translate_path(self.path))
-        return p if p.is_file() else None
-
-    def do_HEAD(self) -> None:
-        p = self._file()
-        if p is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(p.stat().st_size))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        self.server.count(0)
-
-    def do_GET(self) -> None:
-        p = self._file()
-        if p is None:
-            self.send_error(404)
-            return
-        size = p.stat().st_size
-        spec = self.headers.get("Range", "")
-        start, end = 0, size - 1
-        if spec.startswith("bytes="):
-            if "," in spec:
-                self.send_error(416, "multiple ranges not supported")
-                return
-            a, _, b = spec[6:].partition("-")
-            start, end = int(a), min(int(b) if b else size - 1, size - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            self.send_response(200)
-        body = b""
-        if start <= end:
-            with p.open("rb") as f:
-                f.seek(start)
-                body = f.read(end - start + 1)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        self.wfile.write(body)
-        self.server.count(len(body))
-
-
-class CountingServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(("127.0.0.1", 0), partial(_RangeHandler, directory=str(root)))
-        self.bytes = 0
-        self.requests = 0
-        self._lock = threading.Lock()
-
-    def count(self, n: int) -> None:
-        with self._lock:
-            self.bytes += n
-            self.requests += 1
-
-    def url(self, rel: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{rel}"
-
-
-# --------------------------------------------------------------------------- runs
-
-def _inputs(cfg: str, ins: dict[str, Any], srv: CountingServer) -> list[str]:
+def _inputs(cfg: str, ins: dict[str, Any], srv: RangeServer) -> list[str]:
     www: Path = ins["www"]
     rel = {k: str(v["dir"].relative_to(www)) for k, v in ins["sets"].items()}
     return {
@@ -248,11 +169,11 @@ def _inputs(cfg: str, ins: dict[str, Any], srv: CountingServer) -> list[str]:
     }[cfg]
 
 
-def run_one(cfg: str, out: Path, ins: dict[str, Any], srv: CountingServer,
+def run_one(cfg: str, out: Path, ins: dict[str, Any], srv: RangeServer,
             common: list[str], env: dict[str, str]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "geoseg", "-q", "run", *_inputs(cfg, ins, srv), "-o", str(out),
            "--overwrite", "--executor", "local", *common]
-    b0, r0 = srv.bytes, srv.requests
+    b0, r0 = srv.bytes, srv.total_requests
     me = psutil.Process()
     c0 = sum(me.cpu_times()[:2])
     load0 = os.getloadavg()[0]
@@ -260,7 +181,7 @@ def run_one(cfg: str, out: Path, ins: dict[str, Any], srv: CountingServer,
     res["bench_cpu_s"] = sum(me.cpu_times()[:2]) - c0  # HTTP server + PSS sampler threads
     res["load1"] = (load0 + os.getloadavg()[0]) / 2
     res["served_bytes"] = srv.bytes - b0
-    res["requests"] = srv.requests - r0
+    res["requests"] = srv.total_requests - r0
     summ = json.loads((out / "summary.json").read_text())
     res["pixels"] = summ["throughput"]["pixels"]
     res["mpx_s"] = res["pixels"] / res["wall_s"] / 1e6
@@ -331,9 +252,7 @@ def main() -> None:
         common.append("--no-vectors")
     env = {k: "" for k in _PROXY} | {"NO_PROXY": "127.0.0.1,localhost",
                                      "no_proxy": "127.0.0.1,localhost"}
-    srv = CountingServer(ins["www"])
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
+    srv = RangeServer(ins["www"]).start()
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cfgs}
     outs = work / "out"
     try:

@@ -3,11 +3,8 @@ HTTP server with Range support that counts the bytes it serves."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +13,7 @@ from affine import Affine
 from pyproj import Transformer
 
 from tests.conftest import coord_image, write_raster
+from tests.range_server import RangeServer
 
 UTM32, UTM33 = "EPSG:32632", "EPSG:32633"
 # ≈ 12°E 45°N, on the border of UTM zones 32 and 33: the two grids are rotated ~4° apart
@@ -63,75 +61,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     return make_scene(tmp_path_factory.mktemp("scene"))
 
 
-class _RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with single-range GETs (what GDAL's /vsicurl/ sends); counts bytes."""
-
-    server: _CountingServer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _file(self) -> Path | None:
-        p = Path(self.translate_path(self.path))
-        return p if p.is_file() else None
-
-    def do_HEAD(self) -> None:
-        p = self._file()
-        if p is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(p.stat().st_size))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        p = self._file()
-        if p is None:
-            self.send_error(404)
-            return
-        size = p.stat().st_size
-        spec = self.headers.get("Range", "")
-        start, end = 0, size - 1
-        if spec.startswith("bytes="):
-            if "," in spec:
-                self.send_error(416, "multiple ranges not supported")
-                return
-            a, _, b = spec[6:].partition("-")
-            start, end = int(a), min(int(b) if b else size - 1, size - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            self.send_response(200)
-        body = b""
-        if start <= end:
-            with p.open("rb") as f:
-                f.seek(start)
-                body = f.read(end - start + 1)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        self.wfile.write(body)
-        self.server.count(p.name, len(body))
-
-
-class _CountingServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(("127.0.0.1", 0), partial(_RangeHandler, directory=str(root)))
-        self.root = root
-        self.served: dict[str, int] = {}
-        self.requests: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def count(self, name: str, n: int) -> None:
-        with self._lock:
-            self.served[name] = self.served.get(name, 0) + n
-            self.requests[name] = self.requests.get(name, 0) + 1
-
-    def url(self, rel: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{rel}"
+_CountingServer = RangeServer  # the name the remote tests use
 
 
 @pytest.fixture(scope="session")
@@ -141,9 +71,7 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_CountingS
     with pytest.MonkeyPatch.context() as mp:
         for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
             mp.delenv(var, raising=False)  # 127.0.0.1 only: never through a proxy
-        srv = _CountingServer(tmp_path_factory.mktemp("www"))
-        thread = threading.Thread(target=srv.serve_forever, daemon=True)
-        thread.start()
+        srv = RangeServer(tmp_path_factory.mktemp("www")).start()
         yield srv
         srv.shutdown()
         srv.server_close()
