@@ -146,6 +146,25 @@ def outputs_of(data: dict[str, Any], root: Path) -> list[str]:
     return RunLayout(root).outputs(list(data.get("models", {})))
 
 
+def _existing(where: str, first: str | None, ours: bool, *, resume: bool, overwrite: bool,
+              noun: str) -> str:
+    """What to do with an ``--out`` that holds ``first`` (None: nothing): ``new``, ``resume``
+    or ``overwrite``; refuses what geoseg did not write, and an earlier run unless told."""
+    if first is None:
+        return "new"
+    if not ours:
+        raise OutputExistsError(
+            f"{where} holds {noun}s geoseg did not write (e.g. {first}): choose a new or empty "
+            f"--out (geoseg never deletes {noun}s it did not write)")
+    if resume:
+        return "resume"
+    if not overwrite:
+        raise OutputExistsError(
+            f"{where} already holds the results of a geoseg run: pass --resume to continue "
+            f"that run or --overwrite to replace its outputs (other {noun}s are kept)")
+    return "overwrite"
+
+
 def start(root: Path, data: dict[str, Any], *, overwrite: bool, resume: bool,
           protect: Iterable[Path] = ()) -> Manifest:
     """Open the manifest for a run in ``root`` (created and locked by the caller).
@@ -156,17 +175,11 @@ def start(root: Path, data: dict[str, Any], *, overwrite: bool, resume: bool,
     layout = RunLayout(root)
     entries = _entries(root)
     earlier = _is_ours(root)
-    if entries and earlier is None:
-        raise OutputExistsError(
-            f"{root} holds files geoseg did not write (e.g. {entries[0].name}): choose a new or "
-            "empty --out (geoseg never deletes files it did not write)")
-    if entries and earlier is not None:
-        if resume:
-            return load(root, expect_key=str(data["result_key"]))
-        if not overwrite:
-            raise OutputExistsError(
-                f"{root} already holds the results of a geoseg run: pass --resume to continue "
-                "that run or --overwrite to replace its outputs (other files are kept)")
+    todo = _existing(str(root), entries[0].name if entries else None, earlier is not None,
+                     resume=resume, overwrite=overwrite, noun="file")
+    if todo == "resume":
+        return load(root, expect_key=str(data["result_key"]))
+    if todo == "overwrite" and earlier is not None:
         _remove_outputs(root, outputs_of(earlier, root), protect)
     new = dict(data)
     new["outputs"] = layout.outputs(list(data.get("models", {})))
@@ -238,18 +251,11 @@ def start_objects(folder: ObjectFolder, data: dict[str, Any], *, overwrite: bool
     """:func:`start` for a run in object storage (same refusals; ``protect``: input URLs)."""
     entries = [n for n in folder.children() if n != LOCK]
     earlier = _earlier_object_run(folder)
-    if entries and earlier is None:
-        raise OutputExistsError(
-            f"{folder.url} holds objects geoseg did not write (e.g. {entries[0]}): choose a new "
-            "or empty --out (geoseg never deletes objects it did not write)")
-    if entries and earlier is not None:
-        if resume:
-            return load_objects(folder, expect_key=str(data["result_key"]))
-        if not overwrite:
-            raise OutputExistsError(
-                f"{folder.url} already holds the results of a geoseg run: pass --resume to "
-                "continue that run or --overwrite to replace its outputs (other objects are "
-                "kept)")
+    todo = _existing(folder.url, entries[0] if entries else None, earlier is not None,
+                     resume=resume, overwrite=overwrite, noun="object")
+    if todo == "resume":
+        return load_objects(folder, expect_key=str(data["result_key"]))
+    if todo == "overwrite" and earlier is not None:
         _remove_objects(folder, [*outputs_of(earlier, Path()), STATE], protect)
     new = dict(data)
     new["outputs"] = RunLayout(Path()).outputs(list(data.get("models", {})), remote=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import MissingDependencyError, OutputLockedError, StorageError
+from geoseg.outdir import holder_alive, process_start
 
 log = logging.getLogger(__name__)
 
@@ -311,15 +312,16 @@ class ObjectFolder:
         return len(names)
 
 
-HEARTBEAT_S = 30.0
-STALE_AFTER_S = 300.0  # a lock object not refreshed this long (server clock) is stale
+HEARTBEAT_S = 30.0  # a held lock object is rewritten (If-Match) this often
 
 
 class ObjectLock:
     """One job per output prefix: a lock object created with If-None-Match (no job can take a
-    live lock), refreshed every 30 s with If-Match on its ETag, taken over with If-Match when
-    its holder has not refreshed it for 5 minutes (a crashed driver, a lost pod), so two jobs
-    that both find it stale cannot both win. Released by deleting it when it is still ours."""
+    live lock), refreshed every 30 s with If-Match on its ETag, and taken over with If-Match
+    when its holder is gone (as :class:`geoseg.outdir.FolderLock` judges it: on this host, its
+    process is dead; from another host, no refresh for 5 minutes: a crashed driver, a lost
+    pod), so two jobs that both find it stale cannot both win. Released by deleting it when it
+    is still ours (a check, then a delete: a takeover between the two is not detected)."""
 
     def __init__(self, folder: ObjectFolder, name: str = ".geoseg.lock") -> None:
         self.folder, self.name = folder, name
@@ -328,7 +330,8 @@ class ObjectLock:
         self._lost = False
 
     def acquire(self, what: str = "geoseg run") -> ObjectLock:
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": what,
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                         "started": process_start(os.getpid()), "command": what,
                          "since": time.time()}).encode()
         for _ in range(3):
             meta = self.folder.create(self.name, me)
@@ -337,17 +340,16 @@ class ObjectLock:
                 if got is None:
                     continue  # released meanwhile
                 data, current = got
-                if not _stale(current):
-                    holder = _holder(data)
+                holder = _holder(data)
+                if _alive(holder, current):
                     raise OutputLockedError(
                         f"{self.folder.url} is in use by another geoseg job "
                         f"({holder.get('command')}, host {holder.get('host')}, pid "
                         f"{holder.get('pid')}): wait for it, or "
                         f"choose another --out; if that job is gone, delete "
-                        f"{self.folder.child(self.name)} or wait {STALE_AFTER_S / 60:.0f} "
-                        "minutes")
+                        f"{self.folder.child(self.name)}")
                 log.warning("taking over the stale lock %s (%s)", self.folder.child(self.name),
-                            _holder(data))
+                            holder)
                 meta = self.folder.replace(self.name, me, current)
                 if meta is None:
                     continue  # another job took it first: look again
@@ -394,8 +396,13 @@ class ObjectLock:
         self.release()
 
 
-def _stale(meta: Meta) -> bool:
-    return meta.modified is not None and time.time() - meta.modified > STALE_AFTER_S
+def _alive(holder: dict[str, Any], meta: Meta) -> bool:
+    """Whether the job recorded in a lock object still runs (its heartbeat: the object's
+    last-modified time on the server's clock)."""
+    try:
+        return holder_alive(holder, meta.modified)
+    except (TypeError, ValueError):  # not written by geoseg (a pid that is no number)
+        return holder_alive({}, meta.modified)
 
 
 def _holder(data: bytes) -> dict[str, Any]:

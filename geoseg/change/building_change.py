@@ -86,6 +86,7 @@ COLUMNS = ("change", "id_a", "id_b", "date_a", "date_b", "area_a_m2", "area_b_m2
            "shared_changed")
 FLOATS = ("area_a_m2", "area_b_m2", "iou", "confidence_a", "confidence_b", "other_cover",
           "changed_cover", "shared_changed")
+MIN_PART_M2 = 20.0  # a lost part smaller than the smallest footprint is no demolition
 BUILDING_PIXELS = ("building", "boundary")  # classes of a run's ``buildings`` layer that
 # make up footprints (geoseg.vectorize.footprints)
 
@@ -100,6 +101,8 @@ class EvidenceRule:
     min_changed: float = 0.0  # ... at least this covered by changed pixels
     break_changed: float = math.inf  # a group whose shared area changed this much is broken
     min_modified_changed: float = 0.0  # a modified group's difference area changed this much
+    min_part_changed: float = math.inf  # a part lost from a footprint that changed this much
+    # is demolished
 
     def check(self) -> None:
         for name in ("min_confidence", "max_other_cover", "min_changed",
@@ -107,15 +110,17 @@ class EvidenceRule:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise InputError(f"{name} must be in [0, 1], got {v}")
-        if not self.break_changed > 0.0:
-            raise InputError(f"break_changed must be > 0 (above 1: never), "
-                             f"got {self.break_changed}")
+        for name in ("break_changed", "min_part_changed"):
+            v = getattr(self, name)
+            if not v > 0.0:
+                raise InputError(f"{name} must be > 0 (above 1: never), got {v}")
 
     def describe(self) -> dict[str, float | None]:
         return {"min_confidence": self.min_confidence, "max_other_cover": self.max_other_cover,
                 "min_changed": self.min_changed,
                 "break_changed": None if self.break_changed > 1 else self.break_changed,
-                "min_modified_changed": self.min_modified_changed}
+                "min_modified_changed": self.min_modified_changed,
+                "min_part_changed": None if self.min_part_changed > 1 else self.min_part_changed}
 
 
 GEOMETRY_ONLY = EvidenceRule()
@@ -309,7 +314,7 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
     geo += [("demolished", i, None, None, "") for i in range(na) if i not in matched_a]
     geo += [("new", None, j, None, "") for j in range(nb) if j not in matched_b]
 
-    # evidence of the paired groups: shared area, difference area, unions' IoU and areas
+    # paired groups (at least one footprint of each date): the unions of their parts
     paired = sorted({int(group[i]) for _, i, j, _, _ in geo if i is not None and j is not None})
     members: dict[int, tuple[list[int], list[int]]] = {g: ([], []) for g in paired}
     for i in range(na):
@@ -318,84 +323,99 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
     for j in range(nb):
         if int(group[na + j]) in members:
             members[int(group[na + j])][1].append(j)
-    shared_geo, diff_geo = [], []
-    union_iou: dict[int, float] = {}
-    for g in paired:
-        ua = shapely.union_all(ga[members[g][0]])
-        ub = shapely.union_all(gb[members[g][1]])
-        inter, union = shapely.intersection(ua, ub), shapely.union(ua, ub)
-        union_iou[g] = inter.area / union.area if union.area > 0 else 0.0
-        shared_geo.append(_polygonal(inter))
-        diff_geo.append(_polygonal(shapely.symmetric_difference(ua, ub)))
-    shared_changed = dict(zip(paired, evidence.cover(np.array(shared_geo, dtype=object),
-                                                     "changed"), strict=True))
-    diff_changed = dict(zip(paired, evidence.cover(np.array(diff_geo, dtype=object),
-                                                   "changed"), strict=True))
+    ua = {g: shapely.union_all(ga[members[g][0]]) for g in paired}
+    ub = {g: shapely.union_all(gb[members[g][1]]) for g in paired}
+    shared_changed = dict(zip(paired, evidence.cover(np.array(
+        [_polygonal(shapely.intersection(ua[g], ub[g])) for g in paired], dtype=object),
+        "changed"), strict=True))
     broken = {g for g in paired if shared_changed[g] >= rule.break_changed}
+    whole = [g for g in paired if g not in broken]
+
+    # candidates judged one by one: (side, index of the footprint, geometry, candidate, group)
+    singles: list[tuple[str, int, BaseGeometry, str, int | None]] = []
+    for kind, i, j, _, _ in geo:
+        if j is None and i is not None:
+            singles.append(("a", i, ga[i], kind, None))
+        elif i is None and j is not None:
+            singles.append(("b", j, gb[j], kind, None))
+    for g in broken:  # not one building at both dates: each part on its own
+        was = "modified" if any(k == "modified" and i is not None and int(group[i]) == g
+                                for k, i, _, _, _ in geo) else "unchanged"
+        singles += [("a", i, ga[i], was, g) for i in members[g][0]]
+        singles += [("b", j, gb[j], was, g) for j in members[g][1]]
+    n_whole = len(singles)
+    for g in whole:  # parts that A had and B lost: demolished candidates
+        lost = _polygonal(shapely.difference(ua[g], ub[g]))
+        parts = [] if lost is None else list(shapely.get_parts(lost))
+        if not parts:
+            continue
+        big = ground_areas_m2(np.array(parts, dtype=object), crs) >= MIN_PART_M2
+        for p in np.array(parts, dtype=object)[big]:
+            owner = max(members[g][0], key=lambda i: shapely.area(shapely.intersection(
+                ga[i], p)))
+            singles.append(("a", owner, p, "modified", g))
+    verdicts = _judge(singles, conf_a, conf_b, rule, evidence)
 
     # the decision
     recs: list[dict[str, Any]] = []
 
     def rec(kind: str, i: int | None, j: int | None, iou: float | None, how: str,
             candidate: str, other: float = np.nan, changed: float = np.nan,
-            shared: float = np.nan) -> None:
+            shared: float = np.nan, geom: BaseGeometry | None = None) -> None:
+        if geom is None:
+            geom = ga[i] if j is None else gb[j]
         recs.append({"change": kind, "id_a": None if i is None else str(ids_a[i]),
                      "id_b": None if j is None else str(ids_b[j]), "date_a": date_a,
                      "date_b": date_b,
-                     "area_a_m2": None if i is None else round(float(area_a[i]), 3),
+                     "area_a_m2": None if i is None else round(float(
+                         area_a[i] if geom is ga[i] else ground_areas_m2(
+                             np.array([geom], dtype=object), crs)[0]), 3),
                      "area_b_m2": None if j is None else round(float(area_b[j]), 3),
                      "iou": None if iou is None else round(iou, 6), "match": how,
                      "candidate": candidate,
                      "confidence_a": None if i is None else _round(conf_a[i]),
                      "confidence_b": None if j is None else _round(conf_b[j]),
                      "other_cover": _round(other), "changed_cover": _round(changed),
-                     "shared_changed": _round(shared),
-                     "geometry": ga[i] if j is None else gb[j]})
+                     "shared_changed": _round(shared), "geometry": geom})
 
-    singles: list[tuple[str, int, str, float]] = []  # (side, index, candidate, shared)
+    gone: dict[int, list[BaseGeometry]] = {}
+    for n, ((side, k, geom, was, g), (ok, other, changed)) in enumerate(
+            zip(singles, verdicts, strict=True)):
+        kind = "demolished" if side == "a" else "new"
+        if n >= n_whole:  # a lost part: a change only where the pixels say so
+            if ok and changed >= rule.min_part_changed and g is not None:
+                gone.setdefault(g, []).append(geom)
+                rec(kind, k, None, None, "part", was, other, changed, shared_changed[g], geom)
+            continue
+        ok = ok and _passes(changed, changed >= rule.min_changed)
+        i_, j_ = (k, None) if side == "a" else (None, k)
+        rec(kind if ok else "uncertain", i_, j_, None, "", was, other, changed,
+            np.nan if g is None else shared_changed[g])
+
+    # whole groups: unchanged when the unions (less the demolished parts) match, a
+    # different segmentation of one building; else modified if the pixels changed
+    rest = {g: shapely.difference(ua[g], shapely.union_all(gone[g])) if g in gone else ua[g]
+            for g in whole}
+    areas = ground_areas_m2(np.array([x for g in whole for x in (rest[g], ub[g])],
+                                     dtype=object), crs).reshape(-1, 2)
+    diff_changed = dict(zip(whole, evidence.cover(np.array(
+        [_polygonal(shapely.symmetric_difference(rest[g], ub[g])) for g in whole],
+        dtype=object), "changed"), strict=True))
+    same: dict[int, bool] = {}
+    for g, (sa, sb) in zip(whole, areas, strict=True):
+        union = shapely.union(rest[g], ub[g]).area
+        iou_g = shapely.intersection(rest[g], ub[g]).area / union if union > 0 else 0.0
+        same[g] = iou_g >= iou_modified and sa > 0 and abs(sb - sa) / sa <= area_tolerance
     for kind, i, j, v, how in geo:
-        if i is None or j is None:
-            singles.append(("a", i, kind, np.nan) if j is None else ("b", j, kind, np.nan))
+        if i is None or j is None or int(group[i]) in broken:
             continue
         g = int(group[i])
-        if g in broken:
-            continue
-        cand = kind
-        many = len(members[g][0]) > 1 or len(members[g][1]) > 1
-        if kind == "modified" and many and union_iou[g] >= iou_modified:
-            sa, sb = (float(sum(area_a[members[g][0]])), float(sum(area_b[members[g][1]])))
-            if sa > 0 and abs(sb - sa) / sa <= area_tolerance:
-                kind = "unchanged"  # another segmentation of the same building
         final = kind
-        if kind == "modified" and not _passes(
-                diff_changed[g], diff_changed[g] >= rule.min_modified_changed):
-            final = "uncertain"
-        rec(final, i, j, v, how, cand, changed=diff_changed[g], shared=shared_changed[g])
-    for g in sorted(broken):  # not one building: each part is judged on its own
-        was = "modified" if any(k == "modified" and i is not None and int(group[i]) == g
-                                for k, i, _, _, _ in geo) else "unchanged"
-        singles += [("a", i, was, shared_changed[g]) for i in members[g][0]]
-        singles += [("b", j, was, shared_changed[g]) for j in members[g][1]]
-    if singles:
-        geoms = np.array([ga[k] if side == "a" else gb[k] for side, k, _, _ in singles],
-                         dtype=object)
-        other_layer = ["buildings_b" if side == "a" else "buildings_a"
-                       for side, _, _, _ in singles]
-        other = np.full(len(singles), np.nan)
-        for layer in ("buildings_a", "buildings_b"):
-            sel = np.array([x == layer for x in other_layer])
-            if sel.any():
-                other[sel] = evidence.cover(geoms[sel], layer)
-        changed = evidence.cover(geoms, "changed")
-        for (side, k, was, shared), o, c in zip(singles, other, changed, strict=True):
-            conf = conf_a[k] if side == "a" else conf_b[k]
-            kind = "demolished" if side == "a" else "new"
-            ok = (_passes(conf, conf >= rule.min_confidence)
-                  and _passes(o, o <= rule.max_other_cover)
-                  and _passes(c, c >= rule.min_changed))
-            i_, j_ = (k, None) if side == "a" else (None, k)
-            rec(kind if ok else "uncertain", i_, j_, None, "",
-                kind if was in ("new", "demolished") else was, o, c, shared)
+        if kind == "modified" or g in gone:
+            final = ("unchanged" if same[g] else "modified" if _passes(
+                diff_changed[g], diff_changed[g] >= rule.min_modified_changed)
+                else "uncertain")
+        rec(final, i, j, v, how, kind, changed=diff_changed[g], shared=shared_changed[g])
     order = {k: n for n, k in enumerate(KINDS)}
     recs.sort(key=lambda r: (order[r["change"]], _id_key(r["id_a"]), _id_key(r["id_b"])))
     frame = pd.DataFrame(recs, columns=[*COLUMNS, "geometry"])
@@ -405,6 +425,29 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
         frame[col] = frame[col].astype("float64")
     return gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries(list(frame["geometry"]), crs=crs),
                             crs=crs)
+
+
+def _judge(singles: list[tuple[str, int, BaseGeometry, str, int | None]], conf_a: np.ndarray,
+           conf_b: np.ndarray, rule: EvidenceRule, evidence: Evidence
+           ) -> list[tuple[bool, float, float]]:
+    """(confident and not covered by the other date's buildings, the other date's building
+    cover, the changed cover) of each new (side "b") or demolished (side "a") candidate."""
+    if not singles:
+        return []
+    geoms = np.array([geom for _, _, geom, _, _ in singles], dtype=object)
+    side = np.array([s for s, _, _, _, _ in singles])
+    other = np.full(len(singles), np.nan)
+    for s, layer in (("a", "buildings_b"), ("b", "buildings_a")):
+        if (side == s).any():
+            other[side == s] = evidence.cover(geoms[side == s], layer)
+    changed = evidence.cover(geoms, "changed")
+    out = []
+    for (s, k, _, _, _), o, c in zip(singles, other, changed, strict=True):
+        conf = conf_a[k] if s == "a" else conf_b[k]
+        ok = (_passes(conf, conf >= rule.min_confidence)
+              and _passes(o, o <= rule.max_other_cover))
+        out.append((ok, float(o), float(c)))
+    return out
 
 
 def _round(v: float) -> float | None:

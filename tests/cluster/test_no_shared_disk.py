@@ -27,9 +27,14 @@ import shapely
 from geoseg.config import validate_job
 from geoseg.job import run_job
 from tests.cluster.conftest import job_dict, write_config
-from tests.cluster.test_submit import LocalCluster, _env, local_cluster  # noqa: F401
+from tests.cluster.test_submit import (  # noqa: F401
+    LocalCluster,
+    _env,
+    _get_json,
+    local_cluster,
+)
+from tests.range_server import RangeServer
 from tests.s3_fixtures import apply_env, assert_same_store, body, keys, moto_server, s3_client
-from tests.sources.conftest import _CountingServer, http_server  # noqa: F401
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -40,15 +45,27 @@ BUCKET = "geoseg-cluster"
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The S3 server, and its settings in this process's environment *before* the cluster
-    starts (its nodes inherit them)."""
+    starts (its nodes inherit them); no proxy for loopback."""
     with moto_server() as ep, pytest.MonkeyPatch.context() as mp:
         apply_env(mp, ep, tmp_path_factory.mktemp("aws"))
+        for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                    "ALL_PROXY"):
+            mp.delenv(var, raising=False)
         s3_client(ep).create_bucket(Bucket=BUCKET)
         yield ep
 
 
 @pytest.fixture(scope="module")
-def cluster(http_server: _CountingServer, endpoint: str,  # noqa: F811
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RangeServer]:
+    """The image's HTTP server (Range requests, byte counts)."""
+    srv = RangeServer(tmp_path_factory.mktemp("www")).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def cluster(http_server: RangeServer, endpoint: str,
             local_cluster: LocalCluster) -> LocalCluster:  # noqa: F811
     return local_cluster
 
@@ -62,7 +79,7 @@ def _job(image: str, out: str, bundles: tuple[str, str]) -> dict[str, object]:
 
 
 def test_two_nodes_http_in_s3_out_equals_local(cluster: LocalCluster, endpoint: str,
-                                              http_server: _CountingServer,  # noqa: F811
+                                              http_server: RangeServer,
                                               region_tif: Path, tiny_bundles: tuple[str, str],
                                               tmp_path: Path) -> None:
     shutil.copy(region_tif, http_server.root / "region.tif")
@@ -87,6 +104,9 @@ def test_two_nodes_http_in_s3_out_equals_local(cluster: LocalCluster, endpoint: 
     print(f"local run {t_local:.1f} s; two-node cluster, HTTP in, S3 out {t_cluster:.1f} s "
           f"(driver start and Ray connection included); {http_server.served} bytes served")
     assert http_server.served.get("region.tif", 0) > 0  # the nodes read the image over HTTP
+    nodes = _chunk_tasks_per_node(cluster)
+    print(f"chunk tasks per node: {nodes}")
+    assert len(nodes) == 2, nodes  # both nodes read, wrote and vectorized chunks
 
     c = s3_client(endpoint)
     names = keys(c, BUCKET, "run/")
@@ -104,3 +124,13 @@ def test_two_nodes_http_in_s3_out_equals_local(cluster: LocalCluster, endpoint: 
             pyogrio.read_dataframe(p, layer=layer).geometry.values)))
             for p in (gpkg, local / "features.gpkg"))
         assert a == b, layer
+
+
+def _chunk_tasks_per_node(cluster: LocalCluster) -> dict[str, int]:
+    """How many read/write/vectorize tasks ran on each node (Ray's state API)."""
+    data = _get_json(f"{cluster.url}/api/v0/tasks?limit=10000")
+    out: dict[str, int] = {}
+    for t in data["data"]["result"]["result"]:
+        if t.get("name") in ("_read", "_write", "_vectorize") and t.get("node_id"):
+            out[t["node_id"][:8]] = out.get(t["node_id"][:8], 0) + 1
+    return out

@@ -62,23 +62,27 @@ def test_live_lock_refused_in_one_line(folder: ObjectFolder) -> None:
         pass
 
 
-def test_stale_lock_taken_over_once_and_the_loser_notices(
-        folder: ObjectFolder, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(objstore, "HEARTBEAT_S", 0.05)
-    old = ObjectLock(folder).acquire()
-    old._beat.set()  # type: ignore[union-attr]  # a driver that froze: no more heartbeats
-    monkeypatch.setattr(objstore, "STALE_AFTER_S", -1.0)
-    new = ObjectLock(folder).acquire("geoseg run (second)")
-    holder = json.loads(folder.read(".geoseg.lock") or b"{}")
-    assert holder["command"] == "geoseg run (second)"
-    # the old holder's conditional refresh fails: it knows it lost the lock, and its release
-    # leaves the new holder's lock alone
-    time.sleep(0.01)
-    assert old.held is not None and folder.replace(".geoseg.lock", b"x", old.held) is None
-    old._lost = True
-    old.release()
-    assert folder.head(".geoseg.lock") is not None
-    new.release()
+def test_stale_locks_are_taken_over(folder: ObjectFolder,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import geoseg.outdir as outdir
+
+    # a driver of this host that died: taken over at once
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 17, "command": "geoseg run"}
+    assert folder.create(".geoseg.lock", json.dumps(dead).encode()) is not None
+    with ObjectLock(folder).acquire("second") as held:
+        assert json.loads(folder.read(".geoseg.lock") or b"{}")["command"] == "second"
+        assert held.held is not None
+    # a job of another host: live while it refreshes the object, stale after STALE_AFTER_S
+    other = {"host": "elsewhere", "pid": 1, "command": "geoseg run (a pod)"}
+    stale = folder.create(".geoseg.lock", json.dumps(other).encode())
+    assert stale is not None
+    with pytest.raises(OutputLockedError, match=r"a pod\), host elsewhere"):
+        ObjectLock(folder).acquire()
+    monkeypatch.setattr(outdir, "STALE_AFTER_S", -1.0)
+    lock = ObjectLock(folder).acquire("third")
+    # the stale holder's conditional refresh now fails: it cannot take the lock back
+    assert folder.replace(".geoseg.lock", json.dumps(other).encode(), stale) is None
+    lock.release()
     assert folder.head(".geoseg.lock") is None
 
 
@@ -152,3 +156,18 @@ def test_aws_profile_from_the_credentials_file(folder: ObjectFolder, tmp_path: P
     assert found is not None
     folder.put("from-profile", b"1")  # signed with the profile's keys, through boto3's chain
     assert folder.read("from-profile") == b"1"
+
+
+def test_denied_access_is_fatal_and_names_no_secret() -> None:
+    from obstore.exceptions import PermissionDeniedError
+
+    from geoseg.objstore import storage_error
+
+    for exc in (PermissionError("Forbidden: SignatureDoesNotMatch"),
+                PermissionDeniedError("Error performing PUT https://u:p@host/b/k?X-Amz-"
+                                      "Signature=abc: 403 Forbidden")):
+        err = storage_error(exc, "s3://bucket/run/x")
+        assert err is not None and err.fatal
+        assert str(err).startswith("access denied to s3://bucket/run/x")
+        assert "X-Amz-Signature=abc" not in str(err) and "u:p@" not in str(err)
+    assert storage_error(ValueError("not ours"), "s3://bucket/run") is None

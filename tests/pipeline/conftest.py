@@ -53,3 +53,16 @@ def scene_tif(tmp_path: Path) -> Path:
     return write_raster(tmp_path / "img.tif", textured(200, 264),
                         descriptions=["red", "green", "blue", "nir"],
                         tags={"ACQUISITION_DATE": "2024-06-01"})
+
+
+def dated_image(root: Path) -> Path:
+    """A 200×264 textured 4-band image (bands named red, green, blue, nir), dated 2024-06-01."""
+    return write_raster(root / "scene.tif", textured(200, 264),
+                        descriptions=["red", "green", "blue", "nir"],
+                        tags={"ACQUISITION_DATE": "2024-06-01"})
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """:func:`dated_image` in a folder of the test module's own."""
+    return dated_image(tmp_path_factory.mktemp("image"))

@@ -7,6 +7,7 @@ from the bucket."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -20,8 +21,7 @@ import yaml
 from geoseg.config import validate_job
 from geoseg.errors import OutputExistsError
 from geoseg.job import JobResult, Progress, run_job
-from tests.conftest import write_raster
-from tests.pipeline.conftest import textured
+from geoseg.stac_item import SHA2_256
 from tests.s3_fixtures import (
     apply_env,
     assert_same_store,
@@ -51,13 +51,6 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         s3_client(ep).create_bucket(Bucket=BUCKET)
         yield ep
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_raster(tmp_path_factory.mktemp("objout") / "scene.tif", textured(200, 264),
-                        descriptions=["red", "green", "blue", "nir"],
-                        tags={"ACQUISITION_DATE": "2024-06-01"})
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +102,6 @@ def test_s3_run_equals_local_run(endpoint: str, remote: JobResult, local: Path) 
     item = json.loads(body(c, BUCKET, "run/stac-item.json"))
     assert item["assets"]["predictions"]["href"] == "./predictions.zarr"
     assert item["assets"]["landcover"]["href"] == "./landcover.tif"
-    import hashlib
-
-    from geoseg.stac_item import SHA2_256
     lc = body(c, BUCKET, "run/landcover.tif")
     assert item["assets"]["landcover"]["file:checksum"] == SHA2_256 + hashlib.sha256(
         lc).hexdigest()

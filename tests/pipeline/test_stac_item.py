@@ -43,13 +43,6 @@ def _cfg(image: Path, out: Path, bundles: tuple[str, str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_raster(tmp_path_factory.mktemp("stac") / "scene.tif", textured(200, 264),
-                        descriptions=["red", "green", "blue", "nir"],
-                        tags={"ACQUISITION_DATE": "2024-06-01"})
-
-
-@pytest.fixture(scope="module")
 def run(image: Path, tiny_bundles: tuple[str, str]) -> Path:
     out = image.parent / "run"
     assert run_job(_cfg(image, out, tiny_bundles), backend=SerialBackend()).ok
