@@ -125,7 +125,8 @@ def open_run_folder(output: str) -> Iterator[RunFolder]:
     """``--out`` prepared and locked for one job (released on exit); for object storage, the
     bucket is checked first (a missing bucket is one line) and a staging folder made."""
     if not is_object_url(output):
-        root = prepare_folder(Path(output))
+        # absolute: workers (threads here, Ray processes) may not share this process's cwd
+        root = prepare_folder(Path(output).absolute())
         with FolderLock(root):
             yield LocalFolder(root)
         return

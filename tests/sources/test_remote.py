@@ -68,8 +68,12 @@ def test_settings_apply_to_remote_paths_only_and_yield_to_the_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from rasterio.env import getenv, hasenv
 
+    def current() -> dict[str, object]:
+        return dict(getenv()) if hasenv() else {}  # (a library may hold a default env)
+
+    before = current()
     with remote_env("/data/a.tif"):
-        assert not hasenv()  # local reads: untouched
+        assert current() == before  # local reads: untouched
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "9")
     opts = gdal_options()
     assert "GDAL_HTTP_MAX_RETRY" not in opts  # the user's environment wins
