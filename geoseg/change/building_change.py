@@ -23,17 +23,27 @@ the change store's ``changed`` mask and each run's building-class pixels, on the
    land-cover change mask calls changed for at least ``break_changed`` of its pixels is not one
    building at both dates: its A parts become demolished candidates, its B parts new ones
    (rubble or a new building where an old one stood);
-7. a split/merge whose unions of parts have IoU >= ``iou_modified`` and area within
-   ``area_tolerance`` is a different segmentation of the same building: ``unchanged``;
-8. a ``modified`` group whose difference area (A's parts △ B's parts) the change mask calls
-   changed for less than ``min_modified_changed`` of its pixels is ``uncertain``;
+7. in the other groups, a part that A's footprints have and B's lost (at least
+   ``MIN_PART_M2``) whose pixels changed for at least ``min_part_changed`` is a ``demolished``
+   record of its own (``match`` = ``part``: a row house pulled down beside its neighbour, which
+   one footprint covered at date A) when it passes step 9's confidence and cover checks; a
+   gained part (at least ``MIN_GAIN_M2``) that changed as much and that A's building pixels
+   cover at most ``max_other_cover`` of is an extension: the group is modified, however
+   small the extension next to the building;
+8. then the group is ``unchanged`` when the unions of its parts (A's less its demolished
+   parts) have IoU >= ``iou_modified`` and area within ``area_tolerance`` and it gained no
+   extension: a split/merge that matches is another segmentation of the same building. Else
+   its ``modified`` records stay modified only when the change mask calls at least
+   ``min_modified_changed`` of the difference area (A's parts △ B's parts) changed, else
+   they are ``uncertain``;
 9. a ``new`` (``demolished``) footprint stays one only when its confidence is at least
    ``min_confidence``, the other date's building pixels cover at most ``max_other_cover`` of it
    and the change mask covers at least ``min_changed`` of it; else it is ``uncertain``.
 
 ``uncertain`` is a record of its own (counted separately, never as a change). A missing piece of
 evidence (no confidence column, a run without a ``buildings`` pixel layer, unknown pixels)
-never vetoes a change.
+never vetoes a change, nor makes one (a lost or gained part needs known changed pixels).
+Without evidence (:data:`GEOMETRY_ONLY`) only step 8's geometric split/merge test applies.
 
 Only footprints whose representative point lies where both runs have imagery (the overlap of
 their extents) are compared; the others are counted as outside the overlap.
@@ -87,6 +97,7 @@ COLUMNS = ("change", "id_a", "id_b", "date_a", "date_b", "area_a_m2", "area_b_m2
 FLOATS = ("area_a_m2", "area_b_m2", "iou", "confidence_a", "confidence_b", "other_cover",
           "changed_cover", "shared_changed")
 MIN_PART_M2 = 20.0  # a lost part smaller than the smallest footprint is no demolition
+MIN_GAIN_M2 = 10.0  # a gained part smaller than this is no extension (a few pixels of outline)
 BUILDING_PIXELS = ("building", "boundary")  # classes of a run's ``buildings`` layer that
 # make up footprints (geoseg.vectorize.footprints)
 
@@ -333,27 +344,26 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
 
     # candidates judged one by one: (side, index of the footprint, geometry, candidate, group)
     singles: list[tuple[str, int, BaseGeometry, str, int | None]] = []
-    for kind, i, j, _, _ in geo:
-        if j is None and i is not None:
-            singles.append(("a", i, ga[i], kind, None))
-        elif i is None and j is not None:
-            singles.append(("b", j, gb[j], kind, None))
+    for kind, ia, jb, _, _ in geo:
+        if jb is None and ia is not None:
+            singles.append(("a", ia, ga[ia], kind, None))
+        elif ia is None and jb is not None:
+            singles.append(("b", jb, gb[jb], kind, None))
     for g in broken:  # not one building at both dates: each part on its own
-        was = "modified" if any(k == "modified" and i is not None and int(group[i]) == g
-                                for k, i, _, _, _ in geo) else "unchanged"
-        singles += [("a", i, ga[i], was, g) for i in members[g][0]]
-        singles += [("b", j, gb[j], was, g) for j in members[g][1]]
+        was = "modified" if any(k == "modified" and ia is not None and int(group[ia]) == g
+                                for k, ia, _, _, _ in geo) else "unchanged"
+        singles += [("a", m, ga[m], was, g) for m in members[g][0]]
+        singles += [("b", m, gb[m], was, g) for m in members[g][1]]
     n_whole = len(singles)
     for g in whole:  # parts that A had and B lost: demolished candidates
         lost = _polygonal(shapely.difference(ua[g], ub[g]))
-        parts = [] if lost is None else list(shapely.get_parts(lost))
-        if not parts:
+        pieces = np.array([] if lost is None else shapely.get_parts(lost), dtype=object)
+        if not pieces.size:
             continue
-        big = ground_areas_m2(np.array(parts, dtype=object), crs) >= MIN_PART_M2
-        for p in np.array(parts, dtype=object)[big]:
-            owner = max(members[g][0], key=lambda i: shapely.area(shapely.intersection(
-                ga[i], p)))
-            singles.append(("a", owner, p, "modified", g))
+        for piece in pieces[ground_areas_m2(pieces, crs) >= MIN_PART_M2]:
+            owner = max(members[g][0], key=lambda m: float(shapely.area(shapely.intersection(
+                ga[m], piece))))
+            singles.append(("a", owner, piece, "part", g))
     verdicts = _judge(singles, conf_a, conf_b, rule, evidence)
 
     # the decision
@@ -362,14 +372,15 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
     def rec(kind: str, i: int | None, j: int | None, iou: float | None, how: str,
             candidate: str, other: float = np.nan, changed: float = np.nan,
             shared: float = np.nan, geom: BaseGeometry | None = None) -> None:
+        part = geom is not None  # a lost part of A's footprint i: its own area
         if geom is None:
             geom = ga[i] if j is None else gb[j]
         recs.append({"change": kind, "id_a": None if i is None else str(ids_a[i]),
                      "id_b": None if j is None else str(ids_b[j]), "date_a": date_a,
                      "date_b": date_b,
                      "area_a_m2": None if i is None else round(float(
-                         area_a[i] if geom is ga[i] else ground_areas_m2(
-                             np.array([geom], dtype=object), crs)[0]), 3),
+                         ground_areas_m2(np.array([geom], dtype=object), crs)[0] if part
+                         else area_a[i]), 3),
                      "area_b_m2": None if j is None else round(float(area_b[j]), 3),
                      "iou": None if iou is None else round(iou, 6), "match": how,
                      "candidate": candidate,
@@ -379,18 +390,19 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
                      "shared_changed": _round(shared), "geometry": geom})
 
     gone: dict[int, list[BaseGeometry]] = {}
-    for n, ((side, k, geom, was, g), (ok, other, changed)) in enumerate(
+    for n, ((side, k, geom, was, grp), (ok, other, changed)) in enumerate(
             zip(singles, verdicts, strict=True)):
         kind = "demolished" if side == "a" else "new"
         if n >= n_whole:  # a lost part: a change only where the pixels say so
-            if ok and changed >= rule.min_part_changed and g is not None:
-                gone.setdefault(g, []).append(geom)
-                rec(kind, k, None, None, "part", was, other, changed, shared_changed[g], geom)
+            if ok and changed >= rule.min_part_changed and grp is not None:
+                gone.setdefault(grp, []).append(geom)
+                rec(kind, k, None, None, "part", "modified", other, changed,
+                    shared_changed[grp], geom)
             continue
         ok = ok and _passes(changed, changed >= rule.min_changed)
         i_, j_ = (k, None) if side == "a" else (None, k)
         rec(kind if ok else "uncertain", i_, j_, None, "", was, other, changed,
-            np.nan if g is None else shared_changed[g])
+            np.nan if grp is None else shared_changed[grp])
 
     # whole groups: unchanged when the unions (less the demolished parts) match, a
     # different segmentation of one building; else modified if the pixels changed
@@ -401,21 +413,37 @@ def classify(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, crs: CRS, *, iou_modified
     diff_changed = dict(zip(whole, evidence.cover(np.array(
         [_polygonal(shapely.symmetric_difference(rest[g], ub[g])) for g in whole],
         dtype=object), "changed"), strict=True))
-    same: dict[int, bool] = {}
+    # parts that B gained where the pixels changed: an extension, however small next to the
+    # building (IoU and area change may call it unchanged)
+    gained: list[tuple[int, BaseGeometry]] = []
+    for g in whole:
+        new_part = _polygonal(shapely.difference(ub[g], ua[g]))
+        grown = np.array([] if new_part is None else shapely.get_parts(new_part), dtype=object)
+        if grown.size:
+            gained += [(g, x) for x in grown[ground_areas_m2(grown, crs) >= MIN_GAIN_M2]]
+    extended: set[int] = set()
+    if gained:
+        geoms = np.array([x for _, x in gained], dtype=object)
+        for (g, _), c, o in zip(gained, evidence.cover(geoms, "changed"),
+                                evidence.cover(geoms, "buildings_a"), strict=True):
+            if c >= rule.min_part_changed and _passes(o, o <= rule.max_other_cover):
+                extended.add(g)
+    one_building: dict[int, bool] = {}
     for g, (sa, sb) in zip(whole, areas, strict=True):
         union = shapely.union(rest[g], ub[g]).area
         iou_g = shapely.intersection(rest[g], ub[g]).area / union if union > 0 else 0.0
-        same[g] = iou_g >= iou_modified and sa > 0 and abs(sb - sa) / sa <= area_tolerance
-    for kind, i, j, v, how in geo:
-        if i is None or j is None or int(group[i]) in broken:
+        one_building[g] = (iou_g >= iou_modified and sa > 0
+                           and abs(sb - sa) / sa <= area_tolerance and g not in extended)
+    for kind, ia, jb, iou, how in geo:
+        if ia is None or jb is None or int(group[ia]) in broken:
             continue
-        g = int(group[i])
+        g = int(group[ia])
         final = kind
-        if kind == "modified" or g in gone:
-            final = ("unchanged" if same[g] else "modified" if _passes(
+        if kind == "modified" or g in gone or g in extended:
+            final = ("unchanged" if one_building[g] else "modified" if _passes(
                 diff_changed[g], diff_changed[g] >= rule.min_modified_changed)
                 else "uncertain")
-        rec(final, i, j, v, how, kind, changed=diff_changed[g], shared=shared_changed[g])
+        rec(final, ia, jb, iou, how, kind, changed=diff_changed[g], shared=shared_changed[g])
     order = {k: n for n, k in enumerate(KINDS)}
     recs.sort(key=lambda r: (order[r["change"]], _id_key(r["id_a"]), _id_key(r["id_b"])))
     frame = pd.DataFrame(recs, columns=[*COLUMNS, "geometry"])
@@ -442,10 +470,11 @@ def _judge(singles: list[tuple[str, int, BaseGeometry, str, int | None]], conf_a
             other[side == s] = evidence.cover(geoms[side == s], layer)
     changed = evidence.cover(geoms, "changed")
     out = []
-    for (s, k, _, _, _), o, c in zip(singles, other, changed, strict=True):
+    for (s, k, _, was, _), o, c in zip(singles, other, changed, strict=True):
         conf = conf_a[k] if s == "a" else conf_b[k]
+        # a part of a broken group lies on the other date's footprint by construction
         ok = (_passes(conf, conf >= rule.min_confidence)
-              and _passes(o, o <= rule.max_other_cover))
+              and (was in ("unchanged", "modified") or _passes(o, o <= rule.max_other_cover)))
         out.append((ok, float(o), float(c)))
     return out
 
@@ -497,7 +526,7 @@ class PixelEvidence(Evidence):
     def __init__(self, store: Path, a: RunInfo, b: RunInfo, decision: GridDecision) -> None:
         self.grid: GeoBox = decision.grid
         self.crs = a.grid.crs  # footprints are compared in A's CRS
-        self._changed = zarr.open_group(str(store), mode="r", zarr_format=2)["changed"]
+        self._changed: Any = zarr.open_group(str(store), mode="r", zarr_format=2)["changed"]
         self._buildings: dict[str, tuple[_BuildingCodes, tuple[int, ...]]] = {}
         for label, run in (("a", a), ("b", b)):
             ids = _building_ids(run)
@@ -522,7 +551,8 @@ class PixelEvidence(Evidence):
         if win.size == 0:
             return NO_EVIDENCE
         rs, cs = win.slices()
-        layers = {"changed": (np.asarray(self._changed[rs, cs]), (1,))}
+        layers: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {
+            "changed": (np.asarray(self._changed[rs, cs]), (1,))}
         for name, (codes, ids) in self._buildings.items():
             layers[name] = ((codes.window(win) >> 8).astype(np.uint8), ids)
         return _WindowEvidence(self.grid[win].transform, layers, self._to_grid)
@@ -552,14 +582,14 @@ class _WindowEvidence(Evidence):
             if g is None or g.is_empty:
                 continue
             gx0, gy0, gx1, gy1 = g.bounds
-            c0, r0 = inv * (gx0, gy1)
-            c1, r1 = inv * (gx1, gy0)
+            c0, r0 = inv @ (gx0, gy1)
+            c1, r1 = inv @ (gx1, gy0)
             r0, r1 = max(0, math.floor(min(r0, r1))), min(h, math.ceil(max(r0, r1)))
             c0, c1 = max(0, math.floor(min(c0, c1))), min(w, math.ceil(max(c0, c1)))
             if r1 <= r0 or c1 <= c0:
                 continue
             sub = arr[r0:r1, c0:c1]
-            at = self.transform * Affine.translation(c0, r0)
+            at = self.transform @ Affine.translation(c0, r0)
             inside = geometry_mask([g], sub.shape, at, invert=True)
             if not inside.any():  # thinner than a pixel: the pixels it touches
                 inside = geometry_mask([g], sub.shape, at, invert=True, all_touched=True)

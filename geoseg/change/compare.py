@@ -27,6 +27,7 @@ from geoseg.change.defaults import (
     BUILDING_MAX_OTHER_COVER,
     BUILDING_MIN_CHANGED,
     BUILDING_MIN_CONFIDENCE,
+    BUILDING_PART_CHANGED,
     MIN_CHANGE_CONFIDENCE,
     MIN_CHANGE_WIDTH,
     MODIFIED_MIN_CHANGED,
@@ -118,7 +119,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
                  building_max_other_cover: float = BUILDING_MAX_OTHER_COVER,
                  building_min_changed: float = BUILDING_MIN_CHANGED,
                  building_break_changed: float = BUILDING_BREAK_CHANGED,
-                 modified_min_changed: float = MODIFIED_MIN_CHANGED) -> ChangeResult:
+                 modified_min_changed: float = MODIFIED_MIN_CHANGED,
+                 building_part_changed: float = BUILDING_PART_CHANGED) -> ChangeResult:
     """Land-cover and building change from run A (before) to run B (after).
 
     Both runs are compared on A's grid (``grid="a"``) or B's; the other run is aligned to it
@@ -136,7 +138,9 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     ``building_max_other_cover`` of it and changed pixels covering at least
     ``building_min_changed``; a matched pair whose shared area changed for at least
     ``building_break_changed`` of its pixels is demolished + new (above 1: never); a modified
-    building needs changed pixels on at least ``modified_min_changed`` of its difference area.
+    building needs changed pixels on at least ``modified_min_changed`` of its difference area;
+    a part that a footprint lost (gained) with changed pixels on at least
+    ``building_part_changed`` of it is demolished (an extension; above 1: never).
     """
     t_start = time.perf_counter()
     run_a, run_b, out = Path(run_a), Path(run_b), Path(out)
@@ -145,8 +149,11 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     threshold = confidence_threshold(min_confidence)
     change_threshold = confidence_threshold(min_change_confidence)
     check_params(iou_modified, area_tolerance)
-    rule = EvidenceRule(building_min_confidence, building_max_other_cover, building_min_changed,
-                        building_break_changed, modified_min_changed)
+    rule = EvidenceRule(min_confidence=building_min_confidence,
+                        max_other_cover=building_max_other_cover,
+                        min_changed=building_min_changed, break_changed=building_break_changed,
+                        min_modified_changed=modified_min_changed,
+                        min_part_changed=building_part_changed)
     rule.check()
     check_min_width(min_change_width)
     if executor not in ("auto", "threads", "ray"):

@@ -9,8 +9,10 @@ MIN_CHANGE_CONFIDENCE = 0.605
 # building change (issue 17): a geometric change counts only when the footprints' confidence
 # and the pixels back it (geoseg.change.building_change.EvidenceRule); chosen on the validation
 # scene (seed 7), never on the test (demo) scene
-BUILDING_MIN_CONFIDENCE = 0.0  # new / demolished footprint confidence
-BUILDING_MAX_OTHER_COVER = 1.0  # ... at most this covered by the other date's building pixels
+BUILDING_MIN_CONFIDENCE = 0.88  # new / demolished footprint confidence
+BUILDING_MAX_OTHER_COVER = 0.3  # ... at most this covered by the other date's building pixels
 BUILDING_MIN_CHANGED = 0.0  # ... at least this covered by changed pixels
-BUILDING_BREAK_CHANGED = 2.0  # a matched group whose shared area changed this much is broken
-MODIFIED_MIN_CHANGED = 0.0  # a modified group's difference area changed at least this much
+BUILDING_BREAK_CHANGED = 0.3  # a matched group whose shared area changed this much is broken
+MODIFIED_MIN_CHANGED = 0.4  # a modified group's difference area changed at least this much
+BUILDING_PART_CHANGED = 0.5  # a lost part changed this much is demolished, a gained one an
+# extension (modified)

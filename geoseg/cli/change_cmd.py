@@ -7,7 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from geoseg.change.defaults import MIN_CHANGE_CONFIDENCE
+from geoseg.change.defaults import (
+    BUILDING_BREAK_CHANGED,
+    BUILDING_MAX_OTHER_COVER,
+    BUILDING_MIN_CHANGED,
+    BUILDING_MIN_CONFIDENCE,
+    BUILDING_PART_CHANGED,
+    MIN_CHANGE_CONFIDENCE,
+    MODIFIED_MIN_CHANGED,
+)
 
 
 def _print_summary(res: Any) -> None:
@@ -94,7 +102,13 @@ def cmd_change(a: argparse.Namespace) -> int:
                        min_confidence=a.min_confidence, iou_modified=a.iou_modified,
                        area_tolerance=a.area_tolerance, overwrite=a.overwrite,
                        min_change_width=a.min_change_width,
-                       min_change_confidence=a.min_change_confidence)
+                       min_change_confidence=a.min_change_confidence,
+                       building_min_confidence=a.building_min_confidence,
+                       building_max_other_cover=a.building_max_other_cover,
+                       building_min_changed=a.building_min_changed,
+                       building_break_changed=a.building_break_changed,
+                       modified_min_changed=a.modified_min_changed,
+                       building_part_changed=a.building_part_changed)
     _print_summary(res)
     if a.scene:
         import json
@@ -142,6 +156,32 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="matched buildings with a lower IoU are modified (default 0.8)")
     c.add_argument("--area-tolerance", type=float, default=0.1,
                    help="matched buildings whose area changed more are modified (default 0.1)")
+    e = c.add_argument_group(
+        "building change evidence: a geometric change counts only when the footprints' "
+        "confidence and the pixels (land-cover change mask, each date's building pixels) back "
+        "it, else it is 'uncertain' (defaults chosen on a validation scene: "
+        "geoseg/change/defaults.py)")
+    e.add_argument("--building-min-confidence", type=float, default=BUILDING_MIN_CONFIDENCE,
+                   metavar="C", help="a new or demolished footprint needs confidence >= C "
+                   f"(default {BUILDING_MIN_CONFIDENCE}; 0 turns the check off)")
+    e.add_argument("--building-max-other-cover", type=float, default=BUILDING_MAX_OTHER_COVER,
+                   metavar="F", help="... and the other date's building pixels covering at most "
+                   f"F of it (default {BUILDING_MAX_OTHER_COVER}; 1: off)")
+    e.add_argument("--building-min-changed", type=float, default=BUILDING_MIN_CHANGED,
+                   metavar="F", help="... and changed land-cover pixels covering at least F of it "
+                   f"(default {BUILDING_MIN_CHANGED}: off)")
+    e.add_argument("--building-break-changed", type=float, default=BUILDING_BREAK_CHANGED,
+                   metavar="F", help="matched footprints whose shared area is changed for at "
+                   "least F of its pixels are not one building: demolished + new (default "
+                   f"{BUILDING_BREAK_CHANGED}; above 1: never)")
+    e.add_argument("--modified-min-changed", type=float, default=MODIFIED_MIN_CHANGED,
+                   metavar="F", help="a modified building needs changed pixels on at least F of "
+                   "the area where its footprints differ (default "
+                   f"{MODIFIED_MIN_CHANGED}; 0: off)")
+    e.add_argument("--building-part-changed", type=float, default=BUILDING_PART_CHANGED,
+                   metavar="F", help="a part a footprint lost (gained) whose pixels changed for "
+                   "at least F of it is a demolished building (an extension: modified) "
+                   f"(default {BUILDING_PART_CHANGED}; above 1: never)")
     c.add_argument("--overwrite", action="store_true", help="replace existing change outputs")
     c.add_argument("--scene", help="a `geoseg sample` scene directory: score the change against "
                                    "its truth (changed-pixel and building-change P/R/F1)")

@@ -337,7 +337,8 @@ def _reshape_graph(path: Path) -> Path:
     nodes = [helper.make_node("Reshape", ["image", "shape"], ["r"]),
              helper.make_node("Conv", ["r", "weight"], ["logits"])]
     graph = helper.make_graph(nodes, "hidden", [x], [y], [shape, weight])
-    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                           ir_version=8), str(path))
     return path
 
 
