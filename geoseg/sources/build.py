@@ -281,6 +281,11 @@ def build_mosaic(items: Sequence[SourceItem], *, band_names: Sequence[str | None
     dtype = _check_dtypes(kept, parts, band_names)
     ref = _reference(parts)
     out_crs = crs or ref.crs
+    crss = {p.info.geobox.crs.to_string() for ps in parts for p in ps}
+    if crs is None and len(crss) > 1:  # a choice the user should see, not an error
+        warnings.warn(f"the images are in {len(crss)} CRSs ({', '.join(sorted(crss))}): the "
+                      f"output grid is in {ref.crs.to_string()}, the most common; pass --crs "
+                      "(and --resolution) to choose", GeoSegWarning, stacklevel=2)
     feet = [shapely.union_all([outline(p.info.geobox, out_crs) for p in ps]) for ps in parts]
     mitems = [MosaicItem(it.id, it.datetime, ps, fp)
               for it, ps, fp in zip(kept, parts, feet, strict=True)]
