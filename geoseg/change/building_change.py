@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,17 +70,19 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import shapely
-import zarr
-from affine import Affine
 from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
 from geoseg.area import ground_areas_m2
-from geoseg.change.align import NODATA_CODE, AlignedCodes, GridDecision, Mode
+from geoseg.change.building_evidence import (
+    GEOMETRY_ONLY,
+    NO_EVIDENCE,
+    Evidence,
+    EvidenceRule,
+    PixelEvidence,
+)
 from geoseg.change.runs import RunInfo
 from geoseg.errors import InputError
-from geoseg.grid import Bounds, GeoBox, Window
-from geoseg.store import FILL
 
 log = logging.getLogger(__name__)
 
@@ -98,45 +99,6 @@ FLOATS = ("area_a_m2", "area_b_m2", "iou", "confidence_a", "confidence_b", "othe
           "changed_cover", "shared_changed")
 MIN_PART_M2 = 20.0  # a lost part smaller than the smallest footprint is no demolition
 MIN_GAIN_M2 = 10.0  # a gained part smaller than this is no extension (a few pixels of outline)
-BUILDING_PIXELS = ("building", "boundary")  # classes of a run's ``buildings`` layer that
-# make up footprints (geoseg.vectorize.footprints)
-
-
-@dataclass(frozen=True)
-class EvidenceRule:
-    """When a geometric change counts (module docstring, steps 6-9). The defaults here change
-    nothing: geometry alone decides, as before evidence was used."""
-
-    min_confidence: float = 0.0  # new / demolished footprint confidence
-    max_other_cover: float = 1.0  # ... at most this covered by the other date's buildings
-    min_changed: float = 0.0  # ... at least this covered by changed pixels
-    break_changed: float = math.inf  # a group whose shared area changed this much is broken
-    min_modified_changed: float = 0.0  # a modified group's difference area changed this much
-    min_part_changed: float = math.inf  # a part lost from a footprint that changed this much
-    # is demolished
-
-    def check(self) -> None:
-        for name in ("min_confidence", "max_other_cover", "min_changed",
-                     "min_modified_changed"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise InputError(f"{name} must be in [0, 1], got {v}")
-        for name in ("break_changed", "min_part_changed"):
-            v = getattr(self, name)
-            if not v > 0.0:
-                raise InputError(f"{name} must be > 0 (above 1: never), got {v}")
-
-    def describe(self) -> dict[str, float | None]:
-        return {"min_confidence": self.min_confidence, "max_other_cover": self.max_other_cover,
-                "min_changed": self.min_changed,
-                "break_changed": None if self.break_changed > 1 else self.break_changed,
-                "min_modified_changed": self.min_modified_changed,
-                "min_part_changed": None if self.min_part_changed > 1 else self.min_part_changed}
-
-
-GEOMETRY_ONLY = EvidenceRule()
-
-
 @dataclass(frozen=True)
 class BuildingChanges:
     """What the comparison wrote: features per change type, footprints outside the overlap."""
@@ -258,19 +220,6 @@ def _id_key(value: str | None) -> tuple[int, int, str]:
         return (1, int(value), "")
     return (2, 0, ".".join(f"{int(x):012d}" if x.isdigit() else x
                            for x in value.lstrip("b").split("_")))
-
-
-class Evidence:
-    """Pixel evidence for footprints: the fraction of each geometry's pixels that a layer
-    calls "on" (``changed``: the land-cover change mask says changed; ``buildings_a`` /
-    ``buildings_b``: that date's building-class pixels), NaN where none of its pixels is
-    known. This base class knows nothing (all NaN)."""
-
-    def cover(self, geoms: np.ndarray, layer: str) -> np.ndarray:
-        return np.full(len(geoms), np.nan)
-
-
-NO_EVIDENCE = Evidence()
 
 
 def _polygonal(g: BaseGeometry | None) -> BaseGeometry | None:
@@ -481,123 +430,6 @@ def _judge(singles: list[tuple[str, int, BaseGeometry, str, int | None]], conf_a
 
 def _round(v: float) -> float | None:
     return None if v != v else round(float(v), 6)
-
-
-class _BuildingCodes(AlignedCodes):
-    """A run's ``buildings`` class ids on another grid, as :class:`AlignedCodes` codes
-    (class << 8; confidence not read)."""
-
-    _layer: Any = None
-
-    def _read(self, win: Window) -> np.ndarray:
-        if self._layer is None:
-            self._layer = zarr.open_group(str(self.run.store), mode="r",
-                                          zarr_format=2)["buildings"]
-        rs, cs = win.slices()
-        cls = np.asarray(self._layer[rs, cs])
-        return np.where(cls == FILL, NODATA_CODE, cls.astype(np.uint16) << 8).astype(np.uint16)
-
-
-def _building_ids(run: RunInfo) -> tuple[int, ...] | None:
-    """Class ids of the run's ``buildings`` pixel layer that make up footprints; None when
-    the run has no such layer."""
-    import json
-
-    layer = run.store / "buildings"
-    if not (layer / ".zarray").exists():
-        return None
-    try:
-        attrs = json.loads((layer / ".zattrs").read_text())
-    except (OSError, ValueError):
-        attrs = {}
-    values, meanings = attrs.get("flag_values"), str(attrs.get("flag_meanings", "")).split()
-    if isinstance(values, list) and len(values) == len(meanings):
-        ids = tuple(int(v) for v, m in zip(values, meanings, strict=True)
-                    if m in BUILDING_PIXELS)
-        if ids:
-            return ids
-    return (1,)
-
-
-class PixelEvidence(Evidence):
-    """The change store's ``changed`` mask and both runs' building-class pixels on the change
-    grid, read for one window at a time (:meth:`window`)."""
-
-    def __init__(self, store: Path, a: RunInfo, b: RunInfo, decision: GridDecision) -> None:
-        self.grid: GeoBox = decision.grid
-        self.crs = a.grid.crs  # footprints are compared in A's CRS
-        self._changed: Any = zarr.open_group(str(store), mode="r", zarr_format=2)["changed"]
-        self._buildings: dict[str, tuple[_BuildingCodes, tuple[int, ...]]] = {}
-        for label, run in (("a", a), ("b", b)):
-            ids = _building_ids(run)
-            if ids is not None:
-                mode: Mode = "window" if label == decision.target else decision.mode
-                self._buildings[f"buildings_{label}"] = (
-                    _BuildingCodes(run, self.grid, mode), ids)
-        self._to_grid = (None if self.grid.crs == self.crs else
-                         Transformer.from_crs(self.crs, self.grid.crs, always_xy=True))
-
-    def window(self, geoms: Iterable[BaseGeometry]) -> Evidence:
-        """The evidence for footprints ``geoms`` (in A's CRS): the pixels under their
-        bounds."""
-        arr = np.asarray(list(geoms), dtype=object)
-        if not arr.size:
-            return NO_EVIDENCE
-        x0, y0, x1, y1 = shapely.total_bounds(arr)
-        if not (x1 > x0 and y1 > y0):
-            return NO_EVIDENCE
-        win = self.grid.window_of(Bounds(x0, y0, x1, y1, self.crs)).pad(1).intersect(
-            self.grid.window)
-        if win.size == 0:
-            return NO_EVIDENCE
-        rs, cs = win.slices()
-        layers: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {
-            "changed": (np.asarray(self._changed[rs, cs]), (1,))}
-        for name, (codes, ids) in self._buildings.items():
-            layers[name] = ((codes.window(win) >> 8).astype(np.uint8), ids)
-        return _WindowEvidence(self.grid[win].transform, layers, self._to_grid)
-
-
-class _WindowEvidence(Evidence):
-    def __init__(self, transform: Affine, layers: dict[str, tuple[np.ndarray,
-                                                                 tuple[int, ...]]],
-                 to_grid: Transformer | None) -> None:
-        self.transform, self.layers, self.to_grid = transform, layers, to_grid
-
-    def cover(self, geoms: np.ndarray, layer: str) -> np.ndarray:
-        from rasterio.features import geometry_mask
-
-        out = np.full(len(geoms), np.nan)
-        if layer not in self.layers or not len(geoms):
-            return out
-        arr, on = self.layers[layer]
-        if self.to_grid is not None:
-            t = self.to_grid
-            geoms = np.array([None if g is None else shapely.transform(
-                g, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
-                for g in geoms], dtype=object)
-        inv = ~self.transform
-        h, w = arr.shape
-        for k, g in enumerate(geoms):
-            if g is None or g.is_empty:
-                continue
-            gx0, gy0, gx1, gy1 = g.bounds
-            c0, r0 = inv @ (gx0, gy1)
-            c1, r1 = inv @ (gx1, gy0)
-            r0, r1 = max(0, math.floor(min(r0, r1))), min(h, math.ceil(max(r0, r1)))
-            c0, c1 = max(0, math.floor(min(c0, c1))), min(w, math.ceil(max(c0, c1)))
-            if r1 <= r0 or c1 <= c0:
-                continue
-            sub = arr[r0:r1, c0:c1]
-            at = self.transform @ Affine.translation(c0, r0)
-            inside = geometry_mask([g], sub.shape, at, invert=True)
-            if not inside.any():  # thinner than a pixel: the pixels it touches
-                inside = geometry_mask([g], sub.shape, at, invert=True, all_touched=True)
-            v = sub[inside]
-            v = v[v != FILL]
-            if v.size:
-                out[k] = np.isin(v, on).sum() / v.size
-        return out
 
 
 def _groups(na: int, nb: int, pairs: Pairs) -> np.ndarray:

@@ -16,12 +16,8 @@ import xarray as xr
 
 from geoseg import __version__
 from geoseg.change.align import GridDecision, aligned_inputs, decide_grid, quiet_warp
-from geoseg.change.building_change import (
-    EvidenceRule,
-    PixelEvidence,
-    check_params,
-    compare_buildings,
-)
+from geoseg.change.building_change import check_params, compare_buildings
+from geoseg.change.building_evidence import EvidenceRule, PixelEvidence
 from geoseg.change.defaults import (
     BUILDING_BREAK_CHANGED,
     BUILDING_MAX_OTHER_COVER,

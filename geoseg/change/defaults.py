@@ -7,7 +7,7 @@ MIN_CHANGE_WIDTH = 3  # px: drops a class boundary drawn 1-2 px apart on the two
 MIN_CHANGE_CONFIDENCE = 0.605
 
 # building change (issue 17): a geometric change counts only when the footprints' confidence
-# and the pixels back it (geoseg.change.building_change.EvidenceRule); chosen on the validation
+# and the pixels back it (geoseg.change.building_evidence.EvidenceRule); chosen on the validation
 # scene (seed 7), never on the test (demo) scene
 BUILDING_MIN_CONFIDENCE = 0.88  # new / demolished footprint confidence
 BUILDING_MAX_OTHER_COVER = 0.3  # ... at most this covered by the other date's building pixels
