@@ -22,6 +22,7 @@ from geoseg.outdir import storage_errors
 from geoseg.plan import ModelRef, Plan
 from geoseg.region import region_mask
 from geoseg.sources.mosaic import Mosaic, read_window_sources, sources_record
+from geoseg.sources.remote import is_local_path
 from geoseg.stitch import (
     Crop,
     classify,
@@ -80,7 +81,7 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
             data, valid = read_window(plan.image, img_win, plan.bands)
     except RasterioIOError as exc:
         path = plan.image.path
-        if "://" in path or path.startswith("/vsi") or isinstance(plan.image, Mosaic):
+        if not is_local_path(path) or isinstance(plan.image, Mosaic):
             raise  # a remote read may succeed on retry (a mosaic's local errors are InputError)
         root: BaseException = exc
         while root.__cause__ is not None:  # rasterio chains GDAL's own message

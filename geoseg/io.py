@@ -21,7 +21,14 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import CRSError, GeoSegWarning, NotARasterError, RasterNotFoundError
 from geoseg.grid import GeoBox, Window, normalize_crs
-from geoseg.sources.remote import describe_remote_error, gdal_path, is_remote, redact, remote_env
+from geoseg.sources.remote import (
+    describe_remote_error,
+    gdal_path,
+    is_local_path,
+    is_remote,
+    redact,
+    remote_env,
+)
 
 if TYPE_CHECKING:
     from geoseg.sources.mosaic import Mosaic
@@ -54,10 +61,9 @@ def open_info(path: str | Path) -> RasterInfo:
     A local path is made absolute: workers (threads, Ray processes) may not share this
     process's working directory."""
     p = str(path)
-    remote = is_remote(p)
-    if not remote and "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
-        raise RasterNotFoundError(f"image not found: {p} (check the path)")
-    if not remote and "://" not in p and not p.startswith("/vsi"):
+    if is_local_path(p):
+        if not Path(p).exists():
+            raise RasterNotFoundError(f"image not found: {p} (check the path)")
         p = os.path.abspath(p)
     shown = redact(p)  # URLs may carry signatures or tokens: never shown
     try:
@@ -74,7 +80,7 @@ def open_info(path: str | Path) -> RasterInfo:
             info = RasterInfo(p, geobox, src.count, src.dtypes[0], src.nodata, has_mask,
                               tuple(src.descriptions), date)
     except RasterioIOError as exc:
-        if remote:
+        if is_remote(p):
             raise NotARasterError(describe_remote_error(p, str(exc))) from exc
         raise NotARasterError(f"{p} is not a raster GDAL can read: {_first_line(exc)}") from exc
     if info.nodata is None and not info.has_dataset_mask:

@@ -41,6 +41,7 @@ from geoseg.metrics import (
     panoptic_match,
     score_polygons,
 )
+from geoseg.sources.remote import is_local_path
 from geoseg.store import store_grid
 from geoseg.truth_raster import TruthReader, open_grid
 
@@ -190,7 +191,7 @@ def read_polygons(path: str | Path, layer: str | None, what: str) -> Any:
     from geoseg.errors import GeoSegWarning
 
     p = str(path)
-    if "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
+    if is_local_path(p) and not Path(p).exists():
         raise InputError(f"{what} {p} not found: check the path")
     try:
         layers = [(str(n), str(t or "")) for n, t in pyogrio.list_layers(p)]

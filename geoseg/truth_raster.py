@@ -23,6 +23,7 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import CRSError, InputError, NotARasterError, RasterNotFoundError
 from geoseg.grid import GeoBox, Window, normalize_crs
+from geoseg.sources.remote import is_local_path
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ IGNORE = 255
 def open_grid(path: str | Path, what: str = "truth") -> tuple[GeoBox, float | None]:
     """Grid and declared nodata of a raster; every problem is one :class:`InputError` line."""
     p = str(path)
-    if "://" not in p and not p.startswith("/vsi") and not Path(p).exists():
+    if is_local_path(p) and not Path(p).exists():
         raise RasterNotFoundError(f"{what} {p} not found: check the path")
     try:
         with rasterio.open(p) as src:

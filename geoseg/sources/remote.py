@@ -71,6 +71,12 @@ _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s?#]
                   r"(?P<rest>[^\s?#'\"]*)(?P<query>[?#][^\s'\"]*)?")
 
 
+def is_local_path(path: str | Path) -> bool:
+    """Whether ``path`` is a plain file-system path (no URL scheme, no GDAL ``/vsi`` path)."""
+    p = str(path)
+    return "://" not in p and not p.startswith("/vsi")
+
+
 def is_remote(path: str | Path) -> bool:
     """Whether ``path`` is read over the network (a URL geoseg maps, or a GDAL network path)."""
     p = str(path)
