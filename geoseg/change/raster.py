@@ -86,13 +86,13 @@ def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
                                 dtype=bool, meta=np.empty((0, 0), bool), width=min_width)
         diff = diff.copy(data=opened)
     fill = np.uint8(FILL)
+    conf = np.minimum(ac, bc)
+    flip = xr.where(conf >= change_threshold, np.uint8(1), np.uint8(UNCERTAIN))
     return {
         "from_class": xr.where(known, a, fill).astype(np.uint8),
         "to_class": xr.where(known, b, fill).astype(np.uint8),
-        "changed": xr.where(known, xr.where(diff, xr.where(
-            np.minimum(ac, bc) >= change_threshold, np.uint8(1), np.uint8(UNCERTAIN)),
-            np.uint8(0)), fill).astype(np.uint8),
-        "confidence": xr.where(valid, np.minimum(ac, bc), np.uint8(0)).astype(np.uint8),
+        "changed": xr.where(known, xr.where(diff, flip, np.uint8(0)), fill).astype(np.uint8),
+        "confidence": xr.where(valid, conf, np.uint8(0)).astype(np.uint8),
     }
 
 
