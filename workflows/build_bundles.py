@@ -81,10 +81,12 @@ def make_scenes(root: Path, seeds: Sequence[int], size: int) -> list[Path]:
 
 
 def config_for(name: str, steps: int, seed: int, threads: int,
-               max_seconds: float | None, precision: str = "fp32") -> TrainConfig:
+               max_seconds: float | None, precision: str = "fp32",
+               init_from: Path | None = None) -> TrainConfig:
     if name == "maskrcnn":
         return maskrcnn_config(steps, seed, threads, max_seconds, precision)
     common: dict[str, Any] = {
+        "init_from": None if init_from is None else str(init_from / name),
         "architecture": ARCHITECTURE, "band_names": BAND_NAMES, "steps": steps,
         "batch_size": 8, "chip_size": 256, "lr": 3e-3, "seed": seed, "threads": threads,
         "precision": "bf16",
@@ -235,7 +237,9 @@ def build(name: str, out: Path, scenes: list[Path], args: argparse.Namespace) ->
     """Train bundle ``name`` into ``<out>/<config name>`` (and export its ONNX graph)."""
     config = config_for(name, args.steps, args.seed, args.train_threads,
                         args.max_minutes * 60 if args.max_minutes else None,
-                        args.maskrcnn_precision)
+                        args.maskrcnn_precision, args.init_from)
+    if args.lr is not None:
+        config = config.model_copy(update={"lr": args.lr})
     files = [f for d in scenes for f in scene_files(d, config.task, DATES)]
     bundle = out / config.name
     train(config, files, bundle, resume=args.resume)
@@ -275,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--maskrcnn-precision", choices=["fp32", "bf16"], default="fp32",
                    help="autocast precision of the Mask R-CNN training (bf16 pays off only on "
                         "CPUs with AVX512-BF16/AMX; on AVX2 it was 7x slower)")
+    p.add_argument("--init-from", type=Path,
+                   help="fine-tune: start each bundle from DIR/<name> (e.g. a copy of "
+                        "geoseg/bundles) instead of random weights")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's 3e-3)")
     p.add_argument("--resume", action="store_true",
                    help="continue each bundle from <out>/<name>/checkpoints/last.pt")
     p.add_argument("--scenes", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-scenes",

@@ -126,7 +126,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       device=a.device, checkpoint_every=a.checkpoint_every,
                       chip_size=a.chip_size,
                       max_seconds=a.max_minutes * 60 if a.max_minutes else None,
-                      **_architecture(a))
+                      init_from=a.init_from, **_architecture(a))
     bar = _TrainProgress(a.quiet, cfg.max_seconds)
     try:
         res = train(cfg, scenes, a.out, resume=a.resume, progress=bar)
@@ -276,6 +276,10 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="write OUT/checkpoints/last.pt every N steps (default 100)")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt (same config and scenes)")
+    t.add_argument("--init-from", metavar="BUNDLE",
+                   help="fine-tune: start from this bundle's weights (a directory or a built-in "
+                        "name, e.g. buildings) with its normalization; needs the same "
+                        "architecture, class count and band count (default: random weights)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast precision (fp16: CUDA only)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",

@@ -41,6 +41,7 @@ from geoseg.training import checkpoint as ckpt
 from geoseg.training.augment import AugmentConfig, augment
 from geoseg.training.bands import resolve_layout, training_normalization
 from geoseg.training.data import ChipSampler, SceneFiles
+from geoseg.training.finetune import check_compatible, load_start, starting_bundle
 from geoseg.training.losses import LossConfig, SegLoss
 from geoseg.training.maskrcnn_step import (
     GRAD_CLIP,
@@ -121,6 +122,9 @@ class TrainConfig(BaseModel):
         "of steps or time runs out first, so a slow machine still ends with a decayed rate. "
         "A run that hits it is not reproducible step for step (steps done are recorded)"))
     log_every: int = Field(default=25, ge=1)
+    init_from: str | None = Field(default=None, description=(
+        "fine-tune: start from this bundle's weights (a directory or a built-in name; same "
+        "architecture, class and band count) and keep its normalization; None: random weights"))
     description: str = ""
 
     @model_validator(mode="before")
@@ -206,6 +210,9 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"loss.focal_alpha needs {len(ids)} values (one per class)")
     if not any((config.loss.ce, config.loss.dice, config.loss.focal)):
         raise ConfigError("loss: every term has weight 0; give ce, dice or focal a weight")
+    if config.init_from is not None and config.clip_percentiles is not None:
+        raise ConfigError("init_from keeps the starting bundle's normalization (and clipping): "
+                          "drop clip_percentiles")
     if config.precision == "fp16" and resolve_device(config).type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
     if config.architecture.name == "maskrcnn":
@@ -264,9 +271,11 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     t0 = time.perf_counter()
     config = with_layout(config, scenes)
     bands = config.bands or ()
-    norm = training_normalization([s.image for s in scenes], bands,
-                                  clip_percentiles=config.clip_percentiles,
-                                  max_windows=config.stats_windows, seed=config.seed)
+    start = starting_bundle(config.init_from) if config.init_from else None
+    norm = (start.spec.normalization if start is not None else
+            training_normalization([s.image for s in scenes], bands,
+                                   clip_percentiles=config.clip_percentiles,
+                                   max_windows=config.stats_windows, seed=config.seed))
     mean = np.asarray(norm.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(norm.std, dtype=np.float32)[:, None, None]
     torch.manual_seed(config.seed)
@@ -278,10 +287,16 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
               min_valid_fraction=config.min_valid_fraction, clip=norm.clip) as sampler:
         spec = base_spec(config, norm, sampler.pixel_size)
         model = build_model(spec)
+        if start is not None:
+            check_compatible(start, spec)
+            load_start(model, start)
+            logger.info("%s: starting from %s v%s (%s)", config.name, start.spec.name,
+                        start.spec.version, start.path)
         logger.info("training %s: %s, %.2f M parameters, %d steps of %dx%d² chips",
                     config.name, config.architecture.name, count_parameters(model) / 1e6,
                     config.steps, config.batch_size, config.chip_size)
-        fp = ckpt.fingerprint(config, [s.name for s in scenes])
+        fp = ckpt.fingerprint(config, [s.name for s in scenes]
+                              + ([start.weights_sha256] if start is not None else []))
         losses, done, resumed = _fit(model, config, sampler, rng, mean, std, t0,
                                      _Run(resolve_device(config), ckpt.checkpoint_path(out_dir),
                                           fp, resume, progress))
@@ -291,7 +306,10 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     seconds = time.perf_counter() - t0
     training = _provenance(config, scenes, done, losses, val, seconds)
     training["resumed_at_step"] = resumed
+    if start is not None:
+        training["init_from"] = start.provenance()
     training["normalization"] = (
+        "kept from the starting bundle (init_from)" if start is not None else
         f"per-band mean/std of the valid pixels (nodata excluded) of up to "
         f"{config.stats_windows} random 256-px windows per image"
         + (" after clipping each band to percentiles {:g}-{:g}".format(*config.clip_percentiles)

@@ -1,0 +1,92 @@
+"""Fine-tuning from a bundle (``init_from`` / ``geoseg train --init-from``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from geoseg.bundle import ArchitectureSpec, ClassSpec, read_spec
+from geoseg.cli import main
+from geoseg.errors import ConfigError
+from geoseg.models.factory import build_model
+from geoseg.training import TrainConfig, scene_files, train
+from geoseg.training.finetune import load_start, starting_bundle
+
+TINY = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=3,
+                        decoder_channels=(16, 8, 8))
+
+
+def _config(classes: tuple[ClassSpec, ...], **update: object) -> TrainConfig:
+    base = TrainConfig(name="tiny-landcover", task="landcover", classes=classes,
+                       architecture=TINY, steps=2, batch_size=2, chip_size=64, tile_size=64,
+                       val_fraction=0.25, val_windows_per_scene=1, log_every=1)
+    return base.model_copy(update=update)
+
+
+def test_fine_tuning_starts_from_the_bundle_and_keeps_its_normalization(
+        tiny_scene: Path, tmp_path: Path, landcover_classes: tuple[ClassSpec, ...]) -> None:
+    scenes = scene_files(tiny_scene, "landcover", ["t0"])
+    first = train(_config(landcover_classes), scenes, tmp_path / "first")
+    start = starting_bundle(str(first.bundle_dir))
+    # the model the second run starts with holds the first bundle's weights exactly
+    model = build_model(first.spec)
+    load_start(model, start)
+    saved = load_file(str(first.bundle_dir / "weights.safetensors"))
+    assert all(torch.equal(model.state_dict()[k].float(), v.float()) for k, v in saved.items())
+
+    tuned = train(_config(landcover_classes, init_from=str(first.bundle_dir), lr=1e-3),
+                  scenes, tmp_path / "tuned")
+    spec = read_spec(tuned.bundle_dir)
+    assert spec.normalization == first.spec.normalization
+    assert spec.training is not None
+    digest = hashlib.sha256((first.bundle_dir / "weights.safetensors").read_bytes()).hexdigest()
+    assert spec.training["init_from"] == {"bundle": "tiny-landcover", "version": "1.0.0",
+                                          "weights_sha256": digest, "its_training_steps": 2}
+    # two more steps moved the weights away from the start, and not back to a fresh start
+    fresh = train(_config(landcover_classes), scenes, tmp_path / "fresh")
+    after = load_file(str(tuned.bundle_dir / "weights.safetensors"))
+    again = load_file(str(fresh.bundle_dir / "weights.safetensors"))
+    assert not all(torch.equal(after[k], saved[k]) for k in saved)
+    assert all(torch.equal(again[k], saved[k]) for k in saved)  # same seed, same fresh start
+    moved_from_start = sum(float((after[k].float() - saved[k].float()).abs().sum())
+                           for k in saved if after[k].is_floating_point())
+    assert moved_from_start > 0
+
+
+def test_incompatible_start_is_one_line(tiny_scene: Path, tmp_path: Path,
+                                        landcover_classes: tuple[ClassSpec, ...]) -> None:
+    scenes = scene_files(tiny_scene, "landcover", ["t0"])
+    first = train(_config(landcover_classes), scenes, tmp_path / "first")
+    wider = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=3,
+                             decoder_channels=(32, 16, 16))
+    with pytest.raises(ConfigError, match="architecture unet/resnet18 differs"):
+        train(_config(landcover_classes, init_from=str(first.bundle_dir), architecture=wider),
+              scenes, tmp_path / "bad")
+    with pytest.raises(ConfigError, match="predicts 5 classes, the run trains 3"):
+        train(_config(landcover_classes[:3], init_from=str(first.bundle_dir)), scenes,
+              tmp_path / "bad2")
+    with pytest.raises(ConfigError, match="drop clip_percentiles"):
+        train(_config(landcover_classes, init_from=str(first.bundle_dir),
+                      clip_percentiles=(2.0, 98.0)), scenes, tmp_path / "bad3")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_cli_init_from(tiny_scene: Path, tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    pair = f"{tiny_scene / 'image_t0.tif'}:{tiny_scene / 'landcover_t0.tif'}"
+    common = ["train", "--task", "landcover", "--pair", pair, "--steps", "2",
+              "--batch-size", "2", "--chip-size", "64", "--arch", "unet"]
+    assert main([*common, "-o", str(tmp_path / "a")]) == 0
+    assert main([*common, "-o", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")]) == 0
+    spec = read_spec(tmp_path / "b")
+    assert spec.training is not None and spec.training["init_from"]["bundle"] == "landcover-custom"
+    # a built-in bundle with another architecture: one line, exit 2, no traceback
+    code = main([*common, "-o", str(tmp_path / "c"), "--init-from", "landcover"])
+    err = capsys.readouterr().err
+    assert code != 0 and "differs from the one being trained" in err and "Traceback" not in err
+    assert np.isfinite(float(spec.training["final_loss"]))
