@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,9 +224,10 @@ def _stage_profile(summary: dict[str, Any], wall: float, cpu: float) -> list[str
 
 
 def _geoseg(img: str, out: Path, bundle: str, a: argparse.Namespace, vectors: bool,
-            size: int) -> dict[str, Any]:
+            size: int, engine: str = "auto") -> dict[str, Any]:
     cmd = [sys.executable, "-m", "geoseg", "-q", "run", img, "-o", str(out), "--overwrite",
-           "-m", bundle, "--chunk-size", str(a.chunk_size), "--halo", str(a.halo)]
+           "-m", bundle, "--chunk-size", str(a.chunk_size), "--halo", str(a.halo),
+           "--engine", engine]
     if not vectors:
         cmd.append("--no-vectors")
     res = measure(cmd)
@@ -234,6 +236,24 @@ def _geoseg(img: str, out: Path, bundle: str, a: argparse.Namespace, vectors: bo
     res["summary"] = summ
     res["engine"] = next(iter(summ["engines"].values()))
     return res
+
+
+def _class_agreement(run_a: Path, run_b: Path) -> float:
+    """Share of pixels with the same class in two runs' stores (chunk by chunk)."""
+    import zarr
+
+    a = zarr.open_group(str(run_a / "predictions.zarr"), mode="r")
+    b = zarr.open_group(str(run_b / "predictions.zarr"), mode="r")
+    layer = next(k for k in a.array_keys() if k in ("landcover", "buildings"))
+    xa, xb = a[layer], b[layer]
+    assert isinstance(xa, zarr.Array) and isinstance(xb, zarr.Array)
+    same = total = 0
+    step = 2048
+    for r in range(0, xa.shape[0], step):
+        pa, pb = np.asarray(xa[r:r + step]), np.asarray(xb[r:r + step])
+        same += int((pa == pb).sum())
+        total += pa.size
+    return same / total
 
 
 def main() -> None:
@@ -247,6 +267,9 @@ def main() -> None:
     p.add_argument("--halo", type=int, default=64)
     p.add_argument("--vectors", choices=["on", "off", "both"], default="both")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "geoseg-bench"))
+    p.add_argument("--check-engine", default="onnx", choices=["onnx", "torch", "none"],
+                   help="also run geoseg --no-vectors with this engine and print the share of "
+                        "pixels whose class equals the auto engine's (when auto picks another)")
     a = p.parse_args()
     sizes = a.size or [4096]
     work = Path(a.work)
@@ -261,11 +284,14 @@ def main() -> None:
         bundle = str(builtin_bundle("landcover"))
     py = sys.executable
     rows: list[tuple[str, int, dict[str, Any]]] = []
+    agreements: list[str] = []
     for size in sizes:
         img = str(scene(size, work))
         if a.only == "all":
-            for engine in ("torch", "onnx"):
+            for engine in ("torch", "torch-bf16", "onnx"):
                 if engine == "onnx" and not (Path(bundle) / "model.onnx").exists():
+                    continue
+                if engine == "torch-bf16" and not (Path(bundle) / "weights.safetensors").exists():
                     continue
                 rows.append((f"forward {engine}, no overlap (limit)", size, measure(
                     [py, "-m", "benchmarks.variants", "forward", img, bundle, "--engine",
@@ -278,6 +304,16 @@ def main() -> None:
             res = _geoseg(img, work / f"geoseg-{size}-{int(vectors)}", bundle, a, vectors, size)
             what = "Zarr + COG + GPKG" if vectors else "--no-vectors: Zarr + COG"
             rows.append((f"geoseg run, {res['engine']} ({what})", size, res))
+        auto = rows[-1][2]
+        if a.check_engine not in ("none", auto["engine"]):
+            res = _geoseg(img, work / f"geoseg-{size}-{a.check_engine}", bundle, a, False, size,
+                          a.check_engine)
+            rows.append((f"geoseg run, {res['engine']} (--no-vectors: Zarr + COG)", size, res))
+            agree = _class_agreement(work / f"geoseg-{size}-0", work / f"geoseg-{size}-"
+                                     f"{a.check_engine}") if a.vectors != "on" else None
+            if agree is not None:
+                agreements.append(f"classes @ {size}: {auto['engine']} = {a.check_engine} on "
+                                  f"{agree:.4%} of pixels")
     print(f"\nmodel: {a.model} ({bundle}); chunk {a.chunk_size}, halo {a.halo}; "
           f"{psutil.cpu_count()} cores")
     print(f"{'what':<56} {'size':>6} {'Mpx/s':>7} {'wall s':>8} {'CPU s':>7} {'peak PSS GB':>12}")
@@ -306,6 +342,8 @@ def main() -> None:
                 print("\n".join(_stage_profile(r["summary"], r["wall_s"], r["cpu_s"])))
                 top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["peak_by_role_gb"].items())[:6])
                 print(f"    peak PSS by process role (GB): {top}")
+    for line in agreements:
+        print(line)
     gs = [(s, r) for n, s, r in rows if n.startswith("geoseg") and "no-vectors" not in n]
     if len(gs) > 1:
         (s0, r0), (s1, r1) = gs[0], gs[-1]

@@ -98,7 +98,7 @@ def main() -> None:
     p.add_argument("--overlap", type=int, default=0)
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--engine", choices=["torch", "torch-bf16", "onnx"], default="torch")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
     if a.variant == "forward":

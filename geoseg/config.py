@@ -65,7 +65,7 @@ class InferenceConfig(_Strict):
     tile_overlap: int = Field(default=64, ge=0)
     batch_size: int = Field(default=4, ge=1, le=256)
     max_tile: int = Field(default=1536, ge=64)
-    # torch / onnx (onnxruntime) / auto: see geoseg.engine
+    # torch / torch-bf16 / onnx (onnxruntime) / auto: see geoseg.engine
     engine: Engine = "auto"
     # test-time augmentation: probabilities averaged over flips (4: none, x, y, xy) or the
     # dihedral group d4 (8: flips x 90° rotations) before blending

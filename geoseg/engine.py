@@ -1,8 +1,13 @@
-"""Which inference engine runs a bundle: PyTorch (safetensors weights) or onnxruntime (ONNX).
+"""Which inference engine runs a bundle: PyTorch (safetensors weights), PyTorch with bfloat16
+autocast (``torch-bf16``) or onnxruntime (ONNX).
 
-``auto`` picks onnxruntime when the bundle ships an ONNX graph and onnxruntime runs on the job's
-device (always on CPUs, where it measured 1.8x faster than PyTorch eager; on GPUs only with its
-CUDA provider), else torch when the bundle ships its weights file, else the ONNX graph. The
+``auto`` picks, for a semantic bundle that ships its weights and records a bf16 class agreement
+of at least 99.9 % (:mod:`geoseg.models.bf16`), ``torch-bf16`` on CPUs with AMX bfloat16 units
+(Intel Sapphire Rapids and later: oneDNN runs bf16 convolutions there at ~4x float32 eager and
+~2x onnxruntime); else onnxruntime when the bundle ships an ONNX graph and onnxruntime runs on
+the job's device (always on CPUs, where it measured 1.8x faster than PyTorch eager; on GPUs
+only with its CUDA provider), else torch when the bundle ships its weights file, else the ONNX
+graph. On a GPU ``torch`` already autocasts to bf16/fp16, so ``torch-bf16`` equals it there. The
 choice is resolved per bundle on the driver, before any work starts, so that every error (no
 ONNX file, a Mask R-CNN bundle, onnxruntime not installed) is one line, and the resolved engine
 is what gets recorded and hashed.
@@ -12,6 +17,7 @@ No heavy imports here: the planner uses this module.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Literal
@@ -19,9 +25,10 @@ from typing import Literal
 from geoseg.bundle import BundleSpec, bundle_file
 from geoseg.errors import BundleError, MissingDependencyError
 
-Engine = Literal["auto", "torch", "onnx"]
-RunEngine = Literal["torch", "onnx"]
-ENGINES: tuple[Engine, ...] = ("auto", "torch", "onnx")
+Engine = Literal["auto", "torch", "torch-bf16", "onnx"]
+RunEngine = Literal["torch", "torch-bf16", "onnx"]
+ENGINES: tuple[Engine, ...] = ("auto", "torch", "torch-bf16", "onnx")
+RUN_ENGINES: tuple[RunEngine, ...] = ("torch", "torch-bf16", "onnx")
 ONNX_INSTALL = "pip install 'geoseg[onnx]'"
 
 
@@ -35,8 +42,9 @@ def import_onnxruntime() -> ModuleType:
 
 
 def model_file(spec: BundleSpec, bundle_dir: str | Path, engine: RunEngine) -> Path:
-    """The file ``engine`` runs: the safetensors weights (torch) or the ONNX graph (onnx)."""
-    if engine == "torch":
+    """The file ``engine`` runs: the safetensors weights (torch, torch-bf16) or the ONNX graph
+    (onnx)."""
+    if engine != "onnx":
         return bundle_file(bundle_dir, spec.weights, "weights")
     if spec.onnx is None:
         raise BundleError(f"bundle {spec.name!r} has no ONNX model: export one with "
@@ -62,34 +70,72 @@ def onnx_fits(device: str, remote: bool = False) -> bool:
     return not remote and not Path("/dev/nvidiactl").exists()
 
 
+def cpu_has_amx_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this host's CPU has AMX bfloat16 tiles (the ``amx_bf16`` flag; Linux only)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+BF16_MIN_AGREEMENT = 0.999
+"""Least recorded bf16 class agreement (``BundleSpec.bf16_agreement``) for ``auto`` to pick
+``torch-bf16`` (see :mod:`geoseg.models.bf16`)."""
+
+
+def bf16_checked(spec: BundleSpec) -> bool:
+    """Whether the bundle records a bf16 class agreement of at least the minimum."""
+    return spec.bf16_agreement is not None and spec.bf16_agreement >= BF16_MIN_AGREEMENT
+
+
+def bf16_fits(device: str, remote: bool = False) -> bool:
+    """Whether ``auto`` should run semantic bundles with ``torch-bf16``: the job runs on this
+    host's CPU (device cpu, or auto without an NVIDIA driver; a remote cluster's CPUs cannot be
+    seen from here), the CPU has AMX bf16 units and PyTorch is installed."""
+    if remote or device == "cuda" or (device == "auto" and Path("/dev/nvidiactl").exists()):
+        return False
+    return cpu_has_amx_bf16() and importlib.util.find_spec("torch") is not None
+
+
 def resolve_engine(spec: BundleSpec, bundle_dir: str | Path, engine: Engine = "auto",
-                   onnx_ok: bool = False) -> RunEngine:
+                   onnx_ok: bool = False, bf16_ok: bool = False) -> RunEngine:
     """The engine that runs the bundle for the requested ``engine``; checks that its model file
     exists and, for onnx, that onnxruntime can be imported.
 
-    ``auto``: onnxruntime when the bundle ships an ONNX graph and ``onnx_ok`` (see
-    :func:`onnx_fits`), else PyTorch when it ships its weights, else its ONNX graph."""
+    ``auto``: torch-bf16 for a semantic bundle with weights when ``bf16_ok`` (see
+    :func:`bf16_fits`), else onnxruntime when the bundle ships an ONNX graph and ``onnx_ok``
+    (see :func:`onnx_fits`), else PyTorch when it ships its weights, else its ONNX graph."""
     if engine not in ENGINES:
         raise BundleError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     weights = bundle_file(bundle_dir, spec.weights, "weights")
+    detector = spec.architecture.name == "maskrcnn"
     run: RunEngine
     if engine == "auto":
-        graph = (spec.onnx is not None and spec.architecture.name != "maskrcnn"
+        graph = (spec.onnx is not None and not detector
                  and bundle_file(bundle_dir, spec.onnx, "onnx file").is_file())
-        if graph and onnx_ok:
+        if bf16_ok and not detector and weights.is_file() and bf16_checked(spec):
+            run = "torch-bf16"
+        elif graph and onnx_ok:
             run = "onnx"
         else:
             run = "torch" if weights.is_file() or spec.onnx is None else "onnx"
     else:
         run = engine
-    if run == "onnx" and spec.architecture.name == "maskrcnn":
+    if run == "torch-bf16" and detector:
+        raise BundleError(f"bundle {spec.name!r} is maskrcnn: its detection heads run in "
+                          "float32; use engine torch (or auto)")
+    if run == "onnx" and detector:
         raise BundleError(f"bundle {spec.name!r} is maskrcnn: ONNX inference supports only unet "
                           "and deeplabv3plus bundles (Mask R-CNN post-processing is not "
                           "exported); ship its safetensors weights and use engine torch")
     path = model_file(spec, bundle_dir, run)
     if not path.is_file():
         what, hint = (("weights file", "ship the weights, or an ONNX graph named by 'onnx:' "
-                       "and engine auto or onnx") if run == "torch" else
+                       "and engine auto or onnx") if run != "onnx" else
                       ("ONNX file", f"export it with `geoseg export {bundle_dir} --onnx` or fix "
                        "'onnx' in bundle.yaml"))
         raise BundleError(f"bundle {spec.name!r}: {what} {path} is missing: {hint}")

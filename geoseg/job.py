@@ -23,6 +23,7 @@ import numpy as np
 
 from geoseg import __version__
 from geoseg.config import JobConfig
+from geoseg.engine import RUN_ENGINES
 from geoseg.errors import GeoSegWarning, MissingDependencyError, StorageError
 from geoseg.grid import Chunk
 from geoseg.layout import GPKG, STAC_ITEM, STORE, SUMMARY, RunLayout
@@ -244,7 +245,7 @@ def _recorded_engines(out: str) -> dict[str, Any] | None:
     if not isinstance(models, dict):
         return None
     engines = {k: v.get("engine") for k, v in models.items() if isinstance(v, dict)}
-    return {k: v for k, v in engines.items() if v in ("torch", "onnx")} or None
+    return {k: v for k, v in engines.items() if v in RUN_ENGINES} or None
 
 
 def _mosaic_items(plan: Plan) -> list[dict[str, Any]] | None:

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from geoseg.bundle import BundleSpec, builtin_bundle, read_spec
 from geoseg.config import JobConfig, SourceConfig
-from geoseg.engine import Engine, RunEngine, model_file, onnx_fits, resolve_engine
+from geoseg.engine import (
+    Engine,
+    RunEngine,
+    bf16_fits,
+    model_file,
+    onnx_fits,
+    resolve_engine,
+)
 from geoseg.errors import BandMismatchError, BundleError, GeoSegWarning, RegionError
 from geoseg.grid import ChunkGrid, GeoBox, Window
 from geoseg.io import RasterInfo, open_info
@@ -102,7 +109,8 @@ def _digest(bundle: Path, spec: BundleSpec, engine: RunEngine) -> str:
 
 
 def load_models(names: tuple[str, ...], engine: Engine = "auto", onnx_ok: bool = False,
-                prefer: dict[str, RunEngine] | None = None) -> tuple[ModelRef, ...]:
+                prefer: dict[str, RunEngine] | None = None,
+                bf16_ok: bool = False) -> tuple[ModelRef, ...]:
     """Resolve each bundle and the engine that runs it (``engine`` applies to every bundle;
     ``auto`` chooses per bundle), and check the model file it will run (see
     :mod:`geoseg.models.preflight`), so that a bad file stops the job here, not in a worker."""
@@ -116,7 +124,7 @@ def load_models(names: tuple[str, ...], engine: Engine = "auto", onnx_ok: bool =
         if any(r.name == spec.task for r in refs):
             raise BundleError(f"two models for the same task {spec.task!r}: give one per task")
         want = prefer.get(spec.task) if prefer and engine == "auto" else None
-        run = resolve_engine(spec, path, want or engine, onnx_ok)
+        run = resolve_engine(spec, path, want or engine, onnx_ok, bf16_ok)
         # every tensor is compared here when torch is loaded anyway (tests, serial runs);
         # else the model actor does it as it loads the weights
         check_model_file(spec, path, run, architecture="torch" in sys.modules)
@@ -199,7 +207,8 @@ def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None) -> Pl
     image = open_image(cfg, region)
     remote = bool(cfg.runtime.address or os.environ.get("RAY_ADDRESS"))
     models = load_models(cfg.models, cfg.inference.engine,
-                         onnx_ok=onnx_fits(cfg.runtime.device, remote), prefer=engines)
+                         onnx_ok=onnx_fits(cfg.runtime.device, remote), prefer=engines,
+                         bf16_ok=bf16_fits(cfg.runtime.device, remote))
     check_bands(image, models)
     window, clipped = clip_grid(image.geobox, region)
     if window.height < 1 or window.width < 1:

@@ -218,10 +218,22 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from geoseg.models import export_onnx
+    if not (a.onnx or a.bf16_check):
+        raise ConfigError("say what to export: --onnx (an ONNX graph) and/or --bf16-check IMAGE")
+    if a.onnx:
+        from geoseg.models import export_onnx
 
-    path = export_onnx(a.bundle)
-    print(f"ONNX model written: {path} (bundle.yaml now names it)")
+        path = export_onnx(a.bundle)
+        print(f"ONNX model written: {path} (bundle.yaml now names it)")
+    if a.bf16_check:
+        from geoseg.engine import BF16_MIN_AGREEMENT
+        from geoseg.models.bf16 import check_bundle
+
+        share = check_bundle(a.bundle, a.bf16_check, windows=a.windows)
+        verdict = ("engine auto may run it in bf16 on AMX CPUs" if share >= BF16_MIN_AGREEMENT
+                   else f"below {BF16_MIN_AGREEMENT:.1%}: engine auto keeps float32")
+        print(f"bf16 classes equal float32's on {share:.4%} of the pixels of {a.windows} windows "
+              f"of {a.bf16_check}; recorded in bundle.yaml ({verdict})")
     return 0
 
 
@@ -331,8 +343,14 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(fn=cmd_eval)
 
-    x = sub.add_parser("export", help="export a bundle's model (ONNX)")
+    x = sub.add_parser("export", help="export a bundle's model (ONNX) or check it in bf16")
     x.add_argument("bundle", help="bundle directory (bundle.yaml + weights)")
-    x.add_argument("--onnx", action="store_true", required=True,
-                   help="write model.onnx into the bundle (the only format for now)")
+    x.add_argument("--onnx", action="store_true",
+                   help="write model.onnx into the bundle")
+    x.add_argument("--bf16-check", metavar="IMAGE",
+                   help="measure on windows of IMAGE how many pixels keep their class under "
+                        "bfloat16 autocast and record it in bundle.yaml (engine auto runs the "
+                        "bundle in bf16 on AMX CPUs from 99.9 %%)")
+    x.add_argument("--windows", type=int, default=8,
+                   help="--bf16-check: random 512-px windows without nodata to compare")
     x.set_defaults(fn=cmd_export)

@@ -71,7 +71,9 @@ class Predictor:
         if num_threads is not None and num_threads < 1:
             raise InputError(f"num_threads must be >= 1, got {num_threads}")
         self.engine: RunEngine = resolve_engine(self.spec, self.bundle_dir, engine)
-        self.device = resolve_device(device, torch_cuda=self.engine == "torch")
+        self.device = resolve_device(device, torch_cuda=self.engine != "onnx")
+        # bfloat16 autocast + channels-last on a CPU (on CUDA every torch engine autocasts)
+        self._cpu_bf16 = self.engine == "torch-bf16" and self.device.type == "cpu"
         self.semantic = is_semantic(self.spec)
         self._layout = None if self.semantic else class_layout(self.spec)
         self._module: nn.Module | None = None
@@ -105,6 +107,8 @@ class Predictor:
         model.eval()
         if self.device.type == "cuda":
             model = model.to(self.device).to(memory_format=torch.channels_last)
+        elif self._cpu_bf16 and self.semantic:  # oneDNN's AMX kernels want NHWC
+            model = model.to(memory_format=torch.channels_last)
         return model
 
     @property
@@ -124,6 +128,8 @@ class Predictor:
         return tuple(c.name for c in self.spec.classes)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         if self.device.type != "cuda":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -151,7 +157,7 @@ class Predictor:
         if self._clip is not None:
             t = torch.clamp(t, self._clip[0], self._clip[1])
         t = (t - self._mean) / self._std
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" or (self._cpu_bf16 and self.semantic):
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
@@ -182,7 +188,7 @@ class Predictor:
         with torch.inference_mode(), self._autocast():
             logits = self.model(t)[0][:, crop[0], crop[1]].float()
         if self.device.type == "cpu":
-            return classify_logits(logits.numpy())
+            return classify_logits(logits.contiguous().numpy())
         with torch.inference_mode():
             top, ids = logits.max(dim=0)
             scaled = torch.round(255.0 / torch.exp(logits - top).sum(dim=0))

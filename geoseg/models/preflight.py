@@ -46,7 +46,7 @@ def check_model_file(spec: BundleSpec, bundle_dir: str | Path, engine: RunEngine
         from geoseg.models.maskrcnn import class_layout
 
         class_layout(spec)  # its classes must be background, building (, boundary)
-    if engine == "torch":
+    if engine != "onnx":
         check_weights(spec, path, architecture=architecture)
     else:
         check_onnx(spec, path)

@@ -303,6 +303,7 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
         val = validate(model, sampler, mean, std, config.val_windows_per_scene,
                        [c.name for c in config.classes],
                        None if semantic else detector_classifier(model, spec))
+        bf16 = _bf16_agreement(model, sampler, mean, std) if semantic else None
     seconds = time.perf_counter() - t0
     training = _provenance(config, scenes, done, losses, val, seconds)
     training["resumed_at_step"] = resumed
@@ -314,10 +315,27 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
         f"{config.stats_windows} random 256-px windows per image"
         + (" after clipping each band to percentiles {:g}-{:g}".format(*config.clip_percentiles)
            if config.clip_percentiles else ""))
-    spec = spec.model_copy(update={"training": training})
+    spec = spec.model_copy(update={"training": training, "bf16_agreement": bf16})
     out = save_bundle(model, spec, out_dir)
     logger.info("trained %s in %.0f s; validation %s", config.name, seconds, val)
     return TrainResult(out, spec, losses, seconds)
+
+
+def _bf16_agreement(model: torch.nn.Module, sampler: ChipSampler, mean: np.ndarray,
+                    std: np.ndarray, windows: int = 8) -> float | None:
+    """bf16 class agreement with float32 on up to ``windows`` validation windows (see
+    :mod:`geoseg.models.bf16`); None without validation windows."""
+    from geoseg.models.bf16 import agreement
+
+    wins = sampler.val_windows(2)[:windows]
+    if not wins:
+        return None
+    batches = [torch.from_numpy(((sampler.read(s, w)[0] - mean) / std)[None].astype(np.float32))
+               for s, w in wins]
+    same, total = agreement(model, batches)
+    logger.info("bf16 classes equal float32's on %.4f%% of %d validation pixels",
+                100 * same / total, total)
+    return round(same / total, 6)
 
 
 @dataclass(frozen=True)

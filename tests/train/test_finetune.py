@@ -32,6 +32,8 @@ def test_fine_tuning_starts_from_the_bundle_and_keeps_its_normalization(
         tiny_scene: Path, tmp_path: Path, landcover_classes: tuple[ClassSpec, ...]) -> None:
     scenes = scene_files(tiny_scene, "landcover", ["t0"])
     first = train(_config(landcover_classes), scenes, tmp_path / "first")
+    # training measures how many validation pixels keep their class in bf16 (engine auto)
+    assert first.spec.bf16_agreement is not None and 0.0 < first.spec.bf16_agreement <= 1.0
     start = starting_bundle(str(first.bundle_dir))
     # the model the second run starts with holds the first bundle's weights exactly
     model = build_model(first.spec)
