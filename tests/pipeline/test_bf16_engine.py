@@ -112,8 +112,9 @@ def test_run_in_bf16_records_the_engine_and_tiles_equal_whole(tmp_path: Path,
         torch_manifest["models"]["landcover"]["digest"]
 
     def classes(run: str) -> np.ndarray:
-        return np.asarray(zarr.open_group(str(tmp_path / run / "predictions.zarr"),
-                                          mode="r")["landcover"][:])
+        layer = zarr.open_group(str(tmp_path / run / "predictions.zarr"), mode="r")["landcover"]
+        assert isinstance(layer, zarr.Array)
+        return np.asarray(layer[:])
 
     tiled, whole, fp32 = classes("torch-bf16-128"), classes("torch-bf16-512"), \
         classes("torch-512")

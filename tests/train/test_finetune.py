@@ -86,9 +86,12 @@ def test_cli_init_from(tiny_scene: Path, tmp_path: Path,
     assert main([*common, "-o", str(tmp_path / "a")]) == 0
     assert main([*common, "-o", str(tmp_path / "b"), "--init-from", str(tmp_path / "a")]) == 0
     spec = read_spec(tmp_path / "b")
-    assert spec.training is not None and spec.training["init_from"]["bundle"] == "landcover-custom"
+    assert spec.training is not None
+    init = spec.training["init_from"]
+    assert isinstance(init, dict) and init["bundle"] == "landcover-custom"
     # a built-in bundle with another architecture: one line, exit 2, no traceback
     code = main([*common, "-o", str(tmp_path / "c"), "--init-from", "landcover"])
     err = capsys.readouterr().err
     assert code != 0 and "differs from the one being trained" in err and "Traceback" not in err
-    assert np.isfinite(float(spec.training["final_loss"]))
+    loss = spec.training["final_loss"]
+    assert isinstance(loss, float) and np.isfinite(loss)
