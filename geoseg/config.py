@@ -103,6 +103,10 @@ class VectorConfig(_Strict):
     # the false positives and no true positive (DESIGN.md)
     min_building_area_m2: float = Field(default=20.0, ge=0)
     regularize: bool = True
+    # building probability from which interior pixels seed their own footprint (0: every
+    # building-class component seeds one); separates terraced houses whose party wall the model
+    # sees only faintly (DESIGN.md, chosen on the validation scene)
+    split_confidence: float = Field(default=0.0, ge=0, lt=1)
 
 
 class OutputConfig(_Strict):
@@ -205,6 +209,8 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "engine": ("inference", "engine"),
     "tta": ("inference", "tta"),
     "vectors": ("vectors", "enabled"),
+    "min_building_area": ("vectors", "min_building_area_m2"),
+    "split_confidence": ("vectors", "split_confidence"),
     "cog": ("outputs", "cog"),
     "quicklook": ("outputs", "quicklook"),
     "address": ("runtime", "address"),

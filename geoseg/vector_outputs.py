@@ -63,7 +63,8 @@ def vectorize_chunk(plan: Plan, store: str, chunk: Chunk, *, vcfg: VectorConfig)
         feats = extract_buildings(
             cls, conf, ctx, chunk, plan.grid, building_id=bd.spec.class_id("building"),
             boundary_id=bd.spec.class_id("boundary") if "boundary" in names else None,
-            fill=FILL, min_area_m2=vcfg.min_building_area_m2, regularize=vcfg.regularize)
+            fill=FILL, min_area_m2=vcfg.min_building_area_m2, regularize=vcfg.regularize,
+            split_confidence=vcfg.split_confidence)
     return ChunkVectors(chunk, lc_parts, feats, time.perf_counter() - t0)
 
 

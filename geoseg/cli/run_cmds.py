@@ -53,6 +53,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "remote Ray) or auto (ray when an address is given, else local; "
                         "default)")
     p.add_argument("--no-vectors", action="store_true", help="skip the GeoPackage")
+    p.add_argument("--min-building-area", type=float, metavar="M2",
+                   help="drop footprints smaller than this, m² (default 20)")
+    p.add_argument("--split-confidence", type=float, metavar="P",
+                   help="building probability from which interior pixels seed a footprint of "
+                        "their own, 0..1 (separates touching buildings; default: the config's)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     g.add_argument("--resume", action="store_true", help="continue a previous run in --out")
@@ -67,6 +72,8 @@ def job_config(a: argparse.Namespace, image: str | list[str], output: str) -> An
                            engine=a.engine, tta=a.tta, workers=a.workers, threads=a.threads,
                            device=a.device, address=a.address, executor=a.executor,
                            vectors=False if a.no_vectors else None,
+                           min_building_area=getattr(a, "min_building_area", None),
+                           split_confidence=getattr(a, "split_confidence", None),
                            bands=getattr(a, "bands", None), crs=getattr(a, "crs", None),
                            resolution=getattr(a, "resolution", None),
                            mosaic=getattr(a, "mosaic", None), nodata=getattr(a, "nodata", None))

@@ -9,8 +9,12 @@ the context edge is still emitted, with a warning that asks for a larger halo).
 Touching buildings inside a cluster are split by watershed: markers are the 4-connected
 components of the building (interior) class, grown back over the boundary pixels by distance to
 the nearest marker, so a predicted boundary line is shared halfway between the buildings it
-separates. Everything is computed on the cluster's own bounding box and mask, so a cluster gives
-the same footprints (geometry, attributes, ``id``) whatever context window contains it.
+separates. With ``split_confidence`` t > 0 the markers are the components of the interior
+pixels whose building probability is >= t (a faint party wall between terraced houses lowers
+it even where the boundary class does not win), plus every interior component that has no such
+pixel, so no building loses its marker. Everything is computed on the cluster's own bounding
+box and mask, so a cluster gives the same footprints (geometry, attributes, ``id``) whatever
+context window contains it.
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ _EARTH_RADIUS_M = 6_371_008.8
 
 def extract_buildings(classes: np.ndarray, probability: np.ndarray, context: Window, chunk: Chunk,
                       grid: GeoBox, *, building_id: int, boundary_id: int | None, fill: int = 255,
-                      min_area_m2: float = 4.0, regularize: bool = True) -> list[Feature]:
+                      min_area_m2: float = 4.0, regularize: bool = True,
+                      split_confidence: float = 0.0) -> list[Feature]:
     """Footprints of the building clusters owned by ``chunk``, in the grid CRS.
 
     ``classes`` and ``probability`` (building probability, uint8 0..255 or float 0..1) cover
@@ -81,7 +86,9 @@ def extract_buildings(classes: np.ndarray, probability: np.ndarray, context: Win
             if _cut_by_context(box, context, grid):
                 cut.append(ref)
             origin = (context.row_off + box[0].start, context.col_off + box[1].start)
-            instances = _split_cluster(clusters[box] == lab, classes[box] == building_id)
+            strong = (probability[box] >= split_confidence / scale if split_confidence > 0
+                      else None)
+            instances = _split_cluster(clusters[box] == lab, classes[box] == building_id, strong)
             found.extend(_footprints(instances, probability[box], scale, origin, chunk, grid,
                                      building_id, min_area_m2, regularize))
     if cut:
@@ -158,14 +165,38 @@ def split_buildings(classes: np.ndarray, building_id: int, boundary_id: int | No
     return out
 
 
-def _split_cluster(cluster: np.ndarray, interior: np.ndarray) -> np.ndarray:
-    """Instance labels (int32, 0 outside) of one cluster: watershed from the interior
-    components over the cluster mask by distance to the nearest marker."""
-    markers, count = ndimage.label(interior & cluster, structure=CROSS)
+def _split_cluster(cluster: np.ndarray, interior: np.ndarray,
+                   strong: np.ndarray | None = None) -> np.ndarray:
+    """Instance labels (int32, 0 outside) of one cluster: watershed from the markers over the
+    cluster mask by distance to the nearest marker. Markers: the interior components, or, with
+    ``strong`` (interior pixels of high building probability), the strong components plus the
+    interior components without a strong pixel."""
+    interior = interior & cluster
+    markers, count = ndimage.label(interior, structure=CROSS)
+    if strong is not None and count:
+        markers, count = _strong_markers(interior, strong & interior, markers, count)
     if count <= 1:
         return cluster.astype(np.int32)
     distance = ndimage.distance_transform_edt(markers == 0)
     return np.asarray(watershed(distance, markers, mask=cluster, connectivity=1), dtype=np.int32)
+
+
+def _strong_markers(interior: np.ndarray, strong: np.ndarray, parts: np.ndarray,
+                    n_parts: int) -> tuple[np.ndarray, int]:
+    """Markers from the strong pixels' components, and the interior components (``parts``)
+    that hold no strong pixel as markers of their own."""
+    markers, count = ndimage.label(strong, structure=CROSS)
+    has_strong = np.zeros(n_parts + 1, dtype=bool)
+    has_strong[parts[strong]] = True
+    has_strong[0] = True
+    weak = ~has_strong[parts]
+    if weak.any():
+        ids = np.unique(parts[weak])
+        remap = np.zeros(n_parts + 1, dtype=np.int32)
+        remap[ids] = count + 1 + np.arange(ids.size, dtype=np.int32)
+        markers[weak] = remap[parts[weak]]
+        count += int(ids.size)
+    return markers, count
 
 
 def _footprints(instances: np.ndarray, probability: np.ndarray, scale: float,

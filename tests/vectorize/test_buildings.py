@@ -105,6 +105,33 @@ def test_touching_buildings_split_at_the_boundary_line() -> None:
     assert [(f.id, f.pixels) for f in one] == [("b10_10", 240), ("b30_5", 21)]
 
 
+def test_faint_party_wall_splits_with_split_confidence() -> None:
+    """Two terraced houses whose shared wall the model sees only faintly: the wall pixels are
+    still 'building' by argmax but at low probability, so strong-interior markers split them;
+    a third house beyond a predicted boundary line, weak everywhere, keeps a marker of its own."""
+    classes = np.zeros((40, 60), dtype=np.uint8)
+    classes[10:20, 5:45] = BUILDING
+    classes[10:20, 30:32] = BOUNDARY                       # a wall the model does see
+    prob = np.where(classes == BUILDING, 0.95, 0.9).astype(np.float32)
+    prob[10:20, 18:21] = 0.6                               # the faint wall
+    prob[10:20, 32:45] = 0.7                               # a weakly seen house
+    grid = utm_grid(classes.shape)
+    whole = Chunk((0, 0), grid.window)
+    kw: dict[str, Any] = {"building_id": BUILDING, "boundary_id": BOUNDARY}
+    merged = extract_buildings(classes, prob, grid.window, whole, grid, **kw)
+    split = extract_buildings(classes, prob, grid.window, whole, grid, split_confidence=0.9, **kw)
+    assert [(f.id, f.pixels) for f in merged] == [("b10_5", 260), ("b10_31", 140)]
+    cols = [int(f.id.split("_")[1]) for f in split]
+    assert len(split) == 3 and cols[0] == 5 and 18 <= cols[1] <= 21 and cols[2] == 31
+    # the faint wall is shared between the two houses, the weak house keeps its pixels
+    assert split[0].pixels + split[1].pixels == 260 and split[2].pixels == 140
+    assert 130 <= split[0].pixels <= 150
+    # the same on uint8 probabilities (the store's) and whatever the chunking
+    as_uint8 = np.rint(prob * 255).astype(np.uint8)
+    tiled = run_chunks(classes, as_uint8, grid, chunk=16, halo=48, split_confidence=0.9)
+    assert sorted((f.id, f.pixels) for f in tiled) == sorted((f.id, f.pixels) for f in split)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_same_features_whatever_the_chunk_size(seed: int) -> None:
     classes = scene(seed)
