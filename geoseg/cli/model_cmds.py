@@ -147,10 +147,15 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _architecture(a: argparse.Namespace) -> dict[str, Any]:
-    """``architecture`` for TrainConfig from ``--arch``/``--encoder`` (empty: its default)."""
+    """``architecture`` for TrainConfig from ``--arch``/``--encoder`` (empty: its default; with
+    ``--init-from`` and neither flag: the starting bundle's architecture)."""
     from geoseg.bundle import ArchitectureSpec
 
     if a.arch is None and a.encoder is None:
+        if a.init_from:
+            from geoseg.training.finetune import starting_bundle
+
+            return {"architecture": starting_bundle(a.init_from).spec.architecture}
         return {}
     return {"architecture": ArchitectureSpec(name=a.arch or "unet",
                                              encoder=a.encoder or "resnet18")}

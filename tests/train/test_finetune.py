@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from geoseg.bundle import ArchitectureSpec, ClassSpec, read_spec
+from geoseg.bundle import ArchitectureSpec, ClassSpec, builtin_bundle, read_spec
 from geoseg.cli import main
 from geoseg.errors import ConfigError
 from geoseg.models.factory import build_model
@@ -89,9 +89,15 @@ def test_cli_init_from(tiny_scene: Path, tmp_path: Path,
     assert spec.training is not None
     init = spec.training["init_from"]
     assert isinstance(init, dict) and init["bundle"] == "landcover-custom"
-    # a built-in bundle with another architecture: one line, exit 2, no traceback
+    # a built-in bundle with another architecture than the one asked for: one line, no traceback
     code = main([*common, "-o", str(tmp_path / "c"), "--init-from", "landcover"])
     err = capsys.readouterr().err
     assert code != 0 and "differs from the one being trained" in err and "Traceback" not in err
+    # without --arch/--encoder the starting bundle's architecture is used
+    mine = [c for c in common if c not in ("--arch", "unet")]
+    assert main([*mine, "-o", str(tmp_path / "d"), "--init-from", "landcover",
+                 "--chip-size", "64"]) == 0
+    assert read_spec(tmp_path / "d").architecture == read_spec(builtin_bundle("landcover")) \
+        .architecture
     loss = spec.training["final_loss"]
     assert isinstance(loss, float) and np.isfinite(loss)
