@@ -34,6 +34,7 @@ from geoseg.plan import Plan, make_plan
 from geoseg.runfolder import RunFolder, open_run_folder, read_manifest
 from geoseg.runtime.base import Backend, ChunkFailure
 from geoseg.runtime.connection import ray_connected
+from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.provenance import code_version
 from geoseg.sources.remote import redact
 
@@ -379,6 +380,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
             sink.close(abort=True)
         raise
     failed = [*report.failed, *rec.unrecorded]
+    release_free_memory()  # the model is gone: its heap goes back before the final merge
     # a run never says "complete" while a chunk is missing or not what was written
     if not failed:
         failed += _missing(plan, store, manifest)
