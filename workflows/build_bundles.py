@@ -240,6 +240,9 @@ def build(name: str, out: Path, scenes: list[Path], args: argparse.Namespace) ->
                         args.maskrcnn_precision, args.init_from)
     if args.lr is not None:
         config = config.model_copy(update={"lr": args.lr})
+    if args.contact_weight and config.task == "buildings":
+        config = config.model_copy(update={"loss": config.loss.model_copy(
+            update={"contact_weight": args.contact_weight})})
     files = [f for d in scenes for f in scene_files(d, config.task, DATES)]
     bundle = out / config.name
     train(config, files, bundle, resume=args.resume)
@@ -283,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="fine-tune: start each bundle from DIR/<name> (e.g. a copy of "
                         "geoseg/bundles) instead of random weights")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's 3e-3)")
+    p.add_argument("--contact-weight", type=float, default=0.0,
+                   help="buildings: extra loss weight on walls between touching buildings")
     p.add_argument("--resume", action="store_true",
                    help="continue each bundle from <out>/<name>/checkpoints/last.pt")
     p.add_argument("--scenes", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-scenes",

@@ -162,14 +162,14 @@ def _architecture(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _loss(a: argparse.Namespace) -> LossConfig:
-    """``LossConfig`` from ``--loss`` and ``--boundary-weight``."""
+    """``LossConfig`` from ``--loss``, ``--boundary-weight`` and ``--contact-weight``."""
     from geoseg.training.losses import LossConfig, parse_loss
 
+    extra = {"boundary_weight": a.boundary_weight, "contact_weight": a.contact_weight}
     if not a.loss:
-        return LossConfig(boundary_weight=a.boundary_weight)
+        return LossConfig(**extra)
     w = parse_loss(a.loss)
-    return LossConfig(ce=w["ce"], dice=w["dice"], focal=w["focal"],
-                      boundary_weight=a.boundary_weight)
+    return LossConfig(ce=w["ce"], dice=w["dice"], focal=w["focal"], **extra)
 
 
 class _TrainProgress:
@@ -289,6 +289,10 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     t.add_argument("--boundary-weight", type=float, default=0.0,
                    help="w in 1 + w*exp(-d²/2σ²), σ = 3 px: extra CE/focal weight near class "
                         "edges (default 0 = off)")
+    t.add_argument("--contact-weight", type=float, default=0.0,
+                   help="--task buildings: c in 1 + c, extra CE/focal weight on boundary pixels "
+                        "between touching buildings (no background within 3 px), which keep "
+                        "terraced houses apart (default 0 = off)")
     t.add_argument("--checkpoint-every", type=int, default=100,
                    help="write OUT/checkpoints/last.pt every N steps (default 100)")
     t.add_argument("--resume", action="store_true",

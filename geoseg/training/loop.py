@@ -208,6 +208,10 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"class_weights needs {len(ids)} values (one per class)")
     if config.loss.focal_alpha is not None and len(config.loss.focal_alpha) != len(ids):
         raise ConfigError(f"loss.focal_alpha needs {len(ids)} values (one per class)")
+    if config.loss.contact_weight and (config.task != "buildings" or [
+            c.name for c in config.classes[:3]] != ["background", "building", "boundary"]):
+        raise ConfigError("loss.contact_weight weighs walls between touching buildings: it needs "
+                          "task buildings with classes background, building, boundary")
     if not any((config.loss.ce, config.loss.dice, config.loss.focal)):
         raise ConfigError("loss: every term has weight 0; give ce, dice or focal a weight")
     if config.init_from is not None and config.clip_percentiles is not None:

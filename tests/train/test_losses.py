@@ -135,3 +135,31 @@ def test_config_checks() -> None:
         SegLoss(LossConfig(focal_alpha=(1.0,)), 2)
     with pytest.raises(ConfigError, match="weight 0"):
         SegLoss(LossConfig(ce=0.0, dice=0.0), 2)
+
+
+def test_contact_pixels_are_the_walls_between_touching_buildings() -> None:
+    from geoseg.training.losses import contact_mask
+    from geoseg.training.targets import buildings_target
+
+    inst = np.zeros((30, 40), dtype=np.int32)
+    inst[5:25, 5:20] = 1
+    inst[5:25, 20:35] = 2                 # touches building 1 along column 20
+    inst[5:25, 37:40] = 3                 # alone, 2 px of background away from building 2
+    target = torch.from_numpy(buildings_target(inst, 2).astype(np.int64))[None]
+    contact = contact_mask(target, 3)[0].numpy()
+    rows, cols = np.nonzero(contact)
+    # the shared wall (2 px each side of the meeting line), away from the outer background
+    assert set(cols) == {18, 19, 20, 21} and rows.min() == 8 and rows.max() == 21
+    assert not contact[:, 30:].any()      # no outer ring is a contact
+    # a wrong wall costs more with a contact weight; elsewhere the loss is unchanged
+    logits = torch.zeros((1, 3, 30, 40))
+    logits[:, 1] = 4.0                    # "building" everywhere: every boundary pixel wrong
+    plain = SegLoss(LossConfig(dice=0.0), 3)(logits, target)
+    walls = SegLoss(LossConfig(dice=0.0, contact_weight=5.0), 3)(logits, target)
+    assert float(walls) > float(plain)
+    # buildings that touch nothing: no contact pixel, the same loss
+    alone = torch.from_numpy(buildings_target(np.where(inst == 2, 0, inst), 2)
+                             .astype(np.int64))[None]
+    assert not contact_mask(alone, 3).any()
+    assert float(SegLoss(LossConfig(dice=0.0, contact_weight=5.0), 3)(logits, alone)) == \
+        pytest.approx(float(SegLoss(LossConfig(dice=0.0), 3)(logits, alone)))
