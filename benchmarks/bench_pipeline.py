@@ -5,6 +5,7 @@
         --only geoseg                                              # memory vs raster size
     python -m benchmarks.bench_pipeline --model demo               # the shipped demo bundle
     python -m benchmarks.bench_pipeline --model null --only geoseg # the pipeline's own cost
+    python -m benchmarks.bench_pipeline --engine torch-bf16        # geoseg rows in bf16
 
 Every figure in one table comes from one run of this script on one machine; compare ratios, not
 absolute numbers (these machines vary ±12% run to run). Memory is the peak PSS summed over the
@@ -267,6 +268,8 @@ def main() -> None:
     p.add_argument("--halo", type=int, default=64)
     p.add_argument("--vectors", choices=["on", "off", "both"], default="both")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "geoseg-bench"))
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "torch-bf16", "onnx"],
+                   help="engine of the geoseg rows (auto: what geoseg run picks)")
     p.add_argument("--check-engine", default="onnx", choices=["onnx", "torch", "none"],
                    help="also run geoseg --no-vectors with this engine and print the share of "
                         "pixels whose class equals the auto engine's (when auto picks another)")
@@ -301,7 +304,8 @@ def main() -> None:
             rows.append(("naive loop, torch (scene array → GeoTIFF → GPKG)", size, measure(
                 [py, "-m", "benchmarks.variants", "naive", img, bundle, str(work / "naive")])))
         for vectors in ((True, False) if a.vectors == "both" else (a.vectors == "on",)):
-            res = _geoseg(img, work / f"geoseg-{size}-{int(vectors)}", bundle, a, vectors, size)
+            res = _geoseg(img, work / f"geoseg-{size}-{int(vectors)}", bundle, a, vectors, size,
+                          a.engine)
             what = "Zarr + COG + GPKG" if vectors else "--no-vectors: Zarr + COG"
             rows.append((f"geoseg run, {res['engine']} ({what})", size, res))
         auto = rows[-1][2]
