@@ -92,7 +92,7 @@ def config_for(name: str, steps: int, seed: int, threads: int,
         "precision": "bf16",
         # the recipe of the shipped bundles: joint rot90/flips + contrast, brightness, noise
         "augment": {"scale": None, "blur": 0.0},
-        "max_seconds": max_seconds, "tile_size": 512, "version": "1.0.0"}
+        "max_seconds": max_seconds, "tile_size": 512, "version": "1.1.0"}
     if name == "landcover":
         from geoseg.sample import CLASSES
 

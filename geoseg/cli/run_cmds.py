@@ -57,7 +57,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="drop footprints smaller than this, m² (default 20)")
     p.add_argument("--split-confidence", type=float, metavar="P",
                    help="building probability from which interior pixels seed a footprint of "
-                        "their own, 0..1 (separates touching buildings; default: the config's)")
+                        "their own, 0..1 (separates touching buildings; 0 = off; default 0.8)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     g.add_argument("--resume", action="store_true", help="continue a previous run in --out")
