@@ -126,3 +126,18 @@ def test_time_budget_ends_training(tiny_scene: Path, tmp_path: Path,
     result = train(config, scene_files(tiny_scene, "landcover", ["t0"]), tmp_path / "t")
     assert result.spec.training is not None
     assert 0 < len(result.losses) < 1000 and result.spec.training["steps"] == len(result.losses)
+
+
+def test_contact_weight_needs_a_buildings_task(tiny_scene: Path, tmp_path: Path,
+                                               landcover_classes: tuple[ClassSpec, ...]) -> None:
+    from geoseg.errors import ConfigError
+    from geoseg.training.losses import LossConfig
+
+    cfg = _config(landcover_classes).model_copy(update={"loss": LossConfig(contact_weight=3.0)})
+    with pytest.raises(ConfigError, match=r"contact_weight .* needs task buildings"):
+        train(cfg, scene_files(tiny_scene, "landcover", ["t0"]), tmp_path / "b")
+    ok = _config(BUILDINGS, "buildings").model_copy(
+        update={"loss": LossConfig(contact_weight=3.0)})
+    res = train(ok, scene_files(tiny_scene, "buildings", ["t0"]), tmp_path / "ok")
+    assert res.spec.training is not None
+    assert "walls between touching buildings" in str(res.spec.training["loss"])
