@@ -3,6 +3,11 @@ and score them on the path users run.
 
     python -m workflows.build_bundles --out geoseg/bundles   # ~40 min on 2 idle cores
     python -m workflows.build_bundles --score-only           # rescore geoseg/bundles, no training
+    python -m workflows.build_bundles --out new --init-from OLD --lr 1.5e-3 \
+        --train-seeds 101 102 103 104 105 106 --max-minutes 55   # fine-tune OLD/<name>
+
+Bundles 1.1.0 (shipped) are 1.0.0 (git f3767ac) fine-tuned that way (README, "Training and
+evaluation").
 
 ``--only maskrcnn`` builds the optional Mask R-CNN buildings bundle (route (b) of building
 footprints, not shipped) into ``<out>/buildings-maskrcnn``; it needs an explicit ``--out``:
