@@ -4,7 +4,8 @@ autocast (``torch-bf16``) or onnxruntime (ONNX).
 ``auto`` picks, for a semantic bundle that ships its weights and records a bf16 class agreement
 of at least 99.9 % (:mod:`geoseg.models.bf16`), ``torch-bf16`` on CPUs with AMX bfloat16 units
 (Intel Sapphire Rapids and later: oneDNN runs bf16 convolutions there at ~4x float32 eager and
-~2x onnxruntime); else onnxruntime when the bundle ships an ONNX graph and onnxruntime runs on
+~1.5-2x onnxruntime) for regions of at least :data:`BF16_MIN_PIXELS` (below, importing torch
+costs more than bf16 saves); else onnxruntime when the bundle ships an ONNX graph and onnxruntime runs on
 the job's device (always on CPUs, where it measured 1.8x faster than PyTorch eager; on GPUs
 only with its CUDA provider), else torch when the bundle ships its weights file, else the ONNX
 graph. On a GPU ``torch`` already autocasts to bf16/fp16, so ``torch-bf16`` equals it there. The
@@ -92,11 +93,22 @@ def bf16_checked(spec: BundleSpec) -> bool:
     return spec.bf16_agreement is not None and spec.bf16_agreement >= BF16_MIN_AGREEMENT
 
 
-def bf16_fits(device: str, remote: bool = False) -> bool:
+BF16_MIN_PIXELS = 32 * 2**20
+"""Least region size (pixels) for which ``auto`` picks ``torch-bf16`` over onnxruntime: importing
+torch + segmentation-models-pytorch and building the model costs ~3.5 s more than onnxruntime,
+and bf16 saves ~0.17 s per Mpx of the slim built-in U-Net's forward pass (0.42 for the
+reference U-Net-R18), so the end-to-end break-even is ~20 Mpx (measured: 4096² = 16.8 Mpx, 1.28
+Mpx/s either way, `python -m benchmarks.bench_pipeline --model demo`)."""
+
+
+def bf16_fits(device: str, remote: bool = False, pixels: int | None = None) -> bool:
     """Whether ``auto`` should run semantic bundles with ``torch-bf16``: the job runs on this
     host's CPU (device cpu, or auto without an NVIDIA driver; a remote cluster's CPUs cannot be
-    seen from here), the CPU has AMX bf16 units and PyTorch is installed."""
+    seen from here), the CPU has AMX bf16 units, PyTorch is installed and the region has at
+    least :data:`BF16_MIN_PIXELS` pixels (None: any size)."""
     if remote or device == "cuda" or (device == "auto" and Path("/dev/nvidiactl").exists()):
+        return False
+    if pixels is not None and pixels < BF16_MIN_PIXELS:
         return False
     return cpu_has_amx_bf16() and importlib.util.find_spec("torch") is not None
 

@@ -206,11 +206,12 @@ def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None) -> Pl
     region = region_of(cfg)
     image = open_image(cfg, region)
     remote = bool(cfg.runtime.address or os.environ.get("RAY_ADDRESS"))
+    window, clipped = clip_grid(image.geobox, region)
     models = load_models(cfg.models, cfg.inference.engine,
                          onnx_ok=onnx_fits(cfg.runtime.device, remote), prefer=engines,
-                         bf16_ok=bf16_fits(cfg.runtime.device, remote))
+                         bf16_ok=bf16_fits(cfg.runtime.device, remote,
+                                           pixels=window.height * window.width))
     check_bands(image, models)
-    window, clipped = clip_grid(image.geobox, region)
     if window.height < 1 or window.width < 1:
         raise RegionError("region covers less than one pixel of the image")
     grid = image.geobox[window]

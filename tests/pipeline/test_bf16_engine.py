@@ -43,6 +43,14 @@ def test_auto_picks_bf16_only_for_checked_bundles_on_bf16_hosts(
     assert resolve_engine(read_spec(weak), weak, "torch-bf16") == "torch-bf16"
 
 
+def test_small_regions_stay_off_bf16() -> None:
+    from geoseg.engine import BF16_MIN_PIXELS, bf16_fits
+
+    assert not bf16_fits("cpu", pixels=4096 * 4096)   # the import costs more than bf16 saves
+    assert not bf16_fits("cpu", remote=True, pixels=BF16_MIN_PIXELS)
+    assert bf16_fits("cpu", pixels=BF16_MIN_PIXELS) == bf16_fits("cpu") == cpu_has_amx_bf16()
+
+
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
     amx = tmp_path / "amx"
     amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
