@@ -5,13 +5,13 @@ autocast (``torch-bf16``) or onnxruntime (ONNX).
 of at least 99.9 % (:mod:`geoseg.models.bf16`), ``torch-bf16`` on CPUs with AMX bfloat16 units
 (Intel Sapphire Rapids and later: oneDNN runs bf16 convolutions there at ~4x float32 eager and
 ~1.5-2x onnxruntime) for regions of at least :data:`BF16_MIN_PIXELS` (below, importing torch
-costs more than bf16 saves); else onnxruntime when the bundle ships an ONNX graph and onnxruntime runs on
-the job's device (always on CPUs, where it measured 1.8x faster than PyTorch eager; on GPUs
-only with its CUDA provider), else torch when the bundle ships its weights file, else the ONNX
-graph. On a GPU ``torch`` already autocasts to bf16/fp16, so ``torch-bf16`` equals it there. The
-choice is resolved per bundle on the driver, before any work starts, so that every error (no
-ONNX file, a Mask R-CNN bundle, onnxruntime not installed) is one line, and the resolved engine
-is what gets recorded and hashed.
+costs more than bf16 saves); else onnxruntime when the bundle ships an ONNX graph and
+onnxruntime runs on the job's device (always on CPUs, where it measured 1.8x faster than
+PyTorch eager; on GPUs only with its CUDA provider), else torch when the bundle ships its
+weights file, else the ONNX graph. On a GPU ``torch`` already autocasts to bf16/fp16, so
+``torch-bf16`` equals it there. The choice is resolved per bundle on the driver, before any
+work starts, so that every error (no ONNX file, a Mask R-CNN bundle, onnxruntime not installed)
+is one line, and the resolved engine is what gets recorded and hashed.
 No heavy imports here: the planner uses this module.
 """
 

@@ -134,10 +134,11 @@ def _cut_by_context(box: tuple[slice, slice], context: Window, grid: GeoBox) -> 
 
 def split_buildings(classes: np.ndarray, building_id: int, boundary_id: int | None, *,
                     min_pixels: int = 0) -> np.ndarray:
-    """Instance labels ``(H, W)`` int32 (0 = none) of a whole class map, split exactly as
-    :func:`extract_buildings` splits them (each cluster by :func:`_split_cluster`), before its
-    area filter; instances under ``min_pixels`` pixels are dropped. For training validation,
-    which scores instances without tracing polygons."""
+    """Instance labels ``(H, W)`` int32 (0 = none) of a whole class map, split as
+    :func:`extract_buildings` splits them with ``split_confidence`` 0 (a class map has no
+    probabilities: each cluster by :func:`_split_cluster` from its interior components), before
+    its area filter; instances under ``min_pixels`` pixels are dropped. For training
+    validation, which scores instances without tracing polygons."""
     if classes.ndim != 2:
         raise InputError(f"class map must be 2-D, got shape {classes.shape}")
     check_class_map(classes, (classes.shape[0], classes.shape[1]))
@@ -174,14 +175,14 @@ def _split_cluster(cluster: np.ndarray, interior: np.ndarray,
     interior = interior & cluster
     markers, count = ndimage.label(interior, structure=CROSS)
     if strong is not None and count:
-        markers, count = _strong_markers(interior, strong & interior, markers, count)
+        markers, count = _strong_markers(strong & interior, markers, count)
     if count <= 1:
         return cluster.astype(np.int32)
     distance = ndimage.distance_transform_edt(markers == 0)
     return np.asarray(watershed(distance, markers, mask=cluster, connectivity=1), dtype=np.int32)
 
 
-def _strong_markers(interior: np.ndarray, strong: np.ndarray, parts: np.ndarray,
+def _strong_markers(strong: np.ndarray, parts: np.ndarray,
                     n_parts: int) -> tuple[np.ndarray, int]:
     """Markers from the strong pixels' components, and the interior components (``parts``)
     that hold no strong pixel as markers of their own."""
