@@ -4,8 +4,9 @@ bf16 keeps 8 bits of mantissa. On CPUs with AMX tiles oneDNN runs bf16 convoluti
 than float32 eager, and a trained model's classes barely move (the built-in bundles: >= 99.96 %
 of pixels equal); a model whose class logits are nearly tied (random weights: 99.7 %) moves more.
 So ``engine auto`` runs a bundle in bf16 only when the bundle records an agreement of at least
-:data:`MIN_AGREEMENT` measured on real imagery: ``geoseg train`` measures it on its validation
-windows, ``geoseg export BUNDLE --bf16-check IMAGE`` on windows of an image.
+:data:`geoseg.engine.BF16_MIN_AGREEMENT` (99.9 %) measured on real imagery: ``geoseg train``
+measures it on its validation windows, ``geoseg export BUNDLE --bf16-check IMAGE`` on windows
+of an image.
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ import numpy as np
 import torch
 
 from geoseg.bundle import BundleSpec, read_spec, write_spec
-from geoseg.engine import BF16_MIN_AGREEMENT
 from geoseg.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-MIN_AGREEMENT = BF16_MIN_AGREEMENT
 
 
 def agreement(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> tuple[int, int]:
