@@ -186,6 +186,11 @@ def fetch_run(url: str, dest: Path | None = None) -> Path:
         index = {}
     listing = {name: meta for name, meta in folder.listing().items()
                if name != LOCK and name.split("/", 1)[0] != STATE and name != MANIFEST}
+    inside = dest.resolve()
+    for name in [*listing, *index]:  # a key like "../x" must not write or delete outside dest
+        if not (dest / name).resolve().is_relative_to(inside):
+            raise InputError(f"{folder.url}: object {name!r} would land outside {dest}; "
+                             "this is not a run geoseg wrote")
     # objects of an earlier copy that the bucket no longer holds go (a rerun replaced them)
     for name in set(index) - set(listing):
         with contextlib.suppress(FileNotFoundError):

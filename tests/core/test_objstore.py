@@ -140,6 +140,15 @@ def test_fetch_keeps_unchanged_objects(folder: ObjectFolder, tmp_path: Path) -> 
     folder.delete(["quicklook.png"])  # what the bucket no longer has goes
     fetch_run(folder.url, dest)
     assert not (dest / "quicklook.png").exists()
+    # a name that would land outside the copy (here in a damaged fetch index, whose stale
+    # entries are deleted) is refused before anything is written or deleted
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's file")
+    index = dest / ".geoseg-fetched.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "../outside.txt": [1, "e"]}))
+    with pytest.raises(InputError, match="would land outside"):
+        fetch_run(folder.url, dest)
+    assert outside.read_text() == "the user's file" and (dest / "summary.json").exists()
 
 
 def test_aws_profile_from_the_credentials_file(folder: ObjectFolder, tmp_path: Path,
