@@ -73,7 +73,7 @@ def _bounds_in(bounds: Bounds, grid: GeoBox, label: str) -> Bounds:
     return out
 
 
-def _offset(target: GeoBox, other: GeoBox) -> tuple[float, float] | None:
+def lattice_offset(target: GeoBox, other: GeoBox) -> tuple[float, float] | None:
     """(row, col) of ``other``'s origin in ``target``'s pixels when both share CRS and pixel
     size and orientation; else None."""
     ta, oa = target.transform, other.transform
@@ -97,7 +97,7 @@ def decide_grid(a: RunInfo, b: RunInfo, target: Literal["a", "b"]) -> GridDecisi
     overlap = grid.window_of(ob).intersect(grid.window)
     if overlap.size == 0:
         raise RegionError(_no_overlap(a, b))
-    off = _offset(grid, oth.grid)
+    off = lattice_offset(grid, oth.grid)
     reasons: list[str] = []
     if off is None:
         if grid.crs != oth.grid.crs:
@@ -165,7 +165,7 @@ class AlignedCodes:
         if self.mode == "resampled":
             self._warp(win, out)
             return out
-        row, col = _offset(self.run.grid, self.grid) or (0.0, 0.0)
+        row, col = lattice_offset(self.run.grid, self.grid) or (0.0, 0.0)
         src = Window(win.row_off + round(row), win.col_off + round(col), win.height, win.width)
         inside = src.intersect(self.run.grid.window)
         if inside.size:

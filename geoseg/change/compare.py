@@ -15,7 +15,7 @@ from typing import Any, Literal
 import xarray as xr
 
 from geoseg import __version__
-from geoseg.change.align import GridDecision, aligned_inputs, decide_grid, quiet_warp
+from geoseg.change.align import GridDecision, decide_grid, quiet_warp
 from geoseg.change.building_change import check_params, compare_buildings
 from geoseg.change.building_evidence import EvidenceRule, PixelEvidence
 from geoseg.change.defaults import (
@@ -26,18 +26,27 @@ from geoseg.change.defaults import (
     BUILDING_PART_CHANGED,
     MIN_CHANGE_CONFIDENCE,
     MIN_CHANGE_WIDTH,
+    MIN_SPECTRAL_CHANGE,
     MODIFIED_MIN_CHANGED,
 )
 from geoseg.change.quicklook import render
 from geoseg.change.raster import (
+    ChangeRule,
     Transitions,
+    change_inputs,
     check_min_width,
     compute_change,
     confidence_threshold,
     init_change_store,
 )
 from geoseg.change.runs import RunInfo, check_same_classes, open_run
-from geoseg.errors import InputError, OutputExistsError
+from geoseg.change.spectral import (
+    SpectralInputs,
+    check_min_spectral_change,
+    open_spectral,
+    spectral_threshold,
+)
+from geoseg.errors import GeoSegError, GeoSegWarning, InputError, OutputExistsError
 from geoseg.runtime.connection import ray_connected
 
 log = logging.getLogger(__name__)
@@ -116,7 +125,9 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
                  building_min_changed: float = BUILDING_MIN_CHANGED,
                  building_break_changed: float = BUILDING_BREAK_CHANGED,
                  modified_min_changed: float = MODIFIED_MIN_CHANGED,
-                 building_part_changed: float = BUILDING_PART_CHANGED) -> ChangeResult:
+                 building_part_changed: float = BUILDING_PART_CHANGED,
+                 min_spectral_change: float = MIN_SPECTRAL_CHANGE,
+                 images: tuple[str, str] | None = None) -> ChangeResult:
     """Land-cover and building change from run A (before) to run B (after).
 
     Both runs are compared on A's grid (``grid="a"``) or B's; the other run is aligned to it
@@ -137,6 +148,12 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     building needs changed pixels on at least ``modified_min_changed`` of its difference area;
     a part that a footprint lost (gained) with changed pixels on at least
     ``building_part_changed`` of it is demolished (an extension; above 1: never).
+
+    A land-cover change also needs the images to have changed: where the change magnitude of
+    the two dates' pixels (:mod:`geoseg.change.spectral`) is below ``min_spectral_change`` σ,
+    differing classes are ``no_image_change`` (changed = 3), not a change. The images are
+    ``images`` (before, after) or, by default, those the runs recorded; when those cannot be
+    opened the check is skipped with a warning (0 turns it off).
     """
     t_start = time.perf_counter()
     run_a, run_b, out = Path(run_a), Path(run_b), Path(out)
@@ -152,6 +169,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
                         min_part_changed=building_part_changed)
     rule.check()
     check_min_width(min_change_width)
+    check_min_spectral_change(min_spectral_change)
     if executor not in ("auto", "threads", "ray"):
         raise InputError(f"executor must be auto, threads or ray, got {executor!r}")
     use_ray = executor == "ray" or (executor == "auto" and ray_connected())
@@ -166,13 +184,16 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    inputs = aligned_inputs(decision, a, b)
+    spectral, spectral_note = _spectral_inputs(a, b, decision, min_spectral_change, images)
+    inputs = change_inputs(decision, a, b, spectral)
     store = out / STORE
-    init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence))
+    init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence),
+                      spectral=spectral is not None)
+    rule_px = ChangeRule(threshold, min_change_width, change_threshold,
+                         spectral_threshold(min_spectral_change) if spectral else 0)
     with quiet_warp():
-        transitions = compute_change(store, inputs, decision, a.classes, threshold,
-                                     min_change_width, change_threshold,
-                                     (a, b) if use_ray else None)
+        transitions = compute_change(store, inputs, decision, a.classes, rule_px,
+                                     (a, b) if use_ray else None, spectral)
     transitions.write_csv(out / CSV)
     timings["landcover_s"] = round(time.perf_counter() - t0, 3)
 
@@ -202,10 +223,41 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
         summary["buildings"]["evidence"] = rule.describe()
     summary["min_change_width_px"] = min_change_width
     summary["min_change_confidence"] = min_change_confidence
+    summary["spectral"] = ({"min_spectral_change": min_spectral_change, **spectral.describe()}
+                           if spectral else {"min_spectral_change": None,
+                                             "skipped": spectral_note})
     summary["executor"] = "ray" if use_ray else "threads"
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     log.info("change %s -> %s written to %s in %.1f s", run_a, run_b, out, timings["total_s"])
     return ChangeResult(out, summary, outputs)
+
+
+def _spectral_inputs(a: RunInfo, b: RunInfo, decision: GridDecision, min_change: float,
+                     images: tuple[str, str] | None) -> tuple[SpectralInputs | None, str]:
+    """The images for the spectral check and their statistics, or None and why not. Images
+    given explicitly must open (an error otherwise); the runs' recorded images may be gone
+    (a warning)."""
+    import warnings
+
+    if min_change <= 0:
+        return None, "min_spectral_change is 0"
+    if images is not None:
+        return open_spectral(str(images[0]), str(images[1]), decision.grid,
+                             decision.overlap), ""
+    recorded = (a.source_image, b.source_image)
+    if not all(recorded):
+        note = "a run does not record its image"
+    else:
+        try:
+            with quiet_warp():
+                return open_spectral(recorded[0], recorded[1], decision.grid,
+                                     decision.overlap), ""
+        except GeoSegError as exc:
+            note = f"the runs' images cannot be used ({exc})"
+    warnings.warn(f"changes are not checked against the images: {note}; pass --images BEFORE "
+                  "AFTER, or --min-spectral-change 0 to silence this", GeoSegWarning,
+                  stacklevel=3)
+    return None, note
 
 
 def _summary(a: RunInfo, b: RunInfo, decision: GridDecision, min_confidence: float,

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 from PIL import Image, ImageDraw, ImageFont
 
-from geoseg.change.raster import UNCERTAIN
+from geoseg.change.raster import NOT_CHANGE
 from geoseg.change.runs import ClassScheme
 from geoseg.store import FILL
 
@@ -69,7 +69,7 @@ def change_rgb(changed: np.ndarray, to_class: np.ndarray, classes: ClassScheme) 
     out[:] = UNKNOWN_RGB
     out[changed == 0] = tint_lut[to_class[changed == 0]]
     out[changed == 1] = strong_lut[to_class[changed == 1]]
-    out[changed == UNCERTAIN] = UNCERTAIN_RGB
+    out[np.isin(changed, NOT_CHANGE)] = UNCERTAIN_RGB
     return out
 
 
@@ -112,7 +112,7 @@ def render(out: Path, inputs: dict[str, xr.DataArray], change: dict[str, xr.Data
     to_class = np.where(changed == FILL, 0, to_class)
     entries = [(UNCHANGED_RGB, "unchanged (faint class tint)"),
                (UNKNOWN_RGB, "unknown"),
-               (UNCERTAIN_RGB, "uncertain (classes differ, low confidence)")]
+               (UNCERTAIN_RGB, "uncertain (classes differ, low confidence or same image)")]
     entries += [(strong(c, n), f"changed to {m}")
                 for n, (c, m) in enumerate(zip(classes.colors, classes.meanings, strict=True))]
     paths["change"] = out / "change.png"

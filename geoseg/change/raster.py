@@ -14,7 +14,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
@@ -28,9 +28,14 @@ from geoseg.change.runs import ClassScheme, RunInfo
 from geoseg.errors import InputError
 from geoseg.store import FILL, create_layer, init_store, mark_complete
 
+if TYPE_CHECKING:
+    from geoseg.change.spectral import SpectralInputs
+
 log = logging.getLogger(__name__)
 
 NAMES = ("from_class", "to_class", "changed", "confidence")
+SPECTRAL = "spectral_change"  # the store layer of the image change magnitude, when computed
+SPECTRAL_INPUT = "spectral"  # ... and its name among change_arrays' inputs
 
 
 def confidence_threshold(min_confidence: float) -> int:
@@ -61,11 +66,13 @@ def _open(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 UNCERTAIN = 2  # `changed`: the classes differ, but not with the confidence a change needs
+NO_IMAGE_CHANGE = 3  # `changed`: the classes differ, but the image did not change (spectral)
+NOT_CHANGE = (UNCERTAIN, NO_IMAGE_CHANGE)  # classes differ, not counted as a change
 
 
 def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
                   min_width: int = 1, change_threshold: int = 0) -> dict[str, xr.DataArray]:
-    """Lazy change layers from the aligned inputs (see :func:`geoseg.change.align`).
+    """Lazy change layers from the aligned classes and confidences (:mod:`geoseg.change.align`).
 
     ``min_width`` > 1 keeps a change only where a ``min_width``² square of changed pixels
     covers it (a binary opening, computed with enough overlap between blocks to equal the
@@ -73,7 +80,7 @@ def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
     apart on the two dates, become "no change" (their from/to classes stay as each date has
     them). A remaining difference where either date's confidence is below ``change_threshold``
     is :data:`UNCERTAIN` (most false changes are one date's low-confidence error), not a
-    change."""
+    change (and :func:`gate_by_image` may veto it)."""
     a, b = inp["a_class"], inp["b_class"]
     ac, bc = inp["a_conf"], inp["b_conf"]
     valid = (a != FILL) & (b != FILL)
@@ -96,6 +103,19 @@ def change_arrays(inp: dict[str, xr.DataArray], threshold: int,
     }
 
 
+def gate_by_image(changed: xr.DataArray, spectral: xr.DataArray, threshold: int
+                  ) -> xr.DataArray:
+    """A change (1) where the image changed by less than ``threshold`` (magnitude codes of
+    :mod:`geoseg.change.spectral`; unknown magnitudes pass) is :data:`NO_IMAGE_CHANGE`: the
+    classes differ, the pixels do not."""
+    if threshold <= 0:
+        return changed
+    from geoseg.change.spectral import UNKNOWN
+
+    veto = (changed == 1) & (spectral < threshold) & (spectral != UNKNOWN)
+    return xr.where(veto, np.uint8(NO_IMAGE_CHANGE), changed).astype(np.uint8)
+
+
 def _block_counts(fr: np.ndarray, to: np.ndarray, changed: np.ndarray, k: int,
                   areas: np.ndarray | float,
                   block_info: dict[Any, Any] | None = None) -> np.ndarray:
@@ -109,7 +129,7 @@ def _block_counts(fr: np.ndarray, to: np.ndarray, changed: np.ndarray, k: int,
     to = np.where(changed == 1, to, fr)
     code = np.where(unknown, k * k, fr.astype(np.int64) * k + to.astype(np.int64)).ravel()
     px = np.bincount(code, minlength=n).astype(np.float64)
-    unsure = (changed == UNCERTAIN).ravel()
+    unsure = np.isin(changed, NOT_CHANGE).ravel()
     px[k * k + 1] = np.count_nonzero(unsure)
     m2: np.ndarray
     if isinstance(areas, np.ndarray):
@@ -132,6 +152,7 @@ class Transitions:
     unknown_pixels: int
     unknown_m2: float
     uncertain_pixels: int = 0  # counted from -> from above: classes differ, confidence low
+    # or the image did not change
     uncertain_m2: float = 0.0
 
     def rows(self) -> list[dict[str, Any]]:
@@ -177,10 +198,24 @@ class Transitions:
         return path
 
 
+@dataclass(frozen=True)
+class ChangeRule:
+    """When a pixel is known, changed, uncertain or unchanged in image (stored uint8 scales:
+    confidences /255, spectral magnitude codes of :mod:`geoseg.change.spectral`)."""
+
+    threshold: int  # both dates' confidence >= this: known
+    min_width: int = 1  # a change survives a min_width² opening
+    change_threshold: int = 0  # both confidences >= this: a change, else uncertain
+    spectral_threshold: int = 0  # magnitude code >= this: a change, else no_image_change
+
+
 def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
-                      attrs: dict[str, Any]) -> None:
+                      attrs: dict[str, Any], spectral: bool = False) -> None:
     """Georeferenced, empty change store on the decision's grid (same layout as the run
-    store: x/y, spatial_ref, ``_CRS`` and ``grid_mapping`` on every layer)."""
+    store: x/y, spatial_ref, ``_CRS`` and ``grid_mapping`` on every layer); with ``spectral``
+    also the ``spectral_change`` layer."""
+    from geoseg.change.spectral import SCALE, UNKNOWN
+
     grid, c = decision.grid, decision.chunk
     init_store(path, grid, c, [], attrs)
     g = zarr.open_group(str(path), mode="r+", zarr_format=2)
@@ -190,35 +225,46 @@ def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
         "from_class": (FILL, {"long_name": "class id at date a (255 unknown)", **flags}),
         "to_class": (FILL, {"long_name": "class id at date b (255 unknown)", **flags}),
         "changed": (FILL, {"long_name": "land-cover change (0 no, 1 yes, 2 uncertain: classes "
-                                        "differ at low confidence, 255 unknown)",
-                           "flag_values": [0, 1, UNCERTAIN],
-                           "flag_meanings": "no_change change uncertain"}),
+                                        "differ at low confidence, 3 classes differ but the "
+                                        "image did not change, 255 unknown)",
+                           "flag_values": [0, 1, UNCERTAIN, NO_IMAGE_CHANGE],
+                           "flag_meanings": "no_change change uncertain no_image_change"}),
         "confidence": (0, {"long_name": "min of both dates' confidences",
                            "scale_factor": 1 / 255, "add_offset": 0.0}),
     }
+    if spectral:
+        specs[SPECTRAL] = (UNKNOWN, {
+            "long_name": "change magnitude of the images: RMS over bands of the standardised "
+                         "difference, 3x3 mean, in standard deviations (255 unknown)",
+            "units": "1", "scale_factor": SCALE, "add_offset": 0.0})
     for name, (fill, extra) in specs.items():
         create_layer(g, name, grid, c, fill, extra)
     zarr.consolidate_metadata(str(path))
 
 
 def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassScheme,
-                   threshold: int, min_width: int, areas: np.ndarray | float,
-                   rows: tuple[int, int], chunk: int, scheduler: str,
-                   change_threshold: int = 0) -> np.ndarray:
+                   rule: ChangeRule, areas: np.ndarray | float, rows: tuple[int, int],
+                   chunk: int, scheduler: str) -> np.ndarray:
     """Write the change layers of grid rows ``rows`` (chunk-aligned) into the store and return
     their (pixels, m²) per transition: one dask compute over those rows' chunks (read with
     the rows of context the width filter needs)."""
     height = next(iter(inp.values())).shape[0]
-    pad = _depth(min_width) if min_width > 1 else 0
+    pad = _depth(rule.min_width) if rule.min_width > 1 else 0
     r0, r1 = max(0, rows[0] - pad), min(height, rows[1] + pad)
     band = {n: v.isel(y=slice(r0, r1)) for n, v in inp.items()}
     layers = {n: v.isel(y=slice(rows[0] - r0, rows[1] - r0))
-              for n, v in change_arrays(band, threshold, min_width,
-                                                  change_threshold).items()}
+              for n, v in change_arrays(band, rule.threshold, rule.min_width,
+                                        rule.change_threshold).items()}
+    names = list(NAMES)
+    if SPECTRAL_INPUT in inp:  # read for these rows only (the width filter does not need it)
+        spectral = inp[SPECTRAL_INPUT].isel(y=slice(*rows))
+        layers["changed"] = gate_by_image(layers["changed"], spectral, rule.spectral_threshold)
+        layers[SPECTRAL] = spectral
+        names.append(SPECTRAL)
     g = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
     sources: list[da.Array] = []
     targets: list[Any] = []
-    for name in NAMES:
+    for name in names:
         arr = layers[name].data
         if not isinstance(arr, da.Array):
             raise TypeError(f"{name} is not lazy")
@@ -230,35 +276,51 @@ def _window_change(path: Path, inp: dict[str, xr.DataArray], classes: ClassSchem
                            new_axis=[2, 3], chunks=(1, 1, 2, k * k + 1),
                            dtype=np.float64).sum(axis=(0, 1))
     region = (slice(*rows), slice(None))
-    stored = da.store(sources, targets, regions=[region] * len(NAMES), lock=False,
+    stored = da.store(sources, targets, regions=[region] * len(names), lock=False,
                       compute=False)
     _, total = dask.compute(stored, counts, scheduler=scheduler)
     return np.asarray(total)
 
 
+def change_inputs(decision: GridDecision, a: RunInfo, b: RunInfo,
+                  spectral: SpectralInputs | None = None) -> dict[str, xr.DataArray]:
+    """The aligned classes and confidences of both runs and, with ``spectral``, the image
+    change magnitude, lazily on the decision's grid."""
+    from geoseg.change.align import aligned_inputs
+    from geoseg.change.spectral import spectral_array
+    from geoseg.store import pixel_centres
+
+    inp = aligned_inputs(decision, a, b)
+    if spectral is not None:
+        arr = spectral_array(spectral, decision.grid, decision.chunk)
+        inp[SPECTRAL_INPUT] = xr.DataArray(arr, dims=("y", "x"),
+                                           coords=pixel_centres(decision.grid))
+    return inp
+
+
 def _band_task(rows: tuple[int, int], path: Path, decision: GridDecision, a: RunInfo,
-               b: RunInfo, classes: ClassScheme, threshold: int, min_width: int,
-               areas: np.ndarray | float, change_threshold: int) -> np.ndarray:
+               b: RunInfo, classes: ClassScheme, rule: ChangeRule,
+               areas: np.ndarray | float, spectral: SpectralInputs | None) -> np.ndarray:
     """One Ray task: a band of chunk rows, its inputs opened where it runs."""
-    from geoseg.change.align import aligned_inputs, quiet_warp
+    from geoseg.change.align import quiet_warp
 
     with quiet_warp():
-        return _window_change(path, aligned_inputs(decision, a, b), classes, threshold,
-                              min_width, areas, rows, decision.chunk, "sync", change_threshold)
+        return _window_change(path, change_inputs(decision, a, b, spectral), classes, rule,
+                              areas, rows, decision.chunk, "sync")
 
 
 def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecision,
-                   classes: ClassScheme, threshold: int, min_width: int = 1,
-                   change_threshold: int = 0,
-                   ray_runs: tuple[RunInfo, RunInfo] | None = None) -> Transitions:
+                   classes: ClassScheme, rule: ChangeRule,
+                   ray_runs: tuple[RunInfo, RunInfo] | None = None,
+                   spectral: SpectralInputs | None = None) -> Transitions:
     """Write the change layers into the initialised store at ``path`` and return the
     transition table, in one pass over the chunks.
 
     With ``ray_runs`` (the two runs), bands of chunk rows run as Ray tasks that open the runs
-    where they run (on a cluster the output must be on storage every node sees, as for
-    ``geoseg run``); else the same bands one after another in threads here. (One dask graph
-    over every chunk, with the width filter's overlaps, kept most blocks in memory: peak PSS
-    ×1.48 from a 4096² to a 16384² pair; band by band it stays flat.)"""
+    (and the ``spectral`` images) where they run (on a cluster the output must be on storage
+    every node sees, as for ``geoseg run``); else the same bands one after another in threads
+    here. (One dask graph over every chunk, with the width filter's overlaps, kept most blocks
+    in memory: peak PSS ×1.48 from a 4096² to a 16384² pair; band by band it stays flat.)"""
     c = decision.chunk
     k = classes.size
     areas = pixel_areas_by_row(decision.grid)
@@ -271,12 +333,10 @@ def compute_change(path: Path, inp: dict[str, xr.DataArray], decision: GridDecis
         # per-row geodesic areas and the run handles go to the object store once
         total = np.sum(ray_map(_band_task, bands, dict(
             path=path, decision=decision, a=ray_runs[0], b=ray_runs[1], classes=classes,
-            threshold=threshold, min_width=min_width, areas=areas,
-            change_threshold=change_threshold)), axis=0)
+            rule=rule, areas=areas, spectral=spectral)), axis=0)
     else:  # band by band here too: one graph over all chunks kept most blocks alive
-        total = np.sum([_window_change(path, inp, classes, threshold, min_width, areas,
-                                       (r, min(r + c, height)), c, "threads",
-                                       change_threshold)
+        total = np.sum([_window_change(path, inp, classes, rule, areas,
+                                       (r, min(r + c, height)), c, "threads")
                         for r in range(0, height, c)], axis=0)
     px, m2 = total[0], total[1]
     mark_complete(path, {})

@@ -14,6 +14,7 @@ from geoseg.change.defaults import (
     BUILDING_MIN_CONFIDENCE,
     BUILDING_PART_CHANGED,
     MIN_CHANGE_CONFIDENCE,
+    MIN_SPECTRAL_CHANGE,
     MODIFIED_MIN_CHANGED,
 )
 
@@ -27,8 +28,14 @@ def _print_summary(res: Any) -> None:
     print(f"  grid: {g['message']}")
     print(f"  land cover: {areas['changed']['ha']:.2f} ha changed, "
           f"{areas['unchanged']['ha']:.2f} ha unchanged (of which "
-          f"{areas['uncertain']['ha']:.2f} ha uncertain: classes differ at low confidence), "
-          f"{areas['unknown']['ha']:.2f} ha unknown")
+          f"{areas['uncertain']['ha']:.2f} ha where the classes differ at low confidence or "
+          f"the image did not change), {areas['unknown']['ha']:.2f} ha unknown")
+    sp = s.get("spectral") or {}
+    if sp.get("min_spectral_change"):
+        print(f"  image check: a change needs the images to differ by >= "
+              f"{sp['min_spectral_change']:g} σ ({sp['image_a']} -> {sp['image_b']})")
+    elif sp.get("skipped"):
+        print(f"  image check: skipped ({sp['skipped']})")
     top = sorted((r for r in s["transitions"] if r["from_id"] != r["to_id"] and r["pixels"]),
                  key=lambda r: -r["area_m2"])[:5]
     for r in top:
@@ -42,18 +49,20 @@ def _print_summary(res: Any) -> None:
         print(f"  {k:<18} {v}")
 
 
-def _run_dates(a: argparse.Namespace) -> tuple[Path, Path]:
+def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | None]:
     """The two runs to compare: the given run directories, or, when both arguments are image
     files, ``OUT/run_a`` and ``OUT/run_b`` computed here with the same models and settings
-    (an interrupted date is resumed; ``--overwrite`` redoes both)."""
+    (an interrupted date is resumed; ``--overwrite`` redoes both); and the two images for the
+    spectral check when they are known here (given as images or by ``--images``)."""
     from geoseg.cli.run_cmds import cmd_run, run_parser
     from geoseg.errors import InputError, OutputExistsError
     from geoseg.manifest import has_results
     from geoseg.runfolder import local_run
 
     a_path, b_path = local_run(a.run_a), local_run(a.run_b)  # runs in object storage: fetched
+    images = (str(a.images[0]), str(a.images[1])) if a.images else None
     if not (a_path.is_file() or b_path.is_file()):
-        return a_path, b_path
+        return a_path, b_path, images
     if not (a_path.is_file() and b_path.is_file()):
         raise InputError("give two run directories or two images, not one of each: "
                          f"{a_path} / {b_path}")
@@ -82,13 +91,13 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path]:
             raise InputError(f"the run of date {label.upper()} ({image}) did not complete: "
                              f"see {out}/summary.json, then rerun to resume it")
         runs.append(out)
-    return runs[0], runs[1]
+    return runs[0], runs[1], images or (str(a_path), str(b_path))
 
 
 def cmd_change(a: argparse.Namespace) -> int:
     from geoseg.change import compare_runs
 
-    run_a, run_b = _run_dates(a)
+    run_a, run_b, images = _run_dates(a)
     if a.address or os.environ.get("RAY_ADDRESS"):  # the change pass runs on that cluster too
         try:
             from geoseg.runtime.ray_backend import ensure_ray
@@ -108,7 +117,8 @@ def cmd_change(a: argparse.Namespace) -> int:
                        building_min_changed=a.building_min_changed,
                        building_break_changed=a.building_break_changed,
                        modified_min_changed=a.modified_min_changed,
-                       building_part_changed=a.building_part_changed)
+                       building_part_changed=a.building_part_changed,
+                       min_spectral_change=a.min_spectral_change, images=images)
     _print_summary(res)
     if a.scene:
         import json
@@ -152,6 +162,17 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="a pixel whose classes differ is a change only when both dates' "
                         "confidence is at least C, else 'uncertain' (default chosen on a "
                         "validation scene, see README; 0 makes every difference a change)")
+    c.add_argument("--min-spectral-change", type=float, default=MIN_SPECTRAL_CHANGE,
+                   metavar="S",
+                   help="a pixel whose classes differ is a change only where the images differ "
+                        "by at least S standard deviations (RMS over bands of the standardised "
+                        "difference, 3x3 mean), else 'no_image_change': one date's "
+                        "misclassification of an unchanged ground (default chosen on a "
+                        "validation scene, see README; 0 turns the check off)")
+    c.add_argument("--images", nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="the images of the two runs for that check (default: the images the "
+                        "runs recorded; when those cannot be opened the check is skipped with "
+                        "a warning)")
     c.add_argument("--iou-modified", type=float, default=0.8,
                    help="matched buildings with a lower IoU are modified (default 0.8)")
     c.add_argument("--area-tolerance", type=float, default=0.1,

@@ -40,8 +40,9 @@ def make_run(root: Path, cls: np.ndarray, conf: np.ndarray | int = 230, *,
              transform: Affine = T_A, crs: CRS = UTM, chunk: int = 32,
              date: str = "2019-06-01",
              buildings: Sequence[tuple[int, BaseGeometry]] | None = (),
-             classes: tuple[ClassSpec, ...] = CLASSES) -> Path:
-    """A ``geoseg run``-like output directory with the given land cover and footprints."""
+             classes: tuple[ClassSpec, ...] = CLASSES, image: Path | None = None) -> Path:
+    """A ``geoseg run``-like output directory with the given land cover and footprints
+    (``image``: the source image it records; default a name that does not exist)."""
     root.mkdir(parents=True, exist_ok=True)
     conf_arr = (np.full(cls.shape, conf, np.uint8) if isinstance(conf, int)
                 else conf.astype(np.uint8))
@@ -49,7 +50,8 @@ def make_run(root: Path, cls: np.ndarray, conf: np.ndarray | int = 230, *,
     store = root / "predictions.zarr"
     init_store(store, grid, chunk, [LayerSpec("landcover", classes, "lc@1"),
                                     LayerSpec("buildings", BD_CLASSES, "bd@1")],
-               {"source_image": f"image_{date}.tif", "acquisition_date": date})
+               {"source_image": str(image) if image else f"image_{date}.tif",
+                "acquisition_date": date})
     for ch in ChunkGrid(grid.shape, chunk):
         rs, cs = ch.window.slices()
         write_chunk(store, ch, {"landcover": cls[rs, cs].astype(np.uint8),

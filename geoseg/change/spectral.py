@@ -1,0 +1,233 @@
+"""Spectral evidence for land-cover change: did the image itself change?
+
+Comparing two classifications calls a change wherever the dates' classes differ, so one date's
+misclassification (a dry field called bare on one date and vegetation on the other) is a false
+change although the ground, and the image, did not change. Change-vector analysis asks the
+other question: how far apart are the two dates' pixel values? Each band of each image is
+standardised by its own median and spread (interquartile range / 1.349, a standard deviation
+that the changed pixels themselves cannot inflate) over a sample of the overlap; this absorbs
+global differences of illumination, gain and haze. The per-band differences are averaged over
+a 3×3 neighbourhood (noise, sub-pixel misregistration) and the magnitude is their root mean
+square over bands, in standard deviations (σ). A class flip counts as a change only where the
+magnitude reaches ``min_spectral_change``; elsewhere the change store says
+:data:`~geoseg.change.raster.NO_IMAGE_CHANGE`.
+
+The images are read window by window on the change grid: a plain (boundless) window read when
+an image shares the grid's pixel lattice, else nearest-neighbour resampling, as the runs'
+classes are aligned (:mod:`geoseg.change.align`). Memory is O(chunk).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from geoseg.change.align import lattice_offset
+from geoseg.errors import GeoSegError, InputError
+from geoseg.grid import GeoBox, Window
+
+log = logging.getLogger(__name__)
+
+SCALE = 0.02  # σ per stored unit: uint8 codes 0..254 cover 0..5.08 σ
+UNKNOWN = 255  # no magnitude: a date has no image value here
+SAMPLE_WINDOWS = 16  # windows of SAMPLE_SIZE² spread over the overlap give the band statistics
+SAMPLE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class SpectralInputs:
+    """The two images (opened: :class:`~geoseg.io.RasterInfo`) and their band statistics over
+    the overlap; picklable, so Ray tasks read the images where they run."""
+
+    info_a: Any
+    info_b: Any
+    bands: tuple[int, ...]
+    mean_a: tuple[float, ...]  # per band: median
+    std_a: tuple[float, ...]  # ... and interquartile range / 1.349
+    mean_b: tuple[float, ...]
+    std_b: tuple[float, ...]
+
+    @property
+    def image_a(self) -> str:
+        return str(self.info_a.path)
+
+    @property
+    def image_b(self) -> str:
+        return str(self.info_b.path)
+
+    def describe(self) -> dict[str, Any]:
+        return {"image_a": self.image_a, "image_b": self.image_b, "bands": list(self.bands),
+                "median_a": [round(v, 4) for v in self.mean_a],
+                "sigma_a": [round(v, 4) for v in self.std_a],
+                "median_b": [round(v, 4) for v in self.mean_b],
+                "sigma_b": [round(v, 4) for v in self.std_b]}
+
+
+def check_min_spectral_change(value: float) -> None:
+    if not (0.0 <= value <= 254 * SCALE) or math.isnan(value):
+        raise InputError(f"min_spectral_change must be in [0, {254 * SCALE:g}] σ, got {value}")
+
+
+def spectral_threshold(min_spectral_change: float) -> int:
+    """``min_spectral_change`` (σ) as a stored code: a pixel passes when code >= this."""
+    check_min_spectral_change(min_spectral_change)
+    return math.ceil(round(min_spectral_change / SCALE, 9))
+
+
+def _read(info: Any, grid: GeoBox, win: Window, bands: tuple[int, ...]
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Bands of ``info`` (a :class:`~geoseg.io.RasterInfo`) over ``win`` of ``grid``:
+    (float32 (C, H, W), valid (H, W))."""
+    from geoseg.io import read_window
+
+    off = lattice_offset(info.geobox, grid)
+    if off is not None and abs(off[0] - round(off[0])) < 1e-6 \
+            and abs(off[1] - round(off[1])) < 1e-6:
+        src = Window(win.row_off + round(off[0]), win.col_off + round(off[1]),
+                     win.height, win.width)
+        return read_window(info, src, bands)
+    return _warp(info, grid, win, bands)
+
+
+def _warp(info: Any, grid: GeoBox, win: Window, bands: tuple[int, ...]
+          ) -> tuple[np.ndarray, np.ndarray]:
+    from rasterio.crs import CRS as RioCRS
+    from rasterio.warp import Resampling, reproject
+
+    from geoseg.io import read_window
+
+    data = np.zeros((len(bands), *win.shape), np.float32)
+    valid = np.zeros(win.shape, bool)
+    dst, src_grid = grid[win], info.geobox
+    try:
+        need = src_grid.window_of(dst.bounds.to_crs(src_grid.crs)).pad(2)
+    except (OverflowError, ValueError, ArithmeticError):
+        return data, valid
+    need = need.intersect(src_grid.window)
+    if need.size == 0:
+        return data, valid
+    src, ok = read_window(info, need, bands)
+    kw = dict(src_transform=src_grid[need].transform,
+              src_crs=RioCRS.from_wkt(src_grid.crs.to_wkt()),
+              dst_transform=dst.transform, dst_crs=RioCRS.from_wkt(dst.crs.to_wkt()),
+              resampling=Resampling.nearest)
+    reproject(src, data, **kw)
+    v = np.zeros(win.shape, np.uint8)
+    reproject(ok.astype(np.uint8), v, src_nodata=None, dst_nodata=None, **kw)
+    return data, v.astype(bool)
+
+
+def _sample_windows(overlap: Window, n: int = SAMPLE_WINDOWS, size: int = SAMPLE_SIZE
+                    ) -> list[Window]:
+    """Up to ``n`` windows of ``size``² evenly spread over ``overlap`` (fewer on small ones)."""
+    per_axis = max(1, int(math.sqrt(n)))
+    out = []
+    for i in range(per_axis):
+        for j in range(per_axis):
+            h, w = min(size, overlap.height), min(size, overlap.width)
+            r = overlap.row_off + (overlap.height - h) * (2 * i + 1) // (2 * per_axis)
+            c = overlap.col_off + (overlap.width - w) * (2 * j + 1) // (2 * per_axis)
+            out.append(Window(r, c, h, w))
+    return list(dict.fromkeys(out))
+
+
+def _open(path: str) -> Any:
+    """The raster, without repeating the warnings its run already gave (no nodata, ...)."""
+    import warnings
+
+    from geoseg.errors import GeoSegWarning
+    from geoseg.io import open_info
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeoSegWarning)
+        return open_info(path)
+
+
+def open_spectral(image_a: str, image_b: str, grid: GeoBox, overlap: Window) -> SpectralInputs:
+    """Open both images and measure their band statistics over ``overlap`` of ``grid`` (pixels
+    valid on both dates, every 2nd row and column of :data:`SAMPLE_WINDOWS` windows); raise a
+    one-line :class:`~geoseg.errors.GeoSegError` when an image cannot be used."""
+    ia, ib = _open(image_a), _open(image_b)
+    n = min(ia.count, ib.count)
+    if ia.count != ib.count:
+        log.warning("images have %d and %d bands: the spectral evidence uses bands 1-%d",
+                    ia.count, ib.count, n)
+    bands = tuple(range(1, n + 1))
+    samples: list[list[np.ndarray]] = [[], []]
+    for win in _sample_windows(overlap):
+        (xa, va), (xb, vb) = _read(ia, grid, win, bands), _read(ib, grid, win, bands)
+        both = (va & vb)[::2, ::2]
+        samples[0].append(xa[:, ::2, ::2][:, both])
+        samples[1].append(xb[:, ::2, ::2][:, both])
+    values = [np.concatenate(s, axis=1) for s in samples]
+    if values[0].shape[1] < 100:
+        raise GeoSegError(f"{image_a} and {image_b} share too few valid pixels in the runs' "
+                          "overlap to compare their values: check that these are the runs' "
+                          "images, or pass --min-spectral-change 0")
+    stats = []
+    for v in values:
+        q25, med, q75 = np.percentile(v, [25, 50, 75], axis=1)
+        spread = (q75 - q25) / 1.349
+        fallback = v.std(axis=1)  # a band with a flat middle: its standard deviation
+        spread = np.where(spread > 1e-9, spread, np.where(fallback > 1e-9, fallback, 1.0))
+        stats.append((tuple(med.tolist()), tuple(spread.tolist())))
+    return SpectralInputs(ia, ib, bands, stats[0][0], stats[0][1], stats[1][0], stats[1][1])
+
+
+def magnitude(a: np.ndarray, b: np.ndarray, valid: np.ndarray, spec: SpectralInputs
+              ) -> np.ndarray:
+    """Stored codes of the change magnitude of two (C, H, W) windows that carry one pixel of
+    context on every side; returns (H-2, W-2) uint8 (:data:`UNKNOWN` where a date has no
+    value)."""
+    from scipy import ndimage
+
+    ma, sa = (np.asarray(v, np.float32)[:, None, None] for v in (spec.mean_a, spec.std_a))
+    mb, sb = (np.asarray(v, np.float32)[:, None, None] for v in (spec.mean_b, spec.std_b))
+    diff = (a - ma) / sa - (b - mb) / sb
+    diff[:, ~valid] = 0.0
+    weight = ndimage.uniform_filter(valid.astype(np.float32), size=3, mode="constant")
+    mean = ndimage.uniform_filter(diff, size=(1, 3, 3), mode="constant")
+    mean /= np.maximum(weight, 1e-6)[None]  # the mean over the valid neighbours
+    mag = np.sqrt((mean * mean).mean(axis=0))[1:-1, 1:-1]
+    code = np.minimum(np.rint(mag / SCALE), 254).astype(np.uint8)
+    code[~valid[1:-1, 1:-1]] = UNKNOWN
+    return code
+
+
+class SpectralCodes:
+    """Array-like view of the change magnitude on the change grid; each read computes just the
+    requested window (dask reads it one chunk at a time)."""
+
+    ndim = 2
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, spec: SpectralInputs, grid: GeoBox) -> None:
+        self.spec, self.grid = spec, grid
+        self.shape = grid.shape
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        (r0, r1, rstep), (c0, c1, cstep) = (k.indices(n) for k, n in zip(key, self.shape,
+                                                                         strict=True))
+        win = Window(r0, c0, max(0, r1 - r0), max(0, c1 - c0))
+        return self.window(win)[::rstep, ::cstep]
+
+    def window(self, win: Window) -> np.ndarray:
+        if win.size == 0:
+            return np.full(win.shape, UNKNOWN, np.uint8)
+        big = win.pad(1)
+        a, va = _read(self.spec.info_a, self.grid, big, self.spec.bands)
+        b, vb = _read(self.spec.info_b, self.grid, big, self.spec.bands)
+        return magnitude(a, b, va & vb, self.spec)
+
+
+def spectral_array(spec: SpectralInputs, grid: GeoBox, chunk: int) -> da.Array:
+    """Lazy uint8 magnitude codes on ``grid`` in ``chunk``² blocks."""
+    token = tokenize(spec, grid.shape, tuple(grid.transform), grid.crs.to_wkt())
+    return da.from_array(SpectralCodes(spec, grid), chunks=(chunk, chunk), asarray=False,
+                         meta=np.empty((0, 0), np.uint8), name=f"spectral-{token}")
