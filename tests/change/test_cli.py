@@ -83,6 +83,8 @@ def test_cli_refuses_non_empty_output(tmp_path: Path,
 @pytest.mark.parametrize("argv_tail, needle", [
     (["--min-confidence", "2"], "min_confidence"),
     (["--iou-modified", "0"], "iou_modified"),
+    (["--min-spectral-change", "-1"], "min_spectral_change"),
+    (["--images", "nope_a.tif", "nope_b.tif"], "nope_a.tif"),
 ])
 def test_cli_bad_values_one_line(tmp_path: Path, runs: tuple[Path, Path, np.ndarray, np.ndarray],
                                  capsys: pytest.CaptureFixture[str], argv_tail: list[str],
