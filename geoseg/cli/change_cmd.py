@@ -160,15 +160,17 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     c.add_argument("--min-change-confidence", type=float, default=MIN_CHANGE_CONFIDENCE,
                    metavar="C",
                    help="a pixel whose classes differ is a change only when both dates' "
-                        "confidence is at least C, else 'uncertain' (default chosen on a "
-                        "validation scene, see README; 0 makes every difference a change)")
+                        "confidence is at least C, else 'uncertain' (default "
+                        f"{MIN_CHANGE_CONFIDENCE}, chosen on a validation scene, see README; 0 "
+                        "makes every difference a change)")
     c.add_argument("--min-spectral-change", type=float, default=MIN_SPECTRAL_CHANGE,
                    metavar="S",
                    help="a pixel whose classes differ is a change only where the images differ "
                         "by at least S standard deviations (RMS over bands of the standardised "
                         "difference, 3x3 mean), else 'no_image_change': one date's "
-                        "misclassification of an unchanged ground (default chosen on a "
-                        "validation scene, see README; 0 turns the check off)")
+                        "misclassification of an unchanged ground (default "
+                        f"{MIN_SPECTRAL_CHANGE}, chosen on a validation scene, see README; 0 "
+                        "turns the check off)")
     c.add_argument("--images", nargs=2, metavar=("BEFORE", "AFTER"),
                    help="the images of the two runs for that check (default: the images the "
                         "runs recorded; when those cannot be opened the check is skipped with "
