@@ -100,6 +100,15 @@ def test_sentinel2_dates_on_different_extents(ray_cluster: None, real_data: Path
     inside = np.zeros((640, 640), bool)
     inside[:320, 320:] = True
     assert (changed[~inside] == 255).all()
-    assert set(np.unique(changed[inside])) <= {0, 1} and summary["buildings"] is None
+    assert set(np.unique(changed[inside])) <= {0, 1, 3} and summary["buildings"] is None
+    # the image check read both real scenes (one uint16 band, other extents) on the change
+    # grid: a magnitude wherever both images have data (both scenes cover a's whole region,
+    # beyond b's run)
+    spectral = summary["spectral"]
+    assert spectral["image_b"].endswith("S2A_T33UUU_20160608.tif") and spectral["bands"] == [1]
+    mag = np.asarray(zarr.open_group(str(change / "change.zarr"), mode="r")["spectral_change"][:])  # type: ignore[index]
+    assert (mag != 255).all()
+    # the 05-29 scene is cloudy: its clouds are image change, clear ground mostly is not
+    assert 0 < np.mean(mag[inside] * 0.02 >= 0.2) < 0.9
     unknown_m2 = summary["areas"]["unknown"]["m2"]
     assert unknown_m2 == pytest.approx(640 * 640 * 100 * 0.75)
