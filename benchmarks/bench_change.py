@@ -6,7 +6,8 @@
 ``--tiles N`` compares runs N×N times the size of the given ones, made by tiling them (their
 Zarr chunks copied to the shifted chunk keys, their footprints translated), as
 ``bench_pipeline`` tiles the demo image: a 16384² pair from a 4096² pair without an hour of
-inference each. The change step reads them as it reads any run. Peak memory is the summed PSS of
+inference each; their images are tiled the same way as VRTs for the image check. The change
+step reads them as it reads any run. Peak memory is the summed PSS of
 the ``geoseg change`` process tree, sampled every 0.2 s.
 """
 
@@ -106,6 +107,45 @@ def tile_run(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
+def _source_image(run: Path) -> str:
+    return str(json.loads((run / STORE / ".zattrs").read_text())["source_image"])
+
+
+def tile_image(src: str, dst: Path, n: int) -> str:
+    """The image ``src`` repeated n×n as a GDAL VRT (no pixels copied), on the tiled runs'
+    grid, for the change step's image check."""
+    import html
+
+    import rasterio
+
+    if n == 1:
+        return src
+    with rasterio.open(src) as ds:
+        h, w, count = ds.height, ds.width, ds.count
+        gt = ds.transform.to_gdal()
+        srs, dtype = ds.crs.to_wkt(), ds.dtypes[0]
+    types = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}
+    lines = [f'<VRTDataset rasterXSize="{w * n}" rasterYSize="{h * n}">',
+             f"  <SRS>{html.escape(srs)}</SRS>",
+             f"  <GeoTransform>{', '.join(repr(v) for v in gt)}</GeoTransform>"]
+    for b in range(1, count + 1):
+        lines.append(f'  <VRTRasterBand dataType="{types[dtype]}" band="{b}">')
+        for i in range(n):
+            for j in range(n):
+                lines += ["    <SimpleSource>",
+                          f'      <SourceFilename relativeToVRT="0">{html.escape(str(src))}'
+                          "</SourceFilename>",
+                          f"      <SourceBand>{b}</SourceBand>",
+                          f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+                          f'      <DstRect xOff="{j * w}" yOff="{i * h}" xSize="{w}" '
+                          f'ySize="{h}"/>',
+                          "    </SimpleSource>"]
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    dst.write_text("\n".join(lines) + "\n")
+    return str(dst)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,8 +161,10 @@ def main() -> None:
         ra = tile_run(args.run_a, work / f"a-x{n}", n)
         rb = tile_run(args.run_b, work / f"b-x{n}", n)
         out = work / f"change-x{n}"
+        images = [tile_image(_source_image(r), work / f"{k}-x{n}.vrt", n)
+                  for k, r in (("a", args.run_a), ("b", args.run_b))]
         res = measure([sys.executable, "-m", "geoseg", "change", str(ra), str(rb), "-o", str(out),
-                       "--overwrite"])
+                       "--overwrite", "--images", *images])
         summary = json.loads((out / "change_summary.json").read_text())
         shape = summary.get("grid", {}).get("shape")
         rows.append({"tiles": n, "shape": shape, "wall_s": round(res["wall_s"], 1),
