@@ -11,6 +11,7 @@ import pytest
 import zarr
 
 from geoseg.change import compare_runs
+from geoseg.change.defaults import MIN_SPECTRAL_CHANGE
 from geoseg.change.raster import NO_IMAGE_CHANGE
 from geoseg.change.spectral import SCALE, UNKNOWN, SpectralInputs, magnitude, spectral_threshold
 from geoseg.errors import GeoSegWarning, InputError
@@ -95,10 +96,11 @@ def test_flip_without_image_change_is_not_a_change(tmp_path: Path) -> None:
     assert (changed[SAME_IMAGE] == NO_IMAGE_CHANGE).all()
     assert (changed[(a_cls == b_cls)] == 0).all()
     sp = res.summary["spectral"]
-    assert sp["min_spectral_change"] == pytest.approx(0.3) and sp["image_b"] == str(pb)
+    assert sp["min_spectral_change"] == MIN_SPECTRAL_CHANGE and sp["image_b"] == str(pb)
     assert sp["sigma_b"][0] / sp["sigma_a"][0] == pytest.approx(1.15, rel=0.1)
     mag = _layer(res.output, "spectral_change")
-    assert mag[SAME_IMAGE].max() < spectral_threshold(0.3) <= mag[CHANGED_IMAGE][2:-2, 2:-2].min()
+    gate = spectral_threshold(MIN_SPECTRAL_CHANGE)
+    assert mag[SAME_IMAGE].max() < gate <= mag[CHANGED_IMAGE][2:-2, 2:-2].min()
     # only the real change is in the transitions; the flip counts with the uncertain area
     m = res.summary["transitions_m2"]
     assert m["vegetation"]["building"] == pytest.approx((changed == 1).sum() * 0.25)
