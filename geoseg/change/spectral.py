@@ -42,8 +42,8 @@ SAMPLE_SIZE = 512
 
 @dataclass(frozen=True)
 class SpectralInputs:
-    """The two images (opened: :class:`~geoseg.io.RasterInfo`) and their band statistics over
-    the overlap; picklable, so Ray tasks read the images where they run."""
+    """The two images (opened: a :class:`~geoseg.io.RasterInfo` or a mosaic) and their band
+    statistics over the overlap; picklable, so Ray tasks read the images where they run."""
 
     info_a: Any
     info_b: Any
@@ -52,14 +52,8 @@ class SpectralInputs:
     std_a: tuple[float, ...]  # ... and interquartile range / 1.349
     mean_b: tuple[float, ...]
     std_b: tuple[float, ...]
-
-    @property
-    def image_a(self) -> str:
-        return str(self.info_a.path)
-
-    @property
-    def image_b(self) -> str:
-        return str(self.info_b.path)
+    image_a: str = ""  # as given (a path, URL, glob, list or STAC document)
+    image_b: str = ""
 
     def describe(self) -> dict[str, Any]:
         return {"image_a": self.image_a, "image_b": self.image_b, "bands": list(self.bands),
@@ -82,7 +76,7 @@ def spectral_threshold(min_spectral_change: float) -> int:
 
 def _read(info: Any, grid: GeoBox, win: Window, bands: tuple[int, ...]
           ) -> tuple[np.ndarray, np.ndarray]:
-    """Bands of ``info`` (a :class:`~geoseg.io.RasterInfo`) over ``win`` of ``grid``:
+    """Bands of ``info`` (a raster or a mosaic, read on its own grid) over ``win`` of ``grid``:
     (float32 (C, H, W), valid (H, W))."""
     from geoseg.io import read_window
 
@@ -137,16 +131,17 @@ def _sample_windows(overlap: Window, n: int = SAMPLE_WINDOWS, size: int = SAMPLE
     return list(dict.fromkeys(out))
 
 
-def _open(path: str) -> Any:
-    """The raster, without repeating the warnings its run already gave (no nodata, ...)."""
+def _open(image: str) -> Any:
+    """The image as ``geoseg run`` opens it (a raster, or a glob, ``.txt`` list, STAC document:
+    a mosaic), without repeating the warnings its run already gave (no nodata, ...)."""
     import warnings
 
     from geoseg.errors import GeoSegWarning
-    from geoseg.io import open_info
+    from geoseg.sources import open_source
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GeoSegWarning)
-        return open_info(path)
+        return open_source([image])
 
 
 def open_spectral(image_a: str, image_b: str, grid: GeoBox, overlap: Window) -> SpectralInputs:
@@ -177,7 +172,8 @@ def open_spectral(image_a: str, image_b: str, grid: GeoBox, overlap: Window) -> 
         fallback = v.std(axis=1)  # a band with a flat middle: its standard deviation
         spread = np.where(spread > 1e-9, spread, np.where(fallback > 1e-9, fallback, 1.0))
         stats.append((tuple(med.tolist()), tuple(spread.tolist())))
-    return SpectralInputs(ia, ib, bands, stats[0][0], stats[0][1], stats[1][0], stats[1][1])
+    return SpectralInputs(ia, ib, bands, stats[0][0], stats[0][1], stats[1][0], stats[1][1],
+                          str(image_a), str(image_b))
 
 
 def magnitude(a: np.ndarray, b: np.ndarray, valid: np.ndarray, spec: SpectralInputs

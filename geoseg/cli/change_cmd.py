@@ -172,9 +172,10 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
                         f"{MIN_SPECTRAL_CHANGE}, chosen on a validation scene, see README; 0 "
                         "turns the check off)")
     c.add_argument("--images", nargs=2, metavar=("BEFORE", "AFTER"),
-                   help="the images of the two runs for that check (default: the images the "
-                        "runs recorded; when those cannot be opened the check is skipped with "
-                        "a warning)")
+                   help="the images of the two runs for that check, each as `geoseg run` takes "
+                        "it (a raster, URL, quoted glob, .txt list or STAC document) (default: "
+                        "the images the runs recorded; when those cannot be opened the check "
+                        "is skipped with a warning)")
     c.add_argument("--iou-modified", type=float, default=0.8,
                    help="matched buildings with a lower IoU are modified (default 0.8)")
     c.add_argument("--area-tolerance", type=float, default=0.1,

@@ -141,3 +141,26 @@ def test_bad_threshold_is_one_clear_error(tmp_path: Path) -> None:
     b = make_run(tmp_path / "b", b_cls, date="2024-06-01")
     with pytest.raises(InputError, match="min_spectral_change"):
         compare_runs(a, b, tmp_path / "out", min_spectral_change=-1)
+
+
+def test_a_mosaic_of_tiles_is_one_image(tmp_path: Path) -> None:
+    """--images takes what `geoseg run` takes: here date b as a quoted glob of two tiles."""
+    import rasterio
+
+    pa, pb = _pair(tmp_path)
+    with rasterio.open(pb) as src:
+        full = src.read()
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    write_raster(tiles / "b_left.tif", full[:, :, :64], transform=T_A)
+    write_raster(tiles / "b_right.tif", full[:, :, 64:], transform=shifted(64, 0))
+    a_cls, b_cls = _classes()
+    a = make_run(tmp_path / "a", a_cls)
+    b = make_run(tmp_path / "b", b_cls, date="2024-06-01")
+    res = compare_runs(a, b, tmp_path / "out", min_change_confidence=0.0,
+                       images=(str(pa), str(tiles / "b_*.tif")))
+    whole = compare_runs(a, b, tmp_path / "whole", min_change_confidence=0.0,
+                         images=(str(pa), str(pb)))
+    np.testing.assert_array_equal(_layer(res.output, "spectral_change"),
+                                  _layer(whole.output, "spectral_change"))
+    assert (_layer(res.output, "changed")[SAME_IMAGE] == NO_IMAGE_CHANGE).all()
