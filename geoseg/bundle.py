@@ -104,7 +104,8 @@ class Normalization(_Strict):
             x = np.clip(x, np.asarray(self.clip[0], np.float32).reshape(shape),
                         np.asarray(self.clip[1], np.float32).reshape(shape))
         mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
-        return (x - mean) / np.asarray(self.std, dtype=np.float32).reshape(shape)
+        out = np.subtract(x, mean, dtype=np.float32)  # one new array; x stays as it was
+        return np.divide(out, np.asarray(self.std, dtype=np.float32).reshape(shape), out=out)
 
 
 class BundleSpec(_Strict):

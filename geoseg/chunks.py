@@ -108,7 +108,10 @@ def model_input(plan: Plan, ref: ModelRef, inp: ChunkInput) -> tuple[np.ndarray,
     columns in ``x`` are the same as in the context."""
     idx = [plan.bands.index(b) for b in ref.spec.bands]
     mean = np.asarray(ref.spec.normalization.mean, dtype=np.float32)[:, None, None]
-    x = np.where(inp.valid[None], inp.data[idx], mean)  # nodata → band mean (0 after normalising)
+    if inp.valid.all():  # the common case: no copy when the model reads every band in order
+        x = inp.data if idx == list(range(len(plan.bands))) else inp.data[idx]
+    else:  # nodata → band mean (0 after normalising)
+        x = np.where(inp.valid[None], inp.data[idx], mean)
     tile, overlap, exact = plan.tiling(ref)
     h, w = x.shape[1:]
     shape = (max(h, tile), max(w, tile)) if exact else (h, w)

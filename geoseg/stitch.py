@@ -156,12 +156,28 @@ def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile:
     return acc[:, :h, :w]
 
 
+def max_argmax(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(max, argmax as uint8)`` over axis 0 of (K, H, W) values (K <= 256), class by class:
+    contiguous 2-D operations, several times faster than ``argmax(axis=0)``, which walks the
+    class axis with a stride of H*W. Ties go to the lower class, as with ``argmax``."""
+    if values.shape[0] > 256:
+        raise ValueError(f"{values.shape[0]} classes do not fit uint8 class ids")
+    top = np.array(values[0], copy=True)
+    cls = np.zeros(top.shape, np.uint8)
+    better = np.empty(top.shape, bool)
+    for k in range(1, values.shape[0]):
+        np.greater(values[k], top, out=better)
+        np.copyto(cls, np.uint8(k), where=better)
+        np.maximum(top, values[k], out=top)
+    return top, cls
+
+
 def classify(probs: np.ndarray, valid: np.ndarray,
              fill: int = 255) -> tuple[np.ndarray, np.ndarray]:
     """Class ids (uint8, ``fill`` where invalid) and confidence (uint8 0..255 of max prob,
     0 where invalid) from (K, H, W) probabilities."""
-    cls = np.argmax(probs, axis=0).astype(np.uint8)
-    conf = np.rint(np.max(probs, axis=0) * 255.0).astype(np.uint8)
+    top, cls = max_argmax(probs)
+    conf = np.rint(top * 255.0).astype(np.uint8)
     cls[~valid] = fill
     conf[~valid] = 0
     return cls, conf
@@ -172,11 +188,12 @@ def classify_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (K, H, W) logits: argmax of logits = argmax of probabilities, and the max probability is
     1 / sum(exp(l - max l)), so no full softmax is computed. Invalid pixels are masked by the
     caller."""
-    top = logits.max(axis=0)
-    cls = logits.argmax(axis=0).astype(np.uint8)
+    top, cls = max_argmax(logits)
     total = np.zeros(top.shape, np.float32)
+    term = np.empty(top.shape, np.float32)
     for k in range(logits.shape[0]):
-        total += np.exp(logits[k] - top)
+        np.subtract(logits[k], top, out=term)
+        total += np.exp(term, out=term)
     conf = np.rint(255.0 / total).astype(np.uint8)
     return cls, conf
 

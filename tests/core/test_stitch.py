@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoseg.stitch import axis_layout, classify, predict_window, ramp_weight
+from geoseg.stitch import axis_layout, classify, max_argmax, predict_window, ramp_weight
 
 
 @given(n=st.integers(1, 3000), tile=st.sampled_from([64, 128, 256, 512]),
@@ -47,3 +47,16 @@ def test_classify_masks_invalid() -> None:
     p = np.array([[[0.2, 0.7]], [[0.8, 0.3]]], dtype=np.float32)
     cls, conf = classify(p, np.array([[True, False]]))
     assert cls.tolist() == [[1, 255]] and conf.tolist() == [[204, 0]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 12), h=st.integers(1, 9), w=st.integers(1, 9),
+       levels=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_max_argmax_equals_numpy(k: int, h: int, w: int, levels: int, seed: int) -> None:
+    """The class-by-class max/argmax is numpy's, ties (few distinct values) to the lower
+    class included."""
+    values = np.random.default_rng(seed).integers(0, levels, (k, h, w)).astype(np.float32)
+    top, cls = max_argmax(values)
+    assert cls.dtype == np.uint8
+    np.testing.assert_array_equal(cls, values.argmax(axis=0))
+    np.testing.assert_array_equal(top, values.max(axis=0))
