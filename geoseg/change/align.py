@@ -128,11 +128,26 @@ def _no_overlap(a: RunInfo, b: RunInfo) -> str:
             f"{bb.top:.1f} in {b.grid.crs.to_string()}): compare runs of the same region")
 
 
-class AlignedCodes:
-    """Array-like view of a run's (class << 8 | confidence) on another grid; each read computes
-    just the requested window (used by dask, one chunk per read)."""
+class WindowedArray:
+    """A 2-D array-like whose every read computes just the requested window (dask reads it one
+    chunk at a time); subclasses set ``shape`` and ``dtype`` and define :meth:`window`."""
 
     ndim = 2
+    shape: tuple[int, int]
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        (r0, r1, rstep), (c0, c1, cstep) = (k.indices(n) for k, n in zip(key, self.shape,
+                                                                         strict=True))
+        win = Window(r0, c0, max(0, r1 - r0), max(0, c1 - c0))
+        return self.window(win)[::rstep, ::cstep]
+
+    def window(self, win: Window) -> np.ndarray:
+        raise NotImplementedError
+
+
+class AlignedCodes(WindowedArray):
+    """Array-like view of a run's (class << 8 | confidence) on another grid."""
+
     dtype = np.dtype(np.uint16)
 
     def __init__(self, run: RunInfo, grid: GeoBox, mode: Mode) -> None:
@@ -150,12 +165,6 @@ class AlignedCodes:
         cls, conf = self._open()
         rs, cs = win.slices()
         return (np.asarray(cls[rs, cs]).astype(np.uint16) << 8) | np.asarray(conf[rs, cs])
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        (r0, r1, rstep), (c0, c1, cstep) = (k.indices(n) for k, n in zip(key, self.shape,
-                                                                         strict=True))
-        win = Window(r0, c0, max(0, r1 - r0), max(0, c1 - c0))
-        return self.window(win)[::rstep, ::cstep]
 
     def window(self, win: Window) -> np.ndarray:
         """Codes of target window ``win`` (nodata code where the run has no pixel)."""

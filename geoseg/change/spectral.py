@@ -28,7 +28,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from geoseg.change.align import lattice_offset
+from geoseg.change.align import WindowedArray, lattice_offset
 from geoseg.errors import GeoSegError, InputError
 from geoseg.grid import GeoBox, Window
 
@@ -196,22 +196,14 @@ def magnitude(a: np.ndarray, b: np.ndarray, valid: np.ndarray, spec: SpectralInp
     return code
 
 
-class SpectralCodes:
-    """Array-like view of the change magnitude on the change grid; each read computes just the
-    requested window (dask reads it one chunk at a time)."""
+class SpectralCodes(WindowedArray):
+    """Array-like view of the change magnitude codes on the change grid."""
 
-    ndim = 2
     dtype = np.dtype(np.uint8)
 
     def __init__(self, spec: SpectralInputs, grid: GeoBox) -> None:
         self.spec, self.grid = spec, grid
         self.shape = grid.shape
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        (r0, r1, rstep), (c0, c1, cstep) = (k.indices(n) for k, n in zip(key, self.shape,
-                                                                         strict=True))
-        win = Window(r0, c0, max(0, r1 - r0), max(0, c1 - c0))
-        return self.window(win)[::rstep, ::cstep]
 
     def window(self, win: Window) -> np.ndarray:
         if win.size == 0:
