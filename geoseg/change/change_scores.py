@@ -18,7 +18,8 @@ import zarr
 from rasterio.windows import Window as RioWindow
 
 from geoseg.change.compare import GPKG, PR_PNG, STORE, ChangeResult
-from geoseg.change.raster import UNCERTAIN
+from geoseg.change.raster import NO_IMAGE_CHANGE, SPECTRAL, UNCERTAIN
+from geoseg.change.spectral import SCALE
 from geoseg.errors import InputError
 from geoseg.metrics import ObjectScores, score_polygons
 from geoseg.scoring import truth_window
@@ -43,11 +44,15 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
         raise InputError(f"{t0.name} and {t1.name} are on different grids: regenerate the scene")
     g = zarr.open_group(str(store), mode="r", zarr_format=2)
     changed, confidence = g["changed"], g["confidence"]
-    tp = fp = fn = tn = truth_valid = unknown = missed_flips = 0
+    spectral = g.get(SPECTRAL)
+    tp = fp = fn = tn = truth_valid = unknown = missed_flips = missed_spectral = 0
     # changed pixels by their confidence (min of both dates', uint8): the precision/recall
-    # curve of "changed only where confidence >= t"
+    # curve of "changed only where confidence >= t"; and, with the image check, confident
+    # flips by their image change magnitude (codes): the curve of "... and magnitude >= s"
     hit_by_conf = np.zeros(256, np.int64)
     false_by_conf = np.zeros(256, np.int64)
+    hit_by_mag = np.zeros(256, np.int64)
+    false_by_mag = np.zeros(256, np.int64)
     with rasterio.open(t0) as s0, rasterio.open(t1) as s1:
         for r0 in range(0, grid.height, chunk):
             for c0 in range(0, grid.width, chunk):
@@ -66,6 +71,12 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
                 conf = np.asarray(confidence[r0:r0 + h, c0:c0 + w])  # type: ignore[index]
                 hit_by_conf += np.bincount(conf[known & flip & truth], minlength=256)
                 false_by_conf += np.bincount(conf[known & flip & ~truth], minlength=256)
+                if spectral is not None:
+                    mag = np.asarray(spectral[r0:r0 + h, c0:c0 + w])  # type: ignore[index]
+                    sure = known & ((pred == 1) | (pred == NO_IMAGE_CHANGE))
+                    hit_by_mag += np.bincount(mag[sure & truth], minlength=256)
+                    false_by_mag += np.bincount(mag[sure & ~truth], minlength=256)
+                    missed_spectral += int((known & ~sure & truth).sum())
                 tp += int((known & p & truth).sum())
                 fp += int((known & p & ~truth).sum())
                 fn += int((known & ~p & truth).sum())
@@ -78,13 +89,17 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
             "coverage": round(1 - unknown / truth_valid, 6) if truth_valid else 0.0,
             "truth_changed_fraction": round((tp + fn) / (tp + fp + fn + tn), 6)
             if tp + fp + fn + tn else 0.0,
-            "by_confidence": confidence_curve(hit_by_conf, false_by_conf, missed_flips)}
+            "by_confidence": confidence_curve(hit_by_conf, false_by_conf, missed_flips),
+            **({"by_spectral_change": confidence_curve(
+                hit_by_mag, false_by_mag, missed_spectral, scale=SCALE,
+                name="min_spectral_change")} if spectral is not None else {})}
 
 
-def confidence_curve(hits: np.ndarray, falses: np.ndarray, missed: int) -> dict[str, Any]:
-    """Precision and recall of changed pixels when only those with confidence >= t count as
-    changed (the rest become "not changed"), for every t; and the lowest t whose precision
-    reaches 0.8 (``None`` if none does)."""
+def confidence_curve(hits: np.ndarray, falses: np.ndarray, missed: int, *,
+                     scale: float = 1 / 255, name: str = "min_confidence") -> dict[str, Any]:
+    """Precision and recall of changed pixels when only those with a stored value >= t count
+    as changed (the rest become "not changed"), for every uint8 t; and the lowest t whose
+    precision reaches 0.8 (``None`` if none does), as ``t * scale`` under ``name``."""
     tp = np.cumsum(hits[::-1])[::-1]  # tp[t] = changed & right with confidence >= t
     fp = np.cumsum(falses[::-1])[::-1]
     total_true = int(hits.sum()) + missed
@@ -92,16 +107,20 @@ def confidence_curve(hits: np.ndarray, falses: np.ndarray, missed: int) -> dict[
     recall = tp / total_true if total_true else np.zeros(256)
     ok = np.flatnonzero((precision >= 0.8) & (tp > 0))
     at = int(ok[0]) if ok.size else None
-    return {"threshold": [round(t / 255, 4) for t in range(256)],
+    return {"threshold": [round(t * scale, 4) for t in range(256)],
             "precision": [round(float(v), 5) for v in precision],
             "recall": [round(float(v), 5) for v in recall],
             "precision_0.8_at": None if at is None else {
-                "min_confidence": round(at / 255, 4), "precision": round(float(precision[at]), 5),
+                name: round(at * scale, 4), "precision": round(float(precision[at]), 5),
                 "recall": round(float(recall[at]), 5)}}
 
 
-def write_pr_png(curve: dict[str, Any], path: Path, size: int = 360) -> Path:
-    """The precision/recall curve of :func:`confidence_curve` as a small PNG (PIL only)."""
+CURVE_COLORS = ((200, 40, 40), (30, 130, 90))
+
+
+def write_pr_png(curves: dict[str, dict[str, Any]], path: Path, size: int = 360) -> Path:
+    """Precision/recall curves of :func:`confidence_curve` (label -> curve, at most two) as a
+    small PNG (PIL only); a circle marks each curve's lowest threshold."""
     from PIL import Image, ImageDraw
 
     m = 40  # margin for the axes' labels
@@ -118,14 +137,17 @@ def write_pr_png(curve: dict[str, Any], path: Path, size: int = 360) -> Path:
         d.text((xy(v, 0)[0] - 8, size - m + 4), f"{v:.1f}", fill="black")
         d.text((4, xy(0, v)[1] - 6), f"{v:.1f}", fill="black")
     d.rectangle([xy(0, 1), xy(1, 0)], outline="black")
-    pts = [xy(r, p) for r, p in zip(curve["recall"], curve["precision"], strict=True)
-           if r > 0]
-    if len(pts) > 1:
-        d.line(pts, fill=(200, 40, 40), width=2)
-    if pts:
-        x, y = pts[0]  # the lowest threshold: today's output
-        d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(30, 30, 160), width=2)
-    d.text((m, 8), "changed pixels: precision vs recall by min confidence", fill="black")
+    for n, ((label, curve), color) in enumerate(zip(curves.items(), CURVE_COLORS,
+                                                    strict=False)):
+        pts = [xy(r, p) for r, p in zip(curve["recall"], curve["precision"], strict=True)
+               if r > 0]
+        if len(pts) > 1:
+            d.line(pts, fill=color, width=2)
+        if pts:
+            x, y = pts[0]
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(30, 30, 160), width=2)
+        d.text((m + 6, size - m - 30 + 12 * n), f"by {label}", fill=color)
+    d.text((m, 8), "changed pixels: precision vs recall", fill="black")
     d.text((size // 2 - 16, size - 16), "recall", fill="black")
     d.text((2, m - 20), "precision", fill="black")
     img.save(path)
@@ -171,8 +193,11 @@ def evaluate_change(result_or_out: ChangeResult | Path | str, scene_dir: Path | 
     if not (store / ".zgroup").exists():
         raise InputError(f"{out} has no {STORE}: pass the -o directory of `geoseg change`")
     report: dict[str, Any] = {"pixels": _pixel_scores(store, scene)}
-    curve = report["pixels"]["by_confidence"]
-    report["pixels"]["pr_curve_png"] = str(write_pr_png(curve, out / PR_PNG))
+    px = report["pixels"]
+    curves = {"min confidence": px["by_confidence"]}
+    if "by_spectral_change" in px:
+        curves["image change (sigma)"] = px["by_spectral_change"]
+    px["pr_curve_png"] = str(write_pr_png(curves, out / PR_PNG))
     headline = {"changed px precision": report["pixels"]["precision"],
                 "changed px recall": report["pixels"]["recall"]}
     gpkg = out / GPKG

@@ -135,6 +135,11 @@ def cmd_change(a: argparse.Namespace) -> int:
         print("  changed px precision 0.8: " + (
             f"from min confidence {at['min_confidence']:.2f}, at recall {at['recall']:.3f}"
             if at else "not reached at any confidence"))
+        if "by_spectral_change" in report["pixels"]:
+            at = report["pixels"]["by_spectral_change"]["precision_0.8_at"]
+            print("  changed px precision 0.8: " + (
+                f"from min spectral change {at['min_spectral_change']:.2f} σ, at recall "
+                f"{at['recall']:.3f}" if at else "not reached at any image change"))
         print(f"  {'evaluation':<18} {path}")
         print(f"  {'pr_curve':<18} {report['pixels']['pr_curve_png']}")
     return 0

@@ -208,7 +208,7 @@ def test_confidence_curve_trades_recall_for_precision(tmp_path: Path) -> None:
     assert curve["precision"][101] == 1.0 and curve["recall"][101] == pytest.approx(0.6)
     at = curve["precision_0.8_at"]
     assert at == {"min_confidence": round(91 / 255, 4), "precision": 1.0, "recall": 0.8}
-    png = write_pr_png(curve, tmp_path / "pr.png")
+    png = write_pr_png({"min confidence": curve}, tmp_path / "pr.png")
     with Image.open(png) as im:
         px = np.asarray(im.convert("RGB"))
     assert im.size == (360, 360) and (px == [200, 40, 40]).all(axis=2).any()  # the curve is drawn

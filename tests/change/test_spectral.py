@@ -164,3 +164,33 @@ def test_a_mosaic_of_tiles_is_one_image(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_layer(res.output, "spectral_change"),
                                   _layer(whole.output, "spectral_change"))
     assert (_layer(res.output, "changed")[SAME_IMAGE] == NO_IMAGE_CHANGE).all()
+
+
+def test_evaluation_draws_the_image_change_curve(tmp_path: Path) -> None:
+    """With a scene's truth, the evaluation also scores confident flips by their image change
+    magnitude (the curve a user picks --min-spectral-change from) and draws both curves."""
+    from PIL import Image
+
+    from geoseg.change import evaluate_change
+    from geoseg.change.change_scores import CURVE_COLORS
+
+    pa, pb = _pair(tmp_path)
+    a_cls, b_cls = _classes()
+    a = make_run(tmp_path / "a", a_cls, image=pa, buildings=None)  # land cover only
+    b = make_run(tmp_path / "b", b_cls, image=pb, date="2024-06-01", buildings=None)
+    res = compare_runs(a, b, tmp_path / "out", min_change_confidence=0.0)
+    truth_b = a_cls.copy()
+    truth_b[CHANGED_IMAGE] = 1  # the real change only: the flip on unchanged ground is wrong
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    write_raster(scene / "landcover_t0.tif", a_cls, transform=T_A)
+    write_raster(scene / "landcover_t1.tif", truth_b, transform=T_A)
+    px = evaluate_change(res, scene)["pixels"]
+    assert px["fp"] == 0 and px["precision"] == 1.0
+    curve = px["by_spectral_change"]
+    assert curve["precision"][0] < 0.7  # no gate: the 1200-px false flip against 600 true
+    assert curve["precision_0.8_at"]["min_spectral_change"] <= MIN_SPECTRAL_CHANGE
+    assert curve["recall"][0] == pytest.approx(1.0)
+    with Image.open(px["pr_curve_png"]) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    assert (rgb == CURVE_COLORS[1]).all(axis=2).any()  # the image change curve is drawn
