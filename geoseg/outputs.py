@@ -45,7 +45,10 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
     profile = {"driver": "GTiff", "width": g.width, "height": g.height, "count": 1,
                "dtype": "uint8", "crs": g.crs.to_wkt(), "transform": g.transform,
                "nodata": FILL, "tiled": True, "blockxsize": 512, "blockysize": 512,
-               "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+               # the temporary tiles are read once by the COG copy, which compresses with
+               # DEFLATE: PackBits (TIFF baseline, ~1/16 of a class map) writes 5x faster
+               # than DEFLATE and the COG is byte-identical
+               "compress": "packbits", "BIGTIFF": "IF_SAFER"}
     with storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), \
             rasterio.open(tmp, "w", **profile) as dst:
         for chunk in plan.chunks:
