@@ -81,10 +81,9 @@ def quicklook(plan: Plan, store: str, path: str | Path, max_px: int = 1024) -> P
     step = max(1, -(-max(g.height, g.width) // max_px))
     shape = (-(-g.height // step), -(-g.width // step))
     panels = [_image_panel(plan, step, shape)]
-    for m in plan.models:
-        lut = _palette(m.spec.classes)
-        panels.append(_decimate(plan, step, shape, 3,
-                                functools.partial(_coloured, store, m.name, lut)))
+    for m in plan.models:  # class ids decimated first, coloured once at PNG size
+        ids = _decimate(plan, step, shape, 1, functools.partial(_class_ids, store, m.name))
+        panels.append(_palette(m.spec.classes)[ids[..., 0]])
     gap = np.full((shape[0], 8, 3), 255, np.uint8)
     row = np.concatenate([p for pan in panels for p in (pan, gap)][:-1], axis=1)
     final = Path(path)
@@ -94,8 +93,8 @@ def quicklook(plan: Plan, store: str, path: str | Path, max_px: int = 1024) -> P
     return final
 
 
-def _coloured(store: str, layer: str, lut: np.ndarray, w: Window) -> np.ndarray:
-    return np.asarray(lut[read_layer(store, layer, w)])
+def _class_ids(store: str, layer: str, w: Window) -> np.ndarray:
+    return np.asarray(read_layer(store, layer, w))[..., None]
 
 
 def _decimate(plan: Plan, step: int, shape: tuple[int, int], bands: int,
