@@ -35,21 +35,13 @@ def _dim(d: Any) -> int | None:
 
 
 def input_hw(path: Path) -> tuple[int | None, int | None]:
-    """Static height and width of the graph's image input (None where symbolic): read from the
-    ``onnx`` model when that package is installed (no tensor data loaded), else from an
-    onnxruntime session's input."""
+    """Static height and width of the graph's image input (None where symbolic), from
+    :func:`~geoseg.models.preflight.onnx_io_dims`."""
     io = onnx_io_dims(path)
-    if io is not None:
-        dims = io[0] or []
-        return (dims[2], dims[3]) if len(dims) == 4 else (None, None)
-    ort = import_onnxruntime()
-    try:
-        sess = ort.InferenceSession(str(path), providers=[CPU])
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise BundleError(f"{path} cannot be loaded by onnxruntime ({type(exc).__name__}): "
-                          "re-export the model") from exc
-    shape = list(sess.get_inputs()[0].shape or [])
-    return (_dim(shape[2]), _dim(shape[3])) if len(shape) == 4 else (None, None)
+    if io is None:
+        import_onnxruntime()  # neither onnxruntime nor onnx: the one-line install hint
+    dims = (io[0] if io is not None else None) or []
+    return (dims[2], dims[3]) if len(dims) == 4 else (None, None)
 
 
 def fixed_tile(spec: BundleSpec, path: Path) -> int | None:
