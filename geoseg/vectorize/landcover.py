@@ -196,7 +196,8 @@ def _features(items: list[tuple[Polygon, int, int, float | None, tuple[int, int]
         return []
     polys = np.array([it[0] for it in items], dtype=object)
     world = shapely.normalize(apply_affine_many(polys, transform))
-    if crs is not None and not crs.is_geographic:
+    geographic = crs is not None and crs.is_geographic  # pyproj: ~5 µs a call, once here
+    if crs is not None and not geographic:
         unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
         areas = (shapely.area(world) * unit * unit).tolist()
         lengths = (shapely.length(world) * unit).tolist()
@@ -207,7 +208,7 @@ def _features(items: list[tuple[Polygon, int, int, float | None, tuple[int, int]
             geom = as_polygon(geom)
         if crs is None:
             area = perimeter = None
-        elif crs.is_geographic:
+        elif geographic:
             area, perimeter = area_perimeter_m(geom, crs)
         else:
             area, perimeter = areas[i], lengths[i]
