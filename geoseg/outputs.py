@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,9 +28,13 @@ from geoseg.sources.remote import gdal_path, remote_env
 from geoseg.store import FILL, read_layer
 
 # GDAL's block cache (default 5 % of RAM) fills with the whole raster while a COG and its
-# overviews are built: the 16384² class map took 343 MB RSS to convert, 87 MB with a 64 MB cache,
-# in the same time. Exports stream chunks, so a small cache keeps them O(chunk).
-EXPORT_CACHE_MB = 64
+# overviews are built: the 16384² class map took 343 MB RSS to convert with the default, 87 MB
+# with a capped cache, in the same time. Exports stream chunks, so a small cache keeps them
+# O(chunk). rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64, in BYTES: "64" was a 64-byte
+# cache (every block flushed and re-read at once; a concurrent export then lost a chunk of a
+# COG once in a full test run), so the cap is given in bytes, and GeoTIFF writers take turns.
+EXPORT_CACHE_BYTES = 64 * 2**20
+_GTIFF_WRITES = threading.Lock()
 
 
 def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
@@ -45,11 +50,9 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
     profile = {"driver": "GTiff", "width": g.width, "height": g.height, "count": 1,
                "dtype": "uint8", "crs": g.crs.to_wkt(), "transform": g.transform,
                "nodata": FILL, "tiled": True, "blockxsize": 512, "blockysize": 512,
-               # the temporary tiles are read once by the COG copy, which compresses with
-               # DEFLATE: PackBits (TIFF baseline, ~1/16 of a class map) writes 5x faster
-               # than DEFLATE and the COG is byte-identical
-               "compress": "packbits", "BIGTIFF": "IF_SAFER"}
-    with storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), \
+               "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    with _GTIFF_WRITES, storage_errors(final), \
+            rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_BYTES), \
             rasterio.open(tmp, "w", **profile) as dst:
         for chunk in plan.chunks:
             w = chunk.window
@@ -57,7 +60,7 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
                       window=RioWindow(w.col_off, w.row_off, w.width, w.height))
         dst.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
         dst.update_tags(1, **{f"class_{c.id}": c.name for c in classes})
-    with storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB):
+    with _GTIFF_WRITES, storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_BYTES):
         rio_copy(tmp, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
                  overview_resampling="nearest")
     tmp.unlink()
@@ -126,7 +129,7 @@ def _image_panel(plan: Plan, step: int, shape: tuple[int, int]) -> np.ndarray:
         return _stretch(_decimate(plan, step, shape, len(bands), read_any, np.float32),
                         info.nodata)
     # a remote image: geoseg's GDAL network settings, and its tiles come from the VSI cache
-    with remote_env(info.path), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_MB), \
+    with remote_env(info.path), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_BYTES), \
             rasterio.open(gdal_path(info.path)) as src:
         def read(w: Window) -> np.ndarray:
             win = RioWindow(o.col_off + w.col_off, o.row_off + w.row_off, w.width, w.height)
