@@ -188,18 +188,25 @@ class AlignedCodes(WindowedArray):
 
         dst = self.grid[win]
         src_grid = self.run.grid
-        try:
-            need = src_grid.window_of(dst.bounds.to_crs(src_grid.crs)).pad(2)
-        except (OverflowError, ValueError, ArithmeticError) as exc:
-            log.debug("window %s has no position in run %s: %s", win, self.run.path, exc)
-            return
-        need = need.intersect(src_grid.window)
-        if need.size == 0:
+        need = source_window(src_grid, dst)
+        if need is None:
             return
         reproject(self._read(need), out, src_transform=src_grid[need].transform,
                   src_crs=RioCRS.from_wkt(src_grid.crs.to_wkt()), src_nodata=NODATA_CODE,
                   dst_transform=dst.transform, dst_crs=RioCRS.from_wkt(dst.crs.to_wkt()),
                   dst_nodata=NODATA_CODE, resampling=Resampling.nearest)
+
+
+def source_window(src_grid: GeoBox, dst: GeoBox) -> Window | None:
+    """The window of ``src_grid`` that nearest-neighbour resampling onto ``dst`` reads (2 px
+    of margin), or None when ``dst`` has no position in it or misses it."""
+    try:
+        need = src_grid.window_of(dst.bounds.to_crs(src_grid.crs)).pad(2)
+    except (OverflowError, ValueError, ArithmeticError) as exc:
+        log.debug("%s has no position in %s: %s", dst.bounds, src_grid.crs.to_string(), exc)
+        return None
+    need = need.intersect(src_grid.window)
+    return need if need.size else None
 
 
 @contextmanager

@@ -110,9 +110,7 @@ def gate_by_image(changed: xr.DataArray, spectral: xr.DataArray, threshold: int
     classes differ, the pixels do not."""
     if threshold <= 0:
         return changed
-    from geoseg.change.spectral import UNKNOWN
-
-    veto = (changed == 1) & (spectral < threshold) & (spectral != UNKNOWN)
+    veto = (changed == 1) & (spectral < threshold)  # UNKNOWN (255) is above any threshold
     return xr.where(veto, np.uint8(NO_IMAGE_CHANGE), changed).astype(np.uint8)
 
 

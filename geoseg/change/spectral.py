@@ -28,8 +28,8 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from geoseg.change.align import WindowedArray, lattice_offset
-from geoseg.errors import GeoSegError, InputError
+from geoseg.change.align import WindowedArray, lattice_offset, source_window
+from geoseg.errors import InputError
 from geoseg.grid import GeoBox, Window
 
 log = logging.getLogger(__name__)
@@ -48,19 +48,19 @@ class SpectralInputs:
     info_a: Any
     info_b: Any
     bands: tuple[int, ...]
-    mean_a: tuple[float, ...]  # per band: median
-    std_a: tuple[float, ...]  # ... and interquartile range / 1.349
-    mean_b: tuple[float, ...]
-    std_b: tuple[float, ...]
+    centre_a: tuple[float, ...]  # per band: the median
+    spread_a: tuple[float, ...]  # ... and the interquartile range / 1.349
+    centre_b: tuple[float, ...]
+    spread_b: tuple[float, ...]
     image_a: str = ""  # as given (a path, URL, glob, list or STAC document)
     image_b: str = ""
 
     def describe(self) -> dict[str, Any]:
         return {"image_a": self.image_a, "image_b": self.image_b, "bands": list(self.bands),
-                "median_a": [round(v, 4) for v in self.mean_a],
-                "sigma_a": [round(v, 4) for v in self.std_a],
-                "median_b": [round(v, 4) for v in self.mean_b],
-                "sigma_b": [round(v, 4) for v in self.std_b]}
+                "median_a": [round(v, 4) for v in self.centre_a],
+                "sigma_a": [round(v, 4) for v in self.spread_a],
+                "median_b": [round(v, 4) for v in self.centre_b],
+                "sigma_b": [round(v, 4) for v in self.spread_b]}
 
 
 def check_min_spectral_change(value: float) -> None:
@@ -99,12 +99,8 @@ def _warp(info: Any, grid: GeoBox, win: Window, bands: tuple[int, ...]
     data = np.zeros((len(bands), *win.shape), np.float32)
     valid = np.zeros(win.shape, bool)
     dst, src_grid = grid[win], info.geobox
-    try:
-        need = src_grid.window_of(dst.bounds.to_crs(src_grid.crs)).pad(2)
-    except (OverflowError, ValueError, ArithmeticError):
-        return data, valid
-    need = need.intersect(src_grid.window)
-    if need.size == 0:
+    need = source_window(src_grid, dst)
+    if need is None:
         return data, valid
     src, ok = read_window(info, need, bands)
     kw = dict(src_transform=src_grid[need].transform,
@@ -162,7 +158,7 @@ def open_spectral(image_a: str, image_b: str, grid: GeoBox, overlap: Window) -> 
         samples[1].append(xb[:, ::2, ::2][:, both])
     values = [np.concatenate(s, axis=1) for s in samples]
     if values[0].shape[1] < 100:
-        raise GeoSegError(f"{image_a} and {image_b} share too few valid pixels in the runs' "
+        raise InputError(f"{image_a} and {image_b} share too few valid pixels in the runs' "
                           "overlap to compare their values: check that these are the runs' "
                           "images, or pass --min-spectral-change 0")
     stats = []
@@ -183,8 +179,8 @@ def magnitude(a: np.ndarray, b: np.ndarray, valid: np.ndarray, spec: SpectralInp
     value)."""
     from scipy import ndimage
 
-    ma, sa = (np.asarray(v, np.float32)[:, None, None] for v in (spec.mean_a, spec.std_a))
-    mb, sb = (np.asarray(v, np.float32)[:, None, None] for v in (spec.mean_b, spec.std_b))
+    ma, sa = (np.asarray(v, np.float32)[:, None, None] for v in (spec.centre_a, spec.spread_a))
+    mb, sb = (np.asarray(v, np.float32)[:, None, None] for v in (spec.centre_b, spec.spread_b))
     diff = (a - ma) / sa - (b - mb) / sb
     diff[:, ~valid] = 0.0
     weight = ndimage.uniform_filter(valid.astype(np.float32), size=3, mode="constant")
