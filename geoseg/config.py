@@ -98,6 +98,10 @@ class InferenceConfig(_Strict):
 class VectorConfig(_Strict):
     enabled: bool = True
     landcover_polygons: bool = True
+    # land-cover regions are cut at a grid of this many pixels (rounded down to whole chunks;
+    # 0: never): a region spanning a large raster (a mosaic's road network) is otherwise held
+    # and merged whole, memory growing with the raster. Pieces of one region share region_id.
+    landcover_split_px: int = Field(default=4096, ge=0)
     halo: int = Field(default=128, ge=0, le=2048)
     # 20 m²: below the smallest real building at 0.5 m; on training scene 101 it drops 30% of
     # the false positives and no true positive (DESIGN.md)

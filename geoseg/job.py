@@ -363,7 +363,8 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
         from geoseg.vector_outputs import SourceDates
 
         dates = SourceDates(store, plan) if isinstance(plan.image, Mosaic) else None
-        sink = BackgroundSink(GeoPackageSink(layout.gpkg, plan, common, dates=dates))
+        sink = BackgroundSink(GeoPackageSink(layout.gpkg, plan, common, dates=dates,
+                                             split_px=cfg.vectors.landcover_split_px))
         vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors)
     done_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size for k in manifest.done)
     rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter())

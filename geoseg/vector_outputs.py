@@ -99,7 +99,7 @@ class GeoPackageSink:
     """Appends features to layers of one GeoPackage (single writer: the driver)."""
 
     def __init__(self, path: Path, plan: Plan, common: dict[str, Any], batch: int = 10000,
-                 dates: SourceDates | None = None):
+                 dates: SourceDates | None = None, split_px: int = 0):
         self.final = Path(path)
         self.partial = self.final.with_name(f".partial-{self.final.name}")
         if self.partial.exists() or self.partial.is_symlink():
@@ -110,7 +110,7 @@ class GeoPackageSink:
         self.batch = batch
         self.buffers: dict[str, list[dict[str, Any]]] = {}
         self.counts: dict[str, int] = {}
-        self.seams = SeamMerger(plan.chunks)
+        self.seams = SeamMerger(plan.chunks, tile=split_tile(plan.chunks.chunk, split_px))
 
     def add(self, result: ChunkVectors) -> None:
         bd = self.plan.model("buildings")
@@ -129,6 +129,7 @@ class GeoPackageSink:
     def _lc_record(self, f: Any) -> dict[str, Any]:
         lc = self.plan.model("landcover")
         rec = f.to_record()
+        rec["region_id"] = rec["id"]  # pieces of a region cut at split lines: set in finish
         rec.update(self.common)
         if self.dates is not None:
             rec["acquisition_date"] = self.dates.date(rec["geometry"])
@@ -160,10 +161,49 @@ class GeoPackageSink:
             self._push("landcover", self._lc_record(f))
         for layer in list(self.buffers):
             self._flush(layer)
+        regions = self.seams.regions()
+        if regions and self.counts.get("landcover"):
+            with storage_errors(self.partial):
+                set_region_ids(self.partial, "landcover", regions)
+            log.info("%d land-cover pieces belong to regions cut at split lines", len(regions))
         if self.partial.exists():
             os.replace(self.partial, self.final)
         return dict(self.counts)
 
+
+
+def split_tile(chunk: int, split_px: int) -> int:
+    """``VectorConfig.landcover_split_px`` in whole chunks (0: never cut)."""
+    return max(1, split_px // chunk) if split_px else 0
+
+
+def set_region_ids(path: Path, layer: str, regions: dict[str, str]) -> None:
+    """Set ``region_id`` of the features whose ``id`` is a key of ``regions`` (a GeoPackage is
+    SQLite; an attribute update touches neither geometries nor the spatial index).
+
+    GDAL's R-tree triggers name SpatiaLite-style functions that plain SQLite lacks. An update
+    that keeps the fid and the geometry runs none of their bodies, but SQLite must find every
+    function to prepare them: ``ST_IsEmpty`` reads the GeoPackage blob's empty flag, and the
+    envelope functions fail loudly should a trigger body ever run."""
+    import sqlite3
+
+    def envelope(_blob: bytes) -> float:
+        raise RuntimeError("a region id update touched a geometry")
+
+    with sqlite3.connect(path) as db:
+        db.create_function("ST_IsEmpty", 1, _gpkg_is_empty, deterministic=True)
+        for name in ("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY"):
+            db.create_function(name, 1, envelope)
+        db.execute("CREATE TEMP TABLE cut (id TEXT PRIMARY KEY, region TEXT NOT NULL)")
+        db.executemany("INSERT INTO cut VALUES (?, ?)", regions.items())
+        db.execute(f'UPDATE "{layer}" SET region_id = (SELECT region FROM cut '
+                   f'WHERE cut.id = "{layer}".id) WHERE id IN (SELECT id FROM cut)')
+    db.close()
+
+
+def _gpkg_is_empty(blob: bytes | None) -> int:
+    """GeoPackage binary header: magic 'GP', version, flags (bit 4: empty geometry)."""
+    return int(blob is None or len(blob) < 4 or bool(blob[3] & 0x10))
 
 
 class BackgroundSink:

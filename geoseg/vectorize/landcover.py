@@ -413,10 +413,20 @@ class SeamMerger:
     and forgotten, and a closed chunk's edge labels are dropped. ``finish`` yields the groups
     that stay open (neighbours that never came: failed chunks). The features are those of
     :func:`merge_landcover` on the same parts; only their order follows the arrivals.
+
+    With ``tile`` (chunks per side, 0: none), regions are not merged across the lines of a grid
+    of ``tile`` × ``tile`` chunks: a region that crosses them becomes one feature per tile, each
+    the whole-array polygonization of that tile alone. A region spanning the raster (the road
+    network of a large mosaic) would otherwise be held and merged whole at the end, O(raster)
+    memory. :meth:`regions` then tells which pieces make one region: piece id → region id, the
+    id the uncut region would have had (its first pixel in raster order).
     """
 
-    def __init__(self, grid: ChunkGrid) -> None:
+    def __init__(self, grid: ChunkGrid, tile: int = 0) -> None:
+        if tile < 0:
+            raise InputError(f"tile must be >= 0 chunks, got {tile}")
         self.grid = grid
+        self.tile = tile
         self.settings: tuple[Affine, int, CRS | None] | None = None
         self.arrived: set[ChunkIndex] = set()
         self.edges: dict[ChunkIndex, ChunkEdges] = {}
@@ -424,6 +434,12 @@ class SeamMerger:
         self.parent: dict[PartKey, PartKey] = {}
         self.members: dict[PartKey, list[PartKey]] = {}   # root -> keys of its group
         self.keys_of: dict[ChunkIndex, list[PartKey]] = {}
+        # across tile lines: edges waiting for the chunk on the other side, the class and
+        # (once emitted) the piece of each part on such an edge, and the pairs that touch
+        self.cross_edges: dict[ChunkIndex, ChunkEdges] = {}
+        self.cross_class: dict[PartKey, int] = {}
+        self.piece_of: dict[PartKey, tuple[int, int]] = {}
+        self.links: list[tuple[PartKey, PartKey]] = []
 
     @property
     def held(self) -> int:
@@ -447,19 +463,10 @@ class SeamMerger:
             self.border[key] = b
             self.parent[key] = key
             self.members[key] = [key]
-        iy, ix = idx
-        for (dy, dx) in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-            other = (iy + dy, ix + dx)
-            if other not in self.edges:
-                continue
-            if dx == 1:
-                self._join(idx, part.edges.right, other, self.edges[other].left)
-            elif dx == -1:
-                self._join(other, self.edges[other].right, idx, part.edges.left)
-            elif dy == 1:
-                self._join(idx, part.edges.bottom, other, self.edges[other].top)
-            else:
-                self._join(other, self.edges[other].bottom, idx, part.edges.top)
+        for other in self._neighbours(idx):
+            if other in self.edges:
+                self._join(*_facing(idx, part.edges, other, self.edges[other]))
+        self._link_across(idx, part)
         for k in [idx, *self._neighbours(idx)]:
             if k in self.arrived and self._closed(k):
                 yield from self._emit_closed(k)
@@ -470,11 +477,71 @@ class SeamMerger:
         yield from self._emit(sorted(roots, key=lambda r: min(self.border[k].ref
                                                              for k in self.members[r])))
 
-    def _neighbours(self, idx: ChunkIndex) -> list[ChunkIndex]:
+    def regions(self) -> dict[str, str]:
+        """After :meth:`finish`: the region id of every piece that is part of a larger region
+        cut at tile lines (piece id → region id; pieces absent here are whole regions, or
+        the piece holding their region's first pixel)."""
+        parent: dict[tuple[int, int], tuple[int, int]] = {}
+
+        def find(r: tuple[int, int]) -> tuple[int, int]:
+            parent.setdefault(r, r)
+            while parent[r] != r:
+                parent[r] = parent[parent[r]]
+                r = parent[r]
+            return r
+
+        for ka, kb in self.links:
+            a, b = self.piece_of.get(ka), self.piece_of.get(kb)
+            if a is None or b is None:  # a piece that never closed (its chunk failed)
+                continue
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        return {_piece_id(r): _piece_id(find(r)) for r in list(parent) if find(r) != r}
+
+    def _same_tile(self, a: ChunkIndex, b: ChunkIndex) -> bool:
+        t = self.tile
+        return not t or (a[0] // t == b[0] // t and a[1] // t == b[1] // t)
+
+    def _grid_neighbours(self, idx: ChunkIndex) -> list[ChunkIndex]:
         ny, nx = self.grid.counts
         iy, ix = idx
         return [(y, x) for y, x in ((iy - 1, ix), (iy + 1, ix), (iy, ix - 1), (iy, ix + 1))
                 if 0 <= y < ny and 0 <= x < nx]
+
+    def _neighbours(self, idx: ChunkIndex) -> list[ChunkIndex]:
+        """The 4-neighbours a region may continue into: those in the same tile."""
+        return [o for o in self._grid_neighbours(idx) if self._same_tile(idx, o)]
+
+    def _link_across(self, idx: ChunkIndex, part: LandcoverParts) -> None:
+        """Record which parts face each other across a tile line (with the same class); the
+        edges wait here for the chunk on the other side, and are dropped once it came."""
+        across = [o for o in self._grid_neighbours(idx) if not self._same_tile(idx, o)]
+        if not across:
+            return
+        facing = np.unique(np.concatenate([_edge_toward(idx, part.edges, o) for o in across]))
+        class_of = {b.label: b.class_id for b in part.border}
+        for label in facing[facing > 0].tolist():
+            self.cross_class[(idx, label)] = class_of[label]
+        waiting = False
+        for other in across:
+            if other not in self.cross_edges:
+                waiting = True
+                continue
+            a_index, a_edge, b_index, b_edge = _facing(idx, part.edges, other,
+                                                       self.cross_edges[other])
+            both = (a_edge > 0) & (b_edge > 0)
+            if both.any():
+                pairs = np.unique(np.stack([a_edge[both], b_edge[both]], axis=1), axis=0)
+                for la, lb in pairs.tolist():
+                    ka, kb = (a_index, la), (b_index, lb)
+                    if self.cross_class.get(ka) == self.cross_class.get(kb):
+                        self.links.append((ka, kb))
+            if all(n in self.arrived for n in self._grid_neighbours(other)
+                   if not self._same_tile(other, n)):
+                del self.cross_edges[other]
+        if waiting:
+            self.cross_edges[idx] = part.edges
 
     def _closed(self, idx: ChunkIndex) -> bool:
         return all(n in self.arrived for n in self._neighbours(idx))
@@ -504,6 +571,8 @@ class SeamMerger:
             for k in keys:
                 del self.border[k]
                 del self.parent[k]
+                if k in self.cross_class:
+                    self.piece_of[k] = ref
             if pixels >= min_pixels:
                 yield _feature(poly, class_id, pixels, csum, ref, transform, crs)
 
@@ -515,3 +584,22 @@ class SeamMerger:
                 keep, drop = min(ra, rb), max(ra, rb)
                 self.parent[drop] = keep
                 self.members[keep].extend(self.members.pop(drop))
+
+
+def _piece_id(ref: tuple[int, int]) -> str:
+    return f"lc{ref[0]}_{ref[1]}"
+
+
+def _facing(a_index: ChunkIndex, a: ChunkEdges, b_index: ChunkIndex, b: ChunkEdges
+            ) -> tuple[ChunkIndex, np.ndarray, ChunkIndex, np.ndarray]:
+    """The two edges of 4-neighbour chunks that face each other, the upper or left one first."""
+    if b_index < a_index:  # b is left of or above a
+        a_index, a, b_index, b = b_index, b, a_index, a
+    return a_index, _edge_toward(a_index, a, b_index), b_index, _edge_toward(b_index, b, a_index)
+
+
+def _edge_toward(idx: ChunkIndex, edges: ChunkEdges, other: ChunkIndex) -> np.ndarray:
+    """The edge of chunk ``idx`` that faces its 4-neighbour ``other``."""
+    dy, dx = other[0] - idx[0], other[1] - idx[1]
+    return {(0, 1): edges.right, (0, -1): edges.left, (1, 0): edges.bottom,
+            (-1, 0): edges.top}[(dy, dx)]

@@ -25,9 +25,11 @@ from geoseg.vectorize.features import drop_collinear
 from tests.cluster.conftest import assert_same_store
 
 
-def _cfg(image: Path, out: Path, bundles: tuple[str, ...], **runtime: Any) -> Any:
+def _cfg(image: Path, out: Path, bundles: tuple[str, ...], split_px: int = 4096,
+         **runtime: Any) -> Any:
     return validate_job({"image": str(image), "output": str(out), "models": list(bundles),
-                         "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"halo": 48},
+                         "inference": {"chunk_size": 64, "halo": 32},
+                         "vectors": {"halo": 48, "landcover_split_px": split_px},
                          "runtime": {"threads_per_worker": 1, **runtime}})
 
 
@@ -52,6 +54,35 @@ def test_local_equals_serial(tmp_path: Path, scene_tif: Path,
         assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
     assert res.summary["class_pixels"] == ref.summary["class_pixels"]
     assert res.summary["runtime"]["backend"] == "LocalBackend"
+
+
+def test_split_regions_dissolve_to_the_uncut_ones(tmp_path: Path, scene_tif: Path,
+                                                  tiny_bundles: tuple[str, str]) -> None:
+    """Land cover cut at 128-px split lines (2x2 chunks): pieces carry their region's id, set
+    in the GeoPackage after the pieces were written; dissolving by it gives the uncut layer,
+    and GDAL still reads the file and its spatial index."""
+    import sqlite3
+
+    uncut, cut = tmp_path / "uncut", tmp_path / "cut"
+    assert run_job(_cfg(scene_tif, uncut, tiny_bundles[:1], split_px=0)).ok
+    assert run_job(_cfg(scene_tif, cut, tiny_bundles[:1], split_px=128)).ok
+    a, b = _features(uncut, "landcover"), _features(cut, "landcover")
+    assert (a.id == a.region_id).all()
+    pieces = b[b.id != b.region_id]
+    assert len(pieces) > 0 and len(b) > len(a)
+    d = b.dissolve(by="region_id", aggfunc={"class_id": "first", "pixels": "sum"})
+    a = a.set_index("id")
+    assert sorted(d.index) == sorted(a.index)
+    assert (d.pixels == a.pixels[d.index]).all() and (d.class_id == a.class_id[d.index]).all()
+    assert all(d.geometry[i].equals(a.geometry[i]) for i in d.index)
+    with sqlite3.connect(cut / "features.gpkg") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+    x0, y0, x1, y1 = b.total_bounds
+    box = (x0, y0, (x0 + x1) / 2, (y0 + y1) / 2)
+    inside = pyogrio.read_dataframe(cut / "features.gpkg", layer="landcover", bbox=box)
+    expected = b[b.intersects(shapely.box(*box))]
+    assert 0 < len(inside) == len(expected)
 
 
 def test_executor_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

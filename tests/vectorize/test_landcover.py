@@ -277,3 +277,80 @@ def test_streaming_merge_holds_a_frontier_not_the_raster() -> None:
     rest = list(merger.finish())
     batch = list(merge_landcover(parts[1:], grid))
     assert sorted(map(_key, first + rest)) == sorted(map(_key, batch))
+
+
+def _tile_reference(a: np.ndarray, conf: np.ndarray, span: int, min_pixels: int) -> list[Feature]:
+    """Each tile polygonized on its own: the parts of a grid whose chunks are the tiles,
+    unmerged (a border part is then a whole region of its tile)."""
+    from geoseg.vectorize.landcover import _feature
+
+    grid = ChunkGrid(a.shape, span)
+    out: list[Feature] = []
+    for c in grid:
+        p = landcover_parts(a[c.window.slices()], conf[c.window.slices()], c, TRANSFORM,
+                            fill=FILL, min_pixels=min_pixels)
+        out += p.interior
+        out += [_feature(b.geometry, b.class_id, b.pixels, b.confidence_sum, b.ref, TRANSFORM,
+                         None) for b in p.border if b.pixels >= min_pixels]
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), h=st.integers(12, 40), w=st.integers(12, 40), chunk=st.integers(3, 8),
+       tile=st.integers(1, 3), min_pixels=st.sampled_from([0, 3]))
+def test_property_tiles_cut_regions_and_name_them(data: st.DataObject, h: int, w: int,
+                                                  chunk: int, tile: int,
+                                                  min_pixels: int) -> None:
+    """With tiles, the streamed features are each tile's own polygonization, whatever the
+    arrival order; dissolving the pieces by region id gives back the uncut regions and ids."""
+    a = data.draw(arrays(np.uint8, (h, w), elements=st.sampled_from([0, 1, 2, FILL])))
+    conf = data.draw(arrays(np.uint8, (h, w), elements=st.integers(0, 255)))
+    grid = ChunkGrid(a.shape, chunk)
+    parts = [landcover_parts(a[c.window.slices()], conf[c.window.slices()], c, TRANSFORM,
+                             fill=FILL, min_pixels=min_pixels) for c in grid]
+    order = data.draw(st.permutations(range(len(parts))))
+    merger = SeamMerger(grid, tile=tile)
+    got = [f for i in order for f in merger.add(parts[i])]
+    got += list(merger.finish())
+    assert merger.held == 0 and not merger.cross_edges
+    ref = _tile_reference(a, conf, chunk * tile, min_pixels)
+
+    def key(f: Feature) -> tuple[object, ...]:  # confidence: sums over other chunkings
+        return (*_key(f)[:3], round(f.confidence or 0, 9), _key(f)[4])
+
+    assert sorted(map(key, got)) == sorted(map(key, ref))
+    if min_pixels:
+        return
+    region = merger.regions()
+    pieces: dict[str, list[shapely.Geometry]] = defaultdict(list)
+    for f in got:
+        assert f.id is not None
+        pieces[region.get(f.id, f.id)].append(f.geometry)
+    uncut = {f.id: f for f in merge_landcover(parts, grid)}
+    assert sorted(pieces) == sorted(uncut)
+    for rid, geoms in pieces.items():
+        assert shapely.union_all(geoms).symmetric_difference(uncut[rid].geometry).area == 0
+
+
+def test_tiles_bound_what_a_raster_spanning_region_holds() -> None:
+    """A background class spanning the raster: uncut, every chunk's part is held to the end;
+    with tiles of 2x2 chunks, the parts held stay within about a row of tiles."""
+    a = np.zeros((96, 96), dtype=np.uint8)
+    a[2::6, 2::6] = 1                                     # dots: holes in the background
+    grid = ChunkGrid(a.shape, 8)
+    parts = [landcover_parts(a[c.window.slices()], None, c, TRANSFORM, fill=FILL) for c in grid]
+    peaks, backgrounds = {}, {}
+    for tile in (0, 2):
+        merger = SeamMerger(grid, tile=tile)
+        held, feats = [], []
+        for p in parts:
+            feats += merger.add(p)
+            held.append(merger.held)
+        feats += merger.finish()
+        peaks[tile] = max(held)
+        backgrounds[tile] = sum(f.class_id == 0 for f in feats)
+    assert peaks[0] >= len(parts) and peaks[2] <= 2 * 12 + 16  # 144 chunks; a row of tiles
+    assert backgrounds == {0: 1, 2: 36}
+    assert len(set(merger.regions().values())) == 1 and len(merger.regions()) == 35
+    with pytest.raises(InputError, match="tile"):
+        SeamMerger(grid, tile=-1)
