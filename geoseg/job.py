@@ -175,8 +175,10 @@ class _Recorder:
     """Backend callbacks: manifest, stats, progress, vector sink."""
 
     def __init__(self, plan: Plan, manifest: Any, sink: Any, progress: ProgressFn | None,
-                 pixels_done: int, t0: float) -> None:
+                 pixels_done: int, t0: float,
+                 on_written: Callable[[], None] | None = None) -> None:
         self.plan, self.manifest, self.sink, self.progress = plan, manifest, sink, progress
+        self.on_written = on_written  # called once every chunk of the plan is written
         self.pixels_total = plan.grid.height * plan.grid.width
         self.pixels_done = pixels_done
         self.pixels_before = pixels_done
@@ -208,6 +210,9 @@ class _Recorder:
         self.done += 1
         self.pixels_done += chunk.window.size
         self._emit()
+        if self.on_written is not None and self.done == len(self.plan.chunks) \
+                and not self.failed and not self.unrecorded:
+            self.on_written()
 
     def chunk_failed(self, failure: ChunkFailure) -> None:
         log.error("chunk %s failed after %d attempts: %s", failure.chunk_id, failure.attempts,
@@ -367,7 +372,11 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
                                              split_px=cfg.vectors.landcover_split_px))
         vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors)
     done_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size for k in manifest.done)
-    rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter())
+    # the exports read only the store: they start once every chunk is written (and verified),
+    # while the last chunks are vectorized and the GeoPackage writer finishes
+    pool = ThreadPoolExecutor(2, thread_name_prefix="geoseg-export")
+    early = _Exports(pool, cfg, plan, layout, store, manifest)
+    rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter(), early.start)
     t0 = time.perf_counter()
     setup_s = t0 - t_start
     try:
@@ -379,26 +388,26 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     except BaseException:
         if sink is not None:  # stop the writer now; the partial GeoPackage keeps its temp name
             sink.close(abort=True)
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     failed = [*report.failed, *rec.unrecorded]
     release_free_memory()  # the model is gone: its heap goes back before the final merge
-    # a run never says "complete" while a chunk is missing or not what was written
-    if not failed:
-        failed += _missing(plan, store, manifest)
     t_chunks = time.perf_counter() - t0
     timings: dict[str, float] = {"setup_s": round(setup_s, 3),
                                  "model_load_s": round(report.load_s, 3),
                                  "chunks_s": round(t_chunks, 3)}
     outputs: dict[str, str] = {"zarr": store}  # where each output is (path or URL)
     built: dict[str, str] = {"zarr": store}  # where it was built (the STAC item hashes these)
-    # the exports read only the store: they run while the GeoPackage writer finishes
     t1 = time.perf_counter()
-    with ThreadPoolExecutor(2, thread_name_prefix="geoseg-export") as pool:
-        exports = _start_exports(pool, cfg, plan, layout, store) if not failed else {}
+    with pool:
+        if not failed:  # (not started early: a chunk was done before this run, or failed)
+            early.start()
+        # a run never says "complete" while a chunk is missing or not what was written
+        failed += early.missing()
         with storage_errors(layout.gpkg):
             counts = sink.finish() if sink is not None else {}
         timings["vector_merge_s"] = round(time.perf_counter() - t1, 3)
-        exported = {key: fut.result() for key, fut in exports.items()}
+        exported = early.results()
     timings["vectorize_task_s"] = round(rec.vector_s, 3)
     timings["gpkg_append_s"] = round(sink.busy_s if sink is not None else 0.0, 3)
     if counts:
@@ -437,6 +446,38 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
         with folder.errors(STORE):
             mark_complete(store, {"summary": SUMMARY})
     return JobResult(folder.where if folder.remote else layout.root, summary, failed)
+
+
+class _Exports:
+    """The COGs and the quicklook of a run, started once its store is complete: every chunk
+    written, then verified against its record (in the export pool, off the chunk loop)."""
+
+    def __init__(self, pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan, layout: RunLayout,
+                 store: str, manifest: RunManifest) -> None:
+        self.pool, self.cfg, self.plan, self.layout = pool, cfg, plan, layout
+        self.store, self.manifest = store, manifest
+        self.started = False
+        self._verified: Future[tuple[list[ChunkFailure], dict[str, Future[Any]]]] | None = None
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._verified = self.pool.submit(self._verify_then_export)
+
+    def _verify_then_export(self) -> tuple[list[ChunkFailure], dict[str, Future[Any]]]:
+        missing = _missing(self.plan, self.store, self.manifest)
+        if missing:
+            return missing, {}
+        return [], _start_exports(self.pool, self.cfg, self.plan, self.layout, self.store)
+
+    def missing(self) -> list[ChunkFailure]:
+        """Chunks the store's verification found missing or damaged (waits for it)."""
+        return self._verified.result()[0] if self._verified is not None else []
+
+    def results(self) -> dict[str, tuple[Path, float]]:
+        """Output key -> (path, seconds) of each export (waits for them; re-raises theirs)."""
+        futures = self._verified.result()[1] if self._verified is not None else {}
+        return {key: fut.result() for key, fut in futures.items()}
 
 
 def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan, layout: RunLayout,

@@ -22,6 +22,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -77,21 +78,55 @@ class LocalBackend:
                 pending.append(chunk)
 
         ready: deque[Chunk] = deque()  # released for vectorizing, not yet submitted
-        vec_limit = max(1, n_io - 1)  # vector results in memory at once (back pressure)
+        vec_limit = n_io  # vector tasks in flight (back pressure on their results)
+        # A model on the CPU has every core: vector threads beside it stall its parallel
+        # operators (each waits for its slowest thread) and hold the GIL that its glue code
+        # needs, so they run when it waits for a read and after it is done (DESIGN.md).
+        beside_model = device != "cpu"
 
         def settle(chunk: Chunk) -> None:
             if vector_fn is not None:
                 ready.extend(gate.settle(chunk.index))
 
+        def collect(done: Iterable[Future[Any]]) -> None:
+            for fut in done:
+                if fut in writes:
+                    chunk = writes.pop(fut)
+                    try:
+                        stats = fut.result()
+                    except Exception as exc:
+                        failed(chunk, exc)
+                    else:
+                        report.done += 1
+                        cb.chunk_done(chunk, stats)
+                        settle(chunk)
+                elif fut in vectors:
+                    c = vectors.pop(fut)
+                    try:
+                        result = fut.result()
+                    except StorageError:
+                        raise
+                    except Exception as exc:  # this chunk's vectors only
+                        fail_vectors(report, cb, c, exc)
+                        continue
+                    cb.vectors_done(c, result)
+                    report.vectorized += 1
+
         pool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io")
+        vpool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-vec")
         try:
             if vector_fn is not None:
                 ready.extend(gate.settle())
             try:
                 while pending or reads or writes or vectors or ready:
-                    while ready and len(vectors) < vec_limit and vector_fn is not None:
+                    # take what finished while the model ran: the model runs in this thread,
+                    # so results are seen (and chunks released for vectors) only between passes
+                    collect([f for f in (*writes, *vectors) if f.done()])
+                    model_busy = bool(reads) and reads[0][1].done()
+                    while ready and len(vectors) < vec_limit and vector_fn is not None \
+                            and (beside_model or not model_busy):
                         c = ready.popleft()
-                        vectors[pool.submit(vector_fn, plan, store, c)] = c
+                        vectors[vpool.submit(vector_fn, plan, store, c)] = c
                     while pending and len(reads) + len(writes) < max_in_flight \
                             and len(reads) < ahead:
                         c = pending.popleft()
@@ -109,35 +144,15 @@ class LocalBackend:
                         continue
                     waiting: list[Future[Any]] = [*writes, *vectors,
                                                   *([reads[0][1]] if reads else [])]
-                    done, _ = wait(waiting, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        if fut in writes:
-                            chunk = writes.pop(fut)
-                            try:
-                                stats = fut.result()
-                            except Exception as exc:
-                                failed(chunk, exc)
-                            else:
-                                report.done += 1
-                                cb.chunk_done(chunk, stats)
-                                settle(chunk)
-                        elif fut in vectors:
-                            c = vectors.pop(fut)
-                            try:
-                                result = fut.result()
-                            except StorageError:
-                                raise
-                            except Exception as exc:  # this chunk's vectors only
-                                fail_vectors(report, cb, c, exc)
-                                continue
-                            cb.vectors_done(c, result)
-                            report.vectorized += 1
+                    collect(wait(waiting, return_when=FIRST_COMPLETED).done)
             except BaseException:
                 # stop now (a signal, a storage error): queued work is dropped, not waited for
                 pool.shutdown(wait=False, cancel_futures=True)
+                vpool.shutdown(wait=False, cancel_futures=True)
                 raise
         finally:
             pool.shutdown(wait=True)
+            vpool.shutdown(wait=True)
         return report
 
 
