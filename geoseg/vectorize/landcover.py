@@ -34,6 +34,7 @@ from geoseg.vectorize.features import (
     drop_collinear,
     trace_labels,
 )
+from geoseg.vectorize.trace import trace_regions
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +127,22 @@ def landcover_parts(classes: np.ndarray, confidence: np.ndarray | None, chunk: C
     if small.any():
         labels = np.where(small[labels], 0, labels)
 
-    inner: list[tuple[Polygon, int, int, float | None, tuple[int, int]]] = []
-    border: list[BorderPart] = []
-    for lab, poly in trace_labels(labels, row0, col0):
-        ref = (row0 + int(first_index[lab] // width), col0 + int(first_index[lab] % width))
-        csum = float(conf_sum[lab]) if conf_sum is not None else None
-        if on_edge[lab]:
-            border.append(BorderPart(lab, int(class_of[lab]), poly, int(pixels[lab]), csum, ref))
-        else:
-            inner.append((poly, int(class_of[lab]), int(pixels[lab]), csum, ref))
-    interior = _features(inner, transform, crs)
+    traced = trace_regions(labels, row0, col0)
+    if traced is None:  # (cannot happen for skimage's 4-connected labels; GDAL traces any)
+        pairs = list(trace_labels(labels, row0, col0))
+        traced = (np.array([v for v, _ in pairs], np.int64),
+                  np.array([p for _, p in pairs], dtype=object))
+    labs, polys = traced
+    rows = (row0 + first_index[labs] // width).tolist()
+    cols = (col0 + first_index[labs] % width).tolist()
+    sums = conf_sum[labs].tolist() if conf_sum is not None else [None] * len(labs)
+    classes_of, pixels_of = class_of[labs].tolist(), pixels[labs].tolist()
+    edge = on_edge[labs]
+    border = [BorderPart(int(labs[i]), classes_of[i], polys[i], pixels_of[i], sums[i],
+                         (rows[i], cols[i])) for i in np.flatnonzero(edge).tolist()]
+    inside = np.flatnonzero(~edge).tolist()
+    interior = _features([(polys[i], classes_of[i], pixels_of[i], sums[i], (rows[i], cols[i]))
+                          for i in inside], transform, crs)
     logger.debug("chunk %s: %d interior regions, %d border parts", chunk.id, len(interior),
                  len(border))
     return LandcoverParts(chunk.index, interior, border, edges, transform, min_pixels, crs)
