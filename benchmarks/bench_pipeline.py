@@ -6,6 +6,7 @@
     python -m benchmarks.bench_pipeline --model demo               # the shipped demo bundle
     python -m benchmarks.bench_pipeline --model null --only geoseg # the pipeline's own cost
     python -m benchmarks.bench_pipeline --engine torch-bf16        # geoseg rows in bf16
+    python -m benchmarks.bench_pipeline --rv-python /tmp/rvenv/bin/python  # + Raster Vision
 
 Every figure in one table comes from one run of this script on one machine; compare ratios, not
 absolute numbers (these machines vary ±12% run to run). Memory is the peak PSS summed over the
@@ -257,6 +258,16 @@ def _class_agreement(run_a: Path, run_b: Path) -> float:
     return same / total
 
 
+def has_raster_vision(python: str) -> bool:
+    """Whether ``python`` imports Raster Vision (an optional row: say so when it is skipped)."""
+    probe = subprocess.run([python, "-c", "import rastervision.pytorch_learner"],
+                           capture_output=True, cwd=ROOT, check=False)
+    if probe.returncode != 0:
+        print(f"Raster Vision row skipped: {python} has no rastervision (install it as "
+              "benchmarks/rv_predict.py says, then pass --rv-python)", file=sys.stderr)
+    return probe.returncode == 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", type=int, action="append")
@@ -270,6 +281,9 @@ def main() -> None:
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "geoseg-bench"))
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "torch-bf16", "onnx"],
                    help="engine of the geoseg rows (auto: what geoseg run picks)")
+    p.add_argument("--rv-python", default=os.environ.get("GEOSEG_RV_PYTHON", sys.executable),
+                   help="a Python with Raster Vision 0.31.1 for the peers' row (skipped when it "
+                        "has none; see benchmarks/rv_predict.py)")
     p.add_argument("--check-engine", default="onnx", choices=["onnx", "torch", "none"],
                    help="also run geoseg --no-vectors with this engine and print the share of "
                         "pixels whose class equals the auto engine's (when auto picks another)")
@@ -303,6 +317,10 @@ def main() -> None:
                 [py, "-m", "benchmarks.variants", "forward", img, bundle, "--overlap", "64"])))
             rows.append(("naive loop, torch (scene array → GeoTIFF → GPKG)", size, measure(
                 [py, "-m", "benchmarks.variants", "naive", img, bundle, str(work / "naive")])))
+            if a.model == "reference" and has_raster_vision(a.rv_python):
+                rows.append(("Raster Vision 0.31.1 predict, torch (GeoTIFF)", size, measure(
+                    [a.rv_python, "-m", "benchmarks.rv_predict", img, bundle,
+                     str(work / "rv")])))
         for vectors in ((True, False) if a.vectors == "both" else (a.vectors == "on",)):
             res = _geoseg(img, work / f"geoseg-{size}-{int(vectors)}", bundle, a, vectors, size,
                           a.engine)
@@ -328,6 +346,7 @@ def main() -> None:
     for size in sizes:
         at = {n: r for n, s, r in rows if s == size}
         naive = next((r for n, r in at.items() if n.startswith("naive")), None)
+        rv = next((r for n, r in at.items() if n.startswith("Raster Vision")), None)
         for name, r in at.items():
             if not name.startswith("geoseg"):
                 continue
@@ -336,6 +355,8 @@ def main() -> None:
             if naive is not None:
                 parts.append(f"{r['px_per_s'] / naive['px_per_s']:.2f}× the naive loop")
                 parts.append(f"memory {r['peak_pss_gb'] / naive['peak_pss_gb']:.2f}× its")
+            if rv is not None:
+                parts.append(f"{r['px_per_s'] / rv['px_per_s']:.2f}× Raster Vision")
             if limit is not None:
                 parts.append(f"{r['px_per_s'] / limit['px_per_s']:.2f}× the {r['engine']} "
                              "forward-only limit")

@@ -31,6 +31,7 @@ from geoseg.errors import GeoSegError, StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
 from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
+from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.scheduling import NeighbourGate
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class LocalBackend:
             device: str = "cpu", gpus_per_worker: float = 1.0, max_in_flight: int = 4,
             retries: int = 0) -> StageReport:
         t0 = time.perf_counter()
-        models = load_models(plan, device, threads)
+        models: dict[str, Any] | None = load_models(plan, device, threads)
         report = StageReport(load_s=time.perf_counter() - t0)
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         n_io = self.io_threads or max(2, min(4, os.cpu_count() or 2))
@@ -135,12 +136,19 @@ class LocalBackend:
                     self.peak_in_flight = max(self.peak_in_flight, len(reads) + len(writes))
                     if reads and reads[0][1].done():
                         chunk, fut = reads.popleft()
+                        if models is None:  # a chunk came back for another try
+                            models = load_models(plan, device, threads)
                         try:
                             out = predict_chunk(plan, models, fut.result())
                         except Exception as exc:
                             failed(chunk, exc)
                         else:
                             writes[pool.submit(write_output, plan, store, out)] = chunk
+                        if not pending and not reads:
+                            # the last pass: the model's memory goes back before the last
+                            # vectors and the exports run (they set a run's peak otherwise)
+                            models = None
+                            release_free_memory()
                         continue
                     waiting: list[Future[Any]] = [*writes, *vectors,
                                                   *([reads[0][1]] if reads else [])]
