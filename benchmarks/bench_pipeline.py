@@ -3,6 +3,7 @@
     python -m benchmarks.bench_pipeline --size 4096                # throughput ratios
     python -m benchmarks.bench_pipeline --size 4096 --size 16384 \
         --only geoseg                                              # memory vs raster size
+    python -m benchmarks.bench_pipeline --size 16384 --only naive  # vs the naive loop, big
     python -m benchmarks.bench_pipeline --model demo               # the shipped demo bundle
     python -m benchmarks.bench_pipeline --model null --only geoseg # the pipeline's own cost
     python -m benchmarks.bench_pipeline --engine torch-bf16        # geoseg rows in bf16
@@ -274,7 +275,8 @@ def main() -> None:
     p.add_argument("--model", choices=["reference", "demo", "null"], default="reference",
                    help="reference: U-Net R18 (torch weights + ONNX graph); demo: the shipped "
                         "land-cover bundle; null: a 1x1 convolution (the pipeline's own cost)")
-    p.add_argument("--only", choices=["all", "geoseg"], default="all")
+    p.add_argument("--only", choices=["all", "naive", "geoseg"], default="all",
+                   help="all rows; naive: the naive loop and geoseg (big sizes); geoseg alone")
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--halo", type=int, default=64)
     p.add_argument("--vectors", choices=["on", "off", "both"], default="both")
@@ -304,23 +306,23 @@ def main() -> None:
     agreements: list[str] = []
     for size in sizes:
         img = str(scene(size, work))
+        for engine in ("torch", "torch-bf16", "onnx") if a.only == "all" else ():
+            if engine == "onnx" and not (Path(bundle) / "model.onnx").exists():
+                continue
+            if engine == "torch-bf16" and not (Path(bundle) / "weights.safetensors").exists():
+                continue
+            rows.append((f"forward {engine}, no overlap (limit)", size, measure(
+                [py, "-m", "benchmarks.variants", "forward", img, bundle, "--engine",
+                 engine])))
         if a.only == "all":
-            for engine in ("torch", "torch-bf16", "onnx"):
-                if engine == "onnx" and not (Path(bundle) / "model.onnx").exists():
-                    continue
-                if engine == "torch-bf16" and not (Path(bundle) / "weights.safetensors").exists():
-                    continue
-                rows.append((f"forward {engine}, no overlap (limit)", size, measure(
-                    [py, "-m", "benchmarks.variants", "forward", img, bundle, "--engine",
-                     engine])))
             rows.append(("forward torch, 64-px-overlap tiling", size, measure(
                 [py, "-m", "benchmarks.variants", "forward", img, bundle, "--overlap", "64"])))
+        if a.only in ("all", "naive"):
             rows.append(("naive loop, torch (scene array → GeoTIFF → GPKG)", size, measure(
                 [py, "-m", "benchmarks.variants", "naive", img, bundle, str(work / "naive")])))
-            if a.model == "reference" and has_raster_vision(a.rv_python):
-                rows.append(("Raster Vision 0.31.1 predict, torch (GeoTIFF)", size, measure(
-                    [a.rv_python, "-m", "benchmarks.rv_predict", img, bundle,
-                     str(work / "rv")])))
+        if a.only == "all" and a.model == "reference" and has_raster_vision(a.rv_python):
+            rows.append(("Raster Vision 0.31.1 predict, torch (GeoTIFF)", size, measure(
+                [a.rv_python, "-m", "benchmarks.rv_predict", img, bundle, str(work / "rv")])))
         for vectors in ((True, False) if a.vectors == "both" else (a.vectors == "on",)):
             res = _geoseg(img, work / f"geoseg-{size}-{int(vectors)}", bundle, a, vectors, size,
                           a.engine)
