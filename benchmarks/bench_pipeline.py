@@ -230,7 +230,7 @@ def _geoseg(img: str, out: Path, bundle: str, a: argparse.Namespace, vectors: bo
             size: int, engine: str = "auto") -> dict[str, Any]:
     cmd = [sys.executable, "-m", "geoseg", "-q", "run", img, "-o", str(out), "--overwrite",
            "-m", bundle, "--chunk-size", str(a.chunk_size), "--halo", str(a.halo),
-           "--engine", engine]
+           "--engine", engine, "--passes-at-once", str(a.passes_at_once)]
     if not vectors:
         cmd.append("--no-vectors")
     res = measure(cmd)
@@ -283,6 +283,8 @@ def main() -> None:
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "geoseg-bench"))
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "torch-bf16", "onnx"],
                    help="engine of the geoseg rows (auto: what geoseg run picks)")
+    p.add_argument("--passes-at-once", type=int, default=1,
+                   help="geoseg rows: model passes at once (ONNX on CPUs; see DESIGN.md)")
     p.add_argument("--rv-python", default=os.environ.get("GEOSEG_RV_PYTHON", sys.executable),
                    help="a Python with Raster Vision 0.31.1 for the peers' row (skipped when it "
                         "has none; see benchmarks/rv_predict.py)")

@@ -117,7 +117,7 @@ def default_backend(cfg: JobConfig) -> Backend:
     if executor(cfg) == "local":
         from geoseg.runtime.local import LocalBackend
 
-        return LocalBackend()
+        return LocalBackend(passes=cfg.runtime.passes_at_once)
     try:
         from geoseg.runtime.ray_backend import RayBackend, ensure_ray
     except ImportError as exc:

@@ -62,6 +62,7 @@ class Plan:
     overlap: int
     batch_size: int
     tta: str = "none"  # test-time augmentation: none, flips, d4
+    vector_halo: int = 0  # context a chunk's footprints read around it (vectors.halo)
 
     @property
     def layers(self) -> list[LayerSpec]:
@@ -224,4 +225,4 @@ def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None) -> Pl
     tile = inf.tile_for(min(free)) if free else min(fixed)
     overlap = min(inf.tile_overlap, tile // 2)
     return Plan(image, grid, window, clipped, ChunkGrid(grid.shape, inf.chunk_size), models,
-                inf.halo, tile, overlap, inf.batch_size, inf.tta)
+                inf.halo, tile, overlap, inf.batch_size, inf.tta, cfg.vectors.halo)

@@ -1,9 +1,10 @@
 """One machine, one process: the same chunk functions as on Ray, in threads.
 
-Reads, writes and vectorizing run in a small thread pool; the models run in the calling thread,
-one chunk at a time, with every core for their own intra-op threads (onnxruntime and PyTorch
-release the GIL while they compute, as do rasterio, numcodecs and most of shapely). Nothing is
-serialised between processes and the model is loaded once, in this process.
+Reads and writes run in a small thread pool, vectors in another; the models run in threads of
+their own: on CPUs with onnxruntime one single-thread pass per core (one session, its weights
+shared), otherwise one pass at a time with every core for its intra-op threads (onnxruntime and
+PyTorch release the GIL while they compute, as do rasterio, numcodecs and most of shapely).
+Nothing is serialised between processes and the model is loaded once, in this process.
 
 Why it exists beside :mod:`geoseg.runtime.ray_backend`: on one machine Ray costs a start-up of
 several seconds, a worker process per concurrent task (1.8 GB of idle workers' PSS at 4096² on
@@ -38,27 +39,32 @@ log = logging.getLogger(__name__)
 
 
 class LocalBackend:
-    """Runs chunks in this process: models in the calling thread, I/O and vectors in threads."""
+    """Runs chunks in this process: passes, I/O and vectors in threads of their own."""
 
-    def __init__(self, io_threads: int | None = None) -> None:
+    def __init__(self, io_threads: int | None = None, passes: int = 1) -> None:
         self.io_threads = io_threads
+        self.passes = passes  # model passes at once (runtime.passes_at_once)
+        self.callers = 1  # passes at once in the last run
         self.peak_in_flight = 0
 
     def run(self, plan: Plan, store: str, todo: list[Chunk], vectorize: list[Chunk] | None,
             vector_fn: VectorFn | None, cb: Callbacks, *, workers: int = 1, threads: int = 1,
             device: str = "cpu", gpus_per_worker: float = 1.0, max_in_flight: int = 4,
             retries: int = 0) -> StageReport:
+        callers = self.callers = model_callers(plan, device, threads, self.passes)
+        per_call = max(1, threads // callers)  # intra-op threads of each pass
         t0 = time.perf_counter()
-        models: dict[str, Any] | None = load_models(plan, device, threads)
+        models: dict[str, Any] | None = load_models(plan, device, per_call)
         report = StageReport(load_s=time.perf_counter() - t0)
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         n_io = self.io_threads or max(2, min(4, os.cpu_count() or 2))
         pending = deque(todo)
         attempts: dict[str, int] = {}
         reads: deque[tuple[Chunk, Future[Any]]] = deque()
+        passes: dict[Future[Any], Chunk] = {}
         writes: dict[Future[Any], Chunk] = {}
         vectors: dict[Future[Any], Chunk] = {}
-        ahead = max(1, max_in_flight // 2)  # chunks read ahead of the model
+        ahead = max(callers, max_in_flight // 2)  # chunks read ahead of the model
 
         def fail(chunk: Chunk, exc: BaseException) -> None:
             f = ChunkFailure.of(chunk, f"{type(exc).__name__}: {exc}"[:500], attempts[chunk.id],
@@ -80,10 +86,11 @@ class LocalBackend:
 
         ready: deque[Chunk] = deque()  # released for vectorizing, not yet submitted
         vec_limit = n_io  # vector tasks in flight (back pressure on their results)
-        # A model on the CPU has every core: vector threads beside it stall its parallel
-        # operators (each waits for its slowest thread) and hold the GIL that its glue code
-        # needs, so they run when it waits for a read and after it is done (DESIGN.md).
-        beside_model = device != "cpu"
+        # One pass with every core stalls when a vector thread shares them (its parallel
+        # operators wait for their slowest thread): vectors then run while it waits for a
+        # read, and after it. Single-thread passes (passes_at_once = cores) and a model on a
+        # GPU leave room: vectors run at once (DESIGN.md, "A CPU model runs alone").
+        beside_model = device != "cpu" or per_call == 1
 
         def settle(chunk: Chunk) -> None:
             if vector_fn is not None:
@@ -91,7 +98,15 @@ class LocalBackend:
 
         def collect(done: Iterable[Future[Any]]) -> None:
             for fut in done:
-                if fut in writes:
+                if fut in passes:
+                    chunk = passes.pop(fut)
+                    try:
+                        out = fut.result()
+                    except Exception as exc:
+                        failed(chunk, exc)
+                    else:
+                        writes[pool.submit(write_output, plan, store, out)] = chunk
+                elif fut in writes:
                     chunk = writes.pop(fut)
                     try:
                         stats = fut.result()
@@ -113,55 +128,67 @@ class LocalBackend:
                     cb.vectors_done(c, result)
                     report.vectorized += 1
 
+        def predict(chunk_input: Future[Any]) -> Any:
+            assert models is not None
+            return predict_chunk(plan, models, chunk_input.result())
+
         pool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io")
+        mpool = ThreadPoolExecutor(callers, thread_name_prefix="geoseg-model")
         vpool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-vec")
+        pools = (pool, mpool, vpool)
         try:
             if vector_fn is not None:
                 ready.extend(gate.settle())
             try:
-                while pending or reads or writes or vectors or ready:
-                    # take what finished while the model ran: the model runs in this thread,
-                    # so results are seen (and chunks released for vectors) only between passes
-                    collect([f for f in (*writes, *vectors) if f.done()])
-                    model_busy = bool(reads) and reads[0][1].done()
+                while pending or reads or passes or writes or vectors or ready:
+                    collect([f for f in (*passes, *writes, *vectors) if f.done()])
+                    model_busy = bool(passes) or (bool(reads) and reads[0][1].done())
                     while ready and len(vectors) < vec_limit and vector_fn is not None \
                             and (beside_model or not model_busy):
                         c = ready.popleft()
                         vectors[vpool.submit(vector_fn, plan, store, c)] = c
-                    while pending and len(reads) + len(writes) < max_in_flight \
+                    while pending and len(reads) + len(passes) + len(writes) < max_in_flight \
                             and len(reads) < ahead:
                         c = pending.popleft()
                         attempts[c.id] = attempts.get(c.id, 0) + 1
                         reads.append((c, pool.submit(read_chunk, plan, c)))
-                    self.peak_in_flight = max(self.peak_in_flight, len(reads) + len(writes))
-                    if reads and reads[0][1].done():
+                    self.peak_in_flight = max(self.peak_in_flight,
+                                              len(reads) + len(passes) + len(writes))
+                    if reads and reads[0][1].done() and len(passes) < callers:
                         chunk, fut = reads.popleft()
                         if models is None:  # a chunk came back for another try
-                            models = load_models(plan, device, threads)
-                        try:
-                            out = predict_chunk(plan, models, fut.result())
-                        except Exception as exc:
-                            failed(chunk, exc)
-                        else:
-                            writes[pool.submit(write_output, plan, store, out)] = chunk
-                        if not pending and not reads:
-                            # the last pass: the model's memory goes back before the last
-                            # vectors and the exports run (they set a run's peak otherwise)
-                            models = None
-                            release_free_memory()
+                            models = load_models(plan, device, per_call)
+                        passes[mpool.submit(predict, fut)] = chunk
                         continue
-                    waiting: list[Future[Any]] = [*writes, *vectors,
-                                                  *([reads[0][1]] if reads else [])]
-                    collect(wait(waiting, return_when=FIRST_COMPLETED).done)
+                    if models is not None and not (pending or reads or passes):
+                        # the last pass is done: the model's memory goes back before the
+                        # last vectors and the exports run (they set a run's peak otherwise)
+                        models = None
+                        release_free_memory()
+                    waiting: list[Future[Any]] = [*passes, *writes, *vectors]
+                    if reads and len(passes) < callers:
+                        waiting.append(reads[0][1])
+                    if waiting:
+                        collect(wait(waiting, return_when=FIRST_COMPLETED).done)
             except BaseException:
                 # stop now (a signal, a storage error): queued work is dropped, not waited for
-                pool.shutdown(wait=False, cancel_futures=True)
-                vpool.shutdown(wait=False, cancel_futures=True)
+                for p in pools:
+                    p.shutdown(wait=False, cancel_futures=True)
                 raise
         finally:
-            pool.shutdown(wait=True)
-            vpool.shutdown(wait=True)
+            for p in pools:
+                p.shutdown(wait=True)
         return report
+
+
+def model_callers(plan: Plan, device: str, threads: int, passes: int) -> int:
+    """Model passes run at once. Several only for ONNX Runtime on CPUs (its sessions are safe
+    to call from several threads and share their weights), each pass with
+    ``threads // passes`` intra-op threads; PyTorch and GPUs run one pass at a time."""
+    if passes > 1 and device == "cpu" and plan.models \
+            and all(m.engine == "onnx" for m in plan.models):
+        return max(1, min(passes, threads))
+    return 1
 
 
 def fail_vectors(report: StageReport, cb: Callbacks, chunk: Chunk, exc: BaseException) -> None:

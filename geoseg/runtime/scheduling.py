@@ -11,30 +11,39 @@ if TYPE_CHECKING:
 
 
 class NeighbourGate:
-    """Releases a chunk for vectorization once it and its 8 neighbours are settled (written or
-    failed); with ``neighbours=False`` (land cover only: its vectors read the chunk alone, seams
-    are joined later by the merger) as soon as the chunk itself is. Chunks settled before this
-    run (resume) count as settled."""
+    """Releases a chunk for vectorization once it and the chunks its context reaches are
+    settled (written or failed): ``reach`` rings of neighbours (1: the 8 around it; a vector
+    halo wider than a chunk reaches further). With ``neighbours=False`` (land cover only: its
+    vectors read the chunk alone, seams are joined later by the merger) as soon as the chunk
+    itself is. Chunks settled before this run (resume) count as settled."""
 
     def __init__(self, grid: ChunkGrid, wanted: list[Chunk], settled: set[tuple[int, int]],
-                 neighbours: bool = True):
+                 neighbours: bool = True, reach: int = 1):
         self.grid = grid
         self.settled = set(settled)
         self.waiting = {c.index: c for c in wanted}
         self.neighbours = neighbours
+        self.reach = max(1, reach)
 
     @classmethod
     def for_plan(cls, plan: Plan, wanted: list[Chunk], todo: list[Chunk]) -> NeighbourGate:
         """The gate a job needs: building footprints read a context around the chunk."""
         todo_ids = {c.index for c in todo}
         return cls(plan.chunks, wanted, {c.index for c in plan.chunks if c.index not in todo_ids},
-                   neighbours=plan.model("buildings") is not None)
+                   neighbours=plan.model("buildings") is not None,
+                   reach=-(-plan.vector_halo // plan.chunks.chunk))
+
+    def _around(self, idx: tuple[int, int]) -> list[tuple[int, int]]:
+        ny, nx = self.grid.counts
+        r = self.reach
+        return [(y, x) for y in range(max(0, idx[0] - r), min(ny, idx[0] + r + 1))
+                for x in range(max(0, idx[1] - r), min(nx, idx[1] + r + 1)) if (y, x) != idx]
 
     def settle(self, index: tuple[int, int] | None = None) -> list[Chunk]:
         """Mark ``index`` settled; return chunks that became ready (in raster order)."""
         if index is not None:
             self.settled.add(index)
-            candidates = [index, *self.grid.neighbours(index)]
+            candidates = [index, *self._around(index)]
         else:
             candidates = list(self.waiting)
         ready = []
@@ -42,6 +51,6 @@ class NeighbourGate:
             c = self.waiting.get(idx)
             if c is None or idx not in self.settled:
                 continue
-            if not self.neighbours or all(n in self.settled for n in self.grid.neighbours(idx)):
+            if not self.neighbours or all(n in self.settled for n in self._around(idx)):
                 ready.append(self.waiting.pop(idx))
         return ready

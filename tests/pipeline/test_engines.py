@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 import zarr
 
@@ -168,3 +169,28 @@ def test_resume_with_auto_keeps_the_engine_of_the_run(tmp_path: Path, scene_tif:
     assert first.summary["engines"] == again.summary["engines"] == {"landcover": "onnx"}
     fresh = run_job(_cfg(scene_tif, tmp_path / "new", lc, "auto"), backend=SerialBackend())
     assert fresh.summary["engines"] == {"landcover": "torch"}  # a new run: the host decides
+
+
+def test_passes_at_once_write_the_same_bytes(tmp_path: Path, scene_tif: Path,
+                                             onnx_bundles: tuple[str, str]) -> None:
+    """Two single-thread ONNX passes at once (runtime.passes_at_once: 2) write what one
+    two-thread pass at a time writes: store and features."""
+    from geoseg.runtime.local import LocalBackend
+    from tests.cluster.conftest import assert_same_store
+
+    def cfg(out: Path, passes: int) -> JobConfig:
+        return validate_job({"image": str(scene_tif), "output": str(out),
+                             "models": list(onnx_bundles),
+                             "inference": {"chunk_size": 64, "halo": 64, "engine": "onnx"},
+                             "runtime": {"threads_per_worker": 2, "passes_at_once": passes}})
+
+    backends = {n: LocalBackend(passes=n) for n in (1, 2)}
+    for n, backend in backends.items():
+        assert run_job(cfg(tmp_path / f"p{n}", n), backend=backend).ok
+    assert backends[1].callers == 1 and backends[2].callers == 2
+    assert_same_store(tmp_path / "p1", tmp_path / "p2")
+    for layer in LAYERS:
+        a, b = (pyogrio.read_dataframe(tmp_path / f"p{n}" / "features.gpkg", layer=layer)
+                .sort_values("id").reset_index(drop=True) for n in (1, 2))
+        assert len(a) == len(b) > 0
+        assert (a.geometry.to_wkb() == b.geometry.to_wkb()).all()
