@@ -56,6 +56,8 @@ class Progress:
     pixel_area_m2: float
     failed: int = 0
     pixels_this_run: int | None = None  # excludes chunks an earlier run finished (--resume)
+    vectors_done: int = 0  # chunks vectorized (their features handed to the GeoPackage writer)
+    vectors_total: int = 0  # 0: no vectors
 
     @property
     def px_per_s(self) -> float:
@@ -186,6 +188,7 @@ class _Recorder:
         self.unrecorded: list[ChunkFailure] = []  # written, but their record could not be
         self.t0 = t0
         self.vector_s = 0.0
+        self.vectorized = 0
         self.done = len(manifest.done)
         self.px_area = _px_area(plan)
         self._emit()
@@ -195,7 +198,8 @@ class _Recorder:
             self.progress(Progress("predict", self.done, len(self.plan.chunks), self.pixels_done,
                                    self.pixels_total, time.perf_counter() - self.t0,
                                    self.px_area, len(self.failed),
-                                   self.pixels_done - self.pixels_before))
+                                   self.pixels_done - self.pixels_before, self.vectorized,
+                                   len(self.plan.chunks) if self.sink is not None else 0))
 
     def chunk_done(self, chunk: Chunk, stats: dict[str, Any]) -> None:
         try:
@@ -224,6 +228,8 @@ class _Recorder:
         if self.sink is not None:
             self.vector_s += result.seconds
             self.sink.add(result)
+            self.vectorized += 1
+            self._emit()
 
 
 def _px_area(plan: Plan) -> float:

@@ -107,10 +107,12 @@ class RunProgress:
         self.line = ProgressLine("predict", 1, quiet=quiet, every_s=every_s)
 
     def __call__(self, p: Any) -> None:
-        text = (f"{p.done}/{p.total} chunks  {p.px_per_s / 1e6:.2f} Mpx/s  "
+        # the bar covers the model's chunks and then the vectors (which trail the model on CPUs)
+        vectors = f"  vectors {p.vectors_done}/{p.vectors_total}" if p.vectors_total else ""
+        text = (f"{p.done}/{p.total} chunks{vectors}  {p.px_per_s / 1e6:.2f} Mpx/s  "
                 f"{p.km2_per_h:.1f} km²/h  ETA {fmt_duration(p.eta_s)}"
                 + (f"  [red]{p.failed} failed[/red]" if p.failed else ""))
-        self.line.update(p.done, text, total=p.total)
+        self.line.update(p.done + p.vectors_done, text, total=p.total + p.vectors_total)
 
     def close(self) -> None:
         self.line.close()

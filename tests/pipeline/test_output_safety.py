@@ -167,6 +167,9 @@ def test_resume_progress_rate_counts_this_run_only(clean: Path, tmp_path: Path,
     assert first.done == len(lines) - 2 and first.pixels_this_run == 0
     assert first.px_per_s == 0 and first.eta_s is None  # not "117 Mpx/s, ETA 0:00"
     assert seen[-1].pixels_this_run == seen[-1].pixels_done - first.pixels_done > 0
+    # a resumed run vectorizes every chunk again; progress counts them after the model's
+    assert first.vectors_done == 0 and first.vectors_total == len(lines)
+    assert [p.vectors_done for p in seen[-len(lines):]] == list(range(1, len(lines) + 1))
 
 
 def test_writes_replace_symlinks(clean: Path, tmp_path: Path,
