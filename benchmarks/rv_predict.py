@@ -90,7 +90,13 @@ def rv_predict(image: str, bundle: str, out: str, tile: int = 512, overlap: int 
         raise SystemExit(f"--overlap must be even and in [0, {tile}), got {overlap}")
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
-    (outp / "labels.tif").unlink(missing_ok=True)  # RV's label store would read an old one
+    mark = outp / ".written-by-rv_predict"
+    if (outp / "labels.tif").exists():  # RV's label store would read an old one
+        if not mark.exists():
+            raise SystemExit(f"{outp / 'labels.tif'} exists and was not written by this "
+                             "script: give another OUTDIR")
+        (outp / "labels.tif").unlink()  # ours, from an earlier run
+    mark.touch()
 
     t0 = time.perf_counter()
     pred = Predictor(bundle, num_threads=2, engine="torch")  # the bundle's weights, as naive

@@ -98,25 +98,7 @@ class LocalBackend:
 
         def collect(done: Iterable[Future[Any]]) -> None:
             for fut in done:
-                if fut in passes:
-                    chunk = passes.pop(fut)
-                    try:
-                        out = fut.result()
-                    except Exception as exc:
-                        failed(chunk, exc)
-                    else:
-                        writes[pool.submit(write_output, plan, store, out)] = chunk
-                elif fut in writes:
-                    chunk = writes.pop(fut)
-                    try:
-                        stats = fut.result()
-                    except Exception as exc:
-                        failed(chunk, exc)
-                    else:
-                        report.done += 1
-                        cb.chunk_done(chunk, stats)
-                        settle(chunk)
-                elif fut in vectors:
+                if fut in vectors:
                     c = vectors.pop(fut)
                     try:
                         result = fut.result()
@@ -127,9 +109,26 @@ class LocalBackend:
                         continue
                     cb.vectors_done(c, result)
                     report.vectorized += 1
+                    continue
+                stage = passes if fut in passes else writes if fut in writes else None
+                if stage is None:
+                    continue  # a read: taken when a pass is free
+                chunk = stage.pop(fut)
+                try:
+                    value = fut.result()
+                except Exception as exc:
+                    failed(chunk, exc)
+                    continue
+                if stage is passes:
+                    writes[pool.submit(write_output, plan, store, value)] = chunk
+                else:
+                    report.done += 1
+                    cb.chunk_done(chunk, value)
+                    settle(chunk)
 
         def predict(chunk_input: Future[Any]) -> Any:
-            assert models is not None
+            if models is None:  # freed only once no pass is left
+                raise RuntimeError("the models were freed while a pass was queued")
             return predict_chunk(plan, models, chunk_input.result())
 
         pool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io")
