@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("default", GeoSegWarning)
+    # rasterio reads the transform of each fresh in-memory dataset (features.shapes builds one
+    # per call) before setting it, and warns about it in worker threads: not about user data
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform, gcps, or rpcs")
     warnings.showwarning = lambda m, c, *_a, **_k: print(f"warning: {m}", file=sys.stderr)
     from geoseg.runtime.signals import StopOnSignals, exit_code
 
