@@ -89,14 +89,7 @@ def rv_predict(image: str, bundle: str, out: str, tile: int = 512, overlap: int 
     if overlap % 2 or not 0 <= overlap < tile:
         raise SystemExit(f"--overlap must be even and in [0, {tile}), got {overlap}")
     outp = Path(out)
-    outp.mkdir(parents=True, exist_ok=True)
-    mark = outp / ".written-by-rv_predict"
-    if (outp / "labels.tif").exists():  # RV's label store would read an old one
-        if not mark.exists():
-            raise SystemExit(f"{outp / 'labels.tif'} exists and was not written by this "
-                             "script: give another OUTDIR")
-        (outp / "labels.tif").unlink()  # ours, from an earlier run
-    mark.touch()
+    clear_own_labels(outp)
 
     t0 = time.perf_counter()
     pred = Predictor(bundle, num_threads=2, engine="torch")  # the bundle's weights, as naive
@@ -125,6 +118,19 @@ def rv_predict(image: str, bundle: str, out: str, tile: int = 512, overlap: int 
     dt = time.perf_counter() - t0
     h, w = source.shape[:2]
     return {"pixels": h * w, "seconds": dt, "px_per_s": h * w / dt}
+
+
+def clear_own_labels(outp: Path) -> None:
+    """Make ``outp`` ready for a new labels.tif (RV's label store would read an old one):
+    remove one this script wrote (its folder holds our mark), refuse any other."""
+    outp.mkdir(parents=True, exist_ok=True)
+    mark = outp / ".written-by-rv_predict"
+    if (outp / "labels.tif").exists():
+        if not mark.exists():
+            raise SystemExit(f"{outp / 'labels.tif'} exists and was not written by this "
+                             "script: give another OUTDIR")
+        (outp / "labels.tif").unlink()  # ours, from an earlier run
+    mark.touch()
 
 
 def main() -> None:

@@ -221,9 +221,10 @@ class ChunkGrid:
             for ix in range(nx):
                 yield self.get(iy, ix)
 
-    def neighbours(self, index: tuple[int, int]) -> list[tuple[int, int]]:
-        """Indices of the up to 8 chunks around ``index``."""
+    def neighbours(self, index: tuple[int, int], reach: int = 1) -> list[tuple[int, int]]:
+        """Indices of the chunks within ``reach`` rings around ``index`` (1: the up to 8
+        around it)."""
         ny, nx = self.counts
         iy, ix = index
-        return [(iy + dy, ix + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                if (dy or dx) and 0 <= iy + dy < ny and 0 <= ix + dx < nx]
+        return [(y, x) for y in range(max(0, iy - reach), min(ny, iy + reach + 1))
+                for x in range(max(0, ix - reach), min(nx, ix + reach + 1)) if (y, x) != index]

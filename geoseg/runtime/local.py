@@ -1,8 +1,8 @@
 """One machine, one process: the same chunk functions as on Ray, in threads.
 
-Reads and writes run in a small thread pool, vectors in another; the models run in threads of
-their own: on CPUs with onnxruntime one single-thread pass per core (one session, its weights
-shared), otherwise one pass at a time with every core for its intra-op threads (onnxruntime and
+Reads and writes run in a small thread pool, vectors in another, model passes in a third: one
+pass at a time with every core for its intra-op threads, or with ``runtime.passes_at_once``
+(onnxruntime on CPUs) several single-thread passes of one shared session (onnxruntime and
 PyTorch release the GIL while they compute, as do rasterio, numcodecs and most of shapely).
 Nothing is serialised between processes and the model is loaded once, in this process.
 

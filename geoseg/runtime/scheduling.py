@@ -33,17 +33,11 @@ class NeighbourGate:
                    neighbours=plan.model("buildings") is not None,
                    reach=-(-plan.vector_halo // plan.chunks.chunk))
 
-    def _around(self, idx: tuple[int, int]) -> list[tuple[int, int]]:
-        ny, nx = self.grid.counts
-        r = self.reach
-        return [(y, x) for y in range(max(0, idx[0] - r), min(ny, idx[0] + r + 1))
-                for x in range(max(0, idx[1] - r), min(nx, idx[1] + r + 1)) if (y, x) != idx]
-
     def settle(self, index: tuple[int, int] | None = None) -> list[Chunk]:
         """Mark ``index`` settled; return chunks that became ready (in raster order)."""
         if index is not None:
             self.settled.add(index)
-            candidates = [index, *self._around(index)]
+            candidates = [index, *self.grid.neighbours(index, self.reach)]
         else:
             candidates = list(self.waiting)
         ready = []
@@ -51,6 +45,7 @@ class NeighbourGate:
             c = self.waiting.get(idx)
             if c is None or idx not in self.settled:
                 continue
-            if not self.neighbours or all(n in self.settled for n in self._around(idx)):
+            around = self.grid.neighbours(idx, self.reach)
+            if not self.neighbours or all(n in self.settled for n in around):
                 ready.append(self.waiting.pop(idx))
         return ready
