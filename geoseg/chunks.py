@@ -47,6 +47,16 @@ class CoreModel(ProbaModel, Protocol):
     def predict_core(self, x: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+class DeviceBlendModel(ProbaModel, Protocol):
+    """A model that also blends overlapping tiles on its device (a PyTorch model on a GPU)."""
+
+    blends_on_device: bool
+
+    def predict_tiles_core(self, x: np.ndarray, crop: Crop, *, tile: int, overlap: int,
+                           batch_size: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+
 @dataclass
 class ChunkInput:
     chunk: Chunk
@@ -149,6 +159,13 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
             # the logits (no softmax over the halo, no blending buffers)
             cls, conf = cast(CoreModel, model).predict_core(
                 (x if exact else pad_to_multiple(x, tile))[None], (rs, cs))
+            cls = np.where(valid_core, cls, np.uint8(FILL))
+            conf = np.where(valid_core, conf, np.uint8(0))
+        elif plan.tta == "none" and getattr(model, "blends_on_device", False):
+            # overlapping tiles blended where the model runs (a GPU): only uint8 comes back
+            cls, conf = cast(DeviceBlendModel, model).predict_tiles_core(
+                x, (rs, cs), tile=tile, overlap=overlap, batch_size=plan.batch_size,
+                exact=exact)
             cls = np.where(valid_core, cls, np.uint8(FILL))
             conf = np.where(valid_core, conf, np.uint8(0))
         else:

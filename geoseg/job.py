@@ -32,7 +32,7 @@ from geoseg.objstore import join
 from geoseg.outdir import atomic_write_text, storage_errors
 from geoseg.plan import Plan, make_plan
 from geoseg.runfolder import RunFolder, open_run_folder, read_manifest
-from geoseg.runtime.base import Backend, ChunkFailure
+from geoseg.runtime.base import GPU_PASSES, Backend, ChunkFailure
 from geoseg.runtime.connection import ray_connected
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.provenance import code_version
@@ -128,7 +128,7 @@ def default_backend(cfg: JobConfig) -> Backend:
                                      ) from exc
 
     ensure_ray(cfg.runtime.address, cfg.runtime.num_cpus)
-    return RayBackend()
+    return RayBackend(passes=cfg.runtime.passes_at_once)
 
 
 def _backend_gpus(backend: Backend) -> int | None:
@@ -156,6 +156,16 @@ def resolve_device(want: str, gpus: int | None = None, torch_free: bool = False)
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_in_flight(cfg: JobConfig, device: str, workers: int) -> int:
+    """Chunks in the air (read, predicted or being written) when ``runtime.max_in_flight``
+    is not set: two per model worker on CPUs; on GPUs two per pass in flight, and at least one
+    per core, so that every core can decode the next chunks while the GPUs predict."""
+    if device == "cpu":
+        return 2 * workers + 2
+    passes = cfg.runtime.passes_at_once or GPU_PASSES
+    return max(2 * workers * passes + 2, cfg.runtime.num_cpus or os.cpu_count() or 1)
 
 
 def _width(cfg: JobConfig, device: str, gpus: int | None = None) -> tuple[int, int]:
@@ -389,7 +399,8 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
         report = backend.run(plan, store, todo, list(plan.chunks) if sink else None, vector_fn,
                              rec, workers=workers, threads=threads, device=device,
                              gpus_per_worker=cfg.runtime.gpus_per_worker,
-                             max_in_flight=cfg.runtime.max_in_flight or 2 * workers + 2,
+                             max_in_flight=cfg.runtime.max_in_flight
+                             or default_in_flight(cfg, device, workers),
                              retries=cfg.runtime.chunk_retries)
     except BaseException:
         if sink is not None:  # stop the writer now; the partial GeoPackage keeps its temp name
@@ -434,6 +445,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     summary = _summary(cfg, plan, manifest, failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
     summary["runtime"]["backend"] = type(backend).__name__
+    summary["runtime"]["passes_at_once"] = getattr(backend, "callers", 1)
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
     with folder.errors(SUMMARY):
         folder.publish(layout.summary)

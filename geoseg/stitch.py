@@ -112,18 +112,21 @@ def pad_window(image: np.ndarray, shape: tuple[int, int], inside: Crop, mode: st
     return out
 
 
-def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile: int,
-                   overlap: int, batch_size: int, multiple: int = 32,
-                   exact: bool = False) -> np.ndarray:
-    """Blend model probabilities over ``image`` (C, H, W) → (K, H, W) float32.
+@dataclass(frozen=True)
+class TileGrid:
+    """How :func:`predict_window` covers a window: the window padded to the tile grid
+    (``image``), the tile shape, the tiles' origins and their blending weight (th, tw)."""
 
-    If the whole window fits in one tile (after padding to ``multiple``), it is predicted in a
-    single forward pass; otherwise tiles of ``tile`` px overlap by ≥ ``overlap`` px and are
-    blended. Windows are padded at the far edges (reflect) to a multiple of ``multiple`` px.
+    image: np.ndarray
+    shape: tuple[int, int]
+    origins: tuple[tuple[int, int], ...]
+    weight: np.ndarray
 
-    ``exact`` (a model that takes one input size only): every tile is exactly ``tile`` px; the
-    caller pads a window smaller than a tile up to it (see :func:`pad_window`).
-    """
+
+def tile_grid(image: np.ndarray, *, tile: int, overlap: int, multiple: int = 32,
+              exact: bool = False) -> TileGrid:
+    """The tiling of :func:`predict_window` (shared with the device-side blend of
+    :meth:`geoseg.models.predictor.Predictor.predict_tiles_core`)."""
     _c, h, w = image.shape
     if exact:
         if h < tile or w < tile:
@@ -138,20 +141,39 @@ def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile:
     xs = axis_layout(pw, tw, overlap)
     wy = ramp_weight(th, overlap if len(ys.starts) > 1 else 0)
     wx = ramp_weight(tw, overlap if len(xs.starts) > 1 else 0)
-    weight = np.outer(wy, wx)
+    return TileGrid(image, (th, tw), tuple((y, x) for y in ys.starts for x in xs.starts),
+                    np.outer(wy, wx))
+
+
+def predict_window(image: np.ndarray, proba: ProbaFn, num_classes: int, *, tile: int,
+                   overlap: int, batch_size: int, multiple: int = 32,
+                   exact: bool = False) -> np.ndarray:
+    """Blend model probabilities over ``image`` (C, H, W) → (K, H, W) float32.
+
+    If the whole window fits in one tile (after padding to ``multiple``), it is predicted in a
+    single forward pass; otherwise tiles of ``tile`` px overlap by ≥ ``overlap`` px and are
+    blended. Windows are padded at the far edges (reflect) to a multiple of ``multiple`` px.
+
+    ``exact`` (a model that takes one input size only): every tile is exactly ``tile`` px; the
+    caller pads a window smaller than a tile up to it (see :func:`pad_window`).
+    """
+    _c, h, w = image.shape
+    grid = tile_grid(image, tile=tile, overlap=overlap, multiple=multiple, exact=exact)
+    th, tw = grid.shape
+    ph, pw = grid.image.shape[1:]
     acc = np.zeros((num_classes, ph, pw), dtype=np.float32)
     norm = np.zeros((ph, pw), dtype=np.float32)
-    origins = [(y, x) for y in ys.starts for x in xs.starts]
+    origins = grid.origins
     for i in range(0, len(origins), batch_size):
         group = origins[i:i + batch_size]
-        batch = np.stack([image[:, y:y + th, x:x + tw] for y, x in group])
+        batch = np.stack([grid.image[:, y:y + th, x:x + tw] for y, x in group])
         probs = proba(np.ascontiguousarray(batch))
         if probs.shape != (len(group), num_classes, th, tw):
             raise InputError(f"model returned shape {probs.shape}, expected "
                              f"{(len(group), num_classes, th, tw)}")
         for (y, x), p in zip(group, probs, strict=True):
-            acc[:, y:y + th, x:x + tw] += p * weight
-            norm[y:y + th, x:x + tw] += weight
+            acc[:, y:y + th, x:x + tw] += p * grid.weight
+            norm[y:y + th, x:x + tw] += grid.weight
     acc /= norm
     return acc[:, :h, :w]
 

@@ -45,9 +45,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
     p.add_argument("--threads", type=int, help="torch threads per worker")
     p.add_argument("--passes-at-once", type=int, metavar="N",
-                   help="model passes at once on CPUs with onnxruntime, each with threads/N "
-                        "threads (default 1; N = cores ran 10%% faster on 2 cores and holds N "
-                        "passes' memory)")
+                   help="model passes at once per model worker. CPUs (onnxruntime): each "
+                        "with threads/N threads (default 1; N = cores ran 10%% faster on 2 "
+                        "cores and holds N passes' memory). GPU: chunks in flight per worker, "
+                        "each on its own CUDA stream (default 2)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where models run (default auto: CUDA when available)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS; none: this "

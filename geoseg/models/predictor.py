@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypedDict
@@ -28,7 +29,7 @@ from geoseg.models.factory import build_model, is_semantic
 from geoseg.models.maskrcnn import class_layout, instances_to_proba
 from geoseg.models.onnx_predictor import OnnxPredictor
 from geoseg.models.weights import load_weights
-from geoseg.stitch import Crop, classify_logits
+from geoseg.stitch import Crop, classify_logits, tile_grid
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Predictor:
         self._layout = None if self.semantic else class_layout(self.spec)
         self._module: nn.Module | None = None
         self._onnx: OnnxPredictor | None = None  # engine onnx: the torch-free predictor
+        self._streams = threading.local()  # CUDA: one stream per calling thread
         path = model_file(self.spec, self.bundle_dir, self.engine)
         if self.engine == "onnx":
             self._onnx = OnnxPredictor(self.bundle_dir, device=str(self.device),
@@ -98,6 +100,12 @@ class Predictor:
                 torch.tensor(b, dtype=torch.float32).reshape(1, c, 1, 1).to(self.device)
                 for b in norm.clip)
             where = str(self.device)
+            if self.device.type == "cuda":  # weights and statistics are on the device before
+                torch.cuda.synchronize(self.device)  # any caller's own stream reads them
+        # A model on a GPU blends overlapping tiles there: only the core's class ids and
+        # confidence come back, not K float32 planes per tile (predict_tiles_core).
+        self.blends_on_device = (self.semantic and self._onnx is None
+                                 and self.device.type == "cuda")
         logger.info("loaded bundle %s v%s (%s) with %s on %s", self.spec.name,
                     self.spec.version, self.spec.architecture.name, self.engine, where)
 
@@ -153,25 +161,44 @@ class Predictor:
 
     def _prepare(self, x: np.ndarray) -> torch.Tensor:
         """Validate a raw batch and return it normalised on the torch model's device."""
-        t = torch.from_numpy(self._check(x)).to(self.device)
-        if self._clip is not None:
-            t = torch.clamp(t, self._clip[0], self._clip[1])
-        t = (t - self._mean) / self._std
+        t = self._normalised(self._check(x))
         if self.device.type == "cuda" or (self._cpu_bf16 and self.semantic):
             t = t.contiguous(memory_format=torch.channels_last)
         return t
+
+    def _normalised(self, x: np.ndarray) -> torch.Tensor:
+        """A raw batch (N, C, H, W) on the device as float32, clipped and
+        normalised there. To a GPU through pinned host memory, without blocking this thread:
+        the copy is queued on the caller's stream, ahead of the work that reads it."""
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        if self._clip is not None:
+            t = torch.clamp(t, self._clip[0], self._clip[1])
+        return (t - self._mean) / self._std
+
+    def _stream(self) -> contextlib.AbstractContextManager[Any]:
+        """On a GPU, this thread's own CUDA stream: several callers (chunks in flight) overlap
+        their copies and kernels instead of queueing on the default stream."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            stream = self._streams.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(stream)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Per-class probabilities ``(N, K, H, W)`` float32 for raw tiles ``(N, C, H, W)``."""
         if self._onnx is not None:
             return self._onnx.predict_proba(self._check(x))
-        t = self._prepare(x)
-        if not self.semantic:
-            return np.stack([self._instance_proba(d) for d in self._detect(t)])
-        with torch.inference_mode(), self._autocast():
-            logits = self.model(t)
-        probs = torch.softmax(logits.float(), dim=1)
-        return probs.cpu().numpy().astype(np.float32, copy=False)
+        with self._stream():
+            t = self._prepare(x)
+            if not self.semantic:
+                return np.stack([self._instance_proba(d) for d in self._detect(t)])
+            with torch.inference_mode(), self._autocast():
+                logits = self.model(t)
+            probs = torch.softmax(logits.float(), dim=1)
+            return probs.cpu().numpy().astype(np.float32, copy=False)
 
     def predict_core(self, x: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
         """Class ids and confidence (uint8) of one raw tile ``(1, C, H, W)`` inside ``crop``,
@@ -184,16 +211,59 @@ class Predictor:
 
             probs = self.predict_proba(x)[0][:, crop[0], crop[1]]
             return classify(probs, np.ones(probs.shape[1:], bool))
-        t = self._prepare(x)
-        with torch.inference_mode(), self._autocast():
-            logits = self.model(t)[0][:, crop[0], crop[1]].float()
-        if self.device.type == "cpu":
-            return classify_logits(logits.contiguous().numpy())
-        with torch.inference_mode():
-            top, ids = logits.max(dim=0)
-            scaled = torch.round(255.0 / torch.exp(logits - top).sum(dim=0))
-            return (ids.to(torch.uint8).cpu().numpy(),
-                    scaled.clamp(0, 255).to(torch.uint8).cpu().numpy())
+        with self._stream():
+            t = self._prepare(x)
+            with torch.inference_mode(), self._autocast():
+                logits = self.model(t)[0][:, crop[0], crop[1]].float()
+            if self.device.type == "cpu":
+                return classify_logits(logits.contiguous().numpy())
+            with torch.inference_mode():
+                top, ids = logits.max(dim=0)
+                scaled = torch.round(255.0 / torch.exp(logits - top).sum(dim=0))
+                return (ids.to(torch.uint8).cpu().numpy(),
+                        scaled.clamp(0, 255).to(torch.uint8).cpu().numpy())
+
+    def predict_tiles_core(self, x: np.ndarray, crop: Crop, *, tile: int, overlap: int,
+                           batch_size: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Class ids and confidence (uint8) inside ``crop`` of a raw window ``(C, H, W)``
+        predicted in overlapping tiles: :func:`geoseg.stitch.predict_window` followed by
+        :func:`geoseg.stitch.classify` (same tiles, weights, softmax and rounding), with the
+        blending on the model's device. The window goes up once, tiles are cut there, and only
+        the two uint8 planes of the core come back (semantic torch models)."""
+        if not self.semantic or self._onnx is not None:
+            raise InputError(f"bundle {self.spec.name!r}: tiles are blended on the device for "
+                             "semantic models on PyTorch only (use geoseg.stitch.predict_window)")
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[0] != len(self.spec.bands):
+            raise InputError(f"bundle {self.spec.name!r} reads a window (C, H, W) of "
+                             f"{len(self.spec.bands)} bands {self.spec.bands}, got "
+                             f"{type(x).__name__} {getattr(x, 'shape', '')}")
+        _c, h, w = x.shape
+        grid = tile_grid(x, tile=tile, overlap=overlap, exact=exact)
+        th, tw = grid.shape
+        k = self.num_classes
+        with self._stream(), torch.inference_mode():
+            image = self._normalised(grid.image[None])[0]
+            weight = torch.from_numpy(grid.weight).to(self.device)
+            acc = torch.zeros((k, *image.shape[1:]), dtype=torch.float32, device=self.device)
+            norm = torch.zeros(image.shape[1:], dtype=torch.float32, device=self.device)
+            for i in range(0, len(grid.origins), batch_size):
+                group = grid.origins[i:i + batch_size]
+                batch = torch.stack([image[:, y:y + th, x0:x0 + tw] for y, x0 in group])
+                if self.device.type == "cuda" or self._cpu_bf16:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with self._autocast():
+                    logits = self.model(batch)
+                probs = torch.softmax(logits.float(), dim=1)
+                if probs.shape != (len(group), k, th, tw):
+                    raise InputError(f"model returned shape {tuple(probs.shape)}, expected "
+                                     f"{(len(group), k, th, tw)}")
+                for (y, x0), p in zip(group, probs, strict=True):
+                    acc[:, y:y + th, x0:x0 + tw] += p * weight
+                    norm[y:y + th, x0:x0 + tw] += weight
+            core = (acc[:, :h, :w] / norm[:h, :w])[:, crop[0], crop[1]]
+            ids = torch.argmax(core, dim=0)  # the first of tied classes, as stitch.classify
+            conf = torch.round(core.amax(dim=0) * 255.0).to(torch.uint8)
+            return ids.to(torch.uint8).cpu().numpy(), conf.cpu().numpy()
 
     def predict_classes(self, x: np.ndarray) -> np.ndarray:
         """Most probable class id per pixel ``(N, H, W)`` uint8."""

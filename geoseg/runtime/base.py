@@ -41,6 +41,22 @@ class Callbacks(Protocol):
 
 VectorFn = Callable[[Plan, str, Chunk], Any]
 
+GPU_PASSES = 2  # chunks in flight per GPU model worker by default: one's copies and host work
+# overlap the other's kernels (each caller has its own CUDA stream)
+
+
+def model_callers(plan: Plan, device: str, threads: int, passes: int | None) -> int:
+    """Model passes run at once (``runtime.passes_at_once``). On a GPU ``passes`` (default
+    :data:`GPU_PASSES`) callers share the model, each on its own CUDA stream. On CPUs several
+    only for ONNX Runtime (its sessions are safe to call from several threads and share their
+    weights), each pass with ``threads // passes`` intra-op threads; PyTorch on CPUs runs one
+    pass at a time."""
+    if device != "cpu":
+        return passes or GPU_PASSES
+    if passes and passes > 1 and plan.models and all(m.engine == "onnx" for m in plan.models):
+        return max(1, min(passes, threads))
+    return 1
+
 
 class Backend(Protocol):
     def run(self, plan: Plan, store: str, todo: list[Chunk], vectorize: list[Chunk] | None,

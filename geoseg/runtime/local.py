@@ -4,6 +4,8 @@ Reads and writes run in a small thread pool, vectors in another, model passes in
 pass at a time with every core for its intra-op threads, or with ``runtime.passes_at_once``
 (onnxruntime on CPUs) several single-thread passes of one shared session (onnxruntime and
 PyTorch release the GIL while they compute, as do rasterio, numcodecs and most of shapely).
+Beside a GPU model the pools have a thread per core and two passes are in flight (each on its
+own CUDA stream): the host's reads, writes and vectors are what feeds the GPU.
 Nothing is serialised between processes and the model is loaded once, in this process.
 
 Why it exists beside :mod:`geoseg.runtime.ray_backend`: on one machine Ray costs a start-up of
@@ -31,7 +33,13 @@ from geoseg.chunks import predict_chunk, read_chunk, write_output
 from geoseg.errors import GeoSegError, StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
-from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
+from geoseg.runtime.base import (
+    Callbacks,
+    ChunkFailure,
+    StageReport,
+    VectorFn,
+    model_callers,
+)
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.scheduling import NeighbourGate
 
@@ -41,9 +49,9 @@ log = logging.getLogger(__name__)
 class LocalBackend:
     """Runs chunks in this process: passes, I/O and vectors in threads of their own."""
 
-    def __init__(self, io_threads: int | None = None, passes: int = 1) -> None:
+    def __init__(self, io_threads: int | None = None, passes: int | None = None) -> None:
         self.io_threads = io_threads
-        self.passes = passes  # model passes at once (runtime.passes_at_once)
+        self.passes = passes  # model passes at once (runtime.passes_at_once; None: default)
         self.callers = 1  # passes at once in the last run
         self.peak_in_flight = 0
 
@@ -52,12 +60,13 @@ class LocalBackend:
             device: str = "cpu", gpus_per_worker: float = 1.0, max_in_flight: int = 4,
             retries: int = 0) -> StageReport:
         callers = self.callers = model_callers(plan, device, threads, self.passes)
-        per_call = max(1, threads // callers)  # intra-op threads of each pass
+        # intra-op threads of each pass (on a GPU they only run the host's share)
+        per_call = max(1, threads // callers) if device == "cpu" else threads
         t0 = time.perf_counter()
         models: dict[str, Any] | None = load_models(plan, device, per_call)
         report = StageReport(load_s=time.perf_counter() - t0)
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
-        n_io = self.io_threads or max(2, min(4, os.cpu_count() or 2))
+        n_io = self.io_threads or default_io_threads(device)
         pending = deque(todo)
         attempts: dict[str, int] = {}
         reads: deque[tuple[Chunk, Future[Any]]] = deque()
@@ -180,14 +189,12 @@ class LocalBackend:
         return report
 
 
-def model_callers(plan: Plan, device: str, threads: int, passes: int) -> int:
-    """Model passes run at once. Several only for ONNX Runtime on CPUs (its sessions are safe
-    to call from several threads and share their weights), each pass with
-    ``threads // passes`` intra-op threads; PyTorch and GPUs run one pass at a time."""
-    if passes > 1 and device == "cpu" and plan.models \
-            and all(m.engine == "onnx" for m in plan.models):
-        return max(1, min(passes, threads))
-    return 1
+def default_io_threads(device: str, cores: int | None = None) -> int:
+    """Threads for reads and writes (and as many for vectors). Beside a CPU model a few: the
+    model has the cores. Beside a GPU every core: the host must decode, write and vectorize
+    what the GPU predicts (about 0.5 CPU-s per Mpx in all, measured on CPUs; DESIGN.md)."""
+    cores = cores or os.cpu_count() or 2
+    return max(2, cores if device != "cpu" else min(4, cores))
 
 
 def fail_vectors(report: StageReport, cb: Callbacks, chunk: Chunk, exc: BaseException) -> None:

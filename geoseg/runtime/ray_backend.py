@@ -34,7 +34,7 @@ from geoseg.chunks import ChunkInput, ChunkOutput, predict_chunk, read_chunk, wr
 from geoseg.errors import GeoSegError, JobInterrupted, StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
-from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
+from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn, model_callers
 from geoseg.runtime.scheduling import NeighbourGate
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,10 @@ class RayBackend:
 
     def __init__(self, worker_cls: type[ModelWorker] = ModelWorker,
                  write_fn: WriteFn = write_output, actor_restarts: int = ACTOR_RESTARTS,
-                 task_retries: int = TASK_RETRIES) -> None:
+                 task_retries: int = TASK_RETRIES, passes: int | None = None) -> None:
         self.worker_cls = worker_cls
+        self.passes = passes  # runtime.passes_at_once: chunks at once in a GPU actor
+        self.callers = 1  # chunks at once in each model actor in the last run
         self.write_fn = write_fn
         self.actor_restarts = actor_restarts
         self.task_retries = task_retries
@@ -183,8 +185,12 @@ class RayBackend:
             device: str, gpus_per_worker: float, max_in_flight: int,
             retries: int) -> StageReport:
         gpu = device == "cuda"
+        self.callers = model_callers(plan, device, threads, self.passes) if gpu else 1
+        # a GPU actor takes several chunks at once (threads of the actor, each on its own CUDA
+        # stream: copies and host work of one overlap the kernels of another)
         actor_cls = ray.remote(self.worker_cls).options(
             num_cpus=1 if gpu else 0.5, num_gpus=gpus_per_worker if gpu else 0,
+            max_concurrency=self.callers,
             max_restarts=self.actor_restarts, max_task_retries=self.actor_restarts)
         read_t = ray.remote(_read).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
         write_t = ray.remote(_write).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
