@@ -116,11 +116,10 @@ def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...
         data, valid, _, _ = read_window_sources(info, window, bands, fill)
         return data, valid
     h, w = window.shape
-    data = np.full((len(bands), h, w), fill, dtype=np.float32)
-    valid = np.zeros((h, w), dtype=bool)
     inner = window.intersect(info.geobox.window)
     if inner.size == 0:
-        return data, valid
+        return (np.full((len(bands), h, w), fill, dtype=np.float32),
+                np.zeros((h, w), dtype=bool))
     rel = inner.relative_to(window)
     rio_win = RioWindow(inner.col_off, inner.row_off, inner.width, inner.height)
     with remote_env(info.path), rasterio.open(gdal_path(info.path)) as src:
@@ -133,8 +132,13 @@ def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...
             ok = np.ones(inner.shape, dtype=bool)
     if arr.dtype.kind in "fc":
         ok &= np.all(np.isfinite(arr), axis=0)
+    all_ok = bool(ok.all())
+    if inner == window and all_ok:  # the common case: one conversion, no fill, no select
+        return arr.astype(np.float32, copy=False), ok
     rs, cs = rel.slices()
-    block = arr.astype(np.float32, copy=False)
-    data[:, rs, cs] = np.where(ok[None], block, np.float32(fill))
+    data = np.full((len(bands), h, w), fill, dtype=np.float32)
+    valid = np.zeros((h, w), dtype=bool)
+    # converted as it is copied in; nodata pixels (if any) take the fill
+    data[:, rs, cs] = arr if all_ok else np.where(ok[None], arr, np.float32(fill))
     valid[rs, cs] = ok
     return data, valid
