@@ -15,6 +15,7 @@ import numpy as np
 from rasterio.errors import RasterioIOError
 
 from geoseg.area import row_pixel_areas_m2
+from geoseg.blockcache import BlockCache
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, Window
 from geoseg.io import read_window
@@ -76,8 +77,10 @@ class ChunkOutput:
     sources: list[dict[str, Any]] | None = None  # a mosaic's items in this chunk
 
 
-def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
-    """Read the chunk plus halo from the image (boundless; region and nodata masked)."""
+def read_chunk(plan: Plan, chunk: Chunk, cache: BlockCache | None = None) -> ChunkInput:
+    """Read the chunk plus halo from the image (boundless; region and nodata masked). A
+    ``cache`` shared by the reads of one job decodes each source block once (see
+    :mod:`geoseg.blockcache`)."""
     t0 = time.perf_counter()
     ctx = chunk.window.pad(plan.halo)
     img_win = type(ctx)(ctx.row_off + plan.offset.row_off, ctx.col_off + plan.offset.col_off,
@@ -88,7 +91,7 @@ def read_chunk(plan: Plan, chunk: Chunk) -> ChunkInput:
             data, valid, source, refs = read_window_sources(plan.image, img_win, plan.bands)
             sources = sources_record(refs)
         else:
-            data, valid = read_window(plan.image, img_win, plan.bands)
+            data, valid = read_window(plan.image, img_win, plan.bands, cache=cache)
     except RasterioIOError as exc:
         path = plan.image.path
         if not is_local_path(path) or isinstance(plan.image, Mosaic):

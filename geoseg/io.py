@@ -31,6 +31,7 @@ from geoseg.sources.remote import (
 )
 
 if TYPE_CHECKING:
+    from geoseg.blockcache import BlockCache
     from geoseg.sources.mosaic import Mosaic
 
 log = logging.getLogger(__name__)
@@ -102,13 +103,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...],
-                fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                fill: float = 0.0, cache: BlockCache | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Boundless read of ``bands`` (1-based) over ``window`` of the source grid.
 
     Returns ``(data float32 (C, H, W), valid bool (H, W))``; outside the image, at nodata
     pixels and wherever a band is NaN or ±inf (declared nodata or not: no model can use them)
     ``data == fill`` and ``valid`` is False. A :class:`~geoseg.sources.mosaic.Mosaic` is read
-    on its output grid (see :func:`geoseg.sources.mosaic.read_window_sources`).
+    on its output grid (see :func:`geoseg.sources.mosaic.read_window_sources`). With a
+    ``cache``, the source blocks of a local tiled file are decoded once for all the windows
+    that overlap them (:mod:`geoseg.blockcache`); the result is the same.
     """
     if not isinstance(info, RasterInfo):
         from geoseg.sources.mosaic import read_window_sources
@@ -122,14 +126,22 @@ def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...
                 np.zeros((h, w), dtype=bool))
     rel = inner.relative_to(window)
     rio_win = RioWindow(inner.col_off, inner.row_off, inner.width, inner.height)
+    by_value = info.nodata is not None and not np.isnan(info.nodata)
+    want_mask = not by_value and info.has_dataset_mask
     with remote_env(info.path), rasterio.open(gdal_path(info.path)) as src:
-        arr = src.read(list(bands), window=rio_win)
-        if info.nodata is not None and not np.isnan(info.nodata):
-            ok = ~np.all(arr == info.nodata, axis=0)
-        elif info.has_dataset_mask:
-            ok = src.dataset_mask(window=rio_win) > 0
+        cached = (cache.read(src, info.path, rio_win, bands, want_mask) if cache is not None
+                  else None)
+        if cached is not None:
+            arr, mask = cached
         else:
-            ok = np.ones(inner.shape, dtype=bool)
+            arr = src.read(list(bands), window=rio_win)
+            mask = src.dataset_mask(window=rio_win) if want_mask else None
+    if by_value:
+        ok = ~np.all(arr == info.nodata, axis=0)
+    elif mask is not None:
+        ok = mask > 0
+    else:
+        ok = np.ones(inner.shape, dtype=bool)
     if arr.dtype.kind in "fc":
         ok &= np.all(np.isfinite(arr), axis=0)
     all_ok = bool(ok.all())

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from geoseg.blockcache import BlockCache
 from geoseg.chunks import predict_chunk, read_chunk, write_output
 from geoseg.errors import GeoSegError, StorageError
 from geoseg.grid import Chunk
@@ -140,6 +141,7 @@ class LocalBackend:
                 raise RuntimeError("the models were freed while a pass was queued")
             return predict_chunk(plan, models, chunk_input.result())
 
+        blocks = BlockCache()  # the reads' decoded source blocks, bounded; cleared after the last
         pool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io")
         mpool = ThreadPoolExecutor(callers, thread_name_prefix="geoseg-model")
         vpool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-vec")
@@ -159,7 +161,7 @@ class LocalBackend:
                             and len(reads) < ahead:
                         c = pending.popleft()
                         attempts[c.id] = attempts.get(c.id, 0) + 1
-                        reads.append((c, pool.submit(read_chunk, plan, c)))
+                        reads.append((c, pool.submit(read_chunk, plan, c, blocks)))
                     self.peak_in_flight = max(self.peak_in_flight,
                                               len(reads) + len(passes) + len(writes))
                     if reads and reads[0][1].done() and len(passes) < callers:
@@ -172,6 +174,7 @@ class LocalBackend:
                         # the last pass is done: the model's memory goes back before the
                         # last vectors and the exports run (they set a run's peak otherwise)
                         models = None
+                        blocks.clear()
                         release_free_memory()
                     waiting: list[Future[Any]] = [*passes, *writes, *vectors]
                     if reads and len(passes) < callers:
@@ -186,6 +189,7 @@ class LocalBackend:
         finally:
             for p in pools:
                 p.shutdown(wait=True)
+            blocks.clear()
         return report
 
 

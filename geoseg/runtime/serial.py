@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import traceback
 
+from geoseg.blockcache import BlockCache
 from geoseg.chunks import predict_chunk, read_chunk, write_output
 from geoseg.errors import GeoSegError, StorageError
 from geoseg.grid import Chunk
@@ -26,10 +27,11 @@ class SerialBackend:
         report = StageReport()
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         ready = gate.settle()
+        blocks = BlockCache()  # row-major chunks: neighbours share their halo's source blocks
         for chunk in todo:
             try:
-                stats = write_output(plan, store, predict_chunk(plan, models,
-                                                                read_chunk(plan, chunk)))
+                inp = read_chunk(plan, chunk, blocks)
+                stats = write_output(plan, store, predict_chunk(plan, models, inp))
                 cb.chunk_done(chunk, stats)
                 report.done += 1
             except StorageError:

@@ -1,0 +1,143 @@
+"""The source block cache: a read through it equals a direct read (values, nodata, internal
+masks, NaN pixels, partial edge blocks), each block is decoded once however many windows and
+threads want it, the budget holds, and a replaced file is never served from the cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geoseg.blockcache import BlockCache
+from geoseg.grid import Window
+from geoseg.io import RasterInfo, open_info, read_window
+from tests.conftest import CRS_UTM
+
+H, W, B = 70, 90, 16  # 5 x 6 blocks of 16 px, the last row and column partial
+TRANSFORM = rasterio.Affine(0.5, 0, 500000.0, 0, -0.5, 5100000.0)
+
+
+def tiled(path: Path, data: np.ndarray, *, nodata: float | None = None,
+          mask: np.ndarray | None = None, block: int = B, **extra: object) -> Path:
+    profile: dict[str, object] = {
+        "driver": "GTiff", "width": data.shape[2], "height": data.shape[1],
+        "count": data.shape[0], "dtype": data.dtype.name, "transform": TRANSFORM,
+        "crs": CRS_UTM, "compress": "deflate", "tiled": True, "blockxsize": block,
+        "blockysize": block, **extra}
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if mask is not None:
+            dst.write_mask(mask)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rasters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RasterInfo]:
+    root = tmp_path_factory.mktemp("block-cache")
+    rng = np.random.default_rng(11)
+    img = rng.integers(1, 4000, (3, H, W)).astype(np.uint16)
+    holes = img.copy()
+    holes[:, 10:20, 30:50] = 7
+    floats = rng.random((2, H, W)).astype(np.float32)
+    floats[0, 33:37, 15:70] = np.nan
+    mask = np.full((H, W), 255, np.uint8)
+    mask[40:, :25] = 0
+    return {"plain": open_info(tiled(root / "plain.tif", img)),
+            "nodata": open_info(tiled(root / "nodata.tif", holes, nodata=7)),
+            "mask": open_info(tiled(root / "mask.tif", img, mask=mask)),
+            "nan": open_info(tiled(root / "nan.tif", floats)),
+            "pixel": open_info(tiled(root / "pixel.tif", img, interleave="pixel"))}
+
+
+SHARED = BlockCache(max_bytes=8 << 10)  # small: eviction runs during the examples
+
+
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from(["plain", "nodata", "mask", "nan", "pixel"]),
+       row=st.integers(-20, H + 3), col=st.integers(-20, W + 3), h=st.integers(1, 50),
+       w=st.integers(1, 50), bands=st.sampled_from([(1, 2, 3), (3, 1), (2,)]))
+def test_a_cached_read_is_the_direct_read(rasters: dict[str, RasterInfo], kind: str, row: int,
+                                          col: int, h: int, w: int,
+                                          bands: tuple[int, ...]) -> None:
+    info = rasters[kind]
+    bands = tuple(b for b in bands if b <= info.count) or (1,)
+    want_data, want_valid = read_window(info, Window(row, col, h, w), bands, fill=-5.0)
+    data, valid = read_window(info, Window(row, col, h, w), bands, fill=-5.0, cache=SHARED)
+    assert np.array_equal(valid, want_valid)
+    assert np.array_equal(data, want_data, equal_nan=True)
+    assert data.dtype == want_data.dtype
+
+
+def test_each_block_is_decoded_once_across_windows_and_threads(
+        rasters: dict[str, RasterInfo]) -> None:
+    info = rasters["mask"]
+    cache = BlockCache()
+    # 3 x 3 chunks of 32 px with a halo of 8, read by 4 threads at once
+    windows = [Window(r - 8, c - 8, 48, 48) for r in range(0, H, 32) for c in range(0, W, 32)]
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    start = threading.Barrier(4)
+
+    def work(k: int) -> None:
+        start.wait()
+        for i in range(k, len(windows), 4):
+            results[i] = read_window(info, windows[i], (1, 2, 3), cache=cache)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, win in enumerate(windows):
+        want = read_window(info, win, (1, 2, 3))
+        assert np.array_equal(results[i][0], want[0]) and np.array_equal(results[i][1], want[1])
+    assert any(not v.all() for _, v in results.values())  # the mask came through the cache
+    blocks = -(-H // B) * -(-W // B)
+    assert cache.misses == blocks  # every block of the image once, none twice
+    assert cache.hits > 0
+
+
+def test_the_budget_bounds_what_is_kept(rasters: dict[str, RasterInfo]) -> None:
+    info = rasters["plain"]
+    cache = BlockCache(max_bytes=4 * B * B * 3 * 2)  # four 3-band uint16 blocks
+    window_bytes = 3 * 20 * 20 * 3 * 2  # budget for a 20 x 20 window: max(floor, 3 windows)
+    for r in range(0, H, 10):
+        for c in range(0, W, 10):
+            read_window(info, Window(r, c, 20, 20), (1, 2, 3), cache=cache)
+            assert cache.bytes <= max(cache.max_bytes, window_bytes)
+    cache.clear()
+    assert cache.bytes == 0
+
+
+def test_a_replaced_file_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "scene.tif"
+    first = np.full((1, 40, 40), 10, np.uint8)
+    info = open_info(tiled(path, first))
+    cache = BlockCache()
+    assert read_window(info, Window(0, 0, 40, 40), (1,), cache=cache)[0].max() == 10
+    tiled(tmp_path / "new.tif", first + 5)
+    os.replace(tmp_path / "new.tif", path)
+    assert read_window(info, Window(0, 0, 40, 40), (1,), cache=cache)[0].max() == 15
+
+
+def test_strips_and_remote_paths_read_directly(tmp_path: Path) -> None:
+    img = np.arange(3 * 300 * 40, dtype=np.uint16).reshape(3, 300, 40)
+    with rasterio.open(tmp_path / "strips.tif", "w", driver="GTiff", width=40, height=300,
+                       count=3, dtype="uint16", transform=TRANSFORM, crs=CRS_UTM,
+                       blockysize=1) as dst:
+        dst.write(img)
+    info = open_info(tmp_path / "strips.tif")
+    cache = BlockCache()
+    data, _ = read_window(info, Window(0, 0, 300, 40), (1, 2, 3), cache=cache)
+    assert np.array_equal(data, img.astype(np.float32))
+    assert cache.misses == 0  # 300 one-row strips: more block reads than a direct read saves
+    with rasterio.open(info.path) as src:
+        assert cache.read(src, "https://example.invalid/strips.tif",
+                          rasterio.windows.Window(0, 0, 4, 4), (1,), False) is None
