@@ -20,6 +20,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
 
 from geoseg.config import VectorConfig
@@ -27,6 +28,7 @@ from geoseg.grid import Chunk
 from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
 from geoseg.store import FILL, SOURCE, read_layer
+from geoseg.vectorize.features import FeatureTable
 from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.landcover import LandcoverParts, SeamMerger, landcover_parts
 
@@ -108,7 +110,9 @@ class GeoPackageSink:
         self.common = common
         self.dates = dates  # a mosaic: each feature's own acquisition date
         self.batch = batch
-        self.buffers: dict[str, list[dict[str, Any]]] = {}
+        # per layer, in arrival order: lists of records, and column blocks (chunk interiors)
+        self.buffers: dict[str, list[list[dict[str, Any]] | dict[str, Any]]] = {}
+        self.pending: dict[str, int] = {}
         self.counts: dict[str, int] = {}
         self.seams = SeamMerger(plan.chunks, tile=split_tile(plan.chunks.chunk, split_px))
 
@@ -123,8 +127,27 @@ class GeoPackageSink:
                 rec["model_id"] = bd.model_id
             self._push("buildings", rec)
         if result.landcover is not None:  # interiors at once, seam groups once complete
-            for f in self.seams.add(result.landcover):
-                self._push("landcover", self._lc_record(f))
+            for block in self.seams.add_blocks(result.landcover):
+                if isinstance(block, FeatureTable) and self.dates is None:
+                    self._push_columns("landcover", self._lc_columns(block), len(block))
+                else:
+                    for f in block:
+                        self._push("landcover", self._lc_record(f))
+
+    def _lc_columns(self, table: FeatureTable) -> dict[str, Any]:
+        """:meth:`_lc_record` of a whole table, as columns in the records' order (a scalar
+        stands for a column of one value)."""
+        lc = self.plan.model("landcover")
+        cols: dict[str, Any] = table.columns()
+        cols["region_id"] = table.id
+        cols.update(self.common)
+        if lc is not None:
+            names = np.empty(max(c.id for c in lc.spec.classes) + 1, dtype=object)
+            for c in lc.spec.classes:
+                names[c.id] = c.name
+            cols["class_name"] = names[table.class_id]
+            cols["model_id"] = lc.model_id
+        return cols
 
     def _lc_record(self, f: Any) -> dict[str, Any]:
         lc = self.plan.model("landcover")
@@ -140,20 +163,37 @@ class GeoPackageSink:
 
     def _push(self, layer: str, rec: dict[str, Any]) -> None:
         buf = self.buffers.setdefault(layer, [])
-        buf.append(rec)
-        if len(buf) >= self.batch:
+        last = buf[-1] if buf else None
+        if isinstance(last, list):
+            last.append(rec)
+        else:
+            buf.append([rec])
+        self._count(layer, 1)
+
+    def _push_columns(self, layer: str, columns: dict[str, Any], n: int) -> None:
+        if n:
+            self.buffers.setdefault(layer, []).append(columns)
+            self._count(layer, n)
+
+    def _count(self, layer: str, n: int) -> None:
+        self.pending[layer] = self.pending.get(layer, 0) + n
+        if self.pending[layer] >= self.batch:
             self._flush(layer)
 
     def _flush(self, layer: str) -> None:
         buf = self.buffers.get(layer)
         if not buf:
             return
-        df = gpd.GeoDataFrame(buf, geometry="geometry", crs=self.plan.grid.crs)
+        frames = [pd.DataFrame(piece) for piece in buf]
+        df = gpd.GeoDataFrame(frames[0] if len(frames) == 1 else pd.concat(frames,
+                                                                           ignore_index=True),
+                              geometry="geometry", crs=self.plan.grid.crs)
         with storage_errors(self.partial):  # disk full while appending: one line
             pyogrio.write_dataframe(df, self.partial, layer=layer, driver="GPKG",
                                     append=self.partial.exists() and layer in self.counts)
-        self.counts[layer] = self.counts.get(layer, 0) + len(buf)
+        self.counts[layer] = self.counts.get(layer, 0) + len(df)
         self.buffers[layer] = []
+        self.pending[layer] = 0
 
     def finish(self) -> dict[str, int]:
         """Merge land-cover parts across chunk seams, flush, and publish the file."""

@@ -7,9 +7,9 @@ exact. Only the final geometry is mapped through the grid's affine transform int
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import rasterio.features
@@ -55,6 +55,56 @@ class Feature:
             if value is not None:
                 record[key] = value
         return record
+
+
+@dataclass(slots=True)
+class FeatureTable(Sequence[Feature]):
+    """Many features as columns (one chunk's interior land-cover regions): what the GeoPackage
+    writer needs without a Python object and a dict per polygon. Iterating yields
+    :class:`Feature` objects, so code that reads features one by one is unchanged.
+
+    ``confidence``, ``area_m2`` and ``perimeter_m`` are None when no feature has them."""
+
+    geometry: np.ndarray              # object array of polygons
+    class_id: np.ndarray              # int64
+    pixels: np.ndarray                # int64
+    confidence: np.ndarray | None     # float64
+    id: np.ndarray                    # object array of str
+    area_m2: np.ndarray | None = None
+    perimeter_m: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.geometry)
+
+    @overload
+    def __getitem__(self, i: int) -> Feature: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Feature]: ...
+
+    def __getitem__(self, i: int | slice) -> Feature | list[Feature]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return Feature(self.geometry[i], int(self.class_id[i]), int(self.pixels[i]),
+                       _item(self.confidence, i), id=str(self.id[i]),
+                       area_m2=_item(self.area_m2, i), perimeter_m=_item(self.perimeter_m, i))
+
+    def __iter__(self) -> Iterator[Feature]:
+        return (self[i] for i in range(len(self)))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The columns :meth:`Feature.to_record` would give each feature, in the same order."""
+        cols = {"geometry": self.geometry, "class_id": self.class_id, "pixels": self.pixels,
+                "confidence": (self.confidence if self.confidence is not None
+                               else np.full(len(self), None, dtype=object)), "id": self.id}
+        if self.area_m2 is not None:
+            cols["area_m2"] = self.area_m2
+        if self.perimeter_m is not None:
+            cols["perimeter_m"] = self.perimeter_m
+        return cols
+
+
+def _item(column: np.ndarray | None, i: int) -> float | None:
+    return None if column is None else float(column[i])
 
 
 def features_to_frame(features: Iterable[Feature], crs: CRS) -> gpd.GeoDataFrame:

@@ -12,7 +12,7 @@ result equals a whole-array polygonization whatever the chunk size, order or wor
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ from geoseg.errors import InputError
 from geoseg.grid import Chunk, ChunkGrid
 from geoseg.vectorize.features import (
     Feature,
+    FeatureTable,
     apply_affine_many,
     as_polygon,
     check_class_map,
@@ -73,7 +74,7 @@ class LandcoverParts:
     """Everything a chunk task returns: small and picklable."""
 
     chunk_index: ChunkIndex
-    interior: list[Feature]
+    interior: Sequence[Feature]  # a FeatureTable from landcover_parts
     border: list[BorderPart]
     edges: ChunkEdges
     transform: Affine
@@ -133,16 +134,20 @@ def landcover_parts(classes: np.ndarray, confidence: np.ndarray | None, chunk: C
         traced = (np.array([v for v, _ in pairs], np.int64),
                   np.array([p for _, p in pairs], dtype=object))
     labs, polys = traced
-    rows = (row0 + first_index[labs] // width).tolist()
-    cols = (col0 + first_index[labs] % width).tolist()
-    sums = conf_sum[labs].tolist() if conf_sum is not None else [None] * len(labs)
-    classes_of, pixels_of = class_of[labs].tolist(), pixels[labs].tolist()
+    rows_a = row0 + first_index[labs] // width
+    cols_a = col0 + first_index[labs] % width
     edge = on_edge[labs]
-    border = [BorderPart(int(labs[i]), classes_of[i], polys[i], pixels_of[i], sums[i],
-                         (rows[i], cols[i])) for i in np.flatnonzero(edge).tolist()]
-    inside = np.flatnonzero(~edge).tolist()
-    interior = _features([(polys[i], classes_of[i], pixels_of[i], sums[i], (rows[i], cols[i]))
-                          for i in inside], transform, crs)
+    at = np.flatnonzero(edge)
+    rows, cols = rows_a[at].tolist(), cols_a[at].tolist()
+    sums = conf_sum[labs[at]].tolist() if conf_sum is not None else [None] * len(at)
+    classes_of, pixels_of = class_of[labs[at]].tolist(), pixels[labs[at]].tolist()
+    border = [BorderPart(lab, classes_of[k], polys[i], pixels_of[k], sums[k], (rows[k], cols[k]))
+              for k, (i, lab) in enumerate(zip(at.tolist(), labs[at].tolist(), strict=True))]
+    inside = np.flatnonzero(~edge)
+    li = labs[inside]
+    interior = _features(polys[inside], class_of[li], pixels[li],
+                         conf_sum[li] if conf_sum is not None else None, rows_a[inside],
+                         cols_a[inside], transform, crs)
     logger.debug("chunk %s: %d interior regions, %d border parts", chunk.id, len(interior),
                  len(border))
     return LandcoverParts(chunk.index, interior, border, edges, transform, min_pixels, crs)
@@ -194,40 +199,43 @@ def merge_landcover(parts: Iterable[LandcoverParts], grid: ChunkGrid) -> Iterato
             yield _feature(poly, class_id, pixels, csum, ref, transform, crs)
 
 
-def _features(items: list[tuple[Polygon, int, int, float | None, tuple[int, int]]],
-              transform: Affine, crs: CRS | None) -> list[Feature]:
-    """:func:`_feature` of many polygons at once: the affine, normalisation and planar measures
-    run over the whole array in shapely's C loops (the same arithmetic per vertex, so the same
-    coordinates as one by one)."""
-    if not items:
-        return []
-    polys = np.array([it[0] for it in items], dtype=object)
-    world = shapely.normalize(apply_affine_many(polys, transform))
+def _features(polys: np.ndarray, class_ids: np.ndarray, pixels: np.ndarray,
+              conf_sums: np.ndarray | None, rows: np.ndarray, cols: np.ndarray,
+              transform: Affine, crs: CRS | None) -> FeatureTable:
+    """Features of many regions at once, as columns: the affine, normalisation and planar
+    measures run over the whole array in shapely's C loops (the same arithmetic per vertex,
+    so the same coordinates as one by one). ``rows``/``cols``: each region's first pixel."""
+    area: np.ndarray | None = None
+    perimeter: np.ndarray | None = None
+    world = shapely.normalize(apply_affine_many(polys, transform)) if len(polys) else polys
     geographic = crs is not None and crs.is_geographic  # pyproj: ~5 µs a call, once here
-    if crs is not None and not geographic:
+    if crs is not None and not geographic:  # measured before any repair, as one by one
         unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-        areas = (shapely.area(world) * unit * unit).tolist()
-        lengths = (shapely.length(world) * unit).tolist()
-    out = []
-    for i, (_poly, class_id, pixels, csum, ref) in enumerate(items):
-        geom = world[i]
-        if not isinstance(geom, Polygon):
-            geom = as_polygon(geom)
-        if crs is None:
-            area = perimeter = None
-        elif geographic:
-            area, perimeter = area_perimeter_m(geom, crs)
-        else:
-            area, perimeter = areas[i], lengths[i]
-        confidence = csum / pixels if csum is not None else None
-        out.append(Feature(geom, class_id, pixels, confidence, id=f"lc{ref[0]}_{ref[1]}",
-                           area_m2=area, perimeter_m=perimeter))
-    return out
+        area = np.asarray(shapely.area(world), dtype=np.float64) * unit * unit
+        perimeter = np.asarray(shapely.length(world), dtype=np.float64) * unit
+    for i in np.flatnonzero(shapely.get_type_id(world) != shapely.GeometryType.POLYGON).tolist():
+        world[i] = as_polygon(world[i])
+    if crs is not None and geographic:
+        measures = [area_perimeter_m(g, crs) for g in world]
+        area = np.array([m[0] for m in measures], dtype=np.float64)
+        perimeter = np.array([m[1] for m in measures], dtype=np.float64)
+    pixels = np.asarray(pixels, dtype=np.int64)
+    confidence = (np.asarray(conf_sums, dtype=np.float64) / pixels if conf_sums is not None
+                  else None)
+    ids = np.empty(len(polys), dtype=object)
+    ids[:] = [f"lc{r}_{c}" for r, c in zip(np.asarray(rows).tolist(), np.asarray(cols).tolist(),
+                                             strict=True)]
+    return FeatureTable(world, np.asarray(class_ids, dtype=np.int64), pixels, confidence, ids,
+                        area, perimeter)
 
 
 def _feature(poly: Polygon, class_id: int, pixels: int, conf_sum: float | None,
              ref: tuple[int, int], transform: Affine, crs: CRS | None) -> Feature:
-    return _features([(poly, class_id, pixels, conf_sum, ref)], transform, crs)[0]
+    polys = np.empty(1, dtype=object)
+    polys[0] = poly
+    return _features(polys, np.array([class_id]), np.array([pixels]),
+                     None if conf_sum is None else np.array([conf_sum]), np.array([ref[0]]),
+                     np.array([ref[1]]), transform, crs)[0]
 
 
 def _log_open_seams(edges: dict[ChunkIndex, ChunkEdges], grid: ChunkGrid) -> None:
@@ -454,6 +462,12 @@ class SeamMerger:
         return len(self.border)
 
     def add(self, part: LandcoverParts) -> Iterator[Feature]:
+        for block in self.add_blocks(part):
+            yield from block
+
+    def add_blocks(self, part: LandcoverParts) -> Iterator[Sequence[Feature]]:
+        """:meth:`add` in blocks: the chunk's interior as it came (a :class:`FeatureTable`
+        from :func:`landcover_parts`: columns, for a writer), then each completed group."""
         idx = part.chunk_index
         _check_part(part, self.grid, dict.fromkeys(self.arrived))  # type: ignore[arg-type]
         if self.settings is None:
@@ -461,7 +475,7 @@ class SeamMerger:
         elif part.settings != self.settings:
             raise InputError(f"chunk {idx} was vectorized with another transform, min_pixels "
                              "or CRS than the others: rerun it with the job's settings")
-        yield from part.interior
+        yield part.interior
         self.arrived.add(idx)
         self.edges[idx] = part.edges
         keys = [(idx, b.label) for b in part.border]
@@ -476,7 +490,7 @@ class SeamMerger:
         self._link_across(idx, part)
         for k in [idx, *self._neighbours(idx)]:
             if k in self.arrived and self._closed(k):
-                yield from self._emit_closed(k)
+                yield list(self._emit_closed(k))
 
     def finish(self) -> Iterator[Feature]:
         """The groups still open (some neighbour never arrived), in raster order."""
