@@ -66,11 +66,11 @@ class BlockCache:
              with_mask: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
         """``src.read(bands, window)`` (and ``src.dataset_mask(window)`` when ``with_mask``)
         assembled from cached blocks, or None where the cache does not apply (the caller reads
-        directly): a file that is not local, bands with different block shapes, or a window of
-        more than :data:`MAX_BLOCKS_PER_WINDOW` blocks."""
+        directly): a file that is not local, bands with different block shapes or data types
+        (a VRT may mix them), or a window of more than :data:`MAX_BLOCKS_PER_WINDOW` blocks."""
         ident = file_identity(path)
         shapes = {src.block_shapes[b - 1] for b in bands}
-        if ident is None or len(shapes) != 1:
+        if ident is None or len(shapes) != 1 or len({src.dtypes[b - 1] for b in bands}) != 1:
             return None
         bh, bw = shapes.pop()
         r0, c0 = int(window.row_off), int(window.col_off)

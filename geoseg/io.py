@@ -102,6 +102,17 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+def _read_bands(src: rasterio.io.DatasetReader, bands: tuple[int, ...],
+                window: RioWindow) -> np.ndarray:
+    """``src.read(bands, window)``; bands of different data types (a VRT may mix them, and
+    rasterio reads one type at a time) are read one by one into their common type."""
+    types = {src.dtypes[b - 1] for b in bands}
+    if len(types) == 1:
+        return src.read(list(bands), window=window)
+    common = np.result_type(*types)
+    return np.stack([src.read(b, window=window).astype(common, copy=False) for b in bands])
+
+
 def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...],
                 fill: float = 0.0, cache: BlockCache | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +145,7 @@ def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...
         if cached is not None:
             arr, mask = cached
         else:
-            arr = src.read(list(bands), window=rio_win)
+            arr = _read_bands(src, bands, rio_win)
             mask = src.dataset_mask(window=rio_win) if want_mask else None
     if by_value:
         ok = ~np.all(arr == info.nodata, axis=0)

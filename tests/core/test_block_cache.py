@@ -141,3 +141,24 @@ def test_strips_and_remote_paths_read_directly(tmp_path: Path) -> None:
     with rasterio.open(info.path) as src:
         assert cache.read(src, "https://example.invalid/strips.tif",
                           rasterio.windows.Window(0, 0, 4, 4), (1,), False) is None
+
+
+def test_bands_of_different_types_read_directly(tmp_path: Path) -> None:
+    """A VRT may mix band data types: read band by band (rasterio reads one type per call),
+    never through the cache (a block holds one type)."""
+    a = tiled(tmp_path / "a.tif", np.full((1, 40, 40), 200, np.uint8))
+    b = tiled(tmp_path / "b.tif", np.full((1, 40, 40), 3000, np.uint16))
+    bands = "".join(
+        f'<VRTRasterBand dataType="{dt}" band="{i}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">{src.name}</SourceFilename><SourceBand>1</SourceBand>'
+        f'</SimpleSource></VRTRasterBand>'
+        for i, (dt, src) in enumerate((("Byte", a), ("UInt16", b)), start=1))
+    vrt = tmp_path / "mixed.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="40" rasterYSize="40"><SRS>{CRS_UTM}</SRS>'
+                   f'<GeoTransform>500000, 0.5, 0, 5100000, 0, -0.5</GeoTransform>{bands}'
+                   '</VRTDataset>')
+    info = open_info(vrt)
+    cache = BlockCache()
+    data, _ = read_window(info, Window(0, 0, 40, 40), (1, 2), cache=cache)
+    assert cache.misses == 0
+    assert data[0].max() == 200 and data[1].max() == 3000
