@@ -139,6 +139,10 @@ class RuntimeConfig(_Strict):
     # and held twice the model's memory (DESIGN.md); on a GPU, chunks in flight per worker,
     # each on its own CUDA stream. Default (None): 1 on CPUs, 2 on a GPU. Same bytes either way
     passes_at_once: int | None = Field(default=None, ge=1)
+    # local executor: vector tasks in this many worker processes (0: threads of the job's
+    # process). Default (None): processes beside a GPU and for building footprints on CPUs
+    # from 2048² pixels on (threads convoy on the GIL there), threads otherwise (DESIGN.md)
+    vector_processes: int | None = Field(default=None, ge=0)
 
 
 class JobConfig(_Strict):
@@ -228,6 +232,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "workers": ("runtime", "workers"),
     "threads": ("runtime", "threads_per_worker"),
     "passes_at_once": ("runtime", "passes_at_once"),
+    "vector_processes": ("runtime", "vector_processes"),
     "device": ("runtime", "device"),
     "num_cpus": ("runtime", "num_cpus"),
     "chunk_retries": ("runtime", "chunk_retries"),

@@ -119,7 +119,8 @@ def default_backend(cfg: JobConfig) -> Backend:
     if executor(cfg) == "local":
         from geoseg.runtime.local import LocalBackend
 
-        return LocalBackend(passes=cfg.runtime.passes_at_once)
+        return LocalBackend(passes=cfg.runtime.passes_at_once,
+                            vector_processes=cfg.runtime.vector_processes)
     try:
         from geoseg.runtime.ray_backend import RayBackend, ensure_ray
     except ImportError as exc:
@@ -446,6 +447,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
                        workers, threads, len(todo))
     summary["runtime"]["backend"] = type(backend).__name__
     summary["runtime"]["passes_at_once"] = getattr(backend, "callers", 1)
+    summary["runtime"]["vector_processes"] = getattr(backend, "vector_workers", 0)
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
     with folder.errors(SUMMARY):
         folder.publish(layout.summary)

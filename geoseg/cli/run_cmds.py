@@ -49,6 +49,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "with threads/N threads (default 1; N = cores ran 10%% faster on 2 "
                         "cores and holds N passes' memory). GPU: chunks in flight per worker, "
                         "each on its own CUDA stream (default 2)")
+    p.add_argument("--vector-processes", type=int, metavar="N",
+                   help="local executor: vectorize in N worker processes (0: threads). "
+                        "Default: processes for building footprints and beside a GPU, from "
+                        "2048x2048 pixels on; threads otherwise")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where models run (default auto: CUDA when available)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS; none: this "
@@ -76,6 +80,7 @@ def job_config(a: argparse.Namespace, image: str | list[str], output: str) -> An
                            chunk_size=a.chunk_size, halo=a.halo, tile_size=a.tile_size,
                            engine=a.engine, tta=a.tta, workers=a.workers, threads=a.threads,
                            passes_at_once=getattr(a, "passes_at_once", None),
+                           vector_processes=getattr(a, "vector_processes", None),
                            device=a.device, address=a.address, executor=a.executor,
                            vectors=False if a.no_vectors else None,
                            min_building_area=getattr(a, "min_building_area", None),

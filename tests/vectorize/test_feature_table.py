@@ -68,3 +68,27 @@ def test_table_rows_are_the_features_one_by_one(crs_transform: tuple[CRS | None,
     again = pickle.loads(pickle.dumps(parts))
     assert [f.to_record()["id"] for f in again.interior] == [f.id for f in table]
     assert table[1:3] == [table[1], table[2]]
+
+
+def test_a_table_pickles_as_arrays_and_comes_back_bit_for_bit() -> None:
+    """Holes, an empty polygon, no confidence: the same coordinates, columns and str ids; a
+    table holding another geometry type falls back to pickling the objects."""
+    from shapely.geometry import MultiPolygon, Polygon
+
+    square = Polygon([(0, 0), (4, 0), (4, 4), (0, 4)], [[(1, 1), (1, 2), (2, 2), (2, 1)]])
+    geoms = np.array([square, Polygon(), Polygon([(0.1, 0.2), (3.3, 0.2), (0.1, 7.7)])],
+                     dtype=object)
+    table = FeatureTable(geoms, np.array([1, 2, 3]), np.array([16, 0, 5]), None,
+                         np.array(["lc0_0", "lc1_1", "lc2_10"], dtype=object),
+                         np.array([1.5, 0.0, 2.5]), None)
+    again = pickle.loads(pickle.dumps(table))
+    assert list(shapely.to_wkb(again.geometry)) == list(shapely.to_wkb(table.geometry))
+    assert again.id.dtype == object and all(type(i) is str for i in again.id)
+    assert list(again.id) == list(table.id) and again.confidence is None
+    assert np.array_equal(again.area_m2, table.area_m2) and again.perimeter_m is None
+    assert list(again) == list(table)
+    mixed = FeatureTable(np.array([square, MultiPolygon([square])], dtype=object),
+                         np.array([1, 1]), np.array([1, 1]), None,
+                         np.array(["a", "b"], dtype=object))
+    back = pickle.loads(pickle.dumps(mixed))
+    assert back.geometry[1].equals(mixed.geometry[1]) and list(back.id) == ["a", "b"]
