@@ -22,6 +22,7 @@ from geoseg.area import pixel_area_m2
 from geoseg.bundle import ClassSpec
 from geoseg.grid import Window
 from geoseg.io import RasterInfo, read_window
+from geoseg.objstore import is_object_url
 from geoseg.outdir import atomic_write_bytes, storage_errors
 from geoseg.plan import Plan
 from geoseg.sources.remote import gdal_path, remote_env
@@ -38,34 +39,86 @@ _GTIFF_WRITES = threading.Lock()
 
 
 def export_cog(plan: Plan, store: str, layer: str, path: str | Path) -> Path:
-    """Class map of ``layer`` as a COG (DEFLATE, 512 tiles, overviews, colour table, nodata)."""
+    """Class map of ``layer`` as a COG (DEFLATE, 512 tiles, overviews, colour table, nodata).
+
+    GDAL's COG driver only copies: from a local store it copies a VRT over the store's Zarr
+    array (GDAL reads Zarr v2 with Blosc), otherwise from a tiled GeoTIFF written chunk by
+    chunk. The VRT saves that GeoTIFF's DEFLATE encode and decode: 14.9 → 11.3 CPU-s for the
+    null model's 16384² class map (DESIGN.md); both give the same pixels, overviews, colour
+    table and tags (tested)."""
     final = Path(path)
     tmp = final.with_name(f".tiles-{final.stem}.tif")
+    vrt = final.with_name(f".tiles-{final.stem}.vrt")
     out_tmp = final.with_name(f".partial-{final.name}")
-    for t in (tmp, out_tmp):  # geoseg's own temporary names: never write through a link
+    for t in (tmp, vrt, out_tmp):  # geoseg's own temporary names: never write through a link
         if t.is_symlink() or t.exists():
             t.unlink()
     classes = next(m.spec.classes for m in plan.models if m.name == layer)
+    source = _zarr_source(store, layer)
+    with _GTIFF_WRITES, storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_BYTES):
+        if source is not None:
+            vrt.write_text(_class_vrt(plan, source, classes))
+            src = vrt
+        else:
+            _write_tiles(plan, store, layer, classes, tmp)
+            src = tmp
+        rio_copy(src, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
+                 overview_resampling="nearest")
+    src.unlink()
+    os.replace(out_tmp, final)
+    return final
+
+
+def _write_tiles(plan: Plan, store: str, layer: str, classes: tuple[ClassSpec, ...],
+                 tmp: Path) -> None:
+    """The class map as a tiled GeoTIFF, read from the store chunk by chunk."""
     g = plan.grid
     profile = {"driver": "GTiff", "width": g.width, "height": g.height, "count": 1,
                "dtype": "uint8", "crs": g.crs.to_wkt(), "transform": g.transform,
                "nodata": FILL, "tiled": True, "blockxsize": 512, "blockysize": 512,
                "compress": "deflate", "BIGTIFF": "IF_SAFER"}
-    with _GTIFF_WRITES, storage_errors(final), \
-            rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_BYTES), \
-            rasterio.open(tmp, "w", **profile) as dst:
+    with rasterio.open(tmp, "w", **profile) as dst:
         for chunk in plan.chunks:
             w = chunk.window
             dst.write(read_layer(store, layer, w), 1,
                       window=RioWindow(w.col_off, w.row_off, w.width, w.height))
         dst.write_colormap(1, {c.id: (*c.rgb, 255) for c in classes})
         dst.update_tags(1, **{f"class_{c.id}": c.name for c in classes})
-    with _GTIFF_WRITES, storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_BYTES):
-        rio_copy(tmp, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
-                 overview_resampling="nearest")
-    tmp.unlink()
-    os.replace(out_tmp, final)
-    return final
+
+
+def _zarr_source(store: str, layer: str) -> str | None:
+    """GDAL's name of a local store's array (None for object storage, or a path GDAL's
+    ``ZARR:"path":/array`` syntax cannot quote)."""
+    if is_object_url(store):
+        return None
+    path = str(Path(store).resolve())
+    if '"' in path or not (Path(path) / layer / ".zarray").is_file():
+        return None
+    return f'ZARR:"{path}":/{layer}'
+
+
+def _class_vrt(plan: Plan, source: str, classes: tuple[ClassSpec, ...]) -> str:
+    """A VRT of one class array with the grid's georeferencing, nodata, colour table (the
+    entries ``write_colormap`` makes: up to the largest class id, others transparent black)
+    and class-name tags."""
+    from xml.sax.saxutils import escape
+
+    g = plan.grid
+    t = g.transform
+    colors = {c.id: c.rgb for c in classes}
+    entries = "".join(
+        '<Entry c1="{}" c2="{}" c3="{}" c4="{}"/>'.format(*colors[i], 255) if i in colors
+        else '<Entry c1="0" c2="0" c3="0" c4="0"/>' for i in range(max(colors) + 1))
+    tags = "".join(f'<MDI key="class_{c.id}">{escape(c.name)}</MDI>' for c in classes)
+    return (f'<VRTDataset rasterXSize="{g.width}" rasterYSize="{g.height}">'
+            f"<SRS>{escape(g.crs.to_wkt())}</SRS>"
+            f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
+            '<VRTRasterBand dataType="Byte" band="1">'
+            f"<Metadata>{tags}</Metadata><NoDataValue>{FILL}</NoDataValue>"
+            f"<ColorInterp>Palette</ColorInterp><ColorTable>{entries}</ColorTable>"
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(source)}'
+            "</SourceFilename><SourceBand>1</SourceBand></SimpleSource>"
+            "</VRTRasterBand></VRTDataset>")
 
 
 def _palette(classes: tuple[ClassSpec, ...]) -> np.ndarray:
