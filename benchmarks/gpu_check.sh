@@ -4,8 +4,8 @@
 #   1. the CUDA tests (tiled = whole on CUDA, GPU actors sharing a GPU),
 #   2. model-only Mpx/s of the reference U-Net-R18 on CUDA (PyTorch, bf16 autocast),
 #   3. `geoseg run` end to end on a 16384² mosaic with --device cuda (land cover, vectors on;
-#      chunk 2048 + halo 64 in 512² tiles blended on the GPU, 2 chunks in flight, a reader,
-#      writer and vectorizer thread per core),
+#      chunk 2048 + halo 64 in 512² tiles blended on the GPU, 2 chunks in flight, a reader
+#      and writer thread and a vector worker process per core),
 #   4. GPU utilisation sampled every 0.5 s by nvidia-smi during 3.
 # Prints one JSON line per step and a summary; writes everything under ${OUT:-/tmp/gpu-check}.
 set -euo pipefail
