@@ -12,6 +12,9 @@
 Every figure in one table comes from one run of this script on one machine; compare ratios, not
 absolute numbers (these machines vary ±12% run to run). Memory is the peak PSS summed over the
 whole process tree (driver, raylet, Ray workers), sampled every 0.2 s.
+"Where the time goes" prints each stage's seconds (wall time inside the stage's own thread, so
+contention counts) and the CPU-s per Mpx of each thread role, from /proc
+(benchmarks/thread_cpu.py runs the geoseg rows).
 """
 
 from __future__ import annotations
@@ -44,7 +47,12 @@ def _role(p: psutil.Process) -> str:
                     "monitor", "agent"):
         if any(service in c for c in cmd[:3]):
             return service
-    return "driver" if any("geoseg" in c for c in cmd[:4]) else p.name()
+    if any("multiprocessing.spawn" in c for c in cmd[:4]):
+        return "vector worker"  # the local executor's (geoseg/runtime/vector_procs.py)
+    if any("multiprocessing.resource_tracker" in c for c in cmd[:4]):
+        return "resource tracker"
+    return ("driver" if any("geoseg" in c or "thread_cpu" in c for c in cmd[:4])
+            else p.name())
 
 
 def tree_pss(proc: psutil.Process, roles: dict[int, tuple[str, int]] | None = None) -> int:
@@ -228,12 +236,15 @@ def _stage_profile(summary: dict[str, Any], wall: float, cpu: float) -> list[str
 
 def _geoseg(img: str, out: Path, bundle: str, a: argparse.Namespace, vectors: bool,
             size: int, engine: str = "auto") -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "geoseg", "-q", "run", img, "-o", str(out), "--overwrite",
+    threads = out.with_name(f"{out.name}-thread-cpu.json")  # CPU-s by thread role
+    cmd = [sys.executable, "-m", "benchmarks.thread_cpu", str(threads), "--",
+           "-q", "run", img, "-o", str(out), "--overwrite",
            "-m", bundle, "--chunk-size", str(a.chunk_size), "--halo", str(a.halo),
            "--engine", engine, "--passes-at-once", str(a.passes_at_once)]
     if not vectors:
         cmd.append("--no-vectors")
     res = measure(cmd)
+    res["thread_cpu_s"] = json.loads(threads.read_text())["cpu_s"]
     summ = json.loads((out / "summary.json").read_text())
     res["px_per_s"] = size * size / res["wall_s"]
     res["summary"] = summ
@@ -369,6 +380,10 @@ def main() -> None:
             if name.startswith("geoseg"):
                 print(f"where the time goes @ {size}, {name}:")
                 print("\n".join(_stage_profile(r["summary"], r["wall_s"], r["cpu_s"])))
+                mpx = size * size / 1e6
+                roles = ", ".join(f"{k} {v / mpx:.3f}" for k, v in r["thread_cpu_s"].items()
+                                  if v > 0)
+                print(f"    CPU-s/Mpx by thread role: {roles}")
                 top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["peak_by_role_gb"].items())[:6])
                 print(f"    peak PSS by process role (GB): {top}")
     for line in agreements:
