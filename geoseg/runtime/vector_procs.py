@@ -28,8 +28,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import threading
+from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from geoseg.grid import Chunk
@@ -103,33 +106,94 @@ def _vectorize(chunk: Chunk) -> tuple[Any, list[logging.LogRecord]]:
 
 class VectorPool:
     """Runs ``fn(plan, store, chunk)`` for chunks in ``processes`` worker processes, or in
-    ``threads`` threads of this process when ``processes`` is 0."""
+    ``threads`` threads of this process when ``processes`` is 0.
+
+    A worker that dies (killed for memory, a crash in a C library) breaks a process pool for
+    every task in it, not only its own, and does not say whose task killed it. The pool is
+    replaced by a fresh one, and the chunks it held are vectorized again one at a time in a
+    worker of their own: there a chunk that kills its worker again is the culprit and fails
+    alone; the others give their features (vectorizing a chunk again gives the same ones)."""
 
     def __init__(self, fn: VectorFn, plan: Plan, store: str, *, threads: int,
                  processes: int = 0) -> None:
         self.fn, self.plan, self.store = fn, plan, store
         self.processes = processes
+        self.restarts = 0  # pools replaced after a worker died
+        self._lock = threading.Lock()
+        self._closed = False
+        self._suspects: deque[tuple[Chunk, Future[Any]]] = deque()  # to run one at a time
+        self._alone: ProcessPoolExecutor | None = None  # their one-worker pool
+        self._alone_busy = False
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor
         if processes:
-            self._pool = ProcessPoolExecutor(
-                processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start,
-                initargs=(fn, plan, store, logging.getLogger("geoseg").getEffectiveLevel()))
-            for _ in range(processes):  # start the workers now: their imports overlap the model
+            self._pool = self._workers(processes)
+            for _ in range(processes):  # start the workers now: imports overlap the model
                 self._pool.submit(_ready)
             log.debug("vectors in %d worker processes", processes)
         else:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="geoseg-vec")
 
+    def _workers(self, n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            n, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
+            initargs=(self.fn, self.plan, self.store,
+                      logging.getLogger("geoseg").getEffectiveLevel()))
+
     def submit(self, chunk: Chunk) -> Future[Any]:
         if not self.processes:
             return self._pool.submit(self.fn, self.plan, self.store, chunk)
+        outer: Future[Any] = Future()
+        with self._lock:
+            pool = self._pool
+        self._send(pool, chunk, outer, alone=False)
+        return outer
+
+    def _send(self, pool: Executor, chunk: Chunk, outer: Future[Any], *, alone: bool) -> None:
         try:
-            return self._pool.submit(_vectorize, chunk)
-        except RuntimeError as exc:  # a broken pool (a worker was killed): this chunk fails
-            fut: Future[Any] = Future()
-            fut.set_exception(exc)
-            return fut
+            inner = pool.submit(_vectorize, chunk)
+        except RuntimeError as exc:  # a broken pool (handled in _settle) or one shut down
+            inner = Future()
+            inner.set_exception(exc)
+        inner.add_done_callback(lambda f: self._settle(f, pool, chunk, outer, alone))
+
+    def _settle(self, inner: Future[Any], pool: Executor, chunk: Chunk, outer: Future[Any],
+                alone: bool) -> None:
+        if inner.cancelled():  # the job is stopping
+            outer.cancel()
+            return
+        exc = inner.exception()
+        broken = isinstance(exc, BrokenProcessPool) and not self._closed
+        with self._lock:
+            if broken and not alone:  # whose task killed the worker is unknown: run it alone
+                if self._pool is pool:  # the first to see this pool broken replaces it
+                    self._pool = self._workers(self.processes)
+                    self.restarts += 1
+                    pool.shutdown(wait=False)
+                    log.warning("a vector worker process died (%s); the chunks it held are "
+                                "vectorized again, one at a time", exc)
+                self._suspects.append((chunk, outer))
+            elif alone:
+                self._alone_busy = False
+                if broken:  # it killed a worker of its own: it fails, the next one runs
+                    self._alone = None
+                    pool.shutdown(wait=False)
+        if not (broken and not alone):
+            if exc is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result(inner.result())
+        self._next_alone()
+
+    def _next_alone(self) -> None:
+        with self._lock:
+            if self._alone_busy or not self._suspects or self._closed:
+                return
+            chunk, outer = self._suspects.popleft()
+            if self._alone is None:
+                self._alone = self._workers(1)
+            self._alone_busy = True
+            pool = self._alone
+        self._send(pool, chunk, outer, alone=True)
 
     def result(self, fut: Future[Any]) -> Any:
         """The task's result (its exception raised); a worker's log records re-emitted here."""
@@ -142,4 +206,11 @@ class VectorPool:
         return result
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        with self._lock:
+            self._closed = True
+            pools = [p for p in (self._pool, self._alone) if p is not None]
+            suspects, self._suspects = list(self._suspects), deque()
+        for _chunk, outer in suspects:
+            outer.cancel()
+        for pool in pools:
+            pool.shutdown(wait=wait, cancel_futures=cancel_futures)

@@ -95,3 +95,34 @@ def test_a_workers_log_records_and_errors_reach_the_job(tmp_path: Path, scene_ti
     records = [r for r in caplog.records if r.name == "geoseg.tests.worker"]
     assert [r.getMessage() for r in records] == ["vectorized 0_0 in a worker"]
     assert records[0].levelno == logging.WARNING and records[0].process != os.getpid()
+
+
+def crashes_once(_plan: Any, store: str, chunk: Chunk) -> str:
+    """Kills its worker the first time it sees chunk 0_0 (a marker file beside ``store``
+    remembers), and always for chunk 0_2."""
+    import os
+
+    marker = Path(store).with_name(f"crashed-{chunk.id}")
+    if chunk.id == "0_2" or (chunk.id == "0_0" and not marker.exists()):
+        marker.touch()
+        os._exit(9)
+    return f"features of {chunk.id}"
+
+
+def test_a_dead_worker_costs_a_retry_not_the_run(tmp_path: Path, scene_tif: Path,
+                                                 tiny_bundles: tuple[str, str]) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    plan = make_plan(_cfg(scene_tif, tmp_path / "o", tiny_bundles))
+    chunks = [plan.chunks.get(0, i) for i in range(4)]
+    pool = VectorPool(crashes_once, plan, str(tmp_path / "s.zarr"), threads=1, processes=2)
+    try:
+        futures = {c.id: pool.submit(c) for c in chunks}
+        for cid in ("0_0", "0_1", "0_3"):
+            assert pool.result(futures[cid]) == f"features of {cid}"
+        with pytest.raises(BrokenProcessPool):  # it kills the worker it is given alone too
+            pool.result(futures["0_2"])
+        assert pool.restarts >= 1
+        assert pool.result(pool.submit(chunks[1])) == "features of 0_1"  # the pool still works
+    finally:
+        pool.shutdown()
