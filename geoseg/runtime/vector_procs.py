@@ -16,23 +16,27 @@ and for building footprints on CPUs, when there are enough pixels to vectorize. 
 land cover alone keeps threads: on 2 cores two workers gained nothing (imports, and the
 features travel back), and their memory would be a third of the run's peak (DESIGN.md).
 
-Workers are spawned (never forked: this process runs threads and a model), each imports the
-vector path once and is handed the job's plan once; a task ships only its chunk, and brings
-back its result plus the log records it emitted, which are re-emitted here, so a warning from
-a worker reaches the job's log like one from a thread. Workers ignore SIGINT: the job decides
-when to stop, and a pool shut down after a signal lets the chunk in hand finish.
+Workers are spawned (never forked: this process runs threads and a model), without the
+parent's ``__main__`` (Python's spawn would run a user's unguarded script again in each of
+them), each imports the vector path once and is handed the job's plan once; a task ships
+only its chunk, and brings back its result plus the log records it emitted, which are
+re-emitted here, so a warning from a worker reaches the job's log like one from a thread.
+Workers ignore SIGINT: the job decides when to stop, and a pool shut down after a signal lets
+the chunk in hand finish.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.context
 import signal
 import threading
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import popen_spawn_posix, spawn
 from typing import Any
 
 from geoseg.grid import Chunk
@@ -76,6 +80,43 @@ class _Records(logging.Handler):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
         self.records.append(record)
+
+
+class _WithoutMain(popen_spawn_posix.Popen):
+    """Spawns a worker without running the parent's ``__main__`` in it. Python's spawn imports
+    the parent's main script in each child (as ``__mp_main__``), so a user's script that calls
+    ``geoseg.run`` without an ``if __name__ == "__main__"`` guard would start the job again in
+    every worker (and fail there: the output folder is locked). A worker needs none of it:
+    everything it runs is imported from geoseg by name."""
+
+    def _launch(self, process_obj: Any) -> None:
+        with _SPAWNING:  # the preparation data is read through the module, so patch it briefly
+            original = spawn.get_preparation_data
+
+            def without_main(name: str) -> dict[str, Any]:
+                data: dict[str, Any] = original(name)
+                data.pop("init_main_from_path", None)
+                data.pop("init_main_from_name", None)
+                return data
+
+            spawn.get_preparation_data = without_main  # type: ignore[assignment]
+            try:
+                super()._launch(process_obj)  # type: ignore[misc]
+            finally:
+                spawn.get_preparation_data = original  # type: ignore[assignment]
+
+
+class _Worker(multiprocessing.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _WithoutMain(process_obj)
+
+
+class _Context(multiprocessing.context.SpawnContext):
+    Process = _Worker
+
+
+_SPAWNING = threading.Lock()
 
 
 def _start(fn: VectorFn, plan: Plan, store: str, level: int) -> None:
@@ -135,7 +176,7 @@ class VectorPool:
 
     def _workers(self, n: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            n, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
+            n, mp_context=_Context(), initializer=_start,
             initargs=(self.fn, self.plan, self.store,
                       logging.getLogger("geoseg").getEffectiveLevel()))
 

@@ -126,3 +126,30 @@ def test_a_dead_worker_costs_a_retry_not_the_run(tmp_path: Path, scene_tif: Path
         assert pool.result(pool.submit(chunks[1])) == "features of 0_1"  # the pool still works
     finally:
         pool.shutdown()
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(
+        tmp_path: Path, scene_tif: Path, tiny_bundles: tuple[str, str]) -> None:
+    """Python's spawn runs the parent's main script in each child: a script calling
+    geoseg.run at top level would start the job again in every vector worker."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import geoseg\n"
+        f"run = geoseg.run({str(scene_tif)!r}, {str(out)!r}, models={list(tiny_bundles)!r},\n"
+        "                 chunk_size=64, halo=32, executor='local', vector_processes=2)\n"
+        "print('status', run.summary.status, sum(run.summary.features.values()))\n")
+    import os
+
+    import geoseg
+
+    env = {**os.environ, "PYTHONPATH": str(Path(geoseg.__file__).parents[1])}  # this checkout
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, status, count = proc.stdout.strip().splitlines()[-1].split()
+    assert status == "complete" and int(count) > 0
+    assert "in use by another geoseg job" not in proc.stderr
