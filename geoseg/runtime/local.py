@@ -3,9 +3,9 @@
 Reads and writes run in a small thread pool, vectors in another (or in worker processes where
 threads would take turns on the GIL: :mod:`geoseg.runtime.vector_procs`), model passes in a
 third: one pass at a time with every core for its intra-op threads, or with
-``runtime.passes_at_once``
-(onnxruntime on CPUs) several single-thread passes of one shared session (onnxruntime and
-PyTorch release the GIL while they compute, as do rasterio, numcodecs and most of shapely).
+``runtime.passes_at_once`` (onnxruntime on CPUs) several single-thread passes of one shared
+session (onnxruntime and PyTorch release the GIL while they compute, as do rasterio,
+numcodecs and most of shapely).
 Beside a GPU model the pools have a thread per core and two passes are in flight (each on its
 own CUDA stream): the host's reads, writes and vectors are what feeds the GPU.
 The model is loaded once, in this process; nothing but vector tasks (a chunk out, its features
