@@ -18,10 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
-import pyogrio
 
 from geoseg.config import VectorConfig
 from geoseg.grid import Chunk
@@ -184,6 +181,12 @@ class GeoPackageSink:
         buf = self.buffers.get(layer)
         if not buf:
             return
+        # (imported here: vector worker processes import this module for vectorize_chunk
+        # and need none of them, ~60 MB each)
+        import geopandas as gpd
+        import pandas as pd
+        import pyogrio
+
         frames = [pd.DataFrame(piece) for piece in buf]
         df = gpd.GeoDataFrame(frames[0] if len(frames) == 1 else pd.concat(frames,
                                                                            ignore_index=True),
