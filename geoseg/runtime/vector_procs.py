@@ -10,7 +10,7 @@ caller waits with them) and 9.3 s in two processes, start-up included
 chunks) scales in threads (1.54× on two), but ~30 % of it holds the GIL, so threads cannot
 pass ~3.3× on a many-core host.
 
-A worker process costs ~1.5 CPU-s of imports and ~250 MB of memory, so processes are used
+A worker process costs ~1.5 CPU-s of imports and ~150–200 MB of memory, so processes are used
 where they pay (:func:`vector_processes`): beside a GPU (the host's cores are what feeds it)
 and for building footprints on CPUs, when there are enough pixels to vectorize. A CPU run of
 land cover alone keeps threads: on 2 cores two workers gained nothing (imports, and the
