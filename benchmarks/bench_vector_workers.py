@@ -14,12 +14,14 @@ and regularization), so more threads can be slower than one.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 
 def _cpu() -> float:
@@ -51,10 +53,13 @@ def main() -> None:
     store = str(run / "predictions.zarr")
     chunks = list(plan.chunks)
 
+    def parts(r: Any) -> int:
+        """Land-cover parts and footprints of one chunk's result."""
+        lc = len(r.landcover.interior) + len(r.landcover.border) if r.landcover else 0
+        return lc + len(r.buildings)
+
     def one(chunk: object) -> int:
-        r = vectorize_chunk(plan, store, chunk, vcfg=cfg.vectors)  # type: ignore[arg-type]
-        return (len(r.landcover.interior) + len(r.landcover.border) if r.landcover else 0) \
-            + len(r.buildings)
+        return parts(vectorize_chunk(plan, store, chunk, vcfg=cfg.vectors))  # type: ignore[arg-type]
 
     rows: list[tuple[str, float, float, int]] = []
     for n in (1, a.workers):
@@ -63,8 +68,6 @@ def main() -> None:
             count = sum(ex.map(one, chunks))
         rows.append((f"{n} thread{'s' if n > 1 else ''}", time.perf_counter() - t0,
                      _cpu() - c0, count))
-    import functools
-
     t0, c0 = time.perf_counter(), _cpu()
     pool = VectorPool(functools.partial(vectorize_chunk, vcfg=cfg.vectors), plan, store,
                       threads=1, processes=a.workers)
@@ -73,8 +76,7 @@ def main() -> None:
         results = [pool.result(f) for f in futures]
     finally:
         pool.shutdown()
-    count = sum((len(r.landcover.interior) + len(r.landcover.border) if r.landcover else 0)
-                + len(r.buildings) for r in results)
+    count = sum(parts(r) for r in results)
     rows.append((f"{a.workers} processes (start-up included)", time.perf_counter() - t0,
                  _cpu() - c0, count))
 
