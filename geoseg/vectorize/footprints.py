@@ -24,10 +24,12 @@ import math
 
 import numpy as np
 import rasterio
+import shapely
 from affine import Affine
 from pyproj import CRS
 from scipy import ndimage
 from shapely.geometry import Polygon
+from skimage import measure
 from skimage.segmentation import watershed
 
 from geoseg.area import area_perimeter_m
@@ -40,9 +42,9 @@ from geoseg.vectorize.features import (
     check_class_map,
     check_confidence,
     pixel_to_world,
-    trace_labels,
 )
-from geoseg.vectorize.regularize import regularize_polygon
+from geoseg.vectorize.regularize import regularize_polygons
+from geoseg.vectorize.trace import gdal_ring_order, trace_regions
 
 logger = logging.getLogger(__name__)
 
@@ -73,24 +75,29 @@ def extract_buildings(classes: np.ndarray, probability: np.ndarray, context: Win
     clusters, count = ndimage.label(member, structure=CROSS)
     if count == 0:
         return []
-    found: list[tuple[tuple[int, int], Feature]] = []
+    # every owned cluster's instances, numbered apart, in one map: traced together (one call
+    # per chunk instead of one per cluster); clusters never share a pixel
+    instances = np.zeros(classes.shape, dtype=np.int32)
+    count = 0
     cut: list[tuple[int, int]] = []
-    with rasterio.Env():        # one GDAL environment for the many small rasterio calls below
-        for lab, box in enumerate(ndimage.find_objects(clusters), start=1):
-            if box is None:
-                continue
-            ref = _reference_pixel(clusters[box] == lab, box, context)
-            w = chunk.window
-            if not (w.row_off <= ref[0] < w.row_end and w.col_off <= ref[1] < w.col_end):
-                continue                                  # another chunk owns this cluster
-            if _cut_by_context(box, context, grid):
-                cut.append(ref)
-            origin = (context.row_off + box[0].start, context.col_off + box[1].start)
-            strong = (probability[box] >= split_confidence / scale if split_confidence > 0
-                      else None)
-            instances = _split_cluster(clusters[box] == lab, classes[box] == building_id, strong)
-            found.extend(_footprints(instances, probability[box], scale, origin, chunk, grid,
-                                     building_id, min_area_m2, regularize))
+    for lab, box in enumerate(ndimage.find_objects(clusters), start=1):
+        if box is None:
+            continue
+        ref = _reference_pixel(clusters[box] == lab, box, context)
+        w = chunk.window
+        if not (w.row_off <= ref[0] < w.row_end and w.col_off <= ref[1] < w.col_end):
+            continue                                      # another chunk owns this cluster
+        if _cut_by_context(box, context, grid):
+            cut.append(ref)
+        strong = (probability[box] >= split_confidence / scale if split_confidence > 0
+                  else None)
+        split = _split_cluster(clusters[box] == lab, classes[box] == building_id, strong)
+        inside = split > 0
+        instances[box][inside] = split[inside] + count
+        count += int(split.max())
+    with rasterio.Env():        # one GDAL environment for the many small rasterio calls
+        found = _footprints(instances, count, probability, scale, context, chunk, grid,
+                            building_id, min_area_m2, regularize)
     if cut:
         logger.warning("chunk %s: %d building cluster(s) reach the context edge (first at pixel "
                        "%s) and may be cut or duplicated: enlarge the vectorize halo",
@@ -200,33 +207,58 @@ def _strong_markers(strong: np.ndarray, parts: np.ndarray,
     return markers, count
 
 
-def _footprints(instances: np.ndarray, probability: np.ndarray, scale: float,
-                origin: tuple[int, int], chunk: Chunk, grid: GeoBox, building_id: int,
+def _footprints(instances: np.ndarray, count: int, probability: np.ndarray, scale: float,
+                context: Window, chunk: Chunk, grid: GeoBox, building_id: int,
                 min_area_m2: float, regularize: bool) -> list[tuple[tuple[int, int], Feature]]:
-    """One feature per instance label (keyed by its reference pixel) in the grid CRS."""
-    n = int(instances.max())
+    """One feature per instance label 1..``count`` of ``instances`` (covering ``context``),
+    keyed by its reference pixel, in the grid CRS. An instance split into several 4-connected
+    pieces keeps its largest (the first in raster order among equal ones)."""
+    if count == 0:
+        return []
     flat = instances.ravel()
-    pixels = np.bincount(flat, minlength=n + 1)
+    pixels = np.bincount(flat, minlength=count + 1)
     prob_sum = np.bincount(flat, weights=probability.ravel().astype(np.float64),
-                           minlength=n + 1) * scale
-    present, first = np.unique(flat, return_index=True)
-    first_index = np.zeros(n + 1, dtype=np.int64)
-    first_index[present] = first
-    width = instances.shape[1]
-
-    outlines: dict[int, Polygon] = {}
-    for lab, poly in trace_labels(instances, origin[0], origin[1]):
-        if lab not in outlines or poly.area > outlines[lab].area:
-            outlines[lab] = poly
-    out = []
-    for lab in sorted(outlines):
-        row, col = divmod(int(first_index[lab]), width)
-        ref = (origin[0] + row, origin[1] + col)
-        raw = outlines[lab]
-        area, _ = area_perimeter_m(pixel_to_world(raw, grid.transform), grid.crs)
-        if area < min_area_m2:
+                           minlength=count + 1) * scale
+    pieces, n_pieces = measure.label(instances, background=0, connectivity=1,
+                                     return_num=True)
+    traced = trace_regions(pieces, context.row_off, context.col_off)
+    if traced is None:          # cannot happen for connected components; stay correct anyway
+        raise RuntimeError("tracer found a piece with two outlines")
+    _values, polys = traced
+    owner = np.zeros(n_pieces + 1, dtype=np.int64)
+    owner[pieces.ravel()] = flat                      # every pixel of a piece: the same instance
+    owner = owner[1:]
+    area = shapely.area(polys)
+    # largest piece per instance; among equal areas the first piece (lowest label)
+    order = np.lexsort((np.arange(n_pieces), -area, owner))
+    first = np.ones(n_pieces, dtype=bool)
+    first[1:] = owner[order][1:] != owner[order][:-1]
+    chosen = order[first]
+    outlines = gdal_ring_order(polys[chosen])
+    boxes = ndimage.find_objects(pieces)
+    instance_boxes = ndimage.find_objects(instances)
+    kept: list[tuple[int, tuple[int, int], Polygon]] = []      # (instance, ref, raw)
+    local: list[tuple[Polygon, float, np.ndarray | None, Affine]] = []
+    for piece, raw in zip(chosen.tolist(), outlines, strict=True):
+        lab = int(owner[piece])
+        ref = _first_pixel(instances, lab, instance_boxes[lab - 1], context)
+        area_px, _ = area_perimeter_m(pixel_to_world(raw, grid.transform), grid.crs)
+        if area_px < min_area_m2:
             continue
-        pixel_poly = _regularized(raw, ref, grid) if regularize else raw
+        kept.append((lab, ref, raw))
+        if regularize:
+            box = boxes[piece]
+            assert box is not None
+            local.append(_local_frame(raw, ref, grid, pieces[box] == piece + 1))
+    if regularize:          # all of the chunk's outlines at once (one tracing call)
+        regular = regularize_polygons([item[0] for item in local], [item[1] for item in local],
+                                      cells=[item[2] for item in local])
+        shapes = [apply_affine(poly, ~item[3])
+                  for poly, item in zip(regular, local, strict=True)]
+    else:
+        shapes = [raw for _, _, raw in kept]
+    out = []
+    for (lab, ref, _), pixel_poly in zip(kept, shapes, strict=True):
         geometry = pixel_to_world(pixel_poly, grid.transform)
         area_m2, perimeter_m = area_perimeter_m(geometry, grid.crs)
         out.append((ref, Feature(geometry, building_id, int(pixels[lab]),
@@ -235,14 +267,28 @@ def _footprints(instances: np.ndarray, probability: np.ndarray, scale: float,
     return out
 
 
-def _regularized(raw: Polygon, ref: tuple[int, int], grid: GeoBox) -> Polygon:
-    """Regularize in a local metric frame (origin at the reference pixel, axes scaled to ground
-    metres) so right angles are right on the ground; returned in global pixel coordinates."""
+def _first_pixel(instances: np.ndarray, lab: int, box: tuple[slice, slice] | None,
+                 context: Window) -> tuple[int, int]:
+    """Global (row, col) of instance ``lab``'s first pixel in raster order (``box``: its
+    bounding box, whose first row holds it)."""
+    assert box is not None
+    row, cols = box[0].start, box[1]
+    col = cols.start + int(np.argmax(instances[row, cols] == lab))
+    return context.row_off + row, context.col_off + col
+
+
+def _local_frame(raw: Polygon, ref: tuple[int, int], grid: GeoBox, mask: np.ndarray
+                 ) -> tuple[Polygon, float, np.ndarray | None, Affine]:
+    """``raw`` in a local metric frame (origin at the reference pixel, axes scaled to ground
+    metres), where regularizing makes right angles right on the ground: the polygon, its pixel
+    size, its cells and the frame's transform from global pixels. ``mask`` holds the outline's
+    pixels (rows down, over its bounds): where ground pixels are square, flipped, it is the
+    outline's rasterization in that frame (whose y grows with the row)."""
     sx, sy = _ground_scale(grid, ref)
     to_local = Affine.scale(sx, sy) @ Affine.translation(-ref[1], -ref[0])
-    local = apply_affine(raw, to_local)
-    result = regularize_polygon(local, math.sqrt(sx * sy))
-    return apply_affine(result, ~to_local)
+    pixel_size = math.sqrt(sx * sy)
+    cells = mask[::-1] if sx == sy == pixel_size else None
+    return apply_affine(raw, to_local), pixel_size, cells, to_local
 
 
 def _ground_scale(grid: GeoBox, ref: tuple[int, int]) -> tuple[float, float]:

@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
 from scipy import ndimage
-from shapely.geometry import Polygon, shape
+from shapely.geometry import Polygon
 
 from geoseg.errors import InputError
-from geoseg.vectorize.features import as_polygon
+from geoseg.vectorize.features import CROSS as _CROSS
+from geoseg.vectorize.features import apply_affine_many, as_polygon
+from geoseg.vectorize.trace import gdal_ring_order, trace_regions
 
 #: Share of the outline within ±15° of the dominant right-angled axes below which an outline is
 #: treated as round/irregular and only simplified (a circle scores ~1/3, a noisy rectangle ~0.8,
@@ -48,44 +51,72 @@ _STAIRCASE = 1.5     # pixels, simplification that straightens digital lines (45
 _GRID = 0.5          # pixels, cell of the rotated re-rasterization
 _SMOOTH = 1.0        # pixels, Gaussian sigma that irons out 1-px bumps, notches and stairs
 _VERTEX_COST = 0.002  # IoU a candidate outline must gain per extra vertex to be preferred
+_TIE = 1e-9          # cells: a fine cell centre this close to a pixel edge is a tie
+_SHELF = 1024        # cells, width of the label image the re-traced outlines are laid out in
 
 
 def regularize_polygon(poly: Polygon, pixel_size: float, *, allow_45: bool = False,
-                       min_edge: float | None = None) -> Polygon:
+                       min_edge: float | None = None, cells: np.ndarray | None = None) -> Polygon:
     """Regularize a (pixelated) building outline, holes included.
 
     ``pixel_size`` is in the polygon's units; ``min_edge`` (default 1.5 pixels) is the shortest
-    wall kept.
+    wall kept. ``cells``, for an outline made of axis-aligned ``pixel_size`` cells (a pixel
+    outline in a square-pixel frame), is its cells as a boolean array over its bounds, row 0 at
+    the largest y: what rasterizing it would give, which is then skipped.
     """
-    if not (math.isfinite(pixel_size) and pixel_size > 0):
-        raise InputError(f"pixel_size must be a positive number, got {pixel_size}")
-    raw = as_polygon(poly)
-    if raw.is_empty or raw.area <= 0:
-        raise InputError("cannot regularize an empty polygon")
-    min_edge = 1.5 * pixel_size if min_edge is None else float(min_edge)
-    if _is_regular(raw, min_edge):
-        return raw
-    theta, share = dominant_direction(raw, 90.0, pixel_size=pixel_size)
-    if share < MIN_AXIS_SHARE:
-        return _fallback(raw, pixel_size)
-    candidates: list[Polygon | None] = []
-    frame = _smoothed_frame(raw, theta, pixel_size)
-    if frame is not None:
-        rect = _orthogonalize(frame[0], 0.0, 90.0, min_edge)
-        candidates.append(frame[1](rect) if rect is not None else None)
-    if allow_45:
-        coarse = _simplified(raw, pixel_size * _STAIRCASE)
-        candidates.append(_orthogonalize(coarse, theta, 45.0, min_edge))
-    best: Polygon | None = None
-    best_score = -math.inf
-    for cand in candidates:
-        if cand is None or cand.is_empty or not cand.is_valid:
+    return regularize_polygons([poly], [pixel_size], allow_45=allow_45, min_edge=min_edge,
+                               cells=[cells])[0]
+
+
+def regularize_polygons(polys: Sequence[Polygon], pixel_sizes: Sequence[float], *,
+                        allow_45: bool = False, min_edge: float | None = None,
+                        cells: Sequence[np.ndarray | None] | None = None) -> list[Polygon]:
+    """:func:`regularize_polygon` of each polygon (with its pixel size and cells), the same
+    results, with the re-traced outlines of all of them traced in one call: tracing has a
+    fixed cost per call that many small outlines would each pay."""
+    if len(pixel_sizes) != len(polys) or (cells is not None and len(cells) != len(polys)):
+        raise InputError("give one pixel size (and one cells array, if any) per polygon")
+    out: list[Polygon | None] = [None] * len(polys)
+    todo: list[tuple[int, Polygon, float, float, float, _Frame | None]] = []
+    for i, (poly, pixel_size) in enumerate(zip(polys, pixel_sizes, strict=True)):
+        if not (math.isfinite(pixel_size) and pixel_size > 0):
+            raise InputError(f"pixel_size must be a positive number, got {pixel_size}")
+        raw = as_polygon(poly)
+        if raw.is_empty or raw.area <= 0:
+            raise InputError("cannot regularize an empty polygon")
+        edge = 1.5 * pixel_size if min_edge is None else float(min_edge)
+        if _is_regular(raw, edge):
+            out[i] = raw
             continue
-        iou = _iou(cand, raw)
-        score = iou - _VERTEX_COST * shapely.get_num_coordinates(cand)
-        if iou >= MIN_IOU and score > best_score:
-            best, best_score = cand, score
-    return best if best is not None else _fallback(raw, pixel_size)
+        own = cells[i] if cells is not None else None
+        theta, share = dominant_direction(raw, 90.0, pixel_size=pixel_size, cells=own)
+        if share < MIN_AXIS_SHARE:
+            out[i] = _fallback(raw, pixel_size)
+            continue
+        todo.append((i, raw, theta, pixel_size, edge, _smoothed_frame(raw, theta, pixel_size,
+                                                                      own)))
+    frames = [frame for *_, frame in todo if frame is not None]
+    outlines = iter(_largest_outlines(frames))
+    for i, raw, theta, pixel_size, edge, frame in todo:
+        candidates: list[Polygon | None] = []
+        outline = next(outlines) if frame is not None else None
+        if frame is not None and outline is not None:
+            rect = _orthogonalize(outline, 0.0, 90.0, edge)
+            candidates.append(frame.to_world(rect) if rect is not None else None)
+        if allow_45:
+            coarse = _simplified(raw, pixel_size * _STAIRCASE)
+            candidates.append(_orthogonalize(coarse, theta, 45.0, edge))
+        best: Polygon | None = None
+        best_score = -math.inf
+        for cand in candidates:
+            if cand is None or cand.is_empty or not cand.is_valid:
+                continue
+            iou = _iou(cand, raw)
+            score = iou - _VERTEX_COST * shapely.get_num_coordinates(cand)
+            if iou >= MIN_IOU and score > best_score:
+                best, best_score = cand, score
+        out[i] = best if best is not None else _fallback(raw, pixel_size)
+    return [poly for poly in out if poly is not None]
 
 
 def _fallback(raw: Polygon, pixel_size: float) -> Polygon:
@@ -94,15 +125,16 @@ def _fallback(raw: Polygon, pixel_size: float) -> Polygon:
     return simple if _iou(simple, raw) >= MIN_IOU else raw
 
 
-def dominant_direction(poly: Polygon, step: float = 90.0, *,
-                       pixel_size: float = 1.0) -> tuple[float, float]:
+def dominant_direction(poly: Polygon, step: float = 90.0, *, pixel_size: float = 1.0,
+                       cells: np.ndarray | None = None) -> tuple[float, float]:
     """``(theta_deg, share)``: the dominant wall direction modulo ``step`` and the share of the
     outline within ``step / 6`` of it (modulo ``step``).
 
     Votes come from the gradient of the polygon's mask, rasterized at ``pixel_size`` and
-    smoothed by one pixel, so pixel staircases and 1-px noise vote for the wall they follow.
+    smoothed by one pixel, so pixel staircases and 1-px noise vote for the wall they follow
+    (``cells``: that rasterization, when the caller has it; see :func:`regularize_polygon`).
     """
-    grad_x, grad_y = _mask_gradient(poly, pixel_size)
+    grad_x, grad_y = _mask_gradient(poly, pixel_size, cells)
     weight = np.hypot(grad_x, grad_y)
     keep = weight > 1e-3 * weight.max() if weight.size and weight.max() > 0 else weight > 0
     if not keep.any():
@@ -140,15 +172,22 @@ def _circular_mean(angle: np.ndarray, weight: np.ndarray, step: float,
     return round(mean * step / (2.0 * math.pi), 12) % step
 
 
-def _mask_gradient(poly: Polygon, pixel_size: float) -> tuple[np.ndarray, np.ndarray]:
+def _mask_gradient(poly: Polygon, pixel_size: float,
+                   cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     minx, miny, maxx, maxy = poly.bounds
     pad = 5
     shape_ = (math.ceil((maxy - miny) / pixel_size) + 2 * pad,
               math.ceil((maxx - minx) / pixel_size) + 2 * pad)
-    transform = Affine(pixel_size, 0.0, minx - pad * pixel_size, 0.0, -pixel_size,
-                       maxy + pad * pixel_size)
-    mask = rasterio.features.rasterize([poly], out_shape=shape_, transform=transform,
-                                       dtype="uint8").astype(np.float64)
+    if cells is not None and all(c + 2 * pad <= s for c, s in zip(cells.shape, shape_,
+                                                                  strict=True)):
+        # the grid below starts at the bounds' top-left corner, so the cells sit at (pad, pad)
+        mask = np.zeros(shape_, dtype=np.float64)
+        mask[pad:pad + cells.shape[0], pad:pad + cells.shape[1]] = cells
+    else:
+        transform = Affine(pixel_size, 0.0, minx - pad * pixel_size, 0.0, -pixel_size,
+                           maxy + pad * pixel_size)
+        mask = rasterio.features.rasterize([poly], out_shape=shape_, transform=transform,
+                                           dtype="uint8").astype(np.float64)
     smooth = ndimage.gaussian_filter(mask, sigma=1.0, mode="constant")
     return (ndimage.sobel(smooth, axis=1, mode="constant"),
             ndimage.sobel(smooth, axis=0, mode="constant"))
@@ -198,11 +237,26 @@ def _iou(a: Polygon, b: Polygon) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def _smoothed_frame(raw: Polygon, theta: float, pixel_size: float
-                    ) -> tuple[Polygon, Callable[[Polygon], Polygon]] | None:
-    """``raw`` rotated by -theta about its centroid and re-traced on a fine axis-aligned grid
-    after a Gaussian smoothing (every edge exactly horizontal or vertical), plus the function
-    that maps a polygon of that frame back."""
+@dataclass(frozen=True)
+class _Frame:
+    """An outline rotated into its dominant frame and rasterized on a fine grid (``mask``,
+    ``transform``), smoothed; ``centre`` and ``rot`` map the frame back."""
+
+    mask: np.ndarray
+    transform: Affine
+    centre: np.ndarray
+    rot: np.ndarray
+
+    def to_world(self, poly: Polygon) -> Polygon:
+        return as_polygon(shapely.transform(poly, lambda xy: xy @ self.rot.T + self.centre))
+
+
+def _smoothed_frame(raw: Polygon, theta: float, pixel_size: float,
+                    cells: np.ndarray | None = None) -> _Frame | None:
+    """``raw`` rotated by -theta about its centroid and rasterized on a fine axis-aligned grid
+    after a Gaussian smoothing, whose traced outline (:func:`_largest_outlines`) has every edge
+    exactly horizontal or vertical. With ``cells`` (see :func:`regularize_polygon`) the fine
+    grid is filled by looking its cell centres up in them instead of rasterizing."""
     centre = np.asarray(raw.centroid.coords[0])
     rot = _rotation(theta)
     local = shapely.transform(raw, lambda xy: (xy - centre) @ rot)
@@ -212,21 +266,92 @@ def _smoothed_frame(raw: Polygon, theta: float, pixel_size: float
     shape_ = (math.ceil((maxy - miny) / cell) + 2 * pad,
               math.ceil((maxx - minx) / cell) + 2 * pad)
     transform = Affine(cell, 0.0, minx - pad * cell, 0.0, -cell, maxy + pad * cell)
-    mask = rasterio.features.rasterize([local], out_shape=shape_, transform=transform,
-                                       dtype="uint8")
+    mask = (_rotated_cells(cells, raw.bounds, pixel_size, centre, rot, transform, shape_)
+            if cells is not None else None)
+    if mask is None:
+        mask = rasterio.features.rasterize([local], out_shape=shape_, transform=transform,
+                                           dtype="uint8")
     if not mask.any():
         return None
     smoothed = ndimage.gaussian_filter(mask.astype(np.float32), _SMOOTH / _GRID,
                                        mode="constant") >= 0.5
     if smoothed.any():
         mask = smoothed.astype(np.uint8)
-    traced = [shape(g) for g, _ in rasterio.features.shapes(mask, mask=mask.astype(bool),
-                                                             connectivity=4, transform=transform)]
+    return _Frame(mask, transform, centre, rot)
 
-    def to_world(poly: Polygon) -> Polygon:
-        return as_polygon(shapely.transform(poly, lambda xy: xy @ rot.T + centre))
 
-    return as_polygon(max(traced, key=lambda p: p.area)), to_world
+def _largest_outlines(frames: Sequence[_Frame]) -> list[Polygon | None]:
+    """Each frame's largest 4-connected piece (the first in raster order among equal ones),
+    traced, with GDAL's ring conventions, in the frame's coordinates. The masks are laid out
+    side by side in shelves of one label image and traced in one call."""
+    if not frames:
+        return []
+    width = max(_SHELF, max(f.mask.shape[1] for f in frames))
+    slots: list[tuple[int, int]] = []            # top-left (row, col) of each mask
+    row = col = shelf = 0
+    for f in frames:
+        h, w = f.mask.shape
+        if col + w > width:
+            row, col, shelf = row + shelf, 0, 0
+        slots.append((row, col))
+        col += w
+        shelf = max(shelf, h)
+    labels = np.zeros((row + shelf, width), dtype=np.int32)
+    first_label = []
+    count = 0
+    for f, (r, c) in zip(frames, slots, strict=True):
+        pieces, n = ndimage.label(f.mask, structure=_CROSS)
+        first_label.append(count + 1)
+        view = labels[r:r + pieces.shape[0], c:c + pieces.shape[1]]
+        view[pieces > 0] = pieces[pieces > 0] + count
+        count += n
+    traced = trace_regions(labels)
+    if traced is None:                                   # cannot happen: labels are components
+        raise RuntimeError("tracer found a piece with two outlines")
+    values, polys = traced
+    frame_of = np.searchsorted(np.asarray(first_label), values, side="right") - 1
+    area = shapely.area(polys)
+    best: dict[int, int] = {}
+    for k in np.lexsort((values, -area, frame_of)).tolist():   # largest first, then label
+        best.setdefault(int(frame_of[k]), k)
+    chosen = [best.get(i) for i in range(len(frames))]
+    picked = gdal_ring_order(polys[[k for k in chosen if k is not None]])
+    outlines: list[Polygon | None] = []
+    it = iter(picked)
+    for f, (r, c), k in zip(frames, slots, chosen, strict=True):
+        if k is None:
+            outlines.append(None)
+            continue
+        # back to the mask's own pixel grid (integers: exact), then through its transform
+        local = shapely.transform(next(it), lambda xy, r=r, c=c: xy - (c, r))
+        outlines.append(as_polygon(apply_affine_many(np.asarray([local], dtype=object),
+                                                     f.transform)[0]))
+    return outlines
+
+
+def _rotated_cells(cells: np.ndarray, bounds: tuple[float, float, float, float],
+                   pixel_size: float, centre: np.ndarray, rot: np.ndarray, transform: Affine,
+                   shape_: tuple[int, int]) -> np.ndarray | None:
+    """The rotated frame's grid (``transform``, ``shape_``) with the cells whose centre falls
+    in a set cell of ``cells`` (over ``bounds``, row 0 at the top): what rasterizing the
+    rotated outline gives, since the outline is exactly the union of its cells. None when a
+    centre lies on a cell edge (to 1e-9 of a cell; at 45° whole diagonals do), where GDAL's
+    tie rule decides: the caller rasterizes then."""
+    cols = transform.c + (np.arange(shape_[1]) + 0.5) * transform.a
+    rows = transform.f + (np.arange(shape_[0]) + 0.5) * transform.e
+    # frame → outline coordinates: xy @ rot.T + centre, for every cell centre
+    x = cols[None, :] * rot[0, 0] + rows[:, None] * rot[0, 1] + centre[0]
+    y = cols[None, :] * rot[1, 0] + rows[:, None] * rot[1, 1] + centre[1]
+    fx = (x - bounds[0]) / pixel_size
+    fy = (bounds[3] - y) / pixel_size
+    if (np.abs(fx - np.rint(fx)) < _TIE).any() or (np.abs(fy - np.rint(fy)) < _TIE).any():
+        return None
+    col = np.floor(fx).astype(np.int64)
+    row = np.floor(fy).astype(np.int64)
+    inside = (col >= 0) & (col < cells.shape[1]) & (row >= 0) & (row < cells.shape[0])
+    mask = np.zeros(shape_, dtype=np.uint8)
+    mask[inside] = cells[row[inside], col[inside]]
+    return mask
 
 
 def _rotation(theta: float) -> np.ndarray:
