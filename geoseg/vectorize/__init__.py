@@ -15,7 +15,11 @@ from geoseg.vectorize.landcover import (
     landcover_parts,
     merge_landcover,
 )
-from geoseg.vectorize.regularize import corner_angle_share, regularize_polygon
+from geoseg.vectorize.regularize import (
+    corner_angle_share,
+    regularize_polygon,
+    regularize_polygons,
+)
 
 __all__ = [
     "BorderPart",
@@ -28,4 +32,5 @@ __all__ = [
     "landcover_parts",
     "merge_landcover",
     "regularize_polygon",
+    "regularize_polygons",
 ]
