@@ -130,7 +130,8 @@ class BundleSpec(_Strict):
     onnx: str | None = None
     # share of pixels whose class under bfloat16 autocast equals float32's, measured on real
     # imagery (geoseg train's validation windows, or geoseg export --bf16-check IMAGE); engine
-    # auto runs the bundle in bf16 on AMX CPUs only when it is >= geoseg.models.bf16's minimum
+    # auto runs the bundle in bf16 on CPUs with bf16 units only when it is >= the minimum
+    # (geoseg.engine.BF16_MIN_AGREEMENT)
     bf16_agreement: float | None = Field(default=None, ge=0, le=1)
     description: str = ""
     training: dict[str, object] | None = None

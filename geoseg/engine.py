@@ -2,16 +2,17 @@
 autocast (``torch-bf16``) or onnxruntime (ONNX).
 
 ``auto`` picks, for a semantic bundle that ships its weights and records a bf16 class agreement
-of at least 99.9 % (:mod:`geoseg.models.bf16`), ``torch-bf16`` on CPUs with AMX bfloat16 units
-(Intel Sapphire Rapids and later: oneDNN runs bf16 convolutions there at ~4x float32 eager and
-~1.5-2x onnxruntime) for regions of at least :data:`BF16_MIN_PIXELS` (below, importing torch
-costs more than bf16 saves); else onnxruntime when the bundle ships an ONNX graph and
-onnxruntime runs on the job's device (always on CPUs, where it measured 1.8x faster than
-PyTorch eager; on GPUs only with its CUDA provider), else torch when the bundle ships its
+of at least 99.9 % (:mod:`geoseg.models.bf16`), ``torch-bf16`` on CPUs with bfloat16 units: AMX
+tiles (Intel Sapphire Rapids and later: oneDNN runs bf16 convolutions there at ~4x float32 eager
+and ~1.5-2x onnxruntime) or AVX512-BF16 instructions (AMD Zen 4, Intel Cooper Lake: 1.2-1.6x
+onnxruntime, measured on Zen 4) for regions of at least :data:`BF16_MIN_PIXELS` (below,
+importing torch costs more than bf16 saves); else onnxruntime when the bundle ships an ONNX
+graph and onnxruntime runs on the job's device (always on CPUs, where it measured 1.8x faster
+than PyTorch eager; on GPUs only with its CUDA provider), else torch when the bundle ships its
 weights file, else the ONNX graph. On a GPU ``torch`` already autocasts to bf16/fp16, so
-``torch-bf16`` equals it there. The choice is resolved per bundle on the driver, before any
-work starts, so that every error (no ONNX file, a Mask R-CNN bundle, onnxruntime not installed)
-is one line, and the resolved engine is what gets recorded and hashed.
+``torch-bf16`` equals it there. The choice is resolved per bundle on the driver, before any work
+starts, so that every error (no ONNX file, a Mask R-CNN bundle, onnxruntime not installed) is
+one line, and the resolved engine is what gets recorded and hashed.
 No heavy imports here: the planner uses this module.
 """
 
@@ -71,13 +72,20 @@ def onnx_fits(device: str, remote: bool = False) -> bool:
     return not remote and not Path("/dev/nvidiactl").exists()
 
 
-def cpu_has_amx_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this host's CPU has AMX bfloat16 tiles (the ``amx_bf16`` flag; Linux only)."""
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+"""``/proc/cpuinfo`` flags of CPUs that compute in bfloat16: AMX tiles, or AVX512-BF16 dot
+products. Without either (AVX2 only) oneDNN emulates bf16 and was slower than float32 (Mask
+R-CNN training 7x, DESIGN.md)."""
+
+
+def cpu_has_bf16_units(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this host's CPU computes in bfloat16 (one of :data:`BF16_CPU_FLAGS`; Linux
+    only)."""
     try:
         with open(cpuinfo, encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    return not set(BF16_CPU_FLAGS).isdisjoint(line.split())
     except OSError:
         pass
     return False
@@ -98,19 +106,22 @@ BF16_MIN_PIXELS = 32 * 2**20
 torch + segmentation-models-pytorch and building the model costs ~3.5 s more than onnxruntime,
 and bf16 saves ~0.17 s per Mpx of the slim built-in U-Net's forward pass (0.42 for the
 reference U-Net-R18), so the end-to-end break-even is ~20 Mpx (measured: 4096² = 16.8 Mpx, 1.28
-Mpx/s either way, `python -m benchmarks.bench_pipeline --model demo`)."""
+Mpx/s either way, `python -m benchmarks.bench_pipeline --model demo`). On an AVX512-BF16 CPU
+(Zen 4) both built-in bundles at 4096² took about the same time either way (37.8 / 37.9 s onnx,
+38.7 / 33.7 s bf16) and 8192² ran 1.12-1.16x faster in bf16 (129.2 / 145.7 → 115.5 / 125.8 s,
+DESIGN.md)."""
 
 
 def bf16_fits(device: str, remote: bool = False, pixels: int | None = None) -> bool:
     """Whether ``auto`` should run semantic bundles with ``torch-bf16``: the job runs on this
     host's CPU (device cpu, or auto without an NVIDIA driver; a remote cluster's CPUs cannot be
-    seen from here), the CPU has AMX bf16 units, PyTorch is installed and the region has at
+    seen from here), the CPU has bf16 units, PyTorch is installed and the region has at
     least :data:`BF16_MIN_PIXELS` pixels (None: any size)."""
     if remote or device == "cuda" or (device == "auto" and Path("/dev/nvidiactl").exists()):
         return False
     if pixels is not None and pixels < BF16_MIN_PIXELS:
         return False
-    return cpu_has_amx_bf16() and importlib.util.find_spec("torch") is not None
+    return cpu_has_bf16_units() and importlib.util.find_spec("torch") is not None
 
 
 def resolve_engine(spec: BundleSpec, bundle_dir: str | Path, engine: Engine = "auto",

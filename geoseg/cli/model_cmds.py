@@ -235,7 +235,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         from geoseg.models.bf16 import check_bundle
 
         share = check_bundle(a.bundle, a.bf16_check, windows=a.windows)
-        verdict = ("engine auto may run it in bf16 on AMX CPUs" if share >= BF16_MIN_AGREEMENT
+        verdict = ("engine auto may run it in bf16 on CPUs with bf16 units (AMX, AVX512-BF16)"
+                   if share >= BF16_MIN_AGREEMENT
                    else f"below {BF16_MIN_AGREEMENT:.1%}: engine auto keeps float32")
         print(f"bf16 classes equal float32's on {share:.4%} of the pixels of {a.windows} windows "
               f"of {a.bf16_check}; recorded in bundle.yaml ({verdict})")
@@ -359,7 +360,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     x.add_argument("--bf16-check", metavar="IMAGE",
                    help="measure on windows of IMAGE how many pixels keep their class under "
                         "bfloat16 autocast and record it in bundle.yaml (engine auto runs the "
-                        "bundle in bf16 on AMX CPUs from 99.9 %%)")
+                        "bundle in bf16 on CPUs with AMX or AVX512-BF16 from 99.9 %%)")
     x.add_argument("--windows", type=int, default=8,
                    help="--bf16-check: random 512-px windows without nodata to compare")
     x.set_defaults(fn=cmd_export)

@@ -34,10 +34,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "chunk + halo fits 1536 px, else the bundle's tile size)")
     p.add_argument("--engine", choices=["auto", "torch", "torch-bf16", "onnx"],
                    help="inference engine: torch (safetensors weights, float32 on CPUs), "
-                        "torch-bf16 (bfloat16 autocast: fast on CPUs with AMX), onnx (the "
-                        "bundle's ONNX graph, onnxruntime) or auto (default: torch-bf16 on CPUs "
-                        "with AMX bf16, else onnx on CPUs when the bundle has a graph, else "
-                        "torch)")
+                        "torch-bf16 (bfloat16 autocast: fast on CPUs with AMX or AVX512-BF16), "
+                        "onnx (the bundle's ONNX graph, onnxruntime) or auto (default: "
+                        "torch-bf16 on such CPUs for checked bundles and regions from 32 Mpx, "
+                        "else onnx on CPUs when the bundle has a graph, else torch)")
     p.add_argument("--tta", choices=["none", "flips", "d4"],
                    help="test-time augmentation: average the probabilities of 4 flipped (flips) "
                         "or 8 flipped/rotated (d4) views before blending (default: none; costs "

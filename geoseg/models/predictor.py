@@ -115,7 +115,7 @@ class Predictor:
         model.eval()
         if self.device.type == "cuda":
             model = model.to(self.device).to(memory_format=torch.channels_last)
-        elif self._cpu_bf16 and self.semantic:  # oneDNN's AMX kernels want NHWC
+        elif self._cpu_bf16 and self.semantic:  # oneDNN's bf16 kernels want NHWC
             model = model.to(memory_format=torch.channels_last)
         return model
 

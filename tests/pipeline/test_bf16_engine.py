@@ -1,5 +1,6 @@
 """Engine ``torch-bf16``: bfloat16 autocast on CPUs, chosen by ``auto`` only for bundles whose
-recorded class agreement with float32 is >= 99.9 % and only on CPUs with AMX bf16 units."""
+recorded class agreement with float32 is >= 99.9 % and only on CPUs with bf16 units (AMX or
+AVX512-BF16)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import zarr
 from geoseg.bundle import builtin_bundle, read_spec, write_spec
 from geoseg.cli import main
 from geoseg.config import validate_job
-from geoseg.engine import cpu_has_amx_bf16, resolve_engine
+from geoseg.engine import cpu_has_bf16_units, resolve_engine
 from geoseg.errors import BundleError
 from geoseg.job import run_job
 from geoseg.models import Predictor
@@ -37,7 +38,7 @@ def test_auto_picks_bf16_only_for_checked_bundles_on_bf16_hosts(
     pick = {name: resolve_engine(read_spec(b), b, "auto", onnx_ok=False, bf16_ok=True)
             for name, b in (("checked", checked), ("weak", weak), ("unknown", unknown))}
     assert pick == {"checked": "torch-bf16", "weak": "torch", "unknown": "torch"}
-    # a host without AMX bf16 (bf16_ok False) keeps the float32 engines
+    # a host without bf16 units (bf16_ok False) keeps the float32 engines
     assert resolve_engine(read_spec(checked), checked, "auto", bf16_ok=False) == "torch"
     # asked for by name, any semantic bundle runs in bf16
     assert resolve_engine(read_spec(weak), weak, "torch-bf16") == "torch-bf16"
@@ -48,16 +49,19 @@ def test_small_regions_stay_off_bf16() -> None:
 
     assert not bf16_fits("cpu", pixels=4096 * 4096)   # the import costs more than bf16 saves
     assert not bf16_fits("cpu", remote=True, pixels=BF16_MIN_PIXELS)
-    assert bf16_fits("cpu", pixels=BF16_MIN_PIXELS) == bf16_fits("cpu") == cpu_has_amx_bf16()
+    assert bf16_fits("cpu", pixels=BF16_MIN_PIXELS) == bf16_fits("cpu") == cpu_has_bf16_units()
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
     amx = tmp_path / "amx"
     amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile\n")
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
     plain = tmp_path / "plain"
-    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512_bf16\n")
-    assert cpu_has_amx_bf16(amx) and not cpu_has_amx_bf16(plain)
-    assert not cpu_has_amx_bf16(tmp_path / "missing")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert cpu_has_bf16_units(amx) and cpu_has_bf16_units(zen4)
+    assert not cpu_has_bf16_units(plain)
+    assert not cpu_has_bf16_units(tmp_path / "missing")
 
 
 def test_maskrcnn_refuses_bf16(tmp_path: Path) -> None:
