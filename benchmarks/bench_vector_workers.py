@@ -1,11 +1,11 @@
-"""Vector tasks in threads or in worker processes: why the local executor spawns workers.
+"""Vector tasks in threads or in worker processes: why the local executor starts workers.
 
     geoseg demo --out demo    # or any finished `geoseg run` folder (buildings make the case)
     python -m benchmarks.bench_vector_workers RUN [--workers 2]
 
 Replays ``vectorize_chunk`` (land cover and building footprints, as the job runs them) over
 every chunk of RUN's store, in this process: one thread, ``--workers`` threads, and
-``--workers`` spawned worker processes (the local executor's ``VectorPool``, worker start-up
+``--workers`` worker processes (the local executor's ``VectorPool``, worker start-up
 included). Prints wall and CPU seconds of each and the ratios to one thread. Threads of one
 process take turns on the GIL wherever vectorizing is many small calls (a building's outline
 and regularization), so more threads can be slower than one.

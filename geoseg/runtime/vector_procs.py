@@ -10,17 +10,19 @@ caller waits with them) and 9.3 s in two processes, start-up included
 chunks) scales in threads (1.54× on two), but ~30 % of it holds the GIL, so threads cannot
 pass ~3.3× on a many-core host.
 
-A worker process costs ~1.5 CPU-s of imports and ~150–200 MB of memory, so processes are used
+A worker process costs ~1.5 CPU-s of imports (once per job with the fork server) and ~150 MB
+of memory (shared in part with the fork server), so processes are used
 where they pay (:func:`vector_processes`): beside a GPU (the host's cores are what feeds it)
 and for building footprints on CPUs, when there are enough pixels to vectorize. A CPU run of
 land cover alone keeps threads: on 2 cores two workers gained nothing (imports, and the
 features travel back), and their memory would be a third of the run's peak (DESIGN.md).
 
-Workers are spawned (never forked: this process runs threads and a model), without the
-parent's ``__main__`` (Python's spawn would run a user's unguarded script again in each of
-them), each imports the vector path once and is handed the job's plan once; a task ships
-only its chunk, and brings back its result plus the log records it emitted, which are
-re-emitted here, so a warning from a worker reaches the job's log like one from a thread.
+Workers are forked from a fork server of geoseg's own (never from this process, which runs
+threads and a model), a fresh interpreter that imports the vector path once for all of them
+(spawned workers where there is no fork server), without the parent's ``__main__`` (Python
+would run a user's unguarded script again in each of them); each is handed the job's plan once;
+a task ships only its chunk, and brings back its result plus the log records it emitted, which
+are re-emitted here, so a warning from a worker reaches the job's log like one from a thread.
 Workers ignore SIGINT: the job decides when to stop, and a pool shut down after a signal lets
 the chunk in hand finish.
 """
@@ -33,10 +35,11 @@ import multiprocessing.context
 import signal
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import popen_spawn_posix, spawn
+from contextlib import contextmanager
+from multiprocessing import forkserver, popen_forkserver, popen_spawn_posix, spawn
 from typing import Any
 
 from geoseg.grid import Chunk
@@ -82,41 +85,109 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-class _WithoutMain(popen_spawn_posix.Popen):
-    """Spawns a worker without running the parent's ``__main__`` in it. Python's spawn imports
-    the parent's main script in each child (as ``__mp_main__``), so a user's script that calls
-    ``geoseg.run`` without an ``if __name__ == "__main__"`` guard would start the job again in
-    every worker (and fail there: the output folder is locked). A worker needs none of it:
-    everything it runs is imported from geoseg by name."""
+@contextmanager
+def _main_left_out() -> Iterator[None]:
+    """While a worker is launched, its preparation data names no ``__main__``. Python's spawn
+    (and the fork server's children) import the parent's main script in each child (as
+    ``__mp_main__``), so a user's script that calls ``geoseg.run`` without an ``if __name__ ==
+    "__main__"`` guard would start the job again in every worker (and fail there: the output
+    folder is locked). A worker needs none of it: everything it runs is imported from geoseg
+    by name."""
+    with _SPAWNING:  # the preparation data is read through the module, so patch it briefly
+        original = spawn.get_preparation_data
+
+        def without_main(name: str) -> dict[str, Any]:
+            data: dict[str, Any] = original(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = without_main  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = original  # type: ignore[assignment]
+
+
+class _SpawnedWithoutMain(popen_spawn_posix.Popen):
+    def _launch(self, process_obj: Any) -> None:
+        with _main_left_out():
+            super()._launch(process_obj)  # type: ignore[misc]
+
+
+class _ForkedWithoutMain(popen_forkserver.Popen):
+    """Forked by geoseg's own fork server (:func:`_fork_server`), not Python's global one: the
+    module function the launch calls is pointed at it for the launch."""
 
     def _launch(self, process_obj: Any) -> None:
-        with _SPAWNING:  # the preparation data is read through the module, so patch it briefly
-            original = spawn.get_preparation_data
-
-            def without_main(name: str) -> dict[str, Any]:
-                data: dict[str, Any] = original(name)
-                data.pop("init_main_from_path", None)
-                data.pop("init_main_from_name", None)
-                return data
-
-            spawn.get_preparation_data = without_main  # type: ignore[assignment]
+        with _main_left_out():
+            server = _SERVER
+            if server is None:
+                raise RuntimeError("vector worker launched without geoseg's fork server")
+            original = forkserver.connect_to_new_process
+            forkserver.connect_to_new_process = server.connect_to_new_process
             try:
                 super()._launch(process_obj)  # type: ignore[misc]
             finally:
-                spawn.get_preparation_data = original  # type: ignore[assignment]
+                forkserver.connect_to_new_process = original
 
 
-class _Worker(multiprocessing.context.SpawnProcess):
+class _SpawnedWorker(multiprocessing.context.SpawnProcess):
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
-        return _WithoutMain(process_obj)
+        return _SpawnedWithoutMain(process_obj)
 
 
-class _Context(multiprocessing.context.SpawnContext):
-    Process = _Worker
+class _ForkedWorker(multiprocessing.context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _ForkedWithoutMain(process_obj)
+
+
+class _SpawnContext(multiprocessing.context.SpawnContext):
+    Process = _SpawnedWorker
+
+
+class _ForkServerContext(multiprocessing.context.ForkServerContext):
+    Process = _ForkedWorker
 
 
 _SPAWNING = threading.Lock()
+
+#: What a worker imports: imported once in the fork server instead of once per worker.
+_PRELOAD = ["geoseg.vector_outputs", "geoseg.runtime.vector_procs"]
+
+_SERVER: forkserver.ForkServer | None = None  # geoseg's fork server, while pools use it
+_SERVER_USERS = 0
+_SERVER_LOCK = threading.Lock()
+
+
+def _fork_server(use: bool) -> bool:
+    """Take (``use``) or give back geoseg's fork server; False where there is none to take.
+
+    Workers are forked from a fork server of geoseg's own that has imported the vector path
+    once (~1.5 CPU-s and ~140 MB, shared by every worker forked from it) instead of being
+    spawned, each importing it again. Python's own fork server is left alone (its preload list
+    is process-wide and holds ``__main__`` by default). The server starts with the first pool
+    and stops when the last one is shut down, so no process outlives a job and the workers'
+    CPU time is accounted to this process."""
+    global _SERVER, _SERVER_USERS
+    with _SERVER_LOCK:
+        if use:
+            if "forkserver" not in multiprocessing.get_all_start_methods():
+                return False
+            if _SERVER is None:
+                _SERVER = forkserver.ForkServer()
+                _SERVER.set_forkserver_preload(_PRELOAD)
+            _SERVER_USERS += 1
+            return True
+        _SERVER_USERS -= 1
+        if _SERVER_USERS == 0 and _SERVER is not None:
+            stop = getattr(_SERVER, "_stop", None)  # waits for it, so its CPU time is ours
+            if stop is not None:
+                stop()
+            _SERVER = None
+        return True
 
 
 def _start(fn: VectorFn, plan: Plan, store: str, level: int) -> None:
@@ -166,6 +237,7 @@ class VectorPool:
         self._alone: ProcessPoolExecutor | None = None  # their one-worker pool
         self._alone_busy = False
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor
+        self._forked = bool(processes) and _fork_server(True)
         if processes:
             self._pool = self._workers(processes)
             for _ in range(processes):  # start the workers now: imports overlap the model
@@ -176,7 +248,8 @@ class VectorPool:
 
     def _workers(self, n: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            n, mp_context=_Context(), initializer=_start,
+            n, mp_context=_ForkServerContext() if self._forked else _SpawnContext(),
+            initializer=_start,
             initargs=(self.fn, self.plan, self.store,
                       logging.getLogger("geoseg").getEffectiveLevel()))
 
@@ -255,3 +328,6 @@ class VectorPool:
             outer.cancel()
         for pool in pools:
             pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        if self._forked and wait:  # (after a stop signal the server exits with this process)
+            self._forked = False
+            _fork_server(False)
