@@ -155,7 +155,7 @@ class _ForkServerContext(multiprocessing.context.ForkServerContext):
 _SPAWNING = threading.Lock()
 
 #: What a worker imports: imported once in the fork server instead of once per worker.
-_PRELOAD = ["geoseg.vector_outputs", "geoseg.runtime.vector_procs"]
+_PRELOAD = ["geoseg.runtime.fork_warmup"]
 
 _SERVER: forkserver.ForkServer | None = None  # geoseg's fork server, while pools use it
 _SERVER_USERS = 0

@@ -153,3 +153,55 @@ def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(
     _, status, count = proc.stdout.strip().splitlines()[-1].split()
     assert status == "complete" and int(count) > 0
     assert "in use by another geoseg job" not in proc.stderr
+
+
+def test_a_killed_worker_leaves_no_leaked_semaphore_warning(
+        tmp_path: Path, scene_tif: Path, tiny_bundles: tuple[str, str]) -> None:
+    """numcodecs' Blosc creates a multiprocessing lock in each process on first use; a worker
+    killed before it could unregister its own lock made Python print "resource_tracker: There
+    appear to be N leaked semaphore objects" when the job's process exited. The fork server
+    creates that lock once, before any worker is forked."""
+    import os
+    import subprocess
+    import sys
+
+    import geoseg
+
+    (tmp_path / "killer.py").write_text(
+        "import os\n"
+        "from pathlib import Path\n\n"
+        "import numcodecs.blosc\n\n"
+        "def vectorize(plan, store, chunk):\n"
+        "    numcodecs.blosc.get_mutex()  # what decoding a Blosc chunk does\n"
+        "    marker = Path(store).with_name('killed-' + chunk.id)\n"
+        "    if chunk.id == '0_0' and not marker.exists():\n"
+        "        marker.touch()\n"
+        "        os._exit(9)\n"
+        "    return chunk.id\n")
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys\n"
+        "from geoseg.config import validate_job\n"
+        "from geoseg.plan import make_plan\n"
+        "from geoseg.runtime.vector_procs import VectorPool\n"
+        "from killer import vectorize\n\n"
+        "if __name__ == '__main__':\n"
+        f"    cfg = validate_job({{'image': {str(scene_tif)!r},\n"
+        f"                        'output': {str(tmp_path / 'o')!r},\n"
+        f"                        'models': {list(tiny_bundles)!r},\n"
+        "                        'inference': {'chunk_size': 64, 'halo': 32}})\n"
+        "    plan = make_plan(cfg)\n"
+        f"    pool = VectorPool(vectorize, plan, {str(tmp_path / 's.zarr')!r}, threads=1,\n"
+        "                      processes=2)\n"
+        "    chunks = [plan.chunks.get(0, i) for i in range(4)]\n"
+        "    futures = [pool.submit(c) for c in chunks]\n"
+        "    print(sorted(pool.result(f) for f in futures), pool.restarts)\n"
+        "    pool.shutdown()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(geoseg.__file__).parents[1]), str(tmp_path)])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("]")[0] == "['0_0', '0_1', '0_2', '0_3'"
+    assert int(proc.stdout.split()[-1]) >= 1               # a worker died and was replaced
+    assert "leaked" not in proc.stderr, proc.stderr[-2000:]
