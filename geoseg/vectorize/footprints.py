@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import cast
 
 import numpy as np
 import rasterio
@@ -235,8 +236,9 @@ def _footprints(instances: np.ndarray, count: int, probability: np.ndarray, scal
     first[1:] = owner[order][1:] != owner[order][:-1]
     chosen = order[first]
     outlines = gdal_ring_order(polys[chosen])
-    boxes = ndimage.find_objects(pieces)
-    instance_boxes = ndimage.find_objects(instances)
+    # every piece label and every instance owning a piece is present: no None among these
+    boxes = cast(list[tuple[slice, slice]], ndimage.find_objects(pieces))
+    instance_boxes = cast(list[tuple[slice, slice]], ndimage.find_objects(instances))
     kept: list[tuple[int, tuple[int, int], Polygon]] = []      # (instance, ref, raw)
     local: list[tuple[Polygon, float, np.ndarray | None, Affine]] = []
     for piece, raw in zip(chosen.tolist(), outlines, strict=True):
@@ -247,9 +249,7 @@ def _footprints(instances: np.ndarray, count: int, probability: np.ndarray, scal
             continue
         kept.append((lab, ref, raw))
         if regularize:
-            box = boxes[piece]
-            assert box is not None
-            local.append(_local_frame(raw, ref, grid, pieces[box] == piece + 1))
+            local.append(_local_frame(raw, ref, grid, pieces[boxes[piece]] == piece + 1))
     if regularize:          # all of the chunk's outlines at once (one tracing call)
         regular = regularize_polygons([item[0] for item in local], [item[1] for item in local],
                                       cells=[item[2] for item in local])
@@ -267,11 +267,10 @@ def _footprints(instances: np.ndarray, count: int, probability: np.ndarray, scal
     return out
 
 
-def _first_pixel(instances: np.ndarray, lab: int, box: tuple[slice, slice] | None,
+def _first_pixel(instances: np.ndarray, lab: int, box: tuple[slice, slice],
                  context: Window) -> tuple[int, int]:
     """Global (row, col) of instance ``lab``'s first pixel in raster order (``box``: its
     bounding box, whose first row holds it)."""
-    assert box is not None
     row, cols = box[0].start, box[1]
     col = cols.start + int(np.argmax(instances[row, cols] == lab))
     return context.row_off + row, context.col_off + col

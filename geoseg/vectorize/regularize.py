@@ -53,6 +53,7 @@ _SMOOTH = 1.0        # pixels, Gaussian sigma that irons out 1-px bumps, notches
 _VERTEX_COST = 0.002  # IoU a candidate outline must gain per extra vertex to be preferred
 _TIE = 1e-9          # cells: a fine cell centre this close to a pixel edge is a tie
 _SHELF = 1024        # cells, width of the label image the re-traced outlines are laid out in
+_BATCH_CELLS = 2**21  # cells of the frames traced in one call
 
 
 def regularize_polygon(poly: Polygon, pixel_size: float, *, allow_45: bool = False,
@@ -283,9 +284,25 @@ def _smoothed_frame(raw: Polygon, theta: float, pixel_size: float,
 def _largest_outlines(frames: Sequence[_Frame]) -> list[Polygon | None]:
     """Each frame's largest 4-connected piece (the first in raster order among equal ones),
     traced, with GDAL's ring conventions, in the frame's coordinates. The masks are laid out
-    side by side in shelves of one label image and traced in one call."""
-    if not frames:
-        return []
+    side by side in shelves of one label image and traced in one call per group of at most
+    :data:`_BATCH_CELLS` cells (the tracer's tables grow with the image: a chunk of large
+    buildings stays within ~0.1 GB)."""
+    out: list[Polygon | None] = []
+    group: list[_Frame] = []
+    cells = 0
+    for f in frames:
+        if group and cells + f.mask.size > _BATCH_CELLS:
+            out += _traced_group(group)
+            group, cells = [], 0
+        group.append(f)
+        cells += f.mask.size
+    if group:
+        out += _traced_group(group)
+    return out
+
+
+def _traced_group(frames: Sequence[_Frame]) -> list[Polygon | None]:
+    """:func:`_largest_outlines` of frames traced together."""
     width = max(_SHELF, max(f.mask.shape[1] for f in frames))
     slots: list[tuple[int, int]] = []            # top-left (row, col) of each mask
     row = col = shelf = 0

@@ -164,8 +164,13 @@ def test_property_cells_give_the_same_result_as_rasterizing(seed: int, angle: fl
     assert shapely.equals_exact(got, expected, 0)
 
 
-def test_many_at_once_equal_one_by_one() -> None:
-    """One tracing call for many outlines (laid out in shelves) changes nothing."""
+@pytest.mark.parametrize("batch_cells", [2**21, 3000])
+def test_many_at_once_equal_one_by_one(batch_cells: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One tracing call for many outlines (laid out in shelves), or one per group of them,
+    changes nothing."""
+    import geoseg.vectorize.regularize as regularize
+
+    monkeypatch.setattr(regularize, "_BATCH_CELLS", batch_cells)
     polys = []
     for seed in range(40):
         mask = _blob(seed, 13.0 * seed)
