@@ -79,7 +79,7 @@ def extract_buildings(classes: np.ndarray, probability: np.ndarray, context: Win
     # every owned cluster's instances, numbered apart, in one map: traced together (one call
     # per chunk instead of one per cluster); clusters never share a pixel
     instances = np.zeros(classes.shape, dtype=np.int32)
-    count = 0
+    n_instances = 0
     cut: list[tuple[int, int]] = []
     for lab, box in enumerate(ndimage.find_objects(clusters), start=1):
         if box is None:
@@ -94,10 +94,10 @@ def extract_buildings(classes: np.ndarray, probability: np.ndarray, context: Win
                   else None)
         split = _split_cluster(clusters[box] == lab, classes[box] == building_id, strong)
         inside = split > 0
-        instances[box][inside] = split[inside] + count
-        count += int(split.max())
+        instances[box][inside] = split[inside] + n_instances
+        n_instances += int(split.max())
     with rasterio.Env():        # one GDAL environment for the many small rasterio calls
-        found = _footprints(instances, count, probability, scale, context, chunk, grid,
+        found = _footprints(instances, n_instances, probability, scale, context, chunk, grid,
                             building_id, min_area_m2, regularize)
     if cut:
         logger.warning("chunk %s: %d building cluster(s) reach the context edge (first at pixel "
