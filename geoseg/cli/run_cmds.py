@@ -136,6 +136,10 @@ def _print_summary(res: Any) -> None:
               f"({s['chunks']['computed_this_run']} computed) in {s['timings_s']['total_s']:.1f} s"
               + (f", {thr['px_per_s_end_to_end'] / 1e6:.2f} Mpx/s end to end"
                  if thr["px_per_s_end_to_end"] else ""))
+    engines = s.get("engines") or {}
+    if s.get("models"):  # which engine auto picked (bf16 classes may differ in a few pixels)
+        con.print("  models: " + ", ".join(f"{model} ({engines.get(layer, '?')})"
+                                           for layer, model in s["models"].items()))
     for name, n in s["features"].items():
         con.print(f"  {name}: {n} features")
     for k, v in s["outputs"].items():

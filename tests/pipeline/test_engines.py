@@ -133,6 +133,20 @@ def test_cli_engine_errors_are_one_line(tmp_path: Path, scene_tif: Path,
     assert not out.exists()  # refused before anything was written
 
 
+def test_the_run_says_which_engine_ran(tmp_path: Path, scene_tif: Path,
+                                       onnx_bundles: tuple[str, str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`auto` decides per host (bf16 on some CPUs, onnxruntime on others): the run's result
+    lines name the model and engine of each layer."""
+    out = tmp_path / "o"
+    rc = main(["-q", "run", str(scene_tif), "-o", str(out), "-m", onnx_bundles[0],
+               "--engine", "onnx", "--no-vectors", "--chunk-size", "128"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [ln.strip() for ln in capsys.readouterr().out.splitlines()]
+    assert f"models: {summary['models']['landcover']} (onnx)" in lines
+
+
 @pytest.mark.ray
 def test_onnx_only_bundle_through_cli_on_ray(ray_cluster: None, tmp_path: Path,
                                              scene_tif: Path, onnx_bundles: tuple[str, str],
