@@ -243,7 +243,8 @@ def _footprints(instances: np.ndarray, count: int, probability: np.ndarray, scal
     local: list[tuple[Polygon, float, np.ndarray | None, Affine]] = []
     for piece, raw in zip(chosen.tolist(), outlines, strict=True):
         lab = int(owner[piece])
-        ref = _first_pixel(instances, lab, instance_boxes[lab - 1], context)
+        box = instance_boxes[lab - 1]
+        ref = _reference_pixel(instances[box] == lab, box, context)
         area_px, _ = area_perimeter_m(pixel_to_world(raw, grid.transform), grid.crs)
         if area_px < min_area_m2:
             continue
@@ -265,15 +266,6 @@ def _footprints(instances: np.ndarray, count: int, probability: np.ndarray, scal
                                  float(prob_sum[lab] / pixels[lab]), id=f"b{ref[0]}_{ref[1]}",
                                  area_m2=area_m2, perimeter_m=perimeter_m, chunk_id=chunk.id)))
     return out
-
-
-def _first_pixel(instances: np.ndarray, lab: int, box: tuple[slice, slice],
-                 context: Window) -> tuple[int, int]:
-    """Global (row, col) of instance ``lab``'s first pixel in raster order (``box``: its
-    bounding box, whose first row holds it)."""
-    row, cols = box[0].start, box[1]
-    col = cols.start + int(np.argmax(instances[row, cols] == lab))
-    return context.row_off + row, context.col_off + col
 
 
 def _local_frame(raw: Polygon, ref: tuple[int, int], grid: GeoBox, mask: np.ndarray
