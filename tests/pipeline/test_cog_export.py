@@ -55,3 +55,30 @@ def test_object_storage_and_unquotable_paths_take_the_geotiff_route(tmp_path: Pa
     (odd / "landcover" / ".zarray").write_text("{}")
     assert outputs._zarr_source(str(odd), "landcover") is None
     assert outputs._zarr_source(str(tmp_path / "missing.zarr"), "landcover") is None
+
+
+def test_temporary_names_never_write_through_a_link(tmp_path: Path, scene_tif: Path,
+                                                    tiny_bundles: tuple[str, str]) -> None:
+    """export_cog writes and then deletes its own temporaries (``.tiles-*.vrt`` / ``.tif``,
+    ``.partial-*``): a link planted at one of those names is replaced, never followed, and the
+    file it points at is neither written nor deleted."""
+    out = tmp_path / "run"
+    cfg = validate_job({"image": str(scene_tif), "output": str(out), "models": [tiny_bundles[0]],
+                        "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"enabled": False},
+                        "runtime": {"threads_per_worker": 1}})
+    assert run_job(cfg, backend=SerialBackend()).ok
+    plan = make_plan(cfg)
+    store = str(out / "predictions.zarr")
+    victims = tmp_path / "victims"
+    victims.mkdir()
+    final = tmp_path / "cog" / "landcover.tif"
+    final.parent.mkdir()
+    for name in (".tiles-landcover.vrt", ".tiles-landcover.tif", ".partial-landcover.tif"):
+        (victims / name).write_bytes(b"VICTIM")
+        (final.parent / name).symlink_to(victims / name)
+    outputs.export_cog(plan, store, "landcover", final)
+    assert sorted(p.name for p in final.parent.iterdir()) == ["landcover.tif"]
+    assert all(p.read_bytes() == b"VICTIM" for p in victims.iterdir())
+    assert len(list(victims.iterdir())) == 3
+    with rasterio.open(final) as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
