@@ -511,10 +511,11 @@ def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan, layout:
         return fn(*args), time.perf_counter() - t0
 
     futures: dict[str, Future[tuple[Path, float]]] = {}
+    cpus = cfg.runtime.num_cpus or os.cpu_count() or 1  # the COGs take turns: each has every core
     if cfg.outputs.cog:  # (each export converts its own write errors)
         for m in plan.models:
             futures[f"cog_{m.name}"] = pool.submit(timed, export_cog, plan, store, m.name,
-                                                   layout.cog(m.name))
+                                                   layout.cog(m.name), cpus)
     if cfg.outputs.quicklook:
         futures["quicklook"] = pool.submit(timed, quicklook, plan, store, layout.quicklook)
     return futures

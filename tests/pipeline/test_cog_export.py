@@ -1,6 +1,7 @@
 """The class-map COG copied from a VRT over the store's Zarr array (GDAL's Zarr driver) is the
 COG copied from a tiled GeoTIFF of the same chunks: same pixels, overviews, colour table, tags
-and georeferencing, a valid COG layout, and no temporary file left."""
+and georeferencing, a valid COG layout, and no temporary file left. Compressed by several
+threads it is the same file, byte for byte."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def test_cog_from_the_zarr_store_equals_the_geotiff_route(
             for f in a.overviews(1):
                 shape = (a.height // f, a.width // f)
                 assert np.array_equal(a.read(1, out_shape=shape), b.read(1, out_shape=shape))
+        threaded = outputs.export_cog(plan, store, m.name, tmp_path / f"threaded-{m.name}.tif",
+                                      threads=3)
+        assert threaded.read_bytes() == direct.read_bytes()  # threads compress, same bytes
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
