@@ -34,6 +34,7 @@ from geoseg.stitch import (
     tta_proba,
 )
 from geoseg.store import FILL, SOURCE, chunk_files, write_chunk
+from geoseg.thumbs import IMAGE, THUMBS, class_thumb, image_thumb, quicklook_step
 
 
 class ProbaModel(Protocol):
@@ -67,6 +68,7 @@ class ChunkInput:
     # a mosaic's provenance: which item (1-based, 0 none) produced each pixel, and those items
     source: np.ndarray | None = None
     sources: list[dict[str, Any]] | None = None
+    thumb: np.ndarray | None = None  # the image's quicklook pixels (geoseg.thumbs)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class ChunkOutput:
     arrays: dict[str, np.ndarray]  # store array name -> core block
     timings: dict[str, float] = field(default_factory=dict)
     sources: list[dict[str, Any]] | None = None  # a mosaic's items in this chunk
+    thumb: np.ndarray | None = None  # the image's quicklook pixels (geoseg.thumbs)
 
 
 def read_chunk(plan: Plan, chunk: Chunk, cache: BlockCache | None = None) -> ChunkInput:
@@ -104,11 +107,15 @@ def read_chunk(plan: Plan, chunk: Chunk, cache: BlockCache | None = None) -> Chu
                          f"{img_win.row_end}, {img_win.col_off}:{img_win.col_end}: "
                          f"{lines[-1][:160] if lines else 'read failed'}): repair or "
                          "re-download it; a rerun cannot fix this") from exc
+    # the quicklook shows the image as read (inside the grid, outside a region too)
+    thumb = image_thumb(data, valid, plan.bands, plan.image.count,
+                        chunk.window.relative_to(ctx), chunk.window,
+                        quicklook_step(plan.grid.height, plan.grid.width))
     # pixels of the image outside the output grid (region clip) are context, not output; they
     # stay valid input so that a region's edge is predicted as it would be in the whole image.
     if plan.region is not None:
         valid &= region_mask(plan.region, plan.image.geobox, img_win)
-    return ChunkInput(chunk, data, valid, time.perf_counter() - t0, source, sources)
+    return ChunkInput(chunk, data, valid, time.perf_counter() - t0, source, sources, thumb)
 
 
 def model_input(plan: Plan, ref: ModelRef, inp: ChunkInput) -> tuple[np.ndarray, int, int, bool]:
@@ -180,11 +187,12 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
         out[ref.name] = cls
         out[f"{ref.name}_confidence"] = conf
         timings[f"predict_{ref.name}_s"] = time.perf_counter() - t0
-    return ChunkOutput(inp.chunk, out, timings, inp.sources)
+    return ChunkOutput(inp.chunk, out, timings, inp.sources, inp.thumb)
 
 
 def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
-    """Write the chunk to the store; return stats for the manifest (class pixel counts)."""
+    """Write the chunk to the store; return stats for the manifest (class pixel counts), and
+    under :data:`~geoseg.thumbs.THUMBS` the chunk's quicklook pixels (not for the record)."""
     t0 = time.perf_counter()
     with storage_errors(Path(store), fatal_only=True):  # disk full / permission: one line
         write_chunk(store, out.chunk, out.arrays, plan.chunks.chunk)
@@ -204,6 +212,12 @@ def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
             for ref in plan.models}
     if out.sources is not None:
         extra["sources"] = out.sources
+    step = quicklook_step(plan.grid.height, plan.grid.width)
+    thumbs = {ref.name: class_thumb(out.arrays[ref.name], out.chunk.window, step)
+              for ref in plan.models}
+    if out.thumb is not None:
+        thumbs[IMAGE] = out.thumb
+    extra[THUMBS] = thumbs
     return {"hist": hist, **extra, "valid_px": valid, "pixels": out.chunk.window.size,
             "files": chunk_files(store, out.chunk, sorted(out.arrays)),
             "timings": {**out.timings, "write_s": time.perf_counter() - t0}}

@@ -37,6 +37,7 @@ from geoseg.runtime.connection import ray_connected
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.provenance import code_version
 from geoseg.sources.remote import redact
+from geoseg.thumbs import THUMBS
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class _Recorder:
         self.vectorized = 0
         self.done = len(manifest.done)
         self.px_area = _px_area(plan)
+        self.thumbs: dict[str, dict[str, np.ndarray]] = {}  # chunk id -> its quicklook pixels
         self._emit()
 
     def _emit(self) -> None:
@@ -213,6 +215,7 @@ class _Recorder:
                                    len(self.plan.chunks) if self.sink is not None else 0))
 
     def chunk_done(self, chunk: Chunk, stats: dict[str, Any]) -> None:
+        thumbs = stats.pop(THUMBS, None)  # the quicklook's pixels: kept here, not recorded
         try:
             self.manifest.record(chunk.id, stats)
         except StorageError as exc:  # object storage, after the client's retries: this chunk
@@ -222,6 +225,8 @@ class _Recorder:
             self.unrecorded.append(failure)
             self.chunk_failed(failure)
             return
+        if thumbs is not None:
+            self.thumbs[chunk.id] = thumbs
         self.done += 1
         self.pixels_done += chunk.window.size
         self._emit()
@@ -394,6 +399,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     pool = ThreadPoolExecutor(2, thread_name_prefix="geoseg-export")
     early = _Exports(pool, cfg, plan, layout, store, manifest)
     rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter(), early.start)
+    early.thumbs = rec.thumbs  # complete once every chunk is written: then the exports start
     t0 = time.perf_counter()
     setup_s = t0 - t_start
     try:
@@ -476,6 +482,7 @@ class _Exports:
                  store: str, manifest: RunManifest) -> None:
         self.pool, self.cfg, self.plan, self.layout = pool, cfg, plan, layout
         self.store, self.manifest = store, manifest
+        self.thumbs: dict[str, dict[str, np.ndarray]] = {}  # chunks' quicklook pixels (this run)
         self.started = False
         self._verified: Future[tuple[list[ChunkFailure], dict[str, Future[Any]]]] | None = None
 
@@ -488,7 +495,8 @@ class _Exports:
         missing = _missing(self.plan, self.store, self.manifest)
         if missing:
             return missing, {}
-        return [], _start_exports(self.pool, self.cfg, self.plan, self.layout, self.store)
+        return [], _start_exports(self.pool, self.cfg, self.plan, self.layout, self.store,
+                                  self.thumbs)
 
     def missing(self) -> list[ChunkFailure]:
         """Chunks the store's verification found missing or damaged (waits for it)."""
@@ -501,9 +509,10 @@ class _Exports:
 
 
 def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan, layout: RunLayout,
-                   store: str) -> dict[str, Future[tuple[Path, float]]]:
-    """COGs and the quicklook (read from ``store``, built under ``layout``) as tasks of
-    ``pool``: output key -> (path, seconds)."""
+                   store: str, thumbs: dict[str, dict[str, np.ndarray]]
+                   ) -> dict[str, Future[tuple[Path, float]]]:
+    """COGs and the quicklook (read from ``store``, or from the chunks' ``thumbs``; built under
+    ``layout``) as tasks of ``pool``: output key -> (path, seconds)."""
     from geoseg.outputs import export_cog, quicklook
 
     def timed(fn: Callable[..., Path], *args: Any) -> tuple[Path, float]:
@@ -517,7 +526,8 @@ def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan, layout:
             futures[f"cog_{m.name}"] = pool.submit(timed, export_cog, plan, store, m.name,
                                                    layout.cog(m.name), cpus)
     if cfg.outputs.quicklook:
-        futures["quicklook"] = pool.submit(timed, quicklook, plan, store, layout.quicklook)
+        futures["quicklook"] = pool.submit(timed, functools.partial(quicklook, thumbs=thumbs),
+                                           plan, store, layout.quicklook)
     return futures
 
 

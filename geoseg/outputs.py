@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,12 @@ from rasterio.windows import Window as RioWindow
 from geoseg.area import pixel_area_m2
 from geoseg.bundle import ClassSpec
 from geoseg.grid import Window
-from geoseg.io import RasterInfo, read_window
+from geoseg.io import read_window
 from geoseg.objstore import is_object_url
 from geoseg.outdir import atomic_write_bytes, storage_errors
 from geoseg.plan import Plan
-from geoseg.sources.remote import gdal_path, remote_env
 from geoseg.store import FILL, read_layer
+from geoseg.thumbs import IMAGE, panel_bands, quicklook_step, sample_slices
 
 # GDAL's block cache (default 5 % of RAM) fills with the whole raster while a COG and its
 # overviews are built: the 16384² class map took 343 MB RSS to convert with the default, 87 MB
@@ -47,8 +48,8 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path, threads: in
     chunk. The VRT saves that GeoTIFF's DEFLATE encode and decode: 14.9 → 11.3 CPU-s for the
     null model's 16384² class map (DESIGN.md); both give the same pixels, overviews, colour
     table and tags (tested). The export runs after the last chunk, so its DEFLATE is the tail of
-    a job: 2 threads took the null model's 16384² map from 7.5 to 3.6–4.1 s of wall time for
-    the same CPU-s and bytes (DESIGN.md)."""
+    a job: 2 threads took the null model's 16384² map from 9.3–9.4 to 4.7–5.1 s of wall time
+    for the same CPU-s and bytes (DESIGN.md)."""
     final = Path(path)
     tmp = final.with_name(f".tiles-{final.stem}.tif")
     vrt = final.with_name(f".tiles-{final.stem}.vrt")
@@ -60,7 +61,7 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path, threads: in
     source = _zarr_source(store, layer)
     with _GTIFF_WRITES, storage_errors(final), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_BYTES):
         if source is not None:
-            vrt.write_text(_class_vrt(plan, source, classes))
+            vrt.write_text(_class_vrt(plan, source, classes, _zarr_chunk(store, layer)))
             src = vrt
         else:
             _write_tiles(plan, store, layer, classes, tmp)
@@ -100,10 +101,20 @@ def _zarr_source(store: str, layer: str) -> str | None:
     return f'ZARR:"{path}":/{layer}'
 
 
-def _class_vrt(plan: Plan, source: str, classes: tuple[ClassSpec, ...]) -> str:
+def _zarr_chunk(store: str, layer: str) -> tuple[int, int]:
+    """(rows, columns) of a local store array's chunks."""
+    meta = json.loads((Path(store) / layer / ".zarray").read_text())
+    rows, cols = meta["chunks"]
+    return int(rows), int(cols)
+
+
+def _class_vrt(plan: Plan, source: str, classes: tuple[ClassSpec, ...],
+               block: tuple[int, int]) -> str:
     """A VRT of one class array with the grid's georeferencing, nodata, colour table (the
     entries ``write_colormap`` makes: up to the largest class id, others transparent black)
-    and class-name tags."""
+    and class-name tags. Its blocks are the array's chunks: with VRT's default 128² blocks each
+    chunk was decoded many times, and more so by the COG's compression threads (16384² null
+    map: 9.9 → 9.1 CPU-s alone, with 2 threads 12.2 → 9.0 CPU-s and 7.0 → 4.7 s)."""
     from xml.sax.saxutils import escape
 
     g = plan.grid
@@ -116,7 +127,8 @@ def _class_vrt(plan: Plan, source: str, classes: tuple[ClassSpec, ...]) -> str:
     return (f'<VRTDataset rasterXSize="{g.width}" rasterYSize="{g.height}">'
             f"<SRS>{escape(g.crs.to_wkt())}</SRS>"
             f"<GeoTransform>{t.c!r}, {t.a!r}, {t.b!r}, {t.f!r}, {t.d!r}, {t.e!r}</GeoTransform>"
-            '<VRTRasterBand dataType="Byte" band="1">'
+            f'<VRTRasterBand dataType="Byte" band="1" blockXSize="{block[1]}" '
+            f'blockYSize="{block[0]}">'
             f"<Metadata>{tags}</Metadata><NoDataValue>{FILL}</NoDataValue>"
             f"<ColorInterp>Palette</ColorInterp><ColorTable>{entries}</ColorTable>"
             f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(source)}'
@@ -132,16 +144,26 @@ def _palette(classes: tuple[ClassSpec, ...]) -> np.ndarray:
     return lut
 
 
-def quicklook(plan: Plan, store: str, path: str | Path, max_px: int = 1024) -> Path:
-    """PNG: the image (RGB) beside each predicted class map, decimated to ≤ ``max_px`` wide.
+def quicklook(plan: Plan, store: str, path: str | Path, max_px: int | None = None,
+              thumbs: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Path:
+    """PNG: the image (RGB) beside each predicted class map, decimated to ≤ ``max_px`` wide
+    (default :data:`~geoseg.thumbs.QUICKLOOK_PX`).
 
-    Every panel is sampled at the same pixels, chunk by chunk, so memory is O(chunk + PNG)."""
+    Every panel is sampled at the same pixels, chunk by chunk, so memory is O(chunk + PNG).
+    ``thumbs`` (chunk id -> its sampled pixels, taken by the run: :mod:`geoseg.thumbs`) spare
+    reading the image and the store again; a chunk without them is read."""
     g = plan.grid
-    step = max(1, -(-max(g.height, g.width) // max_px))
+    step = quicklook_step(g.height, g.width, max_px)
+    if step != quicklook_step(g.height, g.width):
+        thumbs = None  # taken for the default size
+    have = thumbs or {}
     shape = (-(-g.height // step), -(-g.width // step))
-    panels = [_image_panel(plan, step, shape)]
+    panels = [_image_panel(plan, step, shape, {k: t[IMAGE] for k, t in have.items()
+                                               if IMAGE in t})]
     for m in plan.models:  # class ids decimated first, coloured once at PNG size
-        ids = _decimate(plan, step, shape, 1, functools.partial(_class_ids, store, m.name))
+        ids = _decimate(plan, step, shape, 1, functools.partial(_class_ids, store, m.name),
+                        np.uint8,
+                        {k: t[m.name][..., None] for k, t in have.items() if m.name in t})
         panels.append(_palette(m.spec.classes)[ids[..., 0]])
     gap = np.full((shape[0], 8, 3), 255, np.uint8)
     row = np.concatenate([p for pan in panels for p in (pan, gap)][:-1], axis=1)
@@ -157,42 +179,40 @@ def _class_ids(store: str, layer: str, w: Window) -> np.ndarray:
 
 
 def _decimate(plan: Plan, step: int, shape: tuple[int, int], bands: int,
-              read: Callable[[Window], np.ndarray], dtype: type = np.uint8) -> np.ndarray:
-    """Every ``step``-th pixel of the output grid, read chunk by chunk: ``read(window)`` returns
-    that chunk as (rows, cols, bands)."""
+              read: Callable[[Window], np.ndarray], dtype: type = np.uint8,
+              taken: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """Every ``step``-th pixel of the output grid, chunk by chunk: a chunk's pixels from
+    ``taken`` (chunk id -> its sampled (rows, cols, bands)) where there, else ``read(window)``
+    returns that chunk as (rows, cols, bands) and is sampled."""
     out: np.ndarray = np.zeros((*shape, bands), dtype)
     for chunk in plan.chunks:
         w = chunk.window
         r0, c0 = -(-w.row_off // step), -(-w.col_off // step)
-        block = read(w)[r0 * step - w.row_off::step, c0 * step - w.col_off::step]
+        block = (taken or {}).get(chunk.id)
+        if block is None:
+            block = read(w)[sample_slices(w, step)]
         out[r0:r0 + block.shape[0], c0:c0 + block.shape[1]] = block
     return out
 
 
-def _image_panel(plan: Plan, step: int, shape: tuple[int, int]) -> np.ndarray:
-    """The image's first three bands (or its one band as grey), 2–98 % stretched. Read in whole
-    chunks: a decimated read of the whole image through GDAL either filled the block cache with
-    the whole raster (1.1 GB RSS at 16384²) or, with a small cache, re-read blocks (385 s)."""
+def _image_panel(plan: Plan, step: int, shape: tuple[int, int],
+                 taken: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """The image's first three bands (or its one band as grey), 2–98 % stretched; pixels the
+    reads find invalid (nodata, masked, NaN) in the nodata grey. Chunks of ``taken`` come from
+    the run's reads, the others are read in whole chunks: a decimated read of the whole image
+    through GDAL either filled the block cache with the whole raster (1.1 GB RSS at 16384²) or,
+    with a small cache, re-read blocks (385 s)."""
     info = plan.image
-    bands = [b for b in (1, 2, 3) if b <= info.count] or [1]
+    bands = panel_bands(info.count)
     o = plan.offset
-    if not isinstance(info, RasterInfo):  # a mosaic: read through its own window reads
-        def read_any(w: Window) -> np.ndarray:
-            win = Window(o.row_off + w.row_off, o.col_off + w.col_off, w.height, w.width)
-            data, _ = read_window(info, win, tuple(bands), fill=float("nan"))
-            return np.moveaxis(data, 0, -1)
 
-        return _stretch(_decimate(plan, step, shape, len(bands), read_any, np.float32),
-                        info.nodata)
-    # a remote image: geoseg's GDAL network settings, and its tiles come from the VSI cache
-    with remote_env(info.path), rasterio.Env(GDAL_CACHEMAX=EXPORT_CACHE_BYTES), \
-            rasterio.open(gdal_path(info.path)) as src:
-        def read(w: Window) -> np.ndarray:
-            win = RioWindow(o.col_off + w.col_off, o.row_off + w.row_off, w.width, w.height)
-            return np.moveaxis(src.read(bands, window=win), 0, -1)
+    def read(w: Window) -> np.ndarray:  # as a chunk's read sees the image (geoseg.io)
+        win = Window(o.row_off + w.row_off, o.col_off + w.col_off, w.height, w.width)
+        data, _ = read_window(info, win, bands, fill=float("nan"))
+        return np.moveaxis(data, 0, -1)
 
-        arr = _decimate(plan, step, shape, len(bands), read, np.float32)  # any image dtype
-    return _stretch(arr, info.nodata)
+    return _stretch(_decimate(plan, step, shape, len(bands), read, np.float32, taken),
+                    info.nodata)
 
 
 NODATA_RGB = (40, 40, 40)  # as the class panels draw FILL

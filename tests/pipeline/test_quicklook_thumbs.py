@@ -1,0 +1,160 @@
+"""The quicklook of a run is built from the pixels its chunks kept (geoseg.thumbs) without
+reading the image or the store again, and is byte for byte the quicklook read back from them:
+plain image, nodata holes with a region, threads, a mosaic of two images, and chunks whose
+thumbs are missing (a resumed run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from affine import Affine
+from hypothesis import given
+from hypothesis import strategies as st
+
+import geoseg.thumbs
+from geoseg import outputs
+from geoseg.config import validate_job
+from geoseg.grid import Window
+from geoseg.job import run_job
+from geoseg.plan import Plan, make_plan
+from geoseg.runtime.local import LocalBackend
+from geoseg.runtime.serial import SerialBackend
+from geoseg.thumbs import IMAGE, image_thumb, quicklook_step, sample_slices
+from tests.conftest import write_raster
+from tests.pipeline.conftest import textured
+
+T = Affine(0.5, 0, 500000.0, 0, -0.5, 5100000.0)
+REGION = ("POLYGON ((500010 5099910, 500120 5099910, 500120 5099985, 500010 5099985, "
+          "500010 5099910), (500050 5099940, 500080 5099940, 500080 5099970, "
+          "500050 5099970, 500050 5099940))")
+
+
+@pytest.fixture(autouse=True)
+def small_quicklook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quicklooks of at most 50 px: every 6th pixel of the 264 px wide test images, a step that
+    does not divide the chunk size (64), so chunks start off the sampling grid."""
+    monkeypatch.setattr(geoseg.thumbs, "QUICKLOOK_PX", 50)
+
+
+def _plan(out: Path) -> Plan:
+    cfg = validate_job(json.loads((out / "manifest.json").read_text())["config"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_plan(cfg)
+
+
+def _no_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the quicklook read the image or the store again")
+
+    monkeypatch.setattr(outputs, "read_window", refuse)
+    monkeypatch.setattr(outputs, "read_layer", refuse)
+
+
+def _read_back(out: Path, tmp_path: Path) -> bytes:
+    """The run's quicklook made again from the image and the store."""
+    return outputs.quicklook(_plan(out), str(out / "predictions.zarr"),
+                             tmp_path / "read-back.png").read_bytes()
+
+
+def _holes(tmp_path: Path) -> Path:
+    img = textured(200, 264).astype(np.float32)
+    img[:, 20:60, 30:90] = -9999.0  # declared nodata
+    img[1, 150:170, 200:240] = np.nan  # one band NaN
+    return write_raster(tmp_path / "holes.tif", img, nodata=-9999.0)
+
+
+@pytest.mark.parametrize("case", ["plain", "nodata-and-region", "threads"])
+def test_quicklook_from_the_chunks_is_the_quicklook_read_back(
+        tmp_path: Path, scene_tif: Path, tiny_bundles: tuple[str, str], case: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    image = _holes(tmp_path) if case == "nodata-and-region" else scene_tif
+    job: dict[str, Any] = {"image": str(image), "output": str(out), "models": list(tiny_bundles),
+                           "inference": {"chunk_size": 64, "halo": 32},
+                           "vectors": {"enabled": False}, "outputs": {"cog": False},
+                           "runtime": {"threads_per_worker": 1}}
+    if case == "nodata-and-region":
+        job["region"] = {"wkt": REGION, "crs": "EPSG:32633"}
+    backend = LocalBackend() if case == "threads" else SerialBackend()
+    with monkeypatch.context() as mp:
+        _no_reads(mp)
+        assert run_job(validate_job(job), backend=backend).ok
+    assert quicklook_step(*_plan(out).grid.shape) > 1
+    assert (out / "quicklook.png").read_bytes() == _read_back(out, tmp_path)
+
+
+def test_mosaic_quicklook_from_the_chunks(tmp_path: Path, tiny_bundles: tuple[str, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from geoseg.cli import main
+
+    img = textured(200, 264)
+    left = write_raster(tmp_path / "left.tif", img[:, :, :160], transform=T)
+    right = write_raster(tmp_path / "right.tif", img[:, 30:, 100:],
+                         transform=T @ Affine.translation(100, 30))  # no pixels top right
+    out = tmp_path / "out"
+    with monkeypatch.context() as mp:
+        _no_reads(mp)
+        assert main(["run", str(left), str(right), "-o", str(out), "--nodata", "0",
+                     "--chunk-size", "64", "--halo", "32", "--no-vectors",
+                     *(x for b in tiny_bundles for x in ("-m", b))]) == 0
+    assert (out / "quicklook.png").read_bytes() == _read_back(out, tmp_path)
+
+
+def test_chunks_without_thumbs_are_read(tmp_path: Path, scene_tif: Path,
+                                        tiny_bundles: tuple[str, str]) -> None:
+    """A resumed run has thumbs only for the chunks it computed: the others are read, and the
+    quicklook is the same."""
+    out = tmp_path / "run"
+    assert run_job(validate_job({
+        "image": str(scene_tif), "output": str(out), "models": list(tiny_bundles),
+        "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"enabled": False},
+        "outputs": {"cog": False}, "runtime": {"threads_per_worker": 1}}),
+        backend=SerialBackend()).ok
+    plan = _plan(out)
+    store = str(out / "predictions.zarr")
+    from geoseg.chunks import predict_chunk, read_chunk, write_output
+    from geoseg.runtime.local import load_models
+
+    models = load_models(plan, "cpu", 1)
+    shutil.copytree(store, tmp_path / "rewrite.zarr")  # chunks computed again, written aside
+    half = {c.id: write_output(plan, str(tmp_path / "rewrite.zarr"),
+                               predict_chunk(plan, models, read_chunk(plan, c)))["thumbs"]
+            for c in list(plan.chunks)[::2]}
+    assert all(IMAGE in t and "landcover" in t and "buildings" in t for t in half.values())
+    mixed = outputs.quicklook(plan, store, tmp_path / "mixed.png", thumbs=half)
+    assert mixed.read_bytes() == (out / "quicklook.png").read_bytes()
+    # thumbs taken for another size are not used
+    other = outputs.quicklook(plan, store, tmp_path / "other.png", max_px=30, thumbs=half)
+    assert other.read_bytes() == outputs.quicklook(plan, store, tmp_path / "other-read.png",
+                                                   max_px=30).read_bytes()
+
+
+@given(row=st.integers(-40, 300), col=st.integers(-40, 300), h=st.integers(1, 90),
+       w=st.integers(1, 90), step=st.integers(1, 17))
+def test_sample_slices_pick_every_step_th_grid_pixel(row: int, col: int, h: int, w: int,
+                                                     step: int) -> None:
+    rs, cs = sample_slices(Window(row, col, h, w), step)
+    rows = np.arange(row, row + h)[rs]
+    cols = np.arange(col, col + w)[cs]
+    assert rows.tolist() == [r for r in range(row, row + h) if r % step == 0]
+    assert cols.tolist() == [c for c in range(col, col + w) if c % step == 0]
+
+
+def test_image_thumb_needs_the_bands_the_quicklook_shows() -> None:
+    data = np.arange(2 * 10 * 10, dtype=np.float32).reshape(2, 10, 10)
+    valid = np.ones((10, 10), bool)
+    valid[4, 4] = False
+    core, window = Window(2, 2, 6, 6), Window(62, 2, 6, 6)
+    assert image_thumb(data, valid, (4, 5), 5, core, window, 2) is None  # no band 1-3
+    thumb = image_thumb(data, valid, (1, 3), 3, core, window, 2)
+    assert thumb is None  # band 2 shown, not read
+    one = image_thumb(data[:1], valid, (1,), 1, core, window, 2)
+    assert one is not None and one.shape == (3, 3, 1)
+    assert np.isnan(one[1, 1, 0]) and one[0, 0, 0] == data[0, 2, 2]
