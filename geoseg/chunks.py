@@ -34,7 +34,7 @@ from geoseg.stitch import (
     tta_proba,
 )
 from geoseg.store import FILL, SOURCE, chunk_files, write_chunk
-from geoseg.thumbs import IMAGE, THUMBS, class_thumb, image_thumb, quicklook_step
+from geoseg.thumbs import IMAGE, THUMBS, Thumbs, class_thumb, image_thumb, quicklook_step
 
 
 class ProbaModel(Protocol):
@@ -217,7 +217,7 @@ def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
               for ref in plan.models}
     if out.thumb is not None:
         thumbs[IMAGE] = out.thumb
-    extra[THUMBS] = thumbs
+    extra[THUMBS] = Thumbs(step, thumbs)
     return {"hist": hist, **extra, "valid_px": valid, "pixels": out.chunk.window.size,
             "files": chunk_files(store, out.chunk, sorted(out.arrays)),
             "timings": {**out.timings, "write_s": time.perf_counter() - t0}}

@@ -37,7 +37,7 @@ from geoseg.runtime.connection import ray_connected
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.provenance import code_version
 from geoseg.sources.remote import redact
-from geoseg.thumbs import THUMBS
+from geoseg.thumbs import THUMBS, Thumbs
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class _Recorder:
         self.vectorized = 0
         self.done = len(manifest.done)
         self.px_area = _px_area(plan)
-        self.thumbs: dict[str, dict[str, np.ndarray]] = {}  # chunk id -> its quicklook pixels
+        self.thumbs: dict[str, Thumbs] = {}  # chunk id -> its quicklook pixels
         self._emit()
 
     def _emit(self) -> None:
@@ -482,7 +482,7 @@ class _Exports:
                  store: str, manifest: RunManifest) -> None:
         self.pool, self.cfg, self.plan, self.layout = pool, cfg, plan, layout
         self.store, self.manifest = store, manifest
-        self.thumbs: dict[str, dict[str, np.ndarray]] = {}  # chunks' quicklook pixels (this run)
+        self.thumbs: dict[str, Thumbs] = {}  # chunks' quicklook pixels (this run)
         self.started = False
         self._verified: Future[tuple[list[ChunkFailure], dict[str, Future[Any]]]] | None = None
 
@@ -509,7 +509,7 @@ class _Exports:
 
 
 def _start_exports(pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan, layout: RunLayout,
-                   store: str, thumbs: dict[str, dict[str, np.ndarray]]
+                   store: str, thumbs: dict[str, Thumbs]
                    ) -> dict[str, Future[tuple[Path, float]]]:
     """COGs and the quicklook (read from ``store``, or from the chunks' ``thumbs``; built under
     ``layout``) as tasks of ``pool``: output key -> (path, seconds)."""

@@ -27,7 +27,7 @@ from geoseg.objstore import is_object_url
 from geoseg.outdir import atomic_write_bytes, storage_errors
 from geoseg.plan import Plan
 from geoseg.store import FILL, read_layer
-from geoseg.thumbs import IMAGE, panel_bands, quicklook_step, sample_slices
+from geoseg.thumbs import IMAGE, Thumbs, panel_bands, quicklook_step, sample_slices
 
 # GDAL's block cache (default 5 % of RAM) fills with the whole raster while a COG and its
 # overviews are built: the 16384² class map took 343 MB RSS to convert with the default, 87 MB
@@ -145,7 +145,7 @@ def _palette(classes: tuple[ClassSpec, ...]) -> np.ndarray:
 
 
 def quicklook(plan: Plan, store: str, path: str | Path, max_px: int | None = None,
-              thumbs: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Path:
+              thumbs: Mapping[str, Thumbs] | None = None) -> Path:
     """PNG: the image (RGB) beside each predicted class map, decimated to ≤ ``max_px`` wide
     (default :data:`~geoseg.thumbs.QUICKLOOK_PX`).
 
@@ -154,9 +154,7 @@ def quicklook(plan: Plan, store: str, path: str | Path, max_px: int | None = Non
     reading the image and the store again; a chunk without them is read."""
     g = plan.grid
     step = quicklook_step(g.height, g.width, max_px)
-    if step != quicklook_step(g.height, g.width):
-        thumbs = None  # taken for the default size
-    have = thumbs or {}
+    have = {k: t.arrays for k, t in (thumbs or {}).items() if t.step == step}
     shape = (-(-g.height // step), -(-g.width // step))
     panels = [_image_panel(plan, step, shape, {k: t[IMAGE] for k, t in have.items()
                                                if IMAGE in t})]

@@ -11,6 +11,8 @@ job, or a model reading other bands) are read as before.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from geoseg.grid import Window
@@ -18,6 +20,15 @@ from geoseg.grid import Window
 QUICKLOOK_PX = 1024  # the quicklook's longest side at most, in panel pixels
 THUMBS = "thumbs"  # the key of a chunk's thumbs in its stats (taken out before its record)
 IMAGE = "image"  # the image's thumb among a chunk's thumbs (the others: one per model)
+
+
+class Thumbs(NamedTuple):
+    """A chunk's quicklook pixels: every ``step``-th grid pixel of the image (:data:`IMAGE`,
+    where the read had its bands) and of each model's classes (by model name). The step is
+    the one of the process that took them (a Ray worker's may differ from the driver's)."""
+
+    step: int
+    arrays: dict[str, np.ndarray]
 
 
 def quicklook_step(height: int, width: int, max_px: int | None = None) -> int:

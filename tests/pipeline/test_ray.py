@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyogrio
@@ -12,23 +13,38 @@ from affine import Affine
 
 from geoseg.config import validate_job
 from geoseg.job import run_job
+from geoseg.plan import make_plan
 
 pytestmark = pytest.mark.ray
 
 
+def _job(image: Path, out: Path, bundles: tuple[str, str], workers: int,
+         chunk: int) -> dict[str, Any]:
+    return {"image": str(image), "output": str(out), "models": list(bundles),
+            "inference": {"chunk_size": chunk, "halo": 64}, "vectors": {"halo": 64},
+            "runtime": {"workers": workers, "threads_per_worker": 1}}
+
+
 def _run(image: Path, out: Path, bundles: tuple[str, str], workers: int, chunk: int) -> object:
-    cfg = validate_job({"image": str(image), "output": str(out), "models": list(bundles),
-                        "inference": {"chunk_size": chunk, "halo": 64},
-                        "vectors": {"halo": 64},
-                        "runtime": {"workers": workers, "threads_per_worker": 1}})
-    return run_job(cfg)
+    return run_job(validate_job(_job(image, out, bundles, workers, chunk)))
 
 
 def test_one_and_two_workers_identical(ray_cluster: None, tmp_path: Path, scene_tif: Path,
-                                       tiny_bundles: tuple[str, str]) -> None:
-    r1 = _run(scene_tif, tmp_path / "w1", tiny_bundles, 1, 64)
-    r2 = _run(scene_tif, tmp_path / "w2", tiny_bundles, 2, 64)
+                                       tiny_bundles: tuple[str, str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from geoseg import outputs
+
+    with monkeypatch.context() as mp:  # the quicklook comes from the pixels workers kept
+        for name in ("read_window", "read_layer"):
+            mp.setattr(outputs, name, lambda *_, **__: pytest.fail("quicklook read again"))
+        r1 = _run(scene_tif, tmp_path / "w1", tiny_bundles, 1, 64)
+        r2 = _run(scene_tif, tmp_path / "w2", tiny_bundles, 2, 64)
     assert r1.ok and r2.ok  # type: ignore[attr-defined]
+    quicklook = (tmp_path / "w1" / "quicklook.png").read_bytes()
+    assert quicklook == (tmp_path / "w2" / "quicklook.png").read_bytes()
+    plan = make_plan(validate_job(_job(scene_tif, tmp_path / "w1", tiny_bundles, 1, 64)))
+    assert quicklook == outputs.quicklook(plan, str(tmp_path / "w1" / "predictions.zarr"),
+                                          tmp_path / "read-back.png").read_bytes()
     a = zarr.open_group(str(tmp_path / "w1" / "predictions.zarr"), mode="r")
     b = zarr.open_group(str(tmp_path / "w2" / "predictions.zarr"), mode="r")
     for name in ("landcover", "landcover_confidence", "buildings", "buildings_confidence"):
