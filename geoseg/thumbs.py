@@ -46,8 +46,10 @@ def sample_slices(window: Window, step: int) -> tuple[slice, slice]:
 
 
 def panel_bands(count: int) -> tuple[int, ...]:
-    """The image bands the quicklook shows: the first three, or the one band as grey."""
-    return tuple(b for b in (1, 2, 3) if b <= count) or (1,)
+    """The image bands the quicklook shows: the first three as RGB, else the first as grey (a
+    two-band image, e.g. radar VV + VH, has no natural colour: its two bands as R and G made
+    a two-channel panel that broke the PNG, and the run with it)."""
+    return (1, 2, 3) if count >= 3 else (1,)
 
 
 def image_thumb(data: np.ndarray, valid: np.ndarray, bands: tuple[int, ...], count: int,

@@ -159,3 +159,39 @@ def test_image_thumb_needs_the_bands_the_quicklook_shows() -> None:
     one = image_thumb(data[:1], valid, (1,), 1, core, window, 2)
     assert one is not None and one.shape == (3, 3, 1)
     assert np.isnan(one[1, 1, 0]) and one[0, 0, 0] == data[0, 2, 2]
+
+
+def test_two_band_image_gets_a_grey_panel(tmp_path: Path) -> None:
+    """A two-band image (radar VV + VH) made a two-channel image panel that broke the PNG and
+    failed the run after its last chunk; its first band is now shown as grey."""
+    import torch
+    from PIL import Image
+
+    from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization
+    from geoseg.models import build_model, save_bundle
+
+    spec = BundleSpec(
+        name="tiny-radar", version="0.0.1", task="landcover",
+        architecture=ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=3,
+                                      decoder_channels=(16, 8, 8)),
+        bands=(1, 2), band_names=("vv", "vh"),
+        normalization=Normalization(mean=(100.0,) * 2, std=(50.0,) * 2),
+        classes=(ClassSpec(id=0, name="land", color="#c8b48c"),
+                 ClassSpec(id=1, name="water", color="#3182bd")),
+        tile_size=256, pixel_size=0.5)
+    torch.manual_seed(0)
+    bundle = tmp_path / "radar"
+    save_bundle(build_model(spec), spec, bundle)
+    image = write_raster(tmp_path / "radar.tif", textured(200, 264)[:2], nodata=0)
+    out = tmp_path / "run"
+    assert run_job(validate_job({
+        "image": str(image), "output": str(out), "models": [str(bundle)],
+        "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"enabled": False},
+        "outputs": {"cog": False}, "runtime": {"threads_per_worker": 1}}),
+        backend=SerialBackend()).ok
+    png = np.asarray(Image.open(out / "quicklook.png").convert("RGB"))
+    panel = png[:, :44]  # 264 px at every 6th
+    assert png.shape == (34, 44 + 8 + 44, 3)
+    assert (panel[..., 0] == panel[..., 1]).all() and (panel[..., 1] == panel[..., 2]).all()
+    assert np.ptp(panel) > 100  # stretched grey, not blank
+    assert (out / "quicklook.png").read_bytes() == _read_back(out, tmp_path)
