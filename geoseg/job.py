@@ -190,7 +190,8 @@ class _Recorder:
 
     def __init__(self, plan: Plan, manifest: Any, sink: Any, progress: ProgressFn | None,
                  pixels_done: int, t0: float,
-                 on_written: Callable[[], None] | None = None) -> None:
+                 on_written: Callable[[], None] | None = None,
+                 thumbs: dict[str, Thumbs] | None = None) -> None:
         self.plan, self.manifest, self.sink, self.progress = plan, manifest, sink, progress
         self.on_written = on_written  # called once every chunk of the plan is written
         self.pixels_total = plan.grid.height * plan.grid.width
@@ -203,7 +204,7 @@ class _Recorder:
         self.vectorized = 0
         self.done = len(manifest.done)
         self.px_area = _px_area(plan)
-        self.thumbs: dict[str, Thumbs] = {}  # chunk id -> its quicklook pixels
+        self.thumbs = thumbs if thumbs is not None else {}  # chunk id -> its quicklook pixels
         self._emit()
 
     def _emit(self) -> None:
@@ -397,9 +398,12 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     # the exports read only the store: they start once every chunk is written (and verified),
     # while the last chunks are vectorized and the GeoPackage writer finishes
     pool = ThreadPoolExecutor(2, thread_name_prefix="geoseg-export")
-    early = _Exports(pool, cfg, plan, layout, store, manifest)
-    rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter(), early.start)
-    early.thumbs = rec.thumbs  # complete once every chunk is written: then the exports start
+    # the chunks' quicklook pixels, filled by the recorder: complete once every chunk is
+    # written, which is when the exports start
+    thumbs: dict[str, Thumbs] = {}
+    early = _Exports(pool, cfg, plan, layout, store, manifest, thumbs)
+    rec = _Recorder(plan, manifest, sink, progress, done_px, time.perf_counter(), early.start,
+                    thumbs)
     t0 = time.perf_counter()
     setup_s = t0 - t_start
     try:
@@ -479,10 +483,10 @@ class _Exports:
     written, then verified against its record (in the export pool, off the chunk loop)."""
 
     def __init__(self, pool: ThreadPoolExecutor, cfg: JobConfig, plan: Plan, layout: RunLayout,
-                 store: str, manifest: RunManifest) -> None:
+                 store: str, manifest: RunManifest, thumbs: dict[str, Thumbs]) -> None:
         self.pool, self.cfg, self.plan, self.layout = pool, cfg, plan, layout
         self.store, self.manifest = store, manifest
-        self.thumbs: dict[str, Thumbs] = {}  # chunks' quicklook pixels (this run)
+        self.thumbs = thumbs  # chunks' quicklook pixels (this run)
         self.started = False
         self._verified: Future[tuple[list[ChunkFailure], dict[str, Future[Any]]]] | None = None
 

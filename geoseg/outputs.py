@@ -195,7 +195,7 @@ def _decimate(plan: Plan, step: int, shape: tuple[int, int], bands: int,
 
 def _image_panel(plan: Plan, step: int, shape: tuple[int, int],
                  taken: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
-    """The image's first three bands (or its one band as grey), 2–98 % stretched; pixels the
+    """The image's first three bands (or its first band as grey), 2–98 % stretched; pixels the
     reads find invalid (nodata, masked, NaN) in the nodata grey. Chunks of ``taken`` come from
     the run's reads, the others are read in whole chunks: a decimated read of the whole image
     through GDAL either filled the block cache with the whole raster (1.1 GB RSS at 16384²) or,

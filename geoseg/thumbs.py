@@ -1,12 +1,13 @@
 """A chunk's share of the quicklook, taken while the chunk is in memory.
 
 The quicklook shows every ``step``-th pixel of the output grid: the image's first three bands
-(or its one band) beside each class map. Reading them back from the image and the store once the
-run is over cost a second decode of the whole image (3.6 of 4.9 CPU-s at 16384², and a second
-download of a remote image). Instead each chunk keeps those pixels as it goes: the image's from
-its read, the classes from its prediction. A quicklook built from these thumbs is the one built
-from reads (tested byte for byte); chunks without a thumb (done by an earlier run of a resumed
-job, or a model reading other bands) are read as before.
+(or its first band) beside each class map. Reading them back from the image and the store once
+the run is over cost a second decode of the whole image (3.6 of 4.9 CPU-s at 16384²; a remote
+image's tiles are fetched again unless GDAL's cache still holds them). Instead each chunk keeps
+those pixels as it goes: the image's from its read, the classes from its prediction. A
+quicklook built from these thumbs is the one built from reads (tested byte for byte); chunks
+without a thumb (done by an earlier run of a resumed job, or a model reading other bands) are
+read as before.
 """
 
 from __future__ import annotations
