@@ -6,7 +6,7 @@ read → predict (all models, tiled + blended, halo cropped) → write one Zarr 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -18,7 +18,7 @@ from geoseg.area import row_pixel_areas_m2
 from geoseg.blockcache import BlockCache
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, Window
-from geoseg.io import read_window
+from geoseg.io import RasterInfo, read_window
 from geoseg.outdir import storage_errors
 from geoseg.plan import ModelRef, Plan
 from geoseg.region import region_mask
@@ -80,14 +80,33 @@ class ChunkOutput:
     thumb: np.ndarray | None = None  # the image's quicklook pixels (geoseg.thumbs)
 
 
+def source_window(plan: Plan, chunk: Chunk) -> Window:
+    """The image pixels a chunk's read covers: its window plus halo, in the image's grid (it
+    may reach outside the image: reads are boundless)."""
+    ctx = chunk.window.pad(plan.halo)
+    return Window(ctx.row_off + plan.offset.row_off, ctx.col_off + plan.offset.col_off,
+                  ctx.height, ctx.width)
+
+
+def block_cache(plan: Plan, todo: Iterable[Chunk]) -> BlockCache:
+    """The decoded-block cache of a run's reads, told which image pixels the reads of ``todo``
+    will cover (:meth:`~geoseg.blockcache.BlockCache.expect`)."""
+    cache = BlockCache()
+    if isinstance(plan.image, RasterInfo):
+        inside = plan.image.geobox.window
+        cache.expect(plan.image.path, [
+            (w.row_off, w.col_off, w.height, w.width)
+            for w in (source_window(plan, c).intersect(inside) for c in todo)])
+    return cache
+
+
 def read_chunk(plan: Plan, chunk: Chunk, cache: BlockCache | None = None) -> ChunkInput:
     """Read the chunk plus halo from the image (boundless; region and nodata masked). A
     ``cache`` shared by the reads of one job decodes each source block once (see
     :mod:`geoseg.blockcache`)."""
     t0 = time.perf_counter()
     ctx = chunk.window.pad(plan.halo)
-    img_win = type(ctx)(ctx.row_off + plan.offset.row_off, ctx.col_off + plan.offset.col_off,
-                        ctx.height, ctx.width)
+    img_win = source_window(plan, chunk)
     source = sources = None
     try:
         if isinstance(plan.image, Mosaic):
@@ -137,9 +156,7 @@ def model_input(plan: Plan, ref: ModelRef, inp: ChunkInput) -> tuple[np.ndarray,
     shape = (max(h, tile), max(w, tile)) if exact else (h, w)
     if ref.spec.padding == "constant" and shape == (h, w):
         return x, tile, overlap, exact  # as before padding existed: no copy
-    ctx = inp.chunk.window.pad(plan.halo)
-    img_win = Window(ctx.row_off + plan.offset.row_off, ctx.col_off + plan.offset.col_off,
-                     ctx.height, ctx.width)
+    img_win = source_window(plan, inp.chunk)
     inner = img_win.intersect(plan.image.geobox.window)
     inside = (inner.relative_to(img_win).slices() if inner.size
               else (slice(0, 0), slice(0, 0)))

@@ -32,8 +32,7 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from geoseg.blockcache import BlockCache
-from geoseg.chunks import predict_chunk, read_chunk, write_output
+from geoseg.chunks import block_cache, predict_chunk, read_chunk, write_output
 from geoseg.errors import GeoSegError, StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
@@ -151,7 +150,7 @@ class LocalBackend:
                 raise RuntimeError("the models were freed while a pass was queued")
             return predict_chunk(plan, models, chunk_input.result())
 
-        blocks = BlockCache()  # the reads' decoded source blocks, bounded; cleared after the last
+        blocks = block_cache(plan, todo)  # decoded source blocks, bounded; cleared after the last
         pool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io")
         mpool = ThreadPoolExecutor(callers, thread_name_prefix="geoseg-model")
         vpool = VectorPool(vector_fn or _no_vectors, plan, store, threads=n_io,

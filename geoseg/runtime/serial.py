@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import traceback
 
-from geoseg.blockcache import BlockCache
-from geoseg.chunks import predict_chunk, read_chunk, write_output
+from geoseg.chunks import block_cache, predict_chunk, read_chunk, write_output
 from geoseg.errors import GeoSegError, StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
@@ -27,7 +26,7 @@ class SerialBackend:
         report = StageReport()
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         ready = gate.settle()
-        blocks = BlockCache()  # row-major chunks: neighbours share their halo's source blocks
+        blocks = block_cache(plan, todo)  # neighbours share their halo's source blocks
         for chunk in todo:
             try:
                 inp = read_chunk(plan, chunk, blocks)

@@ -162,3 +162,36 @@ def test_bands_of_different_types_read_directly(tmp_path: Path) -> None:
     data, _ = read_window(info, Window(0, 0, 40, 40), (1, 2), cache=cache)
     assert cache.misses == 0
     assert data[0].max() == 200 and data[1].max() == 3000
+
+
+def test_announced_reads_keep_the_shared_band_and_drop_each_block_after_its_last_read(
+        tmp_path: Path) -> None:
+    """Two chunk rows of 8 chunks (32 px, halo 8) over 16 px tiles: under a budget of 24
+    blocks, least-recently-used eviction drops the tile rows both chunk rows share before the
+    second row needs them; with the reads announced the budget rises to what they hold at once
+    (the shared band: 2 tile rows of 16 blocks, plus a window's), each block is decoded once,
+    and dropped after the last window that covers it (nothing is left at the end)."""
+    rng = np.random.default_rng(5)
+    info = open_info(tiled(tmp_path / "wide.tif", rng.integers(0, 255, (3, 64, 256), np.uint8)))
+    windows = [Window(r - 8, c - 8, 48, 48) for r in range(0, 64, 32) for c in range(0, 256, 32)]
+    inside = info.geobox.window
+    budget = 24 * B * B * 3
+    counts = {}
+    for announce in (False, True):
+        cache = BlockCache(max_bytes=budget)
+        if announce:
+            cache.expect(info.path, [(w.row_off, w.col_off, w.height, w.width)
+                                     for w in (win.intersect(inside) for win in windows)])
+        for win in windows:
+            got = read_window(info, win, (1, 2, 3), cache=cache)
+            want = read_window(info, win, (1, 2, 3))
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            assert cache.bytes <= (budget if not announce else 36 * B * B * 3)
+        counts[announce] = cache.misses
+        if announce:
+            assert cache.bytes == 0  # every block went after its last announced read
+            assert cache.peak_bytes > budget  # the schedule raised the budget
+            again = read_window(info, windows[3], (1, 2, 3), cache=cache)  # a retry: not
+            assert np.array_equal(again[0], read_window(info, windows[3], (1, 2, 3))[0])
+    assert counts[True] == 4 * 16  # every tile once
+    assert counts[False] > counts[True]  # LRU decoded the shared band again
