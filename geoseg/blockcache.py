@@ -81,6 +81,10 @@ class BlockCache:
         with self._lock:
             self._expected.setdefault(ident, []).extend(w for w in windows if w[2] > 0 < w[3])
 
+    def stats(self) -> dict[str, int]:
+        """Blocks decoded and reused so far, and the most bytes the cache held at once."""
+        return {"decoded": self.misses, "reused": self.hits, "peak_bytes": self.peak_bytes}
+
     def clear(self) -> None:
         """Drop every block (the job's last read is done)."""
         with self._lock:

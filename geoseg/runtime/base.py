@@ -31,6 +31,8 @@ class StageReport:
     failed: list[ChunkFailure] = field(default_factory=list)
     vectorized: int = 0
     load_s: float = 0.0  # loading the models (where the backend knows it)
+    # source blocks the reads decoded and reused (BlockCache.stats, summed over caches)
+    blocks: dict[str, int] = field(default_factory=dict)
 
 
 class Callbacks(Protocol):

@@ -200,6 +200,7 @@ class LocalBackend:
             for p in pools:
                 p.shutdown(wait=True)
             blocks.clear()
+        report.blocks = blocks.stats()
         return report
 
 

@@ -1,10 +1,13 @@
 """The Ray adapter: the module that runs chunks on Ray (``jobs.py`` only talks to the job server).
 
-Reading, writing and vectorizing are Ray tasks; models live in a pool of actors (one per GPU with
-``num_gpus``, or CPU actors) that load their bundles once. The driver chains read → predict →
-write per chunk through object refs, keeps at most ``max_in_flight`` chunks in the air (back
-pressure: readers never flood memory), and schedules a chunk's vectorization as soon as it and
-its neighbours are written.
+Writing and vectorizing are Ray tasks; models live in a pool of actors (one per GPU with
+``num_gpus``, or CPU actors) that load their bundles once. A local image is read by one reader
+actor per node of the model actors, through one cache of decoded source blocks (neighbouring
+chunks share their halo's blocks: read tasks, each in whichever worker process was free,
+decoded every block ~4 times); other images are read by Ray tasks. The driver chains read →
+predict → write per chunk through object refs, keeps at most ``max_in_flight`` chunks in the
+air (back pressure: readers never flood memory), and schedules a chunk's vectorization as soon
+as it and its neighbours are written.
 
 Failures, from the cheapest remedy to the last:
 
@@ -30,9 +33,18 @@ from typing import Any
 
 import ray
 
-from geoseg.chunks import ChunkInput, ChunkOutput, predict_chunk, read_chunk, write_output
+from geoseg.blockcache import file_identity
+from geoseg.chunks import (
+    ChunkInput,
+    ChunkOutput,
+    block_cache,
+    predict_chunk,
+    read_chunk,
+    write_output,
+)
 from geoseg.errors import GeoSegError, JobInterrupted, StorageError
 from geoseg.grid import Chunk
+from geoseg.io import RasterInfo
 from geoseg.plan import Plan
 from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn, model_callers
 from geoseg.runtime.scheduling import NeighbourGate
@@ -103,6 +115,34 @@ class ModelWorker:
         error that kept it from loading its models (a retry or a restart cannot fix that)."""
         return self.error if self.error is not None else os.getpid()
 
+    def node(self) -> str:
+        """The Ray node the actor runs on (its chunks are read there)."""
+        return str(ray.get_runtime_context().get_node_id())
+
+
+class ChunkReader:
+    """Reads chunks on one node through one decoded-block cache (:mod:`geoseg.blockcache`),
+    in threads (the actor's ``max_concurrency``). ``announce``: the chunks it will read, in
+    order, when it reads all of them (one reader), so that each block goes after its last
+    read; otherwise least recently used blocks go first, under the cache's floor."""
+
+    def __init__(self, plan: Plan, announce: list[Chunk]) -> None:
+        self.plan = plan
+        self.cache = block_cache(plan, announce)
+
+    def read(self, chunk: Chunk) -> ChunkInput:
+        return read_chunk(self.plan, chunk, self.cache)
+
+    def stats(self) -> dict[str, int]:
+        """Source blocks decoded and reused, and the cache's peak bytes."""
+        return self.cache.stats()
+
+
+def cached_reads(plan: Plan) -> bool:
+    """Whether the chunks' reads go through :class:`ChunkReader` actors: a local image (the
+    block cache's case); URLs and mosaics are read by tasks, wherever a worker is free."""
+    return isinstance(plan.image, RasterInfo) and file_identity(plan.image.path) is not None
+
 
 def _read(plan: Plan, chunk: Chunk) -> ChunkInput:
     return read_chunk(plan, chunk)
@@ -160,20 +200,23 @@ class _Pool:
 
 
 class RayBackend:
-    """Runs chunks on Ray. ``worker_cls`` (the model actor) and ``write_fn`` (the chunk writer)
-    are the seams where tests inject faults; ``peak_in_flight`` records the most chunks the
-    driver had in the air."""
+    """Runs chunks on Ray. ``worker_cls`` (the model actor), ``reader_cls`` (the chunk reader)
+    and ``write_fn`` (the chunk writer) are the seams where tests inject faults;
+    ``peak_in_flight`` records the most chunks the driver had in the air."""
 
     def __init__(self, worker_cls: type[ModelWorker] = ModelWorker,
                  write_fn: WriteFn = write_output, actor_restarts: int = ACTOR_RESTARTS,
-                 task_retries: int = TASK_RETRIES, passes: int | None = None) -> None:
+                 task_retries: int = TASK_RETRIES, passes: int | None = None,
+                 reader_cls: type[ChunkReader] = ChunkReader) -> None:
         self.worker_cls = worker_cls
+        self.reader_cls = reader_cls
         self.passes = passes  # runtime.passes_at_once: chunks at once in a GPU actor
         self.callers = 1  # chunks at once in each model actor in the last run
         self.write_fn = write_fn
         self.actor_restarts = actor_restarts
         self.task_retries = task_retries
         self.peak_in_flight = 0
+        self.read_stats: list[dict[str, int]] = []  # per reader actor of the last run
 
     def gpus(self) -> int:
         """GPUs of the cluster the driver is connected to (the driver's own host may have none,
@@ -201,6 +244,8 @@ class RayBackend:
         # the plan travels by value: actor restarts must not depend on an object-store ref
         pool = _Pool.start(lambda: actor_cls.remote(plan, device, threads), workers,
                            max_replacements=2 * workers * (retries + 1))
+        readers = _Readers.start(self.reader_cls, plan, pool, todo, max_in_flight,
+                                 self.actor_restarts)
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         report = StageReport()
         pending = deque(todo)
@@ -218,7 +263,9 @@ class RayBackend:
             i = pool.pick()
             pool.load[i] += 1
             attempts[chunk.id] = attempts.get(chunk.id, 0) + 1
-            inp = read_t.remote(plan_ref, chunk)
+            reader = readers.of(i, pool.generation[i])
+            inp = (reader.read.remote(chunk) if reader is not None
+                   else read_t.remote(plan_ref, chunk))
             out = pool.actors[i].predict.remote(plan_ref, inp)
             ref = write_t.remote(self.write_fn, plan_ref, store, out)
             chunk_refs[ref] = (chunk, i, pool.generation[i])
@@ -254,7 +301,7 @@ class RayBackend:
                     cause = _root(exc)
                     if isinstance(cause, StorageError):
                         raise cause from None  # disk full, permission: stop the job, one line
-                    if isinstance(exc, ray.exceptions.ActorDiedError):
+                    if isinstance(exc, ray.exceptions.ActorDiedError) and not readers.died(exc):
                         pool.replace(i, gen)
                     n = attempts[chunk.id]
                     msg = _short(exc)
@@ -276,9 +323,69 @@ class RayBackend:
                     # (a region spanning the raster is merged last, in the driver)
                     log.info("all chunks predicted: model actors released")
                     pool.stop()
+                    self.read_stats = readers.stats()
+                    report.blocks = {k: sum(s[k] for s in self.read_stats)
+                                     for k in ("decoded", "reused", "peak_bytes")}
+                    readers.stop()
         finally:
             pool.stop()
+            readers.stop()
         return report
+
+
+@dataclass
+class _Readers:
+    """The :class:`ChunkReader` of each model actor's node (none: chunks are read by tasks)."""
+
+    actors: list[Any]
+    of_worker: list[Any]  # the reader of each model actor as started
+    generation: list[int]  # the model actors' generations then (a replacement reads by tasks)
+
+    @classmethod
+    def start(cls, reader: type[ChunkReader], plan: Plan, pool: _Pool, todo: list[Chunk],
+              concurrency: int, restarts: int) -> _Readers:
+        if not cached_reads(plan):
+            return cls([], [None] * len(pool.actors), list(pool.generation))
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = ray.get([a.node.remote() for a in pool.actors])
+        reader_cls = ray.remote(reader)
+        # one node reads every chunk in the driver's order: announced; several share them
+        announce = todo if len(set(nodes)) == 1 else []
+        by_node = {n: reader_cls.options(
+            num_cpus=TASK_CPUS, max_concurrency=max(2, concurrency), max_restarts=restarts,
+            max_task_retries=restarts,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=True),
+        ).remote(plan, announce) for n in dict.fromkeys(nodes)}
+        return cls(list(by_node.values()), [by_node[n] for n in nodes], list(pool.generation))
+
+    def of(self, worker: int, generation: int) -> Any:
+        return self.of_worker[worker] if generation == self.generation[worker] else None
+
+    def died(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a reader died for good (Ray restarts it first); if so, its
+        model actors' chunks are read by tasks from now on."""
+        dead = getattr(exc, "actor_id", None)
+        ids = {r._actor_id.hex(): r for r in self.actors}
+        if dead not in ids:
+            return False
+        log.warning("a chunk reader actor died for good; its chunks are read by tasks")
+        self.of_worker = [None if r is ids[dead] else r for r in self.of_worker]
+        return True
+
+    def stats(self) -> list[dict[str, int]]:
+        """Each reader's cache statistics (none from a reader that died)."""
+        try:
+            return list(ray.get([r.stats.remote() for r in self.actors], timeout=30))
+        except (ray.exceptions.RayError, OSError):
+            return []
+
+    def stop(self) -> None:
+        """Kill the readers (once; their blocks go with them)."""
+        for r in self.actors:
+            ray.kill(r)
+        self.actors = []
+        self.of_worker = [None] * len(self.of_worker)
 
 
 def _vector_cpus(workers: int, gpu: bool) -> float:

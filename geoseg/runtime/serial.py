@@ -42,6 +42,7 @@ class SerialBackend:
                 cb.chunk_failed(f)
                 report.failed.append(f)
             ready += gate.settle(chunk.index)
+        report.blocks = blocks.stats()
         if vector_fn is not None:
             for c in ready:
                 cb.vectors_done(c, vector_fn(plan, store, c))

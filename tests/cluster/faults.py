@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.chunks import ChunkInput, ChunkOutput, write_output
+from geoseg.grid import Chunk
 from geoseg.plan import Plan
-from geoseg.runtime.ray_backend import ModelWorker
+from geoseg.runtime.ray_backend import ChunkReader, ModelWorker
 
 ACTOR_CRASH_CHUNK = "2_1"  # the model actor's process dies while predicting this chunk, once
 WRITER_CRASH_CHUNK = "1_2"  # the writer's process dies after writing this chunk, once
@@ -58,3 +59,15 @@ def crash_after_write(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any
     if out.chunk.id == WRITER_CRASH_CHUNK and _once(Path(store).parent / "writer-crashed"):
         os._exit(1)
     return stats
+
+
+READER_CRASH_CHUNK = "1_1"  # the chunk reader's process dies while reading this chunk, once
+
+
+class CrashingReader(ChunkReader):
+    """Its process dies the first time it reads READER_CRASH_CHUNK."""
+
+    def read(self, chunk: Chunk) -> ChunkInput:
+        if chunk.id == READER_CRASH_CHUNK and _once(_out_dir(self.plan) / "reader-crashed"):
+            os._exit(1)
+        return super().read(chunk)

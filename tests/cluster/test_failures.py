@@ -85,3 +85,56 @@ def test_failing_chunk_reported_then_resumed(ray_cluster: None, tmp_path: Path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["chunks"]["computed_this_run"] == 1 and not summary["chunks"]["failed"]
     assert_same_store(clean_run, out)
+
+
+def _tiled_copy(tmp_path: Path, region_tif: Path, block: int) -> Path:
+    """The region's pixels in a GeoTIFF of ``block``² tiles, in a folder of its own."""
+    import rasterio
+
+    (tmp_path / "img").mkdir()
+    path = tmp_path / "img" / "region.tif"
+    with rasterio.open(region_tif) as src:
+        profile = {**src.profile, "tiled": True, "blockxsize": block, "blockysize": block}
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(src.read())
+            dst.descriptions = src.descriptions
+            dst.update_tags(**src.tags())
+    return path
+
+
+def test_one_reader_decodes_each_source_block_once(ray_cluster: None, tmp_path: Path,
+                                                   region_tif: Path,
+                                                   tiny_bundles: tuple[str, str],
+                                                   clean_run: Path) -> None:
+    """A local image is read by one reader actor through one block cache, told the chunks
+    to come: each of the 16 tiles is decoded once, though the 16 chunk windows (64² + 32 px
+    of halo) touch 64 tile reads; read tasks decoded every tile of every window."""
+    img = _tiled_copy(tmp_path, region_tif, 64)
+    out = tmp_path / "out"
+    backend = RayBackend()
+    assert run_job(validate_job(job_dict(img, out, tiny_bundles)), backend=backend).ok
+    (stats,) = backend.read_stats  # one node: one reader
+    assert stats["decoded"] == 16
+    assert stats["reused"] + stats["decoded"] == 4 * 9 + 4 * 2 * 6 + 4 * 4  # 3×3, 2×3, 2×2
+    assert stats["peak_bytes"] < 16 * 64 * 64 * 4  # blocks went after their last read
+    assert_same_store(clean_run, out)
+
+
+def test_reader_dead_for_good_hands_its_reads_to_tasks(ray_cluster: None, tmp_path: Path,
+                                                        region_tif: Path,
+                                                        tiny_bundles: tuple[str, str],
+                                                        clean_run: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """No Ray restarts left for the reader: its chunks are read by tasks, the model actor is
+    kept, and the store is the same."""
+    img = _tiled_copy(tmp_path, region_tif, 64)
+    out = tmp_path / "out"
+    backend = RayBackend(reader_cls=faults.CrashingReader, actor_restarts=0)
+    res = run_job(validate_job(job_dict(img, out, tiny_bundles)), backend=backend)
+    assert (img.parent / "reader-crashed").exists()
+    assert res.ok, res.failed
+    assert backend.read_stats == []  # the reader is gone, and its statistics with it
+    said = [r.getMessage() for r in caplog.records]
+    assert any("chunk reader actor died for good" in m for m in said), said
+    assert not any("model actor" in m for m in said), said  # the model was not replaced
+    assert_same_store(clean_run, out)
