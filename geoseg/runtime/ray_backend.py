@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -240,6 +241,7 @@ class RayBackend:
         vec_t = ray.remote(_vectorize).options(num_cpus=_vector_cpus(workers, gpu),
                                                max_retries=self.task_retries)
 
+        t0 = time.perf_counter()
         plan_ref = ray.put(plan)
         # the plan travels by value: actor restarts must not depend on an object-store ref
         pool = _Pool.start(lambda: actor_cls.remote(plan, device, threads), workers,
@@ -247,7 +249,8 @@ class RayBackend:
         readers = _Readers.start(self.reader_cls, plan, pool, todo, max_in_flight,
                                  self.actor_restarts)
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
-        report = StageReport()
+        # the job's actors started: worker processes, models loaded, readers placed
+        report = StageReport(load_s=time.perf_counter() - t0)
         pending = deque(todo)
         attempts: dict[str, int] = {}
         chunk_refs: dict[ray.ObjectRef, tuple[Chunk, int, int]] = {}
