@@ -262,10 +262,30 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     The output folder is locked for the whole job (a second job into it is refused); an
     interruption (KeyboardInterrupt, :class:`~geoseg.errors.JobInterrupted`) leaves finished
     chunks and a manifest that says so."""
-    plan = make_plan(cfg, engines=_recorded_engines(cfg.output) if resume else None)
+    engines = _recorded_engines(cfg.output) if resume else None
+    plan = make_plan(cfg, engines=engines)  # bad input is found before any connection
+    gpus = _remote_cluster_gpus(cfg)
+    if gpus is not None:  # the engine for the cluster's devices, not for unknown ones
+        plan = make_plan(cfg, engines=engines, cluster_gpus=gpus)
     with open_run_folder(cfg.output) as folder:
         return _run_locked(cfg, plan, folder, overwrite=overwrite, resume=resume,
                            progress=progress, backend=backend)
+
+
+def _remote_cluster_gpus(cfg: JobConfig) -> int | None:
+    """GPUs of the Ray cluster the job joins (an address or RAY_ADDRESS, device auto), which
+    decide what ``auto`` runs the models with: on a CPU-only cluster onnxruntime, 1.8x faster
+    than PyTorch eager there, where an unknown cluster had to be taken for a GPU one. None when
+    the job joins no cluster or its device is given."""
+    if (cfg.runtime.device != "auto" or executor(cfg) != "ray"
+            or not (cfg.runtime.address or os.environ.get("RAY_ADDRESS"))):
+        return None
+    try:
+        from geoseg.runtime.ray_backend import cluster_gpus, ensure_ray
+    except ImportError:
+        return None  # no Ray: the backend says so, in one line
+    ensure_ray(cfg.runtime.address, cfg.runtime.num_cpus)
+    return cluster_gpus()
 
 
 def _recorded_engines(out: str) -> dict[str, Any] | None:

@@ -200,17 +200,23 @@ def _expands(image: str) -> bool:
     return any(c in image for c in "*?[") or image.lower().endswith((".txt", ".json"))
 
 
-def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None) -> Plan:
+def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None,
+              cluster_gpus: int | None = None) -> Plan:
     """The plan of ``cfg``. ``engines`` (task → engine, e.g. those a run being resumed used)
     decide what engine ``auto`` picks per model, so a resume on another host (onnxruntime or a
-    GPU there or not) runs the same computation as the run it continues."""
+    GPU there or not) runs the same computation as the run it continues. ``cluster_gpus``: the
+    GPUs of the remote Ray cluster the job joins, when known, decide device ``auto`` for the
+    engine (without them a remote cluster counts as one with GPUs)."""
     region = region_of(cfg)
     image = open_image(cfg, region)
     remote = bool(cfg.runtime.address or os.environ.get("RAY_ADDRESS"))
+    device = cfg.runtime.device
+    if device == "auto" and remote and cluster_gpus is not None:
+        device = "cuda" if cluster_gpus else "cpu"
     window, clipped = clip_grid(image.geobox, region)
     models = load_models(cfg.models, cfg.inference.engine,
-                         onnx_ok=onnx_fits(cfg.runtime.device, remote), prefer=engines,
-                         bf16_ok=bf16_fits(cfg.runtime.device, remote,
+                         onnx_ok=onnx_fits(device, remote), prefer=engines,
+                         bf16_ok=bf16_fits(device, remote,
                                            pixels=window.height * window.width))
     check_bands(image, models)
     if window.height < 1 or window.width < 1:

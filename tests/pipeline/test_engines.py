@@ -208,3 +208,31 @@ def test_passes_at_once_write_the_same_bytes(tmp_path: Path, scene_tif: Path,
                 .sort_values("id").reset_index(drop=True) for n in (1, 2))
         assert len(a) == len(b) > 0
         assert (a.geometry.to_wkb() == b.geometry.to_wkb()).all()
+
+
+@pytest.mark.ray
+def test_a_cpu_cluster_joined_by_address_runs_the_onnx_graph(
+        ray_cluster: None, tmp_path: Path, scene_tif: Path,
+        onnx_bundles: tuple[str, str]) -> None:
+    """Device auto on a cluster given by address: the driver asks the cluster for its GPUs
+    (this one has none) and ``auto`` runs the ONNX graph, as it does on this host, where a
+    cluster it knew nothing of had to be taken for a GPU cluster (PyTorch, 1.8x slower on
+    CPUs than onnxruntime)."""
+    import onnxruntime
+    import ray
+
+    from geoseg.plan import make_plan
+
+    job = _cfg(scene_tif, tmp_path / "o", onnx_bundles[:1], "auto").model_dump()
+    job["runtime"]["address"] = ray.get_runtime_context().gcs_address
+    cfg = validate_job(job)
+    cuda_build = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    unknown = {m.name: m.engine for m in make_plan(cfg).models}
+    assert unknown == {"landcover": "onnx" if cuda_build else "torch"}
+    assert {m.name: m.engine for m in make_plan(cfg, cluster_gpus=0).models} == \
+        {"landcover": "onnx"}
+    assert {m.name: m.engine for m in make_plan(cfg, cluster_gpus=1).models} == \
+        {"landcover": "onnx" if cuda_build else "torch"}
+    res = run_job(cfg)
+    assert res.ok and res.summary["runtime"]["backend"] == "RayBackend"
+    assert res.summary["engines"] == {"landcover": "onnx"}
