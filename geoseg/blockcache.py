@@ -4,7 +4,8 @@ of a tiled GeoTIFF once instead of once per window.
 A chunk window with its halo (1152² for chunk 1024 + halo 64) over 512² source tiles touches 16
 tiles for 5 tiles' worth of pixels of its own, and GDAL drops its decoded blocks with the
 dataset handle, so every tile of a 4096² image was decoded ~4 times (3.1 ms of deflate per
-512² 4-band tile, measured). The cache keeps decoded blocks of local files under a byte
+512² 4-band tile, measured). The cache keeps decoded blocks of local and remote files (a URL:
+GDAL's process-wide cache holds the fetched bytes, but decodes them again) under a byte
 budget that does not grow with the raster: ``max(64 MiB, 3 windows)``. A job announces the
 windows its reads will cover (:meth:`BlockCache.expect`), so a block is dropped right after its
 last read; what the budget then holds is what will be read again, and least recently used
@@ -25,6 +26,8 @@ from typing import Any
 
 import numpy as np
 from rasterio.windows import Window as RioWindow
+
+from geoseg.sources.remote import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +211,14 @@ class BlockCache:
             done.set()
 
 
-def file_identity(path: str) -> tuple[str, int, int, int] | None:
+def file_identity(path: str) -> tuple[str, ...] | tuple[str, int, int, int] | None:
     """A local file's path, inode, size and modification time (a file replaced or rewritten
-    between two reads is another file); None for anything else (URLs, ``/vsi`` paths)."""
+    between two reads is another file); a URL (``https://``, ``s3://``, GDAL's network
+    paths) as it is written: a cache lives for one job, and within a process GDAL's own
+    cache of fetched bytes takes a remote file for unchanged as well. None for anything else
+    (other ``/vsi`` paths, files that are not there)."""
+    if is_remote(path):
+        return ("remote", str(path))
     try:
         st = os.stat(path)
     except (OSError, ValueError):

@@ -127,7 +127,7 @@ def test_a_replaced_file_is_read_again(tmp_path: Path) -> None:
     assert read_window(info, Window(0, 0, 40, 40), (1,), cache=cache)[0].max() == 15
 
 
-def test_strips_and_remote_paths_read_directly(tmp_path: Path) -> None:
+def test_strips_read_directly(tmp_path: Path) -> None:
     img = np.arange(3 * 300 * 40, dtype=np.uint16).reshape(3, 300, 40)
     with rasterio.open(tmp_path / "strips.tif", "w", driver="GTiff", width=40, height=300,
                        count=3, dtype="uint16", transform=TRANSFORM, crs=CRS_UTM,
@@ -138,9 +138,32 @@ def test_strips_and_remote_paths_read_directly(tmp_path: Path) -> None:
     data, _ = read_window(info, Window(0, 0, 300, 40), (1, 2, 3), cache=cache)
     assert np.array_equal(data, img.astype(np.float32))
     assert cache.misses == 0  # 300 one-row strips: more block reads than a direct read saves
-    with rasterio.open(info.path) as src:
-        assert cache.read(src, "https://example.invalid/strips.tif",
-                          rasterio.windows.Window(0, 0, 4, 4), (1,), False) is None
+
+
+def test_a_remote_image_is_cached_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL (a COG over HTTP on 127.0.0.1) is served from the cache as a local file is: each
+    block decoded once for overlapping windows, the same pixels as reads without it."""
+    from tests.range_server import RangeServer
+
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # 127.0.0.1 only: never through a proxy
+    img = np.random.default_rng(5).integers(1, 4000, (3, H, W)).astype(np.uint16)
+    tiled(tmp_path / "remote.tif", img)
+    server = RangeServer(tmp_path).start()
+    try:
+        info = open_info(server.url("remote.tif"))
+        windows = [Window(r, c, 40, 40) for r in (-8, 32) for c in (-8, 24, 56)]
+        cache = BlockCache()
+        cache.expect(info.path, [(w.row_off, w.col_off, w.height, w.width) for w in windows])
+        for win in windows:
+            direct, ok = read_window(info, win, (1, 2, 3))
+            cached, ok2 = read_window(info, win, (1, 2, 3), cache=cache)
+            assert np.array_equal(direct, cached) and np.array_equal(ok, ok2)
+        assert cache.misses == 5 * 6  # every block of the image, each decoded once
+        assert cache.bytes == 0  # announced: each went after its last read
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_bands_of_different_types_read_directly(tmp_path: Path) -> None:
