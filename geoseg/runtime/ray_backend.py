@@ -1,13 +1,13 @@
 """The Ray adapter: the module that runs chunks on Ray (``jobs.py`` only talks to the job server).
 
 Writing and vectorizing are Ray tasks; models live in a pool of actors (one per GPU with
-``num_gpus``, or CPU actors) that load their bundles once. A local image is read by one reader
-actor per node of the model actors, through one cache of decoded source blocks (neighbouring
-chunks share their halo's blocks: read tasks, each in whichever worker process was free,
-decoded every block ~4 times); other images are read by Ray tasks. The driver chains read →
-predict → write per chunk through object refs, keeps at most ``max_in_flight`` chunks in the
-air (back pressure: readers never flood memory), and schedules a chunk's vectorization as soon
-as it and its neighbours are written.
+``num_gpus``, or CPU actors) that load their bundles once. One image (a file or a URL) is read
+by one reader actor per node of the model actors, through one cache of decoded source blocks
+(neighbouring chunks share their halo's blocks: read tasks, each in whichever worker process
+was free, decoded each 512² tile 3.75 times for chunk 1024 + halo 64); mosaics are read by Ray
+tasks. The driver chains read → predict → write per chunk through object refs, keeps at most
+``max_in_flight`` chunks in the air (back pressure: readers never flood memory), and schedules
+a chunk's vectorization as soon as it and its neighbours are written.
 
 Failures, from the cheapest remedy to the last:
 
@@ -140,8 +140,8 @@ class ChunkReader:
 
 
 def cached_reads(plan: Plan) -> bool:
-    """Whether the chunks' reads go through :class:`ChunkReader` actors: a local image (the
-    block cache's case); URLs and mosaics are read by tasks, wherever a worker is free."""
+    """Whether the chunks' reads go through :class:`ChunkReader` actors: one image, a file or
+    a URL (the block cache's case); mosaics are read by tasks, wherever a worker is free."""
     return isinstance(plan.image, RasterInfo) and file_identity(plan.image.path) is not None
 
 
