@@ -478,7 +478,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     summary["runtime"]["backend"] = type(backend).__name__
     summary["runtime"]["passes_at_once"] = getattr(backend, "callers", 1)
     summary["runtime"]["vector_processes"] = getattr(backend, "vector_workers", 0)
-    if report.blocks:  # the image's blocks decoded / reused by the reads (a local tiled file)
+    if report.blocks:  # the image's blocks decoded / reused by the reads (one tiled image)
         summary["source_blocks"] = report.blocks
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))
     with folder.errors(SUMMARY):

@@ -179,6 +179,23 @@ def test_user_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert rc == 2 and "typo" in err and err.count("\n") == 1
 
 
+def test_run_on_an_unreachable_cluster_is_one_line(tmp_path: Path, region_tif: Path,
+                                                    tiny_bundles: tuple[str, str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listens at the address: one line at once (``ray.init`` waited ~40 s for the GCS,
+    then exited as if the job had been sent SIGTERM), exit 2, and no output folder."""
+    from geoseg.cli import main
+
+    out = tmp_path / "out"
+    address = f"127.0.0.1:{_free_port()}"
+    rc = main(["-q", "run", str(region_tif), "-o", str(out), "-m", tiny_bundles[0],
+               "--address", address])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("warning:")]
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: cannot reach the Ray cluster at {address} ("), err
+    assert "ray start --head" in err[0] and not out.exists()
+
+
 def test_plan_measures_a_rate(tmp_path: Path, region_tif: Path, tiny_bundles: tuple[str, str],
                               clean_run: Path) -> None:
     cfg = write_config(tmp_path / "job.yaml",
