@@ -347,8 +347,9 @@ class RayBackend:
                     log.info("all chunks predicted: model actors released")
                     pool.stop()
                     self.read_stats = readers.stats()
-                    report.blocks = {k: sum(s[k] for s in self.read_stats)
-                                     for k in ("decoded", "reused", "peak_bytes")}
+                    if self.read_stats:  # (none when a reader died: no counts, not zeros)
+                        report.blocks = {k: sum(s[k] for s in self.read_stats)
+                                         for k in self.read_stats[0]}
                     readers.stop()
         finally:
             pool.stop()

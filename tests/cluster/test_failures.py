@@ -112,9 +112,11 @@ def test_one_reader_decodes_each_source_block_once(ray_cluster: None, tmp_path: 
     img = _tiled_copy(tmp_path, region_tif, 64)
     out = tmp_path / "out"
     backend = RayBackend()
-    assert run_job(validate_job(job_dict(img, out, tiny_bundles)), backend=backend).ok
+    res = run_job(validate_job(job_dict(img, out, tiny_bundles)), backend=backend)
+    assert res.ok
     (stats,) = backend.read_stats  # one node: one reader
     assert stats["decoded"] == 16
+    assert res.summary["source_blocks"] == stats
     assert stats["reused"] + stats["decoded"] == 4 * 9 + 4 * 2 * 6 + 4 * 4  # 3×3, 2×3, 2×2
     assert stats["peak_bytes"] < 16 * 64 * 64 * 4  # blocks went after their last read
     assert_same_store(clean_run, out)
@@ -134,6 +136,7 @@ def test_reader_dead_for_good_hands_its_reads_to_tasks(ray_cluster: None, tmp_pa
     assert (img.parent / "reader-crashed").exists()
     assert res.ok, res.failed
     assert backend.read_stats == []  # the reader is gone, and its statistics with it
+    assert "source_blocks" not in res.summary  # no counts rather than zeros
     said = [r.getMessage() for r in caplog.records]
     assert any("chunk reader actor died for good" in m for m in said), said
     assert not any("model actor" in m for m in said), said  # the model was not replaced
