@@ -9,7 +9,10 @@ Rows, each one run of ``geoseg run`` on the same image and bundle:
 - ray, connected: a running one-node Ray cluster (``ray start --head`` on 127.0.0.1 with this
   machine's cores, started before the row and not timed in it; its start-up is printed apart),
   joined with ``--address``: what a user who submits to a cluster gets;
-- ray, started by the job: ``--executor ray`` without an address (Ray's start-up included).
+- ray, started by the job: ``--executor ray`` without an address (Ray's start-up included);
+- ray, two nodes: a two-node cluster (``ray start --head`` and ``ray start --address``), each
+  node's processes pinned to half of this machine's cores, as a real cluster's nodes each have
+  their own (the job's defaults: a model actor per node, each node reading its own band).
 
 CPU is the whole machine's, from /proc/stat (every Ray process counts, those that exit during
 the run too): run it on an otherwise idle machine. "idle" is the share of the cores' time
@@ -65,38 +68,55 @@ def run(cmd: list[str], out: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 class Cluster:
-    """A one-node Ray cluster of this benchmark's own (``ray start --head --block``), bound to
-    127.0.0.1; stopped by signalling the process that started it."""
+    """A Ray cluster of this benchmark's own on 127.0.0.1 (``ray start --head --block``, plus
+    ``ray start --address --block`` for each further node), stopped by signalling the processes
+    that started it. With several nodes each node's processes are pinned to its own share of
+    the cores (CPU affinity), as nodes of a real cluster each have their own."""
 
-    def __init__(self, cores: int, env: dict[str, str]) -> None:
+    def __init__(self, cores: int, env: dict[str, str], nodes: int = 1) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.temp = tempfile.mkdtemp(prefix="ray-bench-")
         self.address = f"127.0.0.1:{self.port}"
+        per = max(1, cores // nodes)
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-             "--port", str(self.port), "--num-cpus", str(cores), "--include-dashboard",
-             "false", "--disable-usage-stats", "--temp-dir", self.temp],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        while subprocess.run(["ray", "status", "--address", self.address], env=env,
-                             capture_output=True).returncode != 0:
-            if self.proc.poll() is not None or time.perf_counter() - t0 > 120:
-                self.stop()
-                raise SystemExit("ray start failed (or took over 2 minutes)")
-            time.sleep(0.5)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for k in range(nodes):
+            where = (["--head", "--port", str(self.port), "--include-dashboard", "false",
+                      "--temp-dir", self.temp] if k == 0 else ["--address", self.address])
+            cpus = set(range(k * per, (k + 1) * per)) if nodes > 1 else None
+            self.procs.append(subprocess.Popen(
+                ["ray", "start", "--block", "--node-ip-address", "127.0.0.1", *where,
+                 "--num-cpus", str(per if nodes > 1 else cores), "--disable-usage-stats"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=(lambda c=cpus: os.sched_setaffinity(0, c)) if cpus else None))
+            while self.alive_nodes(env) <= k:
+                if self.procs[k].poll() is not None or time.perf_counter() - t0 > 180:
+                    self.stop()
+                    raise SystemExit("ray start failed (or took over 3 minutes)")
+                time.sleep(0.5)
         self.start_s = time.perf_counter() - t0
 
+    def alive_nodes(self, env: dict[str, str]) -> int:
+        """Active nodes as `ray status` lists them (0 while the head does not answer)."""
+        done = subprocess.run(["ray", "status", "--address", self.address], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            return 0
+        return sum(1 for ln in done.stdout.splitlines() if ln.strip().split(" ")[-1]
+                   .startswith("node_") and ln.strip()[:1].isdigit())
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        for proc in reversed(self.procs):  # workers first, then the head
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
@@ -127,8 +147,8 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--halo", type=int, default=64)
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "geoseg-bench"))
-    p.add_argument("--rows", default="local,connected,started",
-                   help="which rows, comma-separated: local, connected, started")
+    p.add_argument("--rows", default="local,connected,started,two-nodes",
+                   help="which rows, comma-separated: local, connected, started, two-nodes")
     a = p.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -158,6 +178,13 @@ def main() -> None:
             cluster.stop()
     if "started" in wanted:
         rows["ray, started by the job"] = run(cmd("--executor", "ray"), out, env)
+    if "two-nodes" in wanted and cores >= 2:
+        cluster = Cluster(cores, env, nodes=2)
+        try:
+            rows["ray, two nodes of half the cores"] = run(
+                cmd("--address", cluster.address), out, env)
+        finally:
+            cluster.stop()
 
     n_tiles = tiles(img)
     print(f"\nmodel: {a.model} ({bundle}); {a.size}² ({mpx:.1f} Mpx, {n_tiles} source tiles); "

@@ -170,9 +170,12 @@ def default_in_flight(cfg: JobConfig, device: str, workers: int) -> int:
     return max(2 * workers * passes + 2, cfg.runtime.num_cpus or os.cpu_count() or 1)
 
 
-def _width(cfg: JobConfig, device: str, gpus: int | None = None) -> tuple[int, int]:
+def _width(cfg: JobConfig, device: str, gpus: int | None = None,
+           cpu_nodes: int | None = None) -> tuple[int, int]:
     """(model workers, torch threads per worker): one worker per GPU, else one CPU worker using
-    all cores (measured faster on 2 cores than two single-threaded workers)."""
+    all cores (measured faster on 2 cores than two single-threaded workers). On a Ray cluster
+    (``cpu_nodes``: its nodes with CPUs) one CPU worker per node, each with its node's cores
+    (threads 0: the backend gives each actor its node's share)."""
     cpus = cfg.runtime.num_cpus or os.cpu_count() or 1
     if device == "cuda":
         if gpus is None:
@@ -181,6 +184,8 @@ def _width(cfg: JobConfig, device: str, gpus: int | None = None) -> tuple[int, i
             gpus = torch.cuda.device_count()
         workers = cfg.runtime.workers or max(1, int(gpus / cfg.runtime.gpus_per_worker))
         return workers, cfg.runtime.threads_per_worker or 2
+    if cpu_nodes is not None:
+        return cfg.runtime.workers or cpu_nodes, cfg.runtime.threads_per_worker or 0
     workers = cfg.runtime.workers or 1
     return workers, cfg.runtime.threads_per_worker or max(1, cpus // workers)
 
@@ -398,7 +403,8 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     gpus = _backend_gpus(backend)
     device = resolve_device(cfg.runtime.device, gpus,
                             torch_free=all(m.engine == "onnx" for m in plan.models))
-    workers, threads = _width(cfg, device, gpus)
+    nodes = getattr(backend, "cpu_nodes", None)
+    workers, threads = _width(cfg, device, gpus, nodes() if callable(nodes) else None)
 
     sink = None
     vector_fn = None
@@ -476,6 +482,11 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     summary = _summary(cfg, plan, manifest, failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
     summary["runtime"]["backend"] = type(backend).__name__
+    actor_threads = getattr(backend, "actor_threads", None)
+    if actor_threads:  # Ray: what each model actor was given (threads 0 = its node's cores)
+        summary["runtime"]["threads_per_worker"] = (
+            actor_threads[0] if len(set(actor_threads)) == 1 else actor_threads)
+        summary["runtime"]["model_nodes"] = backend.model_nodes  # type: ignore[attr-defined]
     summary["runtime"]["passes_at_once"] = getattr(backend, "callers", 1)
     summary["runtime"]["vector_processes"] = getattr(backend, "vector_workers", 0)
     if report.blocks:  # the image's blocks decoded / reused by the reads (one tiled image)

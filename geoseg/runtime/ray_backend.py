@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +48,7 @@ from geoseg.grid import Chunk
 from geoseg.io import RasterInfo
 from geoseg.plan import Plan
 from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn, model_callers
+from geoseg.runtime.placement import ActorPlace, ChunkQueues, place_actors
 from geoseg.runtime.scheduling import NeighbourGate
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,15 @@ def cluster_gpus() -> int:
     if not ray.is_initialized():
         return 0
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def cpu_nodes() -> dict[str, float]:
+    """The connected cluster's live nodes with at least one CPU: node id → CPUs (none when Ray
+    is not initialised)."""
+    if not ray.is_initialized():
+        return {}
+    return {str(n["NodeID"]): float(n["Resources"].get("CPU", 0)) for n in ray.nodes()
+            if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1}
 
 
 class ModelWorker:
@@ -184,22 +194,24 @@ def _vectorize(fn: VectorFn, plan: Plan, store: str, chunk: Chunk) -> Any:
 class _Pool:
     """The model actors, replaced one by one when one dies for good."""
 
-    make: Callable[[], Any]  # starts one actor, returns its handle
+    make: Callable[[int], Any]  # starts actor k, returns its handle
     actors: list[Any]
     generation: list[int]
     load: list[int]
+    nodes: list[str]  # the node each actor started on
     replaced: int = 0
     max_replacements: int = 0
 
     @classmethod
-    def start(cls, make: Callable[[], Any], workers: int, max_replacements: int) -> _Pool:
-        actors = [make() for _ in range(workers)]
+    def start(cls, make: Callable[[int], Any], workers: int, max_replacements: int) -> _Pool:
+        actors = [make(k) for k in range(workers)]
         for answer in ray.get([a.ping.remote() for a in actors]):  # model-loading errors first
             if isinstance(answer, GeoSegError):
                 for a in actors:
                     ray.kill(a)
                 raise answer
-        return cls(make, actors, [0] * workers, [0] * workers, 0, max_replacements)
+        nodes = ray.get([a.node.remote() for a in actors])
+        return cls(make, actors, [0] * workers, [0] * workers, nodes, 0, max_replacements)
 
     def pick(self) -> int:
         return min(range(len(self.actors)), key=lambda k: self.load[k])  # least-loaded actor
@@ -209,7 +221,7 @@ class _Pool:
         if generation != self.generation[i] or self.replaced >= self.max_replacements:
             return
         log.warning("model actor %d died for good; starting a replacement", i)
-        self.actors[i] = self.make()
+        self.actors[i] = self.make(i)  # (on the same node if it is still there)
         self.generation[i] += 1
         self.replaced += 1
 
@@ -238,6 +250,13 @@ class RayBackend:
         self.task_retries = task_retries
         self.peak_in_flight = 0
         self.read_stats: list[dict[str, int]] = []  # per reader actor of the last run
+        self.actor_threads: list[int] = []  # intra-op threads of each model actor (last run)
+        self.model_nodes = 0  # nodes the model actors ran on (last run)
+        self.stolen = 0  # chunks a node took from another node's share (last run)
+
+    def cpu_nodes(self) -> int:
+        """Nodes of the cluster with CPUs: a CPU job runs one model actor on each by default."""
+        return max(1, len(cpu_nodes()))
 
     def gpus(self) -> int:
         """GPUs of the cluster the driver is connected to (the driver's own host may have none,
@@ -252,7 +271,8 @@ class RayBackend:
         self.callers = model_callers(plan, device, threads, self.passes) if gpu else 1
         # a GPU actor takes several chunks at once (threads of the actor, each on its own CUDA
         # stream: copies and host work of one overlap the kernels of another)
-        actor_cls = ray.remote(self.worker_cls).options(
+        actor_cls = ray.remote(self.worker_cls)
+        actor_opts = dict(
             num_cpus=1 if gpu else 0.5, num_gpus=gpus_per_worker if gpu else 0,
             max_concurrency=self.callers,
             max_restarts=self.actor_restarts, max_task_retries=self.actor_restarts)
@@ -261,17 +281,34 @@ class RayBackend:
         vec_t = ray.remote(_vectorize).options(num_cpus=_vector_cpus(workers, gpu),
                                                max_retries=self.task_retries)
 
+        # CPU actors: one per node by default, each with its node's cores (threads 0); GPU
+        # actors go where their GPUs are
+        places = ([ActorPlace(None, threads)] * workers if gpu
+                  else place_actors(cpu_nodes(), workers, threads))
+        self.actor_threads = [p.threads for p in places]
+
+        def make(k: int) -> Any:
+            # the plan travels by value: actor restarts must not depend on an object-store ref
+            node = places[k].node
+            if node is None:
+                return actor_cls.options(**actor_opts).remote(plan, device, places[k].threads)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            return actor_cls.options(
+                **actor_opts, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+            ).remote(plan, device, places[k].threads)
+
         t0 = time.perf_counter()
         plan_ref = ray.put(plan)
-        # the plan travels by value: actor restarts must not depend on an object-store ref
-        pool = _Pool.start(lambda: actor_cls.remote(plan, device, threads), workers,
-                           max_replacements=2 * workers * (retries + 1))
-        readers = _Readers.start(self.reader_cls, plan, pool, todo, max_in_flight,
+        pool = _Pool.start(make, workers, max_replacements=2 * workers * (retries + 1))
+        self.model_nodes = len(set(pool.nodes))
+        # each node takes its own band of chunks first (their halos share source blocks)
+        pending = ChunkQueues.split(todo, Counter(pool.nodes))
+        readers = _Readers.start(self.reader_cls, plan, pool, pending, max_in_flight,
                                  self.actor_restarts)
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         # the job's actors started: worker processes, models loaded, readers placed
         report = StageReport(load_s=time.perf_counter() - t0)
-        pending = deque(todo)
         attempts: dict[str, int] = {}
         chunk_refs: dict[ray.ObjectRef, tuple[Chunk, int, int]] = {}
         vec_refs: dict[ray.ObjectRef, Chunk] = {}
@@ -282,8 +319,11 @@ class RayBackend:
             for c in chunks:
                 vec_refs[vec_t.remote(vector_fn, plan_ref, store, c)] = c
 
-        def submit(chunk: Chunk) -> None:
+        def submit() -> None:
             i = pool.pick()
+            chunk = pending.take(pool.nodes[i])
+            if chunk is None:  # (not called when no chunk is pending)
+                return
             pool.load[i] += 1
             attempts[chunk.id] = attempts.get(chunk.id, 0) + 1
             reader = readers.of(i, pool.generation[i])
@@ -302,7 +342,7 @@ class RayBackend:
         try:
             while pending or chunk_refs or vec_refs:
                 while pending and len(chunk_refs) < max_in_flight:
-                    submit(pending.popleft())
+                    submit()
                 self.peak_in_flight = max(self.peak_in_flight, len(chunk_refs))
                 ready, _ = ray.wait([*chunk_refs, *vec_refs], num_returns=1)
                 ref = ready[0]
@@ -333,7 +373,7 @@ class RayBackend:
                     elif n <= retries:
                         log.warning("chunk %s failed (attempt %d), retrying: %s", chunk.id, n,
                                     msg)
-                        pending.append(chunk)
+                        pending.put_back(chunk)
                         continue
                     else:
                         fail(chunk, msg, n)
@@ -354,6 +394,7 @@ class RayBackend:
         finally:
             pool.stop()
             readers.stop()
+        self.stolen = pending.stolen
         return report
 
 
@@ -366,22 +407,22 @@ class _Readers:
     generation: list[int]  # the model actors' generations then (a replacement reads by tasks)
 
     @classmethod
-    def start(cls, reader: type[ChunkReader], plan: Plan, pool: _Pool, todo: list[Chunk],
+    def start(cls, reader: type[ChunkReader], plan: Plan, pool: _Pool, queues: ChunkQueues,
               concurrency: int, restarts: int) -> _Readers:
         if not cached_reads(plan):
             return cls([], [None] * len(pool.actors), list(pool.generation))
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        nodes = ray.get([a.node.remote() for a in pool.actors])
         reader_cls = ray.remote(reader)
-        # one node reads every chunk in the driver's order: announced; several share them
-        announce = todo if len(set(nodes)) == 1 else []
+        # each node's reader is told its share of the chunks, in the order they are taken (a
+        # chunk another node takes over at the end is read there, least recently used first)
         by_node = {n: reader_cls.options(
             num_cpus=TASK_CPUS, max_concurrency=max(2, concurrency), max_restarts=restarts,
             max_task_retries=restarts,
             scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=True),
-        ).remote(plan, announce) for n in dict.fromkeys(nodes)}
-        return cls(list(by_node.values()), [by_node[n] for n in nodes], list(pool.generation))
+        ).remote(plan, queues.share(n)) for n in dict.fromkeys(pool.nodes)}
+        return cls(list(by_node.values()), [by_node[n] for n in pool.nodes],
+                   list(pool.generation))
 
     def of(self, worker: int, generation: int) -> Any:
         return self.of_worker[worker] if generation == self.generation[worker] else None

@@ -114,6 +114,9 @@ def test_two_nodes_http_in_s3_out_equals_local(cluster: LocalCluster, endpoint: 
     assert json.loads(body(c, BUCKET, "run/manifest.json"))["status"] == "complete"
     summary = json.loads(body(c, BUCKET, "run/summary.json"))
     assert summary["runtime"]["backend"] == "RayBackend" and summary["status"] == "complete"
+    # a model actor on each node, each reading its own band of chunks through its node's cache
+    assert summary["runtime"]["model_nodes"] == 2
+    assert summary["source_blocks"]["decoded"] > 0
     assert_same_store(c, BUCKET, "run", local)  # attributes differ: the image is a URL here
     for name in ("landcover.tif", "buildings.tif", "quicklook.png"):
         assert body(c, BUCKET, f"run/{name}") == (local / name).read_bytes(), name

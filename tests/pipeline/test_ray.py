@@ -144,3 +144,25 @@ def test_footprints_independent_of_chunk_size(ray_cluster: None, tmp_path: Path)
     print(f"{int(diff.sum())} flipped pixels; {len(ca)} of {len(a)} footprints away from them")
     assert len(ca) >= len(a) // 3  # most footprints are away from any flipped pixel
     assert ca == cb
+
+
+def test_a_cpu_job_runs_a_model_actor_per_node_with_its_cores(
+        ray_cluster: None, tmp_path: Path, scene_tif: Path,
+        tiny_bundles: tuple[str, str]) -> None:
+    """Workers and threads left to geoseg on Ray: one model actor per node with CPUs (this
+    session's Ray is one node of 2 CPUs), given that node's cores, not the driver's; each
+    node's reader is told its band of chunks (one node: all of them, each tile decoded once).
+    The two-node case is tests/cluster/test_no_shared_disk.py."""
+    job = _job(scene_tif, tmp_path / "o", tiny_bundles, 1, 64)
+    job["runtime"] = {"device": "cpu"}
+    res = run_job(validate_job(job))
+    assert res.ok
+    rt = res.summary["runtime"]
+    assert (rt["backend"], rt["workers"], rt["threads_per_worker"], rt["model_nodes"]) == \
+        ("RayBackend", 1, 2, 1)
+    import rasterio
+
+    with rasterio.open(scene_tif) as src:
+        (bh, bw), h, w = src.block_shapes[0], src.height, src.width
+    blocks = res.summary["source_blocks"]
+    assert blocks["decoded"] == -(-h // bh) * -(-w // bw) and blocks["reused"] > 0
