@@ -42,8 +42,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: average the probabilities of 4 flipped (flips) "
                         "or 8 flipped/rotated (d4) views before blending (default: none; costs "
                         "4x / 8x the model time)")
-    p.add_argument("--workers", type=int, help="model workers (default: one per GPU, else 1)")
-    p.add_argument("--threads", type=int, help="torch threads per worker")
+    p.add_argument("--workers", type=int,
+                   help="model workers (default: one per GPU, else one per node of a Ray "
+                   "cluster, 1 locally)")
+    p.add_argument("--threads", type=int,
+                   help="intra-op threads per model worker (default: the cores of its host or "
+                   "node, shared among the workers there)")
     p.add_argument("--passes-at-once", type=int, metavar="N",
                    help="model passes at once per model worker. CPUs (onnxruntime): each "
                         "with threads/N threads (default 1; N = cores ran 10%% faster on 2 "
