@@ -154,10 +154,17 @@ def upload_plan(sub: Submission) -> UploadPlan:
     return plan_upload(project_root(sub.working_dir), sub.config)
 
 
+#: Seconds Ray's job supervisor waits after ``geoseg cancel``'s SIGTERM before it SIGKILLs the
+#: job (Ray's default 3): the job stops its actors and writes "cancelled" into its manifest in
+#: that time, which took longer than 3 s on a loaded 2-core machine and left "running" behind.
+#: The supervisor takes it from the job's runtime_env.
+STOP_WAIT_S = 30
+
+
 def runtime_env(working_dir: Path, root: Path) -> dict[str, Any]:
-    """The job's runtime_env: the staged code as working dir, and the code version for the
-    manifest (the shipped copy has no .git)."""
-    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    """The job's runtime_env: the staged code as working dir, the code version for the
+    manifest (the shipped copy has no .git), and time to stop cleanly when cancelled."""
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}
     commit = code_version(root).get("git_commit")
     if commit:
         env[COMMIT_ENV] = str(commit)

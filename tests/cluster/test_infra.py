@@ -190,7 +190,9 @@ def test_rayjob() -> None:
     assert "--resume" in args  # a retried RayJob continues from the manifest
     assert args[args.index("--output") + 1].startswith("/data/")
     assert spec["shutdownAfterJobFinishes"] is True and spec["backoffLimit"] >= 1
-    assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+    env_vars = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+    assert env_vars["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert int(env_vars["RAY_JOB_STOP_WAIT_TIME_S"]) >= 10  # time to mark "cancelled"
     _check_ray_cluster_spec(spec["rayClusterSpec"])
     _check_exposure(docs, spec["rayClusterSpec"], rayjob=job["metadata"]["name"])
     # the entrypoint parses with the real entry point's parser

@@ -96,6 +96,9 @@ def test_submit_ships_project_with_config_path(tmp_path: Path, fake: FakeClient)
     assert env["working_dir"] != str(root.resolve())  # a staging copy, removed afterwards
     assert not Path(env["working_dir"]).exists()
     assert env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+    # Ray's supervisor reads the stop wait from here: 3 s (its default) was not always enough
+    # for a cancelled job to write "cancelled" (tests/cluster/test_submit.py::test_cancel)
+    assert int(env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"]) >= 10
     assert kw["metadata"]["output"] == "/shared/out2"
 
 
