@@ -395,6 +395,9 @@ class RayBackend:
             pool.stop()
             readers.stop()
         self.stolen = pending.stolen
+        if self.model_nodes > 1:
+            log.info("model actors on %d nodes; %d chunk(s) taken over from another node's band",
+                     self.model_nodes, self.stolen)
         return report
 
 
