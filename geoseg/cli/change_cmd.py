@@ -17,6 +17,7 @@ from geoseg.change.defaults import (
     MIN_SPECTRAL_CHANGE,
     MODIFIED_MIN_CHANGED,
 )
+from geoseg.cli.run_cmds import add_width_args
 
 
 def _print_summary(res: Any) -> None:
@@ -224,12 +225,7 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     r.add_argument("--region", help="region as a vector file (GeoJSON, GeoPackage, ...)")
     r.add_argument("--chunk-size", type=int,
                    help="output chunk of each date's run, px (default 1024)")
-    r.add_argument("--workers", type=int,
-                   help="model workers (default: one per GPU, else one per node of a Ray "
-                   "cluster, 1 locally)")
-    r.add_argument("--threads", type=int,
-                   help="intra-op threads per model worker (default: the cores of its host or "
-                   "node, shared among the workers there)")
+    add_width_args(r)
     r.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where models run (default auto: CUDA when available)")
     c.add_argument("--address", help="Ray cluster address: runs both dates (for images) and the "

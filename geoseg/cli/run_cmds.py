@@ -15,6 +15,16 @@ from geoseg.errors import GeoSegError
 from geoseg.layout import RunLayout
 
 
+def add_width_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--workers`` and ``--threads``: how many model workers, and their threads."""
+    p.add_argument("--workers", type=int,
+                   help="model workers (default: one per GPU, else one per node of a Ray "
+                   "cluster, 1 locally)")
+    p.add_argument("--threads", type=int,
+                   help="intra-op threads per model worker (default: the cores of its host or "
+                   "node, shared among the workers there)")
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", action="append", dest="models",
                    help="model bundle dir or built-in name (repeatable; default: landcover and "
@@ -42,12 +52,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: average the probabilities of 4 flipped (flips) "
                         "or 8 flipped/rotated (d4) views before blending (default: none; costs "
                         "4x / 8x the model time)")
-    p.add_argument("--workers", type=int,
-                   help="model workers (default: one per GPU, else one per node of a Ray "
-                   "cluster, 1 locally)")
-    p.add_argument("--threads", type=int,
-                   help="intra-op threads per model worker (default: the cores of its host or "
-                   "node, shared among the workers there)")
+    add_width_args(p)
     p.add_argument("--passes-at-once", type=int, metavar="N",
                    help="model passes at once per model worker. CPUs (onnxruntime): each "
                         "with threads/N threads (default 1; N = cores ran 10%% faster on 2 "
