@@ -1,13 +1,14 @@
 """The Ray adapter: the module that runs chunks on Ray (``jobs.py`` only talks to the job server).
 
 Writing and vectorizing are Ray tasks; models live in a pool of actors (one per GPU with
-``num_gpus``, or CPU actors) that load their bundles once. One image (a file or a URL) is read
-by one reader actor per node of the model actors, through one cache of decoded source blocks
-(neighbouring chunks share their halo's blocks: read tasks, each in whichever worker process
-was free, decoded each 512² tile 3.75 times for chunk 1024 + halo 64); mosaics are read by Ray
-tasks. The driver chains read → predict → write per chunk through object refs, keeps at most
-``max_in_flight`` chunks in the air (back pressure: readers never flood memory), and schedules
-a chunk's vectorization as soon as it and its neighbours are written.
+``num_gpus``, or by default one CPU actor per node) that load their bundles once; each node
+takes its own band of chunks first (:mod:`geoseg.runtime.placement`). One image (a file or a
+URL) is read by one reader actor per node of the model actors, through one cache of decoded
+source blocks (neighbouring chunks share their halo's blocks: read tasks, each in whichever
+worker process was free, decoded each 512² tile 3.75 times for chunk 1024 + halo 64); mosaics
+are read by Ray tasks. The driver chains read → predict → write per chunk through object refs,
+keeps at most ``max_in_flight`` chunks in the air (back pressure: readers never flood memory),
+and schedules a chunk's vectorization as soon as it and its neighbours are written.
 
 Failures, from the cheapest remedy to the last:
 
@@ -288,15 +289,14 @@ class RayBackend:
         self.actor_threads = [p.threads for p in places]
 
         def make(k: int) -> Any:
-            # the plan travels by value: actor restarts must not depend on an object-store ref
+            opts: dict[str, Any] = dict(actor_opts)
             node = places[k].node
-            if node is None:
-                return actor_cls.options(**actor_opts).remote(plan, device, places[k].threads)
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+            if node is not None:
+                from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            return actor_cls.options(
-                **actor_opts, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
-            ).remote(plan, device, places[k].threads)
+                opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            # the plan travels by value: actor restarts must not depend on an object-store ref
+            return actor_cls.options(**opts).remote(plan, device, places[k].threads)
 
         t0 = time.perf_counter()
         plan_ref = ray.put(plan)
