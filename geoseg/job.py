@@ -482,11 +482,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     summary = _summary(cfg, plan, manifest, failed, counts, outputs, timings, device,
                        workers, threads, len(todo))
     summary["runtime"]["backend"] = type(backend).__name__
-    actor_threads = getattr(backend, "actor_threads", None)
-    if actor_threads:  # Ray: what each model actor was given (threads 0 = its node's cores)
-        summary["runtime"]["threads_per_worker"] = (
-            actor_threads[0] if len(set(actor_threads)) == 1 else actor_threads)
-        summary["runtime"]["model_nodes"] = backend.model_nodes  # type: ignore[attr-defined]
+    summary["runtime"].update(report.runtime)  # what the backend decided (Ray: per node)
     summary["runtime"]["passes_at_once"] = getattr(backend, "callers", 1)
     summary["runtime"]["vector_processes"] = getattr(backend, "vector_workers", 0)
     if report.blocks:  # the image's blocks decoded / reused by the reads (one tiled image)

@@ -33,6 +33,9 @@ class StageReport:
     load_s: float = 0.0  # loading the models (where the backend knows it)
     # source blocks the reads decoded and reused (BlockCache.stats, summed over caches)
     blocks: dict[str, int] = field(default_factory=dict)
+    # how the backend ran the models where it decided it itself (Ray: the actors' threads and
+    # their nodes), for the summary's ``runtime``
+    runtime: dict[str, Any] = field(default_factory=dict)
 
 
 class Callbacks(Protocol):

@@ -154,9 +154,9 @@ class ModelWorker:
 
 class ChunkReader:
     """Reads chunks on one node through one decoded-block cache (:mod:`geoseg.blockcache`),
-    in threads (the actor's ``max_concurrency``). ``announce``: the chunks it will read, in
-    order, when it reads all of them (one reader), so that each block goes after its last
-    read; otherwise least recently used blocks go first, under the cache's floor."""
+    in threads (the actor's ``max_concurrency``). ``announce``: the chunks of its node's band,
+    in the order they will be read, so that each block goes after its last read; reads not
+    announced (a chunk taken over from another band, a retry) go least recently used."""
 
     def __init__(self, plan: Plan, announce: list[Chunk]) -> None:
         self.plan = plan
@@ -251,9 +251,6 @@ class RayBackend:
         self.task_retries = task_retries
         self.peak_in_flight = 0
         self.read_stats: list[dict[str, int]] = []  # per reader actor of the last run
-        self.actor_threads: list[int] = []  # intra-op threads of each model actor (last run)
-        self.model_nodes = 0  # nodes the model actors ran on (last run)
-        self.stolen = 0  # chunks a node took from another node's share (last run)
 
     def cpu_nodes(self) -> int:
         """Nodes of the cluster with CPUs: a CPU job runs one model actor on each by default."""
@@ -286,7 +283,6 @@ class RayBackend:
         # actors go where their GPUs are
         places = ([ActorPlace(None, threads)] * workers if gpu
                   else place_actors(cpu_nodes(), workers, threads))
-        self.actor_threads = [p.threads for p in places]
 
         def make(k: int) -> Any:
             opts: dict[str, Any] = dict(actor_opts)
@@ -301,7 +297,6 @@ class RayBackend:
         t0 = time.perf_counter()
         plan_ref = ray.put(plan)
         pool = _Pool.start(make, workers, max_replacements=2 * workers * (retries + 1))
-        self.model_nodes = len(set(pool.nodes))
         # each node takes its own band of chunks first (their halos share source blocks)
         pending = ChunkQueues.split(todo, Counter(pool.nodes))
         readers = _Readers.start(self.reader_cls, plan, pool, pending, max_in_flight,
@@ -309,6 +304,10 @@ class RayBackend:
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
         # the job's actors started: worker processes, models loaded, readers placed
         report = StageReport(load_s=time.perf_counter() - t0)
+        threads_given = sorted({p.threads for p in places})  # (threads 0 = the node's cores)
+        report.runtime = {"threads_per_worker": threads_given[0] if len(threads_given) == 1
+                          else [p.threads for p in places],
+                          "model_nodes": len(set(pool.nodes))}
         attempts: dict[str, int] = {}
         chunk_refs: dict[ray.ObjectRef, tuple[Chunk, int, int]] = {}
         vec_refs: dict[ray.ObjectRef, Chunk] = {}
@@ -394,10 +393,9 @@ class RayBackend:
         finally:
             pool.stop()
             readers.stop()
-        self.stolen = pending.stolen
-        if self.model_nodes > 1:
+        if report.runtime["model_nodes"] > 1:
             log.info("model actors on %d nodes; %d chunk(s) taken over from another node's band",
-                     self.model_nodes, self.stolen)
+                     report.runtime["model_nodes"], pending.stolen)
         return report
 
 
