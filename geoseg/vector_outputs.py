@@ -10,6 +10,7 @@ under a temporary name and renamed when complete, so a partial file never looks 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.config import VectorConfig
+from geoseg.gpkg_stream import LayerStream, copy_layer
 from geoseg.grid import Chunk
 from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
@@ -30,6 +32,8 @@ from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.landcover import LandcoverParts, SeamMerger, landcover_parts
 
 log = logging.getLogger(__name__)
+
+LAYERS = ("landcover", "buildings")  # the GeoPackage's layers
 
 
 @dataclass
@@ -101,8 +105,10 @@ class GeoPackageSink:
                  dates: SourceDates | None = None, split_px: int = 0):
         self.final = Path(path)
         self.partial = self.final.with_name(f".partial-{self.final.name}")
-        if self.partial.exists() or self.partial.is_symlink():
-            self.partial.unlink()  # geoseg's own temporary name (a link there is not followed)
+        for own in (self.partial, *(self._layer_file(name) for name in LAYERS)):
+            if own.exists() or own.is_symlink():
+                own.unlink()  # geoseg's own temporary names (a link there is not followed)
+        self.streams: dict[str, LayerStream] = {}
         self.plan = plan
         self.common = common
         self.dates = dates  # a mosaic: each feature's own acquisition date
@@ -177,33 +183,66 @@ class GeoPackageSink:
         if self.pending[layer] >= self.batch:
             self._flush(layer)
 
+    def _layer_file(self, layer: str) -> Path:
+        """Where ``layer`` is streamed: land cover to the GeoPackage's temporary name, every
+        other layer to a file of its own until :meth:`finish` copies it in (one writer per
+        SQLite file)."""
+        if layer == "landcover":
+            return self.partial
+        return self.final.with_name(f".partial-{layer}-{self.final.name}")
+
     def _flush(self, layer: str) -> None:
         buf = self.buffers.get(layer)
         if not buf:
             return
-        # (imported here: vector worker processes import this module for vectorize_chunk
-        # and need none of them, ~60 MB each)
-        import geopandas as gpd
-        import pandas as pd
-        import pyogrio
-
-        frames = [pd.DataFrame(piece) for piece in buf]
-        df = gpd.GeoDataFrame(frames[0] if len(frames) == 1 else pd.concat(frames,
-                                                                           ignore_index=True),
-                              geometry="geometry", crs=self.plan.grid.crs)
-        with storage_errors(self.partial):  # disk full while appending: one line
-            pyogrio.write_dataframe(df, self.partial, layer=layer, driver="GPKG",
-                                    append=self.partial.exists() and layer in self.counts)
-        self.counts[layer] = self.counts.get(layer, 0) + len(df)
+        stream = self.streams.get(layer)
+        if stream is None:
+            stream = self.streams[layer] = LayerStream(self._layer_file(layer), layer,
+                                                       self.plan.grid.crs.to_wkt())
+        with storage_errors(stream.path):  # disk full while writing: one line
+            for piece in buf:
+                if isinstance(piece, list):  # records
+                    keys = dict.fromkeys(k for rec in piece for k in rec)
+                    stream.put({k: [rec.get(k) for rec in piece] for k in keys}, len(piece))
+                else:
+                    stream.put(piece, len(piece["geometry"]))
+        self.counts[layer] = stream.rows
         self.buffers[layer] = []
         self.pending[layer] = 0
 
+    def close(self) -> None:
+        """End the layers' streams (the job is stopping; the files keep their temporary
+        names)."""
+        for stream in self.streams.values():
+            with contextlib.suppress(Exception):
+                stream.close()
+
     def finish(self) -> dict[str, int]:
         """Merge land-cover parts across chunk seams, flush, and publish the file."""
-        for f in self.seams.finish():
-            self._push("landcover", self._lc_record(f))
-        for layer in list(self.buffers):
-            self._flush(layer)
+        try:
+            for f in self.seams.finish():
+                self._push("landcover", self._lc_record(f))
+            for layer in list(self.buffers):
+                self._flush(layer)
+        except BaseException:
+            self.close()  # the layers stay under their temporary names
+            raise
+        with storage_errors(self.partial):
+            try:
+                for stream in self.streams.values():
+                    stream.close()
+            except BaseException:
+                self.close()
+                raise
+            for layer in sorted(self.streams, key=lambda name: name != "landcover"):
+                own = self._layer_file(layer)
+                if own == self.partial:
+                    continue
+                if self.partial.exists():
+                    copy_layer(own, self.partial, layer)
+                    own.unlink()
+                else:
+                    os.replace(own, self.partial)
         regions = self.seams.regions()
         if regions and self.counts.get("landcover"):
             with storage_errors(self.partial):
@@ -212,7 +251,6 @@ class GeoPackageSink:
         if self.partial.exists():
             os.replace(self.partial, self.final)
         return dict(self.counts)
-
 
 
 def split_tile(chunk: int, split_px: int) -> int:
@@ -305,6 +343,8 @@ class BackgroundSink:
                     break
         self._queue.put(None)
         self._thread.join()
+        if abort:
+            self.sink.close()
 
     def finish(self) -> dict[str, int]:
         self.close()

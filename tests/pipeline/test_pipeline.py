@@ -87,7 +87,11 @@ def test_outputs_open_in_real_clients(tmp_path: Path, scene_tif: Path,
         assert cog.profile["tiled"] and cog.crs == src.crs and cog.transform == transform
         assert cog.read(1).shape == shape
     layers = dict(pyogrio.list_layers(res.output / "features.gpkg"))
-    assert layers["landcover"] == "Polygon"
+    assert layers == {"landcover": "Polygon", "buildings": "Polygon"}
+    for layer in layers:  # each layer streamed on its own, with its spatial index
+        info = pyogrio.read_info(res.output / "features.gpkg", layer=layer)
+        assert info["capabilities"]["fast_spatial_filter"] and info["geometry_name"] == "geom"
+    assert not [p.name for p in res.output.iterdir() if p.name.startswith(".partial-")]
     info = pyogrio.read_info(res.output / "features.gpkg", layer="landcover")
     assert CRS.from_user_input(info["crs"]) == crs
     df = pyogrio.read_dataframe(res.output / "features.gpkg", layer="landcover")

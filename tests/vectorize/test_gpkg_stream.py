@@ -1,0 +1,147 @@
+"""GeoPackage layers written as one Arrow stream each (geoseg.gpkg_stream), read back by GDAL
+(pyogrio), geopandas and SQLite."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from pyproj import CRS
+from shapely.geometry import LineString, Polygon, box
+
+from geoseg.gpkg_stream import LayerStream, copy_layer
+
+CRS_WKT = CRS.from_epsg(32633).to_wkt()
+
+
+def _boxes(n: int, start: int = 0) -> np.ndarray:
+    return np.array([box(500000 + i, 5100000, 500001 + i, 5100001) for i in range(start,
+                                                                                    start + n)],
+                    dtype=object)
+
+
+def _rtree_rows(path: Path, layer: str) -> int:
+    with sqlite3.connect(path) as db:
+        ext = db.execute("SELECT extension_name FROM gpkg_extensions WHERE table_name = ?",
+                         (layer,)).fetchall()
+        assert ("gpkg_rtree_index",) in ext
+        rows = int(db.execute(f'SELECT count(*) FROM "rtree_{layer}_geom"').fetchone()[0])
+    db.close()
+    return rows
+
+
+def test_batches_of_columns_and_records_become_one_layer_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "f.gpkg"
+    stream = LayerStream(path, "landcover", CRS_WKT)
+    stream.put({"geometry": _boxes(3), "class_id": np.array([1, 2, 3], dtype=np.uint8),
+                "pixels": np.array([4, 5, 6]), "confidence": np.full(3, None, dtype=object),
+                "id": np.array(["a", "b", "c"], dtype=object), "model_id": "m@1"}, 3)
+    # records: the same fields, given as lists, in another order; a missing one is null
+    stream.put({"model_id": ["m@1", "m@1"], "geometry": list(_boxes(2, start=3)),
+                "class_id": [4, 5], "pixels": [7, 8], "confidence": [0.5, None],
+                "id": ["d", None]}, 2)
+    stream.put({"geometry": _boxes(0)}, 0)  # nothing to write: no batch
+    stream.close()
+    assert stream.rows == 5
+    info = pyogrio.read_info(path, layer="landcover")
+    assert info["geometry_type"] == "Polygon" and info["geometry_name"] == "geom"
+    assert dict(zip(info["fields"], info["dtypes"], strict=True)) == {
+        "class_id": "int64", "pixels": "int64", "confidence": "float64", "id": "object",
+        "model_id": "object"}
+    assert CRS.from_user_input(info["crs"]) == CRS.from_epsg(32633)
+    df = pyogrio.read_dataframe(path, layer="landcover", fid_as_index=True)
+    assert df.index.tolist() == [1, 2, 3, 4, 5]
+    assert df.class_id.tolist() == [1, 2, 3, 4, 5] and df.pixels.tolist() == [4, 5, 6, 7, 8]
+    assert df.id.tolist()[:4] == ["a", "b", "c", "d"] and df.id.isna().tolist()[4]
+    assert df.confidence.isna().tolist() == [True, True, True, False, True]
+    assert df.confidence[4] == 0.5 and (df.model_id == "m@1").all()
+    assert shapely.equals_exact(df.geometry.values, _boxes(5), 0).all()
+    assert _rtree_rows(path, "landcover") == 5
+    assert info["capabilities"]["fast_spatial_filter"]
+    hit = pyogrio.read_dataframe(path, layer="landcover", bbox=(500003.2, 5100000.2,
+                                                                 500003.4, 5100000.4))
+    assert hit.id.tolist() == ["d"]
+
+
+def test_a_column_the_layer_lacks_is_refused_and_the_stream_still_ends(tmp_path: Path) -> None:
+    stream = LayerStream(tmp_path / "f.gpkg", "buildings", CRS_WKT)
+    stream.put({"geometry": _boxes(1), "class_id": [1]}, 1)
+    with pytest.raises(ValueError, match="'extra' is not a field"):
+        stream.put({"geometry": _boxes(1), "class_id": [1], "extra": ["x"]}, 1)
+    with pytest.raises(ValueError, match="polygons only"):
+        stream.put({"geometry": [LineString([(0, 0), (1, 1)])], "class_id": [1]}, 1)
+    with pytest.raises(ValueError, match="2 values for 1 features"):
+        stream.put({"geometry": _boxes(1), "class_id": [1, 2]}, 1)
+    stream.close()
+    assert pyogrio.read_info(tmp_path / "f.gpkg", layer="buildings")["features"] == 1
+
+
+def test_a_writer_error_reaches_the_producer(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the GeoPackage's folder should be")
+    stream = LayerStream(blocker / "f.gpkg", "landcover", CRS_WKT)
+    with pytest.raises(Exception, match=r"f\.gpkg"):
+        for start in range(0, 50, 10):  # the error comes at a later put or at close
+            stream.put({"geometry": _boxes(10, start), "class_id": list(range(10))}, 10)
+        stream.close()
+    assert blocker.read_text().startswith("a file where")
+
+
+def test_copy_layer_adds_a_layer_with_its_rows_fields_and_index(tmp_path: Path) -> None:
+    main, other = tmp_path / "main.gpkg", tmp_path / "other.gpkg"
+    for path, layer, n in ((main, "landcover", 4), (other, "buildings", 3)):
+        stream = LayerStream(path, layer, CRS_WKT)
+        stream.put({"geometry": _boxes(n), "class_id": list(range(n)),
+                    "chunk_id": [f"0_{i}" for i in range(n)],
+                    "area_m2": np.ones(n)}, n)
+        stream.close()
+    copy_layer(other, main, "buildings")
+    assert dict(pyogrio.list_layers(main)) == {"landcover": "Polygon", "buildings": "Polygon"}
+    info = pyogrio.read_info(main, layer="buildings")
+    assert info["geometry_name"] == "geom"
+    assert list(info["fields"]) == ["class_id", "chunk_id", "area_m2"]
+    assert CRS.from_user_input(info["crs"]) == CRS.from_epsg(32633)
+    got = pyogrio.read_dataframe(main, layer="buildings")
+    assert got.chunk_id.tolist() == ["0_0", "0_1", "0_2"]
+    assert shapely.equals_exact(got.geometry.values, _boxes(3), 0).all()
+    assert _rtree_rows(main, "buildings") == 3 and _rtree_rows(main, "landcover") == 4
+
+
+def test_an_empty_polygon_is_written_as_one(tmp_path: Path) -> None:
+    stream = LayerStream(tmp_path / "f.gpkg", "landcover", CRS_WKT)
+    stream.put({"geometry": np.array([Polygon(), box(0, 0, 1, 1)], dtype=object),
+                "class_id": [1, 2]}, 2)
+    stream.close()
+    df = pyogrio.read_dataframe(tmp_path / "f.gpkg", layer="landcover")
+    assert df.geometry.is_empty.tolist() == [True, False]
+
+
+def test_disk_full_while_streaming_is_one_line(tmp_path: Path) -> None:
+    from geoseg.errors import StorageError
+    from geoseg.outdir import storage_errors
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        path = disk / "f.gpkg"
+        stream = LayerStream(path, "landcover", CRS_WKT)
+        with pytest.raises(StorageError, match=r"^disk full writing .*f\.gpkg: free some space"), \
+                storage_errors(path):
+            for k in range(20):
+                stream.put({"geometry": _boxes(5000, 5000 * k),
+                            "id": [f"region-{i}" for i in range(5000)]}, 5000)
+            stream.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
