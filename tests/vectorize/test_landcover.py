@@ -23,6 +23,7 @@ from geoseg.vectorize.features import Feature
 from geoseg.vectorize.landcover import (
     LandcoverParts,
     SeamMerger,
+    first_pixels,
     landcover_parts,
     merge_landcover,
 )
@@ -354,3 +355,26 @@ def test_tiles_bound_what_a_raster_spanning_region_holds() -> None:
     assert len(set(merger.regions().values())) == 1 and len(merger.regions()) == 35
     with pytest.raises(InputError, match="tile"):
         SeamMerger(grid, tile=-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(classes=arrays(np.uint8, st.tuples(st.integers(1, 24), st.integers(1, 24)),
+                      elements=st.sampled_from([0, 1, 2, FILL])),
+       shuffle=st.booleans(), seed=st.integers(0, 2**16))
+def test_first_pixels_are_those_of_a_sort(classes: np.ndarray, shuffle: bool,
+                                          seed: int) -> None:
+    """The one-pass first pixels equal np.unique's on skimage's labels, and on labels numbered
+    in any other order (the check sends those to the sort)."""
+    from skimage.measure import label
+
+    labels = label(classes, background=FILL, connectivity=1).astype(np.int32)
+    n = int(labels.max())
+    if shuffle and n > 1:
+        perm = np.concatenate([[0], 1 + np.random.default_rng(seed).permutation(n)])
+        labels = perm[labels].astype(np.int32)
+    flat = labels.ravel()
+    present, first = np.unique(flat, return_index=True)
+    want = np.zeros(n + 1, dtype=np.int64)
+    want[present] = first
+    want[0] = 0
+    assert np.array_equal(first_pixels(flat, n), want)
