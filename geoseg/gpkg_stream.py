@@ -15,9 +15,12 @@ its index is built in bulk too).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LAYERS = ("landcover", "buildings")  # the layers of a job's GeoPackage
 GEOMETRY = "geometry"  # the geometry column of the batches handed to a stream
 GEOMETRY_NAME = "geom"  # its name in the GeoPackage (GDAL's default for the format)
 #: columns whose type cannot be told from a batch where every value is missing
@@ -113,6 +117,7 @@ class LayerStream:
             self.schema = batch.schema
             self._thread = threading.Thread(target=self._write, name="geoseg-gpkg-write",
                                             daemon=True)
+            _close_at_exit(self)
             self._thread.start()
         self._send(batch)
         self.rows += n
@@ -156,13 +161,47 @@ class LayerStream:
         if self._error is not None:
             raise self._error
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
         """End the stream, wait until GDAL has written the layer and its index, and raise what
-        the writer raised (idempotent)."""
+        the writer raised (idempotent). ``abort``: drop the batches still queued first (the
+        file keeps what was written, and GDAL still closes it, which removes the temporary
+        file it builds the index in: a writer left running when the process exits would
+        leave that behind)."""
         if self._thread is not None and self._thread.is_alive():
+            while abort:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
             self._send(_END)
             self._thread.join()
         self._raise()
+
+
+_open: weakref.WeakSet[LayerStream] = weakref.WeakSet()
+_registered: list[bool] = []
+
+
+def _close_at_exit(stream: LayerStream) -> None:
+    """Streams still open when the interpreter exits are ended first: a writer thread still in
+    GDAL at finalization aborts the process ("Fatal Python error: PyGILState_Release") and
+    leaves GDAL's temporary index file behind."""
+    _open.add(stream)
+    if not _registered:
+        atexit.register(_close_open_streams)
+        _registered.append(True)
+
+
+def _close_open_streams() -> None:
+    for stream in list(_open):
+        with contextlib.suppress(Exception):
+            stream.close(abort=True)
+
+
+def gdal_temporary_files(path: Path) -> list[Path]:
+    """The files GDAL may build a GeoPackage's spatial indexes in, beside ``path``, while one
+    of geoseg's layers (``LAYERS``) is written: ``<name>.tmp_rtree_<layer>.db``."""
+    return [path.with_name(f"{path.name}.tmp_rtree_{layer}.db") for layer in LAYERS]
 
 
 def copy_layer(src: Path, dst: Path, layer: str) -> None:

@@ -458,8 +458,13 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
             early.start()
         # a run never says "complete" while a chunk is missing or not what was written
         failed += early.missing()
-        with storage_errors(layout.gpkg):
-            counts = sink.finish() if sink is not None else {}
+        try:
+            with storage_errors(layout.gpkg):
+                counts = sink.finish() if sink is not None else {}
+        except BaseException:  # (a signal): the writers end before the job does
+            if sink is not None:
+                sink.close(abort=True)
+            raise
         timings["vector_merge_s"] = round(time.perf_counter() - t1, 3)
         exported = early.results()
     timings["vectorize_task_s"] = round(rec.vector_s, 3)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.config import VectorConfig
-from geoseg.gpkg_stream import LayerStream, copy_layer
+from geoseg.gpkg_stream import LAYERS, LayerStream, copy_layer, gdal_temporary_files
 from geoseg.grid import Chunk
 from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
@@ -32,8 +32,6 @@ from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.landcover import LandcoverParts, SeamMerger, landcover_parts
 
 log = logging.getLogger(__name__)
-
-LAYERS = ("landcover", "buildings")  # the GeoPackage's layers
 
 
 @dataclass
@@ -105,9 +103,12 @@ class GeoPackageSink:
                  dates: SourceDates | None = None, split_px: int = 0):
         self.final = Path(path)
         self.partial = self.final.with_name(f".partial-{self.final.name}")
-        for own in (self.partial, *(self._layer_file(name) for name in LAYERS)):
-            if own.exists() or own.is_symlink():
-                own.unlink()  # geoseg's own temporary names (a link there is not followed)
+        for temp in (self.partial, *(self._layer_file(name) for name in LAYERS)):
+            # geoseg's own temporary names, and those GDAL gave its index files beside them
+            # when a job was killed while writing (a link there is not followed)
+            for own in (temp, *gdal_temporary_files(temp)):
+                if own.exists() or own.is_symlink():
+                    own.unlink()
         self.streams: dict[str, LayerStream] = {}
         self.plan = plan
         self.common = common
@@ -211,11 +212,11 @@ class GeoPackageSink:
         self.pending[layer] = 0
 
     def close(self) -> None:
-        """End the layers' streams (the job is stopping; the files keep their temporary
-        names)."""
+        """End the layers' streams, dropping what is queued (the job is stopping; the files
+        keep their temporary names)."""
         for stream in self.streams.values():
             with contextlib.suppress(Exception):
-                stream.close()
+                stream.close(abort=True)
 
     def finish(self) -> dict[str, int]:
         """Merge land-cover parts across chunk seams, flush, and publish the file."""
@@ -332,17 +333,16 @@ class BackgroundSink:
     def close(self, abort: bool = False) -> None:
         """Stop the writer thread after what is queued, or (``abort``: the job is stopping)
         after the item in hand, dropping the rest (idempotent)."""
-        if not self._thread.is_alive():
-            return
-        if abort:
-            self._abort = True
-            while True:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
-        self._queue.put(None)
-        self._thread.join()
+        if self._thread.is_alive():
+            if abort:
+                self._abort = True
+                while True:
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+            self._queue.put(None)
+            self._thread.join()
         if abort:
             self.sink.close()
 

@@ -145,3 +145,59 @@ def test_disk_full_while_streaming_is_one_line(tmp_path: Path) -> None:
             stream.close()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+_CHILD = """
+import sys
+import numpy as np
+from pathlib import Path
+from pyproj import CRS
+from shapely.geometry import box
+from geoseg.gpkg_stream import LayerStream
+stream = LayerStream(Path(sys.argv[1]), "landcover", CRS.from_epsg(32633).to_wkt())
+for k in range(40):
+    geoms = np.array([box(i, k, i + 1, k + 1) for i in range(2000)], dtype=object)
+    stream.put({"geometry": geoms, "class_id": np.ones(2000, np.int64)}, 2000)
+if sys.argv[2] == "abort":
+    stream.close(abort=True)
+"""
+
+
+@pytest.mark.parametrize("ending", ["abort", "exit"])
+def test_a_stopped_writer_leaves_no_gdal_file_behind(tmp_path: Path, ending: str) -> None:
+    """GDAL builds the spatial index in ``<file>.tmp_rtree_<layer>.db`` while a layer is
+    written and removes it when the file is closed. A writer stopped with ``abort`` (a
+    stopping job) closes it; so does a process that exits with a stream still open, which
+    would otherwise abort at exit ("Fatal Python error") and leave that file behind."""
+    import sys
+
+    from geoseg.gpkg_stream import gdal_temporary_files
+
+    path = tmp_path / ".partial-features.gpkg"
+    res = subprocess.run([sys.executable, "-c", _CHILD, str(path), ending],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Fatal" not in res.stderr, res.stderr[-2000:]
+    assert not [p for p in gdal_temporary_files(path) if p.exists()]
+    assert pyogrio.read_info(path, layer="landcover")["features"] > 0
+
+
+def test_a_new_sink_removes_the_leftovers_of_a_killed_job_only(tmp_path: Path) -> None:
+    """A job killed (SIGKILL) while writing leaves its temporary GeoPackages and GDAL's index
+    files beside them; the next sink in that folder removes those, and nothing else."""
+    from geoseg.gpkg_stream import gdal_temporary_files
+    from geoseg.grid import ChunkGrid
+    from geoseg.vector_outputs import GeoPackageSink
+
+    ours = [tmp_path / ".partial-features.gpkg", tmp_path / ".partial-buildings-features.gpkg"]
+    ours += [g for p in ours for g in gdal_temporary_files(p)]
+    theirs = [tmp_path / "features.gpkg.tmp_rtree_landcover.db",
+              tmp_path / ".partial-features.gpkg.tmp_rtree_roads.db", tmp_path / "notes.txt"]
+    for p in (*ours, *theirs):
+        p.write_bytes(b"x")
+
+    class _Plan:
+        chunks = ChunkGrid((8, 8), 4)
+
+    GeoPackageSink(tmp_path / "features.gpkg", _Plan(), {})  # type: ignore[arg-type]
+    assert not [p for p in ours if p.exists()]
+    assert all(p.read_bytes() == b"x" for p in theirs)
