@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -143,6 +144,7 @@ class LayerStream:
         import pyogrio.raw
 
         assert self.schema is not None
+        _bound_index_memory()
         try:
             reader = pa.RecordBatchReader.from_batches(self.schema, self._batches())
             pyogrio.raw.write_arrow(reader, self.path, layer=self.layer, driver="GPKG",
@@ -176,6 +178,22 @@ class LayerStream:
             self._send(_END)
             self._thread.join()
         self._raise()
+
+
+#: RAM GDAL may hold a new layer's spatial index in while the layer is written (~80 bytes per
+#: feature, built in bulk at the end); past it GDAL goes on in a temporary file, slower
+#: (measured: 2M features 5.4 s → 15 s) but bounded. GDAL's own default grows with the host's
+#: RAM, not with what the job may use. A value the user configured is kept.
+INDEX_RAM = "128MB"
+_INDEX_RAM_OPTION = "OGR_GPKG_MAX_RAM_USAGE_RTREE"
+
+
+def _bound_index_memory() -> None:
+    import pyogrio
+
+    if os.environ.get(_INDEX_RAM_OPTION) is None and \
+            pyogrio.get_gdal_config_option(_INDEX_RAM_OPTION) is None:
+        pyogrio.set_gdal_config_options({_INDEX_RAM_OPTION: INDEX_RAM})
 
 
 _open: weakref.WeakSet[LayerStream] = weakref.WeakSet()

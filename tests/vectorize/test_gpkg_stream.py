@@ -201,3 +201,24 @@ def test_a_new_sink_removes_the_leftovers_of_a_killed_job_only(tmp_path: Path) -
     GeoPackageSink(tmp_path / "features.gpkg", _Plan(), {})  # type: ignore[arg-type]
     assert not [p for p in ours if p.exists()]
     assert all(p.read_bytes() == b"x" for p in theirs)
+
+
+@pytest.mark.parametrize("configured", [None, "1GB"])
+def test_the_index_memory_of_a_stream_is_bounded_unless_the_user_says(
+        tmp_path: Path, configured: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GDAL's default RAM for building a layer's index grows with the host's RAM (~80 bytes a
+    feature up to it); a stream bounds it, unless OGR_GPKG_MAX_RAM_USAGE_RTREE is set."""
+    import sys
+
+    from geoseg.gpkg_stream import INDEX_RAM
+
+    child = _CHILD.replace("if sys.argv[2]", "stream.close()\nimport pyogrio\nprint("
+                           "pyogrio.get_gdal_config_option('OGR_GPKG_MAX_RAM_USAGE_RTREE'))\n"
+                           "if sys.argv[2]").replace("range(40)", "range(2)")
+    if configured is None:
+        monkeypatch.delenv("OGR_GPKG_MAX_RAM_USAGE_RTREE", raising=False)
+    else:
+        monkeypatch.setenv("OGR_GPKG_MAX_RAM_USAGE_RTREE", configured)
+    res = subprocess.run([sys.executable, "-c", child, str(tmp_path / "f.gpkg"), "exit"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert res.stdout.split() == [configured or INDEX_RAM]
