@@ -116,8 +116,8 @@ class LayerStream:
         batch = record_batch(columns, n, self.schema)
         if self._thread is None:
             self.schema = batch.schema
-            self._thread = threading.Thread(target=self._write, name="geoseg-gpkg-write",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._write, args=(batch.schema,),
+                                            name="geoseg-gpkg-write", daemon=True)
             _close_at_exit(self)
             self._thread.start()
         self._send(batch)
@@ -126,8 +126,7 @@ class LayerStream:
     def _send(self, item: Any) -> None:
         while True:
             self._raise()
-            assert self._thread is not None
-            if not self._thread.is_alive():
+            if self._thread is None or not self._thread.is_alive():
                 return  # (only after an error, raised above, or after close)
             try:
                 self._queue.put(item, timeout=0.5)
@@ -139,14 +138,13 @@ class LayerStream:
         while (item := self._queue.get()) is not _END:
             yield item
 
-    def _write(self) -> None:
+    def _write(self, schema: pa.Schema) -> None:
         import pyarrow as pa
         import pyogrio.raw
 
-        assert self.schema is not None
         _bound_index_memory()
         try:
-            reader = pa.RecordBatchReader.from_batches(self.schema, self._batches())
+            reader = pa.RecordBatchReader.from_batches(schema, self._batches())
             pyogrio.raw.write_arrow(reader, self.path, layer=self.layer, driver="GPKG",
                                     geometry_name=GEOMETRY, geometry_type="Polygon",
                                     crs=self.crs_wkt,
