@@ -216,21 +216,37 @@ def _mosaic(src_path: Path, size: int, out: Path) -> Path:
     return out
 
 
-def _stage_profile(summary: dict[str, Any], wall: float, cpu: float) -> list[str]:
-    """CPU-s (or driver wall-s) per Mpx of each stage, from the run's summary."""
+def _stage_profile(summary: dict[str, Any], wall: float, cpu: float,
+                   threads: dict[str, float]) -> list[str]:
+    """Seconds per Mpx of each stage from the run's summary (wall seconds inside the stage's
+    own thread, so contention counts), the model stage split into its parts, the vector
+    writer's two threads (seam merge, GeoPackage write) by their CPU, and the cores' idle
+    share of the run."""
     mpx = summary["throughput"]["pixels"] / 1e6
-    st, t = summary["stage_cpu_s"], summary["timings_s"]
-    rows = [(k.removesuffix("_s"), v) for k, v in sorted(st.items())]
+    st, t = dict(summary["stage_cpu_s"]), summary["timings_s"]
+    rows: list[tuple[str, float]] = [("read", st.pop("read_s", 0.0))]
+    for model in summary["models"]:
+        rows.append((f"predict {model}", st.pop(f"predict_{model}_s", 0.0)))
+        rows += [(f"  {part}", st.pop(f"{part}_{model}_s", 0.0))
+                 for part in ("normalize", "forward", "blend", "classify")]
+    rows.append(("Zarr write", st.pop("write_s", 0.0)))
+    rows += [(k.removesuffix("_s"), v) for k, v in sorted(st.items())]
     rows += [("vectorize tasks", t.get("vectorize_task_s", 0.0)),
              ("seam merge + GeoPackage (writer thread)", t.get("gpkg_append_s", 0.0)),
+             ("  seam merge, record batches (CPU)", threads.get("geoseg-gpkg", 0.0)),
+             ("  GeoPackage write (CPU)", threads.get("geoseg-gpkg-write", 0.0)),
              ("final merge wait", t.get("vector_merge_s", 0.0)),
              ("COG export", t.get("cog_s", 0.0)), ("quicklook", t.get("quicklook_s", 0.0)),
              ("plan, manifest, store (driver)", t.get("setup_s", 0.0)),
              ("model load", t.get("model_load_s", 0.0)),
              ("process start + exit (outside run_job)", wall - t["total_s"])]
     out = [f"    {name:<42} {v / mpx:>7.3f} s/Mpx" for name, v in rows]
+    cores = os.cpu_count() or 1
     out.append(f"    {'whole run, CPU-s of the process tree':<42} {cpu / mpx:>7.3f} CPU-s/Mpx "
                f"({cpu:.1f} CPU-s over {wall:.1f} s wall)")
+    out.append(f"    {'idle cores (cores x wall - CPU-s)':<42} "
+               f"{max(cores * wall - cpu, 0.0) / mpx:>7.3f} core-s/Mpx "
+               f"({max(1 - cpu / (cores * wall), 0.0):.0%} of {cores} cores' time)")
     return out
 
 
@@ -375,11 +391,13 @@ def main() -> None:
             if limit is not None:
                 parts.append(f"{r['px_per_s'] / limit['px_per_s']:.2f}× the {r['engine']} "
                              "forward-only limit")
-            print(f"ratio @ {size}: {name}: " + ", ".join(parts))
+            if parts:
+                print(f"ratio @ {size}: {name}: " + ", ".join(parts))
         for name, r in at.items():
             if name.startswith("geoseg"):
                 print(f"where the time goes @ {size}, {name}:")
-                print("\n".join(_stage_profile(r["summary"], r["wall_s"], r["cpu_s"])))
+                print("\n".join(_stage_profile(r["summary"], r["wall_s"], r["cpu_s"],
+                                                r["thread_cpu_s"])))
                 mpx = size * size / 1e6
                 roles = ", ".join(f"{k} {v / mpx:.3f}" for k, v in r["thread_cpu_s"].items()
                                   if v > 0)

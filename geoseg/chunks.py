@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 from rasterio.errors import RasterioIOError
 
+from geoseg import stageclock
 from geoseg.area import row_pixel_areas_m2
 from geoseg.blockcache import BlockCache
 from geoseg.errors import InputError
@@ -174,37 +175,50 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
     timings: dict[str, float] = {"read_s": inp.read_s}
     for ref in plan.models:
         t0 = time.perf_counter()
-        x, tile, overlap, exact = model_input(plan, ref, inp)
-        model = models[ref.name]
-        one_pass = (x.shape[1:] == (tile, tile) if exact
-                    else single_pass(x.shape[1], x.shape[2], tile))
-        if not valid_core.any():  # nothing to predict (collar, outside region): skip the model
-            cls = np.full(core.shape, FILL, np.uint8)
-            conf = np.zeros(core.shape, np.uint8)
-        elif plan.tta == "none" and one_pass and getattr(model, "semantic", False):
-            # one forward pass, no blending: classes and confidence of the core straight from
-            # the logits (no softmax over the halo, no blending buffers)
-            cls, conf = cast(CoreModel, model).predict_core(
-                (x if exact else pad_to_multiple(x, tile))[None], (rs, cs))
-            cls = np.where(valid_core, cls, np.uint8(FILL))
-            conf = np.where(valid_core, conf, np.uint8(0))
-        elif plan.tta == "none" and getattr(model, "blends_on_device", False):
-            # overlapping tiles blended where the model runs (a GPU): only uint8 comes back
-            cls, conf = cast(DeviceBlendModel, model).predict_tiles_core(
-                x, (rs, cs), tile=tile, overlap=overlap, batch_size=plan.batch_size,
-                exact=exact)
-            cls = np.where(valid_core, cls, np.uint8(FILL))
-            conf = np.where(valid_core, conf, np.uint8(0))
-        else:
-            probs = predict_window(x, tta_proba(model.predict_proba, plan.tta),
-                                   ref.spec.num_classes,
-                                   tile=tile, overlap=overlap,
-                                   batch_size=plan.batch_size, exact=exact)
-            cls, conf = classify(probs[:, rs, cs], valid_core, FILL)
+        with stageclock.collect() as parts:
+            cls, conf = _predict_model(plan, ref, models[ref.name], inp, valid_core, (rs, cs))
         out[ref.name] = cls
         out[f"{ref.name}_confidence"] = conf
         timings[f"predict_{ref.name}_s"] = time.perf_counter() - t0
+        for name in stageclock.PARTS:  # (not predict_*: that sum is the model's whole time)
+            timings[f"{name}_{ref.name}_s"] = parts.get(name, 0.0)
     return ChunkOutput(inp.chunk, out, timings, inp.sources, inp.thumb)
+
+
+def _predict_model(plan: Plan, ref: ModelRef, model: ProbaModel, inp: ChunkInput,
+                   valid_core: np.ndarray, core: Crop) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and confidence of one model over the chunk's core, each part of the work
+    counted in this thread's :func:`geoseg.stageclock.collect` (the model counts its own
+    normalize, forward and classify): preparing the input counts as normalize, blending tiles
+    on the host as blend (the window's time less the model's parts in it), masking as
+    classify."""
+    if not valid_core.any():  # nothing to predict (collar, outside region): skip the model
+        return np.full(valid_core.shape, FILL, np.uint8), np.zeros(valid_core.shape, np.uint8)
+    rs, cs = core
+    with stageclock.part("normalize"):
+        x, tile, overlap, exact = model_input(plan, ref, inp)
+    one_pass = (x.shape[1:] == (tile, tile) if exact
+                else single_pass(x.shape[1], x.shape[2], tile))
+    if plan.tta == "none" and one_pass and getattr(model, "semantic", False):
+        # one forward pass, no blending: classes and confidence of the core straight from
+        # the logits (no softmax over the halo, no blending buffers)
+        with stageclock.part("normalize"):
+            x = x if exact else pad_to_multiple(x, tile)
+        cls, conf = cast(CoreModel, model).predict_core(x[None], (rs, cs))
+    elif plan.tta == "none" and getattr(model, "blends_on_device", False):
+        # overlapping tiles blended where the model runs (a GPU): only uint8 comes back
+        cls, conf = cast(DeviceBlendModel, model).predict_tiles_core(
+            x, (rs, cs), tile=tile, overlap=overlap, batch_size=plan.batch_size, exact=exact)
+    else:
+        t0, before = time.perf_counter(), stageclock.spent()
+        probs = predict_window(x, tta_proba(model.predict_proba, plan.tta),
+                               ref.spec.num_classes, tile=tile, overlap=overlap,
+                               batch_size=plan.batch_size, exact=exact)
+        stageclock.add("blend", time.perf_counter() - t0 - (stageclock.spent() - before))
+        with stageclock.part("classify"):
+            return classify(probs[:, rs, cs], valid_core, FILL)
+    with stageclock.part("classify"):
+        return np.where(valid_core, cls, np.uint8(FILL)), np.where(valid_core, conf, np.uint8(0))
 
 
 def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from geoseg.bundle import BundleSpec, read_spec
 from geoseg.engine import RunEngine, model_file
 from geoseg.errors import InputError
 from geoseg.models.onnx_session import OnnxSession
+from geoseg.stageclock import part
 from geoseg.stitch import Crop, classify_logits
 
 logger = logging.getLogger(__name__)
@@ -56,17 +57,23 @@ class OnnxPredictor:
         if x.ndim != 4 or x.shape[1] != len(self.spec.bands):
             raise InputError(f"bundle {self.spec.name!r} reads {len(self.spec.bands)} bands, got "
                              f"a batch of shape {x.shape}")
-        normed = self.spec.normalization.apply(x)  # clipped first where the bundle clips
-        return self.session.run(np.ascontiguousarray(normed))
+        with part("normalize"):
+            normed = np.ascontiguousarray(self.spec.normalization.apply(x))  # clipped first
+        with part("forward"):
+            return self.session.run(normed)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Per-class probabilities ``(N, K, H, W)`` float32."""
-        return softmax(self.logits(x))
+        logits = self.logits(x)
+        with part("classify"):
+            return softmax(logits)
 
     def predict_core(self, x: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
         """Class ids and confidence (uint8) of one raw tile ``(1, C, H, W)`` inside ``crop``."""
         rs, cs = crop
-        return classify_logits(self.logits(x)[0][:, rs, cs])
+        logits = self.logits(x)[0][:, rs, cs]
+        with part("classify"):
+            return classify_logits(logits)
 
 
 def load_predictor(bundle_dir: str | Path, device: str, num_threads: int | None,

@@ -29,6 +29,7 @@ from geoseg.models.factory import build_model, is_semantic
 from geoseg.models.maskrcnn import class_layout, instances_to_proba
 from geoseg.models.onnx_predictor import OnnxPredictor
 from geoseg.models.weights import load_weights
+from geoseg.stageclock import part
 from geoseg.stitch import Crop, classify_logits, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -192,13 +193,16 @@ class Predictor:
         if self._onnx is not None:
             return self._onnx.predict_proba(self._check(x))
         with self._stream():
-            t = self._prepare(x)
+            with part("normalize"):
+                t = self._prepare(x)
             if not self.semantic:
-                return np.stack([self._instance_proba(d) for d in self._detect(t)])
-            with torch.inference_mode(), self._autocast():
+                with part("forward"):
+                    return np.stack([self._instance_proba(d) for d in self._detect(t)])
+            with torch.inference_mode(), self._autocast(), part("forward"):
                 logits = self.model(t)
-            probs = torch.softmax(logits.float(), dim=1)
-            return probs.cpu().numpy().astype(np.float32, copy=False)
+            with part("classify"):
+                probs = torch.softmax(logits.float(), dim=1)
+                return probs.cpu().numpy().astype(np.float32, copy=False)
 
     def predict_core(self, x: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
         """Class ids and confidence (uint8) of one raw tile ``(1, C, H, W)`` inside ``crop``,
@@ -212,12 +216,14 @@ class Predictor:
             probs = self.predict_proba(x)[0][:, crop[0], crop[1]]
             return classify(probs, np.ones(probs.shape[1:], bool))
         with self._stream():
-            t = self._prepare(x)
-            with torch.inference_mode(), self._autocast():
+            with part("normalize"):
+                t = self._prepare(x)
+            with torch.inference_mode(), self._autocast(), part("forward"):
                 logits = self.model(t)[0][:, crop[0], crop[1]].float()
             if self.device.type == "cpu":
-                return classify_logits(logits.contiguous().numpy())
-            with torch.inference_mode():
+                with part("classify"):
+                    return classify_logits(logits.contiguous().numpy())
+            with torch.inference_mode(), part("classify"):
                 top, ids = logits.max(dim=0)
                 scaled = torch.round(255.0 / torch.exp(logits - top).sum(dim=0))
                 return (ids.to(torch.uint8).cpu().numpy(),
@@ -242,7 +248,8 @@ class Predictor:
         th, tw = grid.shape
         k = self.num_classes
         with self._stream(), torch.inference_mode():
-            image = self._normalised(grid.image[None])[0]
+            with part("normalize"):
+                image = self._normalised(grid.image[None])[0]
             weight = torch.from_numpy(grid.weight).to(self.device)
             acc = torch.zeros((k, *image.shape[1:]), dtype=torch.float32, device=self.device)
             norm = torch.zeros(image.shape[1:], dtype=torch.float32, device=self.device)
@@ -251,19 +258,22 @@ class Predictor:
                 batch = torch.stack([image[:, y:y + th, x0:x0 + tw] for y, x0 in group])
                 if self.device.type == "cuda" or self._cpu_bf16:
                     batch = batch.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
+                with self._autocast(), part("forward"):
                     logits = self.model(batch)
-                probs = torch.softmax(logits.float(), dim=1)
-                if probs.shape != (len(group), k, th, tw):
-                    raise InputError(f"model returned shape {tuple(probs.shape)}, expected "
+                if logits.shape != (len(group), k, th, tw):
+                    raise InputError(f"model returned shape {tuple(logits.shape)}, expected "
                                      f"{(len(group), k, th, tw)}")
-                for (y, x0), p in zip(group, probs, strict=True):
-                    acc[:, y:y + th, x0:x0 + tw] += p * weight
-                    norm[y:y + th, x0:x0 + tw] += weight
-            core = (acc[:, :h, :w] / norm[:h, :w])[:, crop[0], crop[1]]
-            ids = torch.argmax(core, dim=0)  # the first of tied classes, as stitch.classify
-            conf = torch.round(core.amax(dim=0) * 255.0).to(torch.uint8)
-            return ids.to(torch.uint8).cpu().numpy(), conf.cpu().numpy()
+                with part("classify"):  # softmax, as on the host
+                    probs = torch.softmax(logits.float(), dim=1)
+                with part("blend"):
+                    for (y, x0), p in zip(group, probs, strict=True):
+                        acc[:, y:y + th, x0:x0 + tw] += p * weight
+                        norm[y:y + th, x0:x0 + tw] += weight
+            with part("classify"):
+                core = (acc[:, :h, :w] / norm[:h, :w])[:, crop[0], crop[1]]
+                ids = torch.argmax(core, dim=0)  # the first of tied classes, as stitch.classify
+                conf = torch.round(core.amax(dim=0) * 255.0).to(torch.uint8)
+                return ids.to(torch.uint8).cpu().numpy(), conf.cpu().numpy()
 
     def predict_classes(self, x: np.ndarray) -> np.ndarray:
         """Most probable class id per pixel ``(N, H, W)`` uint8."""

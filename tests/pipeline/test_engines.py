@@ -236,3 +236,24 @@ def test_a_cpu_cluster_joined_by_address_runs_the_onnx_graph(
     res = run_job(cfg)
     assert res.ok and res.summary["runtime"]["backend"] == "RayBackend"
     assert res.summary["engines"] == {"landcover": "onnx"}
+
+
+@pytest.mark.parametrize(("engine", "tile"), [("onnx", "auto"), ("torch", "auto"),
+                                              ("onnx", 64), ("torch", 64)])
+def test_the_model_stage_is_split_into_its_parts(tmp_path: Path, scene_tif: Path,
+                                                 onnx_bundles: tuple[str, str], engine: str,
+                                                 tile: str | int) -> None:
+    """Each chunk records normalize, forward, blend and classify seconds per model (summed in
+    ``stage_cpu_s``); together they are the model stage, and blending happens only where
+    tiles overlap (64-px tiles in a 192² chunk context), not in one pass per chunk."""
+    cfg = _cfg(scene_tif, tmp_path / "out", onnx_bundles[:1], engine)
+    cfg = cfg.model_copy(update={"inference": cfg.inference.model_copy(
+        update={"tile_size": tile, "tile_overlap": 16})})
+    stages = run_job(cfg, backend=SerialBackend()).summary["stage_cpu_s"]
+    total = stages["predict_landcover_s"]
+    parts = {p: stages[f"{p}_landcover_s"] for p in ("normalize", "forward", "blend", "classify")}
+    assert parts["forward"] > 0 and parts["normalize"] > 0 and parts["classify"] > 0
+    assert (parts["blend"] > 0) == (tile != "auto")
+    # the parts are the stage's time: nothing counted twice, little left out
+    assert 0.5 * total <= sum(parts.values()) <= total + 1e-3
+    assert parts["forward"] > max(parts["normalize"], parts["classify"])
