@@ -203,15 +203,19 @@ def test_a_new_sink_removes_the_leftovers_of_a_killed_job_only(tmp_path: Path) -
     assert all(p.read_bytes() == b"x" for p in theirs)
 
 
-@pytest.mark.parametrize("configured", [None, "1GB"])
+@pytest.mark.parametrize("configured", [None, "1000"])
 def test_the_index_memory_of_a_stream_is_bounded_unless_the_user_says(
         tmp_path: Path, configured: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """GDAL's default RAM for building a layer's index grows with the host's RAM (~80 bytes a
-    feature up to it); a stream bounds it, unless OGR_GPKG_MAX_RAM_USAGE_RTREE is set."""
+    feature up to it); a stream bounds it, unless OGR_GPKG_MAX_RAM_USAGE_RTREE is set. GDAL
+    reads the value in bytes ("128MB" read as 128 bytes sent every layer to the slow path):
+    its own log says whether the index left RAM, here for 4,000 features (~320 kB of index):
+    they fit the stream's bound, not a user's 1000 bytes."""
     import sys
 
     from geoseg.gpkg_stream import INDEX_RAM
 
+    log = tmp_path / "cpl.log"
     child = _CHILD.replace("if sys.argv[2]", "stream.close()\nimport pyogrio\nprint("
                            "pyogrio.get_gdal_config_option('OGR_GPKG_MAX_RAM_USAGE_RTREE'))\n"
                            "if sys.argv[2]").replace("range(40)", "range(2)")
@@ -219,6 +223,13 @@ def test_the_index_memory_of_a_stream_is_bounded_unless_the_user_says(
         monkeypatch.delenv("OGR_GPKG_MAX_RAM_USAGE_RTREE", raising=False)
     else:
         monkeypatch.setenv("OGR_GPKG_MAX_RAM_USAGE_RTREE", configured)
+    monkeypatch.setenv("CPL_DEBUG", "ON")
+    monkeypatch.setenv("CPL_LOG", str(log))
     res = subprocess.run([sys.executable, "-c", child, str(tmp_path / "f.gpkg"), "exit"],
                          capture_output=True, text=True, timeout=120, check=True)
     assert res.stdout.split() == [configured or INDEX_RAM]
+    assert INDEX_RAM.isdigit() and int(INDEX_RAM) == 128 * 2**20
+    text = log.read_text()
+    assert "rows inserted" in text  # GDAL's log is read: the check below can fail
+    spilled = "Max RAM reached" in text or "Too large in-memory RTree" in text
+    assert spilled == (configured is not None), text
