@@ -190,8 +190,8 @@ def _predict_model(plan: Plan, ref: ModelRef, model: ProbaModel, inp: ChunkInput
     """Classes and confidence of one model over the chunk's core, each part of the work
     counted in this thread's :func:`geoseg.stageclock.collect` (the model counts its own
     normalize, forward and classify): preparing the input counts as normalize, blending tiles
-    on the host as blend (the window's time less the model's parts in it), masking as
-    classify."""
+    on the host as blend (the window's time less the model's parts in it: cutting tiles,
+    test-time augmentation's flips, the weighted sums), masking as classify."""
     if not valid_core.any():  # nothing to predict (collar, outside region): skip the model
         return np.full(valid_core.shape, FILL, np.uint8), np.zeros(valid_core.shape, np.uint8)
     rs, cs = core
