@@ -260,7 +260,8 @@ def _geoseg(img: str, out: Path, bundle: str, a: argparse.Namespace, vectors: bo
     if not vectors:
         cmd.append("--no-vectors")
     res = measure(cmd)
-    res["thread_cpu_s"] = json.loads(threads.read_text())["cpu_s"]
+    sampled = json.loads(threads.read_text())
+    res["thread_cpu_s"], res["busy_cores"] = sampled["cpu_s"], sampled.get("busy_cores", [])
     summ = json.loads((out / "summary.json").read_text())
     res["px_per_s"] = size * size / res["wall_s"]
     res["summary"] = summ
@@ -402,6 +403,9 @@ def main() -> None:
                 roles = ", ".join(f"{k} {v / mpx:.3f}" for k, v in r["thread_cpu_s"].items()
                                   if v > 0)
                 print(f"    CPU-s/Mpx by thread role: {roles}")
+                if r["busy_cores"]:
+                    print("    busy cores in each tenth of the run (this process): "
+                          + " ".join(f"{c:.1f}" for c in r["busy_cores"]))
                 top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["peak_by_role_gb"].items())[:6])
                 print(f"    peak PSS by process role (GB): {top}")
     for line in agreements:

@@ -9,7 +9,8 @@ count waiting for the GIL and for cores): every thread of this process is sample
 threads, ``geoseg-gpkg`` the GeoPackage writer, ``geoseg-export`` COGs and quicklook,
 ``asyncio``/``zarr_io`` zarr's own I/O, ``MainThread`` the driver); threads Python did not start
 (onnxruntime's and other libraries' pools) are ``native``, and finished child processes (vector
-workers) ``child processes``. Linux only.
+workers) ``child processes``. ``busy_cores``: the cores this process kept busy in each tenth of
+the run (child processes not counted). Linux only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import resource
 import sys
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -35,12 +37,34 @@ def _thread_cpu(tid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
+def busy_cores(timeline: list[tuple[float, float]], wall: float,
+               parts: int = 10) -> list[float]:
+    """Cores this process kept busy in each tenth of the run (its threads' CPU-s over the
+    tenth's seconds, from ``(seconds, process CPU-s)`` samples): where a run leaves cores idle,
+    at its start, its end, or a stall in between (a sampler that cannot run for a while, as
+    when a thread sleeps holding the GIL, shows as a gap the next sample spreads over)."""
+    if wall <= 0 or len(timeline) < 2:
+        return []
+    edges = [wall * i / parts for i in range(parts + 1)]
+
+    def cpu_at(t: float) -> float:  # linear between samples
+        for (t0, c0), (t1, c1) in pairwise(timeline):
+            if t <= t1:
+                return c0 if t1 <= t0 else c0 + (c1 - c0) * max(t - t0, 0.0) / (t1 - t0)
+        return timeline[-1][1]
+
+    cpu = [cpu_at(t) for t in edges]
+    return [round((cpu[i + 1] - cpu[i]) / (edges[i + 1] - edges[i]), 2) for i in range(parts)]
+
+
 def main() -> int:
     if len(sys.argv) < 3 or sys.argv[2] != "--":
         raise SystemExit(__doc__)
     out, args = Path(sys.argv[1]), sys.argv[3:]
     seen: dict[int, tuple[str, float]] = {}
+    timeline: list[tuple[float, float]] = []  # (seconds since start, process CPU-s so far)
     stop = threading.Event()
+    start = time.perf_counter()
 
     def sample() -> None:
         while True:
@@ -49,6 +73,7 @@ def main() -> int:
                 cpu = _thread_cpu(tid)
                 if cpu is not None:
                     seen[tid] = (names.get(tid) or seen.get(tid, ("native", 0.0))[0], cpu)
+            timeline.append((time.perf_counter() - start, time.process_time()))
             if stop.wait(0.05):
                 return
 
@@ -70,7 +95,8 @@ def main() -> int:
     roles["child processes"] = kids.ru_utime + kids.ru_stime
     ranked = sorted(roles.items(), key=lambda kv: -kv[1])
     out.write_text(json.dumps({"rc": rc, "wall_s": wall,
-                               "cpu_s": {k: round(v, 3) for k, v in ranked}}))
+                               "cpu_s": {k: round(v, 3) for k, v in ranked},
+                               "busy_cores": busy_cores(timeline, wall)}))
     return int(rc or 0)
 
 

@@ -22,3 +22,17 @@ def test_rv_predict_replaces_only_its_own_labels(tmp_path: Path) -> None:
     (ours / "labels.tif").write_bytes(b"an earlier run")
     clear_own_labels(ours)
     assert not (ours / "labels.tif").exists() and (ours / ".written-by-rv_predict").exists()
+
+
+def test_busy_cores_shows_where_a_run_left_its_cores_idle() -> None:
+    """Two busy cores for 4 s, a 5-s stall with no sample in it (0.1 CPU-s), two cores again:
+    the stall's tenths show it, and the CPU-s add up to the samples' total."""
+    from benchmarks.thread_cpu import busy_cores
+
+    timeline = [(t * 0.5, t * 1.0) for t in range(9)]  # 0–4 s, 2 cores
+    timeline += [(9.0, 8.1), (9.5, 9.1), (10.0, 10.1)]
+    tenths = busy_cores(timeline, 10.0)
+    assert tenths[:4] == [2.0] * 4 and tenths[9] == 2.0
+    assert tenths[4:9] == [0.02] * 5
+    assert abs(sum(tenths) - 10.1) < 0.05
+    assert busy_cores(timeline[:1], 10.0) == [] and busy_cores(timeline, 0.0) == []
