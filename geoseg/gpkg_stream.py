@@ -151,11 +151,7 @@ class LayerStream:
                                     layer_options={"GEOMETRY_NAME": GEOMETRY_NAME})
         except BaseException as exc:  # handed to the producer
             self._error = exc
-            while True:  # unblock a producer waiting on a full queue
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            _drain(self._queue)  # unblock a producer waiting on a full queue
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -168,14 +164,20 @@ class LayerStream:
         file it builds the index in: a writer left running when the process exits would
         leave that behind)."""
         if self._thread is not None and self._thread.is_alive():
-            while abort:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            if abort:
+                _drain(self._queue)
             self._send(_END)
             self._thread.join()
         self._raise()
+
+
+def _drain(q: queue.Queue[Any]) -> None:
+    """Drop what ``q`` holds now."""
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
 
 
 #: RAM GDAL may hold a new layer's spatial index in while the layer is written (~80 bytes per

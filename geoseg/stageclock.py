@@ -2,8 +2,8 @@
 classify (softmax, argmax and confidence).
 
 The caller of a model opens :func:`collect` around a prediction; the model wraps each part in
-:func:`part`. Outside a :func:`collect` (a model used on its own) :func:`part` costs one
-attribute lookup. The clock is per thread, so several passes at once (one thread each) keep
+:func:`part`. Outside a :func:`collect` (a model used on its own) :func:`part` counts
+nothing. The clock is per thread, so several passes at once (one thread each) keep
 their own accounts. On a GPU the kernels run asynchronously: a part's seconds are those the
 calling thread spent in it, and the wait for the device falls in the part that copies the
 result back (classify, or blend when tiles are blended there).
@@ -38,15 +38,11 @@ def collect() -> Iterator[dict[str, float]]:
 @contextmanager
 def part(name: str) -> Iterator[None]:
     """Count the block's wall seconds to ``name`` in this thread's open :func:`collect`."""
-    acc: dict[str, float] | None = getattr(_local, "acc", None)
-    if acc is None:
-        yield
-        return
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+        add(name, time.perf_counter() - t0)
 
 
 def add(name: str, seconds: float) -> None:
