@@ -306,7 +306,8 @@ def main() -> None:
     p.add_argument("--only", choices=["all", "naive", "geoseg"], default="all",
                    help="all rows; naive: the naive loop and geoseg (big sizes); geoseg alone")
     p.add_argument("--chunk-size", type=int, default=1024)
-    p.add_argument("--halo", type=int, default=64)
+    p.add_argument("--halo", default="auto",
+                   help="px, or auto: the bundle's measured halo (64 px for one without)")
     p.add_argument("--vectors", choices=["on", "off", "both"], default="both")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "geoseg-bench"))
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "torch-bf16", "onnx"],
@@ -368,7 +369,9 @@ def main() -> None:
             if agree is not None:
                 agreements.append(f"classes @ {size}: {auto['engine']} = {a.check_engine} on "
                                   f"{agree:.4%} of pixels")
-    print(f"\nmodel: {a.model} ({bundle}); chunk {a.chunk_size}, halo {a.halo}; "
+    ran = sorted({r["summary"]["tiling"]["halo"] for _, _, r in rows if "summary" in r})
+    print(f"\nmodel: {a.model} ({bundle}); chunk {a.chunk_size}, halo {a.halo} "
+          f"(geoseg ran {', '.join(map(str, ran)) or '-'} px); "
           f"{psutil.cpu_count()} cores")
     print(f"{'what':<56} {'size':>6} {'Mpx/s':>7} {'wall s':>8} {'CPU s':>7} {'peak PSS GB':>12}")
     for name, size, r in rows:

@@ -108,6 +108,15 @@ class Normalization(_Strict):
         return np.divide(out, np.asarray(self.std, dtype=np.float32).reshape(shape), out=out)
 
 
+class HaloRecord(_Strict):
+    """What ``geoseg export --halo-check`` measured: per candidate halo (px), the least share
+    of a window's ``chunk``-px core whose class equals the 256-px-context reference's."""
+
+    chunk: int = Field(ge=32)
+    windows: int = Field(ge=1)
+    worst: dict[int, float]
+
+
 class BundleSpec(_Strict):
     """What ``bundle.yaml`` holds."""
 
@@ -133,6 +142,12 @@ class BundleSpec(_Strict):
     # auto runs the bundle in bf16 on CPUs with bf16 units only when it is >= the minimum
     # (geoseg.engine.BF16_MIN_AGREEMENT)
     bf16_agreement: float | None = Field(default=None, ge=0, le=1)
+    # context (px on each side) a chunk needs for its classes to equal those of a pass with
+    # 256 px of context on >= 99.9 % of pixels in every window checked, measured on real
+    # imagery by geoseg export --halo-check IMAGE (geoseg.models.halo), and the check's table;
+    # inference.halo auto runs it (64 for a bundle without one)
+    halo: int | None = Field(default=None, ge=0, le=1024)
+    halo_check: HaloRecord | None = None
     description: str = ""
     training: dict[str, object] | None = None
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -60,7 +60,9 @@ class InferenceConfig(_Strict):
     """How chunks are tiled and predicted. Changing any of these changes the results."""
 
     chunk_size: int = Field(default=1024, ge=64, le=8192)
-    halo: int = Field(default=64, ge=0, le=1024)
+    # context read around each chunk, px: "auto" = the largest halo the job's bundles measured
+    # (bundle.yaml halo, written by geoseg export --halo-check; 64 for a bundle without one)
+    halo: Annotated[int, Field(ge=0, le=1024)] | Literal["auto"] = "auto"
     tile_size: int | Literal["auto"] = "auto"
     tile_overlap: int = Field(default=64, ge=0)
     batch_size: int = Field(default=4, ge=1, le=256)
@@ -77,7 +79,8 @@ class InferenceConfig(_Strict):
             raise ValueError("tile_size must be 'auto' or a multiple of 32 ≥ 64")
         return self
 
-    def tile_for(self, bundle_tile: int, fixed: int | None = None, model: str = "the model") -> int:
+    def tile_for(self, bundle_tile: int, halo: int, fixed: int | None = None,
+                 model: str = "the model") -> int:
         """'auto': one forward pass per chunk when chunk+halo fits ``max_tile`` (least redundant
         compute), else the bundle's tile size. ``fixed``: the only input size ``model`` takes
         (a static ONNX input), which wins over 'auto'; a ``tile_size`` that contradicts it is a
@@ -91,7 +94,7 @@ class InferenceConfig(_Strict):
             return fixed
         if isinstance(self.tile_size, int):
             return self.tile_size
-        whole = -(-(self.chunk_size + 2 * self.halo) // 32) * 32
+        whole = -(-(self.chunk_size + 2 * halo) // 32) * 32
         return whole if whole <= self.max_tile else bundle_tile
 
 

@@ -200,6 +200,29 @@ def _expands(image: str) -> bool:
     return any(c in image for c in "*?[") or image.lower().endswith((".txt", ".json"))
 
 
+DEFAULT_HALO = 64
+"""The halo ``inference.halo: auto`` runs for a bundle without a measured one (bundle.yaml
+``halo``, :mod:`geoseg.models.halo`)."""
+
+
+def job_halo(halo: int | str, specs: list[BundleSpec], chunk: int) -> int:
+    """The halo a job runs: ``halo`` when it is a number; for ``auto`` the largest the
+    bundles need at ``chunk`` px: from a recorded check (scaled to the chunk size, see
+    :func:`geoseg.models.halo.halo_for_chunk`), else a ``halo`` written by hand, else
+    :data:`DEFAULT_HALO`."""
+    if isinstance(halo, int):
+        return halo
+    from geoseg.models.halo import halo_for_chunk
+
+    def one(spec: BundleSpec) -> int:
+        if spec.halo_check is not None:
+            measured = halo_for_chunk(spec, chunk)
+            return DEFAULT_HALO if measured is None else measured
+        return spec.halo if spec.halo is not None else DEFAULT_HALO
+
+    return max((one(s) for s in specs), default=DEFAULT_HALO)
+
+
 def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None,
               cluster_gpus: int | None = None) -> Plan:
     """The plan of ``cfg``. ``engines`` (task → engine, e.g. those a run being resumed used)
@@ -225,10 +248,11 @@ def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None,
     inf = cfg.inference
     # a model with a static input size runs tiles of that size (a contradicting tile size is
     # refused here); the others keep the configured tiling ('auto': one pass per chunk)
-    fixed = [inf.tile_for(m.spec.tile_size, m.fixed_tile, f"model {m.model_id}")
+    halo = job_halo(inf.halo, [m.spec for m in models], inf.chunk_size)
+    fixed = [inf.tile_for(m.spec.tile_size, halo, m.fixed_tile, f"model {m.model_id}")
              for m in models if m.fixed_tile is not None]
     free = [m.spec.tile_size for m in models if m.fixed_tile is None]
-    tile = inf.tile_for(min(free)) if free else min(fixed)
+    tile = inf.tile_for(min(free), halo) if free else min(fixed)
     overlap = min(inf.tile_overlap, tile // 2)
     return Plan(image, grid, window, clipped, ChunkGrid(grid.shape, inf.chunk_size), models,
-                inf.halo, tile, overlap, inf.batch_size, inf.tta, cfg.vectors.halo)
+                halo, tile, overlap, inf.batch_size, inf.tta, cfg.vectors.halo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,7 +198,6 @@ class _TrainProgress:
 def cmd_eval(a: argparse.Namespace) -> int:
     """Score a run (or a store layer / footprints) against truth: the JSON report on stdout
     (and in ``--json``), a confusion-matrix PNG per class layer."""
-    import sys
 
     from geoseg.runfolder import local_run
     from geoseg.scoring import evaluate_outputs
@@ -223,8 +223,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    if not (a.onnx or a.bf16_check):
-        raise ConfigError("say what to export: --onnx (an ONNX graph) and/or --bf16-check IMAGE")
+    if not (a.onnx or a.bf16_check or a.halo_check):
+        raise ConfigError("say what to export: --onnx (an ONNX graph), --bf16-check IMAGE "
+                          "and/or --halo-check IMAGE")
     if a.onnx:
         from geoseg.models import export_onnx
 
@@ -234,13 +235,34 @@ def cmd_export(a: argparse.Namespace) -> int:
         from geoseg.engine import BF16_MIN_AGREEMENT
         from geoseg.models.bf16 import check_bundle
 
-        share = check_bundle(a.bundle, a.bf16_check, windows=a.windows)
+        share = check_bundle(a.bundle, a.bf16_check, windows=a.windows or 8)
         verdict = ("engine auto may run it in bf16 on CPUs with bf16 units (AMX, AVX512-BF16)"
                    if share >= BF16_MIN_AGREEMENT
                    else f"below {BF16_MIN_AGREEMENT:.1%}: engine auto keeps float32")
-        print(f"bf16 classes equal float32's on {share:.4%} of the pixels of {a.windows} windows "
-              f"of {a.bf16_check}; recorded in bundle.yaml ({verdict})")
+        print(f"bf16 classes equal float32's on {share:.4%} of the pixels of {a.windows or 8} "
+              f"windows of {a.bf16_check}; recorded in bundle.yaml ({verdict})")
+    if a.halo_check:
+        _halo_check(a)
     return 0
+
+
+def _halo_check(a: argparse.Namespace) -> None:
+    from geoseg.models.halo import MIN_AGREEMENT, REFERENCE, check_bundle
+
+    def progress(done: int, total: int) -> None:
+        print(f"halo check: window {done}/{total} compared", file=sys.stderr, flush=True)
+
+    res = check_bundle(a.bundle, a.halo_check, chunk=a.chunk, windows=a.windows or 4,
+                       progress=progress)
+    print(f"classes of {res.chunk}-px chunks equal those of a pass with {REFERENCE} px of "
+          f"context, on {res.windows} windows of {a.halo_check}:")
+    for h, share in res.agreement.items():
+        mark = "  <- recorded in bundle.yaml (inference.halo auto runs it)" if h == res.halo else ""
+        print(f"  halo {h:>4} px: {share:.4%} (worst window {res.worst[h]:.4%}){mark}")
+    if res.halo is None:
+        print(f"no halo up to {max(res.agreement)} px keeps {MIN_AGREEMENT:.1%} in every "
+              "window: nothing recorded (inference.halo auto keeps 64; set a larger "
+              "inference.halo for this model if its seams matter)")
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -353,7 +375,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(fn=cmd_eval)
 
-    x = sub.add_parser("export", help="export a bundle's model (ONNX) or check it in bf16")
+    x = sub.add_parser("export", help="export a bundle's model (ONNX), check it in bf16, or "
+                                               "measure the halo it needs")
     x.add_argument("bundle", help="bundle directory (bundle.yaml + weights)")
     x.add_argument("--onnx", action="store_true",
                    help="write model.onnx into the bundle")
@@ -361,6 +384,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="measure on windows of IMAGE how many pixels keep their class under "
                         "bfloat16 autocast and record it in bundle.yaml (engine auto runs the "
                         "bundle in bf16 on CPUs with AMX or AVX512-BF16 from 99.9 %%)")
-    x.add_argument("--windows", type=int, default=8,
-                   help="--bf16-check: random 512-px windows without nodata to compare")
+    x.add_argument("--halo-check", metavar="IMAGE",
+                   help="measure on windows of IMAGE the smallest halo (context around a "
+                        "chunk) whose classes equal a 256-px-context pass on 99.9 %% of pixels "
+                        "and record it in bundle.yaml (inference.halo auto runs it)")
+    x.add_argument("--chunk", type=int, default=1024,
+                   help="--halo-check: chunk size to measure for, px (default 1024)")
+    x.add_argument("--windows", type=int, default=None,
+                   help="windows without nodata to compare (default: 8 random 512-px windows "
+                        "for --bf16-check, 4 for --halo-check)")
     x.set_defaults(fn=cmd_export)

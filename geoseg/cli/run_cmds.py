@@ -25,6 +25,16 @@ def add_width_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
                    "node, shared among the workers there)")
 
 
+def _halo(text: str) -> int | str:
+    """``--halo``: a whole number of pixels or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels or auto") from None
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", action="append", dest="models",
                    help="model bundle dir or built-in name (repeatable; default: landcover and "
@@ -37,8 +47,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="job YAML (configs/); flags override it")
     p.add_argument("--chunk-size", type=int,
                    help="output chunk (unit of work and Zarr chunk), px (default 1024)")
-    p.add_argument("--halo", type=int,
-                   help="context read around each chunk, px (default 64)")
+    p.add_argument("--halo", type=_halo,
+                   help="context read around each chunk, px, or auto (default: the largest "
+                        "halo the bundles measured with geoseg export --halo-check, 64 for a "
+                        "bundle without one)")
     p.add_argument("--tile-size", type=int,
                    help="model input tile, px, a multiple of 32 (default: one pass per chunk when "
                         "chunk + halo fits 1536 px, else the bundle's tile size)")

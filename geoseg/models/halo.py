@@ -1,0 +1,184 @@
+"""How much context a chunk needs around it: the halo measured on an image, not guessed.
+
+A chunk is predicted on its window grown by ``halo`` pixels and cropped back (one pass per chunk
+by default). Its classes near the cut can differ from those a pass with more context gives. The
+check cuts random windows of an image; for each window it predicts the central ``chunk`` px once
+with :data:`REFERENCE` px of context on every side (the reference) and once per candidate halo,
+and counts the core pixels whose class equals the reference's. The smallest halo from which
+every larger candidate reaches :data:`MIN_AGREEMENT` in every window is the bundle's halo
+(scenes differ: at 16 px the built-in land-cover bundle kept 99.96 % of pixels on one generated
+scene and 99.92 % on another); ``inference.halo: auto`` (the default) then runs it.
+
+Candidates are multiples of 16 and of the model's output stride (``2 ** encoder_depth``): a
+U-Net's classes are the same for a shifted input only when the shift is a multiple of its
+stride, so a 16-px halo on a stride-32 model moves the pooling grid of every chunk and, on the
+random-weight reference U-Net-R18, agreed on 91-94 % of pixels where no halo at all agreed on
+96-97 % (2026-12-04, DESIGN.md). That random-weight model, whose classes are nearly tied, is
+still at 99.85 % at 128 px.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg.bundle import BundleSpec, HaloRecord, read_spec, write_spec
+from geoseg.engine import RunEngine
+from geoseg.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+REFERENCE = 256       # px of context on every side of the reference pass
+MIN_AGREEMENT = 0.999  # share of a chunk's pixels whose class must equal the reference's
+MAX_CANDIDATE = 192
+
+
+@dataclass(frozen=True)
+class HaloCheck:
+    """A check's result: agreement per candidate halo (px → share of all windows' pixels), the
+    least of any one window, the halo picked (None: no candidate reached the minimum in every
+    window), and what it was measured on."""
+
+    agreement: dict[int, float]
+    worst: dict[int, float]
+    halo: int | None
+    chunk: int
+    windows: int
+    pixels: int  # core pixels compared per candidate
+
+
+def step(spec: BundleSpec) -> int:
+    """Halos are multiples of the model's output stride and of 16 (a pass is a multiple of
+    32 px: a chunk plus twice the halo)."""
+    return max(2 ** spec.architecture.encoder_depth, 16)
+
+
+def candidates(spec: BundleSpec, largest: int = MAX_CANDIDATE) -> list[int]:
+    """The halos a check tries: 0 and the multiples of :func:`step` up to ``largest``."""
+    return list(range(0, largest + 1, step(spec)))
+
+
+def pick(agreement: dict[int, float], minimum: float = MIN_AGREEMENT) -> int | None:
+    """The smallest halo from which every larger candidate reaches ``minimum`` (None: the
+    largest does not). Agreement is not monotone in the halo on every model, so a halo that
+    reaches the minimum below one that misses it is not taken."""
+    best: int | None = None
+    for h in sorted(agreement, reverse=True):
+        if agreement[h] < minimum:
+            break
+        best = h
+    return best
+
+
+def _windows(image: str | Path, spec: BundleSpec, size: int, count: int,
+             seed: int) -> list[np.ndarray]:
+    """``count`` raw windows ``(C, size, size)`` of ``image`` at random places, each without
+    nodata (a check never scores padding)."""
+    from geoseg.grid import Window
+    from geoseg.io import open_info, read_window
+
+    info = open_info(str(image))
+    h, w = info.geobox.height, info.geobox.width
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    for _ in range(count * 8):
+        if len(out) == count:
+            break
+        r, c = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        data, valid = read_window(info, Window(r, c, size, size), tuple(spec.bands))
+        if valid.all():
+            out.append(data)
+    if not out:
+        raise InputError(f"{image}: no {size}-px window without nodata was found for the halo "
+                         "check: give an image with a larger valid area (or a smaller --chunk)")
+    return out
+
+
+def _classes(predictor: Any, x: np.ndarray, keep: int, size: int) -> np.ndarray:
+    """Classes of the central ``size`` px of one raw window, ``keep`` px of context kept on
+    each side of them."""
+    lo = x.shape[-1] // 2 - size // 2 - keep
+    sub = np.ascontiguousarray(x[None, :, lo:lo + size + 2 * keep, lo:lo + size + 2 * keep])
+    proba = predictor.predict_proba(sub)[0]
+    return np.asarray(proba.argmax(axis=0)[keep:keep + size, keep:keep + size], np.uint8)
+
+
+def measure(predictor: Any, spec: BundleSpec, image: str | Path, *, chunk: int = 1024,
+            windows: int = 4, seed: int = 0, halos: list[int] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> HaloCheck:
+    """Agreement of each candidate halo with the reference on ``windows`` windows of
+    ``image`` (see the module docstring). ``chunk`` shrinks, in steps of 32 px (or the
+    stride), to what the image holds with the reference context around it.
+    ``progress(done, windows)`` after each window."""
+    from geoseg.io import open_info
+
+    unit = step(spec)
+    halos = sorted(halos if halos is not None else candidates(spec))
+    if any(h % unit or h < 0 or h > REFERENCE for h in halos):
+        raise InputError(f"halos to check must be multiples of {unit} (the model's stride, at "
+                         f"least 16) from 0 to {REFERENCE}, got {halos}")
+    geobox = open_info(str(image)).geobox
+    whole = max(unit, 32)
+    chunk = min(chunk, min(geobox.height, geobox.width) - 2 * REFERENCE) // whole * whole
+    if chunk < 64:
+        raise InputError(f"{image} is {geobox.width}x{geobox.height} px: the halo check needs "
+                         f"at least {64 + 2 * REFERENCE} px on each side")
+    same: dict[int, list[int]] = {h: [] for h in halos}
+    cut = _windows(image, spec, chunk + 2 * REFERENCE, windows, seed)
+    for i, x in enumerate(cut, 1):
+        ref = _classes(predictor, x, REFERENCE, chunk)
+        for h in halos:
+            same[h].append(int(np.count_nonzero(_classes(predictor, x, h, chunk) == ref)))
+        if progress is not None:
+            progress(i, len(cut))
+    pixels = len(cut) * chunk * chunk
+    agreement = {h: sum(n) / pixels for h, n in same.items()}
+    worst = {h: min(n) / (chunk * chunk) for h, n in same.items()}
+    return HaloCheck(agreement, worst, pick(worst), chunk, len(cut), pixels)
+
+
+def check_bundle(bundle_dir: str | Path, image: str | Path, *, chunk: int = 1024,
+                 windows: int = 4, record: bool = True,
+                 num_threads: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> HaloCheck:
+    """Measure the halo a bundle needs on ``image`` with the engine its CPU runs take (ONNX
+    when the bundle has a graph, else torch) and (``record``, when a halo reached the minimum)
+    write it into ``bundle.yaml`` as ``halo`` with the check's table (``halo_check``)."""
+    from geoseg.models.onnx_predictor import load_predictor
+
+    spec = read_spec(bundle_dir)
+    if spec.architecture.name == "maskrcnn":
+        raise InputError(f"bundle {spec.name!r} is maskrcnn: the halo check compares classes "
+                         "of semantic bundles; set inference.halo for it")
+    engine: RunEngine = "onnx" if spec.onnx else "torch"
+    predictor = load_predictor(bundle_dir, "cpu", num_threads, engine)
+    result = measure(predictor, spec, image, chunk=chunk, windows=windows, progress=progress)
+    table = ", ".join(f"{h}: {a:.4%} (worst window {result.worst[h]:.4%})"
+                      for h, a in result.agreement.items())
+    logger.info("bundle %s: classes equal the %d-px-context reference per halo: %s", spec.name,
+                REFERENCE, table)
+    if record and result.halo is not None:
+        table = HaloRecord(chunk=result.chunk, windows=result.windows,
+                             worst={h: round(a, 6) for h, a in result.worst.items()})
+        write_spec(spec.model_copy(update={"halo": result.halo, "halo_check": table}),
+                   bundle_dir)
+    return result
+
+
+
+def halo_for_chunk(spec: BundleSpec, chunk: int) -> int | None:
+    """The halo a bundle's recorded check asks for at ``chunk`` px (None: no record, or no
+    halo it measured is enough there). Pixels that differ lie in a band along a chunk's edges,
+    so their share grows as ``1 / chunk``: the check's shares are scaled by ``measured chunk /
+    chunk`` for smaller chunks (a 128-px chunk needs 8x less disagreement per pixel of band
+    than a 1024-px one) and kept as measured for larger ones."""
+    rec = spec.halo_check
+    if rec is None:
+        return None
+    factor = max(1.0, rec.chunk / chunk)
+    return pick({h: 1.0 - (1.0 - a) * factor for h, a in rec.worst.items()})
