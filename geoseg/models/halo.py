@@ -158,13 +158,13 @@ def check_bundle(bundle_dir: str | Path, image: str | Path, *, chunk: int = 1024
     engine: RunEngine = "onnx" if spec.onnx else "torch"
     predictor = load_predictor(bundle_dir, "cpu", num_threads, engine)
     result = measure(predictor, spec, image, chunk=chunk, windows=windows, progress=progress)
-    table = ", ".join(f"{h}: {a:.4%} (worst window {result.worst[h]:.4%})"
-                      for h, a in result.agreement.items())
+    line = ", ".join(f"{h}: {a:.4%} (worst window {result.worst[h]:.4%})"
+                     for h, a in result.agreement.items())
     logger.info("bundle %s: classes equal the %d-px-context reference per halo: %s", spec.name,
-                REFERENCE, table)
+                REFERENCE, line)
     if record and result.halo is not None:
         table = HaloRecord(chunk=result.chunk, windows=result.windows,
-                             worst={h: round(a, 6) for h, a in result.worst.items()})
+                           worst={h: round(a, 6) for h, a in result.worst.items()})
         write_spec(spec.model_copy(update={"halo": result.halo, "halo_check": table}),
                    bundle_dir)
     return result
