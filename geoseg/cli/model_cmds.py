@@ -144,6 +144,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     if isinstance(val, dict) and val.get("windows"):
         shown = {k: v for k, v in val.items() if not isinstance(v, dict | list)}
         print(f"  validation: {json.dumps(shown)[:400]}")
+    if cfg.architecture.name != "maskrcnn":
+        print(f"  its halo (context each chunk reads; 64 px until measured): geoseg export "
+              f"{res.bundle_dir} --halo-check IMAGE (an image like yours, >= 1536 px a side)")
     return 0
 
 

@@ -161,6 +161,10 @@ def _print_summary(res: Any) -> None:
     if s.get("models"):  # which engine auto picked (bf16 classes may differ in a few pixels)
         con.print("  models: " + ", ".join(f"{model} ({engines.get(layer, '?')})"
                                            for layer, model in s["models"].items()))
+    tiling = s.get("tiling") or {}
+    if tiling:  # the halo auto picked (what the bundles measured) and the passes it makes
+        con.print(f"  tiling: {tiling['chunk']}-px chunks + {tiling['halo']}-px halo, "
+                  f"{tiling['tile']}-px model tiles")
     for name, n in s["features"].items():
         con.print(f"  {name}: {n} features")
     for k, v in s["outputs"].items():

@@ -123,6 +123,11 @@ def test_export_records_the_halo_and_auto_runs_it(
     assert plan.halo == 16 and plan.tile == 128 + 2 * 16   # one pass per chunk + halo
     explicit = cfg.with_overrides(halo=40)
     assert make_plan(explicit).halo == 40
+    capsys.readouterr()
+    assert main(["-q", "run", str(wide_tif), "-o", str(tmp_path / "r"), "-m", str(measured),
+                 "--chunk-size", "128", "--no-vectors"]) == 0
+    lines = [ln.strip() for ln in capsys.readouterr().out.splitlines()]
+    assert "tiling: 128-px chunks + 16-px halo, 160-px model tiles" in lines
 
 
 def test_a_job_runs_the_largest_halo_its_bundles_need(tiny_bundles: tuple[str, str]) -> None:
@@ -171,3 +176,32 @@ def test_builtin_bundles_record_a_measured_halo(name: str) -> None:
     assert spec.halo_check.chunk == 1024 and spec.halo_check.windows == 8
     assert min(a for h, a in spec.halo_check.worst.items() if h >= spec.halo) >= 0.999
     assert job_halo("auto", [spec], 1024) == spec.halo
+
+
+@pytest.mark.real
+def test_the_check_reads_real_uint16_imagery(tmp_path: Path, real_data: Path) -> None:
+    """Landsat-8 bands 2-3-4 (uint16 DN, no nodata declared, EPSG:32621 with negative
+    northings): a random 3-band U-Net measured on two 1024-px windows of it."""
+    import torch
+
+    from geoseg.bundle import ArchitectureSpec, ClassSpec, Normalization
+    from geoseg.models import Predictor, build_model, save_bundle
+
+    image = real_data / "landsat8_paraguay" / "LC08_224078_20200518_rgb.tif"
+    if not image.is_file():
+        pytest.skip(f"{image} not present")
+    spec = BundleSpec(
+        name="landsat-rgb", version="0.0.1", task="landcover",
+        architecture=ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=3,
+                                      decoder_channels=(16, 8, 8)),
+        bands=(1, 2, 3), normalization=Normalization(mean=(9000.0,) * 3, std=(1500.0,) * 3),
+        classes=tuple(ClassSpec(id=i, name=n, color="#123456")
+                      for i, n in enumerate(("water", "crop", "tree"))),
+        tile_size=256, pixel_size=30.0)
+    torch.manual_seed(0)
+    bundle = save_bundle(build_model(spec), spec, tmp_path / "b")
+    res = measure(Predictor(bundle, num_threads=2), spec, image, chunk=512, windows=2,
+                  halos=[0, 64, REFERENCE])
+    assert res.chunk == 512 and res.windows == 2
+    assert res.agreement[REFERENCE] == res.worst[REFERENCE] == 1.0
+    assert all(0.5 < res.worst[h] <= res.agreement[h] <= 1.0 for h in (0, 64))

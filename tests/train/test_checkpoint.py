@@ -136,6 +136,7 @@ def test_cli_train_flags_and_progress(tiny_scene: Path, tmp_path: Path,
     assert config.loss.boundary_weight == 2.0
     assert "train: step 2/2  loss 0.2500" in err        # stderr is not a terminal here
     assert "final loss 0.25" in out and '"miou": 0.5' in out
+    assert f"geoseg export {tmp_path / 'o'} --halo-check IMAGE" in out   # what to do next
     assert main(["-q", *args[:-1]]) == 0                 # -q: no progress lines
     out, err = capsys.readouterr()
     assert "step 2/2" not in err and not calls[-1][1] and calls[-1][0].loss.focal == 0.5
