@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from geoseg.errors import BundleError
+from geoseg.errors import BandMismatchError, BundleError
 
 BUNDLE_FILE = "bundle.yaml"
 
@@ -185,6 +185,14 @@ class BundleSpec(_Strict):
             if c.name == name:
                 return c.id
         raise BundleError(f"bundle {self.name!r} has no class {name!r}")
+
+
+def require_bands(spec: BundleSpec, count: int, image: str) -> None:
+    """A one-line :class:`BandMismatchError` when an image of ``count`` bands lacks one the
+    bundle reads (checks that read windows of a user's image, before any read)."""
+    if max(spec.bands) > count:
+        raise BandMismatchError(f"bundle {spec.name!r} reads bands {list(spec.bands)} but "
+                                f"{image} has {count} band(s): give an image with those bands")
 
 
 def placeholder_names(bands: tuple[int, ...]) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoseg.bundle import BundleSpec, read_spec, write_spec
+from geoseg.bundle import BundleSpec, read_spec, require_bands, write_spec
 from geoseg.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def image_batches(spec: BundleSpec, image: str | Path, windows: int, size: int,
     from geoseg.io import open_info, read_window
 
     info = open_info(str(image))
+    require_bands(spec, info.count, str(image))
     h, w = info.geobox.height, info.geobox.width
     size = min(size, h, w) // 32 * 32
     if size < 32:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.bundle import BundleSpec, HaloRecord, read_spec, write_spec
+from geoseg.bundle import BundleSpec, HaloRecord, read_spec, require_bands, write_spec
 from geoseg.engine import RunEngine
 from geoseg.errors import InputError
 
@@ -75,14 +75,13 @@ def pick(agreement: dict[int, float], minimum: float = MIN_AGREEMENT) -> int | N
     return best
 
 
-def _windows(image: str | Path, spec: BundleSpec, size: int, count: int,
+def _windows(image: str | Path, info: Any, spec: BundleSpec, size: int, count: int,
              seed: int) -> list[np.ndarray]:
-    """``count`` raw windows ``(C, size, size)`` of ``image`` at random places, each without
-    nodata (a check never scores padding)."""
+    """``count`` raw windows ``(C, size, size)`` of ``image`` (opened as ``info``) at random
+    places, each without nodata (a check never scores padding)."""
     from geoseg.grid import Window
-    from geoseg.io import open_info, read_window
+    from geoseg.io import read_window
 
-    info = open_info(str(image))
     h, w = info.geobox.height, info.geobox.width
     rng = np.random.default_rng(seed)
     out: list[np.ndarray] = []
@@ -122,14 +121,16 @@ def measure(predictor: Any, spec: BundleSpec, image: str | Path, *, chunk: int =
     if any(h % unit or h < 0 or h > REFERENCE for h in halos):
         raise InputError(f"halos to check must be multiples of {unit} (the model's stride, at "
                          f"least 16) from 0 to {REFERENCE}, got {halos}")
-    geobox = open_info(str(image)).geobox
+    info = open_info(str(image))
+    require_bands(spec, info.count, str(image))
+    geobox = info.geobox
     whole = max(unit, 32)
     chunk = min(chunk, min(geobox.height, geobox.width) - 2 * REFERENCE) // whole * whole
     if chunk < 64:
         raise InputError(f"{image} is {geobox.width}x{geobox.height} px: the halo check needs "
                          f"at least {64 + 2 * REFERENCE} px on each side")
     same: dict[int, list[int]] = {h: [] for h in halos}
-    cut = _windows(image, spec, chunk + 2 * REFERENCE, windows, seed)
+    cut = _windows(image, info, spec, chunk + 2 * REFERENCE, windows, seed)
     for i, x in enumerate(cut, 1):
         ref = _classes(predictor, x, REFERENCE, chunk)
         for h in halos:

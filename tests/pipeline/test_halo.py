@@ -161,6 +161,13 @@ def test_the_check_refuses_what_it_cannot_measure(
     err = capsys.readouterr().err
     assert "the halo check needs at least 576 px on each side" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    one_band = write_raster(tmp_path / "one.tif", textured(704, 704)[:1])
+    for check in ("--halo-check", "--bf16-check"):
+        assert main(["export", tiny_bundles[0], check, str(one_band)]) != 0
+        err = capsys.readouterr().err
+        assert "reads bands [1, 2, 3, 4] but" in err and "has 1 band(s)" in err
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert "Traceback" not in err and len(errors) == 1   # beside the no-nodata warning
     with pytest.raises(SystemExit) as exc:   # argparse's usage line and one error line
         main(["run", str(small), "-o", str(tmp_path / "r"), "--halo", "wide"])
     assert exc.value.code == 2
