@@ -264,8 +264,8 @@ def _halo_check(a: argparse.Namespace) -> None:
         print(f"  halo {h:>4} px: {share:.4%} (worst window {res.worst[h]:.4%}){mark}")
     if res.halo is None:
         print(f"no halo up to {max(res.agreement)} px keeps {MIN_AGREEMENT:.1%} in every "
-              "window: nothing recorded (inference.halo auto keeps 64; set a larger "
-              "inference.halo for this model if its seams matter)")
+              "window: the table is recorded without a halo (inference.halo auto runs 64; "
+              "set a larger inference.halo for this model if its seams matter)")
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -148,8 +148,10 @@ def check_bundle(bundle_dir: str | Path, image: str | Path, *, chunk: int = 1024
                  num_threads: int | None = None,
                  progress: Callable[[int, int], None] | None = None) -> HaloCheck:
     """Measure the halo a bundle needs on ``image`` with the engine its CPU runs take (ONNX
-    when the bundle has a graph, else torch) and (``record``, when a halo reached the minimum)
-    write it into ``bundle.yaml`` as ``halo`` with the check's table (``halo_check``)."""
+    when the bundle has a graph, else torch) and (``record``) write it into ``bundle.yaml`` as
+    ``halo`` with the check's table (``halo_check``); ``halo`` is left out when no candidate
+    reached the minimum (``auto`` then runs 64 px), so an earlier check never outlives a
+    later one."""
     from geoseg.models.onnx_predictor import load_predictor
 
     spec = read_spec(bundle_dir)
@@ -163,13 +165,12 @@ def check_bundle(bundle_dir: str | Path, image: str | Path, *, chunk: int = 1024
                      for h, a in result.agreement.items())
     logger.info("bundle %s: classes equal the %d-px-context reference per halo: %s", spec.name,
                 REFERENCE, line)
-    if record and result.halo is not None:
+    if record:
         table = HaloRecord(chunk=result.chunk, windows=result.windows,
                            worst={h: round(a, 6) for h, a in result.worst.items()})
         write_spec(spec.model_copy(update={"halo": result.halo, "halo_check": table}),
                    bundle_dir)
     return result
-
 
 
 def halo_for_chunk(spec: BundleSpec, chunk: int) -> int | None:
