@@ -165,3 +165,21 @@ def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...
     data[:, rs, cs] = arr if all_ok else np.where(ok[None], arr, np.float32(fill))
     valid[rs, cs] = ok
     return data, valid
+
+
+def valid_windows(info: RasterInfo | Mosaic, bands: tuple[int, ...], size: int, count: int,
+                  tries: int, seed: int = 0) -> list[np.ndarray]:
+    """Up to ``count`` windows ``(C, size, size)`` of ``bands`` at random places of the image,
+    each without an invalid pixel (checks of a model on a user's image never score padding),
+    from at most ``tries`` draws of a generator seeded with ``seed``."""
+    h, w = info.geobox.height, info.geobox.width
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    for _ in range(tries):
+        if len(out) == count:
+            break
+        r, c = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        data, valid = read_window(info, Window(r, c, size, size), bands)
+        if valid.all():
+            out.append(data)
+    return out

@@ -43,8 +43,7 @@ def image_batches(spec: BundleSpec, image: str | Path, windows: int, size: int,
                   seed: int = 0) -> list[torch.Tensor]:
     """``windows`` normalised windows of ``size`` px at random places of ``image`` (the
     bundle's bands; windows with nodata are skipped, so a check never scores padding)."""
-    from geoseg.grid import Window
-    from geoseg.io import open_info, read_window
+    from geoseg.io import open_info, valid_windows
 
     info = open_info(str(image))
     require_bands(spec, info.count, str(image))
@@ -52,17 +51,9 @@ def image_batches(spec: BundleSpec, image: str | Path, windows: int, size: int,
     size = min(size, h, w) // 32 * 32
     if size < 32:
         raise InputError(f"{image} is smaller than 32x32 px: give a larger image for the check")
-    rng = np.random.default_rng(seed)
-    out: list[torch.Tensor] = []
-    for _ in range(windows * 4):
-        if len(out) == windows:
-            break
-        r, c = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        data, valid = read_window(info, Window(r, c, size, size), tuple(spec.bands))
-        if not valid.all():
-            continue
-        x = spec.normalization.apply(data)
-        out.append(torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32)))
+    out = [torch.from_numpy(np.ascontiguousarray(spec.normalization.apply(data)[None],
+                                                 dtype=np.float32))
+           for data in valid_windows(info, tuple(spec.bands), size, windows, windows * 4, seed)]
     if not out:
         raise InputError(f"{image}: no {size}-px window without nodata was found for the check")
     return out

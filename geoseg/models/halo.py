@@ -75,29 +75,6 @@ def pick(agreement: dict[int, float], minimum: float = MIN_AGREEMENT) -> int | N
     return best
 
 
-def _windows(image: str | Path, info: Any, spec: BundleSpec, size: int, count: int,
-             seed: int) -> list[np.ndarray]:
-    """``count`` raw windows ``(C, size, size)`` of ``image`` (opened as ``info``) at random
-    places, each without nodata (a check never scores padding)."""
-    from geoseg.grid import Window
-    from geoseg.io import read_window
-
-    h, w = info.geobox.height, info.geobox.width
-    rng = np.random.default_rng(seed)
-    out: list[np.ndarray] = []
-    for _ in range(count * 8):
-        if len(out) == count:
-            break
-        r, c = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        data, valid = read_window(info, Window(r, c, size, size), tuple(spec.bands))
-        if valid.all():
-            out.append(data)
-    if not out:
-        raise InputError(f"{image}: no {size}-px window without nodata was found for the halo "
-                         "check: give an image with a larger valid area (or a smaller --chunk)")
-    return out
-
-
 def _classes(predictor: Any, x: np.ndarray, keep: int, size: int) -> np.ndarray:
     """Classes of the central ``size`` px of one raw window, ``keep`` px of context kept on
     each side of them."""
@@ -114,7 +91,7 @@ def measure(predictor: Any, spec: BundleSpec, image: str | Path, *, chunk: int =
     ``image`` (see the module docstring). ``chunk`` shrinks, in steps of 32 px (or the
     stride), to what the image holds with the reference context around it.
     ``progress(done, windows)`` after each window."""
-    from geoseg.io import open_info
+    from geoseg.io import open_info, valid_windows
 
     unit = step(spec)
     halos = sorted(halos if halos is not None else candidates(spec))
@@ -130,7 +107,11 @@ def measure(predictor: Any, spec: BundleSpec, image: str | Path, *, chunk: int =
         raise InputError(f"{image} is {geobox.width}x{geobox.height} px: the halo check needs "
                          f"at least {64 + 2 * REFERENCE} px on each side")
     same: dict[int, list[int]] = {h: [] for h in halos}
-    cut = _windows(image, info, spec, chunk + 2 * REFERENCE, windows, seed)
+    size = chunk + 2 * REFERENCE
+    cut = valid_windows(info, tuple(spec.bands), size, windows, windows * 8, seed)
+    if not cut:
+        raise InputError(f"{image}: no {size}-px window without nodata was found for the halo "
+                         "check: give an image with a larger valid area (or a smaller --chunk)")
     for i, x in enumerate(cut, 1):
         ref = _classes(predictor, x, REFERENCE, chunk)
         for h in halos:
