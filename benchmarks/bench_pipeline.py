@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from geoseg.stageclock import PARTS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -228,7 +230,7 @@ def _stage_profile(summary: dict[str, Any], wall: float, cpu: float,
     for model in summary["models"]:
         rows.append((f"predict {model}", st.pop(f"predict_{model}_s", 0.0)))
         rows += [(f"  {part}", st.pop(f"{part}_{model}_s", 0.0))
-                 for part in ("normalize", "forward", "blend", "classify")]
+                 for part in PARTS]
     rows.append(("Zarr write", st.pop("write_s", 0.0)))
     rows += [(k.removesuffix("_s"), v) for k, v in sorted(st.items())]
     rows += [("vectorize tasks", t.get("vectorize_task_s", 0.0)),

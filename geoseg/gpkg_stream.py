@@ -151,7 +151,7 @@ class LayerStream:
                                     layer_options={"GEOMETRY_NAME": GEOMETRY_NAME})
         except BaseException as exc:  # handed to the producer
             self._error = exc
-            _drain(self._queue)  # unblock a producer waiting on a full queue
+            drain(self._queue)  # unblock a producer waiting on a full queue
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -165,13 +165,13 @@ class LayerStream:
         leave that behind)."""
         if self._thread is not None and self._thread.is_alive():
             if abort:
-                _drain(self._queue)
+                drain(self._queue)
             self._send(_END)
             self._thread.join()
         self._raise()
 
 
-def _drain(q: queue.Queue[Any]) -> None:
+def drain(q: queue.Queue[Any]) -> None:
     """Drop what ``q`` holds now."""
     while True:
         try:

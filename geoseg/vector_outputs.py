@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.config import VectorConfig
-from geoseg.gpkg_stream import LAYERS, LayerStream, copy_layer, gdal_temporary_files
+from geoseg.gpkg_stream import LAYERS, LayerStream, copy_layer, drain, gdal_temporary_files
 from geoseg.grid import Chunk
 from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
@@ -336,11 +336,7 @@ class BackgroundSink:
         if self._thread.is_alive():
             if abort:
                 self._abort = True
-                while True:
-                    try:
-                        self._queue.get_nowait()
-                    except queue.Empty:
-                        break
+                drain(self._queue)
             self._queue.put(None)
             self._thread.join()
         if abort:
