@@ -122,9 +122,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
             "peak_by_role_gb": by_role(roles), **last}
 
 
-def reference_bundle(root: Path) -> Path:
+def reference_bundle(root: Path, onnx: bool = True) -> Path:
     """The peers' benchmark model: smp U-Net ResNet-18 (default decoder), 5 classes, random
-    weights, 3 bands."""
+    weights, 3 bands (``onnx``: with its ONNX graph, which CPUs run; a GPU runs PyTorch)."""
     import torch
 
     from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization
@@ -141,10 +141,11 @@ def reference_bundle(root: Path) -> Path:
                       tile_size=512, pixel_size=0.5)
     torch.manual_seed(0)
     out = root / "ref-bundle"
-    if not (out / "model.onnx").exists():
+    if not (out / "bundle.yaml").exists():
+        save_bundle(build_model(spec), spec, out, dtype="float32")
+    if onnx and not (out / "model.onnx").exists():
         from geoseg.models.onnx import export_onnx
 
-        save_bundle(build_model(spec), spec, out, dtype="float32")
         export_onnx(out)  # `geoseg export BUNDLE --onnx`: engine auto runs it on CPUs
     return out
 

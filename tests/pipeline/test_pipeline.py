@@ -8,6 +8,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import torch
 import zarr
 
 from geoseg.config import validate_job
@@ -17,24 +18,32 @@ from tests.conftest import write_raster
 from tests.pipeline.conftest import textured
 
 
-def _cfg(image: Path, out: Path, bundles: tuple[str, str], **inf: object) -> object:
+def _cfg(image: Path, out: Path, bundles: tuple[str, str], device: str = "cpu",
+         **inf: object) -> object:
     return validate_job({"image": str(image), "output": str(out), "models": list(bundles),
                          "inference": {"chunk_size": 64, "halo": 64, **inf},
-                         "vectors": {"halo": 48}, "runtime": {"threads_per_worker": 1}})
+                         "vectors": {"halo": 48},
+                         "runtime": {"threads_per_worker": 1, "device": device}})
 
 
 def _arr(out: Path, name: str) -> np.ndarray:
     return np.asarray(zarr.open_group(str(out / "predictions.zarr"), mode="r")[name][:])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_tiled_equals_whole_image(tmp_path: Path, scene_tif: Path,
-                                  tiny_bundles: tuple[str, str]) -> None:
-    """Seam-free: chunked prediction equals one forward pass over the whole crop."""
-    tiled = run_job(_cfg(scene_tif, tmp_path / "tiled", tiny_bundles),  # type: ignore[arg-type]
-                    backend=SerialBackend())
+                                  tiny_bundles: tuple[str, str], device: str) -> None:
+    """Seam-free: chunked prediction equals one forward pass over the whole crop (on a GPU:
+    tiles blended there, bf16 autocast)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    tiled = run_job(_cfg(scene_tif, tmp_path / "tiled", tiny_bundles,  # type: ignore[arg-type]
+                         device, engine="torch"), backend=SerialBackend())
     whole = run_job(_cfg(scene_tif, tmp_path / "whole", tiny_bundles,  # type: ignore[arg-type]
-                         chunk_size=512, tile_size=576), backend=SerialBackend())
+                         device, engine="torch", chunk_size=512, tile_size=576),
+                    backend=SerialBackend())
     assert tiled.ok and whole.ok
+    assert tiled.summary["runtime"]["device"] == device
     assert whole.summary["chunks"]["total"] == 1
     for name in ("landcover", "buildings"):
         a, b = _arr(tmp_path / "tiled", name), _arr(tmp_path / "whole", name)

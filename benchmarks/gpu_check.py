@@ -1,0 +1,254 @@
+"""The GPU check for a short lease (one H100/H200, no network, ≤ 8 minutes).
+
+    python -m benchmarks.gpu_check [--size 16384] [--work DIR] [--budget 420]
+
+Steps, each printed as one JSON line as it ends (and appended to ``$OUT/gpu_check.jsonl``):
+
+1. ``tests``: the CUDA tests (``pytest -m gpu``: device blend = host blend, tiled = whole on
+   CUDA, concurrent callers, bf16/fp16 training; the Ray GPU tests where Ray is installed).
+2. ``model_only``: the reference bundle's forward pass (PyTorch, bf16 autocast, channels-last)
+   on batches already on the GPU, softmax and argmax included, synchronised: the limit a
+   pipeline could reach. Also ``pass``: one pipeline model pass as ``geoseg run`` makes it
+   (a raw window up through pinned memory, tiles cut, blended and classified on the GPU,
+   uint8 planes back).
+3. ``run``: ``geoseg run`` end to end on a ``size``² mosaic with ``--device cuda``, without
+   and with vectors (Zarr + COGs (+ GeoPackage)), GPU utilisation sampled by ``nvidia-smi``
+   every 0.2 s, CPU-s of the whole process tree.
+4. ``summary``: the ratios against the issue's targets (end to end ≥ 0.85× model-only,
+   ≥ 100 Mpx/s per GPU).
+
+A step that would not fit the remaining ``--budget`` seconds is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_pipeline import reference_bundle, scene
+
+RESULTS = "gpu_check.jsonl"
+# step → seconds it may take, in the order they run (the most telling first)
+STEPS = {"model_only": 40.0, "run_no_vectors": 150.0, "run_vectors": 200.0, "tests": 120.0,
+         "run_no_vectors_chunk2048": 120.0}
+
+
+class Check:
+    def __init__(self, out: Path, budget: float) -> None:
+        self.out = out
+        self.deadline = time.monotonic() + budget
+        self.rows: dict[str, Any] = {}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def emit(self, step: str, **row: Any) -> None:
+        self.rows[step] = row
+        line = json.dumps({"step": step, **row})
+        print(line, flush=True)
+        with open(self.out / RESULTS, "a") as f:
+            f.write(line + "\n")
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def tests(chk: Check, timeout: float) -> None:
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+           "--timeout=120", "tests"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+        (chk.out / "gpu_tests.txt").write_text(proc.stdout + proc.stderr)
+        chk.emit("tests", rc=proc.returncode, seconds=round(time.monotonic() - t0, 1),
+                 tail=tail)
+    except subprocess.TimeoutExpired:
+        chk.emit("tests", rc=None, timed_out=timeout)
+
+
+def model_only(chk: Check, bundle: Path, shapes: list[tuple[int, int]], device: str,
+               seconds: float = 3.0) -> None:
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from geoseg.models.predictor import Predictor
+
+    pred = Predictor(bundle, device=device, engine="torch")
+    model = pred.model
+    dev = pred.device
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if not cuda or torch.cuda.is_bf16_supported() else torch.float16
+
+    def sync(_: Any) -> None:
+        if cuda:
+            sync(dev)
+
+    def autocast() -> Any:
+        return torch.autocast("cuda", dtype=dtype) if cuda else contextlib.nullcontext()
+    rows: list[dict[str, Any]] = []
+    for tile, batch in shapes:
+        x = torch.randn(batch, len(pred.spec.bands), tile, tile, device=dev)
+        x = x.contiguous(memory_format=torch.channels_last)
+        n = 0
+        with torch.inference_mode(), autocast():
+            for _ in range(3):  # warm-up (cuDNN picks its algorithms)
+                torch.softmax(model(x).float(), dim=1).argmax(dim=1)
+            sync(dev)
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                torch.softmax(model(x).float(), dim=1).argmax(dim=1)
+                n += 1
+                if n % 4 == 0:
+                    sync(dev)
+            sync(dev)
+            dt = time.perf_counter() - t0
+        rows.append({"tile": tile, "batch": batch,
+                     "mpx_s": round(n * batch * tile * tile / dt / 1e6, 1),
+                     "peak_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+                     if cuda else None})
+    # one model pass as the pipeline makes it: a 1024-px chunk with a 64-px halo, host → GPU
+    win = (np.random.default_rng(0).random((3, 1152, 1152)) * 255).astype(np.float32)
+    crop = (slice(64, 1088), slice(64, 1088))
+    for _ in range(2):
+        pred.predict_core(win[None], crop)
+    sync(dev)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pred.predict_core(win[None], crop)
+        n += 1
+    dt = time.perf_counter() - t0
+    chk.emit("model_only", engine="torch", dtype=str(dtype).removeprefix("torch.") if cuda
+             else "float32", gpu=torch.cuda.get_device_name(dev) if cuda else None, shapes=rows,
+             best_mpx_s=max(r["mpx_s"] for r in rows),
+             pipeline_pass={"window": 1152, "core": 1024,
+                            "core_mpx_s": round(n * 1024 * 1024 / dt / 1e6, 1),
+                            "window_mpx_s": round(n * 1152 * 1152 / dt / 1e6, 1)})
+
+
+def run(chk: Check, name: str, image: Path, bundle: Path, work: Path, vectors: bool,
+        timeout: float, extra: list[str], device: str) -> None:
+    out = work / name
+    cmd = [sys.executable, "-m", "geoseg", "-q", "run", str(image), "-o", str(out),
+           "--overwrite", "-m", str(bundle), "--device", device, *extra]
+    if not vectors:
+        cmd.append("--no-vectors")
+    smi_csv = chk.out / f"nvidia_smi_{name}.csv"
+    sampler = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+               "--format=csv,noheader,nounits", "-lms", "200"]
+    with open(smi_csv, "w") as f:  # no nvidia-smi (a dry run on a CPU): sample nothing
+        smi = subprocess.Popen(sampler if shutil.which("nvidia-smi") else ["sleep", "1d"],
+                               stdout=f, stderr=subprocess.DEVNULL)
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        smi.terminate()
+        chk.emit(name, rc=None, timed_out=timeout)
+        return
+    finally:
+        smi.terminate()
+        smi.wait()
+    wall = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0
+    util = []
+    for line in smi_csv.read_text().splitlines():
+        try:
+            util.append(float(line.split(",")[0]))
+        except ValueError:
+            continue
+    row: dict[str, Any] = {"rc": proc.returncode, "wall_s": round(wall, 2),
+                           "cpu_s": round(cpu, 1), "cores": os.cpu_count()}
+    if proc.returncode != 0:
+        row["stderr_tail"] = proc.stderr.strip().splitlines()[-8:]
+        chk.emit(name, **row)
+        return
+    summ = json.loads((out / "summary.json").read_text())
+    px = summ["throughput"]["pixels"]
+    busy = sorted(util)
+    row |= {"mpx": round(px / 1e6, 1), "mpx_s": round(px / wall / 1e6, 2),
+            "cpu_s_per_mpx": round(cpu / (px / 1e6), 3),
+            "gpu_util_mean": round(sum(util) / max(1, len(util)), 1),
+            "gpu_util_median": busy[len(busy) // 2] if busy else None,
+            "gpu_util_samples": len(util),
+            "tiling": summ.get("tiling"), "engines": summ.get("engines"),
+            "runtime": summ.get("runtime"), "timings_s": summ.get("timings_s"),
+            "stage_cpu_s": summ.get("stage_cpu_s")}
+    chk.emit(name, **row)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=16384)
+    p.add_argument("--work", type=Path, default=Path("/tmp/geoseg-gpu-check"))
+    p.add_argument("--budget", type=float, default=420.0, help="seconds for all steps")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cpu: a dry run of the check's mechanics on a machine without a GPU")
+    p.add_argument("--skip", action="append", default=[], choices=list(STEPS))
+    p.add_argument("run_args", nargs="*", help="extra `geoseg run` flags (after --)")
+    a = p.parse_args()
+    out = Path(os.environ.get("OUT") or a.work)
+    out.mkdir(parents=True, exist_ok=True)
+    a.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    chk = Check(out, a.budget)
+
+    import torch
+
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA GPU visible to torch: the GPU check needs one", file=sys.stderr)
+        raise SystemExit(2)
+    t0 = time.monotonic()
+    bundle = reference_bundle(a.work, onnx=False)
+    image = scene(a.size, a.work)
+    chk.emit("prepare", seconds=round(time.monotonic() - t0, 1), image=str(image),
+             size=a.size, torch=torch.__version__, python=sys.version.split()[0])
+
+    for step, need in STEPS.items():
+        if step in a.skip:
+            continue
+        if chk.left() < min(need, 30):
+            chk.emit(step, skipped=f"{chk.left():.0f} s of the budget left")
+            continue
+        timeout = max(30.0, min(need, chk.left()))
+        try:
+            if step == "model_only":
+                shapes = [(512, 16), (1024, 4), (1152, 4), (2048, 2)] if a.device == "cuda" \
+                    else [(512, 1)]
+                model_only(chk, bundle, shapes, a.device)
+            elif step == "tests":
+                tests(chk, timeout)
+            else:
+                more = ["--chunk-size", "2048"] if step.endswith("chunk2048") else []
+                run(chk, step, image, bundle, a.work, step.startswith("run_vectors"), timeout,
+                    [*more, *a.run_args], a.device)
+        except Exception as exc:  # one step's failure must not hide the others
+            chk.emit(step, error=f"{type(exc).__name__}: {exc}")
+
+    mo = chk.rows.get("model_only", {}).get("best_mpx_s")
+    summary: dict[str, Any] = {"model_only_mpx_s": mo}
+    for step in ("run_no_vectors", "run_vectors", "run_no_vectors_chunk2048"):
+        r = chk.rows.get(step, {})
+        if r.get("mpx_s"):
+            summary[step] = {"mpx_s": r["mpx_s"], "gpu_util_mean": r["gpu_util_mean"],
+                             "ratio_to_model_only": round(r["mpx_s"] / mo, 3) if mo else None,
+                             "meets_0.85x": bool(mo and r["mpx_s"] >= 0.85 * mo),
+                             "meets_100_mpx_s": r["mpx_s"] >= 100}
+    chk.emit("summary", **summary)
+
+
+if __name__ == "__main__":
+    main()
