@@ -23,6 +23,7 @@ A step that would not fit the remaining ``--budget`` seconds is skipped and says
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -36,9 +37,16 @@ from typing import Any
 from benchmarks.bench_pipeline import reference_bundle, scene
 
 RESULTS = "gpu_check.jsonl"
+# the files holding the CUDA tests (tests/cluster's need Ray: skipped where it is missing)
+GPU_TESTS = ["tests/pipeline/test_gpu_path.py", "tests/pipeline/test_local_executor.py",
+             "tests/pipeline/test_pipeline.py", "tests/train/test_checkpoint.py",
+             "tests/cluster/test_gpu.py"]
 # step → seconds it may take, in the order they run (the most telling first)
 STEPS = {"model_only": 40.0, "run_no_vectors": 150.0, "run_vectors": 200.0, "tests": 120.0,
          "run_no_vectors_chunk2048": 120.0}
+# Ray steps (where Ray is installed): the GPU shared by N model actors (gpus_per_worker 1/N),
+# writes and vectors in Ray worker processes
+RAY_STEPS = {"ray_no_vectors_w4": 120.0, "ray_vectors_w4": 150.0, "ray_no_vectors_w1": 120.0}
 
 
 class Check:
@@ -66,7 +74,7 @@ def _children_cpu() -> float:
 def tests(chk: Check, timeout: float) -> None:
     t0 = time.monotonic()
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-           "--timeout=120", "tests"]
+           "--timeout=120", "--continue-on-collection-errors", *GPU_TESTS]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
@@ -94,7 +102,7 @@ def model_only(chk: Check, bundle: Path, shapes: list[tuple[int, int]], device: 
 
     def sync(_: Any) -> None:
         if cuda:
-            sync(dev)
+            torch.cuda.synchronize(dev)
 
     def autocast() -> Any:
         return torch.autocast("cuda", dtype=dtype) if cuda else contextlib.nullcontext()
@@ -189,6 +197,13 @@ def run(chk: Check, name: str, image: Path, bundle: Path, work: Path, vectors: b
     chk.emit(name, **row)
 
 
+def ray_flags(work: Path, workers: int) -> list[str]:
+    """`geoseg run` flags for the Ray executor with ``workers`` model actors sharing the GPU."""
+    cfg = work / f"ray_w{workers}.yaml"
+    cfg.write_text(f"runtime:\n  gpus_per_worker: {1 / workers}\n")
+    return ["--config", str(cfg), "--executor", "ray", "--workers", str(workers)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=16384)
@@ -196,7 +211,9 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=420.0, help="seconds for all steps")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: a dry run of the check's mechanics on a machine without a GPU")
-    p.add_argument("--skip", action="append", default=[], choices=list(STEPS))
+    p.add_argument("--skip", action="append", default=[], choices=[*STEPS, *RAY_STEPS])
+    p.add_argument("--only", action="append", default=[], choices=[*STEPS, *RAY_STEPS],
+                   help="run these steps alone (repeatable; default: every step)")
     p.add_argument("run_args", nargs="*", help="extra `geoseg run` flags (after --)")
     a = p.parse_args()
     out = Path(os.environ.get("OUT") or a.work)
@@ -217,8 +234,11 @@ def main() -> None:
     chk.emit("prepare", seconds=round(time.monotonic() - t0, 1), image=str(image),
              size=a.size, torch=torch.__version__, python=sys.version.split()[0])
 
-    for step, need in STEPS.items():
-        if step in a.skip:
+    steps = dict(STEPS)
+    if importlib.util.find_spec("ray") is not None:
+        steps |= RAY_STEPS
+    for step, need in steps.items():
+        if step in a.skip or (a.only and step not in a.only):
             continue
         if chk.left() < min(need, 30):
             chk.emit(step, skipped=f"{chk.left():.0f} s of the budget left")
@@ -233,14 +253,16 @@ def main() -> None:
                 tests(chk, timeout)
             else:
                 more = ["--chunk-size", "2048"] if step.endswith("chunk2048") else []
-                run(chk, step, image, bundle, a.work, step.startswith("run_vectors"), timeout,
-                    [*more, *a.run_args], a.device)
+                if step.startswith("ray_"):
+                    more = ray_flags(a.work, int(step.rsplit("_w", 1)[1]))
+                run(chk, step, image, bundle, a.work, "_vectors" in step and "no_vectors"
+                    not in step, timeout, [*more, *a.run_args], a.device)
         except Exception as exc:  # one step's failure must not hide the others
             chk.emit(step, error=f"{type(exc).__name__}: {exc}")
 
     mo = chk.rows.get("model_only", {}).get("best_mpx_s")
     summary: dict[str, Any] = {"model_only_mpx_s": mo}
-    for step in ("run_no_vectors", "run_vectors", "run_no_vectors_chunk2048"):
+    for step in (s for s in steps if s.startswith(("run_", "ray_"))):
         r = chk.rows.get(step, {})
         if r.get("mpx_s"):
             summary[step] = {"mpx_s": r["mpx_s"], "gpu_util_mean": r["gpu_util_mean"],
