@@ -210,7 +210,8 @@ def _mosaic(src_path: Path, size: int, out: Path) -> Path:
         return out
     with rasterio.open(src_path) as src:
         n = src.width
-        prof = src.profile | {"width": size, "height": size, "BIGTIFF": "IF_SAFER"}
+        prof = src.profile | {"width": size, "height": size, "BIGTIFF": "IF_SAFER",
+                              "NUM_THREADS": "ALL_CPUS"}  # deflate on every core
         with rasterio.open(out, "w", **prof) as dst:
             for r in range(0, size, 1024):
                 for c in range(0, size, 1024):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +145,17 @@ def write_chunk(path: str | Path, chunk: Chunk, arrays: dict[str, np.ndarray],
         raise InputError(f"chunk {chunk.id} window {win} is not aligned to {chunk_size}")
     # object storage: a missing bucket or denied access stops the job (one line); a network
     # error propagates as it is, and the chunk is retried
+    for name, block in arrays.items():
+        if block.shape != win.shape:
+            raise InputError(f"block {name} has shape {block.shape}, chunk {chunk.id} is "
+                             f"{win.shape}")
+    index = (win.row_off // chunk_size, win.col_off // chunk_size)
+    if not is_object_url(path):
+        local = {name: _local_array(Path(path), name) for name in arrays}
+        if all(a is not None and a.chunks == (chunk_size, chunk_size) for a in local.values()):
+            for name, block in arrays.items():
+                _write_local(local[name], index, block)  # type: ignore[arg-type]
+            return
     with object_errors(str(path), fatal_only=True) if is_object_url(path) \
             else contextlib.nullcontext():
         # object storage: the arrays' metadata from .zmetadata, one request instead of two
@@ -151,13 +164,75 @@ def write_chunk(path: str | Path, chunk: Chunk, arrays: dict[str, np.ndarray],
                             use_consolidated=None if is_object_url(path) else False)
         rs, cs = win.slices()
         for name, block in arrays.items():
-            if block.shape != win.shape:
-                raise InputError(f"block {name} has shape {block.shape}, chunk {chunk.id} is "
-                                 f"{win.shape}")
             arr = g[name]
             if not isinstance(arr, zarr.Array):
                 raise InputError(f"{name} is not an array in {path}")
             arr[rs, cs] = block
+
+
+@dataclass(frozen=True)
+class _LocalArray:
+    """What writing one chunk file of a local Zarr v2 array takes, from its ``.zarray``."""
+
+    folder: Path
+    chunks: tuple[int, int]
+    dtype: np.dtype[Any]
+    fill: Any
+    separator: str
+    codec: Any  # a numcodecs codec, or None (uncompressed)
+
+
+_LOCAL_ARRAYS: dict[tuple[str, int, int], _LocalArray | None] = {}
+
+
+def _local_array(store: Path, name: str) -> _LocalArray | None:
+    """The array ``name`` of a local store, for :func:`_write_local`; None for an array this
+    fast path does not write (filters, Fortran order, not 2-D): zarr writes those. Cached per
+    ``.zarray`` version (a store made again is read again)."""
+    meta_path = store / name / ".zarray"
+    try:
+        st = meta_path.stat()
+    except OSError:
+        raise InputError(f"{name} is not an array in {store}") from None
+    key = (str(meta_path), st.st_mtime_ns, st.st_size)
+    if key in _LOCAL_ARRAYS:
+        return _LOCAL_ARRAYS[key]
+    import numcodecs
+
+    meta = json.loads(meta_path.read_text())
+    ok = (meta.get("zarr_format") == 2 and not meta.get("filters") and meta.get("order") == "C"
+          and len(meta.get("chunks", ())) == 2)
+    arr = _LocalArray(meta_path.parent, tuple(meta["chunks"]), np.dtype(meta["dtype"]),
+                      meta["fill_value"], meta.get("dimension_separator") or ".",
+                      numcodecs.get_codec(meta["compressor"]) if meta.get("compressor")
+                      else None) if ok else None
+    _LOCAL_ARRAYS[key] = arr
+    return arr
+
+
+def _write_local(arr: _LocalArray, index: tuple[int, int], block: np.ndarray) -> None:
+    """One chunk file, the bytes zarr-python would write (an edge chunk padded with the fill
+    value; a chunk that is all fill value is no file, as zarr's ``write_empty_chunks=False``),
+    encoded in the calling thread (Blosc releases the GIL) and renamed into place, instead
+    of queueing on zarr's one event-loop thread (measured: 24 ms → 8 ms per 1024² chunk of
+    two arrays, DESIGN.md)."""
+    data = np.ascontiguousarray(block, dtype=arr.dtype)
+    if data.shape != arr.chunks:
+        full = np.full(arr.chunks, arr.fill, dtype=arr.dtype)
+        full[:data.shape[0], :data.shape[1]] = data
+        data = full
+    target = arr.folder / arr.separator.join(str(i) for i in index)
+    if arr.fill is not None and bool(np.all(data == arr.fill)):
+        target.unlink(missing_ok=True)  # the store's own chunk: an empty one is no file
+        return
+    payload = arr.codec.encode(data) if arr.codec is not None else data.tobytes()
+    target.parent.mkdir(parents=True, exist_ok=True)  # separator "/": a folder per row
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def chunk_files(path: str | Path, chunk: Chunk, names: list[str]) -> dict[str, list[Any] | None]:

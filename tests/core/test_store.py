@@ -76,3 +76,46 @@ def test_misaligned_write_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not aligned"):
         write_chunk(path, Chunk((0, 0), Window(5, 0, 10, 10)),
                     {"landcover": np.zeros((10, 10), np.uint8)}, 32)
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*"))
+            if f.is_file()}
+
+
+def test_chunk_files_are_the_bytes_zarr_writes(tmp_path: Path) -> None:
+    """write_chunk writes local chunk files itself (encoded in the calling thread, not on
+    zarr's one event-loop thread): the same files zarr-python writes for the same blocks,
+    edge chunks padded with the fill value, no file for a chunk of fill value only (zarr's
+    write_empty_chunks=False), a chunk written again replaced, a uint16 layer too."""
+    grid = GeoBox((70, 90), Affine(0.5, 0, 500010.0, 0, -0.5, 5100020.0),
+                  CRS.from_epsg(32633))
+    stores = {}
+    for how in ("geoseg", "zarr"):
+        rng = np.random.default_rng(4)  # the same blocks for both
+        path = tmp_path / f"{how}.zarr"
+        init_store(str(path), grid, 32, [LayerSpec("landcover", CLASSES, "m@1")], {},
+                   sources=[{"id": "a"}])
+        g = zarr.open_group(str(path), mode="r+", zarr_format=2, use_consolidated=False)
+        for rnd in range(2):  # every chunk written twice: the second write replaces the first
+            for ch in ChunkGrid(grid.shape, 32):
+                k = ch.index[0] * 3 + ch.index[1] + rnd
+                blocks = {"landcover": rng.integers(0, 2, ch.window.shape).astype(np.uint8),
+                          "landcover_confidence": np.full(ch.window.shape, 7 * k % 256,
+                                                          np.uint8),
+                          "source": rng.integers(0, 3, ch.window.shape).astype(np.uint16)}
+                if k % 4 == 1:  # no pixel: the fill value everywhere, so no chunk file
+                    blocks["landcover"][:] = FILL
+                    blocks["source"][:] = 0
+                if how == "geoseg":
+                    write_chunk(str(path), ch, blocks, 32)
+                else:
+                    rs, cs = ch.window.slices()
+                    for name, block in blocks.items():
+                        g[name][rs, cs] = block
+        stores[how] = _files(path)
+    assert stores["geoseg"].keys() == stores["zarr"].keys()
+    assert "landcover/0.0" not in stores["geoseg"]  # written, then all fill: removed
+    assert "landcover/2.1" in stores["geoseg"]      # an edge chunk (6 × 32 pixels)
+    assert stores["geoseg"] == stores["zarr"]
+    assert not [n for n in stores["geoseg"] if n.endswith(".partial")]
