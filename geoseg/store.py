@@ -7,8 +7,9 @@ pixel-centre coordinates), so GDAL, xarray + rioxarray (``decode_coords="all"``)
 all see the same CRS and transform.
 
 Invariant: the store is initialised once by the driver; afterwards each chunk task writes exactly
-one chunk-aligned block per array (LocalStore writes chunk files atomically; in object storage a
-chunk is one PUT, atomic by nature). Nothing ever reads, modifies and rewrites a shared chunk.
+one chunk-aligned block per array (a local chunk file is encoded and renamed into place by
+:func:`write_chunk` itself, the bytes zarr would write; in object storage a chunk is one PUT
+through zarr, atomic by nature). Nothing ever reads, modifies and rewrites a shared chunk.
 
 ``path`` is a local folder or an object-storage URL (``s3://bucket/run/predictions.zarr``, see
 :mod:`geoseg.objstore`): the same bytes are written either way.
