@@ -5,6 +5,8 @@
 # without and with vectors, GPU utilisation sampled by nvidia-smi. One JSON line per step on
 # stdout and in ${OUT:-/tmp/geoseg-gpu-check}/gpu_check.jsonl; see benchmarks/gpu_check.py.
 #   benchmarks/gpu_check.sh [--size 16384] [--budget 420] [-- extra geoseg run flags]
+# A GPU host with its own PyTorch but no network or geoseg install: pack the rest with
+# benchmarks/gpu_wheels.sh here, unpack it there and put it on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
