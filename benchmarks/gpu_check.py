@@ -2,20 +2,24 @@
 
     python -m benchmarks.gpu_check [--size 16384] [--work DIR] [--budget 420]
 
-Steps, each printed as one JSON line as it ends (and appended to ``$OUT/gpu_check.jsonl``):
+Steps, in this order, each printed as one JSON line as it ends (and appended to
+``$OUT/gpu_check.jsonl``; ``--only``/``--skip`` choose):
 
-1. ``tests``: the CUDA tests (``pytest -m gpu``: device blend = host blend, tiled = whole on
-   CUDA, concurrent callers, bf16/fp16 training; the Ray GPU tests where Ray is installed).
-2. ``model_only``: the reference bundle's forward pass (PyTorch, bf16 autocast, channels-last)
+1. ``model_only``: the reference bundle's forward pass (PyTorch, bf16 autocast, channels-last)
    on batches already on the GPU, softmax and argmax included, synchronised: the limit a
-   pipeline could reach. Also ``pass``: one pipeline model pass as ``geoseg run`` makes it
-   (a raw window up through pinned memory, tiles cut, blended and classified on the GPU,
-   uint8 planes back).
-3. ``run``: ``geoseg run`` end to end on a ``size``² mosaic with ``--device cuda``, without
-   and with vectors (Zarr + COGs (+ GeoPackage)), GPU utilisation sampled by ``nvidia-smi``
-   every 0.2 s, CPU-s of the whole process tree.
-4. ``summary``: the ratios against the issue's targets (end to end ≥ 0.85× model-only,
-   ≥ 100 Mpx/s per GPU).
+   pipeline could reach; and ``pipeline_pass``: one model pass as ``geoseg run`` makes it (a
+   1152² float32 window from host memory through pinned memory, classes and confidence
+   computed on the GPU, two uint8 planes back), in one thread.
+2. ``run_no_vectors``, ``run_vectors``: ``geoseg run --device cuda`` end to end on a ``size``²
+   mosaic (Zarr + COG, then + GeoPackage), GPU utilisation sampled by ``nvidia-smi`` every
+   0.2 s, CPU-s of the process tree (Ray's worker processes are not its children: the Ray
+   steps' CPU-s leave them out), the run's ``summary.json`` timings.
+3. ``tests``, ``tests_ray``: the CUDA tests (``pytest -m gpu``: device blend = host blend,
+   tiled = whole on CUDA, concurrent callers, ``predict_core``, bf16/fp16 training; the Ray GPU
+   test where Ray is installed).
+4. ``run_no_vectors_chunk2048`` (2048-px chunks in 512² tiles blended on the GPU) and, where
+   Ray is installed, ``ray_*``: the Ray executor with 4 or 1 model actors sharing the GPU.
+5. ``summary``: each run against the issue's targets (≥ 0.85× model-only, ≥ 100 Mpx/s per GPU).
 
 A step that would not fit the remaining ``--budget`` seconds is skipped and says so.
 """
