@@ -55,6 +55,7 @@ from geoseg.runtime.scheduling import NeighbourGate
 log = logging.getLogger(__name__)
 
 TASK_CPUS = 0.25  # logical: I/O and vector tasks share cores with the model actors
+MIN_ACTOR_CPUS = 0.05  # more actors than a cluster's CPUs: each reserves this much
 # Vectorizing is CPU-bound (one core per task): reserve what it uses. At a quarter CPU, six ran
 # beside the two-thread model actor on 2 cores and the oversubscribed model took 93 s of CPU
 # instead of 64 s (4096² demo land cover: 132.7 s -> 94.7 s wall, benchmarks/bench_pipeline.py).
@@ -270,13 +271,16 @@ class RayBackend:
         # a GPU actor takes several chunks at once (threads of the actor, each on its own CUDA
         # stream: copies and host work of one overlap the kernels of another)
         actor_cls = ray.remote(self.worker_cls)
+        total_cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        actor_cpus = _actor_cpus(workers, gpu, total_cpus)
         actor_opts = dict(
-            num_cpus=1 if gpu else 0.5, num_gpus=gpus_per_worker if gpu else 0,
+            num_cpus=actor_cpus, num_gpus=gpus_per_worker if gpu else 0,
             max_concurrency=self.callers,
             max_restarts=self.actor_restarts, max_task_retries=self.actor_restarts)
         read_t = ray.remote(_read).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
         write_t = ray.remote(_write).options(num_cpus=TASK_CPUS, max_retries=self.task_retries)
-        vec_t = ray.remote(_vectorize).options(num_cpus=_vector_cpus(workers, gpu),
+        vec_t = ray.remote(_vectorize).options(num_cpus=_vector_cpus(workers, actor_cpus,
+                                                                     total_cpus),
                                                max_retries=self.task_retries)
 
         # CPU actors: one per node by default, each with its node's cores (threads 0); GPU
@@ -454,12 +458,21 @@ class _Readers:
         self.of_worker = [None] * len(self.of_worker)
 
 
-def _vector_cpus(workers: int, gpu: bool) -> float:
+def _actor_cpus(workers: int, gpu: bool, total: float) -> float:
+    """CPUs a model actor reserves: 1 beside a GPU, 0.5 on CPUs (the actor's threads are set
+    apart), or less where the cluster cannot hold the actors and, beside them, a reader, a
+    write and a vectorize task: those would wait for a CPU forever (4 CPU actors or 2 GPU
+    actors on a 2-CPU Ray hung)."""
+    want = 1.0 if gpu else 0.5
+    room = (total - 3 * TASK_CPUS) / max(1, workers)
+    return max(MIN_ACTOR_CPUS, min(want, room))
+
+
+def _vector_cpus(workers: int, actor_cpus: float, total: float) -> float:
     """CPUs a vectorize task reserves: ``VECTOR_TASK_CPUS`` where the cluster has them beside
     the model actors and one read + one write task, else what is left (never below
     ``TASK_CPUS``, so vectorizing can always be scheduled next to the actors)."""
-    total = float(ray.cluster_resources().get("CPU", 1.0))
-    spare = total - workers * (1.0 if gpu else 0.5) - 2 * TASK_CPUS
+    spare = total - workers * actor_cpus - 2 * TASK_CPUS
     return max(TASK_CPUS, min(VECTOR_TASK_CPUS, spare))
 
 
