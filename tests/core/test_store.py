@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 import zarr
 from affine import Affine
@@ -119,3 +120,26 @@ def test_chunk_files_are_the_bytes_zarr_writes(tmp_path: Path) -> None:
     assert "landcover/2.1" in stores["geoseg"]      # an edge chunk (6 × 32 pixels)
     assert stores["geoseg"] == stores["zarr"]
     assert not [n for n in stores["geoseg"] if n.endswith(".partial")]
+
+
+def test_a_failed_chunk_write_leaves_the_last_file_and_no_partial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails before its rename (disk full) raises, removes its own temporary file
+    and leaves the chunk file that was there: a half-written chunk never looks written."""
+    import errno
+
+    import geoseg.store as store
+
+    path, _, cg = _store(tmp_path, CRS.from_epsg(32633))
+    chunk = cg.get(0, 0)
+    before = (tmp_path / "p.zarr" / "landcover" / "0.0").read_bytes()
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "replace", full)
+    block = np.full(chunk.window.shape, 1, np.uint8)
+    with pytest.raises(OSError, match="No space"):
+        write_chunk(path, chunk, {"landcover": block, "landcover_confidence": block}, 32)
+    assert (tmp_path / "p.zarr" / "landcover" / "0.0").read_bytes() == before
+    assert not [p for p in (tmp_path / "p.zarr").rglob("*") if p.name.endswith(".partial")]
