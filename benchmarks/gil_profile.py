@@ -30,15 +30,13 @@ def stage_of(frames: list[str]) -> str:
     return "other"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("raw", type=Path, help="py-spy record --format raw output")
-    p.add_argument("--top", type=int, default=15, help="leaf functions to list")
-    a = p.parse_args()
+def summarize(raw: Path) -> tuple[int, Counter[str], Counter[str]]:
+    """(samples that held the GIL, samples by stage, samples by leaf function) of a raw
+    py-spy profile."""
     stages: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     total = 0
-    for line in a.raw.read_text().splitlines():
+    for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
@@ -47,12 +45,21 @@ def main() -> None:
         total += n
         stages[stage_of(frames)] += n
         leaves[frames[-1] if frames else "?"] += n
+    return total, stages, leaves
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("raw", type=Path, help="py-spy record --format raw output")
+    p.add_argument("--top", type=int, default=15, help="leaf functions to list")
+    a = p.parse_args()
+    total, stages, leaves = summarize(a.raw)
     print(f"{total} samples holding the GIL")
     for stage, n in stages.most_common():
-        print(f"  {stage:24s} {n / total:6.1%}")
+        print(f"  {stage:24s} {n / max(1, total):6.1%}")
     print("leaf functions:")
     for leaf, n in leaves.most_common(a.top):
-        print(f"  {n / total:6.1%}  {leaf}")
+        print(f"  {n / max(1, total):6.1%}  {leaf}")
 
 
 if __name__ == "__main__":

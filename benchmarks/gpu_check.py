@@ -48,6 +48,10 @@ GPU_TESTS = ["tests/pipeline/test_gpu_path.py", "tests/pipeline/test_local_execu
 # step → seconds it may take, in the order they run (the most telling first)
 STEPS = {"model_only": 40.0, "run_no_vectors": 150.0, "run_vectors": 200.0, "tests": 120.0,
          "run_no_vectors_chunk2048": 120.0}
+# where py-spy is installed: run_no_vectors again under `py-spy record --gil` (what holds the
+# interpreter lock while the GPU waits; benchmarks/gil_profile.py)
+GIL_STEPS = {"gil_no_vectors": 90.0}
+GIL_RATE = 50
 # Ray steps (where Ray is installed): the GPU shared by N model actors (gpus_per_worker 1/N),
 # writes and vectors in Ray worker processes
 RAY_STEPS = {"ray_no_vectors_w4": 120.0, "ray_vectors_w4": 150.0, "ray_no_vectors_w1": 120.0}
@@ -168,6 +172,10 @@ def run(chk: Check, name: str, image: Path, bundle: Path, work: Path, vectors: b
     out = work / name
     cmd = [sys.executable, "-m", "geoseg", "-q", "run", str(image), "-o", str(out),
            "--overwrite", "-m", str(bundle), "--device", device, *extra]
+    gil = chk.out / f"{name}.pyspy.txt"
+    if name.startswith("gil_"):  # who holds the GIL: py-spy's GIL samples, 50 a second
+        cmd = ["py-spy", "record", "--gil", "--threads", "-r", str(GIL_RATE), "--format",
+               "raw", "-o", str(gil), "--", *cmd]
     if not vectors:
         cmd.append("--no-vectors")
     smi_csv = chk.out / f"nvidia_smi_{name}.csv"
@@ -202,6 +210,14 @@ def run(chk: Check, name: str, image: Path, bundle: Path, work: Path, vectors: b
         return
     summ = json.loads((out / "summary.json").read_text())
     px = summ["throughput"]["pixels"]
+    if gil.exists():
+        from benchmarks.gil_profile import summarize
+
+        held, stages, leaves = summarize(gil)
+        row["gil_held_share_of_wall"] = round(held / (GIL_RATE * wall), 3)
+        row["gil_by_stage"] = {k: round(v / max(1, held), 3) for k, v in stages.most_common()}
+        row["gil_top_leaves"] = [[round(v / max(1, held), 3), k]
+                                 for k, v in leaves.most_common(8)]
     busy = sorted(util)
     row |= {"mpx": round(px / 1e6, 1), "mpx_s": round(px / wall / 1e6, 2),
             "cpu_s_per_mpx": round(cpu / (px / 1e6), 3),
@@ -228,8 +244,9 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=420.0, help="seconds for all steps")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: a dry run of the check's mechanics on a machine without a GPU")
-    p.add_argument("--skip", action="append", default=[], choices=[*STEPS, *RAY_STEPS])
-    p.add_argument("--only", action="append", default=[], choices=[*STEPS, *RAY_STEPS],
+    every = [*STEPS, *GIL_STEPS, *RAY_STEPS]
+    p.add_argument("--skip", action="append", default=[], choices=every)
+    p.add_argument("--only", action="append", default=[], choices=every,
                    help="run these steps alone (repeatable; default: every step)")
     p.add_argument("run_args", nargs="*", help="extra `geoseg run` flags (after --)")
     a = p.parse_args()
@@ -252,6 +269,8 @@ def main() -> None:
              size=a.size, torch=torch.__version__, python=sys.version.split()[0])
 
     steps = dict(STEPS)
+    if shutil.which("py-spy"):
+        steps |= GIL_STEPS
     if importlib.util.find_spec("ray") is not None:
         steps |= RAY_STEPS
     for step, need in steps.items():
