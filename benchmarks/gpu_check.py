@@ -108,8 +108,6 @@ def tests(chk: Check, timeout: float) -> None:
 
 def model_only(chk: Check, bundle: Path, shapes: list[tuple[int, int]], device: str,
                seconds: float = 3.0) -> None:
-    import contextlib
-
     import numpy as np
     import torch
 
@@ -119,30 +117,30 @@ def model_only(chk: Check, bundle: Path, shapes: list[tuple[int, int]], device: 
     model = pred.model
     dev = pred.device
     cuda = dev.type == "cuda"
-    dtype = torch.bfloat16 if not cuda or torch.cuda.is_bf16_supported() else torch.float16
+    with pred._autocast():  # the pipeline's own autocast (bf16, else fp16, on a GPU)
+        dtype = str(torch.get_autocast_dtype("cuda")).removeprefix("torch.") if cuda \
+            else "float32"
 
-    def sync(_: Any) -> None:
+    def sync() -> None:
         if cuda:
             torch.cuda.synchronize(dev)
 
-    def autocast() -> Any:
-        return torch.autocast("cuda", dtype=dtype) if cuda else contextlib.nullcontext()
     rows: list[dict[str, Any]] = []
     for tile, batch in shapes:
         x = torch.randn(batch, len(pred.spec.bands), tile, tile, device=dev)
         x = x.contiguous(memory_format=torch.channels_last)
         n = 0
-        with torch.inference_mode(), autocast():
+        with torch.inference_mode(), pred._autocast():
             for _ in range(3):  # warm-up (cuDNN picks its algorithms)
                 torch.softmax(model(x).float(), dim=1).argmax(dim=1)
-            sync(dev)
+            sync()
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < seconds:
                 torch.softmax(model(x).float(), dim=1).argmax(dim=1)
                 n += 1
                 if n % 4 == 0:
-                    sync(dev)
-            sync(dev)
+                    sync()
+            sync()
             dt = time.perf_counter() - t0
         rows.append({"tile": tile, "batch": batch,
                      "mpx_s": round(n * batch * tile * tile / dt / 1e6, 1),
@@ -153,14 +151,14 @@ def model_only(chk: Check, bundle: Path, shapes: list[tuple[int, int]], device: 
     crop = (slice(64, 1088), slice(64, 1088))
     for _ in range(2):
         pred.predict_core(win[None], crop)
-    sync(dev)
+    sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         pred.predict_core(win[None], crop)
         n += 1
     dt = time.perf_counter() - t0
-    chk.emit("model_only", engine="torch", dtype=str(dtype).removeprefix("torch.") if cuda
-             else "float32", gpu=torch.cuda.get_device_name(dev) if cuda else None, shapes=rows,
+    chk.emit("model_only", engine="torch", dtype=dtype,
+             gpu=torch.cuda.get_device_name(dev) if cuda else None, shapes=rows,
              best_mpx_s=max(r["mpx_s"] for r in rows),
              pipeline_pass={"window": 1152, "core": 1024,
                             "core_mpx_s": round(n * 1024 * 1024 / dt / 1e6, 1),
@@ -188,10 +186,9 @@ def run(chk: Check, name: str, image: Path, bundle: Path, work: Path, vectors: b
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        smi.terminate()
         chk.emit(name, rc=None, timed_out=timeout)
         return
-    finally:
+    finally:  # the sampler stops whether the run ended or timed out
         smi.terminate()
         smi.wait()
     wall = time.perf_counter() - t0
@@ -291,8 +288,8 @@ def main() -> None:
                 more = ["--chunk-size", "2048"] if step.endswith("chunk2048") else []
                 if step.startswith("ray_"):
                     more = ray_flags(a.work, int(step.rsplit("_w", 1)[1]))
-                run(chk, step, image, bundle, a.work, "_vectors" in step and "no_vectors"
-                    not in step, timeout, [*more, *a.run_args], a.device)
+                run(chk, step, image, bundle, a.work, "no_vectors" not in step, timeout,
+                    [*more, *a.run_args], a.device)
         except Exception as exc:  # one step's failure must not hide the others
             chk.emit(step, error=f"{type(exc).__name__}: {exc}")
 
