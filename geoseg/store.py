@@ -150,10 +150,12 @@ def write_chunk(path: str | Path, chunk: Chunk, arrays: dict[str, np.ndarray],
                              f"{win.shape}")
     index = (win.row_off // chunk_size, win.col_off // chunk_size)
     if not is_object_url(path):
-        local = {name: _local_array(Path(path), name) for name in arrays}
-        if all(a is not None and a.chunks == (chunk_size, chunk_size) for a in local.values()):
-            for name, block in arrays.items():
-                _write_local(local[name], index, block)  # type: ignore[arg-type]
+        local = [(_local_array(Path(path), name), block) for name, block in arrays.items()]
+        writable = [(a, block) for a, block in local
+                    if a is not None and a.chunks == (chunk_size, chunk_size)]
+        if len(writable) == len(local):
+            for spec, block in writable:
+                _write_local(spec, index, block)
             return
     # object storage: a missing bucket or denied access stops the job (one line); a network
     # error propagates as it is, and the chunk is retried
