@@ -257,6 +257,22 @@ def _feature(poly: Polygon, class_id: int, pixels: int, conf_sum: float | None,
                      np.array([ref[1]]), transform, crs)[0]
 
 
+def _merged_features(merged: list[tuple[Polygon, int, int, tuple[int, int], float | None]],
+                     transform: Affine, crs: CRS | None) -> Sequence[Feature]:
+    """Features of merged seam groups ``(polygon, class, pixels, first pixel, confidence
+    sum)``, as one table: one :func:`_features` call for all of them."""
+    sums = [m[4] for m in merged]
+    if not merged or (None in sums and any(s is not None for s in sums)):
+        return [_feature(p, c, n, s, ref, transform, crs) for p, c, n, ref, s in merged]
+    polys = np.empty(len(merged), dtype=object)
+    for i, m in enumerate(merged):
+        polys[i] = m[0]
+    return _features(polys, np.array([m[1] for m in merged]), np.array([m[2] for m in merged]),
+                     None if sums[0] is None else np.array(sums, dtype=np.float64),
+                     np.array([m[3][0] for m in merged]), np.array([m[3][1] for m in merged]),
+                     transform, crs)
+
+
 def _log_open_seams(edges: dict[ChunkIndex, ChunkEdges], grid: ChunkGrid) -> None:
     """Note seams with regions on one side whose neighbour was not merged: fine when that
     neighbour had no border parts (all nodata at the seam), a split region otherwise."""
@@ -509,7 +525,7 @@ class SeamMerger:
         self._link_across(idx, part)
         for k in [idx, *self._neighbours(idx)]:
             if k in self.arrived and self._closed(k):
-                yield list(self._emit_closed(k))
+                yield self._emit_closed(k)
 
     def finish(self) -> Iterator[Feature]:
         """The groups still open (some neighbour never arrived), in raster order."""
@@ -586,35 +602,38 @@ class SeamMerger:
     def _closed(self, idx: ChunkIndex) -> bool:
         return all(n in self.arrived for n in self._neighbours(idx))
 
-    def _emit_closed(self, idx: ChunkIndex) -> Iterator[Feature]:
-        """Emit the complete groups with a part in closed chunk ``idx``; drop its edges once
-        every neighbour is closed too (they may still need them to join)."""
+    def _emit_closed(self, idx: ChunkIndex) -> Sequence[Feature]:
+        """The complete groups with a part in closed chunk ``idx``; drop its edges once every
+        neighbour is closed too (they may still need them to join)."""
         roots = {_find(self.parent, k) for k in self.keys_of.get(idx, []) if k in self.border}
         done = [r for r in roots
                 if all(self._closed(k[0]) for k in self.members[r])]
-        yield from self._emit(sorted(done, key=lambda r: min(self.border[k].ref
+        features = self._emit(sorted(done, key=lambda r: min(self.border[k].ref
                                                              for k in self.members[r])))
         left = [k for k in self.keys_of.pop(idx, []) if k in self.border]
         if left:
             self.keys_of[idx] = left
         # a closed chunk's edges are only read when a neighbour arrives: all have
         self.edges.pop(idx, None)
+        return features
 
-    def _emit(self, roots: list[PartKey]) -> Iterator[Feature]:
+    def _emit(self, roots: list[PartKey]) -> Sequence[Feature]:
+        """Merge and forget the groups of ``roots``: their features as one table."""
         if not roots or self.settings is None:  # nothing held (no land-cover part arrived)
-            return
+            return []
         transform, min_pixels, crs = self.settings
+        merged = []
         for r in roots:
             keys = self.members.pop(r)
-            poly, class_id, pixels, ref, csum = _merge_group([self.border[k] for k in keys],
-                                                             self.grid.chunk)
+            group = _merge_group([self.border[k] for k in keys], self.grid.chunk)
             for k in keys:
                 del self.border[k]
                 del self.parent[k]
                 if k in self.cross_class:
-                    self.piece_of[k] = ref
-            if pixels >= min_pixels:
-                yield _feature(poly, class_id, pixels, csum, ref, transform, crs)
+                    self.piece_of[k] = group[3]
+            if group[2] >= min_pixels:
+                merged.append(group)
+        return _merged_features(merged, transform, crs)
 
     def _join(self, a_index: ChunkIndex, a_edge: np.ndarray, b_index: ChunkIndex,
               b_edge: np.ndarray) -> None:
