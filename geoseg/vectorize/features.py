@@ -212,11 +212,21 @@ def trace_labels(labels: np.ndarray, row_off: int, col_off: int) -> Iterator[tup
 def drop_collinear(poly: Polygon) -> Polygon:
     """Remove vertices where a ring runs straight on (exact for integer pixel coordinates);
     seam unions leave such vertices where the chunk grid crossed a boundary. Rings of at most
-    four vertices are kept as they are. All rings at once, in numpy (a region spanning the
-    raster has tens of thousands of holes)."""
-    if poly.is_empty:
-        return poly
-    _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(np.asarray([poly], dtype=object))
+    four vertices are kept as they are."""
+    polys = np.empty(1, dtype=object)
+    polys[0] = poly
+    return drop_collinear_many(polys)[0]  # type: ignore[no-any-return]
+
+
+def drop_collinear_many(polys: np.ndarray) -> np.ndarray:
+    """:func:`drop_collinear` of many polygons at once: all their rings in one numpy pass (a
+    region spanning the raster has tens of thousands of holes; a chunk's seam groups are
+    hundreds of small polygons, where one call per polygon was most of the seam merge)."""
+    out_polys = np.array(polys, dtype=object)
+    full = np.flatnonzero(~shapely.is_empty(out_polys))
+    if not len(full):
+        return out_polys
+    _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(out_polys[full])
     counts = np.diff(ring_off)
     ring = np.repeat(np.arange(len(counts)), counts)
     start = ring_off[:-1][ring]
@@ -239,8 +249,9 @@ def drop_collinear(poly: Polygon) -> Polygon:
     body[ends] = False
     out[body] = xy[kept]
     out[ends] = xy[first]
-    result = shapely.from_ragged_array(shapely.GeometryType.POLYGON, out, (new_off, poly_off))
-    return result[0]
+    out_polys[full] = shapely.from_ragged_array(shapely.GeometryType.POLYGON, out,
+                                                (new_off, poly_off))
+    return out_polys
 
 
 def _affine_fn(transform: Affine) -> Callable[[np.ndarray], np.ndarray]:

@@ -32,7 +32,7 @@ from geoseg.vectorize.features import (
     as_polygon,
     check_class_map,
     check_confidence,
-    drop_collinear,
+    drop_collinear_many,
     trace_labels,
 )
 from geoseg.vectorize.trace import trace_regions
@@ -213,9 +213,7 @@ def merge_landcover(parts: Iterable[LandcoverParts], grid: ChunkGrid) -> Iterato
         groups.setdefault(_find(parent, key), []).append(b)
     merged = sorted((_merge_group(members, grid.chunk) for members in groups.values()),
                     key=lambda m: m[3])
-    for poly, class_id, pixels, ref, csum in merged:
-        if pixels >= min_pixels:
-            yield _feature(poly, class_id, pixels, csum, ref, transform, crs)
+    yield from _merged_features([m for m in merged if m[2] >= min_pixels], transform, crs)
 
 
 def _features(polys: np.ndarray, class_ids: np.ndarray, pixels: np.ndarray,
@@ -260,13 +258,16 @@ def _feature(poly: Polygon, class_id: int, pixels: int, conf_sum: float | None,
 def _merged_features(merged: list[tuple[Polygon, int, int, tuple[int, int], float | None]],
                      transform: Affine, crs: CRS | None) -> Sequence[Feature]:
     """Features of merged seam groups ``(polygon, class, pixels, first pixel, confidence
-    sum)``, as one table: one :func:`_features` call for all of them."""
-    sums = [m[4] for m in merged]
-    if not merged or (None in sums and any(s is not None for s in sums)):
-        return [_feature(p, c, n, s, ref, transform, crs) for p, c, n, ref, s in merged]
+    sum)``, as one table: one :func:`drop_collinear_many` and one :func:`_features` call for
+    all of them."""
     polys = np.empty(len(merged), dtype=object)
     for i, m in enumerate(merged):
         polys[i] = m[0]
+    polys = drop_collinear_many(polys)  # the seam vertices (traced outlines have none)
+    sums = [m[4] for m in merged]
+    if not merged or (None in sums and any(s is not None for s in sums)):
+        return [_feature(p, m[1], m[2], m[4], m[3], transform, crs)
+                for p, m in zip(polys, merged, strict=True)]
     return _features(polys, np.array([m[1] for m in merged]), np.array([m[2] for m in merged]),
                      None if sums[0] is None else np.array(sums, dtype=np.float64),
                      np.array([m[3][0] for m in merged]), np.array([m[3][1] for m in merged]),
@@ -346,7 +347,8 @@ def _coverage_union(geoms: list[Polygon], seam: int) -> shapely.Geometry | None:
     run's seam merging on the 2-core machine). Holes that touch no seam cannot change in a
     union: they are set aside and put back into the result (a raster-spanning road network has
     hundreds of thousands; with them the union of its 3.5 k parts at 16384² took 70 s). The extra
-    corner vertices go afterwards (``drop_collinear``; traced holes have none). None when the
+    corner vertices stay, for the caller to drop (:func:`drop_collinear_many`; traced holes have
+    none, so dropping after the set-aside holes joined changes nothing in them). None when the
     parts are not such a coverage."""
     if any(g.is_empty for g in geoms):
         return None
@@ -372,7 +374,6 @@ def _coverage_union(geoms: list[Polygon], seam: int) -> shapely.Geometry | None:
         return None
     if not isinstance(union, Polygon):
         return union
-    union = drop_collinear(union)  # before the set-aside holes join: they have no such vertices
     if kept.all():
         return union
     return _with_holes(union, xy[~kept[ring_of]], sizes[~kept])
@@ -428,6 +429,9 @@ def _unit_vertices(xy: np.ndarray, sizes: np.ndarray, poly_off: np.ndarray,
 
 def _merge_group(members: list[BorderPart], seam: int
                  ) -> tuple[Polygon, int, int, tuple[int, int], float | None]:
+    """``(polygon, class, pixels, first pixel, confidence sum)`` of one seam group. The
+    polygon of a group of several parts still has a vertex wherever the chunk grid crossed its
+    boundary: :func:`_merged_features` drops those, for all groups at once."""
     members = sorted(members, key=lambda m: m.ref)  # sums independent of arrival order
     pixels = sum(m.pixels for m in members)
     ref = min(m.ref for m in members)
@@ -449,7 +453,7 @@ def _merge_group(members: list[BorderPart], seam: int
         logger.error("region at pixel %s merged into %s; keeping its largest polygon",
                      ref, union.geom_type)
         union = as_polygon(union)
-    return drop_collinear(union), members[0].class_id, pixels, ref, csum
+    return union, members[0].class_id, pixels, ref, csum
 
 
 class SeamMerger:
