@@ -28,7 +28,6 @@ from geoseg.outdir import storage_errors
 from geoseg.plan import Plan
 from geoseg.store import FILL, SOURCE, read_layer
 from geoseg.vectorize.features import FeatureTable
-from geoseg.vectorize.footprints import extract_buildings
 from geoseg.vectorize.landcover import LandcoverParts, SeamMerger, landcover_parts
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,8 @@ def vectorize_chunk(plan: Plan, store: str, chunk: Chunk, *, vcfg: VectorConfig)
     feats: list[Any] = []
     bd = plan.model("buildings")
     if bd is not None:
+        from geoseg.vectorize.footprints import extract_buildings  # scipy, skimage: on first use
+
         ctx = chunk.window.pad(vcfg.halo).intersect(plan.grid.window)
         cls = read_layer(store, bd.name, ctx)
         conf = read_layer(store, f"{bd.name}_confidence", ctx).astype("float32") / 255.0
