@@ -36,3 +36,25 @@ def test_busy_cores_shows_where_a_run_left_its_cores_idle() -> None:
     assert tenths[4:9] == [0.02] * 5
     assert abs(sum(tenths) - 10.1) < 0.05
     assert busy_cores(timeline[:1], 10.0) == [] and busy_cores(timeline, 0.0) == []
+
+
+def test_bench_trace_prints_both_walks_on_a_class_map(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    classes = np.kron(rng.integers(0, 4, (32, 32)), np.ones((16, 16))).astype(np.uint8)
+    path = tmp_path / "classes.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=512, height=512, count=1,
+                       dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 5100000, 0.5, 0.5)) as dst:
+        dst.write(classes, 1)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_trace", str(path), "--chunk",
+                          "256", "--repeat", "1"], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert "4 chunks of 256" in out
+    assert out.count("compiled is") == 2  # trace_regions and landcover_parts, with a ratio
