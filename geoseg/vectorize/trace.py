@@ -103,6 +103,11 @@ def _jit_walk() -> Any:
         log.info("outlines traced with numpy (%s); pip install numba for ~10x faster vectors",
                  exc)
         return None
+    except Exception as exc:  # numba found no writable cache folder, or failed otherwise
+        log.warning("outlines traced with numpy: numba failed to load the compiled walk "
+                    "(%s: %s); set NUMBA_CACHE_DIR to a writable folder", type(exc).__name__,
+                    exc)
+        return None
     return ring_vertices
 
 

@@ -64,3 +64,25 @@ def test_without_numba_the_array_walk_traces_the_same(monkeypatch: pytest.Monkey
     assert with_jit is not None and without is not None
     np.testing.assert_array_equal(with_jit[0], without[0])
     assert shapely.equals_exact(with_jit[1], without[1], 0).all()
+
+
+def test_a_numba_that_fails_to_load_falls_back_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """numba raises RuntimeError at import when it finds no writable cache folder (a read-only
+    install without a home folder): the array walk takes over and says how to fix it."""
+    import types
+
+    broken = types.ModuleType("geoseg.vectorize._trace_jit")
+
+    def fail(name: str) -> None:
+        raise RuntimeError("cannot cache function 'ring_vertices': no locator available")
+
+    broken.__getattr__ = fail  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "geoseg.vectorize._trace_jit", broken)
+    trace._jit_walk.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="geoseg.vectorize.trace"):
+            assert trace._jit_walk() is None
+    finally:
+        trace._jit_walk.cache_clear()
+    assert "NUMBA_CACHE_DIR" in caplog.text
