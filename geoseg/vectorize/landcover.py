@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import shapely
@@ -51,6 +52,17 @@ class ChunkEdges:
     bottom: np.ndarray
     left: np.ndarray
     right: np.ndarray
+
+
+class MergedGroup(NamedTuple):
+    """One seam group merged: its polygon (seam vertices not yet dropped), pixels, first
+    pixel ``(row, col)`` and confidence sum."""
+
+    polygon: Polygon
+    class_id: int
+    pixels: int
+    ref: tuple[int, int]
+    confidence_sum: float | None
 
 
 @dataclass(slots=True)
@@ -212,8 +224,8 @@ def merge_landcover(parts: Iterable[LandcoverParts], grid: ChunkGrid) -> Iterato
     for key, b in border.items():
         groups.setdefault(_find(parent, key), []).append(b)
     merged = sorted((_merge_group(members, grid.chunk) for members in groups.values()),
-                    key=lambda m: m[3])
-    yield from _merged_features([m for m in merged if m[2] >= min_pixels], transform, crs)
+                    key=lambda m: m.ref)
+    yield from _merged_features([m for m in merged if m.pixels >= min_pixels], transform, crs)
 
 
 def _features(polys: np.ndarray, class_ids: np.ndarray, pixels: np.ndarray,
@@ -255,22 +267,22 @@ def _feature(poly: Polygon, class_id: int, pixels: int, conf_sum: float | None,
                      np.array([ref[1]]), transform, crs)[0]
 
 
-def _merged_features(merged: list[tuple[Polygon, int, int, tuple[int, int], float | None]],
-                     transform: Affine, crs: CRS | None) -> Sequence[Feature]:
-    """Features of merged seam groups ``(polygon, class, pixels, first pixel, confidence
-    sum)``, as one table: one :func:`drop_collinear_many` and one :func:`_features` call for
-    all of them."""
+def _merged_features(merged: list[MergedGroup], transform: Affine,
+                     crs: CRS | None) -> Sequence[Feature]:
+    """Features of merged seam groups as one table: one :func:`drop_collinear_many` and one
+    :func:`_features` call for all of them."""
     polys = np.empty(len(merged), dtype=object)
     for i, m in enumerate(merged):
-        polys[i] = m[0]
+        polys[i] = m.polygon
     polys = drop_collinear_many(polys)  # the seam vertices (traced outlines have none)
-    sums = [m[4] for m in merged]
+    sums = [m.confidence_sum for m in merged]
     if not merged or (None in sums and any(s is not None for s in sums)):
-        return [_feature(p, m[1], m[2], m[4], m[3], transform, crs)
+        return [_feature(p, m.class_id, m.pixels, m.confidence_sum, m.ref, transform, crs)
                 for p, m in zip(polys, merged, strict=True)]
-    return _features(polys, np.array([m[1] for m in merged]), np.array([m[2] for m in merged]),
+    return _features(polys, np.array([m.class_id for m in merged]),
+                     np.array([m.pixels for m in merged]),
                      None if sums[0] is None else np.array(sums, dtype=np.float64),
-                     np.array([m[3][0] for m in merged]), np.array([m[3][1] for m in merged]),
+                     np.array([m.ref[0] for m in merged]), np.array([m.ref[1] for m in merged]),
                      transform, crs)
 
 
@@ -427,22 +439,21 @@ def _unit_vertices(xy: np.ndarray, sizes: np.ndarray, poly_off: np.ndarray,
                                                 (new_off, poly_off)))
 
 
-def _merge_group(members: list[BorderPart], seam: int
-                 ) -> tuple[Polygon, int, int, tuple[int, int], float | None]:
-    """``(polygon, class, pixels, first pixel, confidence sum)`` of one seam group. The
-    polygon of a group of several parts still has a vertex wherever the chunk grid crossed its
-    boundary: :func:`_merged_features` drops those, for all groups at once."""
+def _merge_group(members: list[BorderPart], seam: int) -> MergedGroup:
+    """One seam group merged. The polygon of a group of several parts still has a vertex
+    wherever the chunk grid crossed its boundary: :func:`_merged_features` drops those, for
+    all groups at once."""
     members = sorted(members, key=lambda m: m.ref)  # sums independent of arrival order
     pixels = sum(m.pixels for m in members)
     ref = min(m.ref for m in members)
     sums = [m.confidence_sum for m in members]
     csum = None if any(s is None for s in sums) else float(sum(s for s in sums if s is not None))
     if len(members) == 1:
-        return members[0].geometry, members[0].class_id, pixels, ref, csum
+        return MergedGroup(members[0].geometry, members[0].class_id, pixels, ref, csum)
     geoms = [m.geometry for m in members]
     union = _coverage_union(geoms, seam)
     if isinstance(union, Polygon):
-        return union, members[0].class_id, pixels, ref, csum
+        return MergedGroup(union, members[0].class_id, pixels, ref, csum)
     if not isinstance(union, Polygon):
         # Pixel corners are exact integers, so the floating overlay is exact (and 3x faster
         # than snap-rounding, the last resort should a union ever come out in pieces).
@@ -453,7 +464,7 @@ def _merge_group(members: list[BorderPart], seam: int
         logger.error("region at pixel %s merged into %s; keeping its largest polygon",
                      ref, union.geom_type)
         union = as_polygon(union)
-    return union, members[0].class_id, pixels, ref, csum
+    return MergedGroup(union, members[0].class_id, pixels, ref, csum)
 
 
 class SeamMerger:
@@ -634,8 +645,8 @@ class SeamMerger:
                 del self.border[k]
                 del self.parent[k]
                 if k in self.cross_class:
-                    self.piece_of[k] = group[3]
-            if group[2] >= min_pixels:
+                    self.piece_of[k] = group.ref
+            if group.pixels >= min_pixels:
                 merged.append(group)
         return _merged_features(merged, transform, crs)
 
