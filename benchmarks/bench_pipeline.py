@@ -6,6 +6,7 @@
     python -m benchmarks.bench_pipeline --size 16384 --only naive  # vs the naive loop, big
     python -m benchmarks.bench_pipeline --model demo               # the shipped demo bundle
     python -m benchmarks.bench_pipeline --model null --only geoseg # the pipeline's own cost
+    python -m benchmarks.bench_pipeline --model replay --only geoseg  # ... on a real map
     python -m benchmarks.bench_pipeline --engine torch-bf16        # geoseg rows in bf16
     python -m benchmarks.bench_pipeline --rv-python /tmp/rvenv/bin/python  # + Raster Vision
 
@@ -176,6 +177,61 @@ def null_bundle(root: Path) -> Path:
     return out
 
 
+def replay_bundle(root: Path) -> Path:
+    """A near-free model that predicts the class id written in band 1 (logit of class k:
+    ``-(band1 - k)²``): with :func:`replay_scene` it outputs the demo scene's land-cover truth,
+    so the pipeline's own cost is measured on a real map's polygons (the null model's pixel
+    noise makes ~25x as many)."""
+    import torch
+    import yaml
+
+    out = root / "replay-bundle"
+    if (out / "model.onnx").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+
+    class Replay(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ids = torch.arange(5, dtype=x.dtype).view(1, 5, 1, 1)
+            return -((x[:, :1] - ids) ** 2)
+
+    torch.onnx.export(Replay().eval(), (torch.zeros(1, 3, 64, 64),), str(out / "model.onnx"),
+                      input_names=["x"], output_names=["logits"], opset_version=17,
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"},
+                                    "logits": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+    names = ("bare", "building", "road", "vegetation", "water")
+    (out / "bundle.yaml").write_text(yaml.safe_dump({
+        "name": "replay-truth", "version": "0", "task": "landcover",
+        "architecture": {"name": "unet"}, "bands": [1, 2, 3],
+        "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3},
+        "classes": [{"id": i, "name": n, "color": "#808080"} for i, n in enumerate(names)],
+        "tile_size": 512, "onnx": "model.onnx"}, sort_keys=False))
+    return out
+
+
+def replay_scene(size: int, root: Path) -> Path:
+    """The demo scene's land-cover truth as band 1 of a 3-band image (bands 2-3 from the
+    image), mosaicked to ``size`` like :func:`scene`: what :func:`replay_bundle` reads."""
+    import rasterio
+
+    base = root / "replay4096.tif"
+    if not base.exists():
+        img = scene(4096, root)
+        with rasterio.open(img) as src, rasterio.open(img.parent / "landcover_t0.tif") as lc:
+            classes = lc.read(1)
+            if classes.max() > 4:
+                raise SystemExit(f"{lc.name} has class ids above 4: not the demo's classes")
+            prof = src.profile | {"count": 3}
+            with rasterio.open(base, "w", **prof) as dst:
+                dst.write(classes, 1)
+                dst.write(src.read((2, 3)), (2, 3))
+    if size == 4096:
+        return base
+    if size < 4096:
+        return _crop(base, size, root / f"replay{size}.tif")
+    return _mosaic(base, size, root / f"replay{size}.tif")
+
+
 def scene(size: int, root: Path) -> Path:
     """The demo scene at ``size`` (4096² is generated; larger sizes mosaic it, which is enough
     for throughput and memory)."""
@@ -304,9 +360,12 @@ def has_raster_vision(python: str) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", type=int, action="append")
-    p.add_argument("--model", choices=["reference", "demo", "null"], default="reference",
+    p.add_argument("--model", choices=["reference", "demo", "null", "replay"],
+                   default="reference",
                    help="reference: U-Net R18 (torch weights + ONNX graph); demo: the shipped "
-                        "land-cover bundle; null: a 1x1 convolution (the pipeline's own cost)")
+                        "land-cover bundle; null: a 1x1 convolution (the pipeline's own cost); "
+                        "replay: a near-free model that outputs the demo scene's land-cover "
+                        "truth (the pipeline's own cost on a real map's polygons)")
     p.add_argument("--only", choices=["all", "naive", "geoseg"], default="all",
                    help="all rows; naive: the naive loop and geoseg (big sizes); geoseg alone")
     p.add_argument("--chunk-size", type=int, default=1024)
@@ -332,6 +391,8 @@ def main() -> None:
         bundle = str(reference_bundle(work))
     elif a.model == "null":
         bundle = str(null_bundle(work))
+    elif a.model == "replay":
+        bundle = str(replay_bundle(work))
     else:
         from geoseg.bundle import builtin_bundle
 
@@ -340,7 +401,7 @@ def main() -> None:
     rows: list[tuple[str, int, dict[str, Any]]] = []
     agreements: list[str] = []
     for size in sizes:
-        img = str(scene(size, work))
+        img = str(replay_scene(size, work) if a.model == "replay" else scene(size, work))
         for engine in ("torch", "torch-bf16", "onnx") if a.only == "all" else ():
             if engine == "onnx" and not (Path(bundle) / "model.onnx").exists():
                 continue

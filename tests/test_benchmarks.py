@@ -58,3 +58,17 @@ def test_bench_trace_prints_both_walks_on_a_class_map(tmp_path: Path) -> None:
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert "4 chunks of 256" in out
     assert out.count("compiled is") == 2  # trace_regions and landcover_parts, with a ratio
+
+
+def test_replay_bundle_predicts_the_class_written_in_band_one(tmp_path: Path) -> None:
+    """The pipeline-cost benchmark on a real map: the near-free replay model outputs band 1."""
+    import numpy as np
+
+    from benchmarks.bench_pipeline import replay_bundle
+    from geoseg.models.onnx_predictor import OnnxPredictor
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (2, 3, 40, 56), dtype=np.uint8)
+    x[:, 0] = rng.integers(0, 5, (2, 40, 56))
+    proba = OnnxPredictor(replay_bundle(tmp_path), num_threads=1).predict_proba(x)
+    np.testing.assert_array_equal(proba.argmax(axis=1), x[:, 0])
