@@ -25,7 +25,7 @@ from geoseg.vectorize import landcover, trace
 
 
 def _walks() -> dict[str, Callable[[], object]]:
-    jit = trace._jit_walk()
+    jit = trace.compiled()
     if jit is None:
         raise SystemExit("numba is not installed: pip install numba (the array walk is all)")
     return {"compiled": lambda: jit, "numpy": lambda: None}
@@ -59,8 +59,8 @@ def main() -> None:
     best: dict[tuple[str, str], float] = {}
     for _ in range(a.repeat):  # alternate the walks, keep each one's best
         for name, walk in walks.items():
-            original = trace._jit_walk
-            trace._jit_walk = walk  # type: ignore[assignment]
+            original = trace.compiled
+            trace.compiled = walk  # type: ignore[assignment]
             try:
                 t0 = time.perf_counter()
                 for (chunk, _), lab in zip(chunks, labels, strict=True):
@@ -70,7 +70,7 @@ def main() -> None:
                     landcover.landcover_parts(cls, None, chunk, transform, crs=crs)
                 t2 = time.perf_counter()
             finally:
-                trace._jit_walk = original
+                trace.compiled = original  # type: ignore[method-assign]
             for what, s in (("trace_regions", t1 - t0), ("landcover_parts", t2 - t1)):
                 best[name, what] = min(best.get((name, what), float("inf")), s)
     for what in ("trace_regions", "landcover_parts"):

@@ -91,3 +91,72 @@ def ring_vertices(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                 if x == c and y == r and nd == 0:
                     break
     return vx[:n], vy[:n], starts[:nr], regions[:nr]
+
+
+@njit(cache=True, nogil=True)
+def _root(parent: np.ndarray, a: int) -> int:  # pragma: no cover (compiled)
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@njit(cache=True, nogil=True)
+def label_stats(classes: np.ndarray, fill: int, conf: np.ndarray, scale: float,
+                use_conf: bool) -> tuple[np.ndarray, int, np.ndarray, np.ndarray,
+                                         np.ndarray]:  # pragma: no cover (compiled)
+    """``(labels, n, pixels, conf_sum, first_index)`` of the 4-connected regions of equal
+    class (``fill``: none), in one union-find labelling and one counting pass: the labels
+    ``skimage.measure.label(classes, background=fill, connectivity=1)`` gives (numbered in the
+    raster order of each region's first pixel), and per label (0: the fill pixels) its pixel
+    count, the sum of ``conf * scale`` in raster order (as ``np.bincount`` adds them) and the
+    flat index of its first pixel."""
+    h, w = classes.shape
+    lab = np.zeros((h, w), np.int32)
+    parent = np.empty(h * w + 1, np.int32)
+    parent[0] = 0
+    m = 0
+    for r in range(h):
+        for c in range(w):
+            v = classes[r, c]
+            if v == fill:
+                continue
+            up = lab[r - 1, c] if r > 0 and classes[r - 1, c] == v else 0
+            left = lab[r, c - 1] if c > 0 and classes[r, c - 1] == v else 0
+            if up == 0 and left == 0:
+                m += 1
+                parent[m] = m
+                lab[r, c] = m
+            elif up == 0 or left == 0 or up == left:
+                lab[r, c] = up if up else left
+            else:
+                a = _root(parent, up)
+                b = _root(parent, left)
+                if a < b:
+                    parent[b] = a
+                elif b < a:
+                    parent[a] = b
+                lab[r, c] = min(a, b)
+    # a region's smallest provisional label is its first pixel's: numbering the roots in
+    # increasing order numbers the regions in the raster order of their first pixels
+    final = np.zeros(m + 1, np.int32)
+    n = 0
+    for k in range(1, m + 1):
+        if parent[k] == k:
+            n += 1
+            final[k] = n
+    pixels = np.zeros(n + 1, np.int64)
+    conf_sum = np.zeros(n + 1, np.float64)
+    first = np.zeros(n + 1, np.int64)
+    for r in range(h):
+        for c in range(w):
+            k = lab[r, c]
+            if k:
+                k = final[_root(parent, k)]
+                lab[r, c] = k
+                if pixels[k] == 0:
+                    first[k] = r * w + c
+            pixels[k] += 1
+            if use_conf:
+                conf_sum[k] += np.float64(conf[r, c]) * scale
+    return lab, n, pixels, conf_sum, first

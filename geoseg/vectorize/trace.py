@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import shapely
@@ -89,16 +90,25 @@ def _ring_vertices(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     """Steps 1-3: ``(vx, vy, ring_start, ring_region)``, each ring's corners in order, rings
     in the raster order of their first top-side corner. Compiled when numba is installed
     (:mod:`geoseg.vectorize._trace_jit`), else the array version below; both return the same."""
-    walk = _jit_walk()
-    if walk is not None:
-        return walk(lab)  # type: ignore[no-any-return]
+    jit = compiled()
+    if jit is not None:
+        return jit.ring_vertices(lab)  # type: ignore[no-any-return]
     return _ring_vertices_numpy(lab)
 
 
+class Compiled(NamedTuple):
+    """The compiled kernels of :mod:`geoseg.vectorize._trace_jit`."""
+
+    ring_vertices: Callable[..., Any]
+    label_stats: Callable[..., Any]
+
+
 @functools.cache
-def _jit_walk() -> Any:
+def compiled() -> Compiled | None:
+    """The compiled kernels, or None where numba is missing or fails to load (the callers
+    then run their numpy versions, which give the same results)."""
     try:
-        from geoseg.vectorize._trace_jit import ring_vertices
+        from geoseg.vectorize._trace_jit import label_stats, ring_vertices
     except ImportError as exc:  # numba missing (or not built for this Python): the array walk
         log.info("outlines traced with numpy (%s); pip install numba for ~10x faster vectors",
                  exc)
@@ -108,7 +118,7 @@ def _jit_walk() -> Any:
                     "(%s: %s); set NUMBA_CACHE_DIR to a writable folder", type(exc).__name__,
                     exc)
         return None
-    return ring_vertices
+    return Compiled(ring_vertices, label_stats)
 
 
 def _ring_vertices_numpy(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from skimage.measure import label
 
-from geoseg.vectorize import trace
+from geoseg.vectorize import landcover, trace
 from geoseg.vectorize._trace_jit import ring_vertices
 
 # raw labels (a label may be several pieces, or touch itself at corners) and skimage's regions
@@ -39,6 +39,32 @@ def test_property_compiled_walk_equals_array_walk(labels: np.ndarray, regions: b
     assert_same_rings(labels)
 
 
+# class maps with nodata (255) and a confidence raster of either kind
+class_maps = st.integers(1, 4).flatmap(lambda k: arrays(
+    np.uint8, st.tuples(st.integers(1, 24), st.integers(1, 24)),
+    elements=st.sampled_from([*range(k), 255])))
+
+
+@settings(max_examples=400, deadline=None)
+@given(class_maps, st.sampled_from(["none", "uint8", "float32"]), st.integers(0, 2**31))
+def test_property_compiled_label_stats_equal_skimage_and_bincount(
+        classes: np.ndarray, conf_kind: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    conf = {"none": None,
+            "uint8": rng.integers(0, 256, classes.shape, dtype=np.uint8),
+            "float32": rng.random(classes.shape, dtype=np.float32)}[conf_kind]
+    scale = 1 / 255 if conf_kind == "uint8" else 1.0
+    got = landcover.label_stats(classes, 255, conf, scale)
+    want = landcover._label_stats_numpy(classes, 255, conf, scale)
+    for g, w, name in zip(got, want, ("labels", "n", "pixels", "conf_sum", "first"),
+                          strict=True):
+        if w is None:
+            assert g is None, name
+            continue
+        np.testing.assert_array_equal(g, w, err_msg=name)  # sums: the same order, bit for bit
+        assert np.asarray(g).dtype == np.asarray(w).dtype, name
+
+
 def test_compiled_walk_on_a_large_noisy_map() -> None:
     """Thousands of regions with holes, pinches and regions on the map's edges."""
     rng = np.random.default_rng(7)
@@ -48,6 +74,13 @@ def test_compiled_walk_on_a_large_noisy_map() -> None:
     lab = label(classes, background=-1, connectivity=1).astype(np.int32)
     assert lab.max() > 1000
     assert_same_rings(lab)
+    classes = classes.astype(np.uint8)
+    classes[:3, :5] = 255  # and some nodata
+    conf = rng.integers(0, 256, classes.shape, dtype=np.uint8)
+    got = landcover.label_stats(classes, 255, conf, 1 / 255)
+    want = landcover._label_stats_numpy(classes, 255, conf, 1 / 255)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_without_numba_the_array_walk_traces_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,12 +88,12 @@ def test_without_numba_the_array_walk_traces_the_same(monkeypatch: pytest.Monkey
     lab = label(rng.integers(0, 3, (40, 50)), background=0, connectivity=1).astype(np.int32)
     with_jit = trace.trace_regions(lab, 5, -7)
     monkeypatch.setitem(sys.modules, "geoseg.vectorize._trace_jit", None)  # import fails
-    trace._jit_walk.cache_clear()
+    trace.compiled.cache_clear()
     try:
-        assert trace._jit_walk() is None
+        assert trace.compiled() is None
         without = trace.trace_regions(lab, 5, -7)
     finally:
-        trace._jit_walk.cache_clear()
+        trace.compiled.cache_clear()
     assert with_jit is not None and without is not None
     np.testing.assert_array_equal(with_jit[0], without[0])
     assert shapely.equals_exact(with_jit[1], without[1], 0).all()
@@ -79,10 +112,10 @@ def test_a_numba_that_fails_to_load_falls_back_with_a_warning(
 
     broken.__getattr__ = fail  # type: ignore[method-assign]
     monkeypatch.setitem(sys.modules, "geoseg.vectorize._trace_jit", broken)
-    trace._jit_walk.cache_clear()
+    trace.compiled.cache_clear()
     try:
         with caplog.at_level("WARNING", logger="geoseg.vectorize.trace"):
-            assert trace._jit_walk() is None
+            assert trace.compiled() is None
     finally:
-        trace._jit_walk.cache_clear()
+        trace.compiled.cache_clear()
     assert "NUMBA_CACHE_DIR" in caplog.text
