@@ -26,6 +26,8 @@ plat=(--only-binary=:all: --python-version "$py" --implementation cp
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
       --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
+# numba is left out (llvmlite installs 173 MB): geoseg then traces vectors with its numpy
+# fallback there (same features, slower); add numba here when a lease carries more
 pkgs=(rasterio zarr numcodecs dask geopandas pyogrio shapely pyproj affine pydantic pystac)
 [ "$ray" = "--ray" ] && pkgs+=(ray)
 python3 -m pip download -q "${plat[@]}" -c constraints.txt -d "$tmp/whl" "${pkgs[@]}"
