@@ -151,30 +151,36 @@ def reference_bundle(root: Path, onnx: bool = True) -> Path:
     return out
 
 
-def null_bundle(root: Path) -> Path:
-    """A near-free model (one 1×1 convolution, 3 bands → 5 classes) as an ONNX-only bundle:
-    runs the whole pipeline with the model taken out, to measure the pipeline's own cost."""
+def _onnx_only_bundle(out: Path, module: Any, name: str, mean: float, std: float) -> Path:
+    """``module`` (3 bands → 5 land-cover logits) exported as an ONNX-only bundle at ``out``."""
     import torch
     import yaml
 
-    out = root / "null-bundle"
-    if (out / "model.onnx").exists():
-        return out
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(3, 5, 1).eval()
-    torch.onnx.export(conv, (torch.zeros(1, 3, 64, 64),), str(out / "model.onnx"),
+    torch.onnx.export(module.eval(), (torch.zeros(1, 3, 64, 64),), str(out / "model.onnx"),
                       input_names=["x"], output_names=["logits"], opset_version=17,
                       dynamic_axes={"x": {0: "n", 2: "h", 3: "w"},
                                     "logits": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
     names = ("bare", "building", "road", "vegetation", "water")
     (out / "bundle.yaml").write_text(yaml.safe_dump({
-        "name": "null-1x1", "version": "0", "task": "landcover",
+        "name": name, "version": "0", "task": "landcover",
         "architecture": {"name": "unet"}, "bands": [1, 2, 3],
-        "normalization": {"mean": [110.0] * 3, "std": [50.0] * 3},
+        "normalization": {"mean": [mean] * 3, "std": [std] * 3},
         "classes": [{"id": i, "name": n, "color": "#808080"} for i, n in enumerate(names)],
         "tile_size": 512, "onnx": "model.onnx"}, sort_keys=False))
     return out
+
+
+def null_bundle(root: Path) -> Path:
+    """A near-free model (one 1×1 convolution, 3 bands → 5 classes) as an ONNX-only bundle:
+    runs the whole pipeline with the model taken out, to measure the pipeline's own cost."""
+    import torch
+
+    out = root / "null-bundle"
+    if (out / "model.onnx").exists():
+        return out
+    torch.manual_seed(0)
+    return _onnx_only_bundle(out, torch.nn.Conv2d(3, 5, 1), "null-1x1", 110.0, 50.0)
 
 
 def replay_bundle(root: Path) -> Path:
@@ -183,30 +189,17 @@ def replay_bundle(root: Path) -> Path:
     so the pipeline's own cost is measured on a real map's polygons (the null model's pixel
     noise makes ~25x as many)."""
     import torch
-    import yaml
 
     out = root / "replay-bundle"
     if (out / "model.onnx").exists():
         return out
-    out.mkdir(parents=True, exist_ok=True)
 
     class Replay(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             ids = torch.arange(5, dtype=x.dtype).view(1, 5, 1, 1)
             return -((x[:, :1] - ids) ** 2)
 
-    torch.onnx.export(Replay().eval(), (torch.zeros(1, 3, 64, 64),), str(out / "model.onnx"),
-                      input_names=["x"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"},
-                                    "logits": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
-    names = ("bare", "building", "road", "vegetation", "water")
-    (out / "bundle.yaml").write_text(yaml.safe_dump({
-        "name": "replay-truth", "version": "0", "task": "landcover",
-        "architecture": {"name": "unet"}, "bands": [1, 2, 3],
-        "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3},
-        "classes": [{"id": i, "name": n, "color": "#808080"} for i, n in enumerate(names)],
-        "tile_size": 512, "onnx": "model.onnx"}, sort_keys=False))
-    return out
+    return _onnx_only_bundle(out, Replay(), "replay-truth", 0.0, 1.0)
 
 
 def replay_scene(size: int, root: Path) -> Path:

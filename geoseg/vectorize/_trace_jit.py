@@ -37,6 +37,12 @@ def _has_edge(lab: np.ndarray, x: int, y: int, d: int, region: int) -> bool:  # 
 
 
 @njit(cache=True, nogil=True)
+def _grown(a: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
+    """``a`` followed by as many unset entries (amortised appends)."""
+    return np.concatenate((a, np.empty_like(a)))
+
+
+@njit(cache=True, nogil=True)
 def ring_vertices(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                              np.ndarray]:  # pragma: no cover (compiled)
     """``(vx, vy, ring_start, ring_region)`` of every outline of the non-zero regions of
@@ -45,11 +51,10 @@ def ring_vertices(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     at a corner) and keeps only corners; rings come in the raster order of those starts."""
     h, w = lab.shape
     traced = np.zeros((h, w), np.bool_)  # top sides already walked
-    cap, rcap = 1024, 64
-    vx = np.empty(cap, np.int64)
-    vy = np.empty(cap, np.int64)
-    starts = np.empty(rcap, np.int64)
-    regions = np.empty(rcap, np.int32)
+    vx = np.empty(1024, np.int64)
+    vy = np.empty(1024, np.int64)
+    starts = np.empty(64, np.int64)
+    regions = np.empty(64, np.int32)
     n = 0
     nr = 0
     for r in range(h):
@@ -58,10 +63,9 @@ def ring_vertices(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             if region == 0 or traced[r, c] or (r > 0 and lab[r - 1, c] == region):
                 continue
             # a top side not yet walked: the first corner of a new ring
-            if nr == rcap:
-                rcap *= 2
-                starts = np.concatenate((starts, np.empty(rcap - nr, np.int64)))
-                regions = np.concatenate((regions, np.empty(rcap - nr, np.int32)))
+            if nr == len(starts):
+                starts = _grown(starts)
+                regions = _grown(regions)
             starts[nr] = n
             regions[nr] = region
             nr += 1
@@ -69,10 +73,9 @@ def ring_vertices(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
             nd = 0
             while True:
                 if nd != d or n == starts[nr - 1]:  # a corner: keep its start vertex
-                    if n == cap:
-                        cap *= 2
-                        vx = np.concatenate((vx, np.empty(cap - n, np.int64)))
-                        vy = np.concatenate((vy, np.empty(cap - n, np.int64)))
+                    if n == len(vx):
+                        vx = _grown(vx)
+                        vy = _grown(vy)
                     vx[n] = x
                     vy[n] = y
                     n += 1
