@@ -18,8 +18,9 @@ the GIL, so vector threads did not scale. Here the tracing is array arithmetic:
    4-connected region has exactly one exterior, so no point-in-polygon tests are needed.
 
 Steps 1-3 walk each outline once in compiled code where numba is installed
-(:mod:`geoseg.vectorize._trace_jit`: ~10x faster, without the GIL); the array version is the
-fallback and the walk's reference (the two are hypothesis-tested equal, ring for ring).
+(:mod:`geoseg.vectorize._trace_jit`, without the GIL: ``trace_regions`` 4-5.6x faster in
+``benchmarks/bench_trace.py``); the array version is the fallback and the walk's reference
+(the two are hypothesis-tested equal, ring for ring).
 
 Every ring is simple (a ring bounds one connected piece of the region's complement, and the
 left turn at a pinch keeps those pieces apart), so every polygon is valid as traced. The result
@@ -110,7 +111,7 @@ def compiled() -> Compiled | None:
     try:
         from geoseg.vectorize._trace_jit import label_stats, ring_vertices
     except ImportError as exc:  # numba missing (or not built for this Python): the array walk
-        log.info("outlines traced with numpy (%s); pip install numba for ~10x faster vectors",
+        log.info("land-cover vectors traced with numpy (%s); pip install numba: ~3x faster",
                  exc)
         return None
     except Exception as exc:  # numba found no writable cache folder, or failed otherwise
