@@ -387,62 +387,24 @@ def _coverage_union(geoms: list[Polygon], seam: int) -> shapely.Geometry | None:
     corner vertices stay, for the caller to drop (:func:`drop_collinear_many`; traced holes have
     none, so dropping after the set-aside holes joined changes nothing in them). None when the
     parts are not such a coverage."""
-    if any(g.is_empty for g in geoms):
-        return None
-    _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(np.asarray(geoms, dtype=object))
-    if not np.array_equal(xy, np.rint(xy)):
-        return None
-    sizes = np.diff(ring_off)
-    ring_of = np.repeat(np.arange(len(sizes)), sizes)
-    touches = np.bincount(ring_of, weights=((xy[:, 0] % seam == 0) | (xy[:, 1] % seam == 0)),
-                          minlength=len(sizes)) > 0
-    shell = np.zeros(len(sizes), bool)
-    shell[poly_off[:-1]] = True
-    kept = shell | touches
-    part_of_ring = np.repeat(np.arange(len(poly_off) - 1), np.diff(poly_off))
-    kept_poly_off = np.concatenate([[0], np.cumsum(np.bincount(part_of_ring[kept],
-                                                               minlength=len(poly_off) - 1))])
-    dense = _unit_vertices(xy[kept[ring_of]], sizes[kept], kept_poly_off, seam)
-    if dense is None:
-        return None
-    try:
-        union = shapely.coverage_union_all(dense)
-    except shapely.errors.GEOSException:
-        return None
-    if not isinstance(union, Polygon):
-        return union
-    if kept.all():
-        return union
-    return _with_holes(union, xy[~kept[ring_of]], sizes[~kept])
+    return _coverage_unions([geoms], seam)[0]
 
 
 def _coverage_unions(groups: list[list[Polygon]], seam: int) -> list[shapely.Geometry | None]:
     """:func:`_coverage_union` of each group, with one ragged conversion and one vertex
     densification for all of them (per group, those Python-level steps were most of the seam
     merge's time: a closed chunk completes hundreds of small groups); GEOS's coverage union
-    runs per group. Any group that is not a plain pixel coverage sends every group through
-    :func:`_coverage_union` one by one, which decides for each as before."""
+    runs per group. Where some group is not a plain pixel coverage, each group is decided on
+    its own."""
     flat = [g for group in groups for g in group]
-    if not flat or any(g.is_empty for g in flat):
-        return [_coverage_union(group, seam) for group in groups]
     geoms = np.empty(len(flat), dtype=object)
     geoms[:] = flat
-    _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(geoms)
-    if not np.array_equal(xy, np.rint(xy)):
-        return [_coverage_union(group, seam) for group in groups]
+    parts = None if not flat or any(g.is_empty for g in flat) else _densified(geoms, seam)
+    if parts is None:
+        return [None] if len(groups) == 1 else [_coverage_union(g, seam) for g in groups]
+    xy, ring_off, poly_off, kept, dense = parts
     sizes = np.diff(ring_off)
     ring_of = np.repeat(np.arange(len(sizes)), sizes)
-    touches = np.bincount(ring_of, weights=((xy[:, 0] % seam == 0) | (xy[:, 1] % seam == 0)),
-                          minlength=len(sizes)) > 0
-    shell = np.zeros(len(sizes), bool)
-    shell[poly_off[:-1]] = True
-    kept = shell | touches
-    part_of_ring = np.repeat(np.arange(len(poly_off) - 1), np.diff(poly_off))
-    kept_poly_off = np.concatenate([[0], np.cumsum(np.bincount(part_of_ring[kept],
-                                                               minlength=len(poly_off) - 1))])
-    dense = _unit_vertices(xy[kept[ring_of]], sizes[kept], kept_poly_off, seam)
-    if dense is None:
-        return [_coverage_union(group, seam) for group in groups]
     first_poly = np.concatenate([[0], np.cumsum([len(group) for group in groups])])
     out: list[shapely.Geometry | None] = []
     for g in range(len(groups)):
@@ -455,12 +417,34 @@ def _coverage_unions(groups: list[list[Polygon]], seam: int) -> list[shapely.Geo
         r0, r1 = int(poly_off[p0]), int(poly_off[p1])
         holes = ~kept[r0:r1]
         if isinstance(union, Polygon) and holes.any():  # the set-aside holes, in their order
-            v0 = int(ring_off[r0])
-            at = ring_of[v0:int(ring_off[r1])] - r0
-            union = _with_holes(union, xy[v0:int(ring_off[r1])][holes[at]],
+            v0, v1 = int(ring_off[r0]), int(ring_off[r1])
+            union = _with_holes(union, xy[v0:v1][holes[ring_of[v0:v1] - r0]],
                                 sizes[r0:r1][holes])
         out.append(union)
     return out
+
+
+def _densified(geoms: np.ndarray, seam: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(xy, ring_off, poly_off, kept, dense)`` of seam parts: their ragged coordinates, which
+    rings are kept for the union (shells, and holes with a vertex on a seam line) and, per
+    part, its kept rings with a vertex at every pixel corner on a seam. None unless every
+    vertex is an integer and every edge axis-parallel."""
+    _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(geoms)
+    if not np.array_equal(xy, np.rint(xy)):
+        return None
+    sizes = np.diff(ring_off)
+    ring_of = np.repeat(np.arange(len(sizes)), sizes)
+    touches = np.bincount(ring_of, weights=((xy[:, 0] % seam == 0) | (xy[:, 1] % seam == 0)),
+                          minlength=len(sizes)) > 0
+    shell = np.zeros(len(sizes), bool)
+    shell[poly_off[:-1]] = True
+    kept = shell | touches
+    part_of_ring = np.repeat(np.arange(len(poly_off) - 1), np.diff(poly_off))
+    kept_poly_off = np.concatenate([[0], np.cumsum(np.bincount(part_of_ring[kept],
+                                                               minlength=len(poly_off) - 1))])
+    dense = _unit_vertices(xy[kept[ring_of]], sizes[kept], kept_poly_off, seam)
+    return None if dense is None else (xy, ring_off, poly_off, kept, dense)
 
 
 def _with_holes(poly: Polygon, xy: np.ndarray, sizes: np.ndarray) -> Polygon:
