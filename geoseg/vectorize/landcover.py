@@ -402,9 +402,8 @@ def _coverage_unions(groups: list[list[Polygon]], seam: int) -> list[shapely.Geo
     parts = None if not flat or any(g.is_empty for g in flat) else _densified(geoms, seam)
     if parts is None:
         return [None] if len(groups) == 1 else [_coverage_union(g, seam) for g in groups]
-    xy, ring_off, poly_off, kept, dense = parts
+    xy, ring_off, poly_off, ring_of, kept, dense = parts
     sizes = np.diff(ring_off)
-    ring_of = np.repeat(np.arange(len(sizes)), sizes)
     first_poly = np.concatenate([[0], np.cumsum([len(group) for group in groups])])
     out: list[shapely.Geometry | None] = []
     for g in range(len(groups)):
@@ -424,12 +423,11 @@ def _coverage_unions(groups: list[list[Polygon]], seam: int) -> list[shapely.Geo
     return out
 
 
-def _densified(geoms: np.ndarray, seam: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(xy, ring_off, poly_off, kept, dense)`` of seam parts: their ragged coordinates, which
-    rings are kept for the union (shells, and holes with a vertex on a seam line) and, per
-    part, its kept rings with a vertex at every pixel corner on a seam. None unless every
-    vertex is an integer and every edge axis-parallel."""
+def _densified(geoms: np.ndarray, seam: int) -> tuple[np.ndarray, ...] | None:
+    """``(xy, ring_off, poly_off, ring_of, kept, dense)`` of seam parts: their ragged
+    coordinates and each vertex's ring, which rings are kept for the union (shells, and holes
+    with a vertex on a seam line) and, per part, its kept rings with a vertex at every pixel
+    corner on a seam. None unless every vertex is an integer and every edge axis-parallel."""
     _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(geoms)
     if not np.array_equal(xy, np.rint(xy)):
         return None
@@ -444,7 +442,7 @@ def _densified(geoms: np.ndarray, seam: int
     kept_poly_off = np.concatenate([[0], np.cumsum(np.bincount(part_of_ring[kept],
                                                                minlength=len(poly_off) - 1))])
     dense = _unit_vertices(xy[kept[ring_of]], sizes[kept], kept_poly_off, seam)
-    return None if dense is None else (xy, ring_off, poly_off, kept, dense)
+    return None if dense is None else (xy, ring_off, poly_off, ring_of, kept, dense)
 
 
 def _with_holes(poly: Polygon, xy: np.ndarray, sizes: np.ndarray) -> Polygon:
