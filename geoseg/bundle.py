@@ -99,12 +99,11 @@ class Normalization(_Strict):
         when the bundle clips, then ``(x - mean) / std``. The one definition the numpy paths
         (onnxruntime, training) use; the torch predictor does the same on its device."""
         shape = (len(self.mean), 1, 1)
-        x = np.asarray(x, dtype=np.float32)
+        out = np.array(x, dtype=np.float32)  # one new array, worked on in place; x stays
         if self.clip is not None:
-            x = np.clip(x, np.asarray(self.clip[0], np.float32).reshape(shape),
-                        np.asarray(self.clip[1], np.float32).reshape(shape))
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
-        out = np.subtract(x, mean, dtype=np.float32)  # one new array; x stays as it was
+            np.clip(out, np.asarray(self.clip[0], np.float32).reshape(shape),
+                    np.asarray(self.clip[1], np.float32).reshape(shape), out=out)
+        np.subtract(out, np.asarray(self.mean, dtype=np.float32).reshape(shape), out=out)
         return np.divide(out, np.asarray(self.std, dtype=np.float32).reshape(shape), out=out)
 
 

@@ -218,6 +218,8 @@ def _predict_model(plan: Plan, ref: ModelRef, model: ProbaModel, inp: ChunkInput
         with stageclock.part("classify"):
             return classify(probs[:, rs, cs], valid_core, FILL)
     with stageclock.part("classify"):
+        if valid_core.all():  # the common case: nothing to mask
+            return cls, conf
         return np.where(valid_core, cls, np.uint8(FILL)), np.where(valid_core, conf, np.uint8(0))
 
 

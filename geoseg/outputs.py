@@ -36,11 +36,17 @@ from geoseg.thumbs import IMAGE, Thumbs, panel_bands, quicklook_step, sample_sli
 # COG once in a full test run), so the cap is given in bytes, and GeoTIFF writers take turns.
 EXPORT_CACHE_BYTES = 64 * 2**20
 _GTIFF_WRITES = threading.Lock()
+# libdeflate's level 6 (GDAL's default) searches matches much harder than level 5: the COG of
+# the 16384² replay class map (main image + overviews, one thread) took 5.2-5.4 CPU-s at level
+# 6 against 3.1 at 5, for 14.9 against 17.2 MB; the demo's 4096² land cover 0.40 → 0.25 CPU-s
+# for 1.0 → 1.1 MB (DESIGN.md, "COG at DEFLATE level 5"). The export is the tail of every job.
+COG_DEFLATE_LEVEL = 5
 
 
 def export_cog(plan: Plan, store: str, layer: str, path: str | Path, threads: int = 1) -> Path:
-    """Class map of ``layer`` as a COG (DEFLATE, 512 tiles, overviews, colour table, nodata),
-    its tiles compressed by ``threads`` GDAL threads (the same file for any number).
+    """Class map of ``layer`` as a COG (DEFLATE at :data:`COG_DEFLATE_LEVEL`, 512 tiles,
+    overviews, colour table, nodata), its tiles compressed by ``threads`` GDAL threads (the
+    same file for any number).
 
     GDAL's COG driver only copies: from a local store it copies a VRT over the store's Zarr
     array (GDAL reads Zarr v2 with Blosc), otherwise from a tiled GeoTIFF written chunk by
@@ -65,8 +71,8 @@ def export_cog(plan: Plan, store: str, layer: str, path: str | Path, threads: in
         else:
             _write_tiles(plan, store, layer, classes, tmp)
             src = tmp
-        rio_copy(src, out_tmp, driver="COG", compress="DEFLATE", blocksize=512,
-                 overview_resampling="nearest", num_threads=max(1, threads))
+        rio_copy(src, out_tmp, driver="COG", compress="DEFLATE", level=COG_DEFLATE_LEVEL,
+                 blocksize=512, overview_resampling="nearest", num_threads=max(1, threads))
     src.unlink()
     os.replace(out_tmp, final)
     return final
