@@ -278,10 +278,15 @@ def _stage_profile(summary: dict[str, Any], wall: float, cpu: float,
     mpx = summary["throughput"]["pixels"] / 1e6
     st, t = dict(summary["stage_cpu_s"]), summary["timings_s"]
     rows: list[tuple[str, float]] = [("read", st.pop("read_s", 0.0))]
+    part_cpu: dict[str, float] = {}  # the model thread's CPU-s in each part
     for model in summary["models"]:
         rows.append((f"predict {model}", st.pop(f"predict_{model}_s", 0.0)))
-        rows += [(f"  {part}", st.pop(f"{part}_{model}_s", 0.0))
-                 for part in PARTS]
+        for part in PARTS:
+            rows.append((f"  {part}", st.pop(f"{part}_{model}_s", 0.0)))
+            if f"{part}_{model}_cpu_s" in st:
+                part_cpu[f"  {part} (model thread's CPU)"] = st.pop(f"{part}_{model}_cpu_s")
+    forward_cpu = sum(v for k, v in part_cpu.items() if k.startswith("  forward"))
+    rows += list(part_cpu.items())
     rows.append(("Zarr write", st.pop("write_s", 0.0)))
     rows += [(k.removesuffix("_s"), v) for k, v in sorted(st.items())]
     rows += [("vectorize tasks", t.get("vectorize_task_s", 0.0)),
@@ -297,6 +302,10 @@ def _stage_profile(summary: dict[str, Any], wall: float, cpu: float,
     cores = os.cpu_count() or 1
     out.append(f"    {'whole run, CPU-s of the process tree':<42} {cpu / mpx:>7.3f} CPU-s/Mpx "
                f"({cpu:.1f} CPU-s over {wall:.1f} s wall)")
+    if part_cpu:  # exact with the model on one thread (--threads 1); else its pool is native
+        out.append(f"    {'not the forward pass (whole run less it)':<42} "
+                   f"{(cpu - forward_cpu) / mpx:>7.3f} CPU-s/Mpx (forward, model thread: "
+                   f"{forward_cpu / mpx:.3f})")
     out.append(f"    {'idle cores (cores x wall - CPU-s)':<42} "
                f"{max(cores * wall - cpu, 0.0) / mpx:>7.3f} core-s/Mpx "
                f"({max(1 - cpu / (cores * wall), 0.0):.0%} of {cores} cores' time)")
@@ -310,6 +319,8 @@ def _geoseg(img: str, out: Path, bundle: str, a: argparse.Namespace, vectors: bo
            "-q", "run", img, "-o", str(out), "--overwrite",
            "-m", bundle, "--chunk-size", str(a.chunk_size), "--halo", str(a.halo),
            "--engine", engine, "--passes-at-once", str(a.passes_at_once)]
+    if a.threads is not None:
+        cmd += ["--threads", str(a.threads)]
     if not vectors:
         cmd.append("--no-vectors")
     res = measure(cmd)
@@ -370,6 +381,10 @@ def main() -> None:
                    help="engine of the geoseg rows (auto: what geoseg run picks)")
     p.add_argument("--passes-at-once", type=int, default=1,
                    help="geoseg rows: model passes at once (ONNX on CPUs; see DESIGN.md)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="geoseg rows: the model's threads (geoseg run --threads; 1 puts the "
+                        "whole forward pass in the model thread, so the pipeline's own CPU is "
+                        "exact)")
     p.add_argument("--rv-python", default=os.environ.get("GEOSEG_RV_PYTHON", sys.executable),
                    help="a Python with Raster Vision 0.31.1 for the peers' row (skipped when it "
                         "has none; see benchmarks/rv_predict.py)")

@@ -182,6 +182,8 @@ def predict_chunk(plan: Plan, models: Mapping[str, ProbaModel], inp: ChunkInput)
         timings[f"predict_{ref.name}_s"] = time.perf_counter() - t0
         for name in stageclock.PARTS:  # (not predict_*: that sum is the model's whole time)
             timings[f"{name}_{ref.name}_s"] = parts.get(name, 0.0)
+            if name in parts.cpu:
+                timings[f"{name}_{ref.name}_cpu_s"] = parts.cpu[name]
     return ChunkOutput(inp.chunk, out, timings, inp.sources, inp.thumb)
 
 

@@ -47,3 +47,19 @@ def test_a_part_counts_the_time_of_a_block_that_raises() -> None:
         except ValueError:
             pass
     assert acc["forward"] >= 0.01
+
+
+def test_a_part_counts_the_threads_cpu_apart_from_its_wall() -> None:
+    """``cpu``: the collecting thread's CPU seconds per part; a part that waits (a sleep, an
+    engine's own pool) has wall seconds but almost no CPU, a part that computes has both."""
+    with stageclock.collect() as acc:
+        with stageclock.part("forward"):
+            time.sleep(0.1)
+        with stageclock.part("classify"):
+            t0 = time.thread_time()
+            while time.thread_time() - t0 < 0.05:
+                pass
+        stageclock.add("blend", 0.5)  # a remainder: wall only
+    assert acc["forward"] >= 0.1 and acc.cpu["forward"] < 0.05
+    assert acc.cpu["classify"] >= 0.05 and acc["classify"] >= acc.cpu["classify"] - 0.01
+    assert "blend" not in acc.cpu and set(acc) == {"forward", "classify", "blend"}
