@@ -99,11 +99,15 @@ class Normalization(_Strict):
         when the bundle clips, then ``(x - mean) / std``. The one definition the numpy paths
         (onnxruntime, training) use; the torch predictor does the same on its device."""
         shape = (len(self.mean), 1, 1)
-        out = np.array(x, dtype=np.float32)  # one new array, worked on in place; x stays
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
+        # one new array, made by the first pass (converted as it is read), then worked on in
+        # place; x stays as it was
         if self.clip is not None:
-            np.clip(out, np.asarray(self.clip[0], np.float32).reshape(shape),
-                    np.asarray(self.clip[1], np.float32).reshape(shape), out=out)
-        np.subtract(out, np.asarray(self.mean, dtype=np.float32).reshape(shape), out=out)
+            out = np.clip(x, np.asarray(self.clip[0], np.float32).reshape(shape),
+                          np.asarray(self.clip[1], np.float32).reshape(shape), dtype=np.float32)
+            np.subtract(out, mean, out=out)
+        else:
+            out = np.subtract(x, mean, dtype=np.float32)
         return np.divide(out, np.asarray(self.std, dtype=np.float32).reshape(shape), out=out)
 
 

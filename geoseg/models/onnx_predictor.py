@@ -9,6 +9,7 @@ normalisation and softmax, but no PyTorch in the process: the model worker of a 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ class OnnxPredictor:
             raise InputError(f"num_threads must be >= 1, got {num_threads}")
         path = model_file(self.spec, self.bundle_dir, "onnx")
         self.session = OnnxSession(path, self.spec, device, num_threads)
+        self._local = threading.local()  # per thread: its logits buffer (passes at once)
         logger.info("loaded bundle %s v%s with onnx on %s", self.spec.name, self.spec.version,
                     ", ".join(self.session.providers))
 
@@ -52,15 +54,26 @@ class OnnxPredictor:
     def num_classes(self) -> int:
         return self.spec.num_classes
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Logits ``(N, K, H, W)`` for raw tiles ``(N, C, H, W)``."""
+    def logits(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Logits ``(N, K, H, W)`` for raw tiles ``(N, C, H, W)`` (into ``out`` when given, see
+        :meth:`OnnxSession.run`)."""
         if x.ndim != 4 or x.shape[1] != len(self.spec.bands):
             raise InputError(f"bundle {self.spec.name!r} reads {len(self.spec.bands)} bands, got "
                              f"a batch of shape {x.shape}")
         with part("normalize"):
             normed = np.ascontiguousarray(self.spec.normalization.apply(x))  # clipped first
         with part("forward"):
-            return self.session.run(normed)
+            return self.session.run(normed, out)
+
+    def _logits_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """This thread's logits array of ``shape``, kept from pass to pass: onnxruntime writes
+        into it instead of a new array filled by a copy (a 26 MB array a 1152² pass of 5
+        classes, at every chunk fresh pages; DESIGN.md, "Logits into a kept buffer")."""
+        buf: np.ndarray | None = getattr(self._local, "logits", None)
+        if buf is None or buf.shape != shape:
+            buf = self._local.logits = None  # the old one goes first
+            buf = self._local.logits = np.empty(shape, np.float32)
+        return buf
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Per-class probabilities ``(N, K, H, W)`` float32."""
@@ -71,7 +84,8 @@ class OnnxPredictor:
     def predict_core(self, x: np.ndarray, crop: Crop) -> tuple[np.ndarray, np.ndarray]:
         """Class ids and confidence (uint8) of one raw tile ``(1, C, H, W)`` inside ``crop``."""
         rs, cs = crop
-        logits = self.logits(x)[0][:, rs, cs]
+        out = self._logits_buffer((x.shape[0], self.spec.num_classes, *x.shape[2:]))
+        logits = self.logits(x, out)[0][:, rs, cs]
         with part("classify"):
             return classify_logits(logits)
 

@@ -170,8 +170,11 @@ class OnnxSession:
         self.fixed_batch = batch == 1
         self.fixed_hw = (_dim(shape[2]), _dim(shape[3]))
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Logits ``(N, K, H, W)`` float32 for normalised tiles ``(N, C, H, W)`` float32."""
+    def run(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Logits ``(N, K, H, W)`` float32 for normalised tiles ``(N, C, H, W)`` float32.
+        ``out``: a C-contiguous float32 array of the logits' shape that onnxruntime writes
+        them into (bound to the graph's output, so no new array is filled by a copy), and
+        that is returned."""
         _, _, h, w = x.shape
         fh, fw = self.fixed_hw
         if (fh is not None and fh != h) or (fw is not None and fw != w):
@@ -179,6 +182,18 @@ class OnnxSession:
                              f"{h}x{w}: set inference.tile_size (--tile-size) to match")
         if self.fixed_batch and len(x) > 1:
             return np.concatenate([self.run(x[i:i + 1]) for i in range(len(x))])
+        if out is not None:
+            if out.dtype != np.float32 or not out.flags.c_contiguous:
+                raise ValueError("out must be a C-contiguous float32 array")
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(x))
+            binding.bind_output(self.output_name, "cpu", 0, np.float32, list(out.shape),
+                                out.ctypes.data)
+            try:
+                self.session.run_with_iobinding(binding)
+                return out
+            except Exception:  # the plain run below says what is wrong, or works
+                pass
         try:
             (logits,) = self.session.run([self.output_name], {self.input_name: x})
         except Exception as exc:  # onnxruntime's errors are untyped (Fail, InvalidArgument, ...)
@@ -194,4 +209,7 @@ class OnnxSession:
         if logits.shape[0] != x.shape[0] or logits.shape[2:] != x.shape[2:]:
             raise InputError(f"{self.path.name} returned logits {logits.shape} for tiles "
                              f"{x.shape}: geoseg needs (N, K, H, W) at the input resolution")
+        if out is not None:
+            out[...] = logits
+            return out
         return logits

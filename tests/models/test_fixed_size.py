@@ -359,3 +359,44 @@ def test_shape_error_is_not_retried(tmp_path: Path) -> None:
     failed = _summary(out)["chunks"]["failed"]  # type: ignore[index]
     assert len(failed) == 1 and failed[0]["attempts"] == 1 and not failed[0]["retryable"]
     assert "cannot run a 192x192 px tile" in failed[0]["error"]
+
+
+def test_logits_written_into_a_kept_buffer(tmp_path: Path, graph: Path) -> None:
+    """With ``out``, onnxruntime writes the logits into that array (bound to the graph's
+    output) and it is returned: the same values as a plain run, pass after pass. The
+    predictor keeps one such buffer per thread: its class ids and confidence equal those
+    of the plain logits for every tile, so a kept buffer never carries one tile's values
+    into the next."""
+    pred = _predictor(_bundle(tmp_path, graph))
+    rng = np.random.default_rng(3)
+    tiles = [rng.integers(0, 255, (1, 4, TILE, TILE)).astype(np.float32) for _ in range(3)]
+    buf = np.empty((1, 3, TILE, TILE), np.float32)
+    for tile in tiles:
+        normed = np.ascontiguousarray(pred.spec.normalization.apply(tile))
+        plain = pred.session.run(normed)
+        got = pred.session.run(normed, out=buf)
+        assert got is buf and np.array_equal(got, plain)
+        want = classify_logits(plain[0][:, 8:88, 8:88])
+        cls, conf = pred.predict_core(tile, (slice(8, 88), slice(8, 88)))
+        assert np.array_equal(cls, want[0]) and np.array_equal(conf, want[1])
+    with pytest.raises(InputError, match="takes 96x96 px tiles, got 64x64"):  # fixed size
+        pred.session.run(np.zeros((1, 4, 64, 64), np.float32), out=buf)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        pred.session.run(np.zeros((1, 4, TILE, TILE), np.float32),
+                         out=np.empty((1, 3, TILE, TILE), np.float64))
+
+
+def test_logits_at_another_resolution_are_one_clear_error(tmp_path: Path) -> None:
+    """A graph whose logits are not at its input's resolution (a stride-2 head): one
+    InputError that says so, with a bound output buffer as without one."""
+    path = tmp_path / "half.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(nn.Conv2d(4, 3, 3, stride=2, padding=1).eval(),
+                          (torch.zeros(1, 4, TILE, TILE),), str(path), dynamo=False,
+                          input_names=["image"], output_names=["logits"])
+    pred = _predictor(_bundle(tmp_path, path))
+    x = np.zeros((1, 4, TILE, TILE), np.float32)
+    for out in (None, np.empty((1, 3, TILE, TILE), np.float32)):
+        with pytest.raises(InputError, match="at the input resolution"):
+            pred.session.run(x, out=out)
