@@ -303,9 +303,11 @@ def _stage_profile(summary: dict[str, Any], wall: float, cpu: float,
     out.append(f"    {'whole run, CPU-s of the process tree':<42} {cpu / mpx:>7.3f} CPU-s/Mpx "
                f"({cpu:.1f} CPU-s over {wall:.1f} s wall)")
     if part_cpu:  # exact with the model on one thread (--threads 1); else its pool is native
+        one = summary.get("runtime", {}).get("threads_per_worker") == 1
         out.append(f"    {'not the forward pass (whole run less it)':<42} "
                    f"{(cpu - forward_cpu) / mpx:>7.3f} CPU-s/Mpx (forward, model thread: "
-                   f"{forward_cpu / mpx:.3f})")
+                   f"{forward_cpu / mpx:.3f}" + (")" if one else "; the engine's own threads "
+                                                 "are not in it: exact with --threads 1)"))
     out.append(f"    {'idle cores (cores x wall - CPU-s)':<42} "
                f"{max(cores * wall - cpu, 0.0) / mpx:>7.3f} core-s/Mpx "
                f"({max(1 - cpu / (cores * wall), 0.0):.0%} of {cores} cores' time)")

@@ -232,10 +232,13 @@ def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
     with storage_errors(Path(store), fatal_only=True):  # disk full / permission: one line
         write_chunk(store, out.chunk, out.arrays, plan.chunks.chunk)
     hist: dict[str, list[int]] = {}
-    for ref in plan.models:
-        counts = np.bincount(out.arrays[ref.name].ravel(), minlength=256)
+    valid = 0
+    for i, ref in enumerate(plan.models):
+        cls = out.arrays[ref.name]
+        counts = np.bincount(cls.ravel(), minlength=256)
         hist[ref.name] = [int(v) for v in counts[: ref.spec.num_classes]]
-    valid = int(np.count_nonzero(out.arrays[plan.models[0].name] != FILL))
+        if i == 0:  # the first model's pixels that are not fill
+            valid = int(cls.size - counts[FILL])
     extra: dict[str, Any] = {}
     if plan.grid.crs.is_geographic:  # a pixel's area depends on its row (latitude)
         w = out.chunk.window

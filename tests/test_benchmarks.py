@@ -72,3 +72,23 @@ def test_replay_bundle_predicts_the_class_written_in_band_one(tmp_path: Path) ->
     x[:, 0] = rng.integers(0, 5, (2, 40, 56))
     proba = OnnxPredictor(replay_bundle(tmp_path), num_threads=1).predict_proba(x)
     np.testing.assert_array_equal(proba.argmax(axis=1), x[:, 0])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stage_profile_takes_the_forward_pass_out_of_the_runs_cpu(threads: int) -> None:
+    """The profile's "not the forward pass" line: the run's CPU-s less the model thread's CPU
+    in the forward part, per Mpx; with the engine on more than one thread it says that its
+    own threads are not taken out."""
+    from benchmarks.bench_pipeline import _stage_profile
+
+    summary = {"throughput": {"pixels": 4_000_000}, "models": {"landcover": "m@1"},
+               "runtime": {"threads_per_worker": threads},
+               "stage_cpu_s": {"read_s": 0.4, "predict_landcover_s": 3.0,
+                               "forward_landcover_s": 2.0, "forward_landcover_cpu_s": 1.2,
+                               "classify_landcover_s": 0.8, "classify_landcover_cpu_s": 0.3},
+               "timings_s": {"total_s": 9.0}}
+    lines = _stage_profile(summary, wall=10.0, cpu=14.0, threads={})
+    row = next(line for line in lines if "not the forward pass" in line)
+    assert "3.200 CPU-s/Mpx" in row and "forward, model thread: 0.300" in row  # (14-1.2)/4
+    assert ("exact with --threads 1" in row) == (threads != 1)
+    assert any("forward (model thread's CPU)" in line and "0.300" in line for line in lines)

@@ -446,14 +446,13 @@ def _densified(geoms: np.ndarray, seam: int) -> tuple[np.ndarray, ...] | None:
 
 
 def _with_holes(poly: Polygon, xy: np.ndarray, sizes: np.ndarray) -> Polygon:
-    """``poly`` with extra hole rings (closed coordinate runs of ``sizes``) added."""
-    _kind, pxy, (ring_off, _poly_off) = shapely.to_ragged_array(np.asarray([poly], dtype=object))
-    all_xy = np.concatenate([pxy, xy])
-    all_sizes = np.concatenate([np.diff(ring_off), sizes])
-    offsets = np.concatenate([[0], np.cumsum(all_sizes)])
-    result = shapely.from_ragged_array(shapely.GeometryType.POLYGON, all_xy,
-                                       (offsets, np.asarray([0, len(all_sizes)])))
-    return result[0]
+    """``poly`` with extra hole rings (closed coordinate runs of ``sizes``) added after its
+    own: GEOS copies the rings it has and builds the new ones from the coordinates in C
+    (through ragged arrays the union's coordinates went through Python objects ring by ring:
+    0.24 → 0.10 CPU-s for the 2,528 unions of the replay map at 16384²)."""
+    own = shapely.get_interior_ring(poly, np.arange(shapely.get_num_interior_rings(poly)))
+    new = shapely.linearrings(xy, indices=np.repeat(np.arange(len(sizes)), sizes))
+    return shapely.polygons(shapely.get_exterior_ring(poly), holes=np.concatenate([own, new]))
 
 
 def _unit_vertices(xy: np.ndarray, sizes: np.ndarray, poly_off: np.ndarray,
