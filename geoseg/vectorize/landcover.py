@@ -357,7 +357,10 @@ def _seam_pairs(border: dict[PartKey, BorderPart], a_index: ChunkIndex, a_edge: 
     both = (a_edge > 0) & (b_edge > 0)
     if not both.any():
         return
-    pairs = np.unique(np.stack([a_edge[both], b_edge[both]], axis=1), axis=0)
+    # the distinct (a, b) label pairs in (a, b) order, as one int64 key each (labels are
+    # positive int32): a plain sort, where np.unique(axis=0) sorted rows as byte strings
+    keys = np.unique((a_edge[both].astype(np.int64) << 32) | b_edge[both].astype(np.int64))
+    pairs = np.stack([keys >> 32, keys & 0xFFFFFFFF], axis=1)
     for la, lb in pairs.tolist():
         ka, kb = (a_index, la), (b_index, lb)
         if ka not in border or kb not in border:

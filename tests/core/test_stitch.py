@@ -60,3 +60,18 @@ def test_max_argmax_equals_numpy(k: int, h: int, w: int, levels: int, seed: int)
     assert cls.dtype == np.uint8
     np.testing.assert_array_equal(cls, values.argmax(axis=0))
     np.testing.assert_array_equal(top, values.max(axis=0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 40), h=st.integers(1, 40), w=st.integers(1, 40), seed=st.integers(0, 99))
+def test_class_counts_equal_bincount(k: int, h: int, w: int, seed: int) -> None:
+    """A chunk's class histogram (and its fill pixels) as ``bincount`` counts them, for few
+    classes (one comparison each) and many (``bincount``)."""
+    from geoseg.chunks import class_counts
+    from geoseg.store import FILL
+
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, k, (h, w)).astype(np.uint8)
+    cls[rng.random((h, w)) < 0.2] = FILL
+    want = np.bincount(cls.ravel(), minlength=256)
+    assert class_counts(cls, k) == [int(v) for v in want[:k]] + [int(want[FILL])]
