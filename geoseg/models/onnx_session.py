@@ -181,6 +181,10 @@ class OnnxSession:
             raise InputError(f"{self.path.name} takes {fh or 'any'}x{fw or 'any'} px tiles, got "
                              f"{h}x{w}: set inference.tile_size (--tile-size) to match")
         if self.fixed_batch and len(x) > 1:
+            if out is not None:
+                for i in range(len(x)):
+                    self.run(x[i:i + 1], out[i:i + 1])
+                return out
             return np.concatenate([self.run(x[i:i + 1]) for i in range(len(x))])
         if out is not None:
             if out.dtype != np.float32 or not out.flags.c_contiguous:

@@ -379,6 +379,11 @@ def test_logits_written_into_a_kept_buffer(tmp_path: Path, graph: Path) -> None:
         want = classify_logits(plain[0][:, 8:88, 8:88])
         cls, conf = pred.predict_core(tile, (slice(8, 88), slice(8, 88)))
         assert np.array_equal(cls, want[0]) and np.array_equal(conf, want[1])
+    # the graph's batch is fixed to 1: a batch of two runs tile by tile into out's rows
+    batch = np.ascontiguousarray(pred.spec.normalization.apply(np.concatenate(tiles[:2])))
+    two = np.empty((2, 3, TILE, TILE), np.float32)
+    assert pred.session.run(batch, out=two) is two
+    assert np.array_equal(two, pred.session.run(batch))
     with pytest.raises(InputError, match="takes 96x96 px tiles, got 64x64"):  # fixed size
         pred.session.run(np.zeros((1, 4, 64, 64), np.float32), out=buf)
     with pytest.raises(ValueError, match="C-contiguous float32"):
