@@ -186,6 +186,10 @@ class _LocalArray:
     separator: str
     codec: Any  # a numcodecs codec, or None (uncompressed)
 
+    def chunk_file(self, index: tuple[int, int]) -> Path:
+        """The file of the chunk at ``index`` (row, column)."""
+        return self.folder / self.separator.join(str(i) for i in index)
+
 
 _LOCAL_ARRAYS: dict[tuple[str, int, int], _LocalArray | None] = {}
 
@@ -230,7 +234,7 @@ def _write_local(arr: _LocalArray, index: tuple[int, int], block: np.ndarray) ->
         full = np.full(arr.chunks, arr.fill, dtype=arr.dtype)
         full[:data.shape[0], :data.shape[1]] = data
         data = full
-    target = arr.folder / arr.separator.join(str(i) for i in index)
+    target = arr.chunk_file(index)
     if arr.fill is not None and bool(np.all(data == arr.fill)):
         target.unlink(missing_ok=True)  # the store's own chunk: an empty one is no file
         return
@@ -259,7 +263,7 @@ def _read_local(arr: _LocalArray, window: Window) -> np.ndarray:
             dest = out[y0 - window.row_off:y1 - window.row_off,
                        x0 - window.col_off:x1 - window.col_off]
             try:
-                raw = (arr.folder / arr.separator.join((str(r), str(c)))).read_bytes()
+                raw = arr.chunk_file((r, c)).read_bytes()
             except FileNotFoundError:  # zarr stores no chunk that is all fill value
                 dest[...] = arr.fill
                 continue

@@ -71,8 +71,8 @@ class OnnxPredictor:
         classes, at every chunk fresh pages; DESIGN.md, "Logits into a kept buffer")."""
         buf: np.ndarray | None = getattr(self._local, "logits", None)
         if buf is None or buf.shape != shape:
-            buf = self._local.logits = None  # the old one goes first
-            buf = self._local.logits = np.empty(shape, np.float32)
+            self._local.logits = buf = None  # the old one goes before the new one is made
+            self._local.logits = buf = np.empty(shape, np.float32)
         return buf
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
