@@ -146,6 +146,11 @@ class RuntimeConfig(_Strict):
     # process). Default (None): processes beside a GPU and for building footprints on CPUs
     # from 2048² pixels on (threads convoy on the GIL there), threads otherwise (DESIGN.md)
     vector_processes: int | None = Field(default=None, ge=0)
+    # the GeoPackage writer (seam merges, WKB, GDAL writes) in a process of its own (False: a
+    # thread of the job's process, where it holds the interpreter lock the model's caller,
+    # reads and writes need). Default (None): a process beside a GPU from 4096² pixels on, on
+    # CPUs from 16384² (DESIGN.md)
+    gpkg_process: bool | None = None
 
 
 class JobConfig(_Strict):
@@ -236,6 +241,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "threads": ("runtime", "threads_per_worker"),
     "passes_at_once": ("runtime", "passes_at_once"),
     "vector_processes": ("runtime", "vector_processes"),
+    "gpkg_process": ("runtime", "gpkg_process"),
     "device": ("runtime", "device"),
     "num_cpus": ("runtime", "num_cpus"),
     "chunk_retries": ("runtime", "chunk_retries"),

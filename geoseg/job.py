@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,8 +36,12 @@ from geoseg.runtime.base import GPU_PASSES, Backend, ChunkFailure
 from geoseg.runtime.connection import ray_connected
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.provenance import code_version
+from geoseg.runtime.sink_process import ProcessSink, use_process
 from geoseg.sources.remote import redact
 from geoseg.thumbs import THUMBS, Thumbs
+
+if TYPE_CHECKING:
+    from geoseg.vector_outputs import BackgroundSink
 
 log = logging.getLogger(__name__)
 
@@ -406,19 +410,29 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     nodes = getattr(backend, "cpu_nodes", None)
     workers, threads = _width(cfg, device, gpus, nodes() if callable(nodes) else None)
 
-    sink = None
+    sink: BackgroundSink | ProcessSink | None = None
     vector_fn = None
     if cfg.vectors.enabled:
-        from geoseg.vector_outputs import BackgroundSink, GeoPackageSink, vectorize_chunk
+        from geoseg.sources.mosaic import Mosaic
+        from geoseg.vector_outputs import (
+            BackgroundSink,
+            GeoPackageSink,
+            SourceDates,
+            vectorize_chunk,
+        )
 
         common = {"source_image": Path(redact(plan.image.path)).name,
                   "acquisition_date": plan.image.acquisition_date or ""}
-        from geoseg.sources.mosaic import Mosaic
-        from geoseg.vector_outputs import SourceDates
-
-        dates = SourceDates(store, plan) if isinstance(plan.image, Mosaic) else None
-        sink = BackgroundSink(GeoPackageSink(layout.gpkg, plan, common, dates=dates,
-                                             split_px=cfg.vectors.landcover_split_px))
+        mosaic = isinstance(plan.image, Mosaic)  # features get their source's date
+        split_px = cfg.vectors.landcover_split_px
+        if use_process(plan.grid.height * plan.grid.width, device,
+                       cfg.runtime.gpkg_process):
+            sink = ProcessSink(layout.gpkg, plan, common, split_px=split_px,
+                               mosaic_store=store if mosaic else None)
+        else:
+            sink = BackgroundSink(GeoPackageSink(
+                layout.gpkg, plan, common, dates=SourceDates(store, plan) if mosaic else None,
+                split_px=split_px))
         vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors)
     done_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size for k in manifest.done)
     # the exports read only the store: they start once every chunk is written (and verified),
@@ -490,6 +504,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     summary["runtime"].update(report.runtime)  # what the backend decided (Ray: per node)
     summary["runtime"]["passes_at_once"] = getattr(backend, "callers", 1)
     summary["runtime"]["vector_processes"] = getattr(backend, "vector_workers", 0)
+    summary["runtime"]["gpkg_process"] = isinstance(sink, ProcessSink)
     if report.blocks:  # the image's blocks decoded / reused by the reads (one tiled image)
         summary["source_blocks"] = report.blocks
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))

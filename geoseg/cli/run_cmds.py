@@ -74,6 +74,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="local executor: vectorize in N worker processes (0: threads). "
                         "Default: processes for building footprints and beside a GPU, from "
                         "2048x2048 pixels on; threads otherwise")
+    p.add_argument("--gpkg-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the GeoPackage (seam merges, WKB, GDAL) in a process of its "
+                        "own, off the interpreter lock the model's caller needs (default: "
+                        "beside a GPU from 4096x4096 pixels on, on CPUs from 16384x16384)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where models run (default auto: CUDA when available)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS; none: this "
@@ -102,6 +106,7 @@ def job_config(a: argparse.Namespace, image: str | list[str], output: str) -> An
                            engine=a.engine, tta=a.tta, workers=a.workers, threads=a.threads,
                            passes_at_once=getattr(a, "passes_at_once", None),
                            vector_processes=getattr(a, "vector_processes", None),
+                           gpkg_process=getattr(a, "gpkg_process", None),
                            device=a.device, address=a.address, executor=a.executor,
                            vectors=False if a.no_vectors else None,
                            min_building_area=getattr(a, "min_building_area", None),

@@ -69,7 +69,7 @@ def vector_processes(plan: Plan, vectorize: Iterable[Chunk], device: str, slots:
     return 0
 
 
-class _Records(logging.Handler):
+class LogRecords(logging.Handler):
     """Collects a task's log records, made picklable (message formatted, no traceback object)."""
 
     def __init__(self) -> None:
@@ -116,7 +116,7 @@ class _SpawnedWithoutMain(popen_spawn_posix.Popen):
 
 
 class _ForkedWithoutMain(popen_forkserver.Popen):
-    """Forked by geoseg's own fork server (:func:`_fork_server`), not Python's global one: the
+    """Forked by geoseg's own fork server (:func:`fork_server`), not Python's global one: the
     module function the launch calls is pointed at it for the launch."""
 
     def _launch(self, process_obj: Any) -> None:
@@ -162,7 +162,13 @@ _SERVER_USERS = 0
 _SERVER_LOCK = threading.Lock()
 
 
-def _fork_server(use: bool) -> bool:
+def worker_context(forked: bool) -> multiprocessing.context.BaseContext:
+    """How geoseg starts a worker process: forked from its fork server (``forked``: taken with
+    :func:`fork_server`), else spawned; either way without the parent's ``__main__``."""
+    return _ForkServerContext() if forked else _SpawnContext()
+
+
+def fork_server(use: bool) -> bool:
     """Take (``use``) or give back geoseg's fork server; False where there is none to take.
 
     Workers are forked from a fork server of geoseg's own that has imported the vector path
@@ -207,7 +213,7 @@ def _vectorize(chunk: Chunk) -> tuple[Any, list[logging.LogRecord]]:
     if _job is None:
         raise RuntimeError("vector worker started without a job")
     fn, plan, store = _job
-    handler = _Records()
+    handler = LogRecords()
     logger = logging.getLogger("geoseg")
     logger.addHandler(handler)
     try:
@@ -237,7 +243,7 @@ class VectorPool:
         self._alone: ProcessPoolExecutor | None = None  # their one-worker pool
         self._alone_busy = False
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor
-        self._forked = bool(processes) and _fork_server(True)
+        self._forked = bool(processes) and fork_server(True)
         if processes:
             self._pool = self._workers(processes)
             for _ in range(processes):  # start the workers now: imports overlap the model
@@ -248,7 +254,7 @@ class VectorPool:
 
     def _workers(self, n: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            n, mp_context=_ForkServerContext() if self._forked else _SpawnContext(),
+            n, mp_context=worker_context(self._forked),
             initializer=_start,
             initargs=(self.fn, self.plan, self.store,
                       logging.getLogger("geoseg").getEffectiveLevel()))
@@ -330,4 +336,4 @@ class VectorPool:
             pool.shutdown(wait=wait, cancel_futures=cancel_futures)
         if self._forked and wait:  # (after a stop signal the server exits with this process)
             self._forked = False
-            _fork_server(False)
+            fork_server(False)
