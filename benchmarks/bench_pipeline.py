@@ -273,7 +273,8 @@ def _stage_profile(summary: dict[str, Any], wall: float, cpu: float,
                    threads: dict[str, float]) -> list[str]:
     """Seconds per Mpx of each stage from the run's summary (wall seconds inside the stage's
     own thread, so contention counts), the model stage split into its parts, the vector
-    writer's two threads (seam merge, GeoPackage write) by their CPU, and the cores' idle
+    writer's two threads (seam merge, GeoPackage write) by their CPU when the writer is not a
+    process of its own, and the cores' idle
     share of the run."""
     mpx = summary["throughput"]["pixels"] / 1e6
     st, t = dict(summary["stage_cpu_s"]), summary["timings_s"]
@@ -290,10 +291,11 @@ def _stage_profile(summary: dict[str, Any], wall: float, cpu: float,
     rows.append(("Zarr write", st.pop("write_s", 0.0)))
     rows += [(k.removesuffix("_s"), v) for k, v in sorted(st.items())]
     rows += [("vectorize tasks", t.get("vectorize_task_s", 0.0)),
-             ("seam merge + GeoPackage (writer thread)", t.get("gpkg_append_s", 0.0)),
-             ("  seam merge, record batches (CPU)", threads.get("geoseg-gpkg", 0.0)),
-             ("  GeoPackage write (CPU)", threads.get("geoseg-gpkg-write", 0.0)),
-             ("final merge wait", t.get("vector_merge_s", 0.0)),
+             ("seam merge + GeoPackage (writer)", t.get("gpkg_append_s", 0.0))]
+    if not summary.get("runtime", {}).get("gpkg_process"):  # (a process: in child processes)
+        rows += [("  seam merge, record batches (CPU)", threads.get("geoseg-gpkg", 0.0)),
+                 ("  GeoPackage write (CPU)", threads.get("geoseg-gpkg-write", 0.0))]
+    rows += [("final merge wait", t.get("vector_merge_s", 0.0)),
              ("COG export", t.get("cog_s", 0.0)), ("quicklook", t.get("quicklook_s", 0.0)),
              ("plan, manifest, store (driver)", t.get("setup_s", 0.0)),
              ("model load", t.get("model_load_s", 0.0)),

@@ -17,7 +17,9 @@ Steps, in this order, each printed as one JSON line as it ends (and appended to
 3. ``tests``, ``tests_ray``: the CUDA tests (``pytest -m gpu``: device blend = host blend,
    tiled = whole on CUDA, concurrent callers, ``predict_core``, bf16/fp16 training; the Ray GPU
    test where Ray is installed).
-4. ``run_no_vectors_chunk2048`` (2048-px chunks in 512² tiles blended on the GPU) and, where
+4. ``run_vectors_gpkg_thread``: ``run_vectors`` with the GeoPackage writer in a thread of the
+   job's process (``--no-gpkg-process``) instead of a process of its own (the default there),
+   ``run_no_vectors_chunk2048`` (2048-px chunks in 512² tiles blended on the GPU) and, where
    Ray is installed, ``ray_*``: the Ray executor with 4 or 1 model actors sharing the GPU.
 5. ``summary``: each run against the issue's targets (≥ 0.85× model-only, ≥ 100 Mpx/s per GPU).
 
@@ -47,7 +49,7 @@ GPU_TESTS = ["tests/pipeline/test_gpu_path.py", "tests/pipeline/test_local_execu
              "tests/cluster/test_gpu.py"]
 # step → seconds it may take, in the order they run (the most telling first)
 STEPS = {"model_only": 40.0, "run_no_vectors": 150.0, "run_vectors": 200.0, "tests": 120.0,
-         "run_no_vectors_chunk2048": 120.0}
+         "run_vectors_gpkg_thread": 150.0, "run_no_vectors_chunk2048": 120.0}
 # where py-spy is installed: run_no_vectors again under `py-spy record --gil` (what holds the
 # interpreter lock while the GPU waits; benchmarks/gil_profile.py)
 GIL_STEPS = {"gil_no_vectors": 90.0}
@@ -286,6 +288,8 @@ def main() -> None:
                 tests(chk, timeout)
             else:
                 more = ["--chunk-size", "2048"] if step.endswith("chunk2048") else []
+                if step.endswith("gpkg_thread"):  # the writer as before it had a process
+                    more = ["--no-gpkg-process"]
                 if step.startswith("ray_"):
                     more = ray_flags(a.work, int(step.rsplit("_w", 1)[1]))
                 run(chk, step, image, bundle, a.work, "no_vectors" not in step, timeout,
