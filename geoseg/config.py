@@ -148,8 +148,8 @@ class RuntimeConfig(_Strict):
     vector_processes: int | None = Field(default=None, ge=0)
     # the GeoPackage writer (seam merges, WKB, GDAL writes) in a process of its own (False: a
     # thread of the job's process, where it holds the interpreter lock the model's caller,
-    # reads and writes need). Default (None): a process beside a GPU from 4096² pixels on, on
-    # CPUs from 16384² (DESIGN.md)
+    # reads and writes need). Default (None): a process beside a GPU from 4096² pixels on, a
+    # thread on CPUs, where it costs more CPU than the lock it frees wins back (DESIGN.md)
     gpkg_process: bool | None = None
 
 

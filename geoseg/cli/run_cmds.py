@@ -77,7 +77,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpkg-process", action=argparse.BooleanOptionalAction, default=None,
                    help="write the GeoPackage (seam merges, WKB, GDAL) in a process of its "
                         "own, off the interpreter lock the model's caller needs (default: "
-                        "beside a GPU from 4096x4096 pixels on, on CPUs from 16384x16384)")
+                        "beside a GPU from 4096x4096 pixels on; a thread on CPUs)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where models run (default auto: CUDA when available)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS; none: this "

@@ -9,7 +9,9 @@ run's 33 CPU-s and the cores were a quarter idle. :class:`ProcessSink` runs the 
 worker process (forked from geoseg's fork server, which has the vector path imported), fed
 the chunks' vectors in arrival order; what the job sees is the same: ``add``, ``close``,
 ``finish``, ``busy_s``, errors at the next ``add`` or at ``finish``, a bounded backlog, and
-the worker's log records re-emitted here. The same rows reach the same file.
+the worker's log records re-emitted here. The same rows reach the same file. It is the default
+beside a GPU (:func:`use_process`); on CPUs, where the cores and not the lock are the limit,
+it won 4 % of wall time at 16384² for 3-5 % more CPU, so a thread stays the default there.
 """
 
 from __future__ import annotations
@@ -35,13 +37,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Pixels to vectorize from which the writer gets a process on CPUs. Its start (the fork
-#: server's imports, ~1.5 CPU-s, unless vector workers started it) and the chunks' pickles
-#: (~2 ms each) are paid for by the interpreter lock it leaves to the model's caller, reads and
-#: writes: replay model, 2 cores, 16384²: 19.7 / 20.7 s → 18.6 / 20.2 s (alternated); 4096²:
-#: 2.3 → 3.6 s (DESIGN.md).
-PROCESS_MIN_PIXELS = 16384 * 16384
-#: The same beside a GPU, where the host's threads, not its cores, set the pace.
+#: Pixels to vectorize from which the writer gets a process beside a GPU, where the host's
+#: threads, not its cores, set the pace. On CPUs the cores are the limit and a thread stays the
+#: default: the process's start (the fork server's imports, ~1.5 CPU-s, unless vector workers
+#: started it) and the chunks' pickles (~2.7 ms each, both ends) cost CPU that the lock it
+#: frees does not win back on 2 cores (replay model, 16384²: wall 19.7 / 20.7 → 18.6 / 20.2 s,
+#: CPU 30.8 / 31.8 → 31.6 / 33.5 s, alternated; 4096²: 2.3 → 3.6 s; DESIGN.md).
 PROCESS_MIN_PIXELS_GPU = 4096 * 4096
 
 _sink: GeoPackageSink | None = None  # the worker's sink (set by _open)
@@ -51,10 +52,11 @@ _abort: Event | None = None  # set by the job when it stops: queued chunks are d
 
 def use_process(pixels: int, device: str, setting: bool | None) -> bool:
     """Whether the GeoPackage writer of a job vectorizing ``pixels`` with its models on
-    ``device`` runs in a process (``setting``: ``runtime.gpkg_process``; None: decide here)."""
+    ``device`` runs in a process (``setting``: ``runtime.gpkg_process``; None: beside a GPU
+    from :data:`PROCESS_MIN_PIXELS_GPU` on)."""
     if setting is not None:
         return setting
-    return pixels >= (PROCESS_MIN_PIXELS if device == "cpu" else PROCESS_MIN_PIXELS_GPU)
+    return device != "cpu" and pixels >= PROCESS_MIN_PIXELS_GPU
 
 
 def _start(level: int, abort: Event) -> None:

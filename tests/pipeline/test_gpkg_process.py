@@ -16,12 +16,7 @@ from geoseg.config import validate_job
 from geoseg.errors import InputError, StorageError
 from geoseg.job import run_job
 from geoseg.plan import make_plan
-from geoseg.runtime.sink_process import (
-    PROCESS_MIN_PIXELS,
-    PROCESS_MIN_PIXELS_GPU,
-    ProcessSink,
-    use_process,
-)
+from geoseg.runtime.sink_process import PROCESS_MIN_PIXELS_GPU, ProcessSink, use_process
 from geoseg.vector_outputs import vectorize_chunk
 
 
@@ -33,12 +28,11 @@ def _cfg(image: Path, out: Path, bundles: tuple[str, ...], **runtime: Any) -> An
 
 
 def test_a_process_where_it_pays() -> None:
-    assert use_process(PROCESS_MIN_PIXELS, "cpu", None)
-    assert not use_process(PROCESS_MIN_PIXELS - 1, "cpu", None)
-    assert use_process(PROCESS_MIN_PIXELS_GPU, "cuda", None)       # beside a GPU: sooner
-    assert not use_process(PROCESS_MIN_PIXELS_GPU - 1, "cuda", None)
-    assert use_process(1, "cpu", True)                             # the user's choice
-    assert not use_process(PROCESS_MIN_PIXELS, "cuda", False)
+    assert use_process(PROCESS_MIN_PIXELS_GPU, "cuda", None)  # beside a GPU: the lock counts
+    assert not use_process(PROCESS_MIN_PIXELS_GPU - 1, "cuda", None)  # too little to start it
+    assert not use_process(16384 * 16384, "cpu", None)  # on CPUs the cores count: a thread
+    assert use_process(1, "cpu", True)                   # the user's choice
+    assert not use_process(PROCESS_MIN_PIXELS_GPU, "cuda", False)
 
 
 def test_the_process_writes_the_file_a_thread_writes(tmp_path: Path, scene_tif: Path,
