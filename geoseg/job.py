@@ -433,7 +433,9 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
             sink = BackgroundSink(GeoPackageSink(
                 layout.gpkg, plan, common, dates=SourceDates(store, plan) if mosaic else None,
                 split_px=split_px))
-        vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors)
+        # (a writer process: the vectors are pickled where they are made, not in this one)
+        vector_fn = functools.partial(vectorize_chunk, vcfg=cfg.vectors,
+                                      packed=isinstance(sink, ProcessSink))
     done_px = sum(plan.chunks.get(*map(int, k.split("_"))).window.size for k in manifest.done)
     # the exports read only the store: they start once every chunk is written (and verified),
     # while the last chunks are vectorized and the GeoPackage writer finishes

@@ -33,7 +33,7 @@ from geoseg.runtime.vector_procs import LogRecords, fork_server, worker_context
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
-    from geoseg.vector_outputs import ChunkVectors, GeoPackageSink
+    from geoseg.vector_outputs import ChunkVectors, GeoPackageSink, PackedVectors
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _open(path: Path, plan: Plan, common: dict[str, Any], mosaic_store: str | No
     return _logged(make)
 
 
-def _add(result: ChunkVectors) -> tuple[None, float, list[logging.LogRecord]]:
+def _add(result: ChunkVectors | PackedVectors) -> tuple[None, float, list[logging.LogRecord]]:
     global _failed
     if _sink is None or _failed or (_abort is not None and _abort.is_set()):
         return None, 0.0, []
@@ -169,7 +169,7 @@ class ProcessSink:
         if self._error is not None:
             raise self._error
 
-    def add(self, result: ChunkVectors) -> None:
+    def add(self, result: ChunkVectors | PackedVectors) -> None:
         self._reap()
         self._raise()
         self._submit(_add, result)

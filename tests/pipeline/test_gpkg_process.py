@@ -17,7 +17,7 @@ from geoseg.errors import InputError, StorageError
 from geoseg.job import run_job
 from geoseg.plan import make_plan
 from geoseg.runtime.sink_process import PROCESS_MIN_PIXELS_GPU, ProcessSink, use_process
-from geoseg.vector_outputs import vectorize_chunk
+from geoseg.vector_outputs import ChunkVectors, PackedVectors, vectorize_chunk
 
 
 def _cfg(image: Path, out: Path, bundles: tuple[str, ...], **runtime: Any) -> Any:
@@ -41,22 +41,49 @@ def test_the_process_writes_the_file_a_thread_writes(tmp_path: Path, scene_tif: 
     thread = run_job(_cfg(scene_tif, tmp_path / "thread", tiny_bundles, gpkg_process=False))
     caplog.set_level(logging.INFO, logger="geoseg")
     proc = run_job(_cfg(scene_tif, tmp_path / "proc", tiny_bundles, gpkg_process=True))
-    assert thread.ok and proc.ok
+    # vectors pickled in their worker processes, handed on to the writer's as bytes
+    both = run_job(_cfg(scene_tif, tmp_path / "both", tiny_bundles, gpkg_process=True,
+                        vector_processes=2))
+    assert thread.ok and proc.ok and both.ok
     assert thread.summary["runtime"]["gpkg_process"] is False
-    assert proc.summary["runtime"]["gpkg_process"] is True
+    assert proc.summary["runtime"]["gpkg_process"] is both.summary["runtime"]["gpkg_process"] \
+        is True
+    assert both.summary["runtime"]["vector_processes"] == 2
     for layer in ("landcover", "buildings"):
-        a, b = (pyogrio.read_dataframe(out / "features.gpkg", layer=layer)
-                .sort_values("id").reset_index(drop=True)
-                for out in (tmp_path / "thread", tmp_path / "proc"))
-        assert len(a) == len(b) > 0
-        assert (a.geometry.to_wkb() == b.geometry.to_wkb()).all()
-        assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
-    assert proc.summary["features"] == thread.summary["features"]
+        a, b, c = (pyogrio.read_dataframe(out / "features.gpkg", layer=layer)
+                   .sort_values("id").reset_index(drop=True)
+                   for out in (tmp_path / "thread", tmp_path / "proc", tmp_path / "both"))
+        assert len(a) == len(b) == len(c) > 0
+        for other in (b, c):
+            assert (a.geometry.to_wkb() == other.geometry.to_wkb()).all()
+            assert a.drop(columns="geometry").equals(other.drop(columns="geometry"))
+    assert proc.summary["features"] == both.summary["features"] == thread.summary["features"]
     assert proc.summary["timings_s"]["gpkg_append_s"] > 0  # the worker's time, counted here
     # the worker's log record (regions cut at the 64-px split lines) reached the job's log
     said = [r for r in caplog.records if "cut at split lines" in r.getMessage()]
-    assert len(said) == 1 and said[0].name == "geoseg.vector_outputs"
-    assert sorted(p.name for p in (tmp_path / "proc").iterdir() if ".partial" in p.name) == []
+    assert len(said) == 2 and {r.name for r in said} == {"geoseg.vector_outputs"}
+    for out in ("proc", "both"):
+        assert [p.name for p in (tmp_path / out).iterdir() if ".partial" in p.name] == []
+
+
+def test_packed_vectors_are_the_vectors(tmp_path: Path, scene_tif: Path,
+                                        tiny_bundles: tuple[str, str]) -> None:
+    cfg = _cfg(scene_tif, tmp_path / "run", tiny_bundles, gpkg_process=False)
+    assert run_job(cfg).ok
+    plan = make_plan(cfg)
+    store = str(tmp_path / "run" / "predictions.zarr")
+    chunk = next(iter(plan.chunks))
+    plain = vectorize_chunk(plan, store, chunk, vcfg=cfg.vectors)
+    packed = vectorize_chunk(plan, store, chunk, vcfg=cfg.vectors, packed=True)
+    assert isinstance(plain, ChunkVectors) and isinstance(packed, PackedVectors)
+    assert packed.chunk == chunk and packed.seconds > 0
+    back = packed.unpack()
+    assert plain.landcover is not None and back.landcover is not None
+    assert [f.to_record() for f in back.landcover.interior] == \
+        [f.to_record() for f in plain.landcover.interior]
+    assert [b.geometry.wkb for b in back.landcover.border] == \
+        [b.geometry.wkb for b in plain.landcover.border]
+    assert [f.to_record() for f in back.buildings] == [f.to_record() for f in plain.buildings]
 
 
 def _vectors(tmp_path: Path, scene_tif: Path, bundles: tuple[str, str]) -> tuple[Any, list[Any]]:
