@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import shapely
@@ -36,6 +36,7 @@ from geoseg.vectorize.features import (
     drop_collinear_many,
     trace_labels,
 )
+from geoseg.vectorize.seam_union import stitched_unions
 from geoseg.vectorize.trace import trace_regions
 
 logger = logging.getLogger(__name__)
@@ -405,17 +406,25 @@ def _coverage_unions(groups: list[list[Polygon]], seam: int) -> list[shapely.Geo
     parts = None if not flat or any(g.is_empty for g in flat) else _densified(geoms, seam)
     if parts is None:
         return [None] if len(groups) == 1 else [_coverage_union(g, seam) for g in groups]
-    xy, ring_off, poly_off, ring_of, kept, dense = parts
+    xy, ring_off, poly_off, ring_of, kept, (dxy, dring_off, dpoly_off) = parts
     sizes = np.diff(ring_off)
     first_poly = np.concatenate([[0], np.cumsum([len(group) for group in groups])])
+    group_of = np.repeat(np.arange(len(groups)), np.diff(first_poly))
+    unions = stitched_unions(dxy, dring_off, dpoly_off, group_of, len(groups), seam)
+    dense: np.ndarray | None = None  # the parts as polygons, for GEOS where stitching gave up
     out: list[shapely.Geometry | None] = []
     for g in range(len(groups)):
         p0, p1 = int(first_poly[g]), int(first_poly[g + 1])
-        try:
-            union = shapely.coverage_union_all(dense[p0:p1])
-        except shapely.errors.GEOSException:
-            out.append(None)
-            continue
+        union = unions[g]
+        if union is None:
+            if dense is None:
+                dense = np.asarray(shapely.from_ragged_array(
+                    shapely.GeometryType.POLYGON, dxy, (dring_off, dpoly_off)))
+            try:
+                union = shapely.coverage_union_all(dense[p0:p1])
+            except shapely.errors.GEOSException:
+                out.append(None)
+                continue
         r0, r1 = int(poly_off[p0]), int(poly_off[p1])
         holes = ~kept[r0:r1]
         if isinstance(union, Polygon) and holes.any():  # the set-aside holes, in their order
@@ -426,11 +435,12 @@ def _coverage_unions(groups: list[list[Polygon]], seam: int) -> list[shapely.Geo
     return out
 
 
-def _densified(geoms: np.ndarray, seam: int) -> tuple[np.ndarray, ...] | None:
+def _densified(geoms: np.ndarray, seam: int) -> tuple[Any, ...] | None:
     """``(xy, ring_off, poly_off, ring_of, kept, dense)`` of seam parts: their ragged
     coordinates and each vertex's ring, which rings are kept for the union (shells, and holes
     with a vertex on a seam line) and, per part, its kept rings with a vertex at every pixel
-    corner on a seam. None unless every vertex is an integer and every edge axis-parallel."""
+    corner on a seam (ragged: coordinates, ring offsets, polygon offsets). None unless every
+    vertex is an integer and every edge axis-parallel."""
     _kind, xy, (ring_off, poly_off) = shapely.to_ragged_array(geoms)
     if not np.array_equal(xy, np.rint(xy)):
         return None
@@ -459,12 +469,12 @@ def _with_holes(poly: Polygon, xy: np.ndarray, sizes: np.ndarray) -> Polygon:
 
 
 def _unit_vertices(xy: np.ndarray, sizes: np.ndarray, poly_off: np.ndarray,
-                   seam: int) -> np.ndarray | None:
+                   seam: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Polygons (ragged: coordinates, ring sizes, polygon offsets into the rings) with a vertex
     at every integer point of their edges that lie on a chunk seam (a multiple of ``seam`` px:
     the only edges two parts can share), computed exactly in numpy (GEOS's ``segmentize``
-    interpolates in floating point: 30.000000000000007). None unless every edge is
-    axis-parallel."""
+    interpolates in floating point: 30.000000000000007), as ragged arrays (coordinates, ring
+    offsets, polygon offsets). None unless every edge is axis-parallel."""
     ring_off = np.concatenate([[0], np.cumsum(sizes)])
     last = np.zeros(len(xy), bool)
     last[ring_off[1:] - 1] = True  # each ring's closing vertex starts no segment
@@ -491,8 +501,7 @@ def _unit_vertices(xy: np.ndarray, sizes: np.ndarray, poly_off: np.ndarray,
     mask[closing] = False
     out[mask] = pts
     out[closing] = xy[ring_off[:-1]]
-    return np.asarray(shapely.from_ragged_array(shapely.GeometryType.POLYGON, out,
-                                                (new_off, poly_off)))
+    return out, new_off, poly_off
 
 
 def _merge_groups(groups: list[list[BorderPart]], seam: int) -> list[MergedGroup]:
