@@ -383,23 +383,24 @@ def _join(parent: dict[PartKey, PartKey], border: dict[PartKey, BorderPart], a_i
 def _coverage_union(geoms: list[Polygon], seam: int) -> shapely.Geometry | None:
     """Union of seam parts as a polygon coverage: the parts never overlap (chunks are disjoint
     pixel sets) and, with a vertex at every pixel corner of their seam edges, they share those
-    edges vertex for vertex, which is what GEOS's coverage union needs. It dissolves the shared
-    edges without noding every edge against every other (overlay union: 4.2 of 6.8 s of a 4096²
-    run's seam merging on the 2-core machine). Holes that touch no seam cannot change in a
-    union: they are set aside and put back into the result (a raster-spanning road network has
-    hundreds of thousands; with them the union of its 3.5 k parts at 16384² took 70 s). The extra
-    corner vertices stay, for the caller to drop (:func:`drop_collinear_many`; traced holes have
-    none, so dropping after the set-aside holes joined changes nothing in them). None when the
-    parts are not such a coverage."""
+    edges vertex for vertex, which is what a coverage union needs: the shared edges cancel
+    (:func:`~geoseg.vectorize.seam_union.stitched_unions`, linear time; GEOS's coverage union
+    where that gives up), without noding every edge against every other (overlay union: 4.2
+    of 6.8 s of a 4096² run's seam merging on the 2-core machine). Holes that touch no seam
+    cannot change in a union: they are set aside and put back into the result (a
+    raster-spanning road network has hundreds of thousands; with them the union of its 3.5 k
+    parts at 16384² took 70 s). The extra corner vertices stay, for the caller to drop
+    (:func:`drop_collinear_many`; traced holes have none, so dropping after the set-aside holes
+    joined changes nothing in them). None when the parts are not such a coverage."""
     return _coverage_unions([geoms], seam)[0]
 
 
 def _coverage_unions(groups: list[list[Polygon]], seam: int) -> list[shapely.Geometry | None]:
     """:func:`_coverage_union` of each group, with one ragged conversion and one vertex
     densification for all of them (per group, those Python-level steps were most of the seam
-    merge's time: a closed chunk completes hundreds of small groups); GEOS's coverage union
-    runs per group. Where some group is not a plain pixel coverage, each group is decided on
-    its own."""
+    merge's time: a closed chunk completes hundreds of small groups), and one stitching of
+    all groups; GEOS's coverage union runs per group that stitching gave up on. Where some
+    group is not a plain pixel coverage, each group is decided on its own."""
     flat = [g for group in groups for g in group]
     geoms = np.empty(len(flat), dtype=object)
     geoms[:] = flat

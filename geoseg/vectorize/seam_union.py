@@ -11,13 +11,15 @@ closes when every chunk is done), so a core waited for it.
 
 Here every ring is oriented (shells counter-clockwise in the shoelace sense, holes clockwise),
 the shared seam edges of each group are found by sorting, each ring is cut into chains where
-it lost edges, and each chain is joined to the chain that starts where it ends. Where two
-start there (two pixels of the region touching at a corner only), the chain turning toward
-the region is taken: a region is 4-connected, so pixels that touch diagonally stay apart,
-and the pocket between them becomes a hole touching the outline at that point (the valid
-form, GEOS's too). A group's rings are then one counter-clockwise shell and clockwise holes.
-Anything else (a part off the pixel lattice, edges that do not pair, more or fewer than one
-shell) gives None for that group, and the caller keeps GEOS's union for it. The result has
+it lost edges or passes a point another outline of its group passes (parts touching at a
+corner), and each chain is joined to the chain that starts where it ends. Where two start
+there (pixels of the region touching at a corner only), the chain turning right, away from
+the region, is taken: the pocket between the diagonal pixels becomes a hole touching the
+outline at that point (the valid form, GEOS's too; the left turn gives one ring through the
+point twice). A group's rings are then one counter-clockwise shell and clockwise holes.
+A check over the whole call that fails (a part off the pixel lattice, an edge that does not
+pair, chains that do not join) gives None for every group of the call, a group without
+exactly one shell None alone; the caller keeps GEOS's union for those. The result has
 the same rings as GEOS's, up to start vertex, ring order and collinear vertices (hypothesis-
 tested after :func:`~geoseg.vectorize.features.drop_collinear_many` and ``normalize``).
 """
@@ -164,17 +166,16 @@ def _relink(p: np.ndarray, a: np.ndarray, d: np.ndarray, seg_start: np.ndarray,
     if len(open_):
         skey = (start_pt[open_, 0] << _SHIFT) + start_pt[open_, 1]
         ekey = (end_pt[open_, 0] << _SHIFT) + end_pt[open_, 1]
-        sg, eg = c_group[open_], c_group[open_]
-        order = np.lexsort((skey, sg))
-        s_sorted_k, s_sorted_g = skey[order], sg[order]
+        og = c_group[open_]  # (a chain's end and start are in its group)
+        order = np.lexsort((skey, og))
         # the first and the last start at each chain's end point (1 or 2 of them)
-        lo_i, hi_i = _search(s_sorted_g, s_sorted_k, eg, ekey)
+        lo_i, hi_i = _search(og[order], skey[order], og, ekey)
         count = hi_i - lo_i
         if np.any((count < 1) | (count > 2)):
             return out
         pick = order[np.minimum(lo_i, len(order) - 1)]
         two = np.flatnonzero(count == 2)
-        if len(two):  # a corner where the region touches itself: turn toward the region
+        if len(two):  # the region touches itself at a corner: turn right, away from it
             c1, c2 = order[lo_i[two]], order[lo_i[two] + 1]
             din = d[c_last[open_[two]]]
             t1 = _cross(din, d[c_seg0[open_[c1]]])
