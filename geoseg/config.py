@@ -151,6 +151,11 @@ class RuntimeConfig(_Strict):
     # reads and writes need). Default (None): a process beside a GPU from 4096² pixels on, a
     # thread on CPUs, where it costs more CPU than the lock it frees wins back (DESIGN.md)
     gpkg_process: bool | None = None
+    # local executor: predict and write the chunks in this many worker processes, each a strip
+    # of chunk columns with its own model and threads (0 or 1: the job's process). Meant for a
+    # GPU host, where one process's interpreter lock limits the host work that feeds the GPU;
+    # not yet measured there, so not a default (DESIGN.md)
+    chunk_processes: int | None = Field(default=None, ge=0)
 
 
 class JobConfig(_Strict):
@@ -242,6 +247,7 @@ OVERRIDES: dict[str, tuple[str, ...]] = {
     "passes_at_once": ("runtime", "passes_at_once"),
     "vector_processes": ("runtime", "vector_processes"),
     "gpkg_process": ("runtime", "gpkg_process"),
+    "chunk_processes": ("runtime", "chunk_processes"),
     "device": ("runtime", "device"),
     "num_cpus": ("runtime", "num_cpus"),
     "chunk_retries": ("runtime", "chunk_retries"),

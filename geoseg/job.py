@@ -125,7 +125,8 @@ def default_backend(cfg: JobConfig) -> Backend:
         from geoseg.runtime.local import LocalBackend
 
         return LocalBackend(passes=cfg.runtime.passes_at_once,
-                            vector_processes=cfg.runtime.vector_processes)
+                            vector_processes=cfg.runtime.vector_processes,
+                            chunk_processes=cfg.runtime.chunk_processes)
     try:
         from geoseg.runtime.ray_backend import RayBackend, ensure_ray
     except ImportError as exc:
@@ -507,6 +508,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     summary["runtime"]["passes_at_once"] = getattr(backend, "callers", 1)
     summary["runtime"]["vector_processes"] = getattr(backend, "vector_workers", 0)
     summary["runtime"]["gpkg_process"] = isinstance(sink, ProcessSink)
+    summary["runtime"]["chunk_processes"] = getattr(backend, "chunk_workers", 0)
     if report.blocks:  # the image's blocks decoded / reused by the reads (one tiled image)
         summary["source_blocks"] = report.blocks
     atomic_write_text(layout.summary, json.dumps(summary, indent=2, default=str))

@@ -74,6 +74,11 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="local executor: vectorize in N worker processes (0: threads). "
                         "Default: processes for building footprints and beside a GPU, from "
                         "2048x2048 pixels on; threads otherwise")
+    p.add_argument("--chunk-processes", type=int, metavar="N",
+                   help="local executor: read, predict and write the chunks in N worker "
+                        "processes (strips of chunk columns, each with its own model and "
+                        "threads/N threads) instead of the job's process. For hosts where "
+                        "one process's threads cannot keep up (a GPU); default: 0")
     p.add_argument("--gpkg-process", action=argparse.BooleanOptionalAction, default=None,
                    help="write the GeoPackage (seam merges, WKB, GDAL) in a process of its "
                         "own, off the interpreter lock the model's caller needs (default: "
@@ -107,6 +112,7 @@ def job_config(a: argparse.Namespace, image: str | list[str], output: str) -> An
                            passes_at_once=getattr(a, "passes_at_once", None),
                            vector_processes=getattr(a, "vector_processes", None),
                            gpkg_process=getattr(a, "gpkg_process", None),
+                           chunk_processes=getattr(a, "chunk_processes", None),
                            device=a.device, address=a.address, executor=a.executor,
                            vectors=False if a.no_vectors else None,
                            min_building_area=getattr(a, "min_building_area", None),

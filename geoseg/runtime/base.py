@@ -46,6 +46,13 @@ class Callbacks(Protocol):
 
 VectorFn = Callable[[Plan, str, Chunk], Any]
 
+
+def fail_vectors(report: StageReport, cb: Callbacks, chunk: Chunk, exc: BaseException) -> None:
+    """A chunk's vectors failed (its raster stays): reported like a chunk that failed."""
+    f = ChunkFailure.of(chunk, f"vectorize: {type(exc).__name__}: {exc}"[:500], 1)
+    report.failed.append(f)
+    cb.chunk_failed(f)
+
 GPU_PASSES = 2  # chunks in flight per GPU model worker by default: one's copies and host work
 # overlap the other's kernels (each caller has its own CUDA stream)
 

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -41,8 +41,10 @@ from geoseg.runtime.base import (
     ChunkFailure,
     StageReport,
     VectorFn,
+    fail_vectors,
     model_callers,
 )
+from geoseg.runtime.chunk_procs import chunk_processes, run_in_processes
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.scheduling import NeighbourGate
 from geoseg.runtime.vector_procs import VectorPool, vector_processes
@@ -54,10 +56,14 @@ class LocalBackend:
     """Runs chunks in this process: passes, I/O and vectors in threads of their own."""
 
     def __init__(self, io_threads: int | None = None, passes: int | None = None,
-                 vector_processes: int | None = None) -> None:
+                 vector_processes: int | None = None, chunk_processes: int | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.io_threads = io_threads
         self.passes = passes  # model passes at once (runtime.passes_at_once; None: default)
         self.vector_processes = vector_processes  # runtime.vector_processes (None: default)
+        self.chunk_processes = chunk_processes  # runtime.chunk_processes (None: this process)
+        self.should_stop = should_stop  # asked between steps: True stops the run (a worker's)
+        self.chunk_workers = 0  # chunk worker processes of the last run (0: this process)
         self.callers = 1  # passes at once in the last run
         self.peak_in_flight = 0
         self.vector_workers = 0  # vector worker processes of the last run (0: threads)
@@ -66,6 +72,18 @@ class LocalBackend:
             vector_fn: VectorFn | None, cb: Callbacks, *, workers: int = 1, threads: int = 1,
             device: str = "cpu", gpus_per_worker: float = 1.0, max_in_flight: int = 4,
             retries: int = 0) -> StageReport:
+        n_io = self.io_threads or default_io_threads(device)
+        self.vector_workers = (vector_processes(plan, vectorize or [], device, n_io,
+                                                self.vector_processes)
+                               if vector_fn is not None else 0)
+        self.chunk_workers = chunk_processes(todo, self.chunk_processes)
+        if self.chunk_workers:
+            report, self.callers = run_in_processes(
+                self.chunk_workers, plan, store, todo, vectorize, vector_fn, cb,
+                threads=threads, device=device, max_in_flight=max_in_flight, retries=retries,
+                io_threads=n_io, passes=self.passes, vector_workers=self.vector_workers,
+                vector_slots=n_io)
+            return report
         callers = self.callers = model_callers(plan, device, threads, self.passes)
         # intra-op threads of each pass (on a GPU they only run the host's share)
         per_call = max(1, threads // callers) if device == "cpu" else threads
@@ -73,7 +91,6 @@ class LocalBackend:
         models: dict[str, Any] | None = load_models(plan, device, per_call)
         report = StageReport(load_s=time.perf_counter() - t0)
         gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
-        n_io = self.io_threads or default_io_threads(device)
         pending = deque(todo)
         attempts: dict[str, int] = {}
         reads: deque[tuple[Chunk, Future[Any]]] = deque()
@@ -106,9 +123,6 @@ class LocalBackend:
         # operators wait for their slowest thread): vectors then run while it waits for a
         # read, and after it. Single-thread passes (passes_at_once = cores) and a model on a
         # GPU leave room: vectors run at once (DESIGN.md, "A CPU model runs alone").
-        self.vector_workers = (vector_processes(plan, vectorize or [], device, vec_limit,
-                                                self.vector_processes)
-                               if vector_fn is not None else 0)
         beside_model = device != "cpu" or per_call == 1
 
         def settle(chunk: Chunk) -> None:
@@ -161,6 +175,8 @@ class LocalBackend:
                 ready.extend(gate.settle())
             try:
                 while pending or reads or passes or writes or vectors or ready:
+                    if self.should_stop is not None and self.should_stop():
+                        raise RunStopped("the job stopped this run")
                     collect([f for f in (*passes, *writes, *vectors) if f.done()])
                     model_busy = bool(passes) or (bool(reads) and reads[0][1].done())
                     while ready and len(vectors) < vec_limit and vector_fn is not None \
@@ -204,6 +220,10 @@ class LocalBackend:
         return report
 
 
+class RunStopped(Exception):
+    """A run told to stop (``should_stop``) ended early; its chunks in hand were finished."""
+
+
 def _no_vectors(plan: Plan, store: str, chunk: Chunk) -> None:
     raise RuntimeError("this run has no vector function")
 
@@ -214,12 +234,6 @@ def default_io_threads(device: str, cores: int | None = None) -> int:
     what the GPU predicts (about 0.5 CPU-s per Mpx in all, measured on CPUs; DESIGN.md)."""
     cores = cores or os.cpu_count() or 2
     return max(2, cores if device != "cpu" else min(4, cores))
-
-
-def fail_vectors(report: StageReport, cb: Callbacks, chunk: Chunk, exc: BaseException) -> None:
-    f = ChunkFailure.of(chunk, f"vectorize: {type(exc).__name__}: {exc}"[:500], 1)
-    report.failed.append(f)
-    cb.chunk_failed(f)
 
 
 def load_models(plan: Plan, device: str, threads: int) -> dict[str, Any]:
