@@ -54,6 +54,10 @@ def _role(p: psutil.Process) -> str:
         return "vector worker"  # the local executor's (geoseg/runtime/vector_procs.py)
     if any("multiprocessing.resource_tracker" in c for c in cmd[:4]):
         return "resource tracker"
+    if any("forkserver" in c for c in cmd[:4]):  # geoseg's fork server, or a worker it forked
+        parent = p.parent()
+        forked = parent is not None and any("forkserver" in c for c in parent.cmdline()[:4])
+        return "forked worker (vectors, chunks, writer)" if forked else "fork server"
     return ("driver" if any("geoseg" in c or "thread_cpu" in c for c in cmd[:4])
             else p.name())
 
@@ -325,6 +329,8 @@ def _geoseg(img: str, out: Path, bundle: str, a: argparse.Namespace, vectors: bo
            "--engine", engine, "--passes-at-once", str(a.passes_at_once)]
     if a.threads is not None:
         cmd += ["--threads", str(a.threads)]
+    if a.chunk_processes:
+        cmd += ["--chunk-processes", str(a.chunk_processes)]
     if not vectors:
         cmd.append("--no-vectors")
     res = measure(cmd)
@@ -385,6 +391,9 @@ def main() -> None:
                    help="engine of the geoseg rows (auto: what geoseg run picks)")
     p.add_argument("--passes-at-once", type=int, default=1,
                    help="geoseg rows: model passes at once (ONNX on CPUs; see DESIGN.md)")
+    p.add_argument("--chunk-processes", type=int, default=0,
+                   help="geoseg rows: chunks in N worker processes (geoseg run "
+                        "--chunk-processes; the model's threads shared among them)")
     p.add_argument("--threads", type=int, default=None,
                    help="geoseg rows: the model's threads (geoseg run --threads; 1 puts the "
                         "whole forward pass in the model thread, so the pipeline's own CPU is "

@@ -13,7 +13,10 @@ Steps, in this order, each printed as one JSON line as it ends (and appended to
 2. ``run_no_vectors``, ``run_vectors``: ``geoseg run --device cuda`` end to end on a ``size``²
    mosaic (Zarr + COG, then + GeoPackage), GPU utilisation sampled by ``nvidia-smi`` every
    0.2 s, CPU-s of the process tree (Ray's worker processes are not its children: the Ray
-   steps' CPU-s leave them out), the run's ``summary.json`` timings.
+   steps' CPU-s leave them out), the run's ``summary.json`` timings; each also with
+   ``--chunk-processes 4`` (``*_procs4``: reads, passes and writes in 4 worker processes that
+   share the GPU, where one process's interpreter lock held the first lease's host to 2.2 of
+   16 cores).
 3. ``tests``, ``tests_ray``: the CUDA tests (``pytest -m gpu``: device blend = host blend,
    tiled = whole on CUDA, concurrent callers, ``predict_core``, bf16/fp16 training; the Ray GPU
    test where Ray is installed).
@@ -48,8 +51,10 @@ GPU_TESTS = ["tests/pipeline/test_gpu_path.py", "tests/pipeline/test_local_execu
              "tests/pipeline/test_pipeline.py", "tests/train/test_checkpoint.py",
              "tests/cluster/test_gpu.py"]
 # step → seconds it may take, in the order they run (the most telling first)
-STEPS = {"model_only": 40.0, "run_no_vectors": 150.0, "run_vectors": 200.0, "tests": 120.0,
+STEPS = {"model_only": 40.0, "run_no_vectors": 150.0, "run_no_vectors_procs4": 120.0,
+         "run_vectors": 200.0, "run_vectors_procs4": 150.0, "tests": 120.0,
          "run_vectors_gpkg_thread": 150.0, "run_no_vectors_chunk2048": 120.0}
+CHUNK_PROCESSES = 4  # the *_procs4 steps: chunks in 4 worker processes sharing the GPU
 # where py-spy is installed: run_no_vectors again under `py-spy record --gil` (what holds the
 # interpreter lock while the GPU waits; benchmarks/gil_profile.py)
 GIL_STEPS = {"gil_no_vectors": 90.0}
@@ -290,6 +295,8 @@ def main() -> None:
                 more = ["--chunk-size", "2048"] if step.endswith("chunk2048") else []
                 if step.endswith("gpkg_thread"):  # the writer as before it had a process
                     more = ["--no-gpkg-process"]
+                if step.endswith("_procs4"):  # the host's work in 4 processes, not 1
+                    more = ["--chunk-processes", str(CHUNK_PROCESSES)]
                 if step.startswith("ray_"):
                     more = ray_flags(a.work, int(step.rsplit("_w", 1)[1]))
                 run(chk, step, image, bundle, a.work, "no_vectors" not in step, timeout,
