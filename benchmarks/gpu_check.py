@@ -48,6 +48,7 @@ from benchmarks.bench_pipeline import reference_bundle, scene
 RESULTS = "gpu_check.jsonl"
 # the files holding the CUDA tests (tests/cluster's need Ray: skipped where it is missing)
 GPU_TESTS = ["tests/pipeline/test_gpu_path.py", "tests/pipeline/test_local_executor.py",
+             "tests/pipeline/test_chunk_processes.py",
              "tests/pipeline/test_pipeline.py", "tests/train/test_checkpoint.py",
              "tests/cluster/test_gpu.py"]
 # step → seconds it may take, in the order they run (the most telling first)

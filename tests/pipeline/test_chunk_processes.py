@@ -187,3 +187,22 @@ def test_a_stopped_job_stops_its_workers(tmp_path: Path, wide_tif: Path,
     assert vector_procs._SERVER is None  # the fork server and its workers are gone
     assert not [p for p in seen[0] if Path(f"/proc/{p}").exists()
                 and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
+
+
+@pytest.mark.gpu
+def test_workers_sharing_a_gpu_write_what_one_process_writes(
+        tmp_path: Path, wide_tif: Path, tiny_bundles: tuple[str, str]) -> None:
+    """Two chunk workers, each with its own CUDA context and two passes in flight, write
+    the chunks one process writes on the same GPU."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    runs = {}
+    for name, procs in (("one", 0), ("two", 2)):
+        cfg = _cfg(wide_tif, tmp_path / name, tiny_bundles[:1], device="cuda",
+                   chunk_processes=procs)
+        runs[name] = run_job(cfg)
+        assert runs[name].ok
+    assert runs["two"].summary["runtime"]["chunk_processes"] == 2
+    a, b = (_chunk_files(tmp_path / name / "predictions.zarr") for name in ("one", "two"))
+    assert len(a) > 50 and a == b
