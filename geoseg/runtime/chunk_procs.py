@@ -27,7 +27,7 @@ import os
 import queue
 import signal
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
@@ -61,8 +61,8 @@ def strips(todo: Iterable[Chunk], n: int) -> list[list[Chunk]]:
     """``todo`` cut into ``n`` strips of whole chunk columns, as even in chunks as the columns
     allow, each in row-major order (the order its reads expect)."""
     chunks = sorted(todo, key=lambda c: c.index)
-    cols = sorted({c.index[1] for c in chunks})
-    per_col = {col: sum(1 for c in chunks if c.index[1] == col) for col in cols}
+    per_col = Counter(c.index[1] for c in chunks)
+    cols = sorted(per_col)
     n = max(1, min(n, len(cols)))
     band: dict[int, int] = {}
     done = 0
