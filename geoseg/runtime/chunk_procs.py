@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from geoseg.errors import StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
-from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn, fail_vectors
+from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
 from geoseg.runtime.scheduling import NeighbourGate
 from geoseg.runtime.vector_procs import LogRecords, VectorPool, fork_server, worker_context
 
@@ -246,16 +246,7 @@ def run_in_processes(n: int, plan: Plan, store: str, todo: list[Chunk],
                     over[k] = fut
                     events.put(("flush", k))
                 for fut in [f for f in vectors if f.done()]:
-                    c = vectors.pop(fut)
-                    try:
-                        result = vpool.result(fut)
-                    except StorageError:
-                        raise
-                    except Exception as exc:  # this chunk's vectors only
-                        fail_vectors(report, cb, c, exc)
-                        continue
-                    cb.vectors_done(c, result)
-                    report.vectorized += 1
+                    vpool.deliver(fut, vectors.pop(fut), report, cb)
                 while ready and len(vectors) < vector_slots:
                     c = ready.popleft()
                     vectors[vpool.submit(c)] = c

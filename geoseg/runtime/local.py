@@ -41,7 +41,6 @@ from geoseg.runtime.base import (
     ChunkFailure,
     StageReport,
     VectorFn,
-    fail_vectors,
     model_callers,
 )
 from geoseg.runtime.chunk_procs import chunk_processes, run_in_processes
@@ -132,16 +131,7 @@ class LocalBackend:
         def collect(done: Iterable[Future[Any]]) -> None:
             for fut in done:
                 if fut in vectors:
-                    c = vectors.pop(fut)
-                    try:
-                        result = vpool.result(fut)
-                    except StorageError:
-                        raise
-                    except Exception as exc:  # this chunk's vectors only
-                        fail_vectors(report, cb, c, exc)
-                        continue
-                    cb.vectors_done(c, result)
-                    report.vectorized += 1
+                    vpool.deliver(fut, vectors.pop(fut), report, cb)
                     continue
                 stage = passes if fut in passes else writes if fut in writes else None
                 if stage is None:

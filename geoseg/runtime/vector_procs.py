@@ -42,9 +42,10 @@ from contextlib import contextmanager
 from multiprocessing import forkserver, popen_forkserver, popen_spawn_posix, spawn
 from typing import Any
 
+from geoseg.errors import StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
-from geoseg.runtime.base import VectorFn
+from geoseg.runtime.base import Callbacks, StageReport, VectorFn, fail_vectors
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,20 @@ class VectorPool:
         for record in records:
             logging.getLogger(record.name).handle(record)
         return result
+
+    def deliver(self, fut: Future[Any], chunk: Chunk, report: StageReport,
+                cb: Callbacks) -> None:
+        """A finished task's vectors handed to ``cb.vectors_done``, or its chunk failed (its
+        raster stays); a storage error stops the job."""
+        try:
+            result = self.result(fut)
+        except StorageError:
+            raise
+        except Exception as exc:  # this chunk's vectors only
+            fail_vectors(report, cb, chunk, exc)
+            return
+        cb.vectors_done(chunk, result)
+        report.vectorized += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
