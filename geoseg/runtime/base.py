@@ -53,6 +53,7 @@ def fail_vectors(report: StageReport, cb: Callbacks, chunk: Chunk, exc: BaseExce
     report.failed.append(f)
     cb.chunk_failed(f)
 
+
 GPU_PASSES = 2  # chunks in flight per GPU model worker by default: one's copies and host work
 # overlap the other's kernels (each caller has its own CUDA stream)
 

@@ -37,7 +37,13 @@ from geoseg.grid import Chunk
 from geoseg.plan import Plan
 from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
 from geoseg.runtime.scheduling import NeighbourGate
-from geoseg.runtime.vector_procs import LogRecords, VectorPool, fork_server, worker_context
+from geoseg.runtime.vector_procs import (
+    LogRecords,
+    VectorPool,
+    fork_server,
+    no_vectors,
+    worker_context,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.queues import SimpleQueue
@@ -205,7 +211,7 @@ def run_in_processes(n: int, plan: Plan, store: str, todo: list[Chunk],
     level = logging.getLogger("geoseg").getEffectiveLevel()
     pools = [ProcessPoolExecutor(1, mp_context=ctx, initializer=_start,
                                  initargs=(events, stop, level)) for _ in parts]
-    vpool = VectorPool(vector_fn or _no_vectors, plan, store, threads=vector_slots,
+    vpool = VectorPool(vector_fn or no_vectors, plan, store, threads=vector_slots,
                        processes=vector_workers)
     inbox = _Inbox(events)
     running: dict[Future[Any], int] = {}
@@ -290,7 +296,3 @@ def _strip_done(k: int, fut: Future[Any], part: list[Chunk], report: StageReport
             cb.chunk_failed(f)
             settle(c)
     return 1
-
-
-def _no_vectors(plan: Plan, store: str, chunk: Chunk) -> None:
-    raise RuntimeError("this run has no vector function")

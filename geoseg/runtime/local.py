@@ -9,7 +9,9 @@ numcodecs and most of shapely).
 Beside a GPU model the pools have a thread per core and two passes are in flight (each on its
 own CUDA stream): the host's reads, writes and vectors are what feeds the GPU.
 The model is loaded once, in this process; nothing but vector tasks (a chunk out, its features
-back) crosses a process boundary.
+back) crosses a process boundary. With ``runtime.chunk_processes`` the chunks instead go to
+worker processes, each running this executor on a strip of the grid
+(:mod:`geoseg.runtime.chunk_procs`).
 
 Why it exists beside :mod:`geoseg.runtime.ray_backend`: on one machine Ray costs a start-up of
 several seconds, a worker process per concurrent task (1.8 GB of idle workers' PSS at 4096² on
@@ -46,7 +48,7 @@ from geoseg.runtime.base import (
 from geoseg.runtime.chunk_procs import chunk_processes, run_in_processes
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.scheduling import NeighbourGate
-from geoseg.runtime.vector_procs import VectorPool, vector_processes
+from geoseg.runtime.vector_procs import VectorPool, no_vectors, vector_processes
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ class LocalBackend:
         blocks = block_cache(plan, todo)  # decoded source blocks, bounded; cleared after the last
         pool = ThreadPoolExecutor(n_io, thread_name_prefix="geoseg-io")
         mpool = ThreadPoolExecutor(callers, thread_name_prefix="geoseg-model")
-        vpool = VectorPool(vector_fn or _no_vectors, plan, store, threads=n_io,
+        vpool = VectorPool(vector_fn or no_vectors, plan, store, threads=n_io,
                            processes=self.vector_workers)
         pools = (pool, mpool, vpool)
         try:
@@ -212,10 +214,6 @@ class LocalBackend:
 
 class RunStopped(Exception):
     """A run told to stop (``should_stop``) ended early; its chunks in hand were finished."""
-
-
-def _no_vectors(plan: Plan, store: str, chunk: Chunk) -> None:
-    raise RuntimeError("this run has no vector function")
 
 
 def default_io_threads(device: str, cores: int | None = None) -> int:

@@ -70,6 +70,11 @@ def vector_processes(plan: Plan, vectorize: Iterable[Chunk], device: str, slots:
     return 0
 
 
+def no_vectors(plan: Plan, store: str, chunk: Chunk) -> None:
+    """The vector function of a run that vectorizes nothing (never called)."""
+    raise RuntimeError("this run has no vector function")
+
+
 class LogRecords(logging.Handler):
     """Collects a task's log records, made picklable (message formatted, no traceback object)."""
 
