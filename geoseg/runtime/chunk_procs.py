@@ -187,7 +187,9 @@ def run_in_processes(n: int, plan: Plan, store: str, todo: list[Chunk],
     parts = strips(todo, n)
     cores = os.cpu_count() or 2
     per: dict[str, Any] = {  # each worker's share of the job's width
-        "threads": max(1, threads // len(parts)) if device == "cpu" else threads,
+        # (intra-op threads on CPUs; beside a GPU the host's share of torch's ops: the
+        # workers share the cores either way)
+        "threads": max(1, threads // len(parts)),
         "io_threads": max(2, io_threads // len(parts)),
         "passes": passes, "device": device,
         "max_in_flight": max(2, max_in_flight // len(parts)), "retries": retries}
