@@ -23,12 +23,11 @@ an error) every worker stops after the chunks in hand, whose writes finish.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
@@ -185,7 +184,6 @@ def run_in_processes(n: int, plan: Plan, store: str, todo: list[Chunk],
     this process as each chunk and its neighbours are done. The report, and the model
     passes at once of each worker."""
     parts = strips(todo, n)
-    cores = os.cpu_count() or 2
     per: dict[str, Any] = {  # each worker's share of the job's width
         # (intra-op threads on CPUs; beside a GPU the host's share of torch's ops: the
         # workers share the cores either way)
@@ -193,7 +191,7 @@ def run_in_processes(n: int, plan: Plan, store: str, todo: list[Chunk],
         "io_threads": max(2, io_threads // len(parts)),
         "passes": passes, "device": device,
         "max_in_flight": max(2, max_in_flight // len(parts)), "retries": retries}
-    log.debug("chunks in %d worker processes (%s; %d cores)", len(parts), per, cores)
+    log.debug("chunks in %d worker processes (%s each)", len(parts), per)
     report = StageReport()
     gate = NeighbourGate.for_plan(plan, vectorize or [], todo)
     reported: set[str] = set()
@@ -276,7 +274,7 @@ def run_in_processes(n: int, plan: Plan, store: str, todo: list[Chunk],
 
 
 def _strip_done(k: int, fut: Future[Any], part: list[Chunk], report: StageReport,
-                cb: Callbacks, reported: set[str], settle: Any) -> int:
+                cb: Callbacks, reported: set[str], settle: Callable[[Chunk], None]) -> int:
     """A worker's strip is over: its report merged, or (it raised or died) its unreported
     chunks failed. A storage error stops the job. The worker's passes at once."""
     exc = fut.exception()
