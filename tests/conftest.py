@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +47,31 @@ def write_raster(path: Path, data: np.ndarray, *, crs: str | None = CRS_UTM,
         if tags:
             dst.update_tags(**tags)
     return path
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` (tmpfs) mounted at ``path``: a full disk or a read-only
+    one without touching the host's. Skips the test where mounting is not allowed (not root)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_up(disk: Path, leave: int) -> Path:
+    """Fill the file system at ``disk`` with one file until ``leave`` bytes are free."""
+    st = os.statvfs(disk)
+    filler = disk / "filler.bin"
+    filler.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - leave))
+    return filler
 
 
 def coord_image(h: int, w: int, bands: int = 4) -> np.ndarray:

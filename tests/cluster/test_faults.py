@@ -8,19 +8,17 @@ damaged or missing chunk files and two jobs in one folder: tests/pipeline/test_o
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cluster.conftest import assert_same_store, job_dict, write_config
+from tests.conftest import fill_up, small_filesystem
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
@@ -79,32 +77,14 @@ def test_signal_stops_cleanly_then_resume(ray_cluster: None, tmp_path: Path, reg
     assert_same_store(clean_run, out)
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_disk_full_is_one_line_then_resume(ray_cluster: None, tmp_path: Path, region_tif: Path,
                                            tiny_bundles: tuple[str, str], clean_run: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     from geoseg.cli import main
 
-    with _tmpfs(tmp_path / "disk", "4m") as disk:
+    with small_filesystem(tmp_path / "disk", "4m") as disk:
         out = disk / "out"
-        filler = disk / "filler.bin"
-        # leave room for the manifest and a few chunks, not for the whole store
-        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        filler.write_bytes(b"\0" * (free - 96 * 1024))
+        filler = fill_up(disk, 96 * 1024)  # room for the manifest and a few chunks
         argv = _argv(tmp_path, region_tif, out, tiny_bundles)
         rc = main([*argv, "--address", _gcs()])
         err = capsys.readouterr().err.strip().splitlines()
@@ -127,7 +107,7 @@ def test_read_only_file_system(ray_cluster: None, tmp_path: Path, region_tif: Pa
                                capsys: pytest.CaptureFixture[str]) -> None:
     from geoseg.cli import main
 
-    with _tmpfs(tmp_path / "ro", "1m") as ro:
+    with small_filesystem(tmp_path / "ro", "1m") as ro:
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         rc = main(_argv(tmp_path, region_tif, ro / "out", tiny_bundles))
         err = [ln for ln in capsys.readouterr().err.strip().splitlines()

@@ -4,6 +4,7 @@ that dies or a job that stops keeps the executor's rules."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -23,7 +24,7 @@ from geoseg.plan import make_plan
 from geoseg.runtime import vector_procs
 from geoseg.runtime.base import ChunkFailure
 from geoseg.runtime.chunk_procs import chunk_processes, run_in_processes, strips
-from tests.conftest import write_raster
+from tests.conftest import fill_up, small_filesystem, write_raster
 from tests.pipeline.conftest import textured
 
 
@@ -187,6 +188,45 @@ def test_a_stopped_job_stops_its_workers(tmp_path: Path, wide_tif: Path,
     assert vector_procs._SERVER is None  # the fork server and its workers are gone
     assert not [p for p in seen[0] if Path(f"/proc/{p}").exists()
                 and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
+
+
+def test_a_full_disk_in_a_worker_is_one_line_then_resume(
+        tmp_path: Path, wide_tif: Path, tiny_bundles: tuple[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker's chunk write that finds the disk full stops the whole job with the one line
+    a one-process job prints; nothing half-written is left, and --resume finishes the rest."""
+    from geoseg.cli import main
+
+    def argv(out: Path, *extra: str) -> list[str]:
+        return ["-q", "run", str(wide_tif), "-o", str(out), "-m", tiny_bundles[0],
+                "--chunk-size", "64", "--halo", "32", "--threads", "1", "--executor", "local",
+                "--no-vectors", "--chunk-processes", "2", *extra]
+
+    assert main(argv(tmp_path / "clean")) == 0
+    capsys.readouterr()
+    with small_filesystem(tmp_path / "disk", "2m") as disk:
+        out = disk / "out"
+        filler = fill_up(disk, 160 * 1024)  # the manifest and some chunks, not the store
+        rc = main(argv(out))
+        err = [ln for ln in capsys.readouterr().err.strip().splitlines()
+               if not ln.startswith("warning:")]
+        assert rc == 4 and len(err) == 1, err
+        assert err[0].startswith("error: disk full writing") and "--resume" in err[0]
+        assert "predictions.zarr" in err[0], err  # a chunk write, in a worker
+        assert vector_procs._SERVER is None  # no worker outlives the job
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] in ("failed", "running")  # never "complete"
+        assert not (out / "summary.json").exists()
+        partial = len((out / "chunks.jsonl").read_text().splitlines())
+        assert 0 < partial < 96, partial
+        assert not [f for f in out.rglob("*")
+                    if f.name.startswith(".tmp") or f.name.endswith(".partial")]
+        filler.unlink()
+        assert main(argv(out, "--resume")) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["chunks"]["computed_this_run"] == 96 - partial
+        assert (_chunk_files(out / "predictions.zarr")
+                == _chunk_files(tmp_path / "clean" / "predictions.zarr"))
 
 
 @pytest.mark.gpu
