@@ -2,13 +2,14 @@
 
     python -m benchmarks.variants forward   IMAGE BUNDLE [--overlap 64]
     python -m benchmarks.variants naive     IMAGE BUNDLE OUTDIR
-Each prints one JSON line with its timing.
+Each prints one JSON line with its timing and the process's peak resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,8 @@ def main() -> None:
         res = forward(a.image, a.bundle, a.overlap, a.tile, a.batch, a.engine, a.device)
     else:
         res = naive(a.image, a.bundle, a.out or "/tmp/naive", a.tile, 64)
+    # this process's peak resident memory: what one pass of --tile px costs (Linux: KiB)
+    res["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     print(json.dumps(res))
 
 
