@@ -197,13 +197,13 @@ def test_a_full_disk_in_a_worker_is_one_line_then_resume(
     a one-process job prints; nothing half-written is left, and --resume finishes the rest."""
     from geoseg.cli import main
 
-    def argv(out: Path, *extra: str) -> list[str]:
+    def argv(out: Path, *extra: str, procs: int = 2) -> list[str]:
         return ["-q", "run", str(wide_tif), "-o", str(out), "-m", tiny_bundles[0],
                 "--chunk-size", "64", "--halo", "32", "--threads", "1", "--executor", "local",
-                "--no-vectors", "--chunk-processes", "2", *extra]
+                "--no-vectors", "--chunk-processes", str(procs), *extra]
 
     with small_filesystem(tmp_path / "disk", "2m") as disk:  # (skips first where it cannot)
-        assert main(argv(tmp_path / "clean")) == 0
+        assert main(argv(tmp_path / "clean", procs=0)) == 0  # (workers write the same bytes)
         capsys.readouterr()
         out = disk / "out"
         filler = fill_up(disk, 160 * 1024)  # the manifest and some chunks, not the store
