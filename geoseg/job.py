@@ -346,10 +346,18 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
     manifest = folder.start_manifest(meta, overwrite=overwrite, resume=resume,
                                      protect=_inputs(cfg, plan))
     _note_code(manifest, code)
-    folder.discard(STAC_ITEM)  # the item says "complete": only a finished run has one
+    # the item, the summary and the store's attribute say "complete": a resumed run takes them
+    # back first (in the reverse of the order a finished run writes them), so that one killed
+    # half-way never looks complete
     store = folder.store
-    from geoseg.store import init_store
+    from geoseg.store import init_store, mark_incomplete
 
+    folder.detach_store_links()
+    if folder.store_exists():
+        with folder.errors(STORE):
+            mark_incomplete(store)
+    folder.discard(STAC_ITEM)
+    folder.discard(SUMMARY)
     if not folder.store_exists():
         if manifest.done:
             log.warning("%s is missing: every recorded chunk is recomputed", store)

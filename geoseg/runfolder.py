@@ -55,6 +55,11 @@ class RunFolder(Protocol):
 
     def store_exists(self) -> bool: ...
 
+    def detach_store_links(self) -> None:
+        """A store that is a symlink, or holds one, is removed (the links, never their targets)
+        so that the run rewrites it inside the folder instead of writing through them."""
+        ...
+
     def start_manifest(self, data: dict[str, Any], *, overwrite: bool, resume: bool,
                        protect: Iterable[str]) -> RunManifest: ...
 
@@ -83,6 +88,17 @@ class LocalFolder:
     def store_exists(self) -> bool:
         return Path(self.store).exists()
 
+    def detach_store_links(self) -> None:
+        store = Path(self.store)
+        links = [store] if store.is_symlink() else (
+            [p for p in store.rglob("*") if p.is_symlink()] if store.is_dir() else [])
+        if not links:
+            return
+        log.warning("%s is or holds a symlink (e.g. %s): geoseg writes only inside --out, so "
+                    "the store is rebuilt there and its chunks recomputed", store, links[0])
+        with storage_errors(store):
+            remove_output(store)
+
     def start_manifest(self, data: dict[str, Any], *, overwrite: bool, resume: bool,
                        protect: Iterable[str]) -> RunManifest:
         return start(self.root, data, overwrite=overwrite, resume=resume,
@@ -109,6 +125,9 @@ class ObjectRunFolder:
 
     def discard(self, name: str) -> None:
         self.folder.delete_tree(name)
+
+    def detach_store_links(self) -> None:
+        pass  # object storage has no links
 
     def store_exists(self) -> bool:
         # .zmetadata is init_store's last write: without it the store is redone from scratch

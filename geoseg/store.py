@@ -369,6 +369,16 @@ def mark_complete(path: str | Path, extra: dict[str, Any]) -> None:
     zarr.consolidate_metadata(_zstore(path))
 
 
+def mark_incomplete(path: str | Path) -> None:
+    """Take back the store's "complete" (a resumed run rewrites chunks): a no-op when it does
+    not say so."""
+    if not store_attrs(path).get(COMPLETE_ATTR):
+        return
+    g = zarr.open_group(_zstore(path), mode="r+", zarr_format=2)
+    g.attrs.update({COMPLETE_ATTR: False})
+    zarr.consolidate_metadata(_zstore(path))
+
+
 def store_attrs(path: str | Path) -> dict[str, Any]:
     if is_object_url(path):
         data = ObjectFolder(str(path)).read(".zattrs")

@@ -17,7 +17,7 @@ from affine import Affine
 
 from geoseg.errors import GeoSegWarning, InputError
 from geoseg.grid import GeoBox, normalize_crs
-from geoseg.layout import GPKG, STORE
+from geoseg.layout import GPKG, MANIFEST, STORE
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,10 @@ def open_run(path: str | Path, label: str) -> RunInfo:
     grid = GeoBox(shape, transform, crs)
     lattrs = _json(store / LAYER / ".zattrs")
     classes = _scheme(lattrs, label, root)
-    complete = bool(attrs.get("geoseg_complete", False))
+    # both marks, as geoseg.open_run: a run killed between them is not complete
+    manifest = root / MANIFEST
+    status = _json(manifest).get("status") if manifest.is_file() else "complete"
+    complete = bool(attrs.get("geoseg_complete", False)) and status == "complete"
     if not complete:
         warnings.warn(f"run {label} ({root}) is not complete: its missing chunks count as "
                       "unknown; finish it with `geoseg run --resume`", GeoSegWarning,

@@ -18,7 +18,7 @@ import zarr
 from geoseg.cli import main
 from geoseg.cli.app import _join_negative_values
 from geoseg.config import validate_job
-from geoseg.errors import InputError, OutputExistsError, OutputLockedError
+from geoseg.errors import GeoSegWarning, InputError, OutputExistsError, OutputLockedError
 from geoseg.job import Progress, run_job
 from geoseg.outdir import FolderLock
 from geoseg.runtime.serial import SerialBackend
@@ -193,6 +193,63 @@ def test_writes_replace_symlinks(clean: Path, tmp_path: Path,
     assert (outside / "chunks.jsonl").read_bytes() == before
     for name in ("summary.json", "quicklook.png", "chunks.jsonl"):
         assert not (out / name).is_symlink()
+
+
+def test_interrupted_resume_of_a_complete_run_is_not_complete(
+        clean: Path, tmp_path: Path, tiny_bundles: tuple[str, str]) -> None:
+    """A resume killed half-way leaves no "complete" behind: not the old summary, not the
+    store's attribute, not the STAC item; readers (open_run, change) see an incomplete run."""
+    import geoseg
+    from geoseg.change.runs import open_run as open_change_run
+
+    out = tmp_path / "o"
+    shutil.copytree(clean / "clean", out)
+    recs = [json.loads(ln) for ln in (out / "chunks.jsonl").read_text().splitlines()]
+    for r in recs[:3]:
+        for n, f in r["files"].items():
+            if f:
+                _chunk_file(out, n, r["chunk"]).unlink()
+
+    def stop_at_once(p: Progress) -> None:
+        if p.pixels_this_run:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(clean / "img.tif", out, tiny_bundles, resume=True, progress=stop_at_once)
+    assert not (out / "summary.json").exists() and not (out / "stac-item.json").exists()
+    assert store_attrs(out / "predictions.zarr")["geoseg_complete"] is False
+    assert not geoseg.open_run(out).complete
+    with pytest.warns(GeoSegWarning, match="not complete"):
+        assert not open_change_run(out, "a").complete
+    assert _run(clean / "img.tif", out, tiny_bundles, resume=True).ok
+    assert store_attrs(out / "predictions.zarr")["geoseg_complete"] is True
+    assert geoseg.open_run(out).complete
+    _same_store(clean / "clean", out)
+
+
+def test_resume_never_writes_through_a_linked_store(clean: Path, tmp_path: Path,
+                                                    tiny_bundles: tuple[str, str]) -> None:
+    out = tmp_path / "o"
+    shutil.copytree(clean / "clean", out)
+    outside = tmp_path / "userstore"
+    (out / "predictions.zarr").rename(outside)
+    (out / "predictions.zarr").symlink_to(outside)
+    victim = next(p for p in (outside / "landcover").iterdir() if not p.name.startswith("."))
+    victim.unlink()
+    before = sorted(p.name for p in (outside / "landcover").iterdir())
+    assert _run(clean / "img.tif", out, tiny_bundles, resume=True).ok
+    assert sorted(p.name for p in (outside / "landcover").iterdir()) == before  # untouched
+    assert not (out / "predictions.zarr").is_symlink()
+    _same_store(clean / "clean", out)
+    # a link inside the store (an array folder) is not followed either
+    linked = tmp_path / "linked"
+    (out / "predictions.zarr" / "landcover").rename(linked)
+    (out / "predictions.zarr" / "landcover").symlink_to(linked)
+    stamp = {p.name: p.stat().st_mtime_ns for p in linked.iterdir()}
+    assert _run(clean / "img.tif", out, tiny_bundles, resume=True).ok
+    assert {p.name: p.stat().st_mtime_ns for p in linked.iterdir()} == stamp
+    assert not (out / "predictions.zarr" / "landcover").is_symlink()
+    _same_store(clean / "clean", out)
 
 
 def test_second_job_refused_while_locked(clean: Path, tmp_path: Path,
