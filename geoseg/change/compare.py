@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from geoseg.change.spectral import (
     spectral_threshold,
 )
 from geoseg.errors import GeoSegError, GeoSegWarning, InputError, OutputExistsError
+from geoseg.outdir import FolderLock, atomic_write_text, remove_output, storage_errors
 from geoseg.runtime.connection import ray_connected
 
 log = logging.getLogger(__name__)
@@ -84,25 +84,50 @@ class ChangeResult:
         return None if b is None else dict(b["counts"])
 
 
-def _prepare_output(out: Path, runs: tuple[Path, ...], overwrite: bool) -> None:
+def _ours(out: Path) -> bool:
+    """Whether ``out`` holds an earlier ``geoseg change`` (its store, written first, says so)."""
+    store = out / STORE
+    if store.is_symlink() or not (store / ".zattrs").is_file():
+        return False
+    try:
+        return json.loads((store / ".zattrs").read_text()).get("kind") == "geoseg-change"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _prepare_output(out: Path, runs: tuple[Path, ...], overwrite: bool) -> FolderLock:
+    """Create and lock ``out`` (the lock is returned, held); with ``overwrite``, remove the
+    outputs of an earlier ``geoseg change`` there, and only those: a name this stage writes
+    that geoseg did not write is refused."""
     res = out.resolve()
     for r in runs:
         if res == r.resolve():
             raise InputError(f"output {out} is an input run: choose another -o directory")
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} is a file: choose a directory for -o")
-    inputs = {r.resolve() for r in runs}
-    if out.exists() and any(p.resolve() not in inputs for p in out.iterdir()):
-        if not overwrite:
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out).acquire("geoseg change")
+    try:
+        inputs = {r.resolve() for r in runs}
+        others = [p for p in out.iterdir() if p.name != lock.path.name
+                  and p.resolve() not in inputs]
+        if others and not overwrite:
             raise OutputExistsError(f"output {out} is not empty: pass --overwrite to replace "
                                     "the change outputs, or choose another -o directory")
-        for name in OUTPUTS:  # only what this stage writes; anything else stays
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        taken = [out / n for n in OUTPUTS if (out / n).exists() or (out / n).is_symlink()]
+        if taken and not _ours(out):
+            raise OutputExistsError(
+                f"output {out} holds {taken[0].name}, which geoseg did not write: move it or "
+                "choose another -o directory (geoseg never replaces files it did not write)")
+        for p in taken:  # only what this stage writes; anything else stays
+            log.info("--overwrite: removing %s", p)
+            with storage_errors(p):
+                remove_output(p)  # a symlink goes, never its target
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _store_attrs(a: RunInfo, b: RunInfo, decision: GridDecision,
@@ -180,56 +205,59 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     a, b = open_run(run_a, "a"), open_run(run_b, "b")
     check_same_classes(a, b)
     decision = decide_grid(a, b, grid)
-    _prepare_output(out, (run_a, run_b), overwrite)
-    timings: dict[str, float] = {}
+    lock = _prepare_output(out, (run_a, run_b), overwrite)
+    try:
+        timings: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    spectral, spectral_note = _spectral_inputs(a, b, decision, min_spectral_change, images)
-    inputs = change_inputs(decision, a, b, spectral)
-    store = out / STORE
-    init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence),
-                      spectral=spectral is not None)
-    rule_px = ChangeRule(threshold, min_change_width, change_threshold,
-                         spectral_threshold(min_spectral_change) if spectral else 0)
-    with quiet_warp():
-        transitions = compute_change(store, inputs, decision, a.classes, rule_px,
-                                     (a, b) if use_ray else None, spectral)
-    transitions.write_csv(out / CSV)
-    timings["landcover_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        spectral, spectral_note = _spectral_inputs(a, b, decision, min_spectral_change, images)
+        inputs = change_inputs(decision, a, b, spectral)
+        store = out / STORE
+        init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence),
+                          spectral=spectral is not None)
+        rule_px = ChangeRule(threshold, min_change_width, change_threshold,
+                             spectral_threshold(min_spectral_change) if spectral else 0)
+        with quiet_warp():
+            transitions = compute_change(store, inputs, decision, a.classes, rule_px,
+                                         (a, b) if use_ray else None, spectral)
+        transitions.write_csv(out / CSV)
+        timings["landcover_s"] = round(time.perf_counter() - t0, 3)
 
-    t0 = time.perf_counter()
-    bchanges = compare_buildings(a, b, out / GPKG, iou_modified=iou_modified,
-                                 area_tolerance=area_tolerance, rule=rule,
-                                 evidence=PixelEvidence(store, a, b, decision))
-    outputs: dict[str, Path] = {"change_store": store, "transitions": out / CSV}
-    if bchanges is not None:
-        outputs["building_changes"] = bchanges.path
-    timings["buildings_s"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        bchanges = compare_buildings(a, b, out / GPKG, iou_modified=iou_modified,
+                                     area_tolerance=area_tolerance, rule=rule,
+                                     evidence=PixelEvidence(store, a, b, decision))
+        outputs: dict[str, Path] = {"change_store": store, "transitions": out / CSV}
+        if bchanges is not None:
+            outputs["building_changes"] = bchanges.path
+        timings["buildings_s"] = round(time.perf_counter() - t0, 3)
 
-    t0 = time.perf_counter()
-    ds = xr.open_zarr(str(store), chunks={"y": decision.chunk, "x": decision.chunk},
-                      mask_and_scale=False, zarr_format=2)
-    change = {n: ds[n] for n in ("changed", "to_class")}
-    with quiet_warp():
-        pngs = render(out, inputs, change, a.classes, (a.date, b.date))
-    outputs.update({f"{key}_png": path for key, path in pngs.items()})
-    timings["quicklooks_s"] = round(time.perf_counter() - t0, 3)
-    timings["total_s"] = round(time.perf_counter() - t_start, 3)
+        t0 = time.perf_counter()
+        ds = xr.open_zarr(str(store), chunks={"y": decision.chunk, "x": decision.chunk},
+                          mask_and_scale=False, zarr_format=2)
+        change = {n: ds[n] for n in ("changed", "to_class")}
+        with quiet_warp():
+            pngs = render(out, inputs, change, a.classes, (a.date, b.date))
+        outputs.update({f"{key}_png": path for key, path in pngs.items()})
+        timings["quicklooks_s"] = round(time.perf_counter() - t0, 3)
+        timings["total_s"] = round(time.perf_counter() - t_start, 3)
 
-    outputs["summary"] = out / SUMMARY
-    summary = _summary(a, b, decision, min_confidence, iou_modified, area_tolerance,
-                       transitions, bchanges, outputs, timings)
-    if summary["buildings"] is not None:
-        summary["buildings"]["evidence"] = rule.describe()
-    summary["min_change_width_px"] = min_change_width
-    summary["min_change_confidence"] = min_change_confidence
-    summary["spectral"] = ({"min_spectral_change": min_spectral_change, **spectral.describe()}
-                           if spectral else {"min_spectral_change": None,
-                                             "skipped": spectral_note})
-    summary["executor"] = "ray" if use_ray else "threads"
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
-    log.info("change %s -> %s written to %s in %.1f s", run_a, run_b, out, timings["total_s"])
-    return ChangeResult(out, summary, outputs)
+        outputs["summary"] = out / SUMMARY
+        summary = _summary(a, b, decision, min_confidence, iou_modified, area_tolerance,
+                           transitions, bchanges, outputs, timings)
+        if summary["buildings"] is not None:
+            summary["buildings"]["evidence"] = rule.describe()
+        summary["min_change_width_px"] = min_change_width
+        summary["min_change_confidence"] = min_change_confidence
+        summary["spectral"] = ({"min_spectral_change": min_spectral_change, **spectral.describe()}
+                               if spectral else {"min_spectral_change": None,
+                                                 "skipped": spectral_note})
+        summary["executor"] = "ray" if use_ray else "threads"
+        atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str))
+        log.info("change %s -> %s written to %s in %.1f s", run_a, run_b, out, timings["total_s"])
+        return ChangeResult(out, summary, outputs)
+    finally:
+        lock.release()
 
 
 def _spectral_inputs(a: RunInfo, b: RunInfo, decision: GridDecision, min_change: float,

@@ -80,6 +80,57 @@ def test_cli_refuses_non_empty_output(tmp_path: Path,
     assert rc == 0, err
 
 
+def test_cli_overwrite_replaces_only_what_geoseg_wrote(
+        tmp_path: Path, runs: tuple[Path, Path, np.ndarray, np.ndarray],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A file with a change output's name that no `geoseg change` wrote is refused, --overwrite
+    or not; in an earlier change output a symlink is removed, never its target."""
+    a, b, _, _ = runs
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / "transitions.csv").write_text("my csv")
+    (out / "evaluation.json").write_text("my eval")
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(out), "--overwrite"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "did not write" in err, err
+    assert (out / "transitions.csv").read_text() == "my csv"
+    assert (out / "evaluation.json").read_text() == "my eval"
+    user = tmp_path / "userdir"
+    user.mkdir()
+    (user / "x").write_text("precious")
+    linked = tmp_path / "c2"
+    linked.mkdir()
+    (linked / "change.zarr").symlink_to(user)
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(linked), "--overwrite"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "change.zarr" in err, err
+    assert (user / "x").read_text() == "precious" and sorted(user.iterdir()) == [user / "x"]
+    done = tmp_path / "done"
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(done)], capsys)
+    assert rc == 0, err
+    (done / "before.png").unlink()
+    (done / "before.png").symlink_to(user / "x")
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(done), "--overwrite"], capsys)
+    assert rc == 0, err
+    assert (user / "x").read_text() == "precious"
+    assert not (done / "before.png").is_symlink() and (done / "before.png").stat().st_size > 0
+
+
+def test_cli_output_in_use_is_refused(tmp_path: Path,
+                                      runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from geoseg.outdir import FolderLock
+
+    a, b, _, _ = runs
+    out = tmp_path / "c"
+    out.mkdir()
+    with FolderLock(out).acquire("geoseg change"):
+        rc, _, err = _main(["change", str(a), str(b), "-o", str(out)], capsys)
+    assert rc != 0 and err.count("\n") == 1 and "in use" in err, err
+    assert sorted(p.name for p in out.iterdir()) == []
+    rc, _, err = _main(["change", str(a), str(b), "-o", str(out)], capsys)
+    assert rc == 0, err
+    assert not (out / ".geoseg.lock").exists()
+
+
 @pytest.mark.parametrize("argv_tail, needle", [
     (["--min-confidence", "2"], "min_confidence"),
     (["--iou-modified", "0"], "iou_modified"),
