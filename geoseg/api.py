@@ -375,6 +375,7 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
           scenes: Sequence[str | Path] = (),
           pairs: Sequence[tuple[str | Path, str | Path]] = (), class_field: str = "class_id",
           background: int = 0, name: str | None = None, resume: bool = False,
+          overwrite: bool = False,
           progress: Callable[[int, int, float, float, float], None] | None = None,
           **options: Any) -> TrainResult:
     """Train a model bundle into ``out`` and return the :class:`geoseg.training.TrainResult`
@@ -386,7 +387,9 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
     to ignore them). ``options`` are :class:`geoseg.training.TrainConfig` fields (``steps``,
     ``batch_size``, ``chip_size``, ``seed``, ``architecture``, ``loss``, ``device``,
     ``max_seconds``, ``classes``, ...); ``classes`` defaults to the built-in ones of ``task``.
-    ``progress(step, steps, loss, lr, seconds)`` is called after every step.
+    ``progress(step, steps, loss, lr, seconds)`` is called after every step. ``out`` must be
+    new or empty, or hold an earlier training (continued with ``resume``, replaced with
+    ``overwrite``).
     """
     from pydantic import ValidationError
 
@@ -415,7 +418,7 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
         e = exc.errors()[0]
         raise ConfigError(f"geoseg.train(): {'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
                           ) from exc
-    return train_bundle(cfg, data, out, resume=resume, progress=progress)
+    return train_bundle(cfg, data, out, resume=resume, overwrite=overwrite, progress=progress)
 
 
 def evaluate(run: Run | str | Path | None = None, *, scene: str | Path | None = None,

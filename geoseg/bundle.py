@@ -233,10 +233,12 @@ def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
 
 
 def write_spec(spec: BundleSpec, bundle_dir: str | Path) -> Path:
+    from geoseg.outdir import atomic_write_text  # replaces a symlink, never writes through it
+
     path = Path(bundle_dir) / BUNDLE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True),
-                                   sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True),
+                                           sort_keys=False))
     return path
 
 

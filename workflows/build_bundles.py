@@ -250,7 +250,7 @@ def build(name: str, out: Path, scenes: list[Path], args: argparse.Namespace) ->
             update={"contact_weight": args.contact_weight})})
     files = [f for d in scenes for f in scene_files(d, config.task, DATES)]
     bundle = out / config.name
-    train(config, files, bundle, resume=args.resume)
+    train(config, files, bundle, resume=args.resume, overwrite=True)  # a rebuild
     if name != "maskrcnn":  # engine auto runs the ONNX graph on CPUs
         from geoseg.models.onnx import export_onnx
 

@@ -130,7 +130,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       init_from=a.init_from, **_architecture(a))
     bar = _TrainProgress(a.quiet, cfg.max_seconds)
     try:
-        res = train(cfg, scenes, a.out, resume=a.resume, progress=bar)
+        res = train(cfg, scenes, a.out, resume=a.resume, overwrite=a.overwrite, progress=bar)
     finally:
         bar.close()
     training = res.spec.training or {}
@@ -323,6 +323,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="write OUT/checkpoints/last.pt every N steps (default 100)")
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoints/last.pt (same config and scenes)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the bundle an earlier `geoseg train` wrote in OUT (a folder "
+                        "holding anything else is refused)")
     t.add_argument("--init-from", metavar="BUNDLE",
                    help="fine-tune: start from this bundle's weights (a directory or a built-in "
                         "name, e.g. buildings) with its normalization; needs the same "

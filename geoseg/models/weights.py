@@ -8,11 +8,12 @@ from typing import Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from geoseg.bundle import BundleSpec, bundle_file, write_spec
 from geoseg.errors import BundleError
+from geoseg.outdir import atomic_write_bytes, storage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,13 @@ def save_bundle(model: nn.Module, spec: BundleSpec, out_dir: str | Path,
                 dtype: StoreDtype = "float16") -> Path:
     """Write ``bundle.yaml`` and the weights file named by ``spec.weights`` into ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     path = weights_path(spec, out)
     tensors = state_tensors(model, dtype)
-    save_file(tensors, str(path), metadata={"bundle": spec.name, "version": spec.version,
-                                            "architecture": spec.architecture.name,
-                                            "dtype": dtype})
+    data = save(tensors, metadata={"bundle": spec.name, "version": spec.version,
+                                   "architecture": spec.architecture.name, "dtype": dtype})
+    atomic_write_bytes(path, data)  # a symlink there is replaced, never written through
     write_spec(spec, out)
     logger.info("wrote bundle %s (%s, %.2f MB)", out, spec.name, path.stat().st_size / 1e6)
     return out

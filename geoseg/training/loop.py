@@ -40,6 +40,7 @@ from geoseg.models.weights import save_bundle
 from geoseg.training import checkpoint as ckpt
 from geoseg.training.augment import AugmentConfig, augment
 from geoseg.training.bands import resolve_layout, training_normalization
+from geoseg.training.bundle_dir import check_bundle_dir
 from geoseg.training.data import ChipSampler, SceneFiles
 from geoseg.training.finetune import check_compatible, load_start, starting_bundle
 from geoseg.training.losses import LossConfig, SegLoss
@@ -261,14 +262,18 @@ def resolve_device(config: TrainConfig) -> torch.device:
 
 
 def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path, *,
-          resume: bool = False, progress: ProgressFn | None = None) -> TrainResult:
+          resume: bool = False, overwrite: bool = False,
+          progress: ProgressFn | None = None) -> TrainResult:
     """Train ``config`` on ``scenes`` and write the bundle to ``out_dir``.
 
     A checkpoint is written to ``out_dir/checkpoints/last.pt`` every ``checkpoint_every``
     steps; ``resume=True`` continues from it (bit-identical to an uninterrupted run on CPU,
     see :mod:`geoseg.training.checkpoint`) and starts afresh when there is none. ``progress`` is
-    called after every step (exceptions it raises stop training and propagate)."""
+    called after every step (exceptions it raises stop training and propagate). A folder
+    holding anything but an earlier training output is refused, and an earlier one needs
+    ``resume`` or ``overwrite`` (:mod:`geoseg.training.bundle_dir`)."""
     _check(config)
+    check_bundle_dir(out_dir, resume=resume, overwrite=overwrite)
     semantic = config.architecture.name != "maskrcnn"
     if config.threads is not None:
         torch.set_num_threads(config.threads)

@@ -164,7 +164,8 @@ def test_train_builds_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     scene = write_scene(tmp_path / "scene")
     seen: dict[str, Any] = {}
 
-    def fake(config: Any, scenes: Any, out: Any, *, resume: bool, progress: Any) -> str:
+    def fake(config: Any, scenes: Any, out: Any, *, resume: bool, overwrite: bool,
+             progress: Any) -> str:
         seen.update(config=config, scenes=scenes, out=out, resume=resume)
         return "result"
 

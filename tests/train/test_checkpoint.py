@@ -114,7 +114,7 @@ def test_cli_train_flags_and_progress(tiny_scene: Path, tmp_path: Path,
     calls: list[tuple[TrainConfig, bool]] = []
 
     def fake_train(config: TrainConfig, scenes: object, out: object, *, resume: bool,
-                   progress: ProgressFn) -> SimpleNamespace:
+                   overwrite: bool, progress: ProgressFn) -> SimpleNamespace:
         calls.append((config, resume))
         for step in (1, 2):
             progress(step, 2, 0.5 / step, 1e-3, 0.1 * step)
