@@ -7,12 +7,13 @@ batch, height and width are dynamic (H and W multiples of 32).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import torch
 
-from geoseg.bundle import read_spec, write_spec
+from geoseg.bundle import BundleSpec, read_spec, write_spec
 from geoseg.errors import BundleError
 from geoseg.models.factory import build_model, dummy_input, is_semantic
 from geoseg.models.weights import load_weights, weights_path
@@ -33,7 +34,24 @@ def export_onnx(bundle_dir: str | Path, file_name: str = "model.onnx",
     load_weights(model, weights_path(spec, bundle_dir))
     model.eval()
     path = bundle_dir / file_name
+    if path.parent.resolve() != bundle_dir.resolve():
+        raise BundleError(f"ONNX file name {file_name!r} must be a plain name inside the bundle")
     half = half_weights_exact(spec, bundle_dir)
+    # built under a temporary name, then renamed: a symlink at ``path`` is replaced, never
+    # written through, and a failed export leaves the earlier graph as it was
+    tmp = path.with_name(f".tmp-{os.getpid()}-{file_name}")
+    try:
+        _export(model, spec, tmp, opset, half)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_spec(spec.model_copy(update={"onnx": file_name}), bundle_dir)
+    logger.info("exported %s to %s", spec.name, path)
+    return path
+
+
+def _export(model: torch.nn.Module, spec: BundleSpec, path: Path, opset: int,
+            half: bool) -> None:
     # The TorchScript exporter: the dynamo one needs onnxscript, which geoseg does not require.
     # With float16 weights the graph keeps them as they are (no folding of BatchNorm into the
     # convolutions, whose folded weights float16 cannot hold): onnxruntime folds them in float32
@@ -47,9 +65,6 @@ def export_onnx(bundle_dir: str | Path, file_name: str = "model.onnx",
                                         "logits": {0: "batch", 2: "height", 3: "width"}})
     if half:
         store_half(path)
-    write_spec(spec.model_copy(update={"onnx": file_name}), bundle_dir)
-    logger.info("exported %s to %s", spec.name, path)
-    return path
 
 
 def half_weights_exact(spec: object, bundle_dir: Path) -> bool:

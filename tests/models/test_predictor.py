@@ -116,6 +116,23 @@ def test_instances_to_proba_marks_contact_ring() -> None:
     assert np.array_equal(empty[0], np.ones((4, 4)))
 
 
+def test_export_onnx_replaces_a_symlink_never_writes_through_it(unet_bundle: Path,
+                                                                 tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    from geoseg.models import export_onnx
+
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(b"precious user file")
+    (unet_bundle / "model.onnx").symlink_to(outside)
+    path = export_onnx(unet_bundle)
+    assert outside.read_bytes() == b"precious user file"
+    assert not path.is_symlink() and path.stat().st_size > 1000
+    assert not [p for p in unet_bundle.iterdir() if p.name.startswith(".tmp-")]
+    with pytest.raises(BundleError, match="plain name"):
+        export_onnx(unet_bundle, "../elsewhere.onnx")
+    assert not (tmp_path / "elsewhere.onnx").exists()
+
+
 def test_touching_pixels_ignores_background() -> None:
     labels = np.array([[1, 1, 0, 2], [1, 1, 2, 2]])
     assert touching_pixels(labels).tolist() == [[False, True, False, False],
