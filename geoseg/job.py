@@ -345,37 +345,37 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
                        for m in plan.models}}
     manifest = folder.start_manifest(meta, overwrite=overwrite, resume=resume,
                                      protect=_inputs(cfg, plan))
-    _note_code(manifest, code)
-    # the item, the summary and the store's attribute say "complete": a resumed run takes them
-    # back first (in the reverse of the order a finished run writes them), so that one killed
-    # half-way never looks complete
-    store = folder.store
-    from geoseg.store import init_store, mark_incomplete
-
-    folder.detach_store_links()
-    if folder.store_exists():
-        with folder.errors(STORE):
-            mark_incomplete(store)
-    folder.discard(STAC_ITEM)
-    folder.discard(SUMMARY)
-    if not folder.store_exists():
-        if manifest.done:
-            log.warning("%s is missing: every recorded chunk is recomputed", store)
-            manifest.forget(list(manifest.done))
-        with folder.errors(STORE):
-            init_store(store, grid, plan.chunks.chunk, plan.layers,
-                       {"source_image": redact(plan.image.path),
-                        "acquisition_date": plan.image.acquisition_date,
-                        "result_key": key}, _mosaic_items(plan))
-    damaged = _verify(plan, store, manifest)
-    if damaged:
-        log.warning("%d finished chunk(s) are missing or damaged on disk (e.g. %s): "
-                    "recomputing them", len(damaged), damaged[0])
-    manifest.update(status="running")
-    todo = [c for c in plan.chunks if c.id not in manifest.done]
-    log.info("%d chunks, %d to do (%d already done)", len(plan.chunks), len(todo),
-             len(manifest.done))
     try:
+        _note_code(manifest, code)
+        # the item, the summary and the store's attribute say "complete": a resumed run takes them
+        # back first (in the reverse of the order a finished run writes them), so that one killed
+        # half-way never looks complete
+        store = folder.store
+        from geoseg.store import init_store, mark_incomplete
+
+        folder.detach_store_links()
+        if folder.store_exists():
+            with folder.errors(STORE):
+                mark_incomplete(store)
+        folder.discard(STAC_ITEM)
+        folder.discard(SUMMARY)
+        if not folder.store_exists():
+            if manifest.done:
+                log.warning("%s is missing: every recorded chunk is recomputed", store)
+                manifest.forget(list(manifest.done))
+            with folder.errors(STORE):
+                init_store(store, grid, plan.chunks.chunk, plan.layers,
+                           {"source_image": redact(plan.image.path),
+                            "acquisition_date": plan.image.acquisition_date,
+                            "result_key": key}, _mosaic_items(plan))
+        damaged = _verify(plan, store, manifest)
+        if damaged:
+            log.warning("%d finished chunk(s) are missing or damaged on disk (e.g. %s): "
+                        "recomputing them", len(damaged), damaged[0])
+        manifest.update(status="running")
+        todo = [c for c in plan.chunks if c.id not in manifest.done]
+        log.info("%d chunks, %d to do (%d already done)", len(plan.chunks), len(todo),
+                 len(manifest.done))
         return _execute(cfg, plan, folder, manifest, todo, progress, backend, t_start)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (JobInterrupted): a cancelled job
         from geoseg.runtime.signals import received
@@ -386,7 +386,16 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
     except Exception as exc:  # bad model, disk full, a bug: finished chunks stay valid
         with contextlib.suppress(StorageError):  # no room to say so on a full disk
             manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
+        if isinstance(exc, StorageError) and str(exc).endswith("then rerun"):
+            raise _resumable(exc) from exc
         raise
+
+
+def _resumable(exc: StorageError) -> StorageError:
+    """``exc`` saying how a job goes on after its cause is fixed."""
+    err = StorageError(f"{exc} with --resume (finished chunks are kept)")
+    err.fatal = exc.fatal
+    return err
 
 
 def _damaged(plan: Plan, store: str, records: dict[str, dict[str, Any] | None]) -> list[str]:

@@ -247,13 +247,13 @@ def storage_error(exc: BaseException, path: Path) -> StorageError:
             cause = "disk full"
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     detail = lines[-1][:200] if lines else type(exc).__name__
+    # "then rerun": a job adds how it resumes (see geoseg.job), other commands just rerun
     if cause == "disk full":
-        err = StorageError(f"disk full writing {path}: free some space, then rerun with "
-                           "--resume (finished chunks are kept)")
+        err = StorageError(f"disk full writing {path}: free some space, then rerun")
     elif cause:
-        err = StorageError(f"{cause} writing {path}: fix it, then rerun with --resume")
+        err = StorageError(f"{cause} writing {path}: fix it, then rerun")
     else:
-        err = StorageError(f"cannot write {path} ({detail}): fix it, then rerun with --resume")
+        err = StorageError(f"cannot write {path} ({detail}): fix it, then rerun")
     err.fatal = bool(cause)
     return err
 

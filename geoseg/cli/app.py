@@ -104,14 +104,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, exit_code)
 
 
+# What an interrupted command leaves, and how to go on (run, demo and train resume)
+INTERRUPTED = {
+    "run": "finished chunks are kept; rerun with --resume to continue",
+    "demo": "finished chunks are kept; rerun with --resume to continue",
+    "submit": "stopped waiting; a submitted job goes on (geoseg status / logs / cancel JOB)",
+    "logs": "stopped following; the job goes on (geoseg status / cancel JOB)",
+    "train": "the last checkpoint (OUT/checkpoints/last.pt) is kept; rerun with --resume to "
+             "continue",
+    "change": "the outputs in -o are incomplete (no change_summary.json); rerun with "
+              "--overwrite",
+}
+INTERRUPTED_OTHER = "nothing was finished; rerun the command"
+
+
 def _dispatch(args: argparse.Namespace, exit_code: Callable[[BaseException], int]) -> int:
     """Run the sub-command; user errors and interruptions become one line and an exit code."""
     try:
         return int(args.fn(args))
     except KeyboardInterrupt as exc:  # JobInterrupted too
         shutdown_ray()
-        print("interrupted: finished chunks are kept; rerun with --resume to continue",
-              file=sys.stderr)
+        print(f"interrupted: {INTERRUPTED.get(args.cmd, INTERRUPTED_OTHER)}", file=sys.stderr)
         return exit_code(exc)
     except GeoSegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -118,3 +118,34 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: random)" in out and "(default: 0.5)" in out  # set by the parser
     assert "(default 0) (default" not in out  # said once where the help already says it
+
+
+@pytest.mark.parametrize("cmd, resumes", [("run", True), ("train", True), ("change", False),
+                                          ("export", False), ("eval", False),
+                                          ("sample", False)])
+def test_interrupt_says_how_this_command_goes_on(cmd: str, resumes: bool,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C names --resume only for the commands that have it."""
+    import argparse
+
+    from geoseg.cli.app import _dispatch
+
+    def stop(_: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    rc = _dispatch(argparse.Namespace(cmd=cmd, fn=stop), lambda _exc: 130)
+    err = capsys.readouterr().err
+    assert rc == 130 and err.count("\n") == 1 and err.startswith("interrupted: ")
+    assert ("--resume" in err) is resumes, err
+
+
+def test_out_under_a_file_does_not_say_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              tiny_bundles: tuple[str, str]) -> None:
+    """Nothing ran: the line says what is wrong, not "rerun with --resume"."""
+    img = write_raster(tmp_path / "img.tif", textured(64, 64))
+    (tmp_path / "afile").write_text("x")
+    rc, err = _run(capsys, str(img), "-o", str(tmp_path / "afile" / "sub"),
+                   "-m", tiny_bundles[0])
+    line = _one_line(err)
+    assert rc != 0 and "--resume" not in line and "afile" in line, line
+    assert (tmp_path / "afile").read_text() == "x"
