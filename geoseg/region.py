@@ -151,7 +151,24 @@ def clip_grid(image: GeoBox, region: Region | None) -> tuple[Window, Region | No
             f"region {tuple(round(v, 2) for v in (minx, miny, maxx, maxy))} lies outside the "
             f"image {tuple(round(v, 2) for v in (ib.left, ib.bottom, ib.right, ib.top))} "
             f"({image.crs.to_string()}): pick a region that overlaps it")
+    if not r.is_box and not _overlaps(r.geometry, image.bounds):
+        ib = image.bounds
+        raise RegionError(
+            f"region {tuple(round(v, 2) for v in (minx, miny, maxx, maxy))} does not overlap "
+            f"the image {tuple(round(v, 2) for v in (ib.left, ib.bottom, ib.right, ib.top))} "
+            f"({image.crs.to_string()}): only its bounding box does; pick a region whose "
+            "polygons cover part of the image")
     return clipped, (None if r.is_box else r)
+
+
+def _overlaps(geometry: BaseGeometry, bounds: Bounds) -> bool:
+    """Whether ``geometry`` shares an area with ``bounds`` (same CRS); touching is not enough.
+    An invalid polygon (a bow tie) is repaired for the test only."""
+    footprint = shapely.box(bounds.left, bounds.bottom, bounds.right, bounds.top)
+    g = geometry if geometry.is_valid else shapely.make_valid(geometry)
+    if not g.intersects(footprint):
+        return False
+    return bool(g.intersection(footprint).area > 0)
 
 
 def region_mask(region: Region, grid: GeoBox, window: Window) -> np.ndarray:
