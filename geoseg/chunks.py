@@ -24,7 +24,7 @@ from geoseg.outdir import storage_errors
 from geoseg.plan import ModelRef, Plan
 from geoseg.region import region_mask
 from geoseg.sources.mosaic import Mosaic, read_window_sources, sources_record
-from geoseg.sources.remote import is_local_path
+from geoseg.sources.remote import is_local_path, redact
 from geoseg.stitch import (
     Crop,
     classify,
@@ -117,16 +117,19 @@ def read_chunk(plan: Plan, chunk: Chunk, cache: BlockCache | None = None) -> Chu
             data, valid = read_window(plan.image, img_win, plan.bands, cache=cache)
     except RasterioIOError as exc:
         path = plan.image.path
+        where = (f"pixels {img_win.row_off}:{img_win.row_end}, {img_win.col_off}:"
+                 f"{img_win.col_end}")
         if not is_local_path(path) or isinstance(plan.image, Mosaic):
-            raise  # a remote read may succeed on retry (a mosaic's local errors are InputError)
-        root: BaseException = exc
-        while root.__cause__ is not None:  # rasterio chains GDAL's own message
-            root = root.__cause__
-        lines = [ln for ln in str(root).splitlines() if ln.strip()]
-        raise InputError(f"{path} is damaged (cannot read pixels {img_win.row_off}:"
-                         f"{img_win.row_end}, {img_win.col_off}:{img_win.col_end}: "
-                         f"{lines[-1][:160] if lines else 'read failed'}): repair or "
-                         "re-download it; a rerun cannot fix this") from exc
+            # a remote read may succeed on retry (a mosaic's local errors are InputError): the
+            # error stays retryable, with GDAL's cause in its message (rasterio's own says
+            # only "Read failed", and the chained cause is lost on the way to the report)
+            cause = _gdal_cause(exc, 2 if isinstance(plan.image, Mosaic) else 1)
+            raise RasterioIOError(
+                f"cannot read {where} of {redact(path)} ({cause}): the file may be truncated "
+                "or damaged, or the connection failed; check that the whole file is served "
+                "(its size, the URL), then rerun with --resume") from exc
+        raise InputError(f"{path} is damaged (cannot read {where}: {_gdal_cause(exc)}): "
+                         "repair or re-download it; a rerun cannot fix this") from exc
     # the quicklook shows the image as read (inside the grid, outside a region too)
     thumb = image_thumb(data, valid, plan.bands, plan.image.count,
                         chunk.window.relative_to(ctx), chunk.window,
@@ -136,6 +139,24 @@ def read_chunk(plan: Plan, chunk: Chunk, cache: BlockCache | None = None) -> Chu
     if plan.region is not None:
         valid &= region_mask(plan.region, plan.image.geobox, img_win)
     return ChunkInput(chunk, data, valid, time.perf_counter() - t0, source, sources, thumb)
+
+
+def _gdal_cause(exc: BaseException, parts: int = 1) -> str:
+    """GDAL's own messages chained under rasterio's "Read failed": the last one (the root
+    cause: "... got 98998 bytes, expected 1105692") and, with ``parts=2``, the first (it names
+    the file and block: which of a mosaic's items failed), redacted."""
+    chain: list[str] = []
+    e: BaseException | None = exc.__cause__
+    while e is not None and len(chain) < 10:  # rasterio chains GDAL's own message
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if lines:
+            chain.append(lines[-1][:160])
+        e = e.__cause__
+    if not chain:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        return redact(lines[-1][:160]) if lines else "read failed"
+    picked = [chain[-1]] if parts == 1 or len(chain) == 1 else [chain[0], chain[-1]]
+    return redact(": ".join(picked))
 
 
 def model_input(plan: Plan, ref: ModelRef, inp: ChunkInput) -> tuple[np.ndarray, int, int, bool]:

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -117,6 +118,41 @@ def _detail(exc: BaseException) -> str:
     return redact(lines[0][:200]) if lines else type(exc).__name__
 
 
+#: A denial in an error's text (status 401/403, the providers' error codes): obstore raises a
+#: GenericError, not a PermissionDeniedError, for a 403 on a listing.
+_DENIED = re.compile(r"status code:? 40[13]\b|\b40[13] (Forbidden|Unauthorized)\b|AccessDenied"
+                     r"|Access Denied|InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToken"
+                     r"|InvalidToken|AuthenticationFailed|AuthorizationFailure"
+                     r"|AuthorizationPermissionMismatch|InvalidAuthenticationInfo")
+_CODE = re.compile(r"<Code>\s*([^<]+?)\s*</Code>(?:.*?<Message>\s*([^<]+?)\s*</Message>)?",
+                   re.S)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from (``__cause__``/``__context__``)."""
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in out and len(out) < 10:
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _denied(exc: BaseException) -> str | None:
+    """The detail of an access denial somewhere in ``exc``'s chain (None: not one): the
+    provider's error code and message when the response body gives them."""
+    from geoseg.sources.remote import redact
+
+    for e in _chain(exc):
+        text = str(e)
+        if _DENIED.search(text):
+            m = _CODE.search(text)
+            if m is None:
+                return _detail(e)
+            return redact(f"{m[1]}: {m[2]}" if m[2] else m[1])[:200]
+    return None
+
+
 def storage_error(exc: BaseException, url: str, what: str = "write") -> StorageError | None:
     """A one-line StorageError for an object-storage failure at ``url`` (None: not one).
 
@@ -131,9 +167,11 @@ def storage_error(exc: BaseException, url: str, what: str = "write") -> StorageE
             s in text for s in _NO_BUCKET):
         err = StorageError(f"bucket {bucket_of(url)} does not exist ({url}): create it, or "
                            "choose another --out")
-    elif isinstance(exc, ox.PermissionDeniedError | ox.UnauthenticatedError | PermissionError):
-        err = StorageError(f"access denied to {url} ({_detail(exc)}): check the credentials "
-                           "(environment, IAM role / workload identity) and the bucket policy")
+    elif isinstance(exc, ox.PermissionDeniedError | ox.UnauthenticatedError | PermissionError
+                    ) or (isinstance(exc, ox.BaseError) and _denied(exc) is not None):
+        err = StorageError(f"access denied to {url} ({_denied(exc) or _detail(exc)}): check the "
+                           "credentials (environment, IAM role / workload identity) and the "
+                           "bucket policy")
     elif isinstance(exc, ox.BaseError):
         err = StorageError(f"cannot {what} {url} ({_detail(exc)}): check the network and the "
                            "endpoint, then rerun with --resume (finished chunks are kept)")

@@ -77,16 +77,37 @@ def spectral_threshold(min_spectral_change: float) -> int:
 def _read(info: Any, grid: GeoBox, win: Window, bands: tuple[int, ...]
           ) -> tuple[np.ndarray, np.ndarray]:
     """Bands of ``info`` (a raster or a mosaic, read on its own grid) over ``win`` of ``grid``:
-    (float32 (C, H, W), valid (H, W))."""
+    (float32 (C, H, W), valid (H, W)); an image that opens but whose pixels cannot be read
+    (truncated, damaged, a failed download) is a one-line :class:`InputError`."""
+    from rasterio.errors import RasterioIOError
+
     from geoseg.io import read_window
 
-    off = lattice_offset(info.geobox, grid)
-    if off is not None and abs(off[0] - round(off[0])) < 1e-6 \
-            and abs(off[1] - round(off[1])) < 1e-6:
-        src = Window(win.row_off + round(off[0]), win.col_off + round(off[1]),
-                     win.height, win.width)
-        return read_window(info, src, bands)
-    return _warp(info, grid, win, bands)
+    try:
+        off = lattice_offset(info.geobox, grid)
+        if off is not None and abs(off[0] - round(off[0])) < 1e-6 \
+                and abs(off[1] - round(off[1])) < 1e-6:
+            src = Window(win.row_off + round(off[0]), win.col_off + round(off[1]),
+                         win.height, win.width)
+            return read_window(info, src, bands)
+        return _warp(info, grid, win, bands)
+    except RasterioIOError as exc:
+        raise InputError(_unreadable(info, exc)) from exc
+
+
+def _unreadable(info: Any, exc: BaseException) -> str:
+    """One line for an image whose pixels cannot be read: GDAL's root cause, what to do."""
+    from geoseg.sources.remote import is_remote, redact
+
+    root: BaseException = exc
+    while root.__cause__ is not None:  # rasterio chains GDAL's own message
+        root = root.__cause__
+    lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
+    cause = redact(lines[-1][:160]) if lines else "read failed"
+    path = redact(str(info.path))
+    fix = ("check the URL and the network, then rerun" if is_remote(str(info.path))
+           else "repair or re-download it")
+    return f"cannot read the pixels of {path} ({cause}): {fix}"
 
 
 def _warp(info: Any, grid: GeoBox, win: Window, bands: tuple[int, ...]

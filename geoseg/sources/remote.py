@@ -143,11 +143,22 @@ def describe_remote_error(path: str, message: str) -> str:
     """A one-line, redacted explanation of a failed remote open, with what to do."""
     msg = redact(message.strip().splitlines()[0] if message.strip() else "read failed")
     shown = redact(path)
-    if re.search(r"\b404\b|does not exist|No such file", msg):
-        return f"{shown} not found ({msg}): check the URL"
-    if re.search(r"\b40[13]\b|Access Denied|AccessDenied|credential", msg, re.I):
-        return (f"{shown}: access denied ({msg}): set credentials the standard way "
-                "(AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    # denied before missing: S3's InvalidAccessKeyId says "... does not exist in our records"
+    if _DENIED.search(msg):
+        return (f"{shown}: access denied ({msg}): check the credentials and set them the "
+                "standard way (AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                 "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_CONNECTION_STRING), or "
                 "AWS_NO_SIGN_REQUEST=YES for a public bucket")
+    if re.search(r"\b404\b|does not exist|No such file|NoSuchKey|NoSuchBucket", msg):
+        return f"{shown} not found ({msg}): check the URL"
     return f"cannot read {shown} ({msg}): check the URL and the network, then rerun"
+
+
+#: What S3, GCS, Azure and GDAL say when the credentials are missing, wrong or not allowed
+#: (status 401/403, the providers' error codes and their messages).
+_DENIED = re.compile(
+    r"\b40[13]\b|Access ?Denied|Forbidden|Unauthori[sz]ed|credential|InvalidAccessKeyId"
+    r"|Access Key Id you provided|SignatureDoesNotMatch|signature we calculated"
+    r"|(Expired|Invalid)Token|security token|token (has|is) expired|AuthenticationFailed"
+    r"|Authorization(Failure|PermissionMismatch)|failed to authenticate"
+    r"|does not have \S+ access|permission denied", re.I)
