@@ -16,6 +16,7 @@ usually read neighbouring chunks, which share their halo blocks).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -40,6 +41,13 @@ SCHEDULE_MAX_BYTES = 256 << 20
 #: Windows that would take more block reads than this are read by GDAL in one call (striped
 #: files with a few rows per strip: a block read per strip would cost more than it saves).
 MAX_BLOCKS_PER_WINDOW = 256
+
+#: The most windows (chunks) and block reads a schedule is made for: beyond them (a region of
+#: 50,000 chunks and more) the reads use least-recently-used eviction, as unannounced reads do.
+#: The schedule holds a counter per block, which grows with the region: 16 KB per 1024² chunk
+#: of 128² blocks, 61 GB for a 2,000,000² image, which killed such a job at its first read.
+MAX_SCHEDULED_WINDOWS = 50_000
+MAX_SCHEDULED_READS = 500_000
 
 BlockKey = tuple[Any, ...]
 
@@ -69,6 +77,7 @@ class BlockCache:
         self._expected: dict[Any, list[tuple[int, int, int, int]]] = {}
         self._uses: dict[tuple[Any, int, int], int] = {}
         self._needed = 0  # bytes the announced reads hold at most at once (capped)
+        self._unscheduled: set[Any] = set()  # files announced beyond the schedule's limits
 
     def expect(self, path: str, windows: Iterable[tuple[int, int, int, int]]) -> None:
         """The windows ``(row_off, col_off, height, width)`` of ``path`` that the job's reads
@@ -81,8 +90,22 @@ class BlockCache:
         ident = file_identity(path)
         if ident is None:
             return
+        announced = list(itertools.islice((w for w in windows if w[2] > 0 < w[3]),
+                                          MAX_SCHEDULED_WINDOWS + 1))
         with self._lock:
-            self._expected.setdefault(ident, []).extend(w for w in windows if w[2] > 0 < w[3])
+            if ident in self._unscheduled:
+                return
+            known = self._expected.setdefault(ident, [])
+            if len(known) + len(announced) > MAX_SCHEDULED_WINDOWS:
+                self._unschedule(ident, f"more than {MAX_SCHEDULED_WINDOWS} windows")
+                return
+            known.extend(announced)
+
+    def _unschedule(self, ident: Any, why: str) -> None:
+        """No schedule for the file ``ident`` (too large to keep one): LRU eviction."""
+        log.info("source blocks: %s announced for one image, read with LRU eviction", why)
+        self._expected.pop(ident, None)
+        self._unscheduled.add(ident)
 
     def stats(self) -> dict[str, int]:
         """Blocks decoded and reused so far, and the most bytes the cache held at once."""
@@ -97,6 +120,7 @@ class BlockCache:
             self.bytes = 0
             self._expected.clear()
             self._uses.clear()
+            self._unscheduled.clear()
             self._needed = 0
 
     def read(self, src: Any, path: str, window: RioWindow, bands: tuple[int, ...],
@@ -143,9 +167,15 @@ class BlockCache:
         """Turn the windows announced for a file into reads to come per block, and find how
         many blocks those reads, in their order, hold at once."""
         with self._lock:
+            announced = self._expected.pop(ident, [])
+            reads = sum(((r0 + h - 1) // bh - r0 // bh + 1) * ((c0 + w - 1) // bw - c0 // bw + 1)
+                        for r0, c0, h, w in announced)
+            if reads > MAX_SCHEDULED_READS:
+                self._unschedule(ident, f"{reads} block reads (more than {MAX_SCHEDULED_READS})")
+                return
             windows = [[(ident, br, bc) for br in range(r0 // bh, (r0 + h - 1) // bh + 1)
                         for bc in range(c0 // bw, (c0 + w - 1) // bw + 1)]
-                       for r0, c0, h, w in self._expected.pop(ident, [])]
+                       for r0, c0, h, w in announced]
             uses: dict[tuple[Any, int, int], int] = {}
             for keys in windows:
                 for key in keys:

@@ -95,9 +95,9 @@ def block_cache(plan: Plan, todo: Iterable[Chunk]) -> BlockCache:
     cache = BlockCache()
     if isinstance(plan.image, RasterInfo):
         inside = plan.image.geobox.window
-        cache.expect(plan.image.path, [
+        cache.expect(plan.image.path, (  # consumed only up to the schedule's limit
             (w.row_off, w.col_off, w.height, w.width)
-            for w in (source_window(plan, c).intersect(inside) for c in todo)])
+            for w in (source_window(plan, c).intersect(inside) for c in todo)))
     return cache
 
 

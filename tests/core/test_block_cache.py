@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,36 @@ def test_announced_reads_keep_the_shared_band_and_drop_each_block_after_its_last
             assert np.array_equal(again[0], read_window(info, windows[3], (1, 2, 3))[0])
     assert counts[True] == 4 * 16  # every tile once
     assert counts[False] > counts[True]  # LRU decoded the shared band again
+
+
+def test_a_schedule_too_large_to_keep_falls_back_to_lru(rasters: dict[str, RasterInfo],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A region of more windows or block reads than the limits gets no schedule (its counters
+    grow with the region: 61 GB for a 2,000,000² image), and reads the same pixels."""
+    import geoseg.blockcache as bc
+
+    info = rasters["plain"]
+    windows = [Window(r, c, 20, 20) for r in range(0, H, 10) for c in range(0, W, 10)]
+    announce = [(w.row_off, w.col_off, w.height, w.width) for w in windows]
+    for limit, value in (("MAX_SCHEDULED_WINDOWS", len(windows) - 1),
+                         ("MAX_SCHEDULED_READS", len(windows))):
+        with monkeypatch.context() as mp:
+            mp.setattr(bc, limit, value)
+            cache = BlockCache()
+            consumed: list[tuple[int, int, int, int]] = []
+
+            def counted(seen: list[tuple[int, int, int, int]]
+                        ) -> Iterator[tuple[int, int, int, int]]:
+                for w in announce:
+                    seen.append(w)
+                    yield w
+
+            cache.expect(info.path, counted(consumed))
+            if limit == "MAX_SCHEDULED_WINDOWS":
+                assert len(consumed) == value + 1  # the rest is never generated
+            for win in windows:
+                got = read_window(info, win, (1, 2, 3), cache=cache)
+                want = read_window(info, win, (1, 2, 3))
+                assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+            assert not cache._uses and not cache._expected  # no per-block counters kept
+            assert cache.hits > 0  # still a cache (LRU)
