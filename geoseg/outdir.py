@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -183,6 +184,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     with storage_errors(path):
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: mkstemp's is 0600
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
@@ -190,6 +192,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: it can only be read by setting it, briefly)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

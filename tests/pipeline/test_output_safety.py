@@ -172,6 +172,17 @@ def test_resume_progress_rate_counts_this_run_only(clean: Path, tmp_path: Path,
     assert [p.vectors_done for p in seen[-len(lines):]] == list(range(1, len(lines) + 1))
 
 
+def test_outputs_get_the_usual_permissions(clean: Path) -> None:
+    """Files written by rename (summary, manifest, quicklook, ...) are as readable as the
+    others: 0666 less the umask, not mkstemp's 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    out = clean / "clean"
+    for name in ("summary.json", "manifest.json", "chunks.jsonl", "quicklook.png",
+                 "stac-item.json", "features.gpkg"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
 def test_writes_replace_symlinks(clean: Path, tmp_path: Path,
                                  tiny_bundles: tuple[str, str]) -> None:
     out = tmp_path / "o"
