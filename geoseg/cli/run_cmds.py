@@ -237,7 +237,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
         from geoseg.scoring import evaluate_run
 
         report = evaluate_run(root / "run", scene, date="t0")
-        RunLayout(root / "run").evaluation.write_text(json.dumps(report, indent=2))
+        from geoseg.outdir import atomic_write_text
+
+        atomic_write_text(RunLayout(root / "run").evaluation, json.dumps(report, indent=2))
         print("  evaluation vs. ground truth: " + ", ".join(
             f"{k} {v:.3f}" for k, v in report["headline"].items()))
     return rc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, fields
@@ -29,6 +30,7 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import CRSError, InputError, OutputExistsError
 from geoseg.grid import ChunkGrid, normalize_crs
+from geoseg.outdir import atomic_write_text, storage_errors
 from geoseg.sample.city_plan import Plan, build_plan
 from geoseg.sample.palette import CLASSES, LANDCOVER_NODATA
 from geoseg.sample.render import render_block
@@ -202,6 +204,42 @@ def _write_vectors(plan: Plan, files: SceneFiles) -> None:
         pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": old})
 
 
+def _partial(path: Path) -> Path:
+    return path.with_name(f".partial-{path.name}")
+
+
+def is_scene(root: Path) -> bool:
+    """Whether ``root`` holds a scene geoseg generated (its ``scene.json`` says so)."""
+    meta = SceneFiles.at(root).metadata
+    if meta.is_symlink() or not meta.is_file():
+        return False
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("generator") == "geoseg.sample"
+
+
+def _prepare(root: Path, overwrite: bool) -> SceneFiles:
+    """The scene's files in ``root``, created; refuses a file, the files of a scene unless
+    ``overwrite``, and, ``overwrite`` or not, any of its names that geoseg did not write."""
+    files = SceneFiles.at(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file: choose a directory for the scene")
+    taken = [p for p in files.paths() if p.exists() or p.is_symlink()]
+    if taken and not is_scene(root):
+        raise OutputExistsError(
+            f"{root} holds {taken[0].name}, which geoseg did not write (no scene.json of a "
+            "generated scene): choose another directory (geoseg never replaces files it did "
+            "not write)")
+    if taken and not overwrite:
+        raise OutputExistsError(f"{root} already holds a scene: pass --overwrite "
+                                "(overwrite=True in Python) or choose another directory")
+    with storage_errors(root):
+        root.mkdir(parents=True, exist_ok=True)
+    return files
+
+
 def _metadata(plan: Plan, files: SceneFiles, counts: list[Counts]) -> dict[str, Any]:
     h, w = plan.shape
     t = plan.transform
@@ -250,24 +288,29 @@ def generate_scene(out_dir: str | Path, size: int | tuple[int, int] = 4096, seed
     if not crs_obj.is_projected or unit not in ("metre", "meter"):
         raise CRSError(f"the scene needs a projected CRS in metres (e.g. 'EPSG:32633'), got "
                        f"{crs_obj.name!r}")
-    files = SceneFiles.at(Path(out_dir))
-    existing = [p for p in files.paths() if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"{files.root} already holds a scene ({existing[0].name}): "
-                                "pass overwrite=True or choose another directory")
-    files.root.mkdir(parents=True, exist_ok=True)
-    for p in existing:
-        p.unlink()
+    files = _prepare(Path(out_dir), overwrite)
     t0 = time.perf_counter()
     plan = build_plan(shape, float(pixel_size), (float(origin[0]), float(origin[1])), crs_obj,
                       int(seed), int(nodata_collar))
     log.info("scene plan laid out in %.1f s: %d/%d buildings", time.perf_counter() - t0,
              len(plan.layers[0].ids), len(plan.layers[1].ids))
-    with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(shape[1], int(block))):
-        counts = _write_rasters(plan, files, int(block))
-    _write_vectors(plan, files)
-    meta = _metadata(plan, files, counts)
-    files.metadata.write_text(json.dumps(meta, indent=2) + "\n")
+    # written under temporary names and renamed into place, scene.json (the mark of a finished
+    # scene) last: an interrupted scene never leaves files that look finished
+    partial = SceneFiles(files.root, **{k: _partial(p) for k, p in files.named().items()})
+    try:
+        with storage_errors(files.root), \
+                rasterio.Env(GDAL_CACHEMAX=_cache_bytes(shape[1], int(block))):
+            counts = _write_rasters(plan, partial, int(block))
+            _write_vectors(plan, partial)
+            files.metadata.unlink(missing_ok=True)  # an earlier scene's: no longer true
+            for name, path in files.named().items():
+                if name != "metadata":
+                    os.replace(getattr(partial, name), path)
+        atomic_write_text(files.metadata, json.dumps(_metadata(plan, files, counts), indent=2)
+                          + "\n")
+    finally:
+        for p in partial.paths():
+            p.unlink(missing_ok=True)
     log.info("scene %dx%d seed %d written to %s in %.1f s", shape[0], shape[1], seed,
              files.root, time.perf_counter() - t0)
     return files

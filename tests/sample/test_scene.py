@@ -199,3 +199,73 @@ def test_input_errors(tmp_path: Path) -> None:
         generate_scene(tmp_path, (64, 96), seed=1)
     files = generate_scene(tmp_path, (64, 96), seed=2, overwrite=True)
     assert json.loads(files.metadata.read_text())["seed"] == 2
+
+
+def test_files_geoseg_did_not_write_are_never_replaced(tmp_path: Path) -> None:
+    """A folder with a scene's file names but no scene.json of a generated scene is refused,
+    --overwrite or not; the user's file stays."""
+    (tmp_path / "image_t0.tif").write_bytes(b"my image")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="did not write"):
+            generate_scene(tmp_path, 64, overwrite=overwrite)
+        assert (tmp_path / "image_t0.tif").read_bytes() == b"my image"
+    (tmp_path / "image_t0.tif").unlink()
+    (tmp_path / "notes.txt").write_text("kept")  # other names are no obstacle, and stay
+    files = generate_scene(tmp_path, 64)
+    assert (tmp_path / "notes.txt").read_text() == "kept" and files.image_t0.stat().st_size
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        generate_scene(afile, 64)
+
+
+def test_an_interrupted_scene_leaves_nothing_that_looks_finished(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import geoseg.sample.scene as scene_mod
+
+    class Stop(Exception):
+        """Stands for Ctrl-C (the same path: the scene's temporary files are removed)."""
+
+    real = scene_mod.render_block
+    calls = []
+
+    def stop_after_one(*args: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) > 1:
+            raise Stop
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scene_mod, "render_block", stop_after_one)
+    with pytest.raises(Stop):
+        generate_scene(tmp_path / "s", 256, block=128)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == []  # no blank "finished" files
+    monkeypatch.setattr(scene_mod, "render_block", real)
+    first = generate_scene(tmp_path / "done", 128, seed=1)
+    monkeypatch.setattr(scene_mod, "render_block", stop_after_one)
+    before = {p.name: p.read_bytes() for p in first.paths()}
+    calls.clear()
+    with pytest.raises(Stop):  # an interrupted --overwrite keeps the old scene
+        generate_scene(tmp_path / "done", 256, seed=2, block=128, overwrite=True)
+    assert {p.name: p.read_bytes() for p in first.paths()} == before
+
+
+def test_cli_sample_and_demo_refusals_are_one_line(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from geoseg.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["sample", str(afile), "--size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file" in err, err
+    assert main(["sample", str(tmp_path / "s"), "--size", "64"]) == 0
+    assert main(["sample", str(tmp_path / "s"), "--size", "64"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err, err
+    scene = tmp_path / "demo" / "scene"
+    scene.mkdir(parents=True)
+    (scene / "image_t0.tif").write_bytes(b"mine")
+    assert main(["demo", "-o", str(tmp_path / "demo")]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did not write" in err, err
+    assert (scene / "image_t0.tif").read_bytes() == b"mine"
