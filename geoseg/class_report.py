@@ -106,6 +106,24 @@ def _text_size(draw: Any, text: str, font: Any) -> tuple[int, int]:
     return int(right - left), int(bottom - top)
 
 
+#: The PNG text chunk ``Software`` of the figures geoseg writes: what it may replace.
+SOFTWARE = "geoseg"
+
+
+def written_by_geoseg(path: str | Path) -> bool:
+    """Whether ``path`` is a PNG whose ``Software`` text says geoseg wrote it (not a link)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if p.is_symlink() or not p.is_file():
+        return False
+    try:
+        with Image.open(p) as im:
+            return bool(im.format == "PNG" and im.info.get("Software") == SOFTWARE)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
+
+
 def confusion_png(cm: np.ndarray, names: Sequence[str] | None, path: str | Path, *,
                   title: str = "") -> Path:
     """Write the confusion matrix ``cm`` as a PNG at ``path`` (atomically) and return it.
@@ -113,6 +131,7 @@ def confusion_png(cm: np.ndarray, names: Sequence[str] | None, path: str | Path,
     Rows are the truth, columns the prediction; cell colour and the percentage are the cell's
     share of its truth row, the number under it the pixel count."""
     from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
 
     from geoseg.outdir import atomic_write_bytes
 
@@ -168,7 +187,9 @@ def confusion_png(cm: np.ndarray, names: Sequence[str] | None, path: str | Path,
             draw.text((x + (cell - cw) // 2, y + cell // 2 + 3), count, fill=ink, font=small)
     draw.text((8, top + k * cell + 6), note, fill=(90, 90, 90), font=small)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    meta = PngInfo()
+    meta.add_text("Software", SOFTWARE)
+    img.save(buf, format="PNG", pnginfo=meta)
     out = Path(path)
     atomic_write_bytes(out, buf.getvalue())
     return out

@@ -9,6 +9,7 @@ one :class:`~geoseg.errors.InputError` line. :func:`evaluate_outputs` is what ``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ def _class_windows(store: Path, layer: str, reader: TruthReader,
 
 
 def _num_classes(store: str | Path, layer: str, given: int | None) -> int:
+    if given is not None and given < 1:
+        raise InputError(f"num_classes must be at least 1, got {given}")
     k, _ = store_classes(store, layer)
     if given is not None:
         return given
@@ -377,6 +380,42 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
     return report
 
 
+def _require_complete(root: Path) -> None:
+    """Refuse a run that is not complete (both of its marks, as :attr:`geoseg.Run.complete`)."""
+    from geoseg.errors import IncompleteRunError
+    from geoseg.store import COMPLETE_ATTR, store_attrs
+
+    manifest = root / MANIFEST
+    status = "complete"
+    if manifest.is_file():
+        try:
+            status = str(json.loads(manifest.read_text(encoding="utf-8")).get("status"))
+        except (OSError, ValueError, AttributeError):
+            status = "unreadable"
+    store = RunLayout(root).store
+    done = status == "complete" and (not store.exists()
+                                     or bool(store_attrs(store).get(COMPLETE_ATTR)))
+    if not done:
+        raise IncompleteRunError(
+            f"{root} is not a complete run (status: {status}): its missing chunks would count "
+            "as predicted nothing; finish it with `geoseg run --resume`, or pass --partial "
+            "(partial=True) to score what exists")
+
+
+def _check_png_target(path: Path) -> None:
+    """A confusion PNG may replace only a PNG geoseg wrote (see :func:`confusion_png`)."""
+    from geoseg.class_report import written_by_geoseg
+    from geoseg.errors import OutputExistsError
+
+    if (path.exists() or path.is_symlink()) and not written_by_geoseg(path):
+        raise OutputExistsError(f"{path} exists and is not a confusion matrix geoseg wrote: "
+                                "choose another --confusion-png/--json path (geoseg never "
+                                "overwrites files it did not write)")
+    if not path.parent.is_dir():
+        raise InputError(f"the folder of {path} does not exist: create it or choose another "
+                         "path")
+
+
 def _run_root(run: str | Path | None, store: Path | None) -> Path | None:
     """The run folder being evaluated: ``run``, or the folder of a store that a run wrote."""
     if run is not None:
@@ -402,7 +441,7 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
                      truth_footprints: str | Path | None = None, truth_layer: str | None = None,
                      truth_instances: str | Path | None = None, iou: float = 0.5,
                      boundary_tol: float = 2.0, confusion: str | Path | None = None,
-                     plot: bool = True) -> dict[str, Any]:
+                     plot: bool = True, partial: bool = False) -> dict[str, Any]:
     """Score whatever is given, as ``geoseg eval`` does; returns the JSON-ready report.
 
     * ``run`` + ``scene``: a run against a generated scene (:func:`evaluate_run`);
@@ -413,7 +452,12 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
 
     The PNG goes to ``confusion`` (``{layer}`` is replaced by the layer name), else into the run
     folder as ``confusion_<layer>.png``, else beside the store; ``plot=False`` skips it. Its path
-    is in the report (``<layer>.confusion_png``).
+    is in the report (``<layer>.confusion_png``). A PNG path outside the run folder that holds
+    a file geoseg did not write is refused before any scoring.
+
+    A run that is not complete (interrupted, failed chunks) is refused with
+    :class:`~geoseg.errors.IncompleteRunError` unless ``partial=True``: its missing chunks
+    would be scored as if the model had predicted nothing there.
     """
     from geoseg.errors import ConfigError
 
@@ -421,6 +465,18 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
     if root is not None and not (root / MANIFEST).is_file() and not RunLayout(root).store.exists():
         raise InputError(f"{root} is not a geoseg run folder (no {MANIFEST}): pass the folder "
                          "given to `geoseg run --out`")
+    if not 0 < iou <= 1:
+        raise InputError(f"iou must be in (0, 1], got {iou}")
+    if boundary_tol < 0:
+        raise InputError(f"boundary_tol must be 0 or more pixels, got {boundary_tol}")
+    if root is not None and not partial:
+        _require_complete(root)
+    if plot and (store is not None or root is not None):  # before the scoring, not after
+        where = Path(store) if store is not None else RunLayout(root or Path(".")).store
+        owner = _run_root(run, where)
+        for name in ("landcover",) if root is not None and scene is not None else (layer,):
+            if confusion is not None or owner is None:  # a run folder's own file is geoseg's
+                _check_png_target(_png_path(confusion, name, owner, where))
     report: dict[str, Any] = {}
     sections: list[str] = []  # class layers scored by pixels
     if root is not None and scene is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geoseg.cli.progress import ProgressLine, fmt_duration
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from geoseg.training.data import SceneFiles
@@ -206,6 +206,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from geoseg.scoring import evaluate_outputs
 
     png = a.confusion_png
+    if a.json:
+        _check_report_target(Path(a.json))
     if png is None and a.json:  # beside the report: one figure per report
         png = f"{Path(a.json).with_suffix('')}_confusion_{{layer}}.png"
     report = evaluate_outputs(
@@ -214,15 +216,40 @@ def cmd_eval(a: argparse.Namespace) -> int:
         num_classes=a.num_classes, footprints=a.footprints, footprints_layer=a.footprints_layer,
         truth_footprints=a.truth_footprints, truth_layer=a.truth_layer,
         truth_instances=a.truth_instances, iou=a.iou, boundary_tol=a.boundary_tol,
-        confusion=png, plot=not a.no_png)
-    text = json.dumps(report, indent=2, default=float)
+        confusion=png, plot=not a.no_png, partial=a.partial)
+    text = json.dumps({REPORT_MARK: "geoseg eval", **report}, indent=2, default=float)
     if a.json:
-        Path(a.json).write_text(text)
+        from geoseg.outdir import atomic_write_text
+
+        atomic_write_text(Path(a.json), text)
     print(text)
     for name, section in report.items():
         if isinstance(section, dict) and "confusion_png" in section:
             print(f"{name} confusion matrix: {section['confusion_png']}", file=sys.stderr)
     return 0
+
+
+#: The first key of an eval report: what ``--json`` may replace.
+REPORT_MARK = "report"
+
+
+def _check_report_target(path: Path) -> None:
+    """``--json`` may name a new file or an earlier report of ``geoseg eval``, in an existing
+    folder: checked before the scoring."""
+    from geoseg.errors import OutputExistsError
+
+    if path.is_symlink() or path.exists():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        if not isinstance(earlier, dict) or earlier.get(REPORT_MARK) != "geoseg eval":
+            raise OutputExistsError(f"--json {path} exists and is not a report of geoseg eval: "
+                                    "choose another path (geoseg never overwrites files it "
+                                    "did not write)")
+    if not path.parent.is_dir():
+        raise InputError(f"the folder of --json {path} does not exist: create it or choose "
+                         "another path")
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -378,7 +405,11 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="IoU at which a predicted footprint matches a truth one (SpaceNet)")
     e.add_argument("--boundary-tol", type=float, default=2.0,
                    help="boundary F1 distance tolerance in pixels")
-    e.add_argument("--json", help="also write the report here")
+    e.add_argument("--json", help="also write the report here (a new file, or an earlier "
+                                   "report of geoseg eval)")
+    e.add_argument("--partial", action="store_true",
+                   help="score a run that is not complete (its missing chunks count as "
+                        "predicted nothing); refused otherwise")
     e.set_defaults(fn=cmd_eval)
 
     x = sub.add_parser("export", help="export a bundle's model (ONNX), check it in bf16, or "

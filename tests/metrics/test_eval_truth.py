@@ -244,3 +244,60 @@ def test_class_scores_match_the_pixel_metrics(tmp_path: Path) -> None:
         png = confusion_png(np.eye(k, dtype=np.int64) * 10**9, None, tmp_path / f"{k}.png")
         with Image.open(png) as im:
             assert im.size[0] >= 200 and im.size[1] >= 100
+
+
+def test_report_and_png_never_replace_a_users_file(run: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """--json (and the PNG beside it) may name a new file or geoseg's own earlier one; anything
+    else, the truth raster it reads included, is refused before the scoring."""
+    pred = pattern(SHAPE, seed=3)
+    truth = write_raster(tmp_path / "truth.tif", pred, transform=T_A, nodata=255)
+    before = truth.read_bytes()
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    for target in (truth, notes):
+        rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth), "--json",
+                           str(target))
+        assert rc == 2 and err.count("\n") == 0 and "not a report of geoseg eval" in err, err
+    assert truth.read_bytes() == before and notes.read_text() == '{"mine": 1}'
+    rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth), "--json",
+                       str(tmp_path / "nope" / "r.json"))
+    assert rc == 2 and "does not exist" in err and not (tmp_path / "nope").exists(), err
+    report = tmp_path / "r.json"
+    for _ in range(2):  # a report of geoseg eval, and its PNG, are replaced
+        rc, rep, err = _eval(capsys, "--run", str(run), "--truth", str(truth), "--json",
+                             str(report))
+        assert rc == 0, err
+        assert json.loads(report.read_text())["report"] == "geoseg eval"
+        assert rep["landcover"]["miou"] == 1.0
+    png = tmp_path / "r_confusion_landcover.png"
+    png.write_bytes(b"my figure")
+    rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth), "--json", str(report))
+    assert rc == 2 and "not a confusion matrix geoseg wrote" in err, err
+    assert png.read_bytes() == b"my figure"
+
+
+def test_incomplete_run_needs_partial(run: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from geoseg.store import COMPLETE_ATTR
+
+    pred = pattern(SHAPE, seed=3)
+    truth = write_raster(tmp_path / "truth.tif", pred, transform=T_A, nodata=255)
+    attrs_file = run / "predictions.zarr" / ".zattrs"
+    attrs = json.loads(attrs_file.read_text())
+    attrs_file.write_text(json.dumps({**attrs, COMPLETE_ATTR: False}))
+    rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth))
+    assert rc != 0 and err.count("\n") == 0 and "--partial" in err and "--resume" in err, err
+    rc, rep, err = _eval(capsys, "--run", str(run), "--truth", str(truth), "--partial")
+    assert rc == 0 and rep["landcover"]["miou"] == 1.0, err
+
+
+@pytest.mark.parametrize("flags, needle", [(["--num-classes", "-1"], "num_classes"),
+                                           (["--iou", "5"], "iou"),
+                                           (["--boundary-tol", "-2"], "boundary_tol")])
+def test_bad_numbers_are_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  flags: list[str], needle: str) -> None:
+    truth = write_raster(tmp_path / "truth.tif", pattern(SHAPE, seed=3), transform=T_A,
+                         nodata=255)
+    rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth), *flags)
+    assert rc == 2 and err.count("\n") == 0 and needle in err and "Traceback" not in err, err
