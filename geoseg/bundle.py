@@ -154,6 +154,14 @@ class BundleSpec(_Strict):
     description: str = ""
     training: dict[str, object] | None = None
 
+    @field_validator("bands")
+    @classmethod
+    def _one_based(cls, bands: tuple[int, ...]) -> tuple[int, ...]:
+        if not bands or min(bands) < 1:
+            raise ValueError(f"bands are 1-based image band numbers (1, 2, ...), got "
+                             f"{list(bands)}")
+        return bands
+
     @model_validator(mode="after")
     def _consistent(self) -> BundleSpec:
         n = len(self.bands)
@@ -209,8 +217,14 @@ def read_spec(bundle_dir: str | Path) -> BundleSpec:
     if not path.is_file():
         raise BundleError(f"no {BUNDLE_FILE} in {bundle_dir}: point --model at a bundle directory")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise BundleError(f"{path} holds a YAML {type(data).__name__}, not a bundle's "
+                              "settings: see docs for its fields, or rebuild the bundle")
         return BundleSpec.model_validate(data)
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 "
+                          "YAML, or rebuild the bundle") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
@@ -219,7 +233,7 @@ def read_spec(bundle_dir: str | Path) -> BundleSpec:
         raise BundleError(yaml_error_line(path, exc)) from exc
 
 
-def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
+def yaml_error_line(path: Path, exc: yaml.YAMLError, what: str = "bundle") -> str:
     """One line for a YAML error: where, what, and what to do (PyYAML's own text is 4–8 lines
     with a source excerpt)."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -228,7 +242,7 @@ def yaml_error_line(path: Path, exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.constructor.ConstructorError) and "python/" in problem:
         tag = problem.split("'")[1] if problem.count("'") >= 2 else "!!python/..."
         return (f"{path}:{where}: tag {tag.replace('tag:yaml.org,2002:', '!!')} is refused "
-                "(geoseg never constructs Python objects from a bundle): remove it")
+                f"(geoseg never constructs Python objects from a {what}): remove it")
     return f"{path}:{where}: invalid YAML ({problem}): fix {path.name}"
 
 

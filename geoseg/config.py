@@ -159,7 +159,8 @@ class RuntimeConfig(_Strict):
 
 
 class JobConfig(_Strict):
-    version: int = CONFIG_VERSION
+    version: int = Field(default=CONFIG_VERSION, ge=1, le=CONFIG_VERSION,
+                         description="the config format (this geoseg reads version 1)")
     # one image (path or URL), or several / a glob / a .txt list / a STAC document: a mosaic
     image: str | tuple[str, ...]
     output: str
@@ -258,10 +259,19 @@ def load_job_config(path: str | Path, **overrides: object) -> JobConfig:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
+    from geoseg.bundle import yaml_error_line
+
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start}): save the job config as "
+                          "UTF-8 YAML") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        raise ConfigError(yaml_error_line(p, exc, "job config")) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} holds a YAML {type(data).__name__}, not a mapping of settings: "
+                          "write it as 'image: ...', 'output: ...', 'models: [...]' (see "
+                          "configs/)")
     data.update({k: v for k, v in overrides.items() if v is not None})
     return validate_job(data, source=str(p))
 

@@ -41,6 +41,9 @@ def _read_list(href: str) -> list[str]:
             text = Path(href).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read the input list {redact(href)}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"the input list {redact(href)} is not UTF-8 text (byte {exc.start}): "
+                         "give a text file with one path or URL per line") from exc
     lines = [ln.strip() for ln in text.splitlines()]
     return [resolve_href(ln, href) for ln in lines if ln and not ln.startswith("#")]
 

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import shapely.errors
 import shapely.geometry
 
 from geoseg.errors import InputError
@@ -156,10 +157,15 @@ def to_source_item(item: Any, bands: Sequence[str], base: str) -> SourceItem:
         href = asset.get_absolute_href() or asset.href
         refs.append(BandRef(resolve_href(href, item.get_self_href() or base), index))
     footprint = None
-    if item.geometry:
-        footprint = shapely.geometry.shape(item.geometry)
-    elif item.bbox:
-        footprint = shapely.geometry.box(*item.bbox[:2], *item.bbox[-2:])
+    try:
+        if item.geometry:
+            footprint = shapely.geometry.shape(item.geometry)
+        elif item.bbox:
+            footprint = shapely.geometry.box(*item.bbox[:2], *item.bbox[-2:])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError,
+            shapely.errors.ShapelyError) as exc:
+        raise InputError(f"STAC item {item.id} has a malformed geometry or bbox ({exc}): fix "
+                         "the item (GeoJSON geometry, bbox [west, south, east, north])") from exc
     return SourceItem(str(item.id), _datetime(item), tuple(refs), footprint)
 
 

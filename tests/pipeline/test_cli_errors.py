@@ -104,6 +104,69 @@ def test_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert rc != 0 and "chunk_sise" in _one_line(err)
 
 
+@pytest.mark.parametrize("text, needle", [
+    (b"- image: a.tif\n- output: o\n", "holds a YAML list, not a mapping"),
+    (b"just a string\n", "holds a YAML str, not a mapping"),
+    (b"image: a.tif\n\xff\xfe output: o\n", "not UTF-8"),
+    (b"inference: {chunk_size: 512\n", "invalid YAML"),
+    (b"image: !!python/object/apply:os.system [echo]\n", "is refused"),
+    (b"version: 99\n", "version"),
+])
+def test_bad_config_files_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       text: bytes, needle: str) -> None:
+    cfg = tmp_path / "job.yaml"
+    cfg.write_bytes(text)
+    tif = write_raster(tmp_path / "a.tif", np.ones((4, 32, 32), np.uint8))
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "--config", str(cfg))
+    line = _one_line(err)
+    assert rc == 2 and needle in line and "job.yaml" in line, line
+
+
+@pytest.mark.parametrize("text, needle", [
+    (b"name: x\n\xff\xfe\n", "not UTF-8"),
+    (b"- a\n- b\n", "holds a YAML list"),
+    (None, "1-based"),
+])
+def test_bad_bundle_files_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       tiny_bundles: tuple[str, str], text: bytes | None,
+                                       needle: str) -> None:
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundles[0], bundle)
+    spec = bundle / "bundle.yaml"
+    if text is None:  # a band index that is not 1-based
+        spec.write_text(spec.read_text().replace("- 1\n", "- 0\n", 1))
+    else:
+        spec.write_bytes(text)
+    tif = write_raster(tmp_path / "a.tif", textured(64, 64))
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "-m", str(bundle))
+    line = _one_line(err)
+    assert rc == 2 and needle in line, line
+
+
+def test_bad_input_lists_and_stac_items_are_one_line(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    lst = tmp_path / "inputs.txt"
+    lst.write_bytes(b"\xff\xfe a.tif\n")
+    rc, err = _run(capsys, str(lst), "-o", str(tmp_path / "o"))
+    assert rc == 2 and "not UTF-8" in _one_line(err)
+    tif = write_raster(tmp_path / "a.tif", textured(64, 64))
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "it1", "properties":
+            {"datetime": "2024-01-01T00:00:00Z"}, "geometry": {"type": "Polygon",
+                                                           "coordinates": 5},
+            "bbox": [13.0, 46.0, 13.1, 46.1], "links": [],
+            "assets": {"red": {"href": str(tif), "type": "image/tiff; application=geotiff",
+                               "roles": ["data"], "eo:bands": [{"name": "red"}]}}}
+    import json
+
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    rc, err = _run(capsys, str(tmp_path / "item.json"), "-o", str(tmp_path / "o2"),
+                   "--bands", "red")
+    line = _one_line(err)
+    assert rc == 2 and "malformed geometry" in line and "it1" in line, line
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     from geoseg import __version__
 
