@@ -92,3 +92,12 @@ def test_stage_profile_takes_the_forward_pass_out_of_the_runs_cpu(threads: int) 
     assert "3.200 CPU-s/Mpx" in row and "forward, model thread: 0.300" in row  # (14-1.2)/4
     assert ("exact with --threads 1" in row) == (threads != 1)
     assert any("forward (model thread's CPU)" in line and "0.300" in line for line in lines)
+
+
+def test_bench_schedule_stops_growing_with_the_region() -> None:
+    from benchmarks.bench_schedule import measure
+
+    small = measure(4096, 1024, 64, 128)
+    huge = measure(2_000_000, 1024, 64, 128)
+    assert small["scheduled"] and small["block_counters"] == (4096 // 128) ** 2
+    assert not huge["scheduled"] and huge["block_counters"] == 0 and huge["chunks"] == 1954 ** 2
