@@ -357,6 +357,7 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
         if folder.store_exists():
             with folder.errors(STORE):
                 mark_incomplete(store)
+        manifest.update(status="running")
         folder.discard(STAC_ITEM)
         folder.discard(SUMMARY)
         if not folder.store_exists():
@@ -372,7 +373,6 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
         if damaged:
             log.warning("%d finished chunk(s) are missing or damaged on disk (e.g. %s): "
                         "recomputing them", len(damaged), damaged[0])
-        manifest.update(status="running")
         todo = [c for c in plan.chunks if c.id not in manifest.done]
         log.info("%d chunks, %d to do (%d already done)", len(plan.chunks), len(todo),
                  len(manifest.done))
