@@ -270,7 +270,9 @@ def run_parser(sub: Any = None) -> argparse.ArgumentParser:
                         "one with the least nodata wins (per pixel, nodata-aware; default first)")
     m.add_argument("--nodata", type=float,
                    help="a value that is nodata in every image (for images that declare none)")
-    r.set_defaults(fn=cmd_run, quiet=False, verbose=0)
+    r.set_defaults(fn=cmd_run)
+    if sub is None:  # a parser of its own has no global -q/-v; as a sub-command, a default
+        r.set_defaults(quiet=False, verbose=0)  # here would undo `geoseg -q run`
     return r
 
 

@@ -212,3 +212,13 @@ def test_out_under_a_file_does_not_say_resume(tmp_path: Path, capsys: pytest.Cap
     line = _one_line(err)
     assert rc != 0 and "--resume" not in line and "afile" in line, line
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_global_quiet_and_verbose_reach_run() -> None:
+    """`geoseg -q run ...` shows no progress (run's own defaults used to undo -q)."""
+    from geoseg.cli.app import build_parser
+
+    args = build_parser().parse_args(["-q", "-v", "run", "img.tif", "-o", "out"])
+    assert args.quiet is True and args.verbose == 1
+    args = build_parser().parse_args(["run", "img.tif", "-o", "out"])
+    assert args.quiet is False and args.verbose == 0
