@@ -25,11 +25,17 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import GeoSegError, InputError, OutputLockedError, StorageError
+from geoseg.errors import (
+    GeoSegError,
+    InputError,
+    OutputExistsError,
+    OutputLockedError,
+    StorageError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +224,18 @@ def replace_link(path: Path) -> None:
         path.unlink()
         return
     atomic_write_bytes(path, data)
+
+
+def check_target(path: Path, ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse, before any work, to write ``path`` (named ``what`` in the message) where it holds
+    a file that ``ours`` does not recognise as geoseg's own earlier output, or where its folder
+    does not exist."""
+    if (path.exists() or path.is_symlink()) and not ours(path):
+        raise OutputExistsError(f"{what} {path} exists and geoseg did not write it: choose "
+                                "another path (geoseg never overwrites files it did not write)")
+    if not path.parent.is_dir():
+        raise InputError(f"the folder of {what} {path} does not exist: create it or choose "
+                         "another path")
 
 
 def remove_output(path: Path) -> None:

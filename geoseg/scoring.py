@@ -405,15 +405,9 @@ def _require_complete(root: Path) -> None:
 def _check_png_target(path: Path) -> None:
     """A confusion PNG may replace only a PNG geoseg wrote (see :func:`confusion_png`)."""
     from geoseg.class_report import written_by_geoseg
-    from geoseg.errors import OutputExistsError
+    from geoseg.outdir import check_target
 
-    if (path.exists() or path.is_symlink()) and not written_by_geoseg(path):
-        raise OutputExistsError(f"{path} exists and is not a confusion matrix geoseg wrote: "
-                                "choose another --confusion-png/--json path (geoseg never "
-                                "overwrites files it did not write)")
-    if not path.parent.is_dir():
-        raise InputError(f"the folder of {path} does not exist: create it or choose another "
-                         "path")
+    check_target(path, written_by_geoseg, "the confusion matrix")
 
 
 def _run_root(run: str | Path | None, store: Path | None) -> Path | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geoseg.cli.progress import ProgressLine, fmt_duration
-from geoseg.errors import ConfigError, InputError
+from geoseg.errors import ConfigError
 
 if TYPE_CHECKING:
     from geoseg.training.data import SceneFiles
@@ -236,20 +236,16 @@ REPORT_MARK = "report"
 def _check_report_target(path: Path) -> None:
     """``--json`` may name a new file or an earlier report of ``geoseg eval``, in an existing
     folder: checked before the scoring."""
-    from geoseg.errors import OutputExistsError
+    from geoseg.outdir import check_target
 
-    if path.is_symlink() or path.exists():
+    def earlier_report(p: Path) -> bool:
         try:
-            earlier = json.loads(path.read_text(encoding="utf-8"))
+            earlier = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            earlier = None
-        if not isinstance(earlier, dict) or earlier.get(REPORT_MARK) != "geoseg eval":
-            raise OutputExistsError(f"--json {path} exists and is not a report of geoseg eval: "
-                                    "choose another path (geoseg never overwrites files it "
-                                    "did not write)")
-    if not path.parent.is_dir():
-        raise InputError(f"the folder of --json {path} does not exist: create it or choose "
-                         "another path")
+            return False
+        return isinstance(earlier, dict) and earlier.get(REPORT_MARK) == "geoseg eval"
+
+    check_target(path, earlier_report, "--json")
 
 
 def cmd_export(a: argparse.Namespace) -> int:

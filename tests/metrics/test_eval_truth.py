@@ -258,7 +258,8 @@ def test_report_and_png_never_replace_a_users_file(run: Path, tmp_path: Path,
     for target in (truth, notes):
         rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth), "--json",
                            str(target))
-        assert rc == 2 and err.count("\n") == 0 and "not a report of geoseg eval" in err, err
+        assert rc == 2 and err.count("\n") == 0, err
+        assert err.startswith("error: --json") and "geoseg did not write it" in err, err
     assert truth.read_bytes() == before and notes.read_text() == '{"mine": 1}'
     rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth), "--json",
                        str(tmp_path / "nope" / "r.json"))
@@ -273,7 +274,7 @@ def test_report_and_png_never_replace_a_users_file(run: Path, tmp_path: Path,
     png = tmp_path / "r_confusion_landcover.png"
     png.write_bytes(b"my figure")
     rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth), "--json", str(report))
-    assert rc == 2 and "not a confusion matrix geoseg wrote" in err, err
+    assert rc == 2 and "confusion matrix" in err and "geoseg did not write it" in err, err
     assert png.read_bytes() == b"my figure"
 
 
