@@ -219,16 +219,21 @@ def read_spec(bundle_dir: str | Path) -> BundleSpec:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
-            raise BundleError(f"{path} holds a YAML {type(data).__name__}, not a bundle's "
-                              "settings: see docs for its fields, or rebuild the bundle")
+            held = "is empty" if data is None else f"holds a YAML {type(data).__name__}"
+            raise BundleError(f"{path} {held}, not a bundle's settings: see docs for its "
+                              "fields, or rebuild the bundle")
         return BundleSpec.model_validate(data)
     except UnicodeDecodeError as exc:
         raise BundleError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 "
                           "YAML, or rebuild the bundle") from exc
+    except OSError as exc:  # permission, I/O error
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}: make it readable "
+                          "by this user, or rebuild the bundle") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"{path}: {loc}: {first['msg']}") from exc
+        msg = str(first["msg"]).removeprefix("Value error, ")  # our own validators' messages
+        raise BundleError(f"{path}: {loc}: {msg}") from exc
     except yaml.YAMLError as exc:
         raise BundleError(yaml_error_line(path, exc)) from exc
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geoseg.engine import Engine
 from geoseg.errors import ConfigError
@@ -159,7 +159,7 @@ class RuntimeConfig(_Strict):
 
 
 class JobConfig(_Strict):
-    version: int = Field(default=CONFIG_VERSION, ge=1, le=CONFIG_VERSION,
+    version: int = Field(default=CONFIG_VERSION,
                          description="the config format (this geoseg reads version 1)")
     # one image (path or URL), or several / a glob / a .txt list / a STAC document: a mosaic
     image: str | tuple[str, ...]
@@ -171,6 +171,16 @@ class JobConfig(_Strict):
     vectors: VectorConfig = VectorConfig()
     outputs: OutputConfig = OutputConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if not 1 <= v <= CONFIG_VERSION:
+            newer = " (written for a newer geoseg: upgrade geoseg)" if v > CONFIG_VERSION else ""
+            raise ValueError(f"config version {v} is unknown{newer}; this geoseg reads version "
+                             f"{CONFIG_VERSION}: write 'version: {CONFIG_VERSION}' or leave "
+                             "it out")
+        return v
 
     def result_key(self, model_digests: list[str]) -> str:
         """Hash of everything that changes the output bytes (not runtime width).
@@ -266,6 +276,9 @@ def load_job_config(path: str | Path, **overrides: object) -> JobConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start}): save the job config as "
                           "UTF-8 YAML") from exc
+    except OSError as exc:  # permission, I/O error
+        raise ConfigError(f"cannot read the job config {p}: {exc.strerror or exc}: make it "
+                          "readable by this user") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(yaml_error_line(p, exc, "job config")) from exc
     if not isinstance(data, dict):
@@ -282,7 +295,8 @@ def validate_job(data: dict[str, object], source: str = "config") -> JobConfig:
     except ValidationError as exc:
         e = exc.errors()[0]
         loc = ".".join(str(x) for x in e["loc"]) or "(top)"
-        raise ConfigError(f"{source}: {loc}: {e['msg']}") from exc
+        msg = str(e["msg"]).removeprefix("Value error, ")  # our own validators' messages
+        raise ConfigError(f"{source}: {loc}: {msg}") from exc
 
 
 def make_job_config(image: str | Sequence[str] | None, output: str | None,

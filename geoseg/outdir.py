@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import logging
 import os
@@ -200,11 +199,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             raise
 
 
-@functools.cache
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    """The process's umask (read once: it can only be read by setting it, briefly)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    """The process's current umask. Linux shows it in /proc (no change to the process); elsewhere
+    it can only be read by setting it, briefly, which is done under a lock so that two threads
+    of geoseg's cannot leave the process with the wrong one."""
+    with contextlib.suppress(OSError, ValueError), \
+            open("/proc/self/status", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8) & 0o777
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # the strictest, should another thread create a file meanwhile
+        os.umask(mask)
     return mask
 
 

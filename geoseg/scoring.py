@@ -110,9 +110,12 @@ def _class_windows(store: Path, layer: str, reader: TruthReader,
         yield np.asarray(arr[rs, cs]), reader.read(padded), ch.window.relative_to(padded)
 
 
+_NUM_CLASSES_HINT = "give the layer's class count, or leave it out for the run's class list"
+
+
 def _num_classes(store: str | Path, layer: str, given: int | None) -> int:
     if given is not None and given < 1:
-        raise InputError(f"num_classes must be at least 1, got {given}")
+        raise InputError(f"num_classes must be at least 1, got {given}: {_NUM_CLASSES_HINT}")
     k, _ = store_classes(store, layer)
     if given is not None:
         return given
@@ -339,12 +342,13 @@ def evaluate_instances(pred_gpkg: str | Path, truth: str | Path, *, grid: GeoBox
 
 
 def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
-                 boundary_tol: float = 2.0) -> dict[str, Any]:
+                 boundary_tol: float = 2.0, iou: float = 0.5,
+                 num_classes: int | None = None) -> dict[str, Any]:
     """Score a ``geoseg run`` output directory against a generated scene's truth.
 
-    Land cover: pixel metrics and boundary F1. Buildings: SpaceNet F1 on polygons, and COCO
-    mask AP and PQ with the footprints rasterized onto the scene's instance raster (land-cover
-    nodata is void).
+    Land cover: pixel metrics and boundary F1 (``num_classes`` defaults to the run's class
+    list). Buildings: SpaceNet F1 at ``iou`` on polygons, and COCO mask AP and PQ with the
+    footprints rasterized onto the scene's instance raster (land-cover nodata is void).
     """
     run, scene = Path(run), Path(scene)
     if not scene.is_dir():
@@ -356,7 +360,7 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
     names = [n for n, _ in g.arrays()]
     landcover = scene / f"landcover_{date}.tif"
     if "landcover" in names:
-        cs = evaluate_class_map(store, "landcover", landcover, tol=boundary_tol)
+        cs = evaluate_class_map(store, "landcover", landcover, num_classes, tol=boundary_tol)
         report["landcover"] = cs.to_dict()
         report["headline"]["landcover mIoU"] = cs.pixels.miou
         report["headline"]["landcover boundary F1"] = cs.boundary.mean_f1
@@ -365,9 +369,9 @@ def evaluate_run(run: str | Path, scene: str | Path, date: str = "t0", *,
         grid, chunk = store_grid(store)
         b = grid.bounds
         obj = evaluate_footprints(gpkg, scene / f"buildings_{date}.gpkg",
-                                  bounds=(b.left, b.bottom, b.right, b.top))
+                                  bounds=(b.left, b.bottom, b.right, b.top), iou=iou)
         report["buildings"] = obj.to_dict()
-        report["headline"]["building F1@0.5"] = obj.f1
+        report["headline"][f"building F1@{iou:g}"] = obj.f1
         instances = scene / f"instances_{date}.tif"
         if not instances.exists():
             raise InputError(f"{instances} not found: pass a scene directory from "
@@ -400,6 +404,33 @@ def _require_complete(root: Path) -> None:
             f"{root} is not a complete run (status: {status}): its missing chunks would count "
             "as predicted nothing; finish it with `geoseg run --resume`, or pass --partial "
             "(partial=True) to score what exists")
+
+
+def _require_complete_outputs(root: Path | None, store: str | Path | None,
+                              footprints: str | Path | None) -> None:
+    """Refuse outputs of a run that is not complete, however they are named: ``--run``, or a
+    store / footprints file inside a run folder, or a store that says it is unfinished."""
+    from geoseg.errors import IncompleteRunError
+    from geoseg.store import COMPLETE_ATTR, store_attrs
+
+    owners = [root] if root is not None else []
+    for path in (store, footprints):
+        if path is not None and is_local_path(str(path)):
+            owner = _run_root(None, Path(path))
+            if owner is not None and owner.resolve() not in [o.resolve() for o in owners]:
+                owners.append(owner)
+    for owner in owners:
+        _require_complete(owner)
+    if store is not None and not owners and is_local_path(str(store)) and Path(store).is_dir():
+        try:
+            unfinished = store_attrs(store).get(COMPLETE_ATTR) is False
+        except (OSError, ValueError, AttributeError):
+            unfinished = False  # not a store geoseg can read: open_store says so
+        if unfinished:
+            raise IncompleteRunError(
+                f"{store} is a store of a run that did not finish: its missing chunks would "
+                "count as predicted nothing; finish the run with `geoseg run --resume`, or "
+                "pass --partial (partial=True) to score what exists")
 
 
 def _check_png_target(path: Path) -> None:
@@ -446,12 +477,13 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
 
     The PNG goes to ``confusion`` (``{layer}`` is replaced by the layer name), else into the run
     folder as ``confusion_<layer>.png``, else beside the store; ``plot=False`` skips it. Its path
-    is in the report (``<layer>.confusion_png``). A PNG path outside the run folder that holds
-    a file geoseg did not write is refused before any scoring.
+    is in the report (``<layer>.confusion_png``). A PNG path that holds a file geoseg did not
+    write (in the run folder too) is refused before any scoring.
 
     A run that is not complete (interrupted, failed chunks) is refused with
-    :class:`~geoseg.errors.IncompleteRunError` unless ``partial=True``: its missing chunks
-    would be scored as if the model had predicted nothing there.
+    :class:`~geoseg.errors.IncompleteRunError` unless ``partial=True``, whether it is named by
+    ``run`` or by a ``store`` / ``footprints`` inside its folder: its missing chunks would be
+    scored as if the model had predicted nothing there.
     """
     from geoseg.errors import ConfigError
 
@@ -459,22 +491,25 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
     if root is not None and not (root / MANIFEST).is_file() and not RunLayout(root).store.exists():
         raise InputError(f"{root} is not a geoseg run folder (no {MANIFEST}): pass the folder "
                          "given to `geoseg run --out`")
+    if num_classes is not None and num_classes < 1:
+        raise InputError(f"num_classes must be at least 1, got {num_classes}: "
+                         f"{_NUM_CLASSES_HINT}")
     if not 0 < iou <= 1:
         raise InputError(f"iou must be in (0, 1], got {iou}")
     if boundary_tol < 0:
         raise InputError(f"boundary_tol must be 0 or more pixels, got {boundary_tol}")
-    if root is not None and not partial:
-        _require_complete(root)
+    if not partial:
+        _require_complete_outputs(root, store, footprints)
     if plot and (store is not None or root is not None):  # before the scoring, not after
         where = Path(store) if store is not None else RunLayout(root or Path(".")).store
         owner = _run_root(run, where)
         for name in ("landcover",) if root is not None and scene is not None else (layer,):
-            if confusion is not None or owner is None:  # a run folder's own file is geoseg's
-                _check_png_target(_png_path(confusion, name, owner, where))
+            _check_png_target(_png_path(confusion, name, owner, where))
     report: dict[str, Any] = {}
     sections: list[str] = []  # class layers scored by pixels
     if root is not None and scene is not None:
-        report = evaluate_run(root, scene, date=date, boundary_tol=boundary_tol)
+        report = evaluate_run(root, scene, date=date, boundary_tol=boundary_tol, iou=iou,
+                              num_classes=num_classes)
         sections = [n for n in ("landcover",) if n in report]
     else:
         if store is None and root is not None and truth is not None:
@@ -506,6 +541,7 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
         for name in sections:
             sec = report[name]
             png = _png_path(confusion, name, _run_root(run, where), where)
+            _check_png_target(png)  # again: a file may have appeared while scoring
             miou = "n/a" if sec["miou"] is None else f"{sec['miou']:.3f}"
             confusion_png(np.asarray(sec["confusion"]), list(sec["per_class"]), png,
                           title=f"{name}: {sec['pixels']} px, mIoU {miou}")

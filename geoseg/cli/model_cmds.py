@@ -221,7 +221,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         from geoseg.outdir import atomic_write_text
 
-        atomic_write_text(Path(a.json), text)
+        _check_report_target(Path(a.json))  # again: a file may have appeared while scoring
+        atomic_write_text(Path(a.json), text)  # by rename: a symlink is replaced, not followed
     print(text)
     for name, section in report.items():
         if isinstance(section, dict) and "confusion_png" in section:
@@ -385,7 +386,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="classes of --layer (default: the run's class list)")
     e.add_argument("--confusion-png", help="where to write the confusion matrix PNG ({layer} is "
                                            "replaced; default: beside --json, else "
-                                           "confusion_<layer>.png in the run folder)")
+                                           "confusion_<layer>.png in the run folder); an "
+                                           "existing file there is replaced only if it is a "
+                                           "confusion matrix geoseg wrote")
     e.add_argument("--no-png", action="store_true", help="write no confusion matrix PNG")
     e.add_argument("--footprints", help="predicted footprints: any OGR vector file "
                                         "(GeoPackage, GeoJSON, shapefile, FlatGeobuf, ...; "
@@ -398,14 +401,18 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     e.add_argument("--truth-instances",
                    help="truth instance-id raster (0 = none): COCO AP and PQ of --footprints")
     e.add_argument("--iou", type=float, default=0.5,
-                   help="IoU at which a predicted footprint matches a truth one (SpaceNet)")
+                   help="IoU at which a predicted footprint matches a truth one (SpaceNet), "
+                        "in (0, 1]")
     e.add_argument("--boundary-tol", type=float, default=2.0,
                    help="boundary F1 distance tolerance in pixels")
-    e.add_argument("--json", help="also write the report here (a new file, or an earlier "
-                                   "report of geoseg eval)")
+    e.add_argument("--json", help="also write the report here: a new file, or an earlier "
+                                   "report of geoseg eval (its first key is \"report\": "
+                                   "\"geoseg eval\"); any other existing file, and a folder "
+                                   "that does not exist, are refused before the scoring")
     e.add_argument("--partial", action="store_true",
                    help="score a run that is not complete (its missing chunks count as "
-                        "predicted nothing); refused otherwise")
+                        "predicted nothing); refused otherwise, also when --store or "
+                        "--footprints lie in its folder")
     e.set_defaults(fn=cmd_eval)
 
     x = sub.add_parser("export", help="export a bundle's model (ONNX), check it in bf16, or "

@@ -221,10 +221,13 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     """Generate the demo scene (if missing) and run the whole pipeline on it."""
     from geoseg.sample import generate_scene
+    from geoseg.sample.scene import is_scene
 
     root = Path(a.out)
     scene = root / "scene"
-    if not (scene / "scene.json").exists():
+    # a finished scene that geoseg generated is reused; anything else is (re)generated, which
+    # replaces only an unfinished scene of geoseg's and refuses files geoseg did not write
+    if not is_scene(scene):
         print(f"generating the demo scene ({a.size}² px, seed 0) in {scene} ...", flush=True)
         generate_scene(scene, size=a.size, seed=0, overwrite=True)
     ns = argparse.Namespace(**{**vars(a), "image": str(scene / "image_t0.tif"),

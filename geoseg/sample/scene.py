@@ -208,9 +208,8 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".partial-{path.name}")
 
 
-def is_scene(root: Path) -> bool:
-    """Whether ``root`` holds a scene geoseg generated (its ``scene.json`` says so)."""
-    meta = SceneFiles.at(root).metadata
+def _is_generated(meta: Path) -> bool:
+    """Whether ``meta`` is a scene.json that geoseg's generator wrote (not a link, not foreign)."""
     if meta.is_symlink() or not meta.is_file():
         return False
     try:
@@ -220,20 +219,48 @@ def is_scene(root: Path) -> bool:
     return isinstance(data, dict) and data.get("generator") == "geoseg.sample"
 
 
-def _prepare(root: Path, overwrite: bool) -> SceneFiles:
-    """The scene's files in ``root``, created; refuses a file, the files of a scene unless
-    ``overwrite``, and, ``overwrite`` or not, any of its names that geoseg did not write."""
-    files = SceneFiles.at(root)
+def is_scene(root: Path) -> bool:
+    """Whether ``root`` holds a finished scene geoseg generated (its ``scene.json`` says so)."""
+    return _is_generated(SceneFiles.at(root).metadata)
+
+
+def _is_unfinished(root: Path) -> bool:
+    """Whether ``root`` holds a scene geoseg was renaming into place when it was stopped: its
+    pending ``.partial-scene.json`` is there (the files are geoseg's, but not all of them)."""
+    return _is_generated(_partial(SceneFiles.at(root).metadata))
+
+
+def _check_folder(root: Path) -> None:
+    """Refuse, in one line, a scene folder that is a file, a broken link or under a file."""
+    if root.is_symlink() and not root.exists():
+        raise InputError(f"{root} is a broken symbolic link: choose a directory for the scene")
     if root.exists() and not root.is_dir():
         raise InputError(f"{root} is a file: choose a directory for the scene")
+    for up in root.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise InputError(f"{up} is a file, so {root} cannot be a directory: choose "
+                                 "another directory for the scene")
+            break
+
+
+def _prepare(root: Path, overwrite: bool) -> SceneFiles:
+    """The scene's files in ``root``, created. Refuses a file, a scene unless ``overwrite``, and,
+    ``overwrite`` or not, any of its names in a folder that is not a geoseg scene (its
+    ``scene.json``, or the pending one of an interrupted scene, is geoseg's mark): geoseg only
+    ever replaces files it wrote. Other names in the folder are left alone."""
+    files = SceneFiles.at(root)
+    _check_folder(root)
     taken = [p for p in files.paths() if p.exists() or p.is_symlink()]
-    if taken and not is_scene(root):
+    unfinished = _is_unfinished(root)
+    if taken and not (is_scene(root) or unfinished):
         raise OutputExistsError(
             f"{root} holds {taken[0].name}, which geoseg did not write (no scene.json of a "
             "generated scene): choose another directory (geoseg never replaces files it did "
             "not write)")
-    if taken and not overwrite:
-        raise OutputExistsError(f"{root} already holds a scene: pass --overwrite "
+    if (taken or unfinished) and not overwrite:
+        what = "a scene" if is_scene(root) else "an unfinished scene (stopped while written)"
+        raise OutputExistsError(f"{root} already holds {what}: pass --overwrite "
                                 "(overwrite=True in Python) or choose another directory")
     with storage_errors(root):
         root.mkdir(parents=True, exist_ok=True)
@@ -295,22 +322,29 @@ def generate_scene(out_dir: str | Path, size: int | tuple[int, int] = 4096, seed
     log.info("scene plan laid out in %.1f s: %d/%d buildings", time.perf_counter() - t0,
              len(plan.layers[0].ids), len(plan.layers[1].ids))
     # written under temporary names and renamed into place, scene.json (the mark of a finished
-    # scene) last: an interrupted scene never leaves files that look finished
+    # scene) last: an interrupted scene never leaves files that look finished. Its pending
+    # .partial-scene.json is written before the first rename and kept if a rename is
+    # interrupted (or kept from an earlier such run): it marks the files as geoseg's, so that
+    # --overwrite may replace them.
     partial = SceneFiles(files.root, **{k: _partial(p) for k, p in files.named().items()})
+    keep_mark = _is_unfinished(files.root)
     try:
         with storage_errors(files.root), \
                 rasterio.Env(GDAL_CACHEMAX=_cache_bytes(shape[1], int(block))):
             counts = _write_rasters(plan, partial, int(block))
             _write_vectors(plan, partial)
+            atomic_write_text(partial.metadata,
+                              json.dumps(_metadata(plan, files, counts), indent=2) + "\n")
+            keep_mark = True
             files.metadata.unlink(missing_ok=True)  # an earlier scene's: no longer true
             for name, path in files.named().items():
                 if name != "metadata":
                     os.replace(getattr(partial, name), path)
-        atomic_write_text(files.metadata, json.dumps(_metadata(plan, files, counts), indent=2)
-                          + "\n")
+            os.replace(partial.metadata, files.metadata)
     finally:
-        for p in partial.paths():
-            p.unlink(missing_ok=True)
+        for name, p in partial.named().items():
+            if name != "metadata" or not keep_mark:
+                p.unlink(missing_ok=True)
     log.info("scene %dx%d seed %d written to %s in %.1f s", shape[0], shape[1], seed,
              files.root, time.perf_counter() - t0)
     return files
