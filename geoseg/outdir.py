@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from geoseg.errors import (
     GeoSegError,
@@ -183,20 +183,31 @@ def prepare_folder(root: Path) -> Path:
     return root
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + rename (replaces a symlink there)."""
+@contextlib.contextmanager
+def atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` by rename when the block ends without an error.
+
+    The temporary file has a fresh unique name beside ``path`` (never a fixed name that a
+    symlink could stand in for), so a symlink at ``path`` is replaced and never written through,
+    and a failed or interrupted write leaves the earlier file as it was."""
     path = Path(path)
     with storage_errors(path):
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it: mkstemp's is 0600
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                yield f
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file + rename (replaces a symlink there)."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 _UMASK_LOCK = threading.Lock()

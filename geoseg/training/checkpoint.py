@@ -3,7 +3,7 @@
 ``OUT/checkpoints/last.pt`` holds the model and optimizer (and AMP grad-scaler) state, the step,
 the losses so far, the numpy Generator state (JSON text), the torch RNG state(s), the seconds
 spent in the loop, and the config + scene list it was written for (JSON text). It is written
-atomically (temporary file + ``os.replace``) and read only with ``torch.load(weights_only=True)``,
+atomically (a unique temporary file + rename) and read only with ``torch.load(weights_only=True)``,
 so loading never unpickles arbitrary objects.
 
 Resuming with the same config on the same machine and thread count gives bit-identical final
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from geoseg.errors import ConfigError, ResumeError
+from geoseg.outdir import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,8 @@ def save(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as f:  # a unique temporary name: a planted link is never followed
+        torch.save(payload, f)
     logger.debug("checkpoint at step %d written to %s", state.step, path)
 
 

@@ -155,3 +155,30 @@ def test_cuda_training_with_autocast(tiny_scene: Path, tmp_path: Path, precision
     res = train(cfg, scene_files(tiny_scene, "landcover", ["t0"]), tmp_path / "g")
     assert len(res.losses) == 3 and np.isfinite(res.losses).all()
     assert res.spec.training is not None and res.spec.training["device"] == "cuda"
+
+
+def test_a_checkpoint_never_writes_through_a_link(tmp_path: Path) -> None:
+    """The checkpoint goes to a fresh temporary name and is renamed into place: a symlink
+    planted at the old fixed temporary name, or at ``last.pt`` itself, never has its target
+    written; the link at ``last.pt`` is replaced by the checkpoint."""
+    import numpy as np
+    import torch
+
+    from geoseg.training import checkpoint as ck
+
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"user data")
+    path = checkpoint_path(tmp_path / "out")
+    path.parent.mkdir(parents=True)
+    (path.parent / "last.pt.tmp").symlink_to(victim)
+    path.symlink_to(victim)
+    model = torch.nn.Conv2d(3, 2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = ck.TrainState(step=3, losses=[1.0, 0.5], seconds=1.0)
+    ck.save(path, model, opt, None, np.random.default_rng(0), state, "{}")
+    assert victim.read_bytes() == b"user data"
+    assert not path.is_symlink()
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["step"] == 3
+    assert torch.equal(loaded["model"]["weight"], model.state_dict()["weight"])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt", "last.pt.tmp"]
