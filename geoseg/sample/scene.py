@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, fields
@@ -253,6 +255,12 @@ def _prepare(root: Path, overwrite: bool) -> SceneFiles:
     _check_folder(root)
     taken = [p for p in files.paths() if p.exists() or p.is_symlink()]
     unfinished = _is_unfinished(root)
+    mark = _partial(files.metadata)
+    if not unfinished and (mark.exists() or mark.is_symlink()):
+        raise OutputExistsError(
+            f"{root} holds {mark.name}, which geoseg did not write (it is the name of the mark "
+            "of a scene being written): move it or choose another directory (geoseg never "
+            "replaces files it did not write)")
     if taken and not (is_scene(root) or unfinished):
         raise OutputExistsError(
             f"{root} holds {taken[0].name}, which geoseg did not write (no scene.json of a "
@@ -321,12 +329,16 @@ def generate_scene(out_dir: str | Path, size: int | tuple[int, int] = 4096, seed
                       int(seed), int(nodata_collar))
     log.info("scene plan laid out in %.1f s: %d/%d buildings", time.perf_counter() - t0,
              len(plan.layers[0].ids), len(plan.layers[1].ids))
-    # written under temporary names and renamed into place, scene.json (the mark of a finished
-    # scene) last: an interrupted scene never leaves files that look finished. Its pending
-    # .partial-scene.json is written before the first rename and kept if a rename is
-    # interrupted (or kept from an earlier such run): it marks the files as geoseg's, so that
-    # --overwrite may replace them.
-    partial = SceneFiles(files.root, **{k: _partial(p) for k, p in files.named().items()})
+    # written in a new hidden folder of this run's own (no name in the scene folder is taken,
+    # so no file of the user's is written over or removed) and renamed into place, scene.json
+    # (the mark of a finished scene) last: an interrupted scene never leaves files that look
+    # finished. Its pending .partial-scene.json is written before the first rename and kept if
+    # a rename is interrupted (or kept from an earlier such run): it marks the files as
+    # geoseg's, so that --overwrite may replace them.
+    with storage_errors(files.root):
+        work = Path(tempfile.mkdtemp(prefix=".partial-scene-", dir=files.root))
+    partial = SceneFiles(work, **{k: work / p.name for k, p in files.named().items()
+                                  if k != "metadata"}, metadata=_partial(files.metadata))
     keep_mark = _is_unfinished(files.root)
     try:
         with storage_errors(files.root), \
@@ -342,9 +354,9 @@ def generate_scene(out_dir: str | Path, size: int | tuple[int, int] = 4096, seed
                     os.replace(getattr(partial, name), path)
             os.replace(partial.metadata, files.metadata)
     finally:
-        for name, p in partial.named().items():
-            if name != "metadata" or not keep_mark:
-                p.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)  # this run's folder: nothing in it is the user's
+        if not keep_mark:
+            partial.metadata.unlink(missing_ok=True)
     log.info("scene %dx%d seed %d written to %s in %.1f s", shape[0], shape[1], seed,
              files.root, time.perf_counter() - t0)
     return files

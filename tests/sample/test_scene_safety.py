@@ -123,7 +123,8 @@ def test_scene_json_is_renamed_into_place_last(tmp_path: Path,
 
     def replace(src: str | Path, dst: str | Path) -> None:
         if Path(dst).parent == tmp_path and not Path(dst).name.startswith("."):
-            assert Path(src).parent == tmp_path  # a rename in the same folder
+            # a rename inside the scene folder (from it or the run's own folder in it)
+            assert tmp_path in (Path(src).parent, Path(src).parent.parent), src
             seen.append(Path(dst).name)
         real(src, dst)
 
@@ -176,6 +177,36 @@ def test_an_interrupted_rerun_keeps_the_pending_mark(
     with pytest.raises(KeyboardInterrupt):
         generate_scene(tmp_path, 256, block=128, overwrite=True)
     assert leftovers(tmp_path) == {"image_t0.tif", ".partial-scene.json"}
+
+
+def test_a_users_partial_names_are_never_written_or_removed(
+        tmp_path: Path, ctrl_c: dict[str, int]) -> None:
+    """The files of a scene being written live in a new folder of the run's own: a user's
+    ``.partial-image_t0.tif`` beside them is neither written over nor removed, whether the scene
+    finishes or is stopped."""
+    mine = tmp_path / ".partial-image_t0.tif"
+    mine.write_bytes(b"my own file")
+    ctrl_c["at"] = 10**9  # no Ctrl-C: a scene that finishes
+    generate_scene(tmp_path, 64)
+    assert mine.read_bytes() == b"my own file"
+    assert leftovers(tmp_path) == NAMES | {mine.name}
+    ctrl_c.update(at=1, done=0)
+    with pytest.raises(KeyboardInterrupt):
+        generate_scene(tmp_path, 256, block=128, overwrite=True)
+    assert mine.read_bytes() == b"my own file"
+    assert leftovers(tmp_path) == NAMES | {mine.name} and is_scene(tmp_path)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_foreign_pending_mark_is_refused_and_kept(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], overwrite: bool) -> None:
+    mark = tmp_path / ".partial-scene.json"
+    mark.write_text('{"mine": true}')
+    rc, err = cli(["sample", str(tmp_path), "--size", "64"]
+                  + (["--overwrite"] if overwrite else []), capsys)
+    assert rc == OutputExistsError.exit_code, err
+    assert ".partial-scene.json, which geoseg did not write" in err, err
+    assert mark.read_text() == '{"mine": true}' and leftovers(tmp_path) == {mark.name}
 
 
 # a file (or a broken link, or a path under a file) as the scene folder is one line
