@@ -90,12 +90,15 @@ def test_maskrcnn_predict_proba(tmp_path: Path, maskrcnn_spec: BundleSpec) -> No
         update={"score_threshold": 0.0})})
     save_bundle(model, spec, tmp_path / "mrcnn")
     pred = Predictor(tmp_path / "mrcnn")
+    # random weights keep torchvision's 200 detections per tile at threshold 0: each one's mask
+    # head is what takes the time, and 20 show the same (4 s a call instead of 0.4)
+    pred.model.roi_heads.detections_per_img = 20  # type: ignore[union-attr]
     proba = pred.predict_proba(_raw())
     assert proba.shape == (2, 3, 64, 64) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     assert np.array_equal(proba, pred.predict_proba(_raw()))
     inst = pred.predict_instances(_raw())
-    assert len(inst) == 2
+    assert len(inst) == 2 and len(inst[0]) > 0
     for obj in inst[0]:
         assert obj["mask"].dtype == bool and obj["mask"].shape == (64, 64)
         assert 0.0 <= obj["score"] <= 1.0 and len(obj["box"]) == 4
