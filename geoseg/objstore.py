@@ -27,7 +27,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,9 +87,66 @@ def _make_client(url: str) -> Any:
         extra["credential_provider"], region = profile
         if region and not os.environ.get("AWS_REGION"):
             extra["config"] = {"region": region}
-    with object_errors(url, "open"):
+    if url.split("://", 1)[0].lower() in AZURE_SCHEMES:
+        extra["config"] = azure_config(os.environ)
+        endpoints = (extra["config"].get("endpoint"), os.environ.get("AZURE_STORAGE_ENDPOINT"),
+                     os.environ.get("AZURE_ENDPOINT"))
+        plain_http = plain_http or any(str(e or "").startswith("http://") for e in endpoints)
+    try:
         return from_url(url, client_options={"allow_http": True} if plain_http else None,
                         **extra)
+    except Exception as exc:  # no request is made here: settings the client cannot use
+        raise StorageError(f"cannot use {url} ({_detail(exc)}): {_SETUP[url[:2].lower()]}"
+                           ) from exc
+
+
+AZURE_SCHEMES = ("az", "abfs", "abfss")
+
+#: What to set when a store cannot even be configured (no account, no region ...), by scheme.
+_SETUP = {
+    "s3": "set AWS_REGION and the credentials the usual way (AWS_PROFILE, or AWS_ACCESS_KEY_ID "
+          "and AWS_SECRET_ACCESS_KEY; AWS_ENDPOINT_URL for an S3-compatible store)",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run where a "
+          "workload identity is attached",
+    "az": "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with "
+          "AZURE_STORAGE_ACCESS_KEY or AZURE_STORAGE_SAS_TOKEN (as for az:// inputs)",
+    "ab": "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with "
+          "AZURE_STORAGE_ACCESS_KEY or AZURE_STORAGE_SAS_TOKEN (as for az:// inputs)",
+}
+
+
+def azure_config(env: Mapping[str, str]) -> dict[str, Any]:
+    """obstore's Azure settings from the variables that GDAL (which reads ``az://`` inputs) and
+    Azure's own tools use but obstore does not read: ``AZURE_STORAGE_CONNECTION_STRING``
+    (account, key or SAS, endpoint; ``UseDevelopmentStorage=true``: the emulator) and
+    ``AZURE_STORAGE_ACCOUNT``. obstore's own variables (``AZURE_STORAGE_ACCOUNT_NAME``,
+    ``AZURE_STORAGE_ACCOUNT_KEY``, ``AZURE_STORAGE_ENDPOINT`` ...) win, so that one set of
+    variables serves a job's inputs and outputs alike. The key is handed to the client as GDAL
+    gets it, from the environment, and never logged."""
+    parts: dict[str, str] = {}
+    for item in env.get("AZURE_STORAGE_CONNECTION_STRING", "").split(";"):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            parts[name.strip().lower()] = value.strip()
+    conf: dict[str, Any] = {}
+    if parts.get("usedevelopmentstorage", "").lower() == "true":
+        conf["use_emulator"] = True
+    account = parts.get("accountname") or env.get("AZURE_STORAGE_ACCOUNT")
+    if account and not env.get("AZURE_STORAGE_ACCOUNT_NAME"):
+        conf["account_name"] = account
+    if parts.get("accountkey") and not any(env.get(f"AZURE_STORAGE_{k}_KEY")
+                                           for k in ("ACCOUNT", "ACCESS", "MASTER")):
+        conf["account_key"] = parts["accountkey"]
+    if parts.get("sharedaccesssignature") and not any(
+            env.get(f"AZURE_STORAGE_SAS_{k}") for k in ("KEY", "TOKEN")):
+        conf["sas_key"] = parts["sharedaccesssignature"].lstrip("?")
+    endpoint = parts.get("blobendpoint")
+    if not endpoint and account and parts.get("endpointsuffix"):
+        protocol = parts.get("defaultendpointsprotocol", "https")
+        endpoint = f"{protocol}://{account}.blob.{parts['endpointsuffix']}"
+    if endpoint and not (env.get("AZURE_STORAGE_ENDPOINT") or env.get("AZURE_ENDPOINT")):
+        conf["endpoint"] = endpoint.rstrip("/")
+    return conf
 
 
 def _profile_credentials(url: str) -> tuple[Any, str | None] | None:
