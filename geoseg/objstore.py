@@ -175,6 +175,10 @@ def _detail(exc: BaseException) -> str:
     return redact(lines[0][:200]) if lines else type(exc).__name__
 
 
+#: The client found no credentials and asked the instance's metadata service for a token, which
+#: did not give one (no cloud instance, or none with an identity attached).
+_NO_IDENTITY = re.compile(r"token request|169\.254\.169\.254|metadata\.google\.internal")
+
 #: A denial in an error's text (status 401/403, the providers' error codes): obstore raises a
 #: GenericError, not a PermissionDeniedError, for a 403 on a listing.
 _DENIED = re.compile(r"status code:? 40[13]\b|\b40[13] (Forbidden|Unauthorized)\b|AccessDenied"
@@ -224,6 +228,10 @@ def storage_error(exc: BaseException, url: str, what: str = "write") -> StorageE
             s in text for s in _NO_BUCKET):
         err = StorageError(f"bucket {bucket_of(url)} does not exist ({url}): create it, or "
                            "choose another --out")
+    elif isinstance(exc, ox.BaseError) and _NO_IDENTITY.search(text):
+        err = StorageError(f"no credentials for {url}: none in the environment, and no "
+                           f"instance identity answered ({_detail(exc)}): "
+                           f"{_SETUP[url[:2].lower()]}")
     elif isinstance(exc, ox.PermissionDeniedError | ox.UnauthenticatedError | PermissionError
                     ) or (isinstance(exc, ox.BaseError) and _denied(exc) is not None):
         err = StorageError(f"access denied to {url} ({_denied(exc) or _detail(exc)}): check the "

@@ -13,13 +13,14 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from affine import Affine
 
 from geoseg.errors import NotARasterError, StorageError
-from geoseg.objstore import azure_config
+from geoseg.objstore import azure_config, storage_error
 from tests.sources.conftest import write_cog
 
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IrwIMXOA3Q1ngGMRG1cJ0Dgsi1yYrsVHvGmCKzR51Q=="
@@ -63,7 +64,7 @@ def test_obstore_s_own_variables_win() -> None:
 # --- end to end, against a server that denies every request ---
 
 class _Denying(http.server.BaseHTTPRequestHandler):
-    seen: list[tuple[str, str, str]] = []
+    seen: ClassVar[list[tuple[str, str, str]]] = []
 
     def _deny(self) -> None:
         type(self).seen.append((self.command, self.path, self.headers.get("Authorization", "")))
@@ -153,3 +154,23 @@ def test_no_azure_account_at_all_is_one_line_that_says_what_to_set(
     assert lines[0].startswith("error: cannot use az://cont/run (") and \
         "AZURE_STORAGE_CONNECTION_STRING" in lines[0], lines
     assert "--resume" not in lines[0] and "network" not in lines[0], lines
+
+
+# --- no credentials anywhere: the client's last resort, the metadata service, gave none ---
+
+@pytest.mark.parametrize(("url", "text", "hint"), [
+    ("gs://b/run", "Generic GCS error: Error performing token request: Error performing GET "
+     "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token?"
+     "recursive=true", "GOOGLE_APPLICATION_CREDENTIALS"),
+    ("s3://b/run", "Generic S3 error: Error performing PUT http://169.254.169.254/latest/api/"
+     "token in 1ms - Server returned non-2xx status code: 403 Forbidden", "AWS_PROFILE"),
+    ("az://c/run", "Generic MicrosoftAzure error: Error performing token request: Error "
+     "performing GET http://169.254.169.254/metadata/identity/oauth2/token",
+     "AZURE_STORAGE_CONNECTION_STRING")])
+def test_no_credentials_found_says_what_to_set(url: str, text: str, hint: str) -> None:
+    from obstore.exceptions import GenericError
+
+    err = storage_error(GenericError(text), url, "reach")
+    assert err is not None and err.fatal
+    assert str(err).startswith(f"no credentials for {url}: none in the environment"), err
+    assert hint in str(err) and "access denied" not in str(err) and "--resume" not in str(err)
