@@ -143,16 +143,32 @@ def describe_remote_error(path: str, message: str) -> str:
     """A one-line, redacted explanation of a failed remote open, with what to do."""
     msg = redact(message.strip().splitlines()[0] if message.strip() else "read failed")
     shown = redact(path)
+    hint = _CREDENTIALS.get(str(path).split("://", 1)[0].lower(), _CREDENTIALS["https"])
+    if _UNSET.search(msg):  # GDAL found no credentials at all for the URL's store
+        return f"{shown}: no credentials ({msg}): {hint}"
     # denied before missing: S3's InvalidAccessKeyId says "... does not exist in our records"
     if _DENIED.search(msg):
-        return (f"{shown}: access denied ({msg}): check the credentials and set them the "
-                "standard way (AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_CONNECTION_STRING), or "
-                "AWS_NO_SIGN_REQUEST=YES for a public bucket")
+        return f"{shown}: access denied ({msg}): check the credentials; {hint}"
     if re.search(r"\b404\b|does not exist|No such file|NoSuchKey|NoSuchBucket", msg):
         return f"{shown} not found ({msg}): check the URL"
     return f"cannot read {shown} ({msg}): check the URL and the network, then rerun"
 
+
+#: Where each store's credentials go, the standard way (the variables GDAL reads).
+_CREDENTIALS = {
+    "s3": "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or run where an IAM role "
+          "is attached), or AWS_NO_SIGN_REQUEST=YES for a public bucket",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (or run where a "
+          "workload identity is attached), or GS_NO_SIGN_REQUEST=YES for a public bucket",
+    "az": "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with "
+          "AZURE_STORAGE_ACCESS_KEY or AZURE_STORAGE_SAS_TOKEN, or AZURE_NO_SIGN_REQUEST=YES for "
+          "a public container",
+    "https": "a signed URL may have expired (sign it again), or the server needs credentials",
+}
+
+#: GDAL's messages when no credentials are configured for /vsis3/, /vsigs/ or /vsiaz/.
+_UNSET = re.compile(r"configuration options? not defined|Missing AZURE_\S+.*configuration "
+                    r"options", re.I)
 
 #: What S3, GCS, Azure and GDAL say when the credentials are missing, wrong or not allowed
 #: (status 401/403, the providers' error codes and their messages).

@@ -21,6 +21,7 @@ from affine import Affine
 
 from geoseg.errors import NotARasterError, StorageError
 from geoseg.objstore import azure_config, storage_error
+from geoseg.sources.remote import describe_remote_error
 from tests.sources.conftest import write_cog
 
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IrwIMXOA3Q1ngGMRG1cJ0Dgsi1yYrsVHvGmCKzR51Q=="
@@ -174,3 +175,33 @@ def test_no_credentials_found_says_what_to_set(url: str, text: str, hint: str) -
     assert err is not None and err.fatal
     assert str(err).startswith(f"no credentials for {url}: none in the environment"), err
     assert hint in str(err) and "access denied" not in str(err) and "--resume" not in str(err)
+
+
+# --- inputs: GDAL found no credentials at all ---
+
+GS_UNSET = ("GS_SECRET_ACCESS_KEY+GS_ACCESS_KEY_ID, GS_OAUTH2_REFRESH_TOKEN or "
+            "GOOGLE_APPLICATION_CREDENTIALS or GS_OAUTH2_PRIVATE_KEY+GS_OAUTH2_CLIENT_EMAIL and "
+            "/root/.boto, or GS_NO_SIGN_REQUEST=YES configuration options not defined")
+
+
+def test_gdal_without_google_credentials_says_what_to_set() -> None:
+    msg = describe_remote_error("gs://b/k.tif", GS_UNSET)
+    assert msg.startswith("gs://b/k.tif: no credentials (GS_SECRET_ACCESS_KEY"), msg
+    assert msg.endswith("or GS_NO_SIGN_REQUEST=YES for a public bucket"), msg
+    assert "AWS" not in msg and "network" not in msg
+
+
+def test_an_az_input_without_azure_credentials_says_what_to_set(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """GDAL's own message (it fails before any request) and the variables to set."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("AZURE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no Azure CLI configuration either
+    rc, lines = _run(["az://cont/in/a.tif", "-o", str(tmp_path / "o")], capsys)
+    assert rc == NotARasterError.exit_code and len(lines) == 1, lines
+    assert lines[0].startswith("error: az://cont/in/a.tif: no credentials (Missing "
+                               "AZURE_STORAGE_ACCOUNT"), lines
+    assert lines[0].endswith("AZURE_NO_SIGN_REQUEST=YES for a public container"), lines
