@@ -126,6 +126,12 @@ def has_results(root: Path) -> bool:
     return bool(_entries(Path(root)))
 
 
+def foreign_entries(root: Path) -> bool:
+    """Whether ``root`` holds something and is not a run folder geoseg wrote (``geoseg run``
+    into it would refuse)."""
+    return has_results(root) and _is_ours(root) is None
+
+
 def _is_ours(root: Path) -> dict[str, Any] | None:
     """The earlier manifest when geoseg wrote this folder, else None."""
     path = root / MANIFEST

@@ -95,6 +95,12 @@ def _ours(out: Path) -> bool:
         return False
 
 
+def unfinished_change(out: Path) -> bool:
+    """Whether ``out`` holds a ``geoseg change`` that was stopped (its outputs, no summary):
+    a rerun redoes its outputs without ``--overwrite``, as a run resumes."""
+    return _ours(out) and not (out / SUMMARY).exists()
+
+
 def _prepare_output(out: Path, runs: tuple[Path, ...], overwrite: bool) -> FolderLock:
     """Create and lock ``out`` (the lock is returned, held); with ``overwrite``, remove the
     outputs of an earlier ``geoseg change`` there, and only those: a name this stage writes
@@ -112,14 +118,18 @@ def _prepare_output(out: Path, runs: tuple[Path, ...], overwrite: bool) -> Folde
         inputs = {r.resolve() for r in runs}
         others = [p for p in out.iterdir() if p.name != lock.path.name
                   and p.resolve() not in inputs]
-        if others and not overwrite:
-            raise OutputExistsError(f"output {out} is not empty: pass --overwrite to replace "
-                                    "the change outputs, or choose another -o directory")
         taken = [out / n for n in OUTPUTS if (out / n).exists() or (out / n).is_symlink()]
         if taken and not _ours(out):
             raise OutputExistsError(
                 f"output {out} holds {taken[0].name}, which geoseg did not write: move it or "
                 "choose another -o directory (geoseg never replaces files it did not write)")
+        stopped = unfinished_change(out)
+        if others and not (overwrite or stopped):
+            raise OutputExistsError(f"output {out} is not empty: pass --overwrite to replace "
+                                    "the change outputs, or choose another -o directory")
+        if stopped:
+            log.info("%s holds a change that was stopped (no %s): its outputs are redone",
+                     out, SUMMARY)
         for p in taken:  # only what this stage writes; anything else stays
             log.info("--overwrite: removing %s", p)
             with storage_errors(p):

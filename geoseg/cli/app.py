@@ -112,8 +112,8 @@ INTERRUPTED = {
     "logs": "stopped following; the job goes on (geoseg status / cancel JOB)",
     "train": "the last checkpoint (OUT/checkpoints/last.pt) is kept; rerun with --resume to "
              "continue",
-    "change": "the outputs in -o are incomplete (no change_summary.json); rerun with "
-              "--overwrite",
+    "change": "finished work is kept (no change_summary.json yet): rerun the same command to "
+              "continue (the dates' runs resume, the change outputs are redone)",
 }
 INTERRUPTED_OTHER = "nothing was finished; rerun the command"
 

@@ -55,9 +55,10 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | Non
     files, ``OUT/run_a`` and ``OUT/run_b`` computed here with the same models and settings
     (an interrupted date is resumed; ``--overwrite`` redoes both); and the two images for the
     spectral check when they are known here (given as images or by ``--images``)."""
+    from geoseg.change.compare import unfinished_change
     from geoseg.cli.run_cmds import cmd_run, run_parser
     from geoseg.errors import InputError, OutputExistsError
-    from geoseg.manifest import has_results
+    from geoseg.manifest import foreign_entries, has_results
     from geoseg.runfolder import local_run
 
     a_path, b_path = local_run(a.run_a), local_run(a.run_b)  # runs in object storage: fetched
@@ -69,10 +70,16 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | Non
                          f"{a_path} / {b_path}")
     out_dir = Path(a.out)
     dates = {out_dir / "run_a", out_dir / "run_b"}
-    if (not a.overwrite and out_dir.is_dir()
+    if (not a.overwrite and out_dir.is_dir() and not unfinished_change(out_dir)
             and any(p not in dates for p in out_dir.iterdir())):
         raise OutputExistsError(f"output {out_dir} is not empty: pass --overwrite to redo both "
                                 "dates and the change outputs, or choose another -o directory")
+    for label in ("a", "b"):  # both dates' folders checked before either date runs
+        where = out_dir / f"run_{label}"
+        if (where.exists() and not where.is_dir()) or foreign_entries(where):
+            raise OutputExistsError(
+                f"{where} holds files geoseg did not write (no run manifest): move them or "
+                "choose another -o directory (geoseg never replaces files it did not write)")
     runs = []
     for label, image in (("a", a_path), ("b", b_path)):
         out = Path(a.out) / f"run_{label}"

@@ -39,6 +39,29 @@ def test_two_images_run_both_dates_then_compare(ray_cluster: None, tmp_path: Pat
     # a second call refuses before running anything, unless told to redo everything
     assert main(args) == 2
     assert "pass --overwrite" in capsys.readouterr().err
+    # a change stopped after its dates (outputs, no summary yet): the same command continues,
+    # reusing both dates' runs and redoing the change outputs; no --overwrite needed
+    (out / "change_summary.json").unlink()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "date A: geoseg run" in text and "(resume)" in text and "(overwrite)" not in text
+    assert "0 computed" in text and "geoseg change complete" in text, text
+    assert (out / "change_summary.json").is_file()
+
+
+def test_a_users_files_in_a_dates_folder_are_refused_before_any_date_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_raster(tmp_path / "a.tif", textured(64, 64, seed=0))
+    b = write_raster(tmp_path / "b.tif", textured(64, 64, seed=1))
+    out = tmp_path / "change"
+    (out / "run_b").mkdir(parents=True)
+    (out / "run_b" / "notes.txt").write_text("mine")
+    for more in ([], ["--overwrite"]):
+        rc = main(["-q", "change", str(a), str(b), "-o", str(out), *more])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "run_b holds files geoseg did not write" in err[0]
+        assert not (out / "run_a").exists()  # nothing ran
+        assert (out / "run_b" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.slow  # the same property on hand-made runs is in tests/change (default suite)
