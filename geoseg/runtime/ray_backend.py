@@ -67,6 +67,13 @@ ACTOR_RESTARTS = 3  # Ray-level restarts of a model actor whose process died
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray bound to 127.0.0.1."""
     addr = address or os.environ.get("RAY_ADDRESS")
+    if addr and addr.lower().startswith(("http://", "https://")):
+        given = f"--address {addr}" if address else f"RAY_ADDRESS={addr}"
+        raise ClusterError(
+            f"{given} is a Ray job server (the dashboard's URL, for geoseg submit / status / "
+            "logs), not a cluster: a job joins a cluster by --address HEAD:6379 or "
+            "ray://HEAD:10001" + ("" if address else "; to run on this machine, unset "
+                                  "RAY_ADDRESS"))
     if addr:
         check_reachable(addr)
     if ray.is_initialized():

@@ -199,6 +199,29 @@ def test_run_on_an_unreachable_cluster_is_one_line(tmp_path: Path, region_tif: P
     assert "ray start --head" in err[0] and not out.exists()
 
 
+@pytest.mark.parametrize("via", ["env", "flag"])
+def test_run_with_a_job_server_url_as_the_cluster_is_one_line(
+        tmp_path: Path, region_tif: Path, tiny_bundles: tuple[str, str], via: str,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README has users put the dashboard's URL in RAY_ADDRESS for ``geoseg submit``; a
+    later ``geoseg run`` in that shell (or ``--address http://...``) got Ray's traceback."""
+    from geoseg.cli import main
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    more = ["--address", url] if via == "flag" else []
+    if via == "env":
+        monkeypatch.setenv("RAY_ADDRESS", url)
+    out = tmp_path / "out"
+    rc = main(["-q", "run", str(region_tif), "-o", str(out), "-m", tiny_bundles[0], *more])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    given = f"--address {url}" if via == "flag" else f"RAY_ADDRESS={url}"
+    assert lines[0].startswith(f"error: {given} is a Ray job server"), lines
+    assert ("unset RAY_ADDRESS" in lines[0]) == (via == "env")
+    assert not out.exists()
+
+
 def test_plan_measures_a_rate(tmp_path: Path, region_tif: Path, tiny_bundles: tuple[str, str],
                               clean_run: Path) -> None:
     cfg = write_config(tmp_path / "job.yaml",
