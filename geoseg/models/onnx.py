@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from geoseg.bundle import BundleSpec, read_spec, write_spec
-from geoseg.errors import BundleError
+from geoseg.errors import BundleError, OutputExistsError
 from geoseg.models.factory import build_model, dummy_input, is_semantic
 from geoseg.models.weights import load_weights, weights_path
+from geoseg.outdir import storage_errors
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +37,22 @@ def export_onnx(bundle_dir: str | Path, file_name: str = "model.onnx",
     path = bundle_dir / file_name
     if path.parent.resolve() != bundle_dir.resolve():
         raise BundleError(f"ONNX file name {file_name!r} must be a plain name inside the bundle")
+    if (path.exists() or path.is_symlink()) and spec.onnx != file_name:
+        raise OutputExistsError(
+            f"{path} exists and {bundle_dir / 'bundle.yaml'} does not name it as the bundle's "
+            "ONNX graph, so geoseg did not write it: move or rename it, then export again "
+            "(geoseg never replaces files it did not write)")
     half = half_weights_exact(spec, bundle_dir)
     # built under a temporary name, then renamed: a symlink at ``path`` is replaced, never
     # written through, and a failed export leaves the earlier graph as it was
     tmp = path.with_name(f".tmp-{os.getpid()}-{file_name}")
-    try:
-        _export(model, spec, tmp, opset, half)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    write_spec(spec.model_copy(update={"onnx": file_name}), bundle_dir)
+    with storage_errors(bundle_dir):  # a read-only bundle: one line
+        try:
+            _export(model, spec, tmp, opset, half)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_spec(spec.model_copy(update={"onnx": file_name}), bundle_dir)
     logger.info("exported %s to %s", spec.name, path)
     return path
 

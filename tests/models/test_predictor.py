@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from geoseg.bundle import BundleSpec, read_spec
-from geoseg.errors import BundleError, InputError
+from geoseg.errors import BundleError, InputError, OutputExistsError, StorageError
 from geoseg.models import Predictor, build_model, save_bundle
 from geoseg.models.maskrcnn import instances_to_proba, touching_pixels
 
@@ -124,8 +124,10 @@ def test_export_onnx_replaces_a_symlink_never_writes_through_it(unet_bundle: Pat
     pytest.importorskip("onnx")
     from geoseg.models import export_onnx
 
+    export_onnx(unet_bundle)  # bundle.yaml now names model.onnx: the bundle's own graph
     outside = tmp_path / "outside.onnx"
     outside.write_bytes(b"precious user file")
+    (unet_bundle / "model.onnx").unlink()
     (unet_bundle / "model.onnx").symlink_to(outside)
     path = export_onnx(unet_bundle)
     assert outside.read_bytes() == b"precious user file"
@@ -134,6 +136,44 @@ def test_export_onnx_replaces_a_symlink_never_writes_through_it(unet_bundle: Pat
     with pytest.raises(BundleError, match="plain name"):
         export_onnx(unet_bundle, "../elsewhere.onnx")
     assert not (tmp_path / "elsewhere.onnx").exists()
+
+
+def test_export_onnx_refuses_a_model_onnx_the_bundle_does_not_name(
+        unet_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user's ``model.onnx`` in a bundle whose bundle.yaml names no graph (or another one)
+    is not geoseg's: refused in one line, the file and bundle.yaml untouched."""
+    pytest.importorskip("onnx")
+    from geoseg.cli import main
+
+    mine = unet_bundle / "model.onnx"
+    mine.write_bytes(b"my own graph")
+    spec_before = (unet_bundle / "bundle.yaml").read_bytes()
+    rc = main(["-q", "export", str(unet_bundle), "--onnx"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == OutputExistsError.exit_code and len(err) == 1, err
+    assert "does not name it as the bundle's ONNX graph" in err[0], err
+    assert mine.read_bytes() == b"my own graph"
+    assert (unet_bundle / "bundle.yaml").read_bytes() == spec_before
+
+
+def test_export_onnx_into_a_read_only_bundle_is_one_line(
+        unet_bundle: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnx")
+    import errno
+
+    import geoseg.models.onnx as onnx_mod
+    from geoseg.cli import main
+
+    def read_only(*args: object, **kw: object) -> None:  # what chmod 555 gives a non-root user
+        raise PermissionError(errno.EACCES, "Permission denied", str(unet_bundle / ".tmp-1"))
+
+    monkeypatch.setattr(onnx_mod, "_export", read_only)
+    rc = main(["-q", "export", str(unet_bundle), "--onnx"])
+    err = capsys.readouterr().err
+    assert rc == StorageError.exit_code and "Traceback" not in err, err
+    assert err.startswith("error: permission denied writing") and err.count("\n") == 1, err
+    assert not (unet_bundle / "model.onnx").exists()
 
 
 def test_touching_pixels_ignores_background() -> None:
