@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization
 from geoseg.errors import ConfigError
 from geoseg.models.factory import build_model, count_parameters
 from geoseg.models.weights import save_bundle
+from geoseg.outdir import storage_errors
 from geoseg.training import checkpoint as ckpt
 from geoseg.training.augment import AugmentConfig, augment
 from geoseg.training.bands import resolve_layout, training_normalization
@@ -273,7 +275,10 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     holding anything but an earlier training output is refused, and an earlier one needs
     ``resume`` or ``overwrite`` (:mod:`geoseg.training.bundle_dir`)."""
     _check(config)
-    check_bundle_dir(out_dir, resume=resume, overwrite=overwrite)
+    out = check_bundle_dir(out_dir, resume=resume, overwrite=overwrite)
+    with storage_errors(out):  # a folder that cannot be written: one line now, not at step N
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # (an empty folder is refused by nobody)
     semantic = config.architecture.name != "maskrcnn"
     if config.threads is not None:
         torch.set_num_threads(config.threads)
