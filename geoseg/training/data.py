@@ -7,13 +7,18 @@ wholly left of it, validation windows wholly inside it (a split by area, so neig
 never land on both sides). Training chips are drawn at random or cell by cell from a grid
 (``sampling``); chips whose valid share (image valid and label not ``IGNORE``) is below
 ``min_valid_fraction`` are redrawn (random) or skipped (grid).
+
+Label rasters are checked when the scenes are opened, before any training: they must share the
+image's grid (shape, transform and CRS), and landcover labels may hold only the run's class ids
+and ``IGNORE`` (scanned window by window, so a rare bad id cannot crash a long run late).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -21,12 +26,14 @@ from typing import Literal
 
 import numpy as np
 import rasterio
+from pyproj import CRS
+from rasterio.crs import CRS as RioCRS
 from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import LabelError, RasterNotFoundError
-from geoseg.grid import Window
+from geoseg.grid import Window, normalize_crs
 from geoseg.io import RasterInfo, open_info, read_window
 from geoseg.training.bands import training_normalization
 from geoseg.training.labels import VectorLabels, is_vector
@@ -38,6 +45,10 @@ Task = Literal["landcover", "buildings"]
 Sampling = Literal["random", "grid"]
 LABEL_FILES: dict[str, str] = {"landcover": "landcover_{date}.tif",
                                "buildings": "instances_{date}.tif"}
+SCAN_PIXELS = 1 << 22
+"""Pixels per read (about) when label rasters are scanned for class ids."""
+SHOWN_IDS = 5
+"""Bad label ids named in the error (the smallest ones)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,10 @@ class ChipSampler:
         try:
             for sc in scenes:
                 self._open(sc, val_fraction)
+            if task == "landcover" and self.class_names is not None:
+                for sc, lab in zip(scenes, self.labels, strict=True):
+                    if isinstance(lab, DatasetReader):
+                        check_class_ids(lab, sc.labels, len(self.class_names))
         except BaseException:
             self._stack.close()
             raise
@@ -142,9 +157,7 @@ class ChipSampler:
                                class_names=self.class_names, background=sc.background)
         else:
             lab = self._open_raster(sc.labels)
-            if img.geobox.shape != (lab.height, lab.width) or img.geobox.transform != lab.transform:
-                raise LabelError(f"{sc.labels} is not on the grid of {sc.image}: resample the "
-                                 "labels to the image grid")
+            _check_label_grid(img, lab, sc)
         if max(self.bands) > img.count or min(self.bands) < 1:
             raise LabelError(f"{sc.image} has {img.count} bands, training reads bands "
                              f"{self.bands}: pick bands that exist")
@@ -298,6 +311,83 @@ class ChipSampler:
             rows = list(range(0, img.geobox.height - self.chip + 1, self.chip))[:max_per_scene]
             out += [(scene, Window(r, self.splits[scene], self.chip, width)) for r in rows]
         return out
+
+
+def _check_label_grid(img: RasterInfo, lab: DatasetReader, sc: SceneFiles) -> None:
+    """Refuse a label raster that is not on the image's pixel grid: another CRS (a label
+    raster without a CRS is taken to be in the image's), shape or transform."""
+    if lab.crs is not None and lab.crs != RioCRS.from_wkt(img.geobox.crs.to_wkt()):
+        raise LabelError(f"{sc.labels} is in {_crs_name(normalize_crs(lab.crs))} but {sc.image} "
+                         f"is in {_crs_name(img.geobox.crs)}: reproject the labels onto the "
+                         f"image grid, e.g. {_warp_command(img, sc.labels)}")
+    if img.geobox.shape != (lab.height, lab.width) or img.geobox.transform != lab.transform:
+        raise LabelError(f"{sc.labels} is not on the grid of {sc.image}: resample the "
+                         "labels to the image grid")
+
+
+def _crs_name(crs: CRS) -> str:
+    """``EPSG:4326`` (or the CRS's name when it has no authority code)."""
+    auth = crs.to_authority()
+    return f"{auth[0]}:{auth[1]}" if auth else crs.name
+
+
+def _warp_command(img: RasterInfo, labels: Path) -> str:
+    """A ``gdalwarp`` call that puts ``labels`` on ``img``'s exact grid (nearest neighbour)."""
+    box, crs = img.geobox, img.geobox.crs
+    auth = crs.to_authority()
+    srs = f"{auth[0]}:{auth[1]}" if auth else f"'{crs.to_proj4()}'"
+    b = box.bounds
+    extent = " ".join(f"{v:.12g}" for v in (b.left, b.bottom, b.right, b.top))
+    return (f"gdalwarp -r near -t_srs {srs} -te {extent} -ts {box.width} {box.height} "
+            f"{labels} {labels.with_name(labels.stem + '_on_grid.tif')}")
+
+
+def check_class_ids(lab: DatasetReader, path: Path, num_classes: int, *,
+                    pixels_per_read: int = SCAN_PIXELS) -> None:
+    """Refuse landcover labels holding a value that is neither a class id (``0..num_classes-1``)
+    nor ``IGNORE``; band 1 is read window by window (:func:`_scan_windows`)."""
+    smallest = np.empty(0)  # the smallest bad values (SHOWN_IDS + 1 at most), sorted
+    pixels = 0
+    for win in _scan_windows(lab, pixels_per_read):
+        values = np.asarray(lab.read(1, window=win))
+        wrong = _not_class_ids(values, num_classes)
+        if wrong.any():
+            pixels += int(np.count_nonzero(wrong))
+            smallest = np.union1d(smallest, values[wrong])[:SHOWN_IDS + 1]
+    if pixels:
+        raise LabelError(_class_id_message(path, smallest, pixels, num_classes, lab.nodata))
+
+
+def _scan_windows(ds: DatasetReader, pixels: int = SCAN_PIXELS) -> Iterator[RioWindow]:
+    """Windows of about ``pixels`` px covering ``ds``, on whole blocks (full rows when the
+    raster is striped)."""
+    bh, bw = ds.block_shapes[0]
+    cols = ds.width if bw >= ds.width else max(bw, math.isqrt(pixels) // bw * bw)
+    rows = max(bh, pixels // cols // bh * bh)
+    for row in range(0, ds.height, rows):
+        for col in range(0, ds.width, cols):
+            yield RioWindow(col, row, min(cols, ds.width - col), min(rows, ds.height - row))
+
+
+def _not_class_ids(values: np.ndarray, num_classes: int) -> np.ndarray:
+    """Mask of the values that are neither an integer in ``0..num_classes-1`` nor ``IGNORE``."""
+    ok = (values >= 0) & (values < num_classes)
+    if values.dtype.kind == "f":
+        ok &= values == np.round(values)
+    return ~ok & (values != IGNORE)
+
+
+def _class_id_message(path: Path, bad: np.ndarray, pixels: int, num_classes: int,
+                      nodata: float | None) -> str:
+    shown = ", ".join(f"{v:g}" for v in bad[:SHOWN_IDS]) + (", ..." if bad.size > SHOWN_IDS
+                                                            else "")
+    ids = "ids" if bad.size > 1 else "id"
+    hint = (f"; its nodata {nodata:g} is not left out of training, only {IGNORE} is"
+            if nodata is not None and np.isclose(bad, nodata, equal_nan=True).any() else "")
+    return (f"{path} holds label {ids} {shown} ({pixels} px) but training has {num_classes} "
+            f"classes (ids 0..{num_classes - 1}, {IGNORE} = leave out){hint}: give a class for "
+            "every id in the labels (--classes NAME,... names ids 0, 1, ... in order) or fix "
+            f"the labels (set pixels to leave out to {IGNORE})")
 
 
 def valid_fraction(target: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from safetensors.torch import load_file
 
@@ -14,7 +15,7 @@ from geoseg.bundle import ArchitectureSpec, ClassSpec, builtin_bundle, read_spec
 from geoseg.cli import main
 from geoseg.errors import ConfigError
 from geoseg.models.factory import build_model
-from geoseg.training import TrainConfig, scene_files, train
+from geoseg.training import SceneFiles, TrainConfig, scene_files, train
 from geoseg.training.finetune import load_start, starting_bundle
 
 TINY = ArchitectureSpec(name="unet", encoder="resnet18", encoder_depth=3,
@@ -60,6 +61,16 @@ def test_fine_tuning_starts_from_the_bundle_and_keeps_its_normalization(
     assert moved_from_start > 0
 
 
+def _three_class_labels(scene: Path) -> list[SceneFiles]:
+    """The scene with its classes 3 and 4 left out (255), so only ids 0..2 remain."""
+    with rasterio.open(scene / "landcover_t0.tif") as src:
+        land, profile = src.read(1), src.profile
+    land[land >= 3] = 255
+    with rasterio.open(scene / "landcover3_t0.tif", "w", **profile) as dst:
+        dst.write(land, 1)
+    return [SceneFiles(scene / "image_t0.tif", scene / "landcover3_t0.tif")]
+
+
 def test_incompatible_start_is_one_line(tiny_scene: Path, tmp_path: Path,
                                         landcover_classes: tuple[ClassSpec, ...]) -> None:
     scenes = scene_files(tiny_scene, "landcover", ["t0"])
@@ -69,8 +80,9 @@ def test_incompatible_start_is_one_line(tiny_scene: Path, tmp_path: Path,
     with pytest.raises(ConfigError, match="architecture unet/resnet18 differs"):
         train(_config(landcover_classes, init_from=str(first.bundle_dir), architecture=wider),
               scenes, tmp_path / "bad")
+    three = _three_class_labels(tiny_scene)  # labels the 3-class run can train on
     with pytest.raises(ConfigError, match="predicts 5 classes, the run trains 3"):
-        train(_config(landcover_classes[:3], init_from=str(first.bundle_dir)), scenes,
+        train(_config(landcover_classes[:3], init_from=str(first.bundle_dir)), three,
               tmp_path / "bad2")
     with pytest.raises(ConfigError, match="drop clip_percentiles"):
         train(_config(landcover_classes, init_from=str(first.bundle_dir),
