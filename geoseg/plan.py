@@ -13,6 +13,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from geoseg.bundle import BundleSpec, builtin_bundle, read_spec
 from geoseg.config import JobConfig, SourceConfig
 from geoseg.engine import (
@@ -23,9 +25,15 @@ from geoseg.engine import (
     onnx_fits,
     resolve_engine,
 )
-from geoseg.errors import BandMismatchError, BundleError, GeoSegWarning, RegionError
+from geoseg.errors import (
+    BandMismatchError,
+    BundleError,
+    GeoSegError,
+    GeoSegWarning,
+    RegionError,
+)
 from geoseg.grid import ChunkGrid, GeoBox, Window
-from geoseg.io import RasterInfo, open_info
+from geoseg.io import RasterInfo, open_info, read_window
 from geoseg.region import Region, clip_grid, parse_bbox, parse_wkt, read_region_file
 from geoseg.sources.mosaic import Mosaic
 from geoseg.store import LayerSpec
@@ -164,6 +172,54 @@ def check_bands(image: RasterInfo | Mosaic, models: tuple[ModelRef, ...]) -> Non
                 "to have it checked)", GeoSegWarning, stacklevel=2)
 
 
+#: An image's sampled values, normalised as a model normalises them, that sit further than
+#: this from 0 (in the bundle's standard deviations) or spread less than ``_NARROW`` of them
+#: are on another scale than the model was trained on (reflectance 0-1 or 0-10000 given to a
+#: model trained on 0-255 images): ``geoseg run`` would finish with a meaningless map.
+_FAR, _NARROW = 6.0, 0.02
+_SAMPLE_PX = 128
+
+
+def check_value_range(image: RasterInfo | Mosaic, window: Window,
+                      models: tuple[ModelRef, ...]) -> None:
+    """Warn when the image's values are far from those each model was trained on: 4 windows
+    of :data:`_SAMPLE_PX` px inside ``window`` (the quarters' centres), normalised by each
+    bundle's own ``normalization``, must have a mean within :data:`_FAR` and a spread of at least
+    :data:`_NARROW` in every band (a warning, not an error: a user may know better)."""
+    h, w = window.height, window.width
+    size = min(_SAMPLE_PX, h, w)
+    if size < 1:
+        return
+    wins = {Window(window.row_off + min(max(0, (h * fy) // 4 - size // 2), h - size),
+                   window.col_off + min(max(0, (w * fx) // 4 - size // 2), w - size), size, size)
+            for fy in (1, 3) for fx in (1, 3)}
+    for m in models:
+        bands = tuple(m.spec.bands)
+        try:
+            parts = [read_window(image, win, bands) for win in sorted(wins, key=str)]
+        except (OSError, GeoSegError):  # a damaged or unreachable image: the chunks report it
+            return
+        values = np.concatenate([d[:, v] for d, v in parts], axis=1)  # (C, valid pixels)
+        if values.shape[1] < 16:
+            continue  # (nearly) nothing valid to judge by
+        raw_sd = values.std(axis=1)
+        normed = m.spec.normalization.apply(values[:, None, :])[:, 0, :]
+        mean, spread = normed.mean(axis=1), normed.std(axis=1)
+        far = np.abs(mean) > _FAR
+        narrow = (spread < _NARROW) & (raw_sd > 0)
+        if not (far.any() or narrow.any()):
+            continue
+        i = int(np.argmax(far | narrow))
+        norm = m.spec.normalization
+        warnings.warn(
+            f"{image.path}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
+            f"{raw_sd[i]:.3g}) are far from those model {m.name} was trained on (mean "
+            f"{norm.mean[i]:.4g}, spread {norm.std[i]:.3g}): check the image's scaling (e.g. "
+            "reflectance 0-1 or 0-10000 given to a model trained on 0-255 images), or use a "
+            "model trained on such images; the map may be meaningless", GeoSegWarning,
+            stacklevel=2)
+
+
 def region_of(cfg: JobConfig) -> Region | None:
     r = cfg.region
     if r is None:
@@ -244,6 +300,7 @@ def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None,
     check_bands(image, models)
     if window.height < 1 or window.width < 1:
         raise RegionError("region covers less than one pixel of the image")
+    check_value_range(image, window, models)
     grid = image.geobox[window]
     inf = cfg.inference
     # a model with a static input size runs tiles of that size (a contradicting tile size is

@@ -77,3 +77,38 @@ def test_as_many_bands_as_read_does_not_warn(tmp_path: Path,
         warnings.simplefilter("always")
         make_plan(_cfg(tif, tmp_path / "o", [tiny_bundles[0]]))  # type: ignore[arg-type]
     assert not [w for w in rec if "image bands" in str(w.message)]
+
+
+# --- values on another scale than the model's training images (a meaningless map) ---
+
+@pytest.mark.parametrize(("scale", "dtype", "warns"), [
+    (1.0, np.uint8, False),            # what the built-in bundles were trained on: 0-255
+    (1 / 255, np.float32, True),       # reflectance 0-1
+    (40.0, np.uint16, True),           # 0-10000-like
+])
+def test_values_far_from_the_training_images_warn(tmp_path: Path, scale: float,
+                                                  dtype: type, warns: bool) -> None:
+    img = (textured(96, 96, seed=5).astype(np.float64) * scale).astype(dtype)
+    tif = write_raster(tmp_path / "img.tif", img, descriptions=["red", "green", "blue", "nir"])
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        make_plan(_cfg(tif, tmp_path / "o", ["landcover"]))  # type: ignore[arg-type]
+    msgs = [str(w.message) for w in rec if "far from those model" in str(w.message)]
+    assert len(msgs) == int(warns), msgs
+    if warns:
+        assert msgs[0].startswith(f"{tif}: band 1 values (mean ") and "scaling" in msgs[0]
+
+
+def test_a_damaged_image_is_left_to_the_chunks(tmp_path: Path) -> None:
+    """The sample read must not stop the plan: the chunks report a damaged file as they do
+    (a COG whose header is whole and whose tiles are cut off)."""
+    from affine import Affine
+
+    from tests.sources.conftest import write_cog
+
+    cog = write_cog(tmp_path / "cut.tif", textured(256, 256, seed=5), crs="EPSG:32633",
+                    transform=Affine(0.5, 0, 500_000.0, 0, -0.5, 5_100_000.0), blocksize=128)
+    data = cog.read_bytes()
+    cog.write_bytes(data[: int(len(data) * 0.6)])
+    plan = make_plan(_cfg(cog, tmp_path / "o", ["landcover"]))  # type: ignore[arg-type]
+    assert plan.grid.shape == (256, 256)
