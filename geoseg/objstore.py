@@ -238,8 +238,11 @@ def storage_error(exc: BaseException, url: str, what: str = "write") -> StorageE
                            "credentials (environment, IAM role / workload identity) and the "
                            "bucket policy")
     elif isinstance(exc, ox.BaseError):
+        # "reach" is the first request of a job or a fetch: nothing was started to resume
+        then = ("rerun" if what == "reach" else
+                "rerun with --resume (finished chunks are kept)")
         err = StorageError(f"cannot {what} {url} ({_detail(exc)}): check the network and the "
-                           "endpoint, then rerun with --resume (finished chunks are kept)")
+                           f"endpoint, then {then}")
         err.fatal = False
         return err
     else:

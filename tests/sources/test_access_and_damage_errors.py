@@ -146,6 +146,10 @@ def test_generic_error_with_a_denial_in_its_text_is_access_denied() -> None:
     err = storage_error(GenericError("Server returned non-2xx status code: 503 Service "
                                      "Unavailable"), "s3://b/run", "reach")
     assert err is not None and not err.fatal and str(err).startswith("cannot reach")
+    assert str(err).endswith("then rerun")  # the job's first request: nothing to resume yet
+    err = storage_error(GenericError("Server returned non-2xx status code: 503 Service "
+                                     "Unavailable"), "s3://b/run/x", "read")
+    assert err is not None and str(err).endswith("rerun with --resume (finished chunks are kept)")
 
 
 def test_cli_output_with_an_unknown_key_is_one_line(
