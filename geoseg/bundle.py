@@ -215,7 +215,8 @@ def read_spec(bundle_dir: str | Path) -> BundleSpec:
     """Read and validate ``bundle.yaml`` in ``bundle_dir``."""
     path = Path(bundle_dir) / BUNDLE_FILE
     if not path.is_file():
-        raise BundleError(f"no {BUNDLE_FILE} in {bundle_dir}: point --model at a bundle directory")
+        raise BundleError(f"no {BUNDLE_FILE} in {bundle_dir}: give a bundle directory (one "
+                          f"that holds {BUNDLE_FILE})")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
@@ -233,7 +234,7 @@ def read_spec(bundle_dir: str | Path) -> BundleSpec:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
         msg = str(first["msg"]).removeprefix("Value error, ")  # our own validators' messages
-        raise BundleError(f"{path}: {loc}: {msg}") from exc
+        raise BundleError(f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}") from exc
     except yaml.YAMLError as exc:
         raise BundleError(yaml_error_line(path, exc)) from exc
 

@@ -122,10 +122,15 @@ def decide_grid(a: RunInfo, b: RunInfo, target: Literal["a", "b"]) -> GridDecisi
 
 
 def _no_overlap(a: RunInfo, b: RunInfo) -> str:
-    ab, bb = a.grid.bounds, b.grid.bounds
-    return (f"runs do not overlap (a: {ab.left:.1f},{ab.bottom:.1f},{ab.right:.1f},{ab.top:.1f} "
-            f"in {a.grid.crs.to_string()}; b: {bb.left:.1f},{bb.bottom:.1f},{bb.right:.1f},"
-            f"{bb.top:.1f} in {b.grid.crs.to_string()}): compare runs of the same region")
+    def box(r: RunInfo) -> str:  # to ~1 cm in metres, ~1e-7 degrees
+        g = r.grid
+        digits = 7 if g.crs.is_geographic else 2
+        b = g.bounds
+        return (",".join(f"{v:.{digits}f}".rstrip("0").rstrip(".")
+                         for v in (b.left, b.bottom, b.right, b.top))
+                + f" in {g.crs.to_string()}")
+
+    return (f"runs do not overlap (a: {box(a)}; b: {box(b)}): compare runs of the same region")
 
 
 class WindowedArray:

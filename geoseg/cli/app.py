@@ -86,12 +86,25 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+class _CliFormatter(logging.Formatter):
+    """geoseg's own warnings logged by the library read as the CLI's ``warning:`` lines (one
+    style for both ways a warning reaches the user); other loggers keep level and name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.WARNING and record.name.split(".")[0] == "geoseg":
+            return f"warning: {record.getMessage()}"
+        return super().format(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     raw = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(_join_negative_values(raw))
+    fresh = not logging.getLogger().handlers  # (a host program's or pytest's stay as they are)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers if fresh else ():
+        handler.setFormatter(_CliFormatter("%(levelname)s %(name)s: %(message)s"))
     warnings.simplefilter("default", GeoSegWarning)
     # rasterio reads the transform of each fresh in-memory dataset (features.shapes builds one
     # per call) before setting it, and warns about it in worker threads: not about user data

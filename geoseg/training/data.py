@@ -81,7 +81,7 @@ def scene_files(scene_dir: str | Path, task: Task,
         for p in (image, labels):
             if not p.is_file():
                 raise RasterNotFoundError(f"{p} is missing: generate the scene first "
-                                          "(geoseg.sample.generate_scene)")
+                                          f"(geoseg sample {root})")
         out.append(SceneFiles(image, labels))
     return out
 

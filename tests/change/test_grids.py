@@ -124,9 +124,11 @@ def test_other_crs_is_reprojected(tmp_path: Path) -> None:
 def test_no_overlap_is_a_region_error(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a", pattern(SHAPE))
     b = make_run(tmp_path / "b", pattern(SHAPE), transform=shifted(500.0, 0.0))
-    with pytest.raises(RegionError, match="do not overlap"):
+    with pytest.raises(RegionError, match="do not overlap") as err:
         compare_runs(a, b, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    # bounds as written (no exponent, no rounding to whole metres), each in its CRS
+    assert "e+" not in str(err.value) and " in EPSG:" in str(err.value), err.value
 
 
 def test_touching_grids_do_not_overlap(tmp_path: Path) -> None:
