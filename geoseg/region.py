@@ -67,11 +67,18 @@ def read_region_file(path: str | Path, crs: str | CRS | None = None) -> Region:
     if not p.exists():
         raise RegionError(f"region file not found: {p}")
     import geopandas as gpd
+    import pyogrio
 
     try:
-        df = gpd.read_file(p)
+        layers = [str(name) for name, _kind in pyogrio.list_layers(p)]
+        df = gpd.read_file(p, layer=layers[0] if layers else None)
     except Exception as exc:
         raise RegionError(f"cannot read region {p}: {str(exc).splitlines()[0]}") from exc
+    if len(layers) > 1:
+        shown = ", ".join(layers[:5]) + (", ..." if len(layers) > 5 else "")
+        warnings.warn(f"region file {p} has {len(layers)} layers ({shown}): the region is the "
+                      f"first, {layers[0]}; to use another, write it to a file of its own "
+                      f"(ogr2ogr region.gpkg {p} LAYER)", GeoSegWarning, stacklevel=2)
     if df.empty:
         raise RegionError(f"region file {p} has no features")
     src_crs = df.crs if df.crs is not None else crs

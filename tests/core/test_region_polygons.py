@@ -74,3 +74,17 @@ def test_cli_lines_only_region_one_line(tmp_path: Path,
     lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]
     assert rc == 2 and len(lines) == 1 and "no polygon" in lines[0], err
     assert "warning: " in err and "dropped 2 non-polygon geometries" in err
+
+
+def test_a_gpkg_with_several_layers_uses_the_first_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "areas.gpkg"
+    gpd.GeoDataFrame(geometry=[POLY], crs=CRS_UTM).to_file(path, layer="first")
+    gpd.GeoDataFrame(geometry=[shapely.box(X0, Y0 - 100, X0 + 100, Y0)],
+                     crs=CRS_UTM).to_file(path, layer="second")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        region = read_region_file(path)
+    assert region.geometry.area == pytest.approx(100)  # layer "first"
+    msgs = [str(w.message) for w in rec]
+    assert len(msgs) == 1, msgs  # ours only (not pyogrio's "Specify layer parameter")
+    assert "has 2 layers (first, second): the region is the first, first" in msgs[0]
