@@ -112,3 +112,16 @@ def test_a_damaged_image_is_left_to_the_chunks(tmp_path: Path) -> None:
     cog.write_bytes(data[: int(len(data) * 0.6)])
     plan = make_plan(_cfg(cog, tmp_path / "o", ["landcover"]))  # type: ignore[arg-type]
     assert plan.grid.shape == (256, 256)
+
+
+def test_an_image_without_a_valid_pixel_warns_at_the_end(tmp_path: Path) -> None:
+    tif = write_raster(tmp_path / "nd.tif", np.zeros((4, 64, 64), np.uint8), nodata=0,
+                       descriptions=["red", "green", "blue", "nir"])
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res = run_job(_cfg(tif, tmp_path / "o", ["landcover"]),  # type: ignore[arg-type]
+                      backend=SerialBackend())
+    assert res.ok and res.summary["valid_fraction"] == 0.0
+    msgs = [str(w.message) for w in rec if "was valid" in str(w.message)]
+    assert msgs == [f"no pixel of {tif} was valid (all nodata, NaN or outside the region): the "
+                    "maps hold only nodata; check the image's nodata value and the region"]
