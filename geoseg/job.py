@@ -24,13 +24,13 @@ import numpy as np
 from geoseg import __version__
 from geoseg.config import JobConfig
 from geoseg.engine import RUN_ENGINES
-from geoseg.errors import GeoSegWarning, MissingDependencyError, StorageError
+from geoseg.errors import GeoSegWarning, MissingDependencyError, ResumeError, StorageError
 from geoseg.grid import Chunk
 from geoseg.layout import GPKG, STAC_ITEM, STORE, SUMMARY, RunLayout
 from geoseg.manifest import ObjectManifest, RunManifest
 from geoseg.objstore import join
 from geoseg.outdir import atomic_write_text, storage_errors
-from geoseg.plan import Plan, make_plan
+from geoseg.plan import Plan, input_changes, input_fingerprint, make_plan
 from geoseg.runfolder import RunFolder, open_run_folder, read_manifest
 from geoseg.runtime.base import GPU_PASSES, Backend, ChunkFailure
 from geoseg.runtime.connection import ray_connected
@@ -336,15 +336,24 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
     key = cfg.result_key([m.digest for m in plan.models])
     grid = plan.grid
     code = code_version()
+    inputs = input_fingerprint(plan)
     meta = {"geoseg_version": __version__, "code": code, "result_key": key,
             "config": cfg.model_dump(),
             "grid": {"shape": list(grid.shape), "transform": list(grid.transform)[:6],
                      "crs_wkt": grid.crs.to_wkt()},
             "chunk_size": plan.chunks.chunk, "chunks": len(plan.chunks), "status": "running",
             "models": {m.name: {"id": m.model_id, "digest": m.digest, "engine": m.engine}
-                       for m in plan.models}}
+                       for m in plan.models},
+            "inputs": inputs}
     manifest = folder.start_manifest(meta, overwrite=overwrite, resume=resume,
                                      protect=_inputs(cfg, plan))
+    earlier = manifest.data.get("inputs")
+    changed = input_changes(earlier, inputs) if isinstance(earlier, dict) else []
+    if changed:  # before anything is touched: the earlier run stays as it was
+        raise ResumeError(
+            f"{redact(str(cfg.output))}: the input is not the one this run began with (its "
+            f"{', '.join(changed)} differ): resume refused, the run is left as it was; pass "
+            "--overwrite to start over, or write to another --out")
     try:
         _note_code(manifest, code)
         # the item, the summary and the store's attribute say "complete": a resumed run takes them

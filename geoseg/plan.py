@@ -12,6 +12,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from geoseg.grid import ChunkGrid, GeoBox, Window
 from geoseg.io import RasterInfo, open_info, read_window
 from geoseg.region import Region, clip_grid, parse_bbox, parse_wkt, read_region_file
 from geoseg.sources.mosaic import Mosaic
+from geoseg.sources.remote import is_local_path, redact
 from geoseg.store import LayerSpec
 
 
@@ -180,23 +182,72 @@ _FAR, _NARROW = 6.0, 0.02
 _SAMPLE_PX = 128
 
 
+def _sample_windows(window: Window) -> list[Window]:
+    """Up to 4 windows of :data:`_SAMPLE_PX` px inside ``window``, at its quarters' centres."""
+    h, w = window.height, window.width
+    size = min(_SAMPLE_PX, h, w)
+    if size < 1:
+        return []
+    wins = {Window(window.row_off + min(max(0, (h * fy) // 4 - size // 2), h - size),
+                   window.col_off + min(max(0, (w * fx) // 4 - size // 2), w - size), size, size)
+            for fy in (1, 3) for fx in (1, 3)}
+    return sorted(wins, key=lambda v: (v.row_off, v.col_off))
+
+
+def input_fingerprint(plan: Plan) -> dict[str, Any]:
+    """What a run's input is, for ``--resume`` to compare: the grid, the images (paths and, for
+    local files, sizes) and a hash of the pixels of :func:`_sample_windows` (every band the models
+    read). Catches a list or glob that grew, and an image replaced under the same name (another
+    date, another size); not a change outside the sampled windows, which only a full read could
+    see. ``None`` values where a value cannot be read (a damaged image: the chunks say so)."""
+    image = plan.image
+    paths = ([h for it in image.items for h in it.hrefs] if isinstance(image, Mosaic)
+             else [image.path])
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(os.stat(path).st_size if is_local_path(path) else None)
+        except OSError:
+            sizes.append(None)
+    bands = tuple(sorted({b for m in plan.models for b in m.spec.bands}))
+    hasher = hashlib.sha256()
+    digest: str | None = None
+    try:
+        for win in _sample_windows(plan.offset):
+            data, valid = read_window(image, win, bands)
+            hasher.update(np.ascontiguousarray(data).tobytes())
+            hasher.update(np.packbits(valid).tobytes())
+        digest = hasher.hexdigest()
+    except (OSError, GeoSegError):
+        pass
+    g = plan.grid
+    return {"grid": {"shape": list(g.shape), "transform": list(g.transform)[:6],
+                     "crs_wkt": g.crs.to_wkt()},
+            "images": [redact(p) for p in paths], "sizes": sizes, "sample_sha256": digest}
+
+
+def input_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`input_fingerprint` records (empty: the same input)."""
+    said = {"grid": "grid", "images": "image list", "sizes": "file sizes",
+            "sample_sha256": "sampled pixels"}
+    return [text for key, text in said.items()
+            if key in before and before[key] is not None and now.get(key) is not None
+            and before[key] != now[key]]
+
+
 def check_value_range(image: RasterInfo | Mosaic, window: Window,
                       models: tuple[ModelRef, ...]) -> None:
     """Warn when the image's values are far from those each model was trained on: 4 windows
     of :data:`_SAMPLE_PX` px inside ``window`` (the quarters' centres), normalised by each
     bundle's own ``normalization``, must have a mean within :data:`_FAR` and a spread of at least
     :data:`_NARROW` in every band (a warning, not an error: a user may know better)."""
-    h, w = window.height, window.width
-    size = min(_SAMPLE_PX, h, w)
-    if size < 1:
+    wins = _sample_windows(window)
+    if not wins:
         return
-    wins = {Window(window.row_off + min(max(0, (h * fy) // 4 - size // 2), h - size),
-                   window.col_off + min(max(0, (w * fx) // 4 - size // 2), w - size), size, size)
-            for fy in (1, 3) for fx in (1, 3)}
     for m in models:
         bands = tuple(m.spec.bands)
         try:
-            parts = [read_window(image, win, bands) for win in sorted(wins, key=str)]
+            parts = [read_window(image, win, bands) for win in wins]
         except (OSError, GeoSegError):  # a damaged or unreachable image: the chunks report it
             return
         values = np.concatenate([d[:, v] for d, v in parts], axis=1)  # (C, valid pixels)

@@ -54,3 +54,46 @@ def test_resume_with_changed_settings_refused(tmp_path: Path, scene_tif: Path,
     with pytest.raises(ResumeError, match="--overwrite"):
         run_job(_cfg(scene_tif, tmp_path / "o", tiny_bundles, halo=32),  # type: ignore[arg-type]
                 resume=True, backend=SerialBackend())
+
+
+@pytest.mark.parametrize("change", ["pixels", "size", "list"])
+def test_resume_onto_another_input_under_the_same_name_is_refused(
+        tmp_path: Path, tiny_bundles: tuple[str, str], change: str) -> None:
+    """The settings' key holds the input's name only: an image replaced under its name (another
+    date, another size) or a list that grew was resumed into the earlier run, mixing the two
+    (or failing chunk after chunk, after the finished run's summary had been taken back)."""
+    import json
+
+    from tests.conftest import write_raster
+    from tests.pipeline.conftest import textured
+
+    names = ["red", "green", "blue", "nir"]
+    img = write_raster(tmp_path / "a.tif", textured(128, 128, seed=1), descriptions=names)
+    src: Path = img
+    if change == "list":
+        src = tmp_path / "list.txt"
+        src.write_text("a.tif\n")
+    out = tmp_path / "o"
+    first = run_job(_cfg(src, out, tiny_bundles), backend=SerialBackend())  # type: ignore[arg-type]
+    assert first.ok
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    if change == "pixels":  # the same grid and file size, another date's pixels
+        write_raster(img, textured(128, 128, seed=2), descriptions=names)
+    elif change == "size":
+        write_raster(img, textured(128, 192, seed=1), descriptions=names)
+    else:
+        write_raster(tmp_path / "b.tif", textured(128, 128, seed=3), descriptions=names)
+        src.write_text("a.tif\nb.tif\n")
+    with pytest.raises(ResumeError, match=r"the input is not the one this run began with \(its "
+                                          r".*(sampled pixels|grid|image list)"):
+        run_job(_cfg(src, out, tiny_bundles), resume=True,  # type: ignore[arg-type]
+                backend=SerialBackend())
+    # the finished run is left exactly as it was: still complete
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    # the same input again resumes (nothing to do)
+    if change == "pixels":
+        write_raster(img, textured(128, 128, seed=1), descriptions=names)
+        res = run_job(_cfg(src, out, tiny_bundles), resume=True,  # type: ignore[arg-type]
+                      backend=SerialBackend())
+        assert res.ok and res.summary["chunks"]["computed_this_run"] == 0
