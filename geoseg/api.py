@@ -330,6 +330,9 @@ def open_run(path: str | Path) -> Run:
     """The run in the local folder ``path``, or at an object-storage URL (``s3://``, ``gs://``,
     ``az://``: fetched into a local cache first, see :func:`geoseg.runfolder.fetch_run`);
     raises one-line :class:`InputError` when it is not a geoseg run."""
+    if not isinstance(path, str | Path):
+        raise InputError(f"open_run takes a run folder's path or URL (str or Path), got "
+                         f"{type(path).__name__}")
     return Run(path)
 
 
@@ -358,6 +361,18 @@ def run(image: str | Path | Sequence[str | Path], out: str | Path, *,
     from geoseg.config import make_job_config
     from geoseg.job import run_job
 
+    if not (isinstance(image, str | Path) or (isinstance(image, Sequence) and image and all(
+            isinstance(i, str | Path) for i in image))):
+        raise InputError(f"image must be a path or URL (str or Path), or a list of them; got "
+                         f"{type(image).__name__}")
+    if not isinstance(out, str | Path):
+        raise InputError(f"out must be a folder's path or URL (str or Path), got "
+                         f"{type(out).__name__}")
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be a function of one Progress argument, got "
+                         f"{type(progress).__name__}")
+    if overwrite and resume:
+        raise InputError("overwrite=True and resume=True contradict each other: pass one")
     images = (str(image) if isinstance(image, str | Path)
               else [str(i) for i in image])
     cfg = make_job_config(images, str(out), config,  # type: ignore[arg-type]

@@ -238,3 +238,22 @@ def test_failed_chunks_warn_and_return_the_run(example: dict[str, Any], tmp_path
                                                     "RuntimeError: boom", 3, True),)
     with pytest.raises(IncompleteRunError):
         run.predictions()
+
+
+@pytest.mark.parametrize(("call", "says"), [
+    (lambda tmp: geoseg.open_run(None), "open_run takes a run folder's path"),  # type: ignore[arg-type]
+    (lambda tmp: geoseg.run(None, tmp / "o"), "image must be a path or URL"),  # type: ignore[arg-type]
+    (lambda tmp: geoseg.run([], tmp / "o"), "image must be a path or URL"),
+    (lambda tmp: geoseg.run(tmp / "a.tif", 5), "out must be a folder's path"),  # type: ignore[arg-type]
+    (lambda tmp: geoseg.run(tmp / "a.tif", tmp / "o", progress=5),  # type: ignore[arg-type]
+     "progress must be a function"),
+    (lambda tmp: geoseg.run(tmp / "a.tif", tmp / "o", overwrite=True, resume=True),
+     "contradict each other"),
+])
+def test_wrong_arguments_are_one_geoseg_error_before_any_work(
+        tmp_path: Path, call: Any, says: str) -> None:
+    from geoseg.errors import InputError
+
+    with pytest.raises(InputError, match=says):
+        call(tmp_path)
+    assert not (tmp_path / "o").exists()
