@@ -65,7 +65,9 @@ def read_region_file(path: str | Path, crs: str | CRS | None = None) -> Region:
     """A GeoJSON / GeoPackage / any OGR vector file (all features unioned)."""
     p = Path(path)
     if not p.exists():
-        raise RegionError(f"region file not found: {p}")
+        raise RegionError(f"region file not found: {p}" + ("" if p.is_absolute() else
+                          f" (that is {p.absolute()}: relative paths, in a config file too, "
+                          "are taken from the working directory)"))
     import geopandas as gpd
     import pyogrio
 

@@ -88,3 +88,13 @@ def test_a_gpkg_with_several_layers_uses_the_first_and_says_so(tmp_path: Path) -
     msgs = [str(w.message) for w in rec]
     assert len(msgs) == 1, msgs  # ours only (not pyogrio's "Specify layer parameter")
     assert "has 2 layers (first, second): the region is the first, first" in msgs[0]
+
+
+def test_a_missing_relative_region_file_says_where_it_was_looked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RegionError) as err:
+        read_region_file("aoi.geojson")
+    assert str(err.value) == (f"region file not found: aoi.geojson (that is {tmp_path}/aoi.geojson"
+                              ": relative paths, in a config file too, are taken from the "
+                              "working directory)")
