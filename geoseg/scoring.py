@@ -10,6 +10,7 @@ one :class:`~geoseg.errors.InputError` line. :func:`evaluate_outputs` is what ``
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from geoseg.sources.remote import is_local_path
 from geoseg.store import store_grid
 from geoseg.truth_raster import TruthReader, open_grid
 
+log = logging.getLogger(__name__)
 _COORDS = ("x", "y", "spatial_ref")
 
 
@@ -185,10 +187,12 @@ def evaluate_class_map(store: str | Path, layer: str, truth: str | Path,
                           reader.resampled)
 
 
-def read_polygons(path: str | Path, layer: str | None, what: str) -> Any:
+def read_polygons(path: str | Path, layer: str | None, what: str, *,
+                  required: bool = False) -> Any:
     """Polygons of any OGR vector file (GeoPackage, GeoJSON, shapefile, FlatGeobuf, ...) as a
     GeoDataFrame: ``layer``, else a layer named ``buildings``, else the only (first) polygon
-    layer. Non-polygon features are dropped with a warning; every problem is one line."""
+    layer. Non-polygon features are dropped with a warning; every problem is one line.
+    ``required``: a layer without features is refused (truth that would score 0 silently)."""
     import warnings
 
     import geopandas as gpd
@@ -217,6 +221,9 @@ def read_polygons(path: str | Path, layer: str | None, what: str) -> Any:
         raise InputError(f"{what} {p} has no layer {layer!r} (layers: {', '.join(names) or 'none'})"
                          ": pass the right one")
     df = gpd.read_file(p, layer=layer)
+    if required and not len(df):
+        raise InputError(f"{what} {p} (layer {layer}) holds no features: check the file and "
+                         "its layer (every prediction would be scored a false positive)")
     keep = df.geometry.geom_type.isin(["Polygon", "MultiPolygon"])
     if len(df) and not keep.any():
         raise InputError(f"{what} {p} (layer {layer}) holds no polygons: pass a polygon layer")
@@ -230,15 +237,37 @@ def read_polygons(path: str | Path, layer: str | None, what: str) -> Any:
     return df
 
 
+def _check_truth_extent(truth: Any, path: str | Path, grid: GeoBox) -> None:
+    """Refuse truth footprints none of which (in the run's CRS) touches the run's extent."""
+    b = grid.bounds
+    if normalize_crs(truth.crs) != grid.crs:
+        try:
+            truth = truth.to_crs(grid.crs)
+        except Exception as exc:  # pyproj cannot transform (disjoint areas of use): no overlap
+            log.debug("truth footprints not transformable to the prediction CRS: %s", exc)
+            truth = truth.iloc[0:0]
+    geoms = truth.geometry
+    if not len(geoms) or not geoms.intersects(shapely.box(b.left, b.bottom, b.right,
+                                                          b.top)).any():
+        raise InputError(f"truth footprints {path} do not overlap the predictions (none of "
+                         f"their {len(geoms)} features, in {grid.crs.to_string()}, touches the "
+                         "run's extent): check its CRS and extent")
+
+
 def evaluate_footprints(pred_gpkg: str | Path, truth_gpkg: str | Path, *,
                         pred_layer: str | None = None, truth_layer: str | None = None,
                         bounds: tuple[float, float, float, float] | None = None,
-                        iou: float = 0.5) -> ObjectScores:
+                        iou: float = 0.5, grid: GeoBox | None = None) -> ObjectScores:
     """SpaceNet precision/recall/F1 of predicted vs truth footprints, any OGR format, layer and
     CRS (truth is reprojected to the predictions'); with ``bounds``, both are limited to
-    buildings whose centre lies inside (the area that was predicted)."""
+    buildings whose centre lies inside (the area that was predicted).
+
+    Truth without features is refused, and so is truth of which no feature touches ``grid``
+    (the run's prediction grid, when known): either would score 0 without saying why."""
     pred = read_polygons(pred_gpkg, pred_layer, "footprints")
-    truth = read_polygons(truth_gpkg, truth_layer, "truth footprints")
+    truth = read_polygons(truth_gpkg, truth_layer, "truth footprints", required=True)
+    if grid is not None:
+        _check_truth_extent(truth, truth_gpkg, grid)
     if len(truth) and len(pred) and normalize_crs(truth.crs) != normalize_crs(pred.crs):
         truth = truth.to_crs(pred.crs)
     if bounds is not None:
@@ -450,6 +479,24 @@ def _run_root(run: str | Path | None, store: Path | None) -> Path | None:
     return None
 
 
+def _footprints_grid(root: Path | None, footprints: str | Path) -> GeoBox | None:
+    """The prediction grid of the run the footprints come from (``root``, or the run folder
+    holding the footprints file beside its store), None where there is no such run or store."""
+    owner = root
+    if owner is None and is_local_path(str(footprints)):
+        owner = Path(footprints).parent
+    if owner is None:
+        return None
+    store = RunLayout(owner).store
+    if not store.is_dir():
+        return None
+    try:
+        return store_grid(store)[0]
+    except (OSError, ValueError, KeyError, StopIteration) as exc:  # no readable grid: unchecked
+        log.debug("no prediction grid in %s: %s", store, exc)
+        return None
+
+
 def _png_path(template: str | Path | None, layer: str, root: Path | None, store: Path) -> Path:
     """Where the confusion matrix of ``layer`` goes: ``template`` (``{layer}`` filled in), else
     the run folder (a listed output, :meth:`RunLayout.confusion`), else beside the store."""
@@ -524,9 +571,10 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
             sections = [layer]
         buildings: dict[str, object] = {}
         if footprints is not None and truth_footprints is not None:
-            buildings.update(evaluate_footprints(footprints, truth_footprints,
-                                                 pred_layer=footprints_layer,
-                                                 truth_layer=truth_layer, iou=iou).to_dict())
+            buildings.update(evaluate_footprints(
+                footprints, truth_footprints, pred_layer=footprints_layer,
+                truth_layer=truth_layer, iou=iou,
+                grid=_footprints_grid(root, footprints)).to_dict())
         if footprints is not None and truth_instances is not None:
             buildings.update(evaluate_instances(footprints, truth_instances,
                                                 pred_layer=footprints_layer).to_dict())
