@@ -345,6 +345,8 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
             "models": {m.name: {"id": m.model_id, "digest": m.digest, "engine": m.engine}
                        for m in plan.models},
             "inputs": inputs}
+    if resume:
+        _check_same_settings(cfg, key, plan)
     manifest = folder.start_manifest(meta, overwrite=overwrite, resume=resume,
                                      protect=_inputs(cfg, plan))
     earlier = manifest.data.get("inputs")
@@ -398,6 +400,38 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
         if isinstance(exc, StorageError) and str(exc).endswith("then rerun"):
             raise _resumable(exc) from exc
         raise
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _check_same_settings(cfg: JobConfig, key: str, plan: Plan) -> None:
+    """Refuse a resume whose settings differ from the earlier run's, naming what differs (the
+    manifest's own check only knows that the key differs)."""
+    earlier = read_manifest(cfg.output)
+    if not earlier or earlier.get("result_key") in (None, key):
+        return
+    before = _flat(earlier.get("config") or {})
+    now = _flat(json.loads(json.dumps(cfg.model_dump(), default=str)))  # as the manifest has it
+    runtime = ("runtime.", "output")  # how and where it runs: not part of the result
+    differ = sorted(k for k in before.keys() | now.keys()
+                    if not k.startswith(runtime) and before.get(k) != now.get(k))
+    digests = {m.name: m.digest for m in plan.models}
+    models = earlier.get("models") or {}
+    differ += [f"model {name} (its file)" for name, m in models.items()
+               if isinstance(m, dict) and name in digests and m.get("digest") != digests[name]]
+    if differ:
+        shown = ", ".join(differ[:4]) + (", ..." if len(differ) > 4 else "")
+        raise ResumeError(f"{redact(str(cfg.output))} was produced with other settings ({shown} "
+                          "differ): resume refused; pass --overwrite to start over, or use the "
+                          "earlier settings")
 
 
 def _resumable(exc: StorageError) -> StorageError:

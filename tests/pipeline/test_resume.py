@@ -51,9 +51,10 @@ def test_resume_with_changed_settings_refused(tmp_path: Path, scene_tif: Path,
                                               tiny_bundles: tuple[str, str]) -> None:
     run_job(_cfg(scene_tif, tmp_path / "o", tiny_bundles),  # type: ignore[arg-type]
             backend=SerialBackend())
-    with pytest.raises(ResumeError, match="--overwrite"):
+    with pytest.raises(ResumeError, match="--overwrite") as err:
         run_job(_cfg(scene_tif, tmp_path / "o", tiny_bundles, halo=32),  # type: ignore[arg-type]
                 resume=True, backend=SerialBackend())
+    assert "(inference.halo differ)" in str(err.value), err.value  # it says what changed
 
 
 @pytest.mark.parametrize("change", ["pixels", "size", "list"])
