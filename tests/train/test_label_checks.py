@@ -19,6 +19,7 @@ from geoseg.training import BUILDING_CLASSES, ChipSampler, SceneFiles, scene_fil
 from geoseg.training.data import check_class_ids
 from tests.conftest import write_raster
 from tests.train.conftest import write_scene
+from tests.train.test_band_layouts import _one_error_line
 
 NAMES = ("bare", "building", "road", "vegetation", "water")
 BANDS = (1, 2, 3, 4)
@@ -167,13 +168,6 @@ def _train(capsys: pytest.CaptureFixture[str], image: Path, labels: Path, out: P
                str(labels), "-o", str(out), "--steps", "1", "--batch-size", "1",
                "--chip-size", "32", "--threads", "1", *extra])
     return rc, capsys.readouterr().err.strip()
-
-
-def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and lines[0].startswith("error: ")
-    return lines[0]
 
 
 def test_geoseg_train_refuses_bad_labels_in_one_line(
