@@ -263,7 +263,7 @@ def check_value_range(image: RasterInfo | Mosaic, window: Window,
         i = int(np.argmax(far | narrow))
         norm = m.spec.normalization
         warnings.warn(
-            f"{image.path}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
+            f"{redact(image.path)}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
             f"{raw_sd[i]:.3g}) are far from those model {m.name} was trained on (mean "
             f"{norm.mean[i]:.4g}, spread {norm.std[i]:.3g}): check the image's scaling (e.g. "
             "reflectance 0-1 or 0-10000 given to a model trained on 0-255 images), or use a "
