@@ -96,7 +96,7 @@ def _make_client(url: str) -> Any:
         return from_url(url, client_options={"allow_http": True} if plain_http else None,
                         **extra)
     except Exception as exc:  # no request is made here: settings the client cannot use
-        raise StorageError(f"cannot use {url} ({_detail(exc)}): {_SETUP[url[:2].lower()]}"
+        raise StorageError(f"cannot use {url} ({_detail(exc)}): {_setup_hint(url)}"
                            ) from exc
 
 
@@ -110,9 +110,12 @@ _SETUP = {
           "workload identity is attached",
     "az": "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with "
           "AZURE_STORAGE_ACCESS_KEY or AZURE_STORAGE_SAS_TOKEN (as for az:// inputs)",
-    "ab": "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with "
-          "AZURE_STORAGE_ACCESS_KEY or AZURE_STORAGE_SAS_TOKEN (as for az:// inputs)",
 }
+
+
+def _setup_hint(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower()
+    return _SETUP["az" if scheme in AZURE_SCHEMES else scheme[:2]]
 
 
 def azure_config(env: Mapping[str, str]) -> dict[str, Any]:
@@ -231,7 +234,7 @@ def storage_error(exc: BaseException, url: str, what: str = "write") -> StorageE
     elif isinstance(exc, ox.BaseError) and _NO_IDENTITY.search(text):
         err = StorageError(f"no credentials for {url}: none in the environment, and no "
                            f"instance identity answered ({_detail(exc)}): "
-                           f"{_SETUP[url[:2].lower()]}")
+                           f"{_setup_hint(url)}")
     elif isinstance(exc, ox.PermissionDeniedError | ox.UnauthenticatedError | PermissionError
                     ) or (isinstance(exc, ox.BaseError) and _denied(exc) is not None):
         err = StorageError(f"access denied to {url} ({_denied(exc) or _detail(exc)}): check the "
