@@ -195,7 +195,12 @@ def _print_summary(res: Any) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from geoseg.job import run_job
 
-    cfg = job_config(a, a.image, a.out)
+    if not a.config and not (a.image and a.out):
+        from geoseg.errors import ConfigError
+
+        raise ConfigError("geoseg run needs the image and -o OUT, or a --config whose image: "
+                          "and output: give them (flags override the file)")
+    cfg = job_config(a, a.image or None, a.out)
     view = RunProgress(a.quiet)
     try:
         res = run_job(cfg, overwrite=a.overwrite, resume=a.resume, progress=view)
@@ -255,11 +260,13 @@ def run_parser(sub: Any = None) -> argparse.ArgumentParser:
     commands that run dates with run's defaults)."""
     r = (sub.add_parser("run", help="segment a region of an image into Zarr + GeoPackage")
          if sub is not None else argparse.ArgumentParser(prog="geoseg run"))
-    r.add_argument("image", nargs="+",
+    r.add_argument("image", nargs="*",
                    help="the image: a GeoTIFF/COG or anything GDAL reads, a path or an "
                         "http(s)/s3/gs/az URL; several images, a quoted glob, a .txt list or a "
-                        "STAC Item/ItemCollection/Catalog (.json) make one mosaic")
-    r.add_argument("--out", "-o", required=True, help="output directory")
+                        "STAC Item/ItemCollection/Catalog (.json) make one mosaic (optional with "
+                        "a --config that names it)")
+    r.add_argument("--out", "-o", help="output directory (optional with a --config that "
+                                       "names it as output:)")
     add_run_args(r)
     m = r.add_argument_group("several images or STAC items (a mosaic)")
     m.add_argument("--bands", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),

@@ -222,3 +222,22 @@ def test_global_quiet_and_verbose_reach_run() -> None:
     assert args.quiet is True and args.verbose == 1
     args = build_parser().parse_args(["run", "img.tif", "-o", "out"])
     assert args.quiet is False and args.verbose == 0
+
+
+def test_a_config_that_names_image_and_output_is_enough(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``geoseg run --config job.yaml`` alone: argparse demanded IMAGE and -o although the
+    file gives them (configs/demo.yaml does)."""
+    tif = write_raster(tmp_path / "img.tif", textured(64, 64),
+                       descriptions=["red", "green", "blue", "nir"])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"image: {tif}\noutput: {tmp_path / 'out'}\nmodels: [landcover]\n"
+                   "vectors: {enabled: false}\n")
+    assert main(["-q", "run", "--config", str(job)]) == 0
+    assert (tmp_path / "out" / "summary.json").is_file()
+    # a flag still overrides the file
+    assert main(["-q", "run", "--config", str(job), "-o", str(tmp_path / "other")]) == 0
+    assert (tmp_path / "other" / "summary.json").is_file()
+    # without a config, the image and -o are required, in one line
+    rc, err = _run(capsys, str(tif))
+    assert rc == 2 and "geoseg run needs the image and -o OUT" in _one_line(err)
