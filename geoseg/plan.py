@@ -362,5 +362,15 @@ def make_plan(cfg: JobConfig, engines: dict[str, RunEngine] | None = None,
     free = [m.spec.tile_size for m in models if m.fixed_tile is None]
     tile = inf.tile_for(min(free), halo) if free else min(fixed)
     overlap = min(inf.tile_overlap, tile // 2)
+    if isinstance(inf.halo, int) and halo > inf.chunk_size:  # given by hand (auto: measured)
+        factor = ((inf.chunk_size + 2 * halo) / inf.chunk_size) ** 2
+        warnings.warn(f"halo {halo} px is larger than the chunk ({inf.chunk_size} px): each "
+                      f"chunk's model pass covers {factor:.0f}x its own pixels; a halo only "
+                      "needs the model's context (--halo auto runs the bundle's measured one)",
+                      GeoSegWarning, stacklevel=2)
+    if overlap < inf.tile_overlap and "tile_overlap" in inf.model_fields_set:  # (the default
+        # 64 is halved quietly for a model with small fixed tiles)
+        warnings.warn(f"tile overlap {inf.tile_overlap} px is more than half the {tile}-px tile: "
+                      f"{overlap} px is used", GeoSegWarning, stacklevel=2)
     return Plan(image, grid, window, clipped, ChunkGrid(grid.shape, inf.chunk_size), models,
                 halo, tile, overlap, inf.batch_size, inf.tta, cfg.vectors.halo)
