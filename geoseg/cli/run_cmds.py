@@ -102,7 +102,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue a previous run in --out")
 
 
-def job_config(a: argparse.Namespace, image: str | list[str], output: str) -> Any:
+def job_config(a: argparse.Namespace, image: str | list[str] | None, output: str | None) -> Any:
     """The JobConfig of ``geoseg run``'s flags (``--config`` first, then every flag given)."""
     from geoseg.config import make_job_config
 
