@@ -183,8 +183,15 @@ def evaluate_class_map(store: str | Path, layer: str, truth: str | Path,
             bc = bc + boundary_counts(pred, t, k, tol=tol, ignore=255, core=core)
     _counted(cm, truth, layer)
     return ClassMapScores(PixelScores.from_confusion(cm), BoundaryScores.from_counts(bc),
-                          names if names is not None and len(names) == k else None,
-                          reader.resampled)
+                          _names_for(names, k), reader.resampled)
+
+
+def _names_for(names: Sequence[str] | None, k: int) -> tuple[str, ...] | None:
+    """The run's class names for a report of ``k`` classes: cut to ``k``, or extended with
+    ``class <id>`` for ids the run does not name (a ``num_classes`` given above its list)."""
+    if names is None:
+        return None
+    return tuple(names[:k]) + tuple(f"class {i}" for i in range(len(names), k))
 
 
 def read_polygons(path: str | Path, layer: str | None, what: str, *,

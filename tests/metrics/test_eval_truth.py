@@ -73,6 +73,21 @@ def test_truth_in_another_crs(run: Path, tmp_path: Path) -> None:
     assert cs.pixels.confusion.sum() > 0.95 * h * w
 
 
+def test_more_classes_than_the_run_names_keep_its_names(run: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--num-classes`` above the run's list (truth with an extra class) keeps the run's
+    names and labels the extra ids ``class <id>``, instead of dropping every name."""
+    truth = pattern(SHAPE, seed=3).copy()
+    truth[:8, :8] = 6                          # a class the run does not predict
+    path = write_raster(tmp_path / "seven.tif", truth, transform=T_A, nodata=255)
+    rc, rep, err = _eval(capsys, "--run", str(run), "--truth", str(path), "--no-png",
+                         "--num-classes", "7")
+    assert rc == 0, err
+    per_class = rep["landcover"]["per_class"]
+    assert list(per_class) == [*NAMES, "class 5", "class 6"]
+    assert per_class["class 6"]["truth_px"] == 64 and per_class["class 6"]["recall"] == 0
+
+
 def test_partial_overlap_and_declared_nodata(run: Path, tmp_path: Path) -> None:
     """Only the overlap is scored; the truth's declared nodata (here 9) is ignored."""
     pred = pattern(SHAPE, seed=3)
