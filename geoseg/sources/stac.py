@@ -126,7 +126,8 @@ def _describe_assets(item: Any) -> str:
     for key, asset in item.assets.items():
         if not _is_data(asset):
             continue
-        names = sorted({n for e in _band_entries(asset, item) for n in _names(e)})
+        names = sorted({str(e[k]) for e in _band_entries(asset, item)
+                        for k in ("name", "common_name", "eo:common_name") if e.get(k)})
         parts.append(f"{key} ({', '.join(names)})" if names else key)
     return ", ".join(parts) or "none"
 
