@@ -155,6 +155,9 @@ def to_source_item(item: Any, bands: Sequence[str], base: str) -> SourceItem:
                              "from these")
         key, index = found
         asset = item.assets[key]
+        if not str(asset.href or "").strip():
+            raise InputError(f"STAC item {item.id}: asset {key!r} (band {name!r}) has an empty "
+                             "href: fix the item, or choose another band")
         href = asset.get_absolute_href() or asset.href
         refs.append(BandRef(resolve_href(href, item.get_self_href() or base), index))
     footprint = None

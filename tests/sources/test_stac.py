@@ -3,6 +3,7 @@ COGs; bands chosen by common name; relative hrefs resolved."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,17 @@ def test_region_filters_items_by_their_stac_footprint(stac: Stac) -> None:
     far = Bounds(13.0, 46.0, 13.1, 46.1, normalize_crs("EPSG:4326"))
     with pytest.raises(RegionError, match="none of the 2 item"):
         open_source([str(stac.catalog)], bands=("red",), region=far)
+
+
+def test_an_empty_asset_href_is_named(stac: Stac) -> None:
+    """An asset whose href is empty is one line naming the item and asset, not a later
+    'not a raster' about the item's folder."""
+    doc = json.loads(stac.item_a.read_text())
+    doc["assets"]["B04"]["href"] = ""
+    bad = stac.item_a.parent / "empty-href.json"
+    bad.write_text(json.dumps(doc))
+    try:
+        with pytest.raises(InputError, match=r"scene-a: asset 'B04' \(band 'red'\) has an empty"):
+            read_stac([str(bad)], ["red"])
+    finally:
+        bad.unlink()
