@@ -56,7 +56,7 @@ def open_all(hrefs: Sequence[str], nodata: float | None = None) -> dict[str, Ras
         return {k: replace(v, nodata=float(nodata), has_dataset_mask=False)
                 for k, v in infos.items()}
     if no_nodata:
-        warnings.warn(f"{no_nodata} of {len(unique)} mosaic image(s) declare no nodata value: "
+        warnings.warn(f"{no_nodata} of {len(unique)} mosaic file(s) declare no nodata value: "
                       "every pixel of those is valid and covers the images below it (give a "
                       "nodata value to treat e.g. zero collars as holes)", GeoSegWarning,
                       stacklevel=2)
