@@ -19,6 +19,7 @@ Its loss is the sum of torchvision's five detector losses, its default learning 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -276,9 +277,21 @@ def train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path
     ``resume`` or ``overwrite`` (:mod:`geoseg.training.bundle_dir`)."""
     _check(config)
     out = check_bundle_dir(out_dir, resume=resume, overwrite=overwrite)
+    created = not out.exists()
     with storage_errors(out):  # a folder that cannot be written: one line now, not at step N
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()  # (an empty folder is refused by nobody)
+    try:
+        return _train(config, scenes, out_dir, resume, progress)
+    except BaseException:
+        if created:  # refused before writing anything (labels, bands): leave no empty folder
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty: a checkpoint written meanwhile stays
+        raise
+
+
+def _train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Path,
+           resume: bool, progress: ProgressFn | None) -> TrainResult:
     semantic = config.architecture.name != "maskrcnn"
     if config.threads is not None:
         torch.set_num_threads(config.threads)

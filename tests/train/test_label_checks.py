@@ -172,7 +172,8 @@ def _train(capsys: pytest.CaptureFixture[str], image: Path, labels: Path, out: P
 
 def test_geoseg_train_refuses_bad_labels_in_one_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Through the CLI: exit 2, one line, no checkpoint (no training step ran)."""
+    """Through the CLI: exit 2, one line, no checkpoint (no training step ran), and no empty
+    ``-o`` folder left behind; a folder the user made stays."""
     scene = write_scene(tmp_path / "scene")
     image, land = scene / "image_t0.tif", _labels(scene)
     rare = land.copy()
@@ -186,7 +187,11 @@ def test_geoseg_train_refuses_bad_labels_in_one_line(
         rc, err = _train(capsys, image, labels, out, *extra)
         line = _one_error_line(err)
         assert rc == 2 and expect in line and str(labels) in line, err
-        assert not (out / "checkpoints").exists() and not (out / "bundle.yaml").exists()
+        assert not out.exists()
+    mine = tmp_path / "made-by-the-user"
+    mine.mkdir()
+    rc, err = _train(capsys, image, scene / "landcover_t0.tif", mine, "--classes", "a,b")
+    assert rc == 2 and mine.is_dir() and not any(mine.iterdir()), err
     rc, err = _train(capsys, image, scene / "landcover_t0.tif", tmp_path / "good")
     assert rc == 0, err
     assert (tmp_path / "good" / "bundle.yaml").is_file()
