@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window as RioWindow
 
@@ -56,6 +56,8 @@ class ImageInfo:
 class RasterInfo(ImageInfo):
     """One raster, read on its own grid."""
 
+    alpha_bands: tuple[int, ...] = ()  # 1-based bands GDAL takes for transparency (its mask)
+
 
 def open_info(path: str | Path) -> RasterInfo:
     """Open and validate a raster; raise a one-line :class:`GeoSegError` if it cannot be used.
@@ -78,8 +80,9 @@ def open_info(path: str | Path) -> RasterInfo:
                 MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
             tags = src.tags()
             date = tags.get("ACQUISITION_DATE") or _tiff_date(tags.get("TIFFTAG_DATETIME"))
+            alpha = tuple(i + 1 for i, c in enumerate(src.colorinterp) if c == ColorInterp.alpha)
             info = RasterInfo(p, geobox, src.count, src.dtypes[0], src.nodata, has_mask,
-                              tuple(src.descriptions), date)
+                              tuple(src.descriptions), date, alpha)
     except RasterioIOError as exc:
         if is_remote(p):
             raise NotARasterError(describe_remote_error(p, str(exc))) from exc

@@ -254,6 +254,8 @@ def check_value_range(image: RasterInfo | Mosaic, window: Window,
         if values.shape[1] < 16:
             continue  # (nearly) nothing valid to judge by
         raw_sd = values.std(axis=1)
+        if isinstance(image, RasterInfo):
+            _check_alpha(image, m, values)
         normed = m.spec.normalization.apply(values[:, None, :])[:, 0, :]
         mean, spread = normed.mean(axis=1), normed.std(axis=1)
         far = np.abs(mean) > _FAR
@@ -269,6 +271,29 @@ def check_value_range(image: RasterInfo | Mosaic, window: Window,
             "reflectance 0-1 or 0-10000 given to a model trained on 0-255 images), or use a "
             "model trained on such images; the map may be meaningless", GeoSegWarning,
             stacklevel=2)
+
+
+def _check_alpha(image: RasterInfo, m: ModelRef, values: np.ndarray) -> None:
+    """Refuse a model band the image tags as alpha when its valid pixels are (nearly) all
+    opaque (the type's maximum, 255 in a byte image): the image's transparency, not data (an
+    RGBA orthophoto given to an RGBN model makes a meaningless map). A data band mistagged
+    alpha (GDAL tags band 4 of a 4-band byte GeoTIFF so by default) varies and passes; its
+    zeros are read as holes, as GDAL does."""
+    names = m.spec.checked_band_names
+    for i, b in enumerate(m.spec.bands):
+        if b not in image.alpha_bands or (names and "alpha" in names[i].lower()):
+            continue  # not alpha, or a model trained on it knowingly
+        kind = np.dtype(image.dtype)
+        opaque = np.iinfo(kind).max if kind.kind in "ui" else None  # 255 in a byte image
+        if opaque is None or float(np.mean(values[i] == opaque)) < 0.99:
+            continue
+        what = f"its {names[i]} band" if names else f"band {i + 1} of its input"
+        colour = ",".join(str(k) for k in range(1, image.count + 1) if k not in image.alpha_bands)
+        raise BandMismatchError(
+            f"{redact(image.path)}: band {b} is the image's alpha (transparency) band, but "
+            f"model {m.name} reads it as {what}: the map would be meaningless; use a model of "
+            f"the image's colour bands (geoseg train --bands {colour}) or an image that has "
+            "that band")
 
 
 def region_of(cfg: JobConfig) -> Region | None:

@@ -152,3 +152,45 @@ def test_a_halo_beyond_the_chunk_and_an_overlap_beyond_half_the_tile_warn(
         warnings.simplefilter("always")
         make_plan(auto)
     assert not [w for w in rec if "larger than the chunk" in str(w.message)]
+
+
+def _rgba(path: Path, data: np.ndarray, **extra: object) -> Path:
+    import rasterio
+    from affine import Affine
+
+    c, h, w = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=c, dtype="uint8",
+                       crs="EPSG:32633", transform=Affine(0.5, 0, 500000.0, 0, -0.5, 5100000.0),
+                       **extra) as dst:
+        dst.write(data)
+    return path
+
+
+def test_an_alpha_band_read_as_data_is_refused(tmp_path: Path,
+                                               tiny_bundles: tuple[str, str]) -> None:
+    """An RGBA orthophoto given to an RGBN model: band 4 is transparency (opaque 255 where
+    valid), not nir; the run is refused in one line instead of mapping nearly one class."""
+    from geoseg.errors import BandMismatchError
+
+    img = textured(96, 96)
+    img[3] = 255
+    img[:, :20, :20] = 0  # a transparent corner
+    tif = _rgba(tmp_path / "rgba.tif", img, photometric="RGB", alpha="YES")
+    with pytest.raises(BandMismatchError, match=r"band 4 is the image's alpha \(transparency\) "
+                       r"band, but model landcover reads it as its nir band.*--bands 1,2,3\)"):
+        make_plan(_cfg(tif, tmp_path / "o", [tiny_bundles[0]]))  # type: ignore[arg-type]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_data_band_tagged_alpha_by_default_runs(tmp_path: Path,
+                                                  tiny_bundles: tuple[str, str]) -> None:
+    """GDAL tags band 4 of a 4-band byte GeoTIFF alpha unless told otherwise: a varying nir
+    band so tagged is data, and plans as before."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    tif = _rgba(tmp_path / "rgbn.tif", textured(96, 96))
+    with rasterio.open(tif) as src:
+        assert src.colorinterp[3] == ColorInterp.alpha  # the premise: GDAL's default tag
+    plan = make_plan(_cfg(tif, tmp_path / "o", [tiny_bundles[0]]))  # type: ignore[arg-type]
+    assert plan.grid.shape == (96, 96)
