@@ -376,7 +376,7 @@ def run(image: str | Path | Sequence[str | Path], out: str | Path, *,
     images = (str(image) if isinstance(image, str | Path)
               else [str(i) for i in image])
     cfg = make_job_config(images, str(out), config,  # type: ignore[arg-type]
-                          source="geoseg.run()", **options)
+                          source="geoseg.run()", **_paths_as_str(options))
     res = run_job(cfg, overwrite=overwrite, resume=resume, progress=progress)
     if not res.ok:
         warnings.warn(GeoSegWarning(
@@ -384,6 +384,18 @@ def run(image: str | Path | Sequence[str | Path], out: str | Path, *,
             f"{res.failed[0].error[:200]}); see Run.failed_chunks, rerun with resume=True"),
             stacklevel=2)
     return Run(res.output)
+
+
+def _paths_as_str(value: Any) -> Any:
+    """``value`` with every path object in it (e.g. ``models=[TrainResult.bundle_dir]``,
+    ``region={"file": Path(...)}``) as the string the settings take."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {k: _paths_as_str(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_paths_as_str(v) for v in value)
+    return value
 
 
 def train(out: str | Path, *, task: Literal["landcover", "buildings"],

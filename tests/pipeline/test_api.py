@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from pyproj import CRS
 
 import geoseg
@@ -197,10 +199,17 @@ def test_train_for_real_then_run_with_the_bundle(tmp_path: Path) -> None:
                                                      encoder_depth=3,
                                                      decoder_channels=(8, 8, 8)))
     assert (res.bundle_dir / "bundle.yaml").is_file() and len(res.losses) == 1
-    run = geoseg.run(scene / "image_t0.tif", tmp_path / "run", models=[str(res.bundle_dir)],
-                     chunk_size=64, threads=1, device="cpu")
+    with rasterio.open(scene / "image_t0.tif") as src:  # the region: the image's left half
+        left, bottom, right, top = src.bounds
+        crs = src.crs.to_string()
+    region = tmp_path / "left.geojson"
+    gpd.GeoDataFrame(geometry=[shapely.box(left, bottom, (left + right) / 2, top)],
+                     crs=crs).to_file(region)
+    # path objects, as train returns them, for the bundle and the region file
+    run = geoseg.run(scene / "image_t0.tif", tmp_path / "run", models=[res.bundle_dir],
+                     region={"file": region}, chunk_size=64, threads=1, device="cpu")
     assert run.complete and run.layers == ("landcover",)
-    assert run.predictions()["landcover"].shape == (128, 128)
+    assert run.predictions()["landcover"].shape == (128, 64)
 
 
 def test_failed_chunks_warn_and_return_the_run(example: dict[str, Any], tmp_path: Path,
