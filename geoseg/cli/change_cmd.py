@@ -237,5 +237,5 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="where models run (default auto: CUDA when available)")
     c.add_argument("--address", help="Ray cluster address: runs both dates (for images) and the "
                                       "land-cover change pass there (default: RAY_ADDRESS; "
-                                      "images else run on a local Ray)")
+                                      "else everything runs in this process's threads)")
     c.set_defaults(fn=cmd_change)

@@ -26,7 +26,7 @@ def add_width_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
 
 
 def _halo(text: str) -> int | str:
-    """``--halo``: a whole number of pixels or ``auto``."""
+    """``--halo`` and ``--tile-size``: a whole number of pixels or ``auto``."""
     if text == "auto":
         return text
     try:
@@ -51,9 +51,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="context read around each chunk, px, or auto (default: the largest "
                         "halo the bundles measured with geoseg export --halo-check, 64 for a "
                         "bundle without one)")
-    p.add_argument("--tile-size", type=int,
-                   help="model input tile, px, a multiple of 32 (default: one pass per chunk when "
-                        "chunk + halo fits 1536 px, else the bundle's tile size)")
+    p.add_argument("--tile-size", type=_halo,
+                   help="model input tile, px, a multiple of 32, or auto (default auto: one pass "
+                        "per chunk when chunk + halo fits 1536 px, else the bundle's tile size)")
     p.add_argument("--engine", choices=["auto", "torch", "torch-bf16", "onnx"],
                    help="inference engine: torch (safetensors weights, float32 on CPUs), "
                         "torch-bf16 (bfloat16 autocast: fast on CPUs with AMX or AVX512-BF16), "

@@ -388,3 +388,19 @@ def test_evaluate_api_refuses_an_unfinished_store(run: Path, truth: Path) -> Non
     rep = evaluate_outputs(store=run / "predictions.zarr", truth=truth, plot=False,
                            partial=True)
     assert rep["landcover"]["miou"] == 1.0
+
+
+def test_tile_size_auto_is_a_flag_value_as_in_yaml(tmp_path: Path) -> None:
+    """``--tile-size auto`` is accepted like ``tile_size: auto`` in a job YAML and
+    ``--halo auto``; a word that is neither a number nor auto is refused by the parser."""
+    from geoseg.cli.app import build_parser
+    from geoseg.cli.run_cmds import job_config
+
+    a = build_parser().parse_args(["run", "img.tif", "-o", str(tmp_path / "o"),
+                                   "--tile-size", "auto", "--halo", "auto"])
+    cfg = job_config(a, "img.tif", str(tmp_path / "o"))
+    assert cfg.inference.tile_size == "auto" and cfg.inference.halo == "auto"
+    a = build_parser().parse_args(["run", "img.tif", "-o", "o", "--tile-size", "512"])
+    assert job_config(a, "img.tif", "o").inference.tile_size == 512
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "img.tif", "-o", "o", "--tile-size", "big"])
