@@ -71,6 +71,13 @@ def open_info(path: str | Path) -> RasterInfo:
     shown = redact(p)  # URLs may carry signatures or tokens: never shown
     try:
         with remote_env(p), rasterio.open(gdal_path(p)) as src:
+            gcps, gcp_crs = src.gcps
+            if src.crs is None and (gcps or src.rpcs is not None):
+                how = f"{len(gcps)} ground control points" if gcps else "RPCs"
+                srs = gcp_crs.to_string() if gcps and gcp_crs else "EPSG:32633"
+                raise CRSError(f"{shown} is georeferenced only by {how}, not by a grid: warp it "
+                               f"onto one first (e.g. gdalwarp -t_srs {srs} FILE OUT.tif"
+                               + (")" if gcps else " -rpc, with a DEM)"))
             if src.crs is None:
                 raise CRSError(f"{shown} has no CRS: assign one first (e.g. gdal_edit.py -a_srs "
                                "EPSG:32633 FILE)")

@@ -48,6 +48,25 @@ def test_no_crs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert rc != 0 and "has no CRS" in _one_line(err)
 
 
+def test_ground_control_points_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    tiny_bundles: tuple[str, str]) -> None:
+    """An image georeferenced by GCPs (a CRS on the points, no grid) is told to warp, not
+    to assign a CRS it already has."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    gcps = [GroundControlPoint(r, c, 500000.0 + c / 2, 5100000.0 - r / 2)
+            for r, c in ((0, 0), (0, 64), (64, 0), (64, 64))]
+    tif = tmp_path / "gcps.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint8",
+                       gcps=gcps, crs="EPSG:32633") as dst:
+        dst.write(textured(64, 64))
+    rc, err = _run(capsys, str(tif), "-o", str(tmp_path / "o"), "-m", tiny_bundles[0])
+    line = _one_line(err)
+    assert rc == 2 and "georeferenced only by 4 ground control points" in line, line
+    assert "gdalwarp -t_srs EPSG:32633" in line and not (tmp_path / "o").exists()
+
+
 def test_region_outside(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                         tiny_bundles: tuple[str, str]) -> None:
     tif = write_raster(tmp_path / "a.tif", textured(64, 64))
