@@ -585,8 +585,10 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
     manifest.update(status=status)
     if not failed and summary.get("valid_fraction") == 0.0:
         warnings.warn(f"no pixel of {redact(str(plan.image.path))} was valid (all nodata, NaN "
-                      "or outside the region): the maps hold only nodata; check the image's "
-                      "nodata value and the region", GeoSegWarning, stacklevel=2)
+                      "or outside the region): the maps hold only nodata"
+                      + (" and no features.gpkg was written" if sink is not None else "")
+                      + "; check the image's nodata value and the region", GeoSegWarning,
+                      stacklevel=2)
     if not failed:
         from geoseg.store import mark_complete
 

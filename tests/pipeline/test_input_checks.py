@@ -125,6 +125,15 @@ def test_an_image_without_a_valid_pixel_warns_at_the_end(tmp_path: Path) -> None
     msgs = [str(w.message) for w in rec if "was valid" in str(w.message)]
     assert msgs == [f"no pixel of {tif} was valid (all nodata, NaN or outside the region): the "
                     "maps hold only nodata; check the image's nodata value and the region"]
+    cfg = validate_job({"image": str(tif), "output": str(tmp_path / "v"), "models": ["landcover"],
+                        "inference": {"chunk_size": 64, "halo": 32},
+                        "runtime": {"threads_per_worker": 1}})
+    with warnings.catch_warnings(record=True) as rec:  # with vectors: says there is no file
+        warnings.simplefilter("always")
+        res = run_job(cfg, backend=SerialBackend())
+    assert [str(w.message) for w in rec if "was valid" in str(w.message)] == [
+        msgs[0].replace("only nodata;", "only nodata and no features.gpkg was written;")]
+    assert res.ok and not (tmp_path / "v" / "features.gpkg").exists()
 
 
 def test_a_halo_beyond_the_chunk_and_an_overlap_beyond_half_the_tile_warn(
