@@ -260,12 +260,24 @@ def _footprints(instances: np.ndarray, count: int, probability: np.ndarray, scal
         shapes = [raw for _, _, raw in kept]
     out = []
     for (lab, ref, _), pixel_poly in zip(kept, shapes, strict=True):
-        geometry = pixel_to_world(pixel_poly, grid.transform)
+        geometry = pixel_to_world(_inside_grid(pixel_poly, grid), grid.transform)
         area_m2, perimeter_m = area_perimeter_m(geometry, grid.crs)
         out.append((ref, Feature(geometry, building_id, int(pixels[lab]),
                                  float(prob_sum[lab] / pixels[lab]), id=f"b{ref[0]}_{ref[1]}",
                                  area_m2=area_m2, perimeter_m=perimeter_m, chunk_id=chunk.id)))
     return out
+
+
+def _inside_grid(poly: Polygon, grid: GeoBox) -> Polygon:
+    """``poly`` (grid pixel coordinates) clipped to the grid: squaring a building up at the
+    image's edge may push a corner past it (up to a few px), where the map has no pixel."""
+    x0, y0, x1, y1 = poly.bounds
+    if x0 >= 0 and y0 >= 0 and x1 <= grid.width and y1 <= grid.height:
+        return poly
+    clipped = poly.intersection(shapely.box(0, 0, grid.width, grid.height))
+    parts = [g for g in getattr(clipped, "geoms", [clipped])
+             if isinstance(g, Polygon) and not g.is_empty]
+    return max(parts, key=lambda g: g.area) if parts else poly
 
 
 def _local_frame(raw: Polygon, ref: tuple[int, int], grid: GeoBox, mask: np.ndarray

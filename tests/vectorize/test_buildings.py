@@ -247,3 +247,22 @@ def test_bad_inputs_raise_input_error() -> None:
                           boundary_id=None)
     with pytest.raises(InputError):
         extract_buildings(classes, prob.astype(float), grid.window, chunk, grid, **kw)
+
+
+@pytest.mark.parametrize("angle, cx", [(20, 58), (45, 58), (65, 58)])
+def test_squared_footprints_stay_inside_the_image(angle: int, cx: int) -> None:
+    """A slanted building cut by the image's right edge: squaring it up pushed its corner up
+    to 2 m past the edge (off the map); the footprint is clipped to the grid, and its area is
+    measured after the clip."""
+    grid = utm_grid((64, 64))
+    rect = affinity.rotate(shapely.box(cx - 10, 20, cx + 10, 36), angle)
+    classes = np.zeros((64, 64), np.uint8)
+    classes[rasterio.features.rasterize([rect], out_shape=(64, 64)).astype(bool)] = BUILDING
+    (f,) = extract_buildings(classes, prob_of(classes), grid.window,
+                             Chunk((0, 0), grid.window), grid, building_id=BUILDING,
+                             boundary_id=None)
+    left, top = grid.transform.c, grid.transform.f
+    image = shapely.box(left, top - 64 * 0.5, left + 64 * 0.5, top)
+    assert f.geometry.is_valid and f.geometry.difference(image).area < 1e-9
+    assert f.geometry.bounds[2] == pytest.approx(left + 32)  # it still reaches the edge
+    assert f.area_m2 == pytest.approx(f.geometry.area)
