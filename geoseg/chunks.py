@@ -15,7 +15,7 @@ import numpy as np
 from rasterio.errors import RasterioIOError
 
 from geoseg import stageclock
-from geoseg.area import row_pixel_areas_m2
+from geoseg.area import geodesic, row_pixel_areas_m2
 from geoseg.blockcache import BlockCache
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, Window
@@ -272,9 +272,10 @@ def write_output(plan: Plan, store: str, out: ChunkOutput) -> dict[str, Any]:
         if i == 0:  # the first model's pixels that are not fill
             valid = out.arrays[ref.name].size - counts[-1]
     extra: dict[str, Any] = {}
-    if plan.grid.crs.is_geographic:  # a pixel's area depends on its row (latitude)
+    if geodesic(plan.grid.crs):  # a pixel's area depends on where it is (its row)
         w = out.chunk.window
-        per_px = np.repeat(row_pixel_areas_m2(plan.grid, w.row_off, w.row_end), w.width)
+        per_px = np.repeat(row_pixel_areas_m2(plan.grid, w.row_off, w.row_end,
+                                              w.col_off + w.width // 2), w.width)
         extra["area_m2"] = {
             ref.name: [round(float(v), 4) for v in np.bincount(
                 out.arrays[ref.name].ravel(), weights=per_px,

@@ -33,7 +33,7 @@ from shapely.geometry import Polygon
 from skimage import measure
 from skimage.segmentation import watershed
 
-from geoseg.area import area_perimeter_m
+from geoseg.area import area_perimeter_m, local_scale
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, GeoBox, Window
 from geoseg.vectorize.features import (
@@ -62,8 +62,8 @@ def extract_buildings(classes: np.ndarray, probability: np.ndarray, context: Win
     ``context``: ``chunk.window`` grown by the halo and clipped to ``grid``. ``boundary_id`` is
     the class of predicted instance boundaries, or None when the model has none; ``fill``
     (nodata) pixels never belong to a building. Footprints under ``min_area_m2`` (measured on
-    the raw pixel outline; geodesic for geographic CRSs) are dropped. Features come in global
-    raster order of their reference pixel.
+    the raw pixel outline; on the ellipsoid where :func:`geoseg.area.geodesic`) are dropped.
+    Features come in global raster order of their reference pixel.
     """
     _check_inputs(classes, probability, context, chunk, grid, building_id, boundary_id, fill,
                   min_area_m2)
@@ -304,4 +304,5 @@ def _ground_scale(grid: GeoBox, ref: tuple[int, int]) -> tuple[float, float]:
         return (rx * metres_per_degree * max(math.cos(math.radians(lat)), 1e-6),
                 ry * metres_per_degree)
     unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-    return rx * unit, ry * unit
+    k = local_scale(crs, *(grid.transform @ (ref[1] + 0.5, ref[0] + 0.5)))  # Web Mercator: >1
+    return rx * unit / k, ry * unit / k
