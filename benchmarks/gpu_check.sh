@@ -10,5 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+for arg in "$@"; do
+  case "$arg" in
+    --) break ;;
+    -h|--help) exec "${PYTHON:-python3}" -m benchmarks.gpu_check --help ;;
+  esac
+done
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  echo "error: nvidia-smi not found: this needs an NVIDIA GPU host (a CPU dry run:" \
+       "python -m benchmarks.gpu_check --device cpu)" >&2
+  exit 1
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 exec "${PYTHON:-python3}" -m benchmarks.gpu_check "$@"

@@ -277,10 +277,14 @@ def summary(name: str, m: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="python -m workflows.build_bundles",
+        description="Build geoseg's default model bundles (landcover and buildings) from "
+                    "generated scenes, and score them on the path users run.")
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT}; "
                                              "required for --only maskrcnn)")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=2000,
+                   help="training steps of each bundle (default 2000)")
     p.add_argument("--only", choices=BUNDLES + OPTIONAL, action="append",
                    help="build only these bundles (repeatable); maskrcnn is built only when "
                         "named here")
@@ -297,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="continue each bundle from <out>/<name>/checkpoints/last.pt")
     p.add_argument("--scenes", type=Path, default=Path(tempfile.gettempdir()) / "geoseg-scenes",
                    help="cache directory for generated scenes")
-    p.add_argument("--train-seeds", type=int, nargs="+", default=[101, 102, 103])
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[101, 102, 103],
+                   help="seeds of the generated training scenes (default 101 102 103)")
     p.add_argument("--eval-seed", type=int, default=EVAL_SEED,
                    help="seed of the held-back scene the bundles are scored on")
     p.add_argument("--eval-size", type=int, default=EVAL_SIZE,

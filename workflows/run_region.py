@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     p = _parser()
     a = p.parse_args(argv)
-    if (a.config is None) == (a.config_json is None):
+    if a.config is None and a.config_json is None:
+        p.error("give a config YAML path or --config-json")
+    if a.config is not None and a.config_json is not None:
         p.error("give a config YAML path or --config-json, not both")
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -146,7 +146,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"  validation: {json.dumps(shown)[:400]}")
     if cfg.architecture.name != "maskrcnn":
         print(f"  its halo (context each chunk reads; 64 px until measured): geoseg export "
-              f"{res.bundle_dir} --halo-check IMAGE (an image like yours, >= 1536 px a side)")
+              f"{res.bundle_dir} --halo-check IMAGE (an image like yours: >= 1536 px a side "
+              "for the 1024-px chunk, at least 576)")
     return 0
 
 
@@ -359,8 +360,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when torch sees a GPU, else cpu")
     t.add_argument("--arch", choices=["unet", "deeplabv3plus", "maskrcnn"],
-                   help="architecture (default: the built-in bundles' slim U-Net ResNet-18); "
-                        "maskrcnn: building instances (--task buildings), ResNet-FPN backbone")
+                   help="architecture (default: a slim U-Net ResNet-18, depth 3, decoder "
+                        "32,16,16); maskrcnn: building instances (--task buildings), ResNet-FPN "
+                        "backbone")
     t.add_argument("--encoder", help="encoder for --arch: an smp encoder for unet/deeplabv3plus "
                                      "(e.g. resnet34, efficientnet-b0), a torchvision ResNet for "
                                      "maskrcnn (resnet18, resnet34, resnet50); default resnet18, "

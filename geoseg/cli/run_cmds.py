@@ -93,7 +93,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                         "default)")
     p.add_argument("--no-vectors", action="store_true", help="skip the GeoPackage")
     p.add_argument("--min-building-area", type=float, metavar="M2",
-                   help="drop footprints smaller than this, m² (default 20)")
+                   help="drop footprints smaller than this, m² of ground, measured before they are "
+                        "squared up (default 20)")
     p.add_argument("--split-confidence", type=float, metavar="P",
                    help="building probability from which interior pixels seed a footprint of "
                         "their own, 0..1 (separates touching buildings; 0 = off; default 0.8)")
