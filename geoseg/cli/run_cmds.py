@@ -160,7 +160,7 @@ class RunProgress:
 def _print_summary(res: Any) -> None:
     from rich.console import Console
 
-    con = Console(highlight=False)  # the results, on stdout
+    con = Console(highlight=False, soft_wrap=True)  # the results, on stdout, lines unbroken
     s = res.summary
     thr = s["throughput"]
     status = "[green]complete[/green]" if res.ok else f"[red]{s['status']}[/red]"

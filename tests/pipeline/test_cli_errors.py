@@ -260,3 +260,19 @@ def test_a_config_that_names_image_and_output_is_enough(
     # without a config, the image and -o are required, in one line
     rc, err = _run(capsys, str(tif))
     assert rc == 2 and "geoseg run needs the image and -o OUT" in _one_line(err)
+
+
+def test_the_run_summary_keeps_each_line_whole(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               tiny_bundles: tuple[str, str]) -> None:
+    """Printed to a pipe (80 columns), the summary broke its lines mid-value ("in 3.6\\ns")
+    and mid-path; each line is now whole, so a path can be copied and a figure grepped."""
+    tif = write_raster(tmp_path / "img.tif", textured(64, 64),
+                       descriptions=["red", "green", "blue", "nir"])
+    out = tmp_path / ("a-long-folder-name-" * 4) / "run"
+    rc = main(["-q", "run", str(tif), "-o", str(out), "-m", tiny_bundles[0], "--no-vectors",
+               "--chunk-size", "64"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    assert lines[0].startswith("geoseg run complete: 64×64 px") and lines[0].endswith("end to end")
+    assert any(ln.split() == ["summary", str(out / "summary.json")] for ln in lines), lines
