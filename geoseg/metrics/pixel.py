@@ -46,7 +46,8 @@ def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int,
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             bad = arr[(arr < 0) | (arr >= num_classes)][0]
             raise LabelError(f"{name} holds class {bad}, outside 0..{num_classes - 1}: mark "
-                             f"nodata with {ignore} or pass the right num_classes")
+                             f"nodata with {ignore} or give the right class count "
+                             "(geoseg eval --num-classes)")
     counts = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(np.int64)
 

@@ -45,6 +45,7 @@ def check_bundle_dir(out_dir: str | Path, *, resume: bool, overwrite: bool) -> P
             "directory for the bundle (geoseg never overwrites files it did not write)")
     if not (resume or overwrite):
         raise OutputExistsError(
-            f"{out} already holds a trained bundle or a training checkpoint: pass --resume to "
-            "continue that training, --overwrite to replace it, or choose another -o")
+            f"{out} already holds a trained bundle or a training checkpoint: pass --resume "
+            "(resume=True) to continue that training, --overwrite (overwrite=True) to replace "
+            "it, or choose another -o")
     return out

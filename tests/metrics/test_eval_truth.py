@@ -148,7 +148,9 @@ def test_bad_input_is_one_line(run: Path, tmp_path: Path, capsys: pytest.Capture
     args = ["--run", str(run), "--truth", str(good)]
     expect = {"missing": "not found", "not-raster": "not a raster", "no-crs": "has no CRS",
               "no-overlap": "does not overlap", "layer": "no layer 'roads'",
-              "store": "not found", "not-run": "not a geoseg run", "class": "outside 0..4",
+              "store": "not found", "not-run": "not a geoseg run",
+              "class": "outside 0..4: mark nodata with 255 or give the right class count "
+                       "(geoseg eval --num-classes)",
               "all-nodata": "share no valid pixel", "no-polygon-layer": "no polygon layer",
               "points-only": "holds no polygons", "nothing": "nothing to evaluate"}[case]
     if case == "missing":

@@ -47,7 +47,8 @@ def test_earlier_training_needs_resume_or_overwrite(
     out = tmp_path / "b"
     first = train(cfg, scenes, out)
     weights = (out / "weights.safetensors").read_bytes()
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match=r"--resume \(resume=True\) .* --overwrite "
+                       r"\(overwrite=True\)"):  # the CLI's flag and the Python argument
         train(cfg.model_copy(update={"seed": 9}), scenes, out)
     assert (out / "weights.safetensors").read_bytes() == weights
     again = train(cfg.model_copy(update={"seed": 9}), scenes, out, overwrite=True)
