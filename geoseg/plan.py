@@ -169,7 +169,7 @@ def check_bands(image: RasterInfo | Mosaic, models: tuple[ModelRef, ...]) -> Non
         if image.count > len(set(m.spec.bands)):
             named = f" ({', '.join(names)})" if names else ""
             warnings.warn(
-                f"model {m.name} reads bands {', '.join(map(str, m.spec.bands))}{named} of "
+                f"model {m.model_id} reads bands {', '.join(map(str, m.spec.bands))}{named} of "
                 f"{image.count} image bands: check the band order (or name the image bands "
                 "to have it checked)", GeoSegWarning, stacklevel=2)
 
@@ -266,7 +266,7 @@ def check_value_range(image: RasterInfo | Mosaic, window: Window,
         norm = m.spec.normalization
         warnings.warn(
             f"{redact(image.path)}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
-            f"{raw_sd[i]:.3g}) are far from those model {m.name} was trained on (mean "
+            f"{raw_sd[i]:.3g}) are far from those model {m.model_id} was trained on (mean "
             f"{norm.mean[i]:.4g}, spread {norm.std[i]:.3g}): check the image's scaling (e.g. "
             "reflectance 0-1 or 0-10000 given to a model trained on 0-255 images), or use a "
             "model trained on such images; the map may be meaningless", GeoSegWarning,
@@ -291,7 +291,7 @@ def _check_alpha(image: RasterInfo, m: ModelRef, values: np.ndarray) -> None:
         colour = ",".join(str(k) for k in range(1, image.count + 1) if k not in image.alpha_bands)
         raise BandMismatchError(
             f"{redact(image.path)}: band {b} is the image's alpha (transparency) band, but "
-            f"model {m.name} reads it as {what}: the map would be meaningless; use a model of "
+            f"model {m.model_id} reads it as {what}: the map would be meaningless; use a model of "
             f"the image's colour bands (geoseg train --bands {colour}) or an image that has "
             "that band")
 

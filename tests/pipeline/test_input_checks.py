@@ -57,9 +57,9 @@ def test_more_image_bands_than_the_model_reads_warns(tmp_path: Path,
         make_plan(_cfg(tif, tmp_path / "o", list(tiny_bundles)))  # type: ignore[arg-type]
     msgs = [str(w.message) for w in rec if "image bands" in str(w.message)]
     assert len(msgs) == 2, msgs  # one per model
-    assert ("model landcover reads bands 1, 2, 3, 4 (red, green, blue, nir) of 6 image bands: "
-            "check the band order") in msgs[0]
-    assert msgs[1].startswith("model buildings reads bands 1, 2, 3, 4")
+    assert ("model tiny-landcover@0.0.1 reads bands 1, 2, 3, 4 (red, green, blue, nir) of 6 "
+            "image bands: check the band order") in msgs[0]  # the bundle, not just its layer
+    assert msgs[1].startswith("model tiny-buildings@0.0.1 reads bands 1, 2, 3, 4")
 
 
 def test_named_matching_bands_do_not_warn(tmp_path: Path,
@@ -186,7 +186,8 @@ def test_an_alpha_band_read_as_data_is_refused(tmp_path: Path,
     img[:, :20, :20] = 0  # a transparent corner
     tif = _rgba(tmp_path / "rgba.tif", img, photometric="RGB", alpha="YES")
     with pytest.raises(BandMismatchError, match=r"band 4 is the image's alpha \(transparency\) "
-                       r"band, but model landcover reads it as its nir band.*--bands 1,2,3\)"):
+                       r"band, but model tiny-landcover@0.0.1 reads it as its nir band"
+                       r".*--bands 1,2,3\)"):
         make_plan(_cfg(tif, tmp_path / "o", [tiny_bundles[0]]))  # type: ignore[arg-type]
     assert not (tmp_path / "o").exists()
 
