@@ -191,13 +191,38 @@ def _footprint(plan: Plan) -> tuple[Any, list[float]]:
             shape = clipped
     wgs84 = CRS.from_epsg(4326)
     if plan.grid.crs == wgs84:
-        return shape, list(shape.bounds)
+        return _across_antimeridian(shape)
     seg = max(b.right - b.left, b.top - b.bottom) / 64 or 1.0
     t = Transformer.from_crs(plan.grid.crs, wgs84, always_xy=True)
     dense = shapely.segmentize(shape, max_segment_length=seg)
     lonlat = shapely.transform(dense, lambda xy: np.column_stack(t.transform(*xy.T)))
     # keep the vertices that bend the outline by more than ~1 cm: a few, not hundreds
-    return shapely.simplify(lonlat, 1e-7, preserve_topology=True), list(lonlat.bounds)
+    return _across_antimeridian(shapely.simplify(lonlat, 1e-7, preserve_topology=True))
+
+
+def _across_antimeridian(lonlat: Any) -> tuple[Any, list[float]]:
+    """``lonlat`` and its bbox as GeoJSON wants them (RFC 7946 §3.1.9, §5.2): a footprint that
+    crosses 180° (its longitudes jump from +180 to -180, or run past ±180 on a lat/lon grid)
+    is cut there into a MultiPolygon, and its bbox's west is then greater than its east."""
+    west, south, east, north = lonlat.bounds
+    if east - west > 180:  # jumps across 180: make it continuous, east of 180
+        lonlat = shapely.transform(lonlat, lambda xy: np.column_stack(
+            [np.where(xy[:, 0] < 0, xy[:, 0] + 360.0, xy[:, 0]), xy[:, 1]]))
+        west, south, east, north = lonlat.bounds
+    if west >= -180 and east <= 180:
+        return lonlat, [west, south, east, north]
+    edge = 180.0 if east > 180 else -180.0
+    inside = shapely.intersection(lonlat, shapely.box(max(west, -180), -90, min(east, 180), 90))
+    beyond = shapely.intersection(lonlat, shapely.box(edge, -90, east, 90) if edge > 0
+                                  else shapely.box(west, -90, edge, 90))
+    moved = shapely.transform(beyond, lambda xy: xy - np.array([np.sign(edge) * 360.0, 0.0]))
+    parts = [g for part in (inside, moved) for g in getattr(part, "geoms", [part])
+             if isinstance(g, shapely.Polygon) and not g.is_empty]
+    return shapely.MultiPolygon(parts), [_wrap(west), south, _wrap(east), north]
+
+
+def _wrap(lon: float) -> float:
+    return (lon + 180.0) % 360.0 - 180.0
 
 
 def _acquired(value: str | None, now: dt.datetime

@@ -233,3 +233,44 @@ def test_lat_lon_grid_without_date_and_a_region(tmp_path: Path,
     assert geom.symmetric_difference(shape({"type": "Polygon", "coordinates": [[
         (15.0, 46.0), (15.0, 45.99952), (15.00064, 46.0), (15.0, 46.0)]]})).area < 1e-14
     assert set(raw["assets"]) == {"landcover", "predictions", "quicklook", "summary"}
+
+
+def test_a_grid_across_the_antimeridian_is_cut_there(tmp_path: Path,
+                                                     tiny_bundles: tuple[str, str]) -> None:
+    """A UTM 60S image over 180° (Fiji): its footprint's longitudes jump from +180 to -180;
+    it was a polygon around the whole world (bbox -180..180). GeoJSON's way: two polygons cut
+    at 180° and a bbox whose west is greater than its east."""
+    x, y = Transformer.from_crs(4326, 32760, always_xy=True).transform(180.0, -16.5)
+    tif = write_raster(tmp_path / "fiji.tif", textured(96, 128), crs="EPSG:32760",
+                       transform=Affine(0.5, 0, x - 30, 0, -0.5, y))
+    cfg = validate_job({"image": str(tif), "output": str(tmp_path / "o"),
+                        "models": [tiny_bundles[0]], "inference": {"chunk_size": 64, "halo": 32},
+                        "vectors": {"enabled": False}, "runtime": {"threads_per_worker": 1}})
+    assert run_job(cfg, backend=SerialBackend()).ok
+    raw = json.loads((tmp_path / "o" / ITEM).read_text())
+    west, south, east, north = raw["bbox"]
+    assert 179.999 < west < 180 and -180 < east < -179.999 and south < north < -16.49
+    geom = shape(raw["geometry"])
+    assert geom.geom_type == "MultiPolygon" and len(geom.geoms) == 2
+    assert all(-180 <= v <= 180 for v in geom.bounds[::2])
+    to_m = Transformer.from_crs(4326, 32760, always_xy=True)
+    area = sum(shape({"type": "Polygon", "coordinates": [[to_m.transform(*p)
+                                                        for p in g.exterior.coords]]}).area
+               for g in geom.geoms)
+    assert area == pytest.approx(96 * 0.5 * 128 * 0.5, rel=1e-3)  # nothing lost in the cut
+
+
+def test_a_lat_lon_grid_past_180_is_cut_there() -> None:
+    """On a lat/lon grid whose columns run past 180° (179.999 to 180.0023)."""
+    import shapely
+
+    from geoseg.stac_item import _across_antimeridian
+
+    geom, bbox = _across_antimeridian(shapely.box(179.999, -16.0023, 180.0023, -16.0))
+    assert bbox == pytest.approx([179.999, -16.0023, -179.9977, -16.0])
+    assert geom.geom_type == "MultiPolygon" and geom.area == pytest.approx(0.0033 * 0.0023)
+    geom, bbox = _across_antimeridian(shapely.box(-180.002, 60.0, -179.99, 60.01))  # and west
+    assert bbox == pytest.approx([179.998, 60.0, -179.99, 60.01]) and len(geom.geoms) == 2
+    assert geom.area == pytest.approx(0.012 * 0.01)
+    same, box = _across_antimeridian(shapely.box(15.0, 45.0, 15.1, 45.1))
+    assert same.geom_type == "Polygon" and box == pytest.approx([15.0, 45.0, 15.1, 45.1])
