@@ -13,7 +13,7 @@ import platform
 import signal
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +257,20 @@ class _Recorder:
             self.sink.add(result)
             self.vectorized += 1
             self._emit()
+
+
+def _warn_stale_sidecars(paths: Iterable[str]) -> None:
+    """Warn about GDAL side files (``X.aux.xml``: statistics, histograms, written by QGIS or
+    ``gdalinfo -stats``) older than the output ``X`` a run just wrote: GIS software would show
+    the earlier file's figures. They are not geoseg's, so they stay."""
+    for p in paths:
+        aux = Path(f"{p}.aux.xml")
+        with contextlib.suppress(OSError):
+            if aux.is_file() and aux.stat().st_mtime < Path(p).stat().st_mtime:
+                warnings.warn(f"{aux} (a GDAL side file geoseg did not write) predates the new "
+                              f"{Path(p).name}: GIS software will show the earlier file's "
+                              "statistics and histogram; delete it", GeoSegWarning,
+                              stacklevel=3)
 
 
 def _px_area(plan: Plan) -> float:
@@ -583,6 +597,8 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
             folder.publish(layout.stac_item)
     status = "complete" if not failed else f"completed with {len(failed)} failed chunks"
     manifest.update(status=status)
+    if not folder.remote:
+        _warn_stale_sidecars(built.values())
     if not failed and summary.get("valid_fraction") == 0.0:
         warnings.warn(f"no pixel of {redact(str(plan.image.path))} was valid (all nodata, NaN "
                       "or outside the region): the maps hold only nodata"

@@ -80,6 +80,30 @@ def test_overwrite_removes_only_what_geoseg_wrote(clean: Path, tmp_path: Path,
     _same_store(clean / "clean", out)
 
 
+def test_a_stale_gdal_side_file_is_named_and_kept(clean: Path, tmp_path: Path,
+                                                  tiny_bundles: tuple[str, str]) -> None:
+    """QGIS or ``gdalinfo -stats`` leave ``landcover.tif.aux.xml`` (statistics, histogram)
+    beside the COG; after ``--overwrite`` GDAL would show the old figures for the new map. The
+    file is not geoseg's, so it stays, with a warning that names it."""
+    import os
+    import warnings
+
+    out = tmp_path / "o"
+    _run(clean / "img.tif", out, tiny_bundles)
+    aux = out / "landcover.tif.aux.xml"
+    aux.write_text("<PAMDataset><PAMRasterBand band='1'><Metadata><MDI key='STATISTICS_MEAN'>"
+                   "1.5</MDI></Metadata></PAMRasterBand></PAMDataset>")
+    os.utime(aux, (1, 1))  # written before the run below
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        assert _run(clean / "img.tif", out, tiny_bundles, overwrite=True).ok
+    named = [str(w.message) for w in rec if "aux.xml" in str(w.message)]
+    assert named == [f"{aux} (a GDAL side file geoseg did not write) predates the new "
+                     "landcover.tif: GIS software will show the earlier file's statistics and "
+                     "histogram; delete it"]
+    assert "STATISTICS_MEAN" in aux.read_text()
+
+
 def test_overwrite_never_deletes_its_input(clean: Path, tmp_path: Path,
                                           tiny_bundles: tuple[str, str]) -> None:
     out = tmp_path / "o"
