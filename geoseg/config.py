@@ -293,10 +293,45 @@ def validate_job(data: dict[str, object], source: str = "config") -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
-        e = exc.errors()[0]
-        loc = ".".join(str(x) for x in e["loc"]) or "(top)"
+        # an unknown key first (a misspelt setting explains the rest); one entry per setting
+        # (a union reports each of its branches)
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        where = list(dict.fromkeys(_setting(e["loc"]) for e in errors))
+        e = errors[0]
         msg = str(e["msg"]).removeprefix("Value error, ")  # our own validators' messages
-        raise ConfigError(f"{source}: {loc}: {msg}") from exc
+        if e["type"] == "extra_forbidden":
+            msg = _unknown_key(e["loc"])
+        more = f" (and {len(where) - 1} more problem(s))" if len(where) > 1 else ""
+        raise ConfigError(f"{source}: {where[0]}: {msg}{more}") from exc
+
+
+def _setting(loc: tuple[int | str, ...]) -> str:
+    """``loc`` as the setting's dotted name, without pydantic's union branch tags
+    (``inference.halo.constrained-int`` → ``inference.halo``)."""
+    parts = [str(x) for x in loc]
+    while parts and ("[" in parts[-1] or "-" in parts[-1]) and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts) or "(top)"
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """'not a setting' for an unknown key at ``loc``, with the closest known one and the
+    settings of that section."""
+    import difflib
+    import typing
+
+    model: type[BaseModel] = JobConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        kinds = typing.get_args(field.annotation) or (field.annotation,) if field else ()
+        sub = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if sub is None:
+            return "not a setting"
+        model = sub
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"not a setting ({hint}settings here: {', '.join(known)})"
 
 
 def make_job_config(image: str | Sequence[str] | None, output: str | None,

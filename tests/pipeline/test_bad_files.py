@@ -51,6 +51,12 @@ def image(tmp_path: Path) -> Path:
     (b"inference: {chunk_size: 512\n", "invalid YAML"),
     (b"version: 99\n", "config version 99 is unknown"),
     (b"version: 0\n", "config version 0 is unknown"),
+    (b"model: [landcover]\n", "model: not a setting (did you mean models? settings here: "
+                              "version, image, output, models, region,"),
+    (b"inference: {chunk: 512, halo: x}\n", "inference.chunk: not a setting (did you mean "
+                                            "chunk_size? settings here: chunk_size, halo,"),
+    (b"region: {bbx: [1, 2, 3, 4]}\n", "region.bbx: not a setting (did you mean bbox? settings "
+                                       "here: bbox, file, wkt, crs)"),
 ])
 def test_bad_job_config_is_one_line(tmp_path: Path, image: Path, text: bytes, needle: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:
