@@ -73,7 +73,7 @@ def test_images_without_nodata_warn_once_and_nodata_overrides(tmp_path: Path) ->
         arr = np.full((1, 16, 16), i + 1, np.uint8)
         arr[0, :4] = 0  # a zero collar, not declared nodata
         paths.append(str(write_raster(tmp_path / f"n{i}.tif", arr, crs=UTM33)))
-    with pytest.warns(GeoSegWarning, match="3 of 3 mosaic image") as rec:
+    with pytest.warns(GeoSegWarning, match="3 of 3 mosaic file") as rec:
         m = open_source(paths)
     assert len([w for w in rec if issubclass(w.category, GeoSegWarning)]) == 1
     assert isinstance(m, Mosaic)
