@@ -81,6 +81,21 @@ def coord_image(h: int, w: int, bands: int = 4) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+@pytest.fixture(autouse=True)
+def _local_unless_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that asks for no Ray (no ``ray`` marker, no ``ray_cluster``) runs as a fresh
+    process would: executor ``auto`` picks the local executor even when an earlier test left
+    the session's Ray running (which made such tests start Ray actors, and test Ray instead of
+    what they name, depending on the order they ran in)."""
+    if request.node.get_closest_marker("ray") or "ray_cluster" in request.fixturenames:
+        return
+    import geoseg.change.compare
+    import geoseg.job
+
+    monkeypatch.setattr(geoseg.job, "ray_connected", lambda: False)
+    monkeypatch.setattr(geoseg.change.compare, "ray_connected", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """One local Ray for the whole session (keep Ray tests out of xdist)."""
