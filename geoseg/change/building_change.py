@@ -46,7 +46,10 @@ never vetoes a change, nor makes one (a lost or gained part needs known changed 
 Without evidence (:data:`GEOMETRY_ONLY`) only step 8's geometric split/merge test applies.
 
 Only footprints whose representative point lies where both runs have imagery (the overlap of
-their extents) are compared; the others are counted as outside the overlap.
+their extents, less the pixels where either date has no data) are compared; the others are
+counted as outside the overlap: a building under one date's nodata stripe is not demolished.
+A run with a ``buildings`` model but no footprint (a greenfield before construction) has an
+empty set of them.
 
 Out of core: the overlap is cut into square tiles (``TILE_PX`` pixels of A's grid). A tile reads
 the footprints of both runs that meet it plus a margin (the GeoPackages' R-trees answer the bbox
@@ -61,6 +64,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +120,8 @@ def check_params(iou_modified: float, area_tolerance: float) -> None:
 
 
 def building_layer(run: RunInfo) -> Path | None:
-    """The run's GeoPackage when it has a ``buildings`` layer."""
+    """The run's GeoPackage when it has a ``buildings`` layer (none: no footprint, or no
+    buildings model; :func:`has_buildings_model` tells them apart)."""
     if run.gpkg is None:
         return None
     if "buildings" not in {str(n) for n, _ in pyogrio.list_layers(run.gpkg)}:
@@ -124,10 +129,24 @@ def building_layer(run: RunInfo) -> Path | None:
     return run.gpkg
 
 
-def load_buildings(path: Path, label: str, crs: CRS, own: CRS,
+def has_buildings_model(run: RunInfo) -> bool:
+    """Whether the run predicted buildings (its store has the ``buildings`` pixel layer), with
+    or without footprints."""
+    return (run.store / "buildings" / ".zarray").exists()
+
+
+def _no_footprints(crs: CRS) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame({"id": np.array([], dtype=object), "confidence": np.zeros(0)},
+                            geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def load_buildings(path: Path | None, label: str, crs: CRS, own: CRS,
                    bbox: tuple[float, float, float, float] | None = None) -> gpd.GeoDataFrame:
     """Footprints of a run's ``buildings`` layer (whose CRS is ``own``) in ``crs``, those
-    meeting ``bbox`` (given in ``crs``) when set, with text ids and repaired geometries."""
+    meeting ``bbox`` (given in ``crs``) when set, with text ids and repaired geometries; none
+    when ``path`` is None (a run without footprints)."""
+    if path is None:
+        return _no_footprints(crs)
     query = None
     if bbox is not None:
         if own != crs:
@@ -458,13 +477,15 @@ def _tile_of(pts: np.ndarray, origin: tuple[float, float], size: float,
 class _Tiles:
     """The square tiles over the overlap and the footprints that meet one of them."""
 
-    paths: tuple[Path, Path]
+    paths: tuple[Path | None, Path | None]
     crs: CRS
     layer_crs: tuple[CRS, CRS]
     area: BaseGeometry
     origin: tuple[float, float]  # top-left corner
     size: float
     shape: tuple[int, int]
+    # whether both dates have imagery at given points (None: their extents' overlap decides)
+    both_dates: Callable[[np.ndarray], np.ndarray] | None = None
 
     def load(self, row: int, col: int, margin: float
              ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, BaseGeometry]:
@@ -476,6 +497,8 @@ class _Tiles:
             df = load_buildings(path, label, self.crs, own, box)
             pts = shapely.point_on_surface(np.asarray(df.geometry.values, dtype=object))
             inside = shapely.within(pts, self.area) if len(df) else np.zeros(0, bool)
+            if self.both_dates is not None and inside.any():  # over a date's nodata: outside
+                inside[inside] = self.both_dates(pts[inside])
             df = df[inside].reset_index(drop=True)
             df["tile"] = list(map(tuple, _tile_of(pts[inside], self.origin, self.size,
                                                   self.shape)))
@@ -527,12 +550,18 @@ def compare_buildings(a: RunInfo, b: RunInfo, path: Path, *, iou_modified: float
     rule.check()
     crs = a.grid.crs
     pa, pb = building_layer(a), building_layer(b)
-    if pa is None or pb is None:
-        missing = "a" if pa is None else "b"
-        log.warning("run %s has no building footprints: building changes skipped", missing)
-        return None
+    for label, run, p in (("a", a, pa), ("b", b, pb)):
+        if p is None and not has_buildings_model(run):
+            log.warning("run %s has no buildings model (no building pixels nor footprints): "
+                        "building changes skipped", label)
+            return None
+        if p is None:
+            log.info("run %s has no building footprint: the other run's are new or "
+                     "demolished where both dates have imagery", label)
     area = overlap_polygon(a, b)
-    info = [pyogrio.read_info(p, layer="buildings") for p in (pa, pb)]
+    info: list[dict[str, Any]] = [
+        pyogrio.read_info(p, layer="buildings") if p is not None else
+        {"features": 0, "crs": None, "geometry_type": "Polygon"} for p in (pa, pb)]
     res = abs(a.grid.transform.a)
     size = tile_px * res
     if area.is_empty:  # grids that touch only along an edge: no tile, an empty layer
@@ -542,7 +571,8 @@ def compare_buildings(a: RunInfo, b: RunInfo, path: Path, *, iou_modified: float
         x0, y0, x1, y1 = area.bounds
         shape = (max(1, math.ceil((y1 - y0) / size)), max(1, math.ceil((x1 - x0) / size)))
     own = tuple(CRS.from_user_input(i["crs"]) if i["crs"] else crs for i in info)
-    tiles = _Tiles((pa, pb), crs, (own[0], own[1]), area, (x0, y1), size, shape)
+    tiles = _Tiles((pa, pb), crs, (own[0], own[1]), area, (x0, y1), size, shape,
+                   None if evidence is None else evidence.both_dates)
     counts = dict.fromkeys(KINDS, 0)
     inside = {"a": 0, "b": 0}
     multi = any(str(i["geometry_type"]) != "Polygon" for i in info)

@@ -119,7 +119,10 @@ class PixelEvidence(Evidence):
     def __init__(self, store: Path, a: RunInfo, b: RunInfo, decision: GridDecision) -> None:
         self.grid: GeoBox = decision.grid
         self.crs = a.grid.crs  # footprints are compared in A's CRS
-        self._changed: Any = zarr.open_group(str(store), mode="r", zarr_format=2)["changed"]
+        group = zarr.open_group(str(store), mode="r", zarr_format=2)
+        self._changed: Any = group["changed"]
+        # > 0 exactly where both dates have a class (a class's probability is >= 1/255)
+        self._both: Any = group["confidence"]
         self._buildings: dict[str, tuple[_BuildingCodes, tuple[int, ...]]] = {}
         for label, run in (("a", a), ("b", b)):
             ids = _building_ids(run)
@@ -129,6 +132,25 @@ class PixelEvidence(Evidence):
                     _BuildingCodes(run, self.grid, mode), ids)
         self._to_grid = (None if self.grid.crs == self.crs else
                          Transformer.from_crs(self.crs, self.grid.crs, always_xy=True))
+
+    def both_dates(self, points: np.ndarray) -> np.ndarray:
+        """Whether both dates have imagery (a class) at each point (in A's CRS): a footprint
+        whose point is over one date's nodata cannot be compared, as outside the overlap."""
+        out = np.zeros(len(points), bool)
+        if not len(points):
+            return out
+        x, y = shapely.get_x(points), shapely.get_y(points)
+        if self._to_grid is not None:
+            x, y = self._to_grid.transform(x, y)
+        col, row = ~self.grid.transform * (np.asarray(x), np.asarray(y))
+        r, c = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
+        h, w = self.grid.shape
+        on = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        if on.any():
+            r0, c0 = int(r[on].min()), int(c[on].min())
+            block = np.asarray(self._both[r0:int(r[on].max()) + 1, c0:int(c[on].max()) + 1])
+            out[on] = block[r[on] - r0, c[on] - c0] > 0
+        return out
 
     def window(self, geoms: Iterable[BaseGeometry]) -> Evidence:
         """The evidence for footprints ``geoms`` (in A's CRS): the pixels under their

@@ -43,7 +43,7 @@ def _print_summary(res: Any) -> None:
         print(f"    {r['from_class']} -> {r['to_class']}: {r['area_ha']:.3f} ha")
     b = s["buildings"]
     if b is None:
-        print("  buildings: skipped (a run has no building footprints)")
+        print("  buildings: skipped (a run has no buildings model)")
     else:
         print("  buildings: " + ", ".join(f"{n} {k}" for k, n in b["counts"].items()))
     for k, v in s["outputs"].items():

@@ -40,16 +40,20 @@ def make_run(root: Path, cls: np.ndarray, conf: np.ndarray | int = 230, *,
              transform: Affine = T_A, crs: CRS = UTM, chunk: int = 32,
              date: str = "2019-06-01",
              buildings: Sequence[tuple[int, BaseGeometry]] | None = (),
-             classes: tuple[ClassSpec, ...] = CLASSES, image: Path | None = None) -> Path:
+             classes: tuple[ClassSpec, ...] = CLASSES, image: Path | None = None,
+             building_model: bool = True) -> Path:
     """A ``geoseg run``-like output directory with the given land cover and footprints
-    (``image``: the source image it records; default a name that does not exist)."""
+    (``image``: the source image it records; default a name that does not exist;
+    ``building_model``: False for a land-cover-only run, whose store has no buildings layer)."""
     root.mkdir(parents=True, exist_ok=True)
     conf_arr = (np.full(cls.shape, conf, np.uint8) if isinstance(conf, int)
                 else conf.astype(np.uint8))
     grid = GeoBox(cls.shape, transform, crs)
     store = root / "predictions.zarr"
-    init_store(store, grid, chunk, [LayerSpec("landcover", classes, "lc@1"),
-                                    LayerSpec("buildings", BD_CLASSES, "bd@1")],
+    layers = [LayerSpec("landcover", classes, "lc@1")]
+    if building_model:
+        layers.append(LayerSpec("buildings", BD_CLASSES, "bd@1"))
+    init_store(store, grid, chunk, layers,
                {"source_image": str(image) if image else f"image_{date}.tif",
                 "acquisition_date": date})
     for ch in ChunkGrid(grid.shape, chunk):

@@ -453,6 +453,39 @@ def test_compare_runs_backs_building_changes_with_pixels(tmp_path: Path) -> None
     assert off.summary["buildings"]["evidence"]["break_changed"] is None
 
 
+def test_footprints_over_a_dates_nodata_are_outside_the_overlap(tmp_path: Path) -> None:
+    """B has no imagery in rows 0-19 (a swath edge, a cloud mask): A's buildings there have
+    no footprint at B, but that is no evidence of demolition; they were reported demolished.
+    They now count as outside the overlap, like buildings beyond B's extent."""
+    a = _evidence_run(tmp_path / "a", E_A, "2019-06-01")
+    b = _evidence_run(tmp_path / "b", E_B, "2024-06-01")
+    lc = zarr.open_group(str(b / "predictions.zarr"), mode="r+", zarr_format=2)["landcover"]
+    stripe = np.asarray(lc[:])
+    stripe[:20] = 255
+    lc[:] = stripe
+    res = compare_runs(a, b, tmp_path / "out")
+    striped = {k: v for k, v in EXPECTED.items() if not {1, 2, 4, 11, 12} & set(k)}
+    assert _frame(res.output) == striped  # A's 1, 2, 4 and B's 11, 12 lie in the stripe
+    assert res.summary["buildings"]["outside_overlap"] == {"a": 3, "b": 2}
+
+
+def test_a_date_without_footprints_has_an_empty_set_of_them(tmp_path: Path) -> None:
+    """A run with a buildings model but no footprint (its GeoPackage has no buildings layer:
+    every building was cleared) was 'no building footprints: building changes skipped'. Its
+    set is empty: the other date's buildings are demolished where the pixels back it."""
+    a = _evidence_run(tmp_path / "a", E_A, "2019-06-01")
+    b = make_run(tmp_path / "b", np.full(SHAPE, 0, np.uint8), date="2024-06-01",
+                 buildings=None)  # bare land, building pixels 0, no features.gpkg
+    zarr.open_group(str(b / "predictions.zarr"), mode="r+",
+                    zarr_format=2)["buildings"][:] = np.zeros(SHAPE, np.uint8)
+    res = compare_runs(a, b, tmp_path / "out")
+    assert _frame(res.output) == {(i, None): "demolished" for i, _, _ in E_A}
+    assert res.building_counts["demolished"] == len(E_A)
+    # a run without a buildings model at all still skips them
+    (b / "predictions.zarr" / "buildings" / ".zarray").unlink()
+    assert compare_runs(a, b, tmp_path / "out2").building_counts is None
+
+
 @pytest.mark.parametrize("grid", ["a", "b"])
 def test_pixel_evidence_on_another_lattice(tmp_path: Path, grid: str) -> None:
     """B on a shifted grid (a window of A's lattice) or at another pixel size (resampled):

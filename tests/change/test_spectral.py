@@ -176,8 +176,10 @@ def test_evaluation_draws_the_image_change_curve(tmp_path: Path) -> None:
 
     pa, pb = _pair(tmp_path)
     a_cls, b_cls = _classes()
-    a = make_run(tmp_path / "a", a_cls, image=pa, buildings=None)  # land cover only
-    b = make_run(tmp_path / "b", b_cls, image=pb, date="2024-06-01", buildings=None)
+    a = make_run(tmp_path / "a", a_cls, image=pa, buildings=None,  # land cover only
+                 building_model=False)
+    b = make_run(tmp_path / "b", b_cls, image=pb, date="2024-06-01", buildings=None,
+                 building_model=False)
     res = compare_runs(a, b, tmp_path / "out", min_change_confidence=0.0)
     truth_b = a_cls.copy()
     truth_b[CHANGED_IMAGE] = 1  # the real change only: the flip on unchanged ground is wrong
