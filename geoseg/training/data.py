@@ -223,22 +223,42 @@ class ChipSampler:
         return valid_fraction(target)
 
     def read_labels(self, scene: int, win: Window) -> np.ndarray:
-        """The labels' values (classes or instance ids) in ``win``."""
+        """The labels' values (classes or instance ids) in ``win``; a label raster's declared
+        nodata is left out as at evaluation: ``IGNORE`` among classes, no instance (0) among
+        instance ids (whose target :meth:`read` then ignores there)."""
+        values, nodata = self._read_labels(scene, win)
+        if nodata is not None:
+            values = np.where(nodata, IGNORE if self.task == "landcover" else 0, values)
+        return values
+
+    def _read_labels(self, scene: int, win: Window) -> tuple[np.ndarray, np.ndarray | None]:
+        """The raw label values in ``win`` and where they are the raster's declared nodata
+        (None: no nodata declared, or vector labels)."""
         lab = self.labels[scene]
         if isinstance(lab, VectorLabels):
-            return lab.read(win)
-        return np.asarray(lab.read(1, window=_rio(win)))
+            return lab.read(win), None
+        values = np.asarray(lab.read(1, window=_rio(win)))
+        if lab.nodata is None:
+            return values, None
+        nodata = (np.isnan(values) if np.isnan(lab.nodata) else values == lab.nodata)
+        return values, (nodata if nodata.any() else None)
 
     def _buildings(self, scene: int, win: Window) -> np.ndarray:
-        """Building/boundary target from instance ids read with a halo (exact rings)."""
+        """Building/boundary target from instance ids read with a halo (exact rings); the
+        labels' nodata is ignored."""
         halo = self.boundary_width
         outer = win.pad(halo).intersect(self.images[scene].geobox.window)
-        inst = self.read_labels(scene, outer)
+        raw, nodata = self._read_labels(scene, outer)
+        inst = raw if nodata is None else np.where(nodata, 0, raw)
         top, left = win.row_off - outer.row_off, win.col_off - outer.col_off
         bottom, right = outer.row_end - win.row_end, outer.col_end - win.col_end
         inst = np.pad(inst, ((halo - top, halo - bottom), (halo - left, halo - right)),
                       mode="edge")
-        return buildings_target(inst, halo)[halo:-halo, halo:-halo]
+        target = buildings_target(inst, halo)[halo:-halo, halo:-halo]
+        if nodata is not None:
+            top, left = win.row_off - outer.row_off, win.col_off - outer.col_off
+            target[nodata[top:top + win.height, left:left + win.width]] = IGNORE
+        return target
 
     def train_window(self, rng: np.random.Generator) -> tuple[int, Window]:
         """A random chip window wholly inside the training area of a random scene."""
@@ -351,11 +371,13 @@ def check_class_ids(lab: DatasetReader, path: Path, num_classes: int, *,
     for win in _scan_windows(lab, pixels_per_read):
         values = np.asarray(lab.read(1, window=win))
         wrong = _not_class_ids(values, num_classes)
+        if lab.nodata is not None:  # left out of training, as at evaluation
+            wrong &= ~(np.isnan(values) if np.isnan(lab.nodata) else values == lab.nodata)
         if wrong.any():
             pixels += int(np.count_nonzero(wrong))
             smallest = np.union1d(smallest, values[wrong])[:SHOWN_IDS + 1]
     if pixels:
-        raise LabelError(_class_id_message(path, smallest, pixels, num_classes, lab.nodata))
+        raise LabelError(_class_id_message(path, smallest, pixels, num_classes))
 
 
 def _scan_windows(ds: DatasetReader, pixels: int = SCAN_PIXELS) -> Iterator[RioWindow]:
@@ -377,15 +399,13 @@ def _not_class_ids(values: np.ndarray, num_classes: int) -> np.ndarray:
     return ~ok & (values != IGNORE)
 
 
-def _class_id_message(path: Path, bad: np.ndarray, pixels: int, num_classes: int,
-                      nodata: float | None) -> str:
+def _class_id_message(path: Path, bad: np.ndarray, pixels: int, num_classes: int) -> str:
     shown = ", ".join(f"{v:g}" for v in bad[:SHOWN_IDS]) + (", ..." if bad.size > SHOWN_IDS
                                                             else "")
     ids = "ids" if bad.size > 1 else "id"
-    hint = (f"; its nodata {nodata:g} is not left out of training, only {IGNORE} is"
-            if nodata is not None and np.isclose(bad, nodata, equal_nan=True).any() else "")
     return (f"{path} holds label {ids} {shown} ({pixels} px) but training has {num_classes} "
-            f"classes (ids 0..{num_classes - 1}, {IGNORE} = leave out){hint}: give a class for "
+            f"classes (ids 0..{num_classes - 1}, {IGNORE} or the raster's nodata = leave out): "
+            "give a class for "
             "every id in the labels (--classes NAME,... names ids 0, 1, ... in order) or fix "
             f"the labels (set pixels to leave out to {IGNORE})")
 

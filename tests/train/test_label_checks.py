@@ -80,15 +80,38 @@ def test_a_rare_id_anywhere_is_found(tiny_scene: Path) -> None:
 
 
 def test_wide_label_types_do_not_wrap_into_classes(tiny_scene: Path) -> None:
-    """uint16 256 and 259 used to become classes 0 and 3 (cast to uint8); the raster's nodata,
-    if not 255, is not left out of training and the message says so."""
+    """uint16 256 and 259 used to become classes 0 and 3 (cast to uint8); the raster's nodata
+    (999) is left out, as evaluation leaves it out, so it is no bad id."""
     land = _labels(tiny_scene).astype(np.uint16)
     land[40:44, 40:44] = 256
     land[100, 100] = 259
     land[land == 255] = 999
     message = _refusal(tiny_scene, _write_like(tiny_scene, "wide.tif", land, nodata=999))
-    assert "label ids 256, 259, 999 (81 px)" in message
-    assert "its nodata 999 is not left out of training, only 255 is" in message
+    assert "label ids 256, 259 (17 px)" in message and "999" not in message
+
+
+def test_the_labels_nodata_is_left_out_of_training(tiny_scene: Path) -> None:
+    """Declared nodata that is also a class id (0, bare) trained as bare while `geoseg eval`
+    left it out; an instance raster's nodata (uint32 max) became one huge building. Both are
+    left out of the targets now."""
+    from geoseg.training.data import IGNORE
+
+    land = _labels(tiny_scene)
+    land[:40] = 0
+    lab = _write_like(tiny_scene, "nd0.tif", land, nodata=0)
+    with _sampler(tiny_scene, lab) as s:
+        _, target = s.read(0, s.images[0].geobox.window)
+    assert (target[:40] == IGNORE).all() and (target[40:][land[40:] == 0] == IGNORE).all()
+    assert (target[land != 0] == land[land != 0]).all()
+    with rasterio.open(tiny_scene / "instances_t0.tif") as src:
+        inst = src.read(1).astype(np.uint32)
+    inst[:, :60] = np.iinfo(np.uint32).max
+    lab = _write_like(tiny_scene, "inst_nd.tif", inst, nodata=int(np.iinfo(np.uint32).max))
+    names = tuple(n for _, n, _ in BUILDING_CLASSES)
+    with _sampler(tiny_scene, lab, names, task="buildings") as s:
+        _, target = s.read(0, s.images[0].geobox.window)
+    assert (target[:, :60] == IGNORE).all()
+    assert (target[:, 60:] != IGNORE).any() and set(np.unique(target[:, 60:])) <= {0, 1, 2, IGNORE}
 
 
 def test_the_scan_reads_window_by_window(tmp_path: Path) -> None:
