@@ -194,6 +194,21 @@ def _names_for(names: Sequence[str] | None, k: int) -> tuple[str, ...] | None:
     return tuple(names[:k]) + tuple(f"class {i}" for i in range(len(names), k))
 
 
+def _require_run_footprints(root: Path, gpkg: Path) -> None:
+    """One line when a run has no ``buildings`` layer to score (its land-cover polygons were
+    scored as footprints): it ran without a buildings model, or found no building."""
+    import pyogrio
+
+    layers = {str(n) for n, _ in pyogrio.list_layers(gpkg)} if gpkg.is_file() else set()
+    if "buildings" in layers:
+        return
+    if not (RunLayout(root).store / "buildings").is_dir():
+        raise InputError(f"run {root} has no building footprints: it ran without a buildings "
+                         "model (geoseg run IMAGE -o OUT -m buildings)")
+    raise InputError(f"run {root} found no building (its {gpkg.name} has no buildings layer): "
+                     "every truth building is missed (recall 0)")
+
+
 def read_polygons(path: str | Path, layer: str | None, what: str, *,
                   required: bool = False) -> Any:
     """Polygons of any OGR vector file (GeoPackage, GeoJSON, shapefile, FlatGeobuf, ...) as a
@@ -570,6 +585,9 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
             store = RunLayout(root).store
         if footprints is None and root is not None and (truth_footprints or truth_instances):
             footprints = RunLayout(root).gpkg
+            if footprints_layer is None:  # the run's footprints, never its land-cover polygons
+                footprints_layer = "buildings"
+                _require_run_footprints(root, footprints)
         if truth is not None:
             if store is None:
                 raise ConfigError("a truth raster needs predictions: pass --store (or --run)")

@@ -319,3 +319,21 @@ def test_bad_numbers_are_one_line(run: Path, tmp_path: Path, capsys: pytest.Capt
                          nodata=255)
     rc, _, err = _eval(capsys, "--run", str(run), "--truth", str(truth), *flags)
     assert rc == 2 and err.count("\n") == 0 and needle in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("model, needle", [
+    (False, "has no building footprints: it ran without a buildings model"),
+    (True, "found no building (its features.gpkg has no buildings layer)")])
+def test_a_run_without_footprints_is_not_scored_by_its_land_cover(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: bool, needle: str) -> None:
+    """A land-cover-only run's features.gpkg holds only land-cover polygons, which eval
+    scored as building footprints (162 false positives); it is one line now."""
+    run = make_run(tmp_path / "run", pattern(SHAPE, seed=3), buildings=None,
+                   building_model=model)
+    gpd.GeoDataFrame({"class_id": [1]}, geometry=[shapely.box(*T_A * (0, 8), *T_A * (8, 0))],
+                     crs="EPSG:32633").to_file(run / "features.gpkg", layer="landcover")
+    truth = tmp_path / "truth.gpkg"
+    gpd.GeoDataFrame(geometry=[shapely.box(*T_A * (0, 8), *T_A * (8, 0))],
+                     crs="EPSG:32633").to_file(truth, layer="buildings")
+    rc, _, err = _eval(capsys, "--run", str(run), "--truth-footprints", str(truth))
+    assert rc == 2 and needle in err and len(err.splitlines()) == 1, err
