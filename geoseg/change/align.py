@@ -105,7 +105,8 @@ def decide_grid(a: RunInfo, b: RunInfo, target: Literal["a", "b"]) -> GridDecisi
         if not np.allclose(grid.resolution, oth.grid.resolution, rtol=1e-9):
             reasons.append(f"pixel size {oth.grid.resolution} -> {grid.resolution}")
     elif abs(off[0] - round(off[0])) > _EPS or abs(off[1] - round(off[1])) > _EPS:
-        reasons.append(f"origin off the pixel lattice by ({off[1] % 1:.3f}, {off[0] % 1:.3f}) px")
+        dc, dr = off[1] - round(off[1]), off[0] - round(off[0])  # signed: -2e-5, not 1.000
+        reasons.append(f"origin off the pixel lattice by ({dc:.3g}, {dr:.3g}) px")
     if reasons:
         mode: Mode = "resampled"
         msg = (f"resampled {other_label} onto {target}'s grid (nearest neighbour; "

@@ -9,6 +9,7 @@ are matched one-to-one to truth change features of the same type at IoU >= 0.5 (
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from rasterio.windows import Window as RioWindow
 from geoseg.change.compare import GPKG, PR_PNG, STORE, ChangeResult
 from geoseg.change.raster import NO_IMAGE_CHANGE, SPECTRAL, UNCERTAIN
 from geoseg.change.spectral import SCALE
-from geoseg.errors import InputError
+from geoseg.errors import GeoSegWarning, InputError
 from geoseg.metrics import ObjectScores, score_polygons
 from geoseg.scoring import truth_window
 from geoseg.store import FILL, store_grid
@@ -83,9 +84,16 @@ def _pixel_scores(store: Path, scene: Path) -> dict[str, Any]:
                 missed_flips += int((known & ~flip & truth).sum())
                 tn += int((known & ~p & ~truth).sum())
     prec, rec = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": round(prec, 6),
-            "recall": round(rec, 6), "f1": round(2 * prec * rec / (prec + rec), 6)
-            if prec + rec else 0.0,
+    scored = tp + fp + fn + tn > 0  # else nothing was known at both dates and in the truth
+    if not scored:
+        warnings.warn(f"no pixel of {store} is known at both dates and in the truth: the "
+                      "change cannot be scored (precision, recall and F1 are null)",
+                      GeoSegWarning, stacklevel=2)
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "precision": round(prec, 6) if scored else None,
+            "recall": round(rec, 6) if scored else None,
+            "f1": (round(2 * prec * rec / (prec + rec), 6) if prec + rec else 0.0)
+            if scored else None,
             "coverage": round(1 - unknown / truth_valid, 6) if truth_valid else 0.0,
             "truth_changed_fraction": round((tp + fn) / (tp + fp + fn + tn), 6)
             if tp + fp + fn + tn else 0.0,

@@ -138,7 +138,7 @@ def cmd_change(a: argparse.Namespace) -> int:
         path = Path(a.out) / EVALUATION
         path.write_text(json.dumps(report, indent=2) + "\n")
         print("  evaluation vs. ground truth: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in report["headline"].items()))
+            f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in report["headline"].items()))
         at = report["pixels"]["by_confidence"]["precision_0.8_at"]
         print("  changed px precision 0.8: " + (
             f"from min confidence {at['min_confidence']:.2f}, at recall {at['recall']:.3f}"

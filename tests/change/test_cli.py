@@ -223,6 +223,29 @@ def test_evaluate_change_against_truth(tmp_path: Path,
     assert evaluate_change(res.output, scene)["pixels"] == px
 
 
+def test_nothing_known_is_not_scored_perfect(tmp_path: Path,
+                                            runs: tuple[Path, Path, np.ndarray, np.ndarray],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Truth unknown everywhere (or a date all nodata): precision and recall were 1.000 with
+    tp = fp = fn = tn = 0; they are null, 'n/a' in the summary, with a warning."""
+    a, b, a_cls, _ = runs
+    nothing = np.full_like(a_cls, 255)
+    scene = _scene(tmp_path / "scene", nothing, nothing.copy())
+    out = tmp_path / "out"
+    from geoseg.errors import GeoSegWarning
+
+    with pytest.warns(GeoSegWarning, match=r"cannot be scored \(precision, recall and F1 are "
+                      r"null\)"):
+        rc, stdout, err = _main(["change", str(a), str(b), "-o", str(out), "--scene",
+                                 str(scene)], capsys)
+    assert rc == 0, err
+    assert "changed px precision n/a, changed px recall n/a" in stdout
+    import json
+
+    px = json.loads((out / "evaluation.json").read_text())["pixels"]
+    assert px["precision"] is None and px["recall"] is None and px["f1"] is None
+
+
 def test_cli_scores_against_scene(tmp_path: Path,
                                   runs: tuple[Path, Path, np.ndarray, np.ndarray],
                                   capsys: pytest.CaptureFixture[str]) -> None:

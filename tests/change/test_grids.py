@@ -166,3 +166,14 @@ def test_aligned_codes_read_any_slice(tmp_path: Path) -> None:
                                   full[33:64:3, 1:120:5])
     np.testing.assert_array_equal(full >> 8, _expected_on(SHAPE, pattern(B_SHAPE, 4), B_COLS,
                                                           B_ROWS))
+
+
+def test_a_tiny_negative_offset_is_named_as_it_is(tmp_path: Path) -> None:
+    """B's origin 1e-5 px left of A's lattice was reported 'off by (1.000, 0.000) px' (a
+    negative offset taken modulo 1); the message gives the signed offset."""
+    cls = pattern(SHAPE, seed=1)
+    a = make_run(tmp_path / "a", cls)
+    b = make_run(tmp_path / "b", cls, date="2024-06-01",
+                 transform=Affine(T_A.a, 0, T_A.c - 0.5e-5, 0, T_A.e, T_A.f))
+    msg = compare_runs(a, b, tmp_path / "out").summary["grid"]["message"]
+    assert "origin off the pixel lattice by (-1e-05, 0) px" in msg, msg
