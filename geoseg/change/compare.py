@@ -101,6 +101,21 @@ def unfinished_change(out: Path) -> bool:
     return _ours(out) and not (out / SUMMARY).exists()
 
 
+def _check_order(a: RunInfo, b: RunInfo) -> None:
+    """Warn when run A is not the earlier date: new and demolished would swap."""
+    import warnings
+
+    from geoseg.errors import GeoSegWarning
+
+    if a.path.resolve() == b.path.resolve():
+        warnings.warn(f"run a and run b are the same run ({a.path}): nothing can change",
+                      GeoSegWarning, stacklevel=3)
+    elif a.date and b.date and a.date[:10] > b.date[:10]:
+        warnings.warn(f"run a ({a.date}) is later than run b ({b.date}): changes read from a "
+                      "to b, so new and demolished swap; give the earlier date first",
+                      GeoSegWarning, stacklevel=3)
+
+
 def _prepare_output(out: Path, runs: tuple[Path, ...], overwrite: bool) -> FolderLock:
     """Create and lock ``out`` (the lock is returned, held); with ``overwrite``, remove the
     outputs of an earlier ``geoseg change`` there, and only those: a name this stage writes
@@ -213,6 +228,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
 
         ensure_ray()  # connected already, or a local Ray on 127.0.0.1
     a, b = open_run(run_a, "a"), open_run(run_b, "b")
+    _check_order(a, b)
     check_same_classes(a, b)
     decision = decide_grid(a, b, grid)
     lock = _prepare_output(out, (run_a, run_b), overwrite)

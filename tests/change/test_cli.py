@@ -286,3 +286,17 @@ def test_confidence_curve_trades_recall_for_precision(tmp_path: Path) -> None:
     with Image.open(png) as im:
         px = np.asarray(im.convert("RGB"))
     assert im.size == (360, 360) and (px == [200, 40, 40]).all(axis=2).any()  # the curve is drawn
+
+
+def test_dates_in_the_wrong_order_or_one_run_twice_warn(
+        tmp_path: Path, runs: tuple[Path, Path, np.ndarray, np.ndarray]) -> None:
+    """run_a is the earlier date: given newest first, new and demolished swapped silently."""
+    from geoseg.change import compare_runs
+    from geoseg.errors import GeoSegWarning
+
+    a, b, _, _ = runs
+    with pytest.warns(GeoSegWarning, match=r"run a \(2024-06-01\) is later than run b "
+                      r"\(2019-06-01\).*new and demolished swap"):
+        compare_runs(b, a, tmp_path / "reversed")
+    with pytest.warns(GeoSegWarning, match="are the same run"):
+        compare_runs(a, a, tmp_path / "same")
