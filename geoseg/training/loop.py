@@ -42,7 +42,7 @@ from geoseg.models.weights import save_bundle
 from geoseg.outdir import storage_errors
 from geoseg.training import checkpoint as ckpt
 from geoseg.training.augment import AugmentConfig, augment
-from geoseg.training.bands import resolve_layout, training_normalization
+from geoseg.training.bands import check_alpha, resolve_layout, training_normalization
 from geoseg.training.bundle_dir import check_bundle_dir
 from geoseg.training.data import ChipSampler, SceneFiles
 from geoseg.training.finetune import check_compatible, load_start, starting_bundle
@@ -298,6 +298,7 @@ def _train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Pat
     t0 = time.perf_counter()
     config = with_layout(config, scenes)
     bands = config.bands or ()
+    check_alpha([s.image for s in scenes], bands)
     start = starting_bundle(config.init_from) if config.init_from else None
     norm = (start.spec.normalization if start is not None else
             training_normalization([s.image for s in scenes], bands,

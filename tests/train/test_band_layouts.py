@@ -298,3 +298,26 @@ def test_placeholder_band_names_are_not_checked(tmp_path: Path) -> None:
         else:
             with pytest.raises(BandMismatchError, match="expects bands"):
                 check_bands(info, (ref,))
+
+
+def test_an_alpha_band_is_not_trained_on(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """An RGBA orthophoto: training read band 4 (opaque 255) as data with only a 'constant
+    band' warning, and `geoseg run` then refused the bundle's own image. Refused up front
+    now, naming the colour bands; with them, it trains."""
+    import rasterio
+
+    image, labels = _scene(tmp_path / "s", "rgb", 3, "uint8", "EPSG:32633", 0)
+    with rasterio.open(image) as src:
+        rgb, profile = src.read(), src.profile
+    rgba = tmp_path / "rgba.tif"
+    profile.update(count=4, photometric="RGB", alpha="YES", nodata=None)
+    with rasterio.open(rgba, "w", **profile) as dst:
+        dst.write(np.concatenate([rgb, np.full_like(rgb[:1], 255)]))
+    rc, err = _train(capsys, tmp_path / "b", "--image", str(rgba), "--labels", str(labels))
+    line = _one_error_line(err)
+    assert rc == 2 and "band 4 is the image's alpha (transparency) band" in line
+    assert "--bands 1,2,3" in line and not (tmp_path / "b").exists()
+    rc, err = _train(capsys, tmp_path / "b", "--image", str(rgba), "--labels", str(labels),
+                     "--bands", "1,2,3")
+    assert rc == 0, err
