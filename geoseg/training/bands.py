@@ -92,7 +92,28 @@ def resolve_layout(images: Sequence[str | Path], bands: Sequence[int] | None = N
     if len(names) != len(bands) or not all(names):
         raise BandMismatchError(f"{len(names)} band name(s) {list(names)} for {len(bands)} "
                                 f"band(s) {list(bands)}: give one non-empty name per band")
+    _check_names(infos, bands, names)
     return BandLayout(bands, names)
+
+
+def _check_names(infos: Sequence[RasterInfo], bands: tuple[int, ...],
+                 names: tuple[str, ...]) -> None:
+    """Every image that names its bands must name the selected ones as the bundle will:
+    ``geoseg run`` refuses an image whose band names differ from its model's, so a bundle
+    trained on such an image (or on images that disagree) would refuse its own training
+    data. Images that name no bands are not checked, as at run time."""
+    if names == placeholder_names(bands):
+        return
+    want = [n.lower() for n in names]
+    for info in infos:
+        described = default_names(info, bands)
+        if described == placeholder_names(bands) or [n.lower() for n in described] == want:
+            continue
+        raise BandMismatchError(
+            f"{info.path} names bands {list(bands)} {list(described)} but the bundle would "
+            f"read them as {list(names)} (geoseg run would refuse this image): give images "
+            "whose bands are in the same order (gdal_translate -b), or --band-names that "
+            "match the images' own names")
 
 
 def _windows(info: RasterInfo, size: int, max_windows: int,

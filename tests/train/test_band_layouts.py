@@ -321,3 +321,25 @@ def test_an_alpha_band_is_not_trained_on(tmp_path: Path,
     rc, err = _train(capsys, tmp_path / "b", "--image", str(rgba), "--labels", str(labels),
                      "--bands", "1,2,3")
     assert rc == 0, err
+
+
+def test_band_names_that_run_would_refuse_are_refused_before_training(tmp_path: Path) -> None:
+    """Images whose band names disagree (red first in one, nir first in the other), or
+    --band-names other than the image's own, trained a bundle that `geoseg run` then refused
+    on its own training image."""
+    from geoseg.errors import BandMismatchError
+
+    a, _ = _scene(tmp_path / "a", "a", 3, "uint8", "EPSG:32633", 0,
+                  descriptions=["red", "green", "blue"])
+    b, _ = _scene(tmp_path / "b", "b", 3, "uint8", "EPSG:32633", 0,
+                  descriptions=["nir", "red", "green"])
+    plain, _ = _scene(tmp_path / "c", "c", 3, "uint8", "EPSG:32633", 0)  # names no band
+    with pytest.raises(BandMismatchError, match=r"b\.tif names bands \[1, 2, 3\] \['nir', "
+                       r"'red', 'green'\] but the bundle would read them as \['red', 'green', "
+                       r"'blue'\]"):
+        resolve_layout([a, b])
+    with pytest.raises(BandMismatchError, match="--band-names that match"):
+        resolve_layout([a], names=("r", "g", "b"))
+    assert resolve_layout([a, plain]).names == ("red", "green", "blue")
+    assert resolve_layout([a], names=("RED", "Green", "blue")).names == ("RED", "Green", "blue")
+    assert resolve_layout([plain], names=("r", "g", "b")).names == ("r", "g", "b")
