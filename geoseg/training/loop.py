@@ -300,6 +300,12 @@ def _train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Pat
     bands = config.bands or ()
     check_alpha([s.image for s in scenes], bands)
     start = starting_bundle(config.init_from) if config.init_from else None
+    if start is not None and len(start.spec.bands) != len(bands):
+        raise ConfigError(
+            f"--init-from {config.init_from}: it reads {len(start.spec.bands)} bands "
+            f"({', '.join(start.spec.band_names or map(str, start.spec.bands))}) but training "
+            f"reads {len(bands)} ({list(bands)}): pick as many with --bands, or train without "
+            "--init-from")
     norm = (start.spec.normalization if start is not None else
             training_normalization([s.image for s in scenes], bands,
                                    clip_percentiles=config.clip_percentiles,

@@ -87,6 +87,12 @@ def test_incompatible_start_is_one_line(tiny_scene: Path, tmp_path: Path,
     with pytest.raises(ConfigError, match="drop clip_percentiles"):
         train(_config(landcover_classes, init_from=str(first.bundle_dir),
                       clip_percentiles=(2.0, 98.0)), scenes, tmp_path / "bad3")
+    # 3 bands from a 4-band start: one line (was a dump of the whole BundleSpec)
+    with pytest.raises(ConfigError, match=r"it reads 4 bands \(.*\) but training reads 3 "
+                       r"\(\[1, 2, 3\]\): pick as many with --bands") as info:
+        train(_config(landcover_classes, init_from=str(first.bundle_dir), bands=(1, 2, 3)),
+              scenes, tmp_path / "bad4")
+    assert "\n" not in str(info.value) and "ArchitectureSpec" not in str(info.value)
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
