@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window as RioWindow
 
 from geoseg.class_report import class_report, confusion_png
-from geoseg.errors import InputError
+from geoseg.errors import GeoSegWarning, InputError
 from geoseg.grid import ChunkGrid, GeoBox, Window, normalize_crs
 from geoseg.layout import MANIFEST, RunLayout
 from geoseg.metrics import (
@@ -279,10 +280,12 @@ def _check_truth_extent(truth: Any, path: str | Path, grid: GeoBox) -> None:
 def evaluate_footprints(pred_gpkg: str | Path, truth_gpkg: str | Path, *,
                         pred_layer: str | None = None, truth_layer: str | None = None,
                         bounds: tuple[float, float, float, float] | None = None,
-                        iou: float = 0.5, grid: GeoBox | None = None) -> ObjectScores:
+                        iou: float = 0.5, grid: GeoBox | None = None,
+                        store: str | Path | None = None) -> ObjectScores:
     """SpaceNet precision/recall/F1 of predicted vs truth footprints, any OGR format, layer and
     CRS (truth is reprojected to the predictions'); with ``bounds``, both are limited to
-    buildings whose centre lies inside (the area that was predicted).
+    buildings whose centre lies inside (the area that was predicted); with the run's
+    ``store`` (and ``grid``), to those whose centre has a prediction (not the image's nodata).
 
     Truth without features is refused, and so is truth of which no feature touches ``grid``
     (the run's prediction grid, when known): either would score 0 without saying why."""
@@ -292,11 +295,39 @@ def evaluate_footprints(pred_gpkg: str | Path, truth_gpkg: str | Path, *,
         _check_truth_extent(truth, truth_gpkg, grid)
     if len(truth) and len(pred) and normalize_crs(truth.crs) != normalize_crs(pred.crs):
         truth = truth.to_crs(pred.crs)
+    given = len(truth)
     if bounds is not None:
         box = shapely.box(*bounds)
         truth = truth[truth.geometry.representative_point().within(box)]
         pred = pred[pred.geometry.representative_point().within(box)]
+    if store is not None and grid is not None and len(truth):
+        points = np.asarray(truth.geometry.representative_point().values, dtype=object)
+        truth = truth[_predicted_at(store, grid, points)]
+        if len(truth) < given:
+            warnings.warn(GeoSegWarning(
+                f"{given - len(truth)} of {given} truth footprints lie outside the run's grid "
+                "or over its image's nodata: not scored (nothing was predicted there)"),
+                stacklevel=2)
     return score_polygons(list(pred.geometry), list(truth.geometry), iou)
+
+
+def _predicted_at(store: str | Path, grid: GeoBox, points: np.ndarray) -> np.ndarray:
+    """Whether the run predicted a class at each point (in the grid's CRS): not outside its
+    grid, nor where its image had no data (the store's fill)."""
+    from geoseg.store import FILL, read_layer
+
+    names = sorted(n for n, _ in open_store(store).arrays()
+                   if n not in _COORDS and not n.endswith("_confidence"))
+    layer = "landcover" if "landcover" in names else names[0]  # (every layer: same nodata)
+    col, row = ~grid.transform * (shapely.get_x(points), shapely.get_y(points))
+    r, c = np.floor(np.asarray(row)).astype(np.int64), np.floor(np.asarray(col)).astype(np.int64)
+    out = (r >= 0) & (r < grid.height) & (c >= 0) & (c < grid.width)
+    if out.any():
+        win = Window(int(r[out].min()), int(c[out].min()), int(r[out].max() - r[out].min()) + 1,
+                     int(c[out].max() - c[out].min()) + 1)
+        block = read_layer(store, layer, win)
+        out[out] = block[r[out] - win.row_off, c[out] - win.col_off] != FILL
+    return out
 
 
 def _read_valid(src: DatasetReader, win: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -501,6 +532,19 @@ def _run_root(run: str | Path | None, store: Path | None) -> Path | None:
     return None
 
 
+def _run_area(root: Path | None, footprints: str | Path) -> dict[str, Any]:
+    """``grid``, ``bounds`` and ``store`` of the run the footprints come from: truth beyond
+    the run's grid or over its image's nodata was not predicted, so it is not scored (it was
+    counted as missed)."""
+    grid = _footprints_grid(root, footprints)
+    if grid is None:
+        return {"grid": None}
+    owner = root if root is not None else Path(footprints).parent
+    b = grid.bounds
+    return {"grid": grid, "bounds": (b.left, b.bottom, b.right, b.top),
+            "store": RunLayout(owner).store}
+
+
 def _footprints_grid(root: Path | None, footprints: str | Path) -> GeoBox | None:
     """The prediction grid of the run the footprints come from (``root``, or the run folder
     holding the footprints file beside its store), None where there is no such run or store."""
@@ -599,7 +643,7 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
             buildings.update(evaluate_footprints(
                 footprints, truth_footprints, pred_layer=footprints_layer,
                 truth_layer=truth_layer, iou=iou,
-                grid=_footprints_grid(root, footprints)).to_dict())
+                **_run_area(root, footprints)).to_dict())
         if footprints is not None and truth_instances is not None:
             buildings.update(evaluate_instances(footprints, truth_instances,
                                                 pred_layer=footprints_layer).to_dict())

@@ -62,14 +62,17 @@ def test_footprint_truth_off_the_run_is_refused(run: Path, tmp_path: Path, how: 
 
 def test_footprint_truth_partly_on_the_run_is_scored(run: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The truth building 100 km off the run was scored as missed (recall halved by truth
+    nobody predicted); it is left out, with a warning that says how many."""
     truth = gpd.GeoDataFrame(geometry=[BOXES[0], translate(BOXES[1], 100_000)],
                              crs="EPSG:32633")
     truth.to_file(tmp_path / "half.gpkg", layer="buildings", driver="GPKG")
     rc, out, err = _eval(capsys, "--run", str(run), "--truth-footprints",
                          str(tmp_path / "half.gpkg"))
     assert rc == 0, err
+    assert "warning: 1 of 2 truth footprints lie outside the run's grid" in err
     b = json.loads(out)["buildings"]
-    assert (b["tp"], b["fp"], b["fn"]) == (1, 1, 1)
+    assert (b["tp"], b["fp"], b["fn"]) == (1, 1, 0)
 
 
 @pytest.mark.parametrize("how", ["run", "footprints"])
@@ -118,3 +121,21 @@ def test_negative_truth_class_is_reported_as_is(run: Path, tmp_path: Path, dtype
     line = _one_line(rc, err)
     assert "truth holds class -3, outside 0..4" in line and "253" not in line, line
     assert not out
+
+
+def test_footprint_truth_over_the_images_nodata_is_not_scored(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A truth building where the run's image had no data (a nodata collar) cannot have been
+    predicted: it was a miss (the README says nodata is excluded); it is left out now."""
+    cls = pattern(SHAPE, seed=3)
+    first = BOXES[0]
+    col, row = ~T_A * first.representative_point().coords[0]
+    cls[: int(row) + 5, : int(col) + 5] = 255  # the image's nodata under the first building
+    run = make_run(tmp_path / "run", cls, buildings=[(2, BOXES[1])])  # only the other found
+    gpd.GeoDataFrame(geometry=BOXES[:2], crs="EPSG:32633").to_file(
+        tmp_path / "truth.gpkg", layer="buildings", driver="GPKG")
+    rc, out, err = _eval(capsys, "--run", str(run), "--truth-footprints",
+                         str(tmp_path / "truth.gpkg"))
+    assert rc == 0, err
+    b = json.loads(out)["buildings"]
+    assert (b["tp"], b["fp"], b["fn"]) == (1, 0, 0) and "1 of 2 truth footprints" in err
