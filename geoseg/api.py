@@ -401,7 +401,7 @@ def _paths_as_str(value: Any) -> Any:
 def train(out: str | Path, *, task: Literal["landcover", "buildings"],
           scenes: Sequence[str | Path] = (),
           pairs: Sequence[tuple[str | Path, str | Path]] = (), class_field: str = "class_id",
-          background: int = 0, name: str | None = None, resume: bool = False,
+          background: int | str = 0, name: str | None = None, resume: bool = False,
           overwrite: bool = False,
           progress: Callable[[int, int, float, float, float], None] | None = None,
           **options: Any) -> TrainResult:
@@ -425,6 +425,15 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
     from geoseg.training import SceneFiles, TrainConfig, scene_files
     from geoseg.training import train as train_bundle
 
+    if isinstance(background, str) and background.strip().lower() == "ignore":
+        background = 255  # as geoseg train --background ignore
+    if isinstance(background, bool) or not isinstance(background, int) \
+            or not 0 <= background <= 255:
+        raise ConfigError(f"geoseg.train(): background must be a class id (0..254) or "
+                          f"'ignore', got {background!r}")
+    bad = [p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2)]
+    if bad:
+        raise ConfigError(f"geoseg.train(): pairs are (image, labels) tuples, got {bad[0]!r}")
     data: list[SceneFiles] = []
     for d in scenes:
         data += scene_files(d, task)

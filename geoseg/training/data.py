@@ -164,9 +164,12 @@ class ChipSampler:
         height, width = img.geobox.shape
         split = round(width * (1.0 - val_fraction))
         if split < self.chip or height < self.chip:
+            fits = min(height, split) // 32 * 32
             raise LabelError(f"{sc.image} ({height}x{width}) has no room for "
-                             f"{self.chip}-px chips left of the validation stripe: use "
-                             "smaller chips or a smaller val_fraction")
+                             f"{self.chip}-px chips left of its validation stripe (the right "
+                             f"{1 - split / width:.0%}): use smaller chips"
+                             + (f" (--chip-size {fits})" if fits >= 32 else "")
+                             + ", a smaller val_fraction (TrainConfig), or a larger image")
         self.images.append(img)
         self.labels.append(lab)
         self.splits.append(split)

@@ -154,6 +154,14 @@ def test_train_and_evaluate_are_plain_functions() -> None:
     assert geoseg.train is api.train and geoseg.evaluate is api.evaluate
     with pytest.raises(ConfigError, match="no training data"):
         geoseg.train("unused", task="landcover")
+    # what the CLI accepts, and shapes it would never pass: one ConfigError each (they were a
+    # TypeError from a comparison and a ValueError from unpacking)
+    with pytest.raises(ConfigError, match="no training data"):
+        geoseg.train("unused", task="landcover", background="ignore")
+    with pytest.raises(ConfigError, match="background must be a class id"):
+        geoseg.train("unused", task="landcover", background="none")
+    with pytest.raises(ConfigError, match=r"pairs are \(image, labels\) tuples, got 'img.tif'"):
+        geoseg.train("unused", task="landcover", pairs=[("img.tif")])
     with pytest.raises(ConfigError, match="nothing to evaluate"):
         geoseg.evaluate()
 

@@ -244,3 +244,16 @@ def test_affine_grid_check_still_applies(tiny_scene: Path) -> None:
     message = _refusal(tiny_scene, _write_like(tiny_scene, "both.tif", land, transform=shifted,
                                                crs="EPSG:4326"))
     assert "is in EPSG:4326" in message
+
+
+def test_a_tile_too_small_for_the_chips_names_a_chip_size_that_fits(tiny_scene: Path) -> None:
+    """A 256² tile at the default 256-px chips: the advice named a setting the CLI lacks; it
+    now gives the --chip-size that fits left of the validation stripe."""
+    with rasterio.open(tiny_scene / "image_t0.tif") as src:
+        width = src.width
+    with pytest.raises(LabelError, match=r"no room for 512-px chips left of its validation "
+                       r"stripe .*--chip-size \d+\)") as info:
+        ChipSampler([SceneFiles(tiny_scene / "image_t0.tif", tiny_scene / "landcover_t0.tif")],
+                    "landcover", BANDS, 512, (0, 0, 0, 0), 0.25, class_names=NAMES)
+    fits = int(str(info.value).split("--chip-size ")[1].split(")")[0])
+    assert fits % 32 == 0 and fits <= round(width * 0.75)
