@@ -13,10 +13,8 @@ from geoseg.cli import main
 from tests.conftest import write_raster
 from tests.pipeline.conftest import textured
 
-pytestmark = pytest.mark.ray
 
-
-def test_two_images_run_both_dates_then_compare(ray_cluster: None, tmp_path: Path,
+def test_two_images_run_both_dates_then_compare(tmp_path: Path,
                                                 tiny_bundles: tuple[str, str],
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     a = write_raster(tmp_path / "a.tif", textured(128, 160, seed=0))
@@ -64,6 +62,7 @@ def test_a_users_files_in_a_dates_folder_are_refused_before_any_date_runs(
         assert (out / "run_b" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.ray
 @pytest.mark.slow  # the same property on hand-made runs is in tests/change (default suite)
 def test_identical_images_give_no_change(ray_cluster: None, tmp_path: Path,
                                          tiny_bundles: tuple[str, str]) -> None:
