@@ -8,7 +8,7 @@ world bounds (:class:`Bounds`) are distinct types. Shapes are ``(height, width)`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +174,23 @@ class GeoBox:
         c0, c1 = math.floor(min(xs) + eps), math.ceil(max(xs) - eps)
         r0, r1 = math.floor(min(ys) + eps), math.ceil(max(ys) - eps)
         return Window(r0, c0, r1 - r0, c1 - c0)
+
+    def sample(self, x: Any, y: Any, read: Callable[[Window], Any]) -> tuple[Any, Any]:
+        """The pixel values under points (arrays ``x``, ``y`` in this grid's CRS): ``read``
+        of the one window that bounds them; returns ``(values, inside)``, ``values`` for the
+        points inside the grid only."""
+        import numpy as np
+
+        col, row = ~self.transform * (np.asarray(x, np.float64), np.asarray(y, np.float64))
+        r, c = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
+        inside = (r >= 0) & (r < self.height) & (c >= 0) & (c < self.width)
+        if not inside.any():
+            return np.empty(0), inside
+        r, c = r[inside], c[inside]
+        win = Window(int(r.min()), int(c.min()), int(r.max() - r.min()) + 1,
+                     int(c.max() - c.min()) + 1)
+        block = np.asarray(read(win))
+        return block[r - win.row_off, c - win.col_off], inside
 
 
 @dataclass(frozen=True, slots=True)

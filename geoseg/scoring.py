@@ -319,15 +319,10 @@ def _predicted_at(store: str | Path, grid: GeoBox, points: np.ndarray) -> np.nda
     names = sorted(n for n, _ in open_store(store).arrays()
                    if n not in _COORDS and not n.endswith("_confidence"))
     layer = "landcover" if "landcover" in names else names[0]  # (every layer: same nodata)
-    col, row = ~grid.transform * (shapely.get_x(points), shapely.get_y(points))
-    r, c = np.floor(np.asarray(row)).astype(np.int64), np.floor(np.asarray(col)).astype(np.int64)
-    out = (r >= 0) & (r < grid.height) & (c >= 0) & (c < grid.width)
-    if out.any():
-        win = Window(int(r[out].min()), int(c[out].min()), int(r[out].max() - r[out].min()) + 1,
-                     int(c[out].max() - c[out].min()) + 1)
-        block = read_layer(store, layer, win)
-        out[out] = block[r[out] - win.row_off, c[out] - win.col_off] != FILL
-    return out
+    values, inside = grid.sample(shapely.get_x(points), shapely.get_y(points),
+                                 lambda win: read_layer(store, layer, win))
+    inside[inside] = values != FILL
+    return inside
 
 
 def _read_valid(src: DatasetReader, win: Window) -> tuple[np.ndarray, np.ndarray]:

@@ -136,21 +136,12 @@ class PixelEvidence(Evidence):
     def both_dates(self, points: np.ndarray) -> np.ndarray:
         """Whether both dates have imagery (a class) at each point (in A's CRS): a footprint
         whose point is over one date's nodata cannot be compared, as outside the overlap."""
-        out = np.zeros(len(points), bool)
-        if not len(points):
-            return out
         x, y = shapely.get_x(points), shapely.get_y(points)
-        if self._to_grid is not None:
+        if self._to_grid is not None and len(points):
             x, y = self._to_grid.transform(x, y)
-        col, row = ~self.grid.transform * (np.asarray(x), np.asarray(y))
-        r, c = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
-        h, w = self.grid.shape
-        on = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-        if on.any():
-            r0, c0 = int(r[on].min()), int(c[on].min())
-            block = np.asarray(self._both[r0:int(r[on].max()) + 1, c0:int(c[on].max()) + 1])
-            out[on] = block[r[on] - r0, c[on] - c0] > 0
-        return out
+        values, inside = self.grid.sample(x, y, lambda win: self._both[win.slices()])
+        inside[inside] = values > 0
+        return inside
 
     def window(self, geoms: Iterable[BaseGeometry]) -> Evidence:
         """The evidence for footprints ``geoms`` (in A's CRS): the pixels under their

@@ -71,3 +71,22 @@ def test_window_algebra(r: int, c: int, h: int, w: int, halo: int) -> None:
     inter = win.intersect(outer)
     assert outer.contains(inter) or inter.size == 0
     assert inter.size <= min(win.size, outer.size)
+
+
+def test_sample_reads_the_pixels_under_points_in_one_window() -> None:
+    """GeoBox.sample: the values under points inside the grid, from one bounding read."""
+    import numpy as np
+
+    grid = GeoBox((4, 5), Affine(2.0, 0, 100.0, 0, -2.0, 50.0), CRS.from_epsg(32633))
+    data = np.arange(20).reshape(4, 5)
+    reads: list[Window] = []
+
+    def read(win: Window) -> np.ndarray:
+        reads.append(win)
+        return data[win.slices()]
+
+    values, inside = grid.sample([101.0, 109.9, 95.0, 103.0], [49.0, 42.1, 49.0, 51.0], read)
+    assert inside.tolist() == [True, True, False, False]
+    assert values.tolist() == [0, 19] and reads == [Window(0, 0, 4, 5)]
+    values, inside = grid.sample([], [], read)
+    assert values.size == 0 and not inside.any() and len(reads) == 1
