@@ -45,8 +45,8 @@ def _distorts(crs: CRS) -> bool:
                            np.linspace(max(aou.south, -89.0), min(aou.north, 89.0), 7))
     lon = (lon + 180.0) % 360.0 - 180.0
     try:
-        scale = np.asarray(Proj(crs).get_factors(lon.ravel(), lat.ravel(),
-                                                 errcheck=False).areal_scale, np.float64)
+        scale = np.asarray(_proj(crs).get_factors(lon.ravel(), lat.ravel(),
+                                                  errcheck=False).areal_scale, np.float64)
     except (ProjError, ValueError):  # a projection PROJ gives no factors for: as before
         return False
     scale = scale[np.isfinite(scale) & (scale > 0)]
@@ -57,6 +57,11 @@ def geodesic(crs: CRS) -> bool:
     """Whether areas in ``crs`` are measured on the ellipsoid (geographic, or a projection that
     distorts areas: see :data:`DISTORTION`) rather than in the plane."""
     return bool(crs.is_geographic) or _distorts(crs)
+
+
+@functools.lru_cache(maxsize=32)
+def _proj(crs: CRS) -> Proj:
+    return Proj(crs)  # (~1 ms to build: once per CRS, not once per building)
 
 
 @functools.lru_cache(maxsize=32)
@@ -81,7 +86,7 @@ def local_scale(crs: CRS, x: float, y: float) -> float:
     if crs.is_geographic or not _distorts(crs):
         return 1.0
     lon, lat = _to_lonlat(crs).transform(x, y)
-    areal = float(Proj(crs).get_factors(lon, lat, errcheck=False).areal_scale)
+    areal = float(_proj(crs).get_factors(lon, lat, errcheck=False).areal_scale)
     return float(np.sqrt(areal)) if np.isfinite(areal) and areal > 0 else 1.0
 
 

@@ -59,6 +59,21 @@ class RasterInfo(ImageInfo):
     alpha_bands: tuple[int, ...] = ()  # 1-based bands GDAL takes for transparency (its mask)
 
 
+def opaque_alpha(info: RasterInfo, band: int, values: np.ndarray) -> bool:
+    """Whether ``band`` is an alpha band of ``info`` whose (sampled, valid) ``values`` are
+    >= 99 % opaque (the type's maximum): transparency, not data. A varying band tagged alpha
+    (GDAL's default for band 4 of a 4-band byte GeoTIFF) is data."""
+    kind = np.dtype(info.dtype)
+    if band not in info.alpha_bands or kind.kind not in "ui" or not values.size:
+        return False
+    return float(np.mean(values == np.iinfo(kind).max)) >= 0.99
+
+
+def colour_bands(info: RasterInfo) -> str:
+    """The bands of ``info`` that are not alpha, as ``--bands`` takes them (``1,2,3``)."""
+    return ",".join(str(k) for k in range(1, info.count + 1) if k not in info.alpha_bands)
+
+
 def open_info(path: str | Path) -> RasterInfo:
     """Open and validate a raster; raise a one-line :class:`GeoSegError` if it cannot be used.
     A local path is made absolute: workers (threads, Ray processes) may not share this

@@ -34,7 +34,7 @@ from geoseg.errors import (
     RegionError,
 )
 from geoseg.grid import ChunkGrid, GeoBox, Window
-from geoseg.io import RasterInfo, open_info, read_window
+from geoseg.io import RasterInfo, colour_bands, opaque_alpha, open_info, read_window
 from geoseg.region import Region, clip_grid, parse_bbox, parse_wkt, read_region_file
 from geoseg.sources.mosaic import Mosaic
 from geoseg.sources.remote import is_local_path, redact
@@ -281,19 +281,14 @@ def _check_alpha(image: RasterInfo, m: ModelRef, values: np.ndarray) -> None:
     zeros are read as holes, as GDAL does."""
     names = m.spec.checked_band_names
     for i, b in enumerate(m.spec.bands):
-        if b not in image.alpha_bands or (names and "alpha" in names[i].lower()):
-            continue  # not alpha, or a model trained on it knowingly
-        kind = np.dtype(image.dtype)
-        opaque = np.iinfo(kind).max if kind.kind in "ui" else None  # 255 in a byte image
-        if opaque is None or float(np.mean(values[i] == opaque)) < 0.99:
-            continue
+        if (names and "alpha" in names[i].lower()) or not opaque_alpha(image, b, values[i]):
+            continue  # not transparency, or a model trained on it knowingly
         what = f"its {names[i]} band" if names else f"band {i + 1} of its input"
-        colour = ",".join(str(k) for k in range(1, image.count + 1) if k not in image.alpha_bands)
         raise BandMismatchError(
             f"{redact(image.path)}: band {b} is the image's alpha (transparency) band, but "
             f"model {m.model_id} reads it as {what}: the map would be meaningless; use a model of "
-            f"the image's colour bands (geoseg train --bands {colour}) or an image that has "
-            "that band")
+            f"the image's colour bands (geoseg train --bands {colour_bands(image)}) or an image "
+            "that has that band")
 
 
 def region_of(cfg: JobConfig) -> Region | None:

@@ -24,7 +24,7 @@ import numpy as np
 from geoseg.bundle import Normalization, placeholder_names
 from geoseg.errors import BandMismatchError, GeoSegWarning, LabelError
 from geoseg.grid import ChunkGrid, Window
-from geoseg.io import RasterInfo, open_info, read_window
+from geoseg.io import RasterInfo, colour_bands, opaque_alpha, open_info, read_window
 
 logger = logging.getLogger(__name__)
 
@@ -150,26 +150,21 @@ class _Moments:
 
 
 def check_alpha(images: Sequence[str | Path], bands: Sequence[int]) -> None:
-    """Refuse a selected band that an image tags as alpha and holds opaque (the type's
-    maximum) in 4 sampled windows: transparency, not data (an RGBA orthophoto), which
-    ``geoseg run`` refuses to feed the model as well. A varying band tagged alpha (GDAL's
-    default for band 4 of a 4-band byte GeoTIFF) is data and passes."""
+    """Refuse a selected band that an image tags as alpha and holds opaque in 4 sampled
+    windows (:func:`geoseg.io.opaque_alpha`): transparency, not data (an RGBA orthophoto),
+    which ``geoseg run`` refuses to feed the model as well."""
     from geoseg.plan import _sample_windows
 
     for path in images:
         info = _open(path)
-        kind = np.dtype(info.dtype)
-        if kind.kind not in "ui":
-            continue
         for b in (b for b in bands if b in info.alpha_bands):
             parts = [read_window(info, w, (b,)) for w in _sample_windows(info.geobox.window)]
             values = np.concatenate([d[0][v] for d, v in parts]) if parts else np.empty(0)
-            if values.size and float(np.mean(values == np.iinfo(kind).max)) >= 0.99:
-                colour = ",".join(str(k) for k in range(1, info.count + 1)
-                                  if k not in info.alpha_bands)
+            if opaque_alpha(info, b, values):
                 raise LabelError(f"{path}: band {b} is the image's alpha (transparency) band, "
                                  "not data: train on its colour bands (--bands "
-                                 f"{colour}); geoseg run refuses it as a model band too")
+                                 f"{colour_bands(info)}); geoseg run refuses it as a model "
+                                 "band too")
 
 
 def training_normalization(images: Sequence[str | Path], bands: Sequence[int], *,

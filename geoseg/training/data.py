@@ -243,7 +243,7 @@ class ChipSampler:
         values = np.asarray(lab.read(1, window=_rio(win)))
         if lab.nodata is None:
             return values, None
-        nodata = (np.isnan(values) if np.isnan(lab.nodata) else values == lab.nodata)
+        nodata = _is_nodata(values, lab.nodata)
         return values, (nodata if nodata.any() else None)
 
     def _buildings(self, scene: int, win: Window) -> np.ndarray:
@@ -375,12 +375,17 @@ def check_class_ids(lab: DatasetReader, path: Path, num_classes: int, *,
         values = np.asarray(lab.read(1, window=win))
         wrong = _not_class_ids(values, num_classes)
         if lab.nodata is not None:  # left out of training, as at evaluation
-            wrong &= ~(np.isnan(values) if np.isnan(lab.nodata) else values == lab.nodata)
+            wrong &= ~_is_nodata(values, lab.nodata)
         if wrong.any():
             pixels += int(np.count_nonzero(wrong))
             smallest = np.union1d(smallest, values[wrong])[:SHOWN_IDS + 1]
     if pixels:
         raise LabelError(_class_id_message(path, smallest, pixels, num_classes))
+
+
+def _is_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
+    """Where label ``values`` are the raster's declared ``nodata`` (NaN included)."""
+    return np.isnan(values) if np.isnan(nodata) else values == nodata
 
 
 def _scan_windows(ds: DatasetReader, pixels: int = SCAN_PIXELS) -> Iterator[RioWindow]:
