@@ -27,13 +27,17 @@ from geoseg.grid import GeoBox
 DISTORTION = 0.01
 
 
-@functools.lru_cache(maxsize=32)
 def _distorts(crs: CRS) -> bool:
     """Whether projected ``crs`` distorts areas by more than :data:`DISTORTION` somewhere in
     its area of use (a CRS without one, even through its EPSG code, is taken as true to
-    scale)."""
-    if not crs.is_projected:
-        return False
+    scale). Cached by the CRS's text: hashing a pyproj CRS costs ~15 µs, and this is asked
+    for every polygon measured."""
+    return bool(crs.is_projected) and _distorts_srs(crs.srs)
+
+
+@functools.lru_cache(maxsize=32)
+def _distorts_srs(srs: str) -> bool:
+    crs = CRS.from_user_input(srs)
     aou = crs.area_of_use
     if aou is None:  # a CRS read from a file's WKT: its EPSG entry's, where it has one
         code = crs.to_epsg()
