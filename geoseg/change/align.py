@@ -61,15 +61,16 @@ class GridDecision:
                 "overlap_fraction": round(o.size / (self.grid.height * self.grid.width), 6)}
 
 
-def _bounds_in(bounds: Bounds, grid: GeoBox, label: str) -> Bounds:
+def _bounds_in(bounds: Bounds, grid: GeoBox, label: str, what: str = "runs") -> Bounds:
     try:
         out = bounds.to_crs(grid.crs)
     except Exception as exc:  # pyproj raises its own error types
-        raise CRSError(f"cannot reproject run {label}'s extent into {grid.crs.to_string()}: "
-                       f"{exc}; compare runs whose CRSs can be transformed") from exc
+        raise CRSError(f"cannot reproject {what[:-1]} {label}'s extent into "
+                       f"{grid.crs.to_string()}: {exc}; compare {what} whose CRSs can be "
+                       "transformed") from exc
     if not all(math.isfinite(v) for v in (out.left, out.bottom, out.right, out.top)):
-        raise CRSError(f"run {label}'s extent has no finite position in "
-                       f"{grid.crs.to_string()}: compare runs whose CRSs can be transformed")
+        raise CRSError(f"{what[:-1]} {label}'s extent has no finite position in "
+                       f"{grid.crs.to_string()}: compare {what} whose CRSs can be transformed")
     return out
 
 
@@ -84,19 +85,28 @@ def lattice_offset(target: GeoBox, other: GeoBox) -> tuple[float, float] | None:
     return float(row), float(col)
 
 
+def overlap_window(a: GeoBox, b: GeoBox, target: Literal["a", "b"],
+                   what: str = "runs") -> Window:
+    """The window of the target grid (``a`` or ``b``) that the other grid covers; raises
+    :class:`RegionError` naming both extents when it is empty (``what``: "runs" or "images")."""
+    grid, other = (a, b) if target == "a" else (b, a)
+    ob = _bounds_in(other.bounds, grid, "b" if target == "a" else "a", what)
+    tb = grid.bounds
+    if ob.left >= tb.right or ob.right <= tb.left or ob.bottom >= tb.top or ob.top <= tb.bottom:
+        raise RegionError(_no_overlap(a, b, what))
+    overlap = grid.window_of(ob).intersect(grid.window)
+    if overlap.size == 0:
+        raise RegionError(_no_overlap(a, b, what))
+    return overlap
+
+
 def decide_grid(a: RunInfo, b: RunInfo, target: Literal["a", "b"]) -> GridDecision:
     """The grid to compare on (``target``'s) and how the other run is aligned to it; raises
     :class:`RegionError` when the runs do not overlap."""
     tgt, oth = (a, b) if target == "a" else (b, a)
     other_label = "b" if target == "a" else "a"
     grid = tgt.grid
-    ob = _bounds_in(oth.grid.bounds, grid, other_label)
-    tb = grid.bounds
-    if ob.left >= tb.right or ob.right <= tb.left or ob.bottom >= tb.top or ob.top <= tb.bottom:
-        raise RegionError(_no_overlap(a, b))
-    overlap = grid.window_of(ob).intersect(grid.window)
-    if overlap.size == 0:
-        raise RegionError(_no_overlap(a, b))
+    overlap = overlap_window(a.grid, b.grid, target)
     off = lattice_offset(grid, oth.grid)
     reasons: list[str] = []
     if off is None:
@@ -122,16 +132,16 @@ def decide_grid(a: RunInfo, b: RunInfo, target: Literal["a", "b"]) -> GridDecisi
     return GridDecision(target, mode, grid, tgt.chunk, overlap, msg)
 
 
-def _no_overlap(a: RunInfo, b: RunInfo) -> str:
-    def box(r: RunInfo) -> str:  # to ~1 cm in metres, ~1e-7 degrees
-        g = r.grid
+def _no_overlap(a: GeoBox, b: GeoBox, what: str) -> str:
+    def box(g: GeoBox) -> str:  # to ~1 cm in metres, ~1e-7 degrees
         digits = 7 if g.crs.is_geographic else 2
         b = g.bounds
         return (",".join(f"{v:.{digits}f}".rstrip("0").rstrip(".")
                          for v in (b.left, b.bottom, b.right, b.top))
                 + f" in {g.crs.to_string()}")
 
-    return (f"runs do not overlap (a: {box(a)}; b: {box(b)}): compare runs of the same region")
+    return (f"{what} do not overlap (a: {box(a)}; b: {box(b)}): compare {what} of the same "
+            "region")
 
 
 class WindowedArray:

@@ -80,13 +80,7 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | Non
             raise OutputExistsError(
                 f"{where} holds files geoseg did not write (no run manifest): move them or "
                 "choose another -o directory (geoseg never replaces files it did not write)")
-    runs = []
-    for label, image in (("a", a_path), ("b", b_path)):
-        out = Path(a.out) / f"run_{label}"
-        existing = has_results(out)
-        print(f"date {label.upper()}: geoseg run {image} -o {out}"
-              + (" (overwrite)" if existing and a.overwrite else
-                 " (resume)" if existing else ""), flush=True)
+    def date_args(image: Path, out: Path, existing: bool) -> argparse.Namespace:
         # `geoseg run IMAGE -o OUT` with its own defaults, then this command's settings
         ns = run_parser().parse_args([str(image), "-o", str(out)])
         vars(ns).update(
@@ -94,12 +88,40 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | Non
                                         "chunk_size", "workers", "threads", "device",
                                         "address", "quiet")},
             overwrite=existing and a.overwrite, resume=existing and not a.overwrite)
-        rc = cmd_run(ns)
+        return ns
+
+    _check_dates(date_args(a_path, out_dir / "run_a", False),
+                 date_args(b_path, out_dir / "run_b", False), a.grid)
+    runs = []
+    for label, image in (("a", a_path), ("b", b_path)):
+        out = Path(a.out) / f"run_{label}"
+        existing = has_results(out)
+        print(f"date {label.upper()}: geoseg run {image} -o {out}"
+              + (" (overwrite)" if existing and a.overwrite else
+                 " (resume)" if existing else ""), flush=True)
+        rc = cmd_run(date_args(image, out, existing))
         if rc != 0:
             raise InputError(f"the run of date {label.upper()} ({image}) did not complete: "
                              f"see {out}/summary.json, then rerun to resume it")
         runs.append(out)
     return runs[0], runs[1], images or (str(a_path), str(b_path))
+
+
+def _check_dates(a: argparse.Namespace, b: argparse.Namespace, target: str) -> None:
+    """Plan both dates before either runs, so that what would stop one (a band a model needs,
+    a region off the image, values out of the model's range) or the pair (images that do not
+    overlap) is one line now, not after date A's run. The plans' warnings are left to the
+    runs, which give them again."""
+    import warnings
+
+    from geoseg.change.align import overlap_window
+    from geoseg.cli.run_cmds import job_config
+    from geoseg.plan import make_plan
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grids = [make_plan(job_config(ns, ns.image or None, ns.out)).grid for ns in (a, b)]
+    overlap_window(grids[0], grids[1], "b" if target == "b" else "a", "images")
 
 
 def cmd_change(a: argparse.Namespace) -> int:

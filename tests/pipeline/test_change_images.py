@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from affine import Affine
 
 from geoseg.cli import main
 from tests.conftest import write_raster
@@ -81,3 +82,21 @@ def test_one_image_and_one_run_is_refused(tmp_path: Path,
     assert main(["change", str(a), str(tmp_path), "-o", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "two run directories or two images" in err[0]
+
+
+@pytest.mark.parametrize("b_is", ["elsewhere", "three-band"])
+def test_what_stops_a_date_is_found_before_either_date_runs(
+        tmp_path: Path, b_is: str, capsys: pytest.CaptureFixture[str]) -> None:
+    a = write_raster(tmp_path / "a.tif", textured(64, 64, seed=0))
+    if b_is == "elsewhere":  # 100 km east of A: nothing to compare
+        b = write_raster(tmp_path / "b.tif", textured(64, 64, seed=1),
+                         transform=Affine(0.5, 0, 600000.0, 0, -0.5, 5100000.0))
+        expected = "images do not overlap (a: 500000,5099968,500032,5100000"
+    else:  # the default land-cover model reads red, green, blue and nir
+        b = write_raster(tmp_path / "b.tif", textured(64, 64, seed=1)[:3])
+        expected = f"{b} has 3 band(s)"
+    out = tmp_path / "change"
+    rc = main(["-q", "change", str(a), str(b), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and expected in err[0], err
+    assert not out.exists()  # date A did not run
