@@ -10,6 +10,7 @@ an ONNX-only bundle ships (see :mod:`geoseg.engine`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,20 @@ BUNDLE_FILE = "bundle.yaml"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def repeated_name(names: Iterable[str]) -> str | None:
+    """What makes two class names one, as stores write them (a space is an underscore in
+    ``flag_meanings``, so "bare soil" and "bare_soil" are one name there); None if nothing."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.replace(" ", "_")
+        if key in seen:
+            first = seen[key]
+            return (f"{name!r} is given twice" if first == name else
+                    f"{first!r} and {name!r} are one name in the outputs (a space is written _)")
+        seen[key] = name
+    return None
 
 
 class ClassSpec(_Strict):
@@ -172,6 +187,8 @@ class BundleSpec(_Strict):
         ids = [c.id for c in self.classes]
         if ids != list(range(len(ids))):
             raise ValueError("class ids must be 0..K-1 in order")
+        if twice := repeated_name(c.name for c in self.classes):
+            raise ValueError(f"class names must be distinct: {twice}")
         if self.task == "buildings" and "building" not in {c.name for c in self.classes}:
             raise ValueError("a buildings bundle needs a class named 'building'")
         if self.tile_size % 32:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,18 @@ def _name_list(text: str) -> list[str]:
     return names
 
 
+def _minutes(text: str) -> float:
+    """``--max-minutes 30``: a time budget, more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of minutes above 0 (e.g. 30), "
+                                         "or leave the flag out to train for --steps")
+    return value
+
+
 def _percentiles(text: str) -> tuple[float, float]:
     """``--clip-percentiles 2,98``."""
     try:
@@ -126,7 +139,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                       threads=a.threads, loss=_loss(a), precision=a.precision,
                       device=a.device, checkpoint_every=a.checkpoint_every,
                       chip_size=a.chip_size,
-                      max_seconds=a.max_minutes * 60 if a.max_minutes else None,
+                      max_seconds=None if a.max_minutes is None else a.max_minutes * 60,
                       init_from=a.init_from, **_architecture(a))
     bar = _TrainProgress(a.quiet, cfg.max_seconds)
     try:
@@ -369,7 +382,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                                      "no pretrained weights are fetched")
     t.add_argument("--chip-size", type=int, default=256, help="training chip size, px "
                                                                 "(a multiple of 32)")
-    t.add_argument("--max-minutes", type=float,
+    t.add_argument("--max-minutes", type=_minutes,
                    help="time budget: stop (with a decayed learning rate) when it runs out "
                         "(default: none, --steps decide)")
     t.set_defaults(fn=cmd_train)

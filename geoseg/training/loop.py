@@ -35,7 +35,7 @@ import segmentation_models_pytorch as smp
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization
+from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization, repeated_name
 from geoseg.errors import ConfigError
 from geoseg.models.factory import build_model, count_parameters
 from geoseg.models.weights import save_bundle
@@ -208,6 +208,9 @@ def _check(config: TrainConfig) -> None:
     ids = [c.id for c in config.classes]
     if ids != list(range(len(ids))):
         raise ConfigError("class ids must be 0..K-1 in order")
+    if twice := repeated_name(c.name for c in config.classes):
+        raise ConfigError(f"class names must be distinct: {twice} (--classes NAME,... names "
+                          "ids 0, 1, ... in order)")
     if config.class_weights is not None and len(config.class_weights) != len(ids):
         raise ConfigError(f"class_weights needs {len(ids)} values (one per class)")
     if config.loss.focal_alpha is not None and len(config.loss.focal_alpha) != len(ids):

@@ -257,3 +257,40 @@ def test_a_tile_too_small_for_the_chips_names_a_chip_size_that_fits(tiny_scene: 
                     "landcover", BANDS, 512, (0, 0, 0, 0), 0.25, class_names=NAMES)
     fits = int(str(info.value).split("--chip-size ")[1].split(")")[0])
     assert fits % 32 == 0 and fits <= round(width * 0.75)
+
+
+@pytest.mark.parametrize(("classes", "expect"), [
+    ("bare,tree,tree,water,built", "'tree' is given twice"),
+    ("bare_soil,bare soil,tree,water,built", "'bare_soil' and 'bare soil' are one name"),
+])
+def test_two_classes_of_one_name_are_refused(tmp_path: Path, classes: str, expect: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The stores' ``flag_meanings`` name classes: two of one name would be one class to
+    change and eval."""
+    scene = write_scene(tmp_path / "scene")
+    out = tmp_path / "out"
+    rc, err = _train(capsys, scene / "image_t0.tif", scene / "landcover_t0.tif", out,
+                     "--classes", classes)
+    assert rc == 2 and expect in _one_error_line(err) and not out.exists(), err
+
+
+def test_a_bundle_with_two_classes_of_one_name_is_refused() -> None:
+    from geoseg.bundle import BundleSpec, ClassSpec, read_spec
+    from geoseg.plan import resolve_bundle
+
+    spec = read_spec(resolve_bundle("landcover"))
+    twice = (*spec.classes[:2], ClassSpec(id=2, name=spec.classes[1].name, color="#000000"))
+    with pytest.raises(ValueError, match=f"'{spec.classes[1].name}' is given twice"):
+        BundleSpec(**{**spec.model_dump(), "classes": twice})
+
+
+@pytest.mark.parametrize("minutes", ["0", "-5", "nan", "inf"])
+def test_a_time_budget_must_be_above_zero(tmp_path: Path, minutes: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    scene = write_scene(tmp_path / "scene")
+    with pytest.raises(SystemExit) as exit_:  # argparse: its usage line and one error line
+        _train(capsys, scene / "image_t0.tif", scene / "landcover_t0.tif", tmp_path / "out",
+               "--max-minutes", minutes)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"--max-minutes: {minutes!r}: give a number of minutes" in err
+    assert not (tmp_path / "out").exists()
