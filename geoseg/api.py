@@ -401,7 +401,8 @@ def _paths_as_str(value: Any) -> Any:
 def train(out: str | Path, *, task: Literal["landcover", "buildings"],
           scenes: Sequence[str | Path] = (),
           pairs: Sequence[tuple[str | Path, str | Path]] = (), class_field: str = "class_id",
-          background: int | str = 0, name: str | None = None, resume: bool = False,
+          background: int | str = 0, labels_layer: str | None = None,
+          name: str | None = None, resume: bool = False,
           overwrite: bool = False,
           progress: Callable[[int, int, float, float, float], None] | None = None,
           **options: Any) -> TrainResult:
@@ -411,7 +412,8 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
     Training data: ``scenes`` (generated scene folders, both dates) and/or ``pairs`` of
     (image, labels), labels a raster on the image grid or a vector file in any CRS
     (``class_field``: the class attribute; ``background``: the class of uncovered pixels, 255
-    to ignore them). ``options`` are :class:`geoseg.training.TrainConfig` fields (``steps``,
+    to ignore them; ``labels_layer``: the layer of a vector file of several, default its
+    first). ``options`` are :class:`geoseg.training.TrainConfig` fields (``steps``,
     ``batch_size``, ``chip_size``, ``seed``, ``architecture``, ``loss``, ``device``,
     ``max_seconds``, ``classes``, ...); ``classes`` defaults to the built-in ones of ``task``.
     ``progress(step, steps, loss, lr, seconds)`` is called after every step. ``out`` must be
@@ -437,8 +439,8 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
     data: list[SceneFiles] = []
     for d in scenes:
         data += scene_files(d, task)
-    data += [SceneFiles(Path(img), Path(lbl), label_field=class_field, background=background)
-             for img, lbl in pairs]
+    data += [SceneFiles(Path(img), Path(lbl), label_field=class_field, background=background,
+                        label_layer=labels_layer) for img, lbl in pairs]
     if not data:
         raise ConfigError("geoseg.train(): no training data: pass scenes=[DIR] (generated) "
                           "and/or pairs=[(IMAGE, LABELS)]")

@@ -49,7 +49,7 @@ def _scene_files(a: argparse.Namespace, image: str, labels: str) -> SceneFiles:
     from geoseg.training import SceneFiles
 
     return SceneFiles(Path(image), Path(labels), label_field=a.class_field,
-                      background=a.background)
+                      background=a.background, label_layer=a.labels_layer)
 
 
 def _background(text: str) -> int:
@@ -319,6 +319,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                         "file of polygons in any CRS (.gpkg, .geojson, .shp, .fgb)")
     t.add_argument("--class-field", default="class_id",
                    help="vector landcover labels: attribute holding class ids or class names")
+    t.add_argument("--labels-layer", metavar="NAME",
+                   help="vector labels: the layer to read from a file of several, e.g. a "
+                        "GeoPackage (default: its first)")
     t.add_argument("--background", type=_background, default=0,
                    help="vector landcover labels: class of pixels no polygon covers, or "
                         "'ignore' to leave them out of the loss (default 0)")

@@ -58,13 +58,15 @@ class SceneFiles:
     ``labels`` is a raster on the image grid or a vector file (.gpkg, .geojson, .json, .shp,
     .fgb; any CRS). For vector landcover labels ``label_field`` names the class attribute (ids
     or class names) and ``background`` is the class of uncovered pixels (``IGNORE`` = 255 to
-    leave them out of the loss).
+    leave them out of the loss); ``label_layer`` picks a layer of a vector file of several
+    (default: its first).
     """
 
     image: Path
     labels: Path
     label_field: str = "class_id"
     background: int = 0
+    label_layer: str | None = None
 
     @property
     def name(self) -> str:
@@ -154,7 +156,8 @@ class ChipSampler:
         lab: DatasetReader | VectorLabels
         if is_vector(sc.labels):
             lab = VectorLabels(sc.labels, img.geobox, self.task, field=sc.label_field,
-                               class_names=self.class_names, background=sc.background)
+                               class_names=self.class_names, background=sc.background,
+                               layer=sc.label_layer)
         else:
             lab = self._open_raster(sc.labels)
             _check_label_grid(img, lab, sc)

@@ -57,21 +57,33 @@ def _extent(b: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in b) + ")"
 
 
-def _read(path: Path) -> gpd.GeoDataFrame:
+def _read(path: Path, layer: str | None = None) -> gpd.GeoDataFrame:
     if not path.is_file():
         raise LabelError(f"labels not found: {path} (check the path)")
     try:
-        layers = pyogrio.list_layers(path)
-        df = pyogrio.read_dataframe(path)
+        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
     except Exception as exc:  # pyogrio raises DataSourceError and friends
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LabelError(f"cannot read labels {path}: {first} (give a GeoPackage, GeoJSON, "
-                         "shapefile or FlatGeobuf of polygons)") from exc
-    if len(layers) > 1:
-        logger.warning("%s has %d layers: using the first, %r", path, len(layers), layers[0][0])
+        raise LabelError(_unreadable(path, exc)) from exc
+    if layer is not None and layer not in layers:
+        raise LabelError(f"{path} has no layer {layer!r} (layers: {', '.join(layers)}): pass "
+                         "--labels-layer with one of them")
+    if layer is None and len(layers) > 1:
+        logger.warning("%s has %d layers: using the first, %r (--labels-layer NAME picks "
+                       "another: %s)", path, len(layers), layers[0], ", ".join(layers[1:]))
+    try:
+        df = pyogrio.read_dataframe(path, layer=layer if layer is not None else 0)
+    except Exception as exc:
+        raise LabelError(_unreadable(path, exc)) from exc
     if not isinstance(df, gpd.GeoDataFrame):
-        raise LabelError(f"{path} has no geometry column: give polygon labels")
+        raise LabelError(f"{path}{'' if layer is None else f' layer {layer!r}'} has no geometry "
+                         "column: give polygon labels")
     return df
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"cannot read labels {path}: {first} (give a GeoPackage, GeoJSON, shapefile or "
+            "FlatGeobuf of polygons)")
 
 
 def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
@@ -149,7 +161,8 @@ class VectorLabels:
 
     def __init__(self, path: str | Path, geobox: GeoBox,
                  task: Literal["landcover", "buildings"], *, field: str = "class_id",
-                 class_names: Sequence[str] | None = None, background: int = 0) -> None:
+                 class_names: Sequence[str] | None = None, background: int = 0,
+                 layer: str | None = None) -> None:
         self.path = Path(path)
         self.geobox = geobox
         self.task = task
@@ -159,7 +172,7 @@ class VectorLabels:
                              f"nor {IGNORE} (ignore): pick one of the bundle's classes")
         self.fill = background if task == "landcover" else 0
         self.dtype = "uint8" if task == "landcover" else "uint32"
-        df = _check_geometry(_read(self.path), self.path)
+        df = _check_geometry(_read(self.path, layer), self.path)
         if task == "landcover":
             values = _class_ids(df, field, class_names, self.path)
         else:

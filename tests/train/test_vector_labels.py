@@ -312,3 +312,28 @@ def test_cli_reports_bad_settings_in_one_line(tiny_scene: Path, tmp_path: Path,
     rc, line = _cli(capsys, tmp_path, *pair, "--chip-size", "64", "--encoder", "nosuch",
                     "--steps", "1")
     assert rc == 2 and "unknown encoder 'nosuch'" in line
+
+
+def test_labels_layer_picks_a_layer_of_a_geopackage(tiny_scene: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A GeoPackage of several layers trains on the one ``--labels-layer`` names; without it on
+    the first, with a warning that names the others."""
+    df = polygonize(tiny_scene / "landcover_t0.tif")
+    gpkg = tmp_path / "survey.gpkg"
+    df.assign(class_id=0).to_file(gpkg, layer="draft", driver="GPKG")  # all one class
+    df.to_file(gpkg, layer="landcover", driver="GPKG")
+    image, win = tiny_scene / "image_t0.tif", Window(0, 0, 128, 128)
+    with sampler(image, tiny_scene / "landcover_t0.tif") as ras:
+        truth = ras.read(0, win)[1]
+    with ChipSampler([SceneFiles(image, gpkg, label_layer="landcover")], "landcover", BANDS,
+                     64, [100.0] * 4, 0.25, class_names=NAMES) as picked:
+        assert np.array_equal(picked.read(0, win)[1], truth)
+    with caplog.at_level("WARNING"), sampler(image, gpkg) as first:  # (nodata: IGNORE)
+        drafted = first.read(0, win)[1]
+    assert set(np.unique(drafted)) <= {0, IGNORE} and set(np.unique(truth)) - {0, IGNORE}
+    assert "using the first, 'draft' (--labels-layer NAME picks another: landcover)" \
+        in caplog.text
+    rc, line = _cli(capsys, tmp_path, "--image", str(image), "--labels", str(gpkg),
+                    "--labels-layer", "buildings")
+    assert rc == 2 and "has no layer 'buildings' (layers: draft, landcover)" in line
