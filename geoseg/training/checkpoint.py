@@ -37,8 +37,9 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints" / "last.pt"
 
 
-def fingerprint(config: Any, scenes: Sequence[str]) -> str:
-    """JSON of what a run's result depends on: the config (less ``MUTABLE``) and the scenes."""
+def fingerprint(config: Any, scenes: Sequence[object]) -> str:
+    """JSON of what a run's result depends on: the config (less ``MUTABLE``) and the scenes
+    (each one's labels, :meth:`geoseg.training.SceneFiles.labels_identity`)."""
     data = config.model_dump(mode="json", exclude=set(MUTABLE))
     return json.dumps({"config": data, "scenes": list(scenes)}, sort_keys=True)
 
@@ -107,12 +108,30 @@ def load(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
 
 
 def _diff(old_json: str, new_json: str) -> str:
-    """The first few differing fields, as 'field: old -> new'."""
+    """The first few differing fields, as 'field: old -> new'; for the scenes, the first scene
+    whose labels differ and how."""
     old, new = json.loads(old_json), json.loads(new_json)
-    flat_old = {**old["config"], "scenes": old["scenes"]}
-    flat_new = {**new["config"], "scenes": new["scenes"]}
-    keys = sorted(k for k in set(flat_old) | set(flat_new)
-                  if flat_old.get(k) != flat_new.get(k))
-    text = ", ".join(f"{k}: {json.dumps(flat_old.get(k))} -> {json.dumps(flat_new.get(k))}"
-                     for k in keys[:3])
-    return (text + (f", +{len(keys) - 3} more" if len(keys) > 3 else ""))[:300]
+    keys = sorted(k for k in set(old["config"]) | set(new["config"])
+                  if old["config"].get(k) != new["config"].get(k))
+    parts = [f"{k}: {json.dumps(old['config'].get(k))} -> {json.dumps(new['config'].get(k))}"
+             for k in keys[:3]]
+    if old["scenes"] != new["scenes"]:
+        parts.append(_scene_diff(old["scenes"], new["scenes"]))
+    more = len(keys) - 3
+    return (", ".join(parts) + (f", +{more} more" if more > 0 else ""))[:300]
+
+
+def _scene_diff(old: list[Any], new: list[Any]) -> str:
+    if len(old) != len(new):
+        return f"{len(old)} scenes -> {len(new)}"
+    for a, b in zip(old, new, strict=True):
+        if a == b:
+            continue
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            return f"scenes: {json.dumps(a)} -> {json.dumps(b)}"
+        changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        what = ", ".join(("its labels' content changed" if k == "sha256" else
+                          f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}")
+                         for k in changed)
+        return f"scene {b.get('scene', a.get('scene'))}: {what}"
+    return "scenes differ"

@@ -16,6 +16,7 @@ and ``IGNORE`` (scanned window by window, so a rare bad id cannot crash a long r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -71,6 +72,27 @@ class SceneFiles:
     @property
     def name(self) -> str:
         return f"{self.image.parent.name}/{self.image.stem}"
+
+    def labels_identity(self) -> dict[str, object]:
+        """What this scene's targets depend on besides the config: the label file's bytes
+        (sha256; a shapefile's .dbf, .shx, .prj and .cpg with it) and how a vector file is
+        read. A resume compares it, and the bundle records it."""
+        files = [self.labels]
+        vector = is_vector(self.labels)
+        if self.labels.suffix.lower() == ".shp":
+            files += [p for ext in (".dbf", ".shx", ".prj", ".cpg")
+                      if (p := self.labels.with_suffix(ext)).is_file()]
+        digest = hashlib.sha256()
+        for path in files:
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        out: dict[str, object] = {"scene": self.name, "labels": self.labels.name,
+                                  "sha256": digest.hexdigest()}
+        if vector:
+            out.update(field=self.label_field, layer=self.label_layer,
+                       background=self.background)
+        return out
 
 
 def scene_files(scene_dir: str | Path, task: Task,

@@ -332,8 +332,9 @@ def _train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Pat
         logger.info("training %s: %s, %.2f M parameters, %d steps of %dx%d² chips",
                     config.name, config.architecture.name, count_parameters(model) / 1e6,
                     config.steps, config.batch_size, config.chip_size)
-        fp = ckpt.fingerprint(config, [s.name for s in scenes]
-                              + ([start.weights_sha256] if start is not None else []))
+        labels = [s.labels_identity() for s in scenes]
+        fp = ckpt.fingerprint(config, [*labels, *([start.weights_sha256] if start is not None
+                                                  else [])])
         losses, done, resumed = _fit(model, config, sampler, rng, mean, std, t0,
                                      _Run(resolve_device(config), ckpt.checkpoint_path(out_dir),
                                           fp, resume, progress))
@@ -343,6 +344,7 @@ def _train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Pat
         bf16 = _bf16_agreement(model, sampler, mean, std) if semantic else None
     seconds = time.perf_counter() - t0
     training = _provenance(config, scenes, done, losses, val, seconds)
+    training["labels"] = labels
     training["resumed_at_step"] = resumed
     if start is not None:
         training["init_from"] = start.provenance()

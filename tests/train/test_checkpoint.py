@@ -96,6 +96,36 @@ def test_resume_refuses_another_config(tiny_scene: Path, tmp_path: Path,
     assert res.spec.training is not None and res.spec.training["resumed_at_step"] == 2
 
 
+def test_resume_refuses_changed_labels_and_the_bundle_records_them(
+        tiny_scene: Path, tmp_path: Path, landcover_classes: tuple[ClassSpec, ...]) -> None:
+    """Labels edited between the interruption and the resume would train half a run on each:
+    refused, naming the scene; the finished bundle records which labels it was trained on."""
+    import hashlib
+    import shutil
+
+    import rasterio
+
+    cfg = _config(landcover_classes, steps=2)
+    scene = tmp_path / "edited"
+    shutil.copytree(tiny_scene, scene)
+    scenes = scene_files(scene, "landcover", ["t0"])
+    with pytest.raises(Stop):
+        train(cfg, scenes, tmp_path / "b", progress=_stop_at(2, []))
+    labels = scene / "landcover_t0.tif"
+    before = labels.read_bytes()
+    with rasterio.open(labels, "r+") as ds:  # one pixel relabelled
+        one = ds.read(1, window=((0, 1), (0, 1)))
+        ds.write((one + 1) % len(landcover_classes), 1, window=((0, 1), (0, 1)))
+    with pytest.raises(ConfigError, match=r"scene edited/image_t0: its labels' content changed"):
+        train(cfg, scenes, tmp_path / "b", resume=True)
+    labels.write_bytes(before)
+    res = train(cfg, scenes, tmp_path / "b", resume=True)
+    assert res.spec.training is not None and res.spec.training["resumed_at_step"] == 2
+    assert res.spec.training["labels"] == [{
+        "scene": "edited/image_t0", "labels": "landcover_t0.tif",
+        "sha256": hashlib.sha256(before).hexdigest()}]
+
+
 def test_resume_without_a_checkpoint_starts_afresh(
         tiny_scene: Path, tmp_path: Path, landcover_classes: tuple[ClassSpec, ...]) -> None:
     res = train(_config(landcover_classes, steps=1), scene_files(tiny_scene, "landcover", ["t0"]),
