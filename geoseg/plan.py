@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.bundle import BundleSpec, builtin_bundle, read_spec
+from geoseg.bundle import BundleSpec, Normalization, builtin_bundle, read_spec
 from geoseg.config import JobConfig, SourceConfig
 from geoseg.engine import (
     Engine,
@@ -235,38 +235,50 @@ def input_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
             and before[key] != now[key]]
 
 
-def check_value_range(image: RasterInfo | Mosaic, window: Window,
-                      models: tuple[ModelRef, ...]) -> None:
-    """Warn when the image's values are far from those each model was trained on: 4 windows
-    of :data:`_SAMPLE_PX` px inside ``window`` (the quarters' centres), normalised by each
-    bundle's own ``normalization``, must have a mean within :data:`_FAR` and a spread of at least
-    :data:`_NARROW` in every band (a warning, not an error: a user may know better)."""
+def sampled_values(image: RasterInfo | Mosaic, window: Window,
+                   bands: tuple[int, ...]) -> np.ndarray | None:
+    """The valid pixels (C, N) of ``bands`` in 4 windows of :data:`_SAMPLE_PX` px inside
+    ``window`` (the quarters' centres); None when there are fewer than 16 or the image cannot
+    be read (a damaged or unreachable image: its chunks report it)."""
     wins = _sample_windows(window)
     if not wins:
-        return
+        return None
+    try:
+        parts = [read_window(image, win, bands) for win in wins]
+    except (OSError, GeoSegError):
+        return None
+    values = np.concatenate([d[:, v] for d, v in parts], axis=1)
+    return values if values.shape[1] >= 16 else None
+
+
+def far_band(values: np.ndarray, norm: Normalization) -> int | None:
+    """The first band whose ``values`` (C, N), normalised by ``norm``, have a mean beyond
+    :data:`_FAR` or a spread under :data:`_NARROW` (a varying band only); None if none."""
+    normed = norm.apply(values[:, None, :])[:, 0, :]
+    far = np.abs(normed.mean(axis=1)) > _FAR
+    narrow = (normed.std(axis=1) < _NARROW) & (values.std(axis=1) > 0)
+    return int(np.argmax(far | narrow)) if (far | narrow).any() else None
+
+
+def check_value_range(image: RasterInfo | Mosaic, window: Window,
+                      models: tuple[ModelRef, ...]) -> None:
+    """Warn when the image's values are far from those each model was trained on
+    (:func:`sampled_values` normalised by each bundle's own ``normalization``,
+    :func:`far_band`; a warning, not an error: a user may know better)."""
     for m in models:
         bands = tuple(m.spec.bands)
-        try:
-            parts = [read_window(image, win, bands) for win in wins]
-        except (OSError, GeoSegError):  # a damaged or unreachable image: the chunks report it
-            return
-        values = np.concatenate([d[:, v] for d, v in parts], axis=1)  # (C, valid pixels)
-        if values.shape[1] < 16:
+        values = sampled_values(image, window, bands)
+        if values is None:
             continue  # (nearly) nothing valid to judge by
-        raw_sd = values.std(axis=1)
         if isinstance(image, RasterInfo):
             _check_alpha(image, m, values)
-        normed = m.spec.normalization.apply(values[:, None, :])[:, 0, :]
-        mean, spread = normed.mean(axis=1), normed.std(axis=1)
-        far = np.abs(mean) > _FAR
-        narrow = (spread < _NARROW) & (raw_sd > 0)
-        if not (far.any() or narrow.any()):
+        i = far_band(values, m.spec.normalization)
+        if i is None:
             continue
-        i = int(np.argmax(far | narrow))
         norm = m.spec.normalization
         warnings.warn(
             f"{redact(image.path)}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
-            f"{raw_sd[i]:.3g}) are far from those model {m.model_id} was trained on (mean "
+            f"{values[i].std():.3g}) are far from those model {m.model_id} was trained on (mean "
             f"{norm.mean[i]:.4g}, spread {norm.std[i]:.3g}): check the image's scaling (e.g. "
             "reflectance 0-1 or 0-10000 given to a model trained on 0-255 images), or use a "
             "model trained on such images; the map may be meaningless", GeoSegWarning,

@@ -9,13 +9,15 @@ version and the SHA-256 of its weights, so a chain of fine-tunings can be traced
 from __future__ import annotations
 
 import hashlib
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from geoseg.bundle import BundleSpec, read_spec
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, GeoSegWarning
 from geoseg.models.weights import load_weights
 
 
@@ -68,3 +70,29 @@ def check_compatible(start: StartingBundle, spec: BundleSpec) -> None:
 def load_start(model: torch.nn.Module, start: StartingBundle) -> None:
     """Copy the starting bundle's weights into ``model`` (every tensor must match)."""
     load_weights(model, start.path / start.spec.weights)
+
+
+def check_start_range(start: StartingBundle, images: Sequence[Path],
+                      bands: Sequence[int]) -> None:
+    """Warn when a training image's values are far from those ``start`` was trained on (as
+    ``geoseg run`` warns, :func:`geoseg.plan.far_band`): fine-tuning keeps the starting
+    bundle's normalization, so 0-10000 reflectances would reach its weights as inputs hundreds
+    of standard deviations out; training without ``--init-from`` takes these images' own."""
+    from geoseg.io import open_info
+    from geoseg.plan import far_band, sampled_values
+
+    norm = start.spec.normalization
+    for image in images:
+        info = open_info(image)
+        values = sampled_values(info, info.geobox.window, tuple(bands))
+        i = None if values is None else far_band(values, norm)
+        if values is None or i is None:
+            continue
+        warnings.warn(
+            f"{image}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
+            f"{values[i].std():.3g}) are far from those --init-from {start.spec.name} was "
+            f"trained on (mean {norm.mean[i]:.4g}, spread {norm.std[i]:.3g}), and fine-tuning "
+            "keeps its normalization: rescale the images to its range, or train without "
+            "--init-from (the normalization then comes from these images)", GeoSegWarning,
+            stacklevel=2)
+        return

@@ -45,7 +45,12 @@ from geoseg.training.augment import AugmentConfig, augment
 from geoseg.training.bands import check_alpha, resolve_layout, training_normalization
 from geoseg.training.bundle_dir import check_bundle_dir
 from geoseg.training.data import ChipSampler, SceneFiles
-from geoseg.training.finetune import check_compatible, load_start, starting_bundle
+from geoseg.training.finetune import (
+    check_compatible,
+    check_start_range,
+    load_start,
+    starting_bundle,
+)
 from geoseg.training.losses import LossConfig, SegLoss
 from geoseg.training.maskrcnn_step import (
     GRAD_CLIP,
@@ -309,6 +314,8 @@ def _train(config: TrainConfig, scenes: Sequence[SceneFiles], out_dir: str | Pat
             f"({', '.join(start.spec.band_names or map(str, start.spec.bands))}) but training "
             f"reads {len(bands)} ({list(bands)}): pick as many with --bands, or train without "
             "--init-from")
+    if start is not None:
+        check_start_range(start, [s.image for s in scenes], bands)
     norm = (start.spec.normalization if start is not None else
             training_normalization([s.image for s in scenes], bands,
                                    clip_percentiles=config.clip_percentiles,

@@ -119,3 +119,27 @@ def test_cli_init_from(tiny_scene: Path, tmp_path: Path,
         .architecture
     loss = spec.training["final_loss"]
     assert isinstance(loss, float) and np.isfinite(loss)
+
+
+def test_images_far_from_the_start_bundles_range_warn(
+        tiny_scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fine-tuning keeps the starting bundle's normalization: 16-bit images given to a bundle
+    trained on 0-255 pixels reach its weights ~100 standard deviations out; that warns, as
+    ``geoseg run`` does, and the same image in its 0-255 form does not."""
+    with rasterio.open(tiny_scene / "image_t0.tif") as src:
+        profile, data = src.profile, src.read()
+    profile.update(dtype="uint16")
+    wide = tmp_path / "wide.tif"
+    with rasterio.open(wide, "w", **profile) as dst:
+        dst.write(data.astype(np.uint16) * 40)
+    labels = tiny_scene / "landcover_t0.tif"
+    said = {}
+    for image in (wide, tiny_scene / "image_t0.tif"):
+        assert main(["-q", "train", "--task", "landcover", "--pair", f"{image}:{labels}",
+                     "--steps", "1", "--batch-size", "1", "--chip-size", "64",
+                     "--init-from", "landcover", "-o", str(tmp_path / image.stem)]) == 0
+        said[image.stem] = [line for line in capsys.readouterr().err.splitlines()
+                            if "far from those --init-from landcover" in line]
+    assert said["image_t0"] == [] and len(said["wide"]) == 1, said
+    assert said["wide"][0].startswith(f"warning: {wide}: band 1 values (mean ")
+    assert "rescale the images to its range, or train without --init-from" in said["wide"][0]
