@@ -211,9 +211,12 @@ class Run:
     def _require_complete(self, what: str, partial: bool) -> None:
         if partial or self.complete:
             return
+        fatal = any(not f.retryable for f in self.failed_chunks)
         raise IncompleteRunError(
             f"{self.path} is not complete (status: {self.status}), so its {what} lack chunks: "
-            "finish it with geoseg.run(..., resume=True) (or `geoseg run --resume`), or pass "
+            + ("some failed on an error a rerun cannot fix (see Run.failed_chunks): fix the "
+               "input or model, then finish it" if fatal else "finish it")
+            + " with geoseg.run(..., resume=True) (or `geoseg run --resume`), or pass "
             "partial=True to read what exists")
 
     # -- the grid, exactly --
@@ -379,9 +382,15 @@ def run(image: str | Path | Sequence[str | Path], out: str | Path, *,
                           source="geoseg.run()", **_paths_as_str(options))
     res = run_job(cfg, overwrite=overwrite, resume=resume, progress=progress)
     if not res.ok:
+        import textwrap
+
+        fatal = sum(not f.retryable for f in res.failed)
+        first = textwrap.shorten(res.failed[0].error, 200, placeholder=" ...")
         warnings.warn(GeoSegWarning(
             f"geoseg.run: {len(res.failed)} chunk(s) failed (e.g. {res.failed[0].chunk_id}: "
-            f"{res.failed[0].error[:200]}); see Run.failed_chunks, rerun with resume=True"),
+            f"{first}); see Run.failed_chunks; "
+            + (f"{fatal} failed on an error a rerun cannot fix: fix the input or model, then "
+               "rerun with resume=True" if fatal else "rerun with resume=True to retry them")),
             stacklevel=2)
     return Run(res.output)
 

@@ -551,7 +551,11 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
         failed += early.missing()
         try:
             with storage_errors(layout.gpkg):
-                counts = sink.finish() if sink is not None else {}
+                if sink is not None and failed:  # no features.gpkg until every chunk is in:
+                    sink.close(abort=True)  # a map with holes never looks finished (a
+                    counts = {}  # resume vectorizes every chunk again)
+                else:
+                    counts = sink.finish() if sink is not None else {}
         except BaseException:  # (a signal): the writers end before the job does
             if sink is not None:
                 sink.close(abort=True)

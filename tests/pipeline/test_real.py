@@ -22,7 +22,7 @@ from geoseg.cli import main
 from geoseg.models import build_model, save_bundle
 from tests.pipeline.conftest import LC
 
-pytestmark = [pytest.mark.real, pytest.mark.ray]
+pytestmark = [pytest.mark.real]
 
 
 def _one_band_bundle(root: Path) -> Path:
@@ -39,7 +39,7 @@ def _one_band_bundle(root: Path) -> Path:
     return out
 
 
-def test_rgbn_with_nodata_collar(ray_cluster: None, real_data: Path, tmp_path: Path,
+def test_rgbn_with_nodata_collar(real_data: Path, tmp_path: Path,
                                  tiny_bundles: tuple[str, str]) -> None:
     import rioxarray  # noqa: F401
     import xarray as xr
@@ -73,7 +73,7 @@ def test_rgbn_with_nodata_collar(ray_cluster: None, real_data: Path, tmp_path: P
         assert cog.transform.almost_equals(transform)
 
 
-def test_sentinel2_dates_on_different_extents(ray_cluster: None, real_data: Path,
+def test_sentinel2_dates_on_different_extents(real_data: Path,
                                               tmp_path: Path) -> None:
     folder = real_data / "sentinel2_two_dates"
     bundle = _one_band_bundle(tmp_path)
