@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import MissingDependencyError, OutputLockedError, StorageError
+from geoseg.errors import InputError, MissingDependencyError, OutputLockedError, StorageError
 from geoseg.outdir import holder_alive, process_start
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,22 @@ def is_object_url(path: str | Path) -> bool:
     """Whether ``path`` names a folder in object storage (``s3://bucket/prefix`` ...)."""
     scheme, sep, _ = str(path).partition("://")
     return bool(sep) and scheme.lower() in SCHEMES
+
+
+_URL_SYNTAX = "#?%"
+
+
+def check_url(url: str) -> None:
+    """Refuse an object-storage URL whose path holds ``#``, ``?`` or ``%``: obstore reads them
+    as a fragment, a query or an escape, so the folder it would write is not the one named
+    (``s3://b/runs/h#1`` is ``s3://b/runs/h``, where a run's store would replace the
+    user's objects), while geoseg's own names and messages keep the text as given."""
+    path = url.partition("://")[2]
+    bad = sorted({c for c in path if c in _URL_SYNTAX})
+    if bad:
+        raise InputError(f"{url}: {' '.join(repr(c) for c in bad)} cannot be part of an "
+                         "object-storage folder name here (it is URL syntax, so the objects "
+                         "would be written elsewhere): name the folder without # ? %")
 
 
 def join(url: str, *names: str) -> str:
@@ -66,6 +82,7 @@ _clients_lock = threading.Lock()
 def client(url: str) -> Any:
     """The obstore store of the folder ``url`` (prefix = its path), one per process and set of
     credentials/endpoint variables (a new endpoint or key in the environment: a new client)."""
+    check_url(url)
     env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)))
     key = (url.rstrip("/"), env)
     with _clients_lock:
@@ -291,6 +308,7 @@ class ObjectFolder:
     def __init__(self, url: str) -> None:
         if not is_object_url(url):
             raise ValueError(f"not an object-storage URL: {url}")
+        check_url(url)
         self.url = url.rstrip("/")
 
     def __repr__(self) -> str:
@@ -416,7 +434,11 @@ class ObjectFolder:
 
     def delete_tree(self, name: str) -> int:
         """Delete the object ``name`` and everything under ``name/``; returns how many."""
-        names = [n for n in self.listing(name) if n == name or n.startswith(name.rstrip("/") + "/")]
+        base = name.strip("/")
+        # (a listing of "x" is that of the folder "x/": the object "x" is asked for by name)
+        names = [n for n in self.listing(base) if n.startswith(base + "/")]
+        if base and self.head(base) is not None:
+            names.append(base)
         self.delete(names)
         return len(names)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import geoseg.objstore as objstore
-from geoseg.errors import OutputLockedError, StorageError
+from geoseg.errors import InputError, OutputLockedError, StorageError
 from geoseg.objstore import ObjectFolder, ObjectLock, is_object_url
 from tests.s3_fixtures import apply_env, moto_server, s3_client
 
@@ -50,6 +50,18 @@ def test_put_get_create_replace_list(folder: ObjectFolder) -> None:
     assert folder.children() == ["a.json", "d"]
     assert {k: m.size for k, m in folder.listing("d").items()} == {"d/x": 2, "d/y/z": 3}
     assert folder.delete_tree("d") == 2 and folder.children() == ["a.json"]
+    # one object by its name (a listing of "a.json" is that of a folder "a.json/")
+    folder.put("a.json2", b"5")
+    assert folder.delete_tree("a.json") == 1 and folder.children() == ["a.json2"]
+
+
+@pytest.mark.parametrize("url", ["s3://b/runs/h#1", "s3://b/runs/p%20q", "s3://b/r?x=1"])
+def test_url_syntax_in_a_folder_name_is_refused(url: str) -> None:
+    """obstore reads these as a fragment, an escape or a query: ``s3://b/runs/h#1`` would
+    be written (and wiped by a store's mode "w") at ``s3://b/runs/h``."""
+    for make in (ObjectFolder, objstore.client):
+        with pytest.raises(InputError, match="cannot be part of an object-storage folder name"):
+            make(url)
 
 
 def test_live_lock_refused_in_one_line(folder: ObjectFolder) -> None:

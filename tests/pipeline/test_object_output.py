@@ -275,3 +275,20 @@ def test_foreign_objects_refused_and_kept_by_overwrite(endpoint: str, image: Pat
     assert run_job(validate_job(job), overwrite=True).ok
     assert body(c, BUCKET, "theirs/notes.txt") == b"mine"
     assert set(keys(c, BUCKET, "theirs/predictions.zarr/")) == before
+
+
+def test_overwrite_with_fewer_outputs_removes_the_earlier_ones(
+        endpoint: str, image: Path, tiny_bundles: tuple[str, str]) -> None:
+    """An overwrite removes the earlier run's single objects (COGs, GeoPackage, STAC item),
+    not only its folders: none is served as part of the new run."""
+    c = s3_client(endpoint)
+    assert run_job(validate_job(_job(image, f"{URL}/fewer", tiny_bundles))).ok
+    assert {"buildings.tif", "features.gpkg"} <= {k.split("/")[1] for k in keys(c, BUCKET,
+                                                                                "fewer/")}
+    job = _job(image, f"{URL}/fewer", (tiny_bundles[0],), full=False)
+    assert run_job(validate_job(job), overwrite=True).ok
+    top = {k.split("/")[1] for k in keys(c, BUCKET, "fewer/")}
+    assert top == {"manifest.json", "summary.json", "stac-item.json", "predictions.zarr",
+                   "_geoseg"}
+    item = json.loads(body(c, BUCKET, "fewer/stac-item.json"))
+    assert set(item["assets"]) == {"predictions", "summary"}, item["assets"]
