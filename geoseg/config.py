@@ -10,13 +10,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geoseg.engine import Engine
 from geoseg.errors import ConfigError
+from geoseg.sources.remote import redact
 
 CONFIG_VERSION = 1
 
@@ -188,7 +189,9 @@ class JobConfig(_Strict):
         The engine enters as resolved, through the model digests (which cover the file the
         engine runs), not as requested: ``auto`` and ``torch`` on a bundle with weights run the
         same computation and share a key; torch and onnx do not."""
-        images = [str(Path(i).resolve()) if "://" not in i else i for i in self.images]
+        # a URL without its query or user info: a re-signed URL (new signature, same object)
+        # resumes the run; a changed object is found by the sampled pixels (plan.input_changes)
+        images = [str(Path(i).resolve()) if "://" not in i else redact(i) for i in self.images]
         payload = {"image": images[0] if isinstance(self.image, str) else images,
                    "region": self.region.model_dump() if self.region else None,
                    # tta enters only when used: runs from before it existed keep their key
@@ -199,6 +202,16 @@ class JobConfig(_Strict):
         if self.source != SourceConfig():  # enters only when used: older runs keep their key
             payload["source"] = self.source.model_dump()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def record(self) -> dict[str, Any]:
+        """The config as a run's manifest keeps it: images and region file without the
+        signatures or tokens of their URLs (:func:`geoseg.sources.remote.redact`)."""
+        data = self.model_dump()
+        data["image"] = (redact(self.image) if isinstance(self.image, str)
+                         else [redact(i) for i in self.image])
+        if self.region is not None and self.region.file:
+            data["region"]["file"] = redact(str(self.region.file))
+        return data
 
     @property
     def images(self) -> tuple[str, ...]:

@@ -352,7 +352,7 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
     code = code_version()
     inputs = input_fingerprint(plan)
     meta = {"geoseg_version": __version__, "code": code, "result_key": key,
-            "config": cfg.model_dump(),
+            "config": cfg.record(),
             "grid": {"shape": list(grid.shape), "transform": list(grid.transform)[:6],
                      "crs_wkt": grid.crs.to_wkt()},
             "chunk_size": plan.chunks.chunk, "chunks": len(plan.chunks), "status": "running",
@@ -433,7 +433,7 @@ def _check_same_settings(cfg: JobConfig, key: str, plan: Plan) -> None:
     if not earlier or earlier.get("result_key") in (None, key):
         return
     before = _flat(earlier.get("config") or {})
-    now = _flat(json.loads(json.dumps(cfg.model_dump(), default=str)))  # as the manifest has it
+    now = _flat(json.loads(json.dumps(cfg.record(), default=str)))  # as the manifest has it
     runtime = ("runtime.", "output")  # how and where it runs: not part of the result
     differ = sorted(k for k in before.keys() | now.keys()
                     if not k.startswith(runtime) and before.get(k) != now.get(k))

@@ -177,3 +177,33 @@ def test_signed_and_extensionless_urls_open(served: dict[str, Path],
         assert info.geobox == local.geobox
         assert np.array_equal(read_window(info, Window(0, 0, 8, 8), (1,))[0],
                               read_window(local, Window(0, 0, 8, 8), (1,))[0])
+
+
+def test_a_signed_urls_secret_stays_out_of_the_outputs_and_a_resigned_url_resumes(
+        http_server: _CountingServer, tmp_path: Path) -> None:
+    """A presigned URL's signature is a credential: no output file keeps it (manifest, STAC
+    item, summary, store), and the same object signed again resumes the run (the README's
+    advice for an expired signature)."""
+    import geoseg
+    from tests.conftest import write_raster
+    from tests.pipeline.conftest import textured, tiny_bundle
+
+    write_raster(http_server.root / "signed.tif", textured(128, 128),
+                 descriptions=["red", "green", "blue", "nir"])
+    bundle = str(tiny_bundle(tmp_path / "bundles", "landcover", 1))
+    url, out = http_server.url("signed.tif"), tmp_path / "out"
+    common: dict[str, object] = {"models": [bundle], "chunk_size": 64, "vectors": False,
+                                 "workers": 1, "threads": 1}
+
+    def stop_after_one(p: object) -> None:
+        if getattr(p, "done", 0) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        geoseg.run(url + "?X-Amz-Signature=FIRSTSECRET", out, progress=stop_after_one,
+                   **common)
+    run = geoseg.run(url + "?X-Amz-Signature=SECONDSECRET&X-Amz-Expires=60", out,
+                     resume=True, **common)
+    assert run.complete and run.summary.chunks.computed_this_run == 3
+    kept = [p for p in out.rglob("*") if p.is_file() and b"SECRET" in p.read_bytes()]
+    assert kept == []
