@@ -127,6 +127,12 @@ def _check_dates(a: argparse.Namespace, b: argparse.Namespace, target: str) -> N
 def cmd_change(a: argparse.Namespace) -> int:
     from geoseg.change import compare_runs
 
+    if "://" in str(a.out):
+        from geoseg.errors import InputError
+
+        raise InputError(f"-o {a.out}: geoseg change writes to a local folder (the runs it "
+                         "compares may be in object storage): pass -o DIR, then copy DIR "
+                         "where it should go")
     run_a, run_b, images = _run_dates(a)
     if a.address or os.environ.get("RAY_ADDRESS"):  # the change pass runs on that cluster too
         try:

@@ -47,9 +47,18 @@ class Callbacks(Protocol):
 VectorFn = Callable[[Plan, str, Chunk], Any]
 
 
+def short_error(exc: BaseException) -> str:
+    """``exc`` in one line for warnings and the summary: its type and its first message line,
+    without URL secrets (an object store's error is a multi-line dump of its request)."""
+    from geoseg.sources.remote import redact
+
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return redact(f"{type(exc).__name__}: {lines[0] if lines else ''}")[:500]
+
+
 def fail_vectors(report: StageReport, cb: Callbacks, chunk: Chunk, exc: BaseException) -> None:
     """A chunk's vectors failed (its raster stays): reported like a chunk that failed."""
-    f = ChunkFailure.of(chunk, f"vectorize: {type(exc).__name__}: {exc}"[:500], 1)
+    f = ChunkFailure.of(chunk, f"vectorize: {short_error(exc)}", 1)
     report.failed.append(f)
     cb.chunk_failed(f)
 

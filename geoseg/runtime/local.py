@@ -44,6 +44,7 @@ from geoseg.runtime.base import (
     StageReport,
     VectorFn,
     model_callers,
+    short_error,
 )
 from geoseg.runtime.chunk_procs import chunk_processes, run_in_processes
 from geoseg.runtime.memory import release_free_memory
@@ -101,7 +102,7 @@ class LocalBackend:
         ahead = max(callers, max_in_flight // 2)  # chunks read ahead of the model
 
         def fail(chunk: Chunk, exc: BaseException) -> None:
-            f = ChunkFailure.of(chunk, f"{type(exc).__name__}: {exc}"[:500], attempts[chunk.id],
+            f = ChunkFailure.of(chunk, short_error(exc), attempts[chunk.id],
                                 retryable=not isinstance(exc, GeoSegError))
             report.failed.append(f)
             cb.chunk_failed(f)
@@ -115,7 +116,7 @@ class LocalBackend:
                 fail(chunk, exc)
             else:
                 log.warning("chunk %s failed (attempt %d), retrying: %s", chunk.id,
-                            attempts[chunk.id], exc)
+                            attempts[chunk.id], short_error(exc))
                 pending.append(chunk)
 
         ready: deque[Chunk] = deque()  # released for vectorizing, not yet submitted

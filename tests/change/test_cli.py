@@ -145,6 +145,17 @@ def test_cli_bad_values_one_line(tmp_path: Path, runs: tuple[Path, Path, np.ndar
     assert rc == 2 and err.count("\n") == 1 and needle in err
 
 
+def test_cli_output_in_object_storage_is_one_line(
+        tmp_path: Path, runs: tuple[Path, Path, np.ndarray, np.ndarray],
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-o s3://...`` made a local folder named ``s3:`` and ended in a traceback."""
+    a, b, _, _ = runs
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = _main(["change", str(a), str(b), "-o", "s3://bucket/change"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "writes to a local folder" in err
+    assert not (tmp_path / "s3:").exists()
+
+
 def test_cli_missing_run_one_line(tmp_path: Path, runs: tuple[Path, Path, np.ndarray, np.ndarray],
                                   capsys: pytest.CaptureFixture[str]) -> None:
     a, _, _, _ = runs

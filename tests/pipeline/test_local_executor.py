@@ -229,3 +229,17 @@ def test_a_failing_vector_task_fails_its_chunk_only(tmp_path: Path, scene_tif: P
     assert len(cb.done) == 20 and len(cb.vectors) == 19
     assert [f.chunk_id for f in cb.failed] == ["1_1"]
     assert "vectorize: ValueError" in cb.failed[0].error and report.failed == cb.failed
+
+
+def test_a_chunk_error_is_one_line_without_secrets() -> None:
+    """An object store's error is its request dumped over dozens of lines (URL and signature
+    included): a retry warning and the summary keep the first line, redacted."""
+    from geoseg.runtime.base import short_error
+
+    dump = OSError("Generic S3 error: Error after 10 retries in 2.3s, max_retries:10\n"
+                   "  source: reqwest::Error {\n    kind: Request,\n"
+                   "    url: \"http://127.0.0.1:5910/b/run/x?X-Amz-Signature=SECRET\",\n  }")
+    assert short_error(dump) == ("OSError: Generic S3 error: Error after 10 retries in 2.3s, "
+                                 "max_retries:10")
+    assert short_error(ValueError("see https://h/x.tif?sig=SECRET")) == \
+        "ValueError: see https://h/x.tif?…"
