@@ -31,8 +31,12 @@ def __getattr__(name: str) -> Any:
         from geoseg import api
 
         return getattr(api, name)
+    if name == "errors":  # ``except geoseg.errors.InputError`` right after ``import geoseg``
+        import importlib
+
+        return importlib.import_module("geoseg.errors")
     raise AttributeError(f"module 'geoseg' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_API})
+    return sorted({*globals(), *_API, "errors"})

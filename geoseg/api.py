@@ -150,7 +150,9 @@ class Run:
     def __init__(self, path: str | Path) -> None:
         from geoseg.runfolder import local_run
 
-        root = local_run(path)  # a run in object storage: its local copy
+        # a run in object storage: its local copy; a relative path is taken now (a later
+        # os.chdir must not move the run)
+        root = local_run(path).absolute()
         if not root.exists():
             raise InputError(f"{root} not found: pass the folder given to `geoseg run --out`")
         if not root.is_dir() or not (root / MANIFEST).is_file():
@@ -290,9 +292,13 @@ class Run:
         import pyogrio
 
         gpkg = self.layout.gpkg
+        if not gpkg.is_file() and self.complete:
+            raise InputError(f"{self.path} has no {gpkg.name}: the run was made without "
+                             "vectors (vectors=False / --no-vectors)")
         if not gpkg.is_file():
             raise IncompleteRunError(f"{self.path} has no {gpkg.name} (status: {self.status}):"
-                                     " vectors were off, or the run stopped before writing it")
+                                     " it is written once every chunk is in, or vectors were "
+                                     "off")
         return tuple(str(n) for n, _ in pyogrio.list_layers(gpkg))
 
     def features(self, layer: str, *, partial: bool = False,
@@ -376,6 +382,9 @@ def run(image: str | Path | Sequence[str | Path], out: str | Path, *,
                          f"{type(progress).__name__}")
     if overwrite and resume:
         raise InputError("overwrite=True and resume=True contradict each other: pass one")
+    if "output" in options:
+        raise InputError("geoseg.run(): output is not a setting: the output folder is run's "
+                         "second argument, run(image, out)")
     images = (str(image) if isinstance(image, str | Path)
               else [str(i) for i in image])
     cfg = make_job_config(images, str(out), config,  # type: ignore[arg-type]
@@ -445,6 +454,12 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
     bad = [p for p in pairs if not (isinstance(p, tuple | list) and len(p) == 2)]
     if bad:
         raise ConfigError(f"geoseg.train(): pairs are (image, labels) tuples, got {bad[0]!r}")
+    if task not in ("landcover", "buildings"):
+        raise ConfigError(f"geoseg.train(): task must be 'landcover' or 'buildings', got "
+                          f"{task!r}")
+    if isinstance(scenes, str | Path):
+        raise ConfigError(f"geoseg.train(): scenes is a list of scene folders: pass "
+                          f"scenes=[{str(scenes)!r}]")
     data: list[SceneFiles] = []
     for d in scenes:
         data += scene_files(d, task)

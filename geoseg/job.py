@@ -291,7 +291,11 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     gpus = _remote_cluster_gpus(cfg)
     if gpus is not None:  # the engine for the cluster's devices, not for unknown ones
         plan = make_plan(cfg, engines=engines, cluster_gpus=gpus)
-    with open_run_folder(cfg.output) as folder:
+    with open_run_folder(cfg.output) as folder, warnings.catch_warnings():
+        # rasterio reads the transform of each fresh in-memory dataset (features.rasterize and
+        # shapes build one per call) before setting it, and warns so from the vector threads:
+        # not about the user's data (filters are process-wide: set here, for every thread)
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform, gcps, or rpcs")
         return _run_locked(cfg, plan, folder, overwrite=overwrite, resume=resume,
                            progress=progress, backend=backend)
 

@@ -139,9 +139,9 @@ def test_run_rejects_unknown_settings(tmp_path: Path) -> None:
 def test_import_is_light_and_names_are_lazy() -> None:
     code = ("import sys, geoseg; heavy = [m for m in ('torch', 'rasterio', 'xarray', 'geopandas', "
             "'zarr', 'geoseg.api') if m in sys.modules]; assert not heavy, heavy; "
-            "print(geoseg.__version__, geoseg.Run.__module__)")
+            "print(geoseg.__version__, geoseg.Run.__module__, geoseg.errors.InputError.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [geoseg.__version__, "geoseg.api"]
+    assert out.stdout.split() == [geoseg.__version__, "geoseg.api", "InputError"]
 
 
 def test_train_and_evaluate_are_plain_functions() -> None:
@@ -266,6 +266,12 @@ def test_failed_chunks_warn_and_return_the_run(example: dict[str, Any], tmp_path
      "progress must be a function"),
     (lambda tmp: geoseg.run(tmp / "a.tif", tmp / "o", overwrite=True, resume=True),
      "contradict each other"),
+    (lambda tmp: geoseg.run(tmp / "a.tif", tmp / "o", output=tmp / "x"),
+     "output is not a setting: the output folder is run's second argument"),
+    (lambda tmp: geoseg.train(tmp / "o", task="trees", scenes=[tmp]),  # type: ignore[arg-type]
+     "task must be 'landcover' or 'buildings', got 'trees'"),
+    (lambda tmp: geoseg.train(tmp / "o", task="landcover", scenes=str(tmp)),
+     r"scenes is a list of scene folders: pass scenes=\['"),
 ])
 def test_wrong_arguments_are_one_geoseg_error_before_any_work(
         tmp_path: Path, call: Any, says: str) -> None:
@@ -274,3 +280,21 @@ def test_wrong_arguments_are_one_geoseg_error_before_any_work(
     with pytest.raises(InputError, match=says):
         call(tmp_path)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_without_vectors_and_a_relative_path(example: dict[str, Any], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A complete run made without vectors says so (it is not incomplete), and a run opened by
+    a relative path stays the same run after the working folder changes."""
+    src = example["run"].path
+    plain = tmp_path / "plain"
+    shutil.copytree(src, plain)
+    (plain / "features.gpkg").unlink()
+    monkeypatch.chdir(tmp_path)
+    run = geoseg.open_run("plain")
+    assert run.complete and run.path == plain
+    with pytest.raises(InputError, match="made without vectors") as info:
+        run.feature_layers  # noqa: B018
+    assert not isinstance(info.value, IncompleteRunError)
+    monkeypatch.chdir(src.parent)
+    assert run.summary.chunks.total > 0
