@@ -45,7 +45,7 @@ from geoseg.metrics import (
     score_polygons,
 )
 from geoseg.sources.remote import is_local_path
-from geoseg.store import store_grid
+from geoseg.store import class_names_of, store_grid
 from geoseg.truth_raster import TruthReader, open_grid
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def store_classes(store: str | Path, layer: str) -> tuple[int | None, tuple[str,
         return None, None
     ids = [int(v) for v in flags]
     k = max(ids) + 1
-    meanings = str(g[layer].attrs.get("flag_meanings", "")).split()
+    meanings = class_names_of(dict(g[layer].attrs))
     return k, tuple(meanings) if ids == list(range(k)) and len(meanings) == k else None
 
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,26 @@ def _compressor() -> Blosc:
     return Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
 
 
+def class_flags(ids: Sequence[int], names: Sequence[str],
+                colors: Sequence[str]) -> dict[str, Any]:
+    """A class layer's attributes: CF's ``flag_values`` / ``flag_meanings`` (space-separated
+    words, so a space in a name is written ``_``), ``flag_colors``, and ``class_names``, the
+    names as the bundle spells them (what the summary, the GeoPackage and the COGs show)."""
+    return {"flag_values": list(ids),
+            "flag_meanings": " ".join(n.replace(" ", "_") for n in names),
+            "flag_colors": " ".join(colors), "class_names": list(names)}
+
+
+def class_names_of(attrs: Mapping[str, Any]) -> list[str]:
+    """The class names of a layer's attributes (:func:`class_flags`): ``class_names`` when it
+    has one per value, else the words of ``flag_meanings`` (stores before it)."""
+    values, names = attrs.get("flag_values"), attrs.get("class_names")
+    if (isinstance(values, list) and isinstance(names, list) and len(names) == len(values)
+            and all(isinstance(n, str) for n in names)):
+        return list(names)
+    return str(attrs.get("flag_meanings", "")).split()
+
+
 def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpec],
                attrs: dict[str, Any], sources: list[dict[str, Any]] | None = None) -> None:
     """Create the store from the output grid (metadata only; no chunk is written). With
@@ -88,10 +109,8 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
     sr[...] = 0
     for layer in layers:
         common: dict[str, Any] = {"model_id": layer.model_id, "engine": layer.engine}
-        flags: dict[str, Any] = {
-            "flag_values": [c.id for c in layer.classes],
-            "flag_meanings": " ".join(c.name.replace(" ", "_") for c in layer.classes),
-            "flag_colors": " ".join(c.color for c in layer.classes)}
+        flags = class_flags([c.id for c in layer.classes], [c.name for c in layer.classes],
+                            [c.color for c in layer.classes])
         create_layer(g, layer.name, grid, chunk, FILL,
                      {**common, "long_name": f"{layer.name} class id", **flags})
         create_layer(g, f"{layer.name}_confidence", grid, chunk, 0,

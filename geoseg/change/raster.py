@@ -26,7 +26,7 @@ from geoseg.area import pixel_areas_by_row
 from geoseg.change.align import GridDecision
 from geoseg.change.runs import ClassScheme, RunInfo
 from geoseg.errors import InputError
-from geoseg.store import FILL, create_layer, init_store, mark_complete
+from geoseg.store import FILL, class_flags, create_layer, init_store, mark_complete
 
 if TYPE_CHECKING:
     from geoseg.change.spectral import SpectralInputs
@@ -217,8 +217,7 @@ def init_change_store(path: Path, decision: GridDecision, classes: ClassScheme,
     grid, c = decision.grid, decision.chunk
     init_store(path, grid, c, [], attrs)
     g = zarr.open_group(str(path), mode="r+", zarr_format=2)
-    flags = {"flag_values": list(classes.values), "flag_meanings": " ".join(classes.meanings),
-             "flag_colors": " ".join(classes.colors)}
+    flags = class_flags(classes.values, classes.meanings, classes.colors)
     specs: dict[str, tuple[int, dict[str, Any]]] = {
         "from_class": (FILL, {"long_name": "class id at date a (255 unknown)", **flags}),
         "to_class": (FILL, {"long_name": "class id at date b (255 unknown)", **flags}),

@@ -18,6 +18,7 @@ from affine import Affine
 from geoseg.errors import GeoSegWarning, InputError
 from geoseg.grid import GeoBox, normalize_crs
 from geoseg.layout import GPKG, MANIFEST, STORE
+from geoseg.store import class_names_of
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def open_run(path: str | Path, label: str) -> RunInfo:
 
 def _scheme(attrs: dict[str, Any], label: str, root: Path) -> ClassScheme:
     values = attrs.get("flag_values")
-    meanings = str(attrs.get("flag_meanings", "")).split()
+    meanings = class_names_of(attrs)
     colors = str(attrs.get("flag_colors", "")).split()
     if not isinstance(values, list) or len(values) != len(meanings):
         raise InputError(f"run {label} ({root}) declares no usable class scheme (flag_values/"
