@@ -688,13 +688,25 @@ def _missing(plan: Plan, store: str, manifest: RunManifest) -> list[ChunkFailure
 def _note_code(manifest: Any, code: dict[str, Any]) -> None:
     """Record which code ran (each run of a resumed job) and warn when it changed."""
     first = manifest.data.get("code")
-    if first is not None and first != code:
+    if first is not None and _code_changed(first, code):
+        def said(c: dict[str, Any]) -> str:
+            dirty = ", with uncommitted changes" if c.get("git_dirty") is True else ""
+            return f"geoseg {c.get('geoseg_version')} (commit {c.get('git_commit')}{dirty})"
+
         warnings.warn(GeoSegWarning(
-            f"resuming a run started with geoseg {first.get('geoseg_version')} (commit "
-            f"{first.get('git_commit')}) using geoseg {code['geoseg_version']} (commit "
-            f"{code['git_commit']}): pass --overwrite if results must come from one version"),
-            stacklevel=3)
+            f"resuming a run started with {said(first)} using {said(code)}: pass --overwrite "
+            "if results must come from one version"), stacklevel=3)
     manifest.update(runs=[*manifest.data.get("runs", []), {"code": code, "started": time.time()}])
+
+
+def _code_changed(first: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether two runs' code differ: version or commit, or the uncommitted-changes flag where
+    both know it (a submitted job's copy of the code records it as unknown, None)."""
+    keys = ("geoseg_version", "git_commit")
+    if any(first.get(k) != now.get(k) for k in keys):
+        return True
+    a, b = first.get("git_dirty"), now.get("git_dirty")
+    return a is not None and b is not None and a != b
 
 
 def _summary(cfg: JobConfig, plan: Plan, manifest: Any, failed: list[ChunkFailure],

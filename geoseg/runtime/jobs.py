@@ -21,7 +21,7 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,16 @@ def resolve_address(address: str | None) -> str:
     return addr if "://" in addr else f"http://{addr}"
 
 
+@contextlib.contextmanager
+def _without(names: Sequence[str]) -> Iterator[None]:
+    """The environment without ``names`` for the block (restored after it)."""
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def client(address: str | None) -> Any:
     """A ``JobSubmissionClient`` for the cluster (checks that the job server answers)."""
     try:
@@ -96,8 +106,8 @@ def client(address: str | None) -> Any:
                                      "pip install 'geoseg[cluster]'") from exc
 
     url = resolve_address(address)
-    with authenticated(url):
-        try:
+    with authenticated(url), _without(ADDRESS_ENVS if address else ()):
+        try:  # (Ray's client prefers RAY_ADDRESS to the URL it is given: --address wins here)
             return JobSubmissionClient(url)
         except (ConnectionError, RuntimeError, OSError, ValueError) as exc:
             raise ClusterError(f"cannot reach the Ray job server at {url} ({_first_line(exc)}): "
@@ -233,7 +243,11 @@ def submit(sub: Submission) -> str:
             return str(c.submit_job(entrypoint=ep, runtime_env=runtime_env(work, root),
                                     submission_id=sub.submission_id, metadata=meta))
         except (ConnectionError, RuntimeError, OSError, ValueError) as exc:
-            raise ClusterError(f"the job server refused the job ({_first_line(exc)}): check "
+            if sub.submission_id and _known_job(c, sub.submission_id):
+                raise ClusterError(f"the cluster already has a job {sub.submission_id!r}: "
+                                   "pick another --job-id (geoseg status lists the jobs)"
+                                   ) from None
+            raise ClusterError(f"the job server refused the job ({_last_line(exc)}): check "
                                "`geoseg status` and the dashboard; a repeated --job-id is "
                                "refused") from None
 
@@ -321,6 +335,21 @@ def _url(c: Any, address: str | None) -> str | None:
 
 def _ms(t: int | None) -> float | None:
     return t / 1000 if t else None
+
+
+def _known_job(c: Any, job_id: str) -> bool:
+    try:
+        c.get_job_info(job_id)
+    except Exception:  # (a 404: no such job; anything else: not known either)
+        return False
+    return True
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last line of a job server's error: its body is a Python traceback, whose first
+    line says only "Traceback (most recent call last):"."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -77,6 +77,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if addr:
         check_reachable(addr)
     if ray.is_initialized():
+        _check_same_cluster(addr)
         return
     main = threading.current_thread() is threading.main_thread()
     # ray.init installs its own SIGTERM/SIGINT handlers; keep the caller's (the CLI stops a job
@@ -100,21 +101,58 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Refuse a cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) that nothing answers
-    on, in one line: ``ray.init`` would wait ~40 s for the GCS and then exit as if the job had
-    been sent SIGTERM. Other forms (``auto``, ``local``) are left to Ray."""
+    """Refuse, in one line, a cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) that is
+    malformed, that nothing answers on (``ray.init`` would wait ~40 s for the GCS, then exit
+    as if sent SIGTERM), or that answers HTTP: the dashboard / job server, on which
+    ``ray.init`` retries for ever. ``auto`` and ``local`` are left to Ray."""
     import socket
 
+    if address.lower() in ("auto", "local"):
+        return
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
     if not sep or not host or not port.isdigit() or "/" in hostport:
-        return
+        raise ClusterError(f"cluster address {address!r} is not HOST:PORT: give the head's GCS "
+                           "as --address HEAD:6379 (or ray://HEAD:10001 for Ray Client)")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as exc:
         raise ClusterError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}): "
                            "start it (`ray start --head`), or fix --address / RAY_ADDRESS"
                            ) from None
+    with sock:
+        if _speaks_http(sock):
+            raise ClusterError(
+                f"{address} answers HTTP: it is the Ray dashboard / job server (for geoseg "
+                "submit / status / logs), not the cluster: a job joins it by the head's GCS "
+                "port, --address HEAD:6379, or ray://HEAD:10001")
+
+
+def _speaks_http(sock: Any) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/1.0 request in HTTP/1 (the dashboard);
+    Ray's GCS and client server speak gRPC, whose first bytes are an HTTP/2 frame."""
+    try:
+        sock.settimeout(2.0)
+        sock.sendall(b"GET /api/version HTTP/1.0\r\nHost: geoseg\r\n\r\n")
+        return bool(sock.recv(5).startswith(b"HTTP/"))
+    except OSError:
+        return False
+
+
+def _check_same_cluster(addr: str | None) -> None:
+    """Refuse to run on the Ray this process is already connected to when ``addr`` names
+    another (its GCS on another port): ``ray.init`` cannot join a second cluster, and the job
+    would run where it was not sent."""
+    if not addr or addr.lower() in ("auto", "local") or addr.startswith("ray://"):
+        return
+    try:
+        here = str(ray.get_runtime_context().gcs_address)
+    except Exception:  # (Ray Client mode, or an old Ray): nothing to compare
+        return
+    if here.rpartition(":")[2] != addr.rpartition(":")[2]:
+        raise ClusterError(f"this process is already connected to the Ray cluster at {here}, "
+                           f"so it cannot join {addr}: run the job from a new process (or "
+                           "call ray.shutdown() first)")
 
 
 def cluster_gpus() -> int:

@@ -4,6 +4,7 @@ the --plan dry run (measured rate)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 from collections.abc import AsyncIterator
@@ -239,3 +240,52 @@ def test_plan_measures_a_rate(tmp_path: Path, region_tif: Path, tiny_bundles: tu
     assert plan["chunks"] == {"total": 16, "todo": 0, "size": 64, "halo": 32}
     assert plan["rate"]["source"] == "summary" and plan["rate"]["px_per_s"] > 0
     assert plan["eta_s"] == 0
+
+
+@pytest.mark.parametrize("kind", ["dashboard", "no-port", "path"])
+def test_an_address_that_is_no_cluster_is_one_line_at_once(
+        tmp_path: Path, region_tif: Path, tiny_bundles: tuple[str, str], kind: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The dashboard's HOST:PORT without http:// made ``ray.init`` retry for ever (an HTTP
+    server accepts the connection); an address without a port was Ray's traceback."""
+    import http.server
+    import threading
+
+    from geoseg.cli import main
+
+    class Quiet(http.server.BaseHTTPRequestHandler):  # answers 501, as HTTP, and logs nothing
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        address, says = {
+            "dashboard": (f"127.0.0.1:{port}", "answers HTTP: it is the Ray dashboard"),
+            "no-port": ("127.0.0.1", "is not HOST:PORT"),
+            "path": (f"127.0.0.1:{port}/x", "is not HOST:PORT")}[kind]
+        out = tmp_path / "out"
+        rc = main(["-q", "run", str(region_tif), "-o", str(out), "-m", tiny_bundles[0],
+                   "--address", address])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if not ln.startswith("warning:")]
+    assert rc == 2 and len(lines) == 1 and says in lines[0] and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_the_address_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's job client prefers RAY_ADDRESS / RAY_API_SERVER_ADDRESS to the URL it is given:
+    ``geoseg status --address A`` with RAY_ADDRESS=B asked B (and submit ran the job there)."""
+    from geoseg.errors import ClusterError
+
+    given, env = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", env)
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", env)
+    with pytest.raises(ClusterError) as info:
+        jobs.client(given)
+    assert f"at {given} (" in str(info.value) and env not in str(info.value)
+    assert os.environ["RAY_ADDRESS"] == env  # restored

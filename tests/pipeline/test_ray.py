@@ -166,3 +166,19 @@ def test_a_cpu_job_runs_a_model_actor_per_node_with_its_cores(
         (bh, bw), h, w = src.block_shapes[0], src.height, src.width
     blocks = res.summary["source_blocks"]
     assert blocks["decoded"] == -(-h // bh) * -(-w // bw) and blocks["reused"] > 0
+
+
+def test_an_address_other_than_the_connected_cluster_is_refused(ray_cluster: None) -> None:
+    """Ray joins one cluster per process: geoseg.run(address=B) after a job on A ran on A,
+    silently; now one line. The cluster it is connected to is accepted."""
+    import ray
+
+    from geoseg.errors import ClusterError
+    from geoseg.runtime.ray_backend import _check_same_cluster
+
+    here = str(ray.get_runtime_context().gcs_address)
+    _check_same_cluster(here)
+    _check_same_cluster("auto")
+    other = f"127.0.0.1:{int(here.rpartition(':')[2]) + 1}"
+    with pytest.raises(ClusterError, match=f"already connected to the Ray cluster at {here}"):
+        _check_same_cluster(other)

@@ -98,3 +98,15 @@ def test_resume_onto_another_input_under_the_same_name_is_refused(
         res = run_job(_cfg(src, out, tiny_bundles), resume=True,  # type: ignore[arg-type]
                       backend=SerialBackend())
         assert res.ok and res.summary["chunks"]["computed_this_run"] == 0
+
+
+def test_a_resume_warns_only_when_the_code_differs() -> None:
+    """A submitted job records git_dirty as unknown (None): a resume of it from the same
+    commit said 'started with 0.1.0 (commit X) using 0.1.0 (commit X)'."""
+    from geoseg.job import _code_changed
+
+    base = {"geoseg_version": "0.1.0", "git_commit": "abc", "git_dirty": False}
+    assert not _code_changed(base, {**base, "git_dirty": None})
+    assert _code_changed(base, {**base, "git_dirty": True})
+    assert _code_changed(base, {**base, "git_commit": "def"})
+    assert _code_changed(base, {**base, "geoseg_version": "0.2.0"})
