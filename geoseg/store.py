@@ -94,12 +94,16 @@ def init_store(path: str | Path, grid: GeoBox, chunk: int, layers: list[LayerSpe
     h, w = grid.shape
     centres = pixel_centres(grid)
     units = (grid.crs.axis_info[0].unit_name if grid.crs.axis_info else "metre")
+    if grid.crs.is_geographic:  # CF: longitude / latitude in degrees east / north
+        xa = {"standard_name": "longitude", "units": "degrees_east"}
+        ya = {"standard_name": "latitude", "units": "degrees_north"}
+    else:
+        xa = {"standard_name": "projection_x_coordinate", "units": units}
+        ya = {"standard_name": "projection_y_coordinate", "units": units}
     x = g.create_array("x", shape=(w,), chunks=(w,), dtype="float64", fill_value=None,
-                       attributes={"_ARRAY_DIMENSIONS": ["x"], "units": units,
-                                   "standard_name": "projection_x_coordinate", "axis": "X"})
+                       attributes={"_ARRAY_DIMENSIONS": ["x"], **xa, "axis": "X"})
     y = g.create_array("y", shape=(h,), chunks=(h,), dtype="float64", fill_value=None,
-                       attributes={"_ARRAY_DIMENSIONS": ["y"], "units": units,
-                                   "standard_name": "projection_y_coordinate", "axis": "Y"})
+                       attributes={"_ARRAY_DIMENSIONS": ["y"], **ya, "axis": "Y"})
     x[:] = centres["x"]
     y[:] = centres["y"]
     gt = f"{t.c!r} {t.a!r} {t.b!r} {t.f!r} {t.d!r} {t.e!r}"

@@ -68,6 +68,25 @@ def test_rioxarray_reads_exact_grid(tmp_path: Path) -> None:
     assert int(da.isel(y=0, x=40)) == 1
 
 
+def test_a_lat_lon_store_has_cf_longitude_and_latitude(tmp_path: Path) -> None:
+    """CF names the coordinates of a geographic grid longitude / latitude, in degrees east /
+    north (projection_x_coordinate in "degree" is not CF); rioxarray and GDAL still see the
+    exact grid."""
+    import rioxarray  # noqa: F401
+    import xarray as xr
+
+    t = Affine(1e-5, 0, 15.0, 0, -1e-5, 46.0)
+    grid = GeoBox((40, 50), t, CRS.from_epsg(4326))
+    path = str(tmp_path / "ll.zarr")
+    init_store(path, grid, 32, [LayerSpec("landcover", CLASSES, "m@1")], {})
+    ds = xr.open_zarr(path, decode_coords="all", mask_and_scale=False)
+    assert (ds.x.attrs["standard_name"], ds.x.attrs["units"]) == ("longitude", "degrees_east")
+    assert (ds.y.attrs["standard_name"], ds.y.attrs["units"]) == ("latitude", "degrees_north")
+    assert ds["landcover"].rio.transform().almost_equals(t, precision=1e-12)
+    with rasterio.open(f'ZARR:"{path}":/landcover') as src:
+        assert src.transform.almost_equals(t, precision=1e-12) and src.crs.to_epsg() == 4326
+
+
 def test_incomplete_until_marked(tmp_path: Path) -> None:
     path, _, _ = _store(tmp_path, CRS.from_epsg(32633))
     assert store_attrs(path)["geoseg_complete"] is False
