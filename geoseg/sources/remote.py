@@ -151,6 +151,9 @@ def describe_remote_error(path: str, message: str) -> str:
         return f"{shown}: access denied ({msg}): check the credentials; {hint}"
     if re.search(r"\b404\b|does not exist|No such file|NoSuchKey|NoSuchBucket", msg):
         return f"{shown} not found ({msg}): check the URL"
+    if re.search(r"Range downloading not supported", msg, re.I):  # no rerun can help
+        return (f"cannot read {shown} ({msg}): the server sends whole files only (no HTTP "
+                "Range requests); download the file and pass its local path")
     return f"cannot read {shown} ({msg}): check the URL and the network, then rerun"
 
 

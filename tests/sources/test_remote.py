@@ -207,3 +207,32 @@ def test_a_signed_urls_secret_stays_out_of_the_outputs_and_a_resigned_url_resume
     assert run.complete and run.summary.chunks.computed_this_run == 3
     kept = [p for p in out.rglob("*") if p.is_file() and b"SECRET" in p.read_bytes()]
     assert kept == []
+
+
+def test_a_server_without_range_requests_says_to_download(tmp_path: Path) -> None:
+    """Python's own http.server answers every Range request with the whole file: no rerun can
+    read it window by window, so the advice is to download it (it was "check the network,
+    then rerun")."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.conftest import write_raster
+    from tests.pipeline.conftest import textured
+
+    write_raster(tmp_path / "a.tif", textured(512, 512))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                          functools.partial(Quiet, directory=str(tmp_path)))
+    srv.handle_error = lambda *args: None  # type: ignore[method-assign]  # (GDAL hangs up)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(NotARasterError, match=r"no HTTP Range requests.*download the file"):
+            open_info(f"http://127.0.0.1:{srv.server_address[1]}/a.tif")
+    finally:
+        srv.shutdown()
+        srv.server_close()
