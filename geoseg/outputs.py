@@ -162,12 +162,50 @@ def quicklook(plan: Plan, store: str, path: str | Path, max_px: int | None = Non
                         {k: t[m.name][..., None] for k, t in have.items() if m.name in t})
         panels.append(_palette(m.spec.classes)[ids[..., 0]])
     gap = np.full((shape[0], 8, 3), 255, np.uint8)
-    row = np.concatenate([p for pan in panels for p in (pan, gap)][:-1], axis=1)
+    row = Image.fromarray(np.concatenate([p for pan in panels for p in (pan, gap)][:-1], axis=1))
+    aspect = abs(g.transform.e) / abs(g.transform.a)  # ground shape: a pixel 0.5 × 0.75 m
+    if abs(aspect - 1.0) > 0.01:  # is drawn 2 wide by 3 high
+        row = row.resize((row.width, max(1, round(row.height * aspect))), Image.Resampling.NEAREST)
+    legend = _legend(row.width, [(m.name, m.spec.classes) for m in plan.models])
+    sheet = Image.new("RGB", (row.width, row.height + legend.height), (255, 255, 255))
+    sheet.paste(row, (0, 0))
+    sheet.paste(legend, (0, row.height))
     final = Path(path)
     buf = io.BytesIO()
-    Image.fromarray(row).save(buf, format="PNG")
+    sheet.save(buf, format="PNG")
     atomic_write_bytes(final, buf.getvalue())  # replaces a symlink, never follows it
     return final
+
+
+def _legend(width: int, layers: list[tuple[str, tuple[ClassSpec, ...]]]) -> Image.Image:
+    """The key under the quicklook's panels (image, then one per model, left to right): per
+    model its name, then a swatch and the name of each class (and of nodata), in lines that
+    wrap at ``width``; Pillow's built-in font, so it draws the same everywhere."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    pad, box, line = 4, 10, 14
+    items: list[tuple[str, tuple[int, int, int] | None]] = [("panels: image", None)]
+    for name, classes in layers:
+        items += [(f"| {name}:", None), *((c.name, c.rgb) for c in classes)]
+    items.append(("nodata", (40, 40, 40)))
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed: list[tuple[int, int, str, tuple[int, int, int] | None]] = []
+    x = y = pad
+    for text, rgb in items:
+        w = round(scratch.textlength(text, font=font)) + (box + 3 if rgb else 0) + 8
+        if x > pad and x + w > width:
+            x, y = pad, y + line
+        placed.append((x, y, text, rgb))
+        x += w
+    img = Image.new("RGB", (width, y + line + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for x, y, text, rgb in placed:
+        if rgb is not None:
+            draw.rectangle((x, y + 1, x + box - 1, y + box), fill=rgb, outline=(0, 0, 0))
+            x += box + 3
+        draw.text((x, y), text, fill=(0, 0, 0), font=font)
+    return img
 
 
 def _class_ids(store: str, layer: str, w: Window) -> np.ndarray:

@@ -190,8 +190,38 @@ def test_two_band_image_gets_a_grey_panel(tmp_path: Path) -> None:
         "outputs": {"cog": False}, "runtime": {"threads_per_worker": 1}}),
         backend=SerialBackend()).ok
     png = np.asarray(Image.open(out / "quicklook.png").convert("RGB"))
-    panel = png[:, :44]  # 264 px at every 6th
-    assert png.shape == (34, 44 + 8 + 44, 3)
+    panel = png[:34, :44]  # 264 px at every 6th
+    assert png.shape[1] == 44 + 8 + 44 and png.shape[0] > 34  # the panels, then the legend
+    legend = {tuple(int(v) for v in px) for px in png[34:].reshape(-1, 3)}
+    assert {(0xc8, 0xb4, 0x8c), (0x31, 0x82, 0xbd)} <= legend  # land and water swatches
     assert (panel[..., 0] == panel[..., 1]).all() and (panel[..., 1] == panel[..., 2]).all()
     assert np.ptp(panel) > 100  # stretched grey, not blank
     assert (out / "quicklook.png").read_bytes() == _read_back(out, tmp_path)
+
+
+def test_the_quicklook_has_a_legend_and_the_grounds_shape(
+        tmp_path: Path, tiny_bundles: tuple[str, str]) -> None:
+    """0.5 × 0.75 m pixels: the panels are drawn 1.5 times as high as the pixel grid is (the
+    ground's shape, not the array's), and a key under them names every class with its colour."""
+    from PIL import Image
+
+    from tests.pipeline.conftest import BD, LC
+
+    image = write_raster(tmp_path / "tall.tif", textured(120, 160),
+                         transform=Affine(0.5, 0, 500000.0, 0, -0.75, 5100000.0))
+    out = tmp_path / "run"
+    assert run_job(validate_job({
+        "image": str(image), "output": str(out), "models": list(tiny_bundles),
+        "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"enabled": False},
+        "outputs": {"cog": False}, "runtime": {"threads_per_worker": 1}}),
+        backend=SerialBackend()).ok
+    png = np.asarray(Image.open(out / "quicklook.png").convert("RGB"))
+    step = quicklook_step(120, 160)
+    h, w = -(-120 // step), -(-160 // step)
+    assert png.shape[1] == 3 * w + 2 * 8  # image, landcover, buildings
+    body = round(h * 1.5)  # the rows' ground height: 0.75 / 0.5
+    assert png.shape[0] > body and (png[body] == 255).all()  # the legend's margin below
+    assert (png[body - 1, w + 8:2 * w + 8] != 255).any(axis=-1).all()  # landcover's last row
+    legend = {tuple(int(v) for v in px) for px in png[body:].reshape(-1, 3)}
+    colours = {tuple(int(c.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)) for _, c in (*LC, *BD)}
+    assert colours <= legend
