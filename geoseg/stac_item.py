@@ -230,19 +230,32 @@ def _wrap(lon: float) -> float:
 def _acquired(value: str | None, now: dt.datetime
               ) -> tuple[dt.datetime, dt.datetime | None, dt.datetime | None]:
     """(datetime, start, end): a full timestamp as it is (UTC if it names no zone); a bare date
-    as its whole day (start/end, datetime its start); unknown or unreadable: the run's time."""
+    as its whole day (start/end, datetime its start); an interval ``A/B`` (a mosaic of several
+    dates) from A's start to B's end; unknown or unreadable: the run's time."""
     if value:
         text = value.strip()
         try:
-            if len(text) == 10:
-                day = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), dt.UTC)
-                return day, day, day + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
-            stamp = dt.datetime.fromisoformat(text)
-            return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)), None, None
+            first, _, last = text.partition("/")
+            start, end = _span(first)[0], _span(last or first)[1]
+            if not last and len(text) != 10:  # one timestamp: an instant, no range
+                return start, None, None
+            return start, start, end
         except ValueError:
             log.warning("acquisition date %r is not ISO 8601: the STAC item carries the run's "
                         "time instead", value)
     return now, None, None
+
+
+def _span(text: str) -> tuple[dt.datetime, dt.datetime]:
+    """The first and last instants of an ISO date (its whole day) or timestamp (UTC if it
+    names no zone); ValueError when it is neither."""
+    text = text.strip()
+    if len(text) == 10:
+        day = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), dt.UTC)
+        return day, day + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+    stamp = dt.datetime.fromisoformat(text)
+    stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+    return stamp, stamp
 
 
 def _iso(t: dt.datetime) -> str:

@@ -274,3 +274,22 @@ def test_a_lat_lon_grid_past_180_is_cut_there() -> None:
     assert geom.area == pytest.approx(0.012 * 0.01)
     same, box = _across_antimeridian(shapely.box(15.0, 45.0, 15.1, 45.1))
     assert same.geom_type == "Polygon" and box == pytest.approx([15.0, 45.0, 15.1, 45.1])
+
+
+@pytest.mark.parametrize(("value", "start", "end"), [
+    ("2019-06-01", "2019-06-01T00:00:00Z", "2019-06-01T23:59:59.999999Z"),
+    ("2019-06-01/2024-06-01", "2019-06-01T00:00:00Z", "2024-06-01T23:59:59.999999Z"),
+    ("2019-06-01T10:00:00/2019-06-02", "2019-06-01T10:00:00Z", "2019-06-02T23:59:59.999999Z"),
+    ("2019-06-01T10:00:00", None, None),
+])
+def test_acquisition_dates_and_a_mosaics_span(value: str, start: str | None,
+                                              end: str | None) -> None:
+    """A mosaic of two dates is acquired over an interval (``A/B``): its item has
+    start_datetime / end_datetime (it had the run's own time, with a warning)."""
+    import datetime as dt
+
+    from geoseg.stac_item import _acquired, _iso
+
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    when, s, e = _acquired(value, now)
+    assert when != now and (s and _iso(s), e and _iso(e)) == (start, end)
