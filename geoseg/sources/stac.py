@@ -42,6 +42,11 @@ def load_items(href: str) -> list[tuple[Any, str]]:
     """``(pystac.Item, base href)`` for every item of the STAC document at ``href`` (catalogs:
     recursively); relative asset hrefs resolve against the base."""
     pystac = _pystac()
+    scheme = href.partition("://")[0].lower() if "://" in href else ""
+    if scheme and scheme not in ("http", "https", "file"):
+        raise InputError(f"{redact(href)}: STAC documents are read from local files or "
+                         "http(s) only; copy it locally (its assets may stay in "
+                         f"{scheme}://: they are read as any image)")
     try:
         d = pystac.StacIO.default().read_json(href)
     except Exception as exc:  # OSError, HTTPError, JSON errors: all one answer

@@ -81,6 +81,9 @@ def test_unreadable_document(tmp_path: Path) -> None:
     broken.write_text("{not json")
     with pytest.raises(InputError, match="cannot read STAC document"):
         read_stac([str(broken)], ["red"])
+    # a document in object storage: one line with what to do (was "Not supported URL scheme")
+    with pytest.raises(InputError, match=r"local files or http\(s\) only; copy it locally"):
+        read_stac(["s3://bucket/catalog.json?sig=SECRET"], ["red"])
 
 
 def test_region_filters_items_by_their_stac_footprint(stac: Stac) -> None:
