@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from geoseg.cli.cluster_cmds import add_cluster_commands
 from geoseg.cli.model_cmds import add_model_commands
 from geoseg.cli.run_cmds import add_run_commands
 from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning
+from geoseg.layout import MANIFEST
 from geoseg.runtime.connection import shutdown_ray
 
 
@@ -131,13 +133,22 @@ INTERRUPTED = {
 INTERRUPTED_OTHER = "nothing was finished; rerun the command"
 
 
+def _left(args: argparse.Namespace) -> str:
+    """What an interrupted command left: a run stopped before its folder had a manifest
+    (connecting to a cluster, planning) left nothing to resume."""
+    out = getattr(args, "out", None) if args.cmd == "run" else None
+    if out and "://" not in str(out) and not (Path(out) / MANIFEST).is_file():
+        return INTERRUPTED_OTHER
+    return INTERRUPTED.get(args.cmd, INTERRUPTED_OTHER)
+
+
 def _dispatch(args: argparse.Namespace, exit_code: Callable[[BaseException], int]) -> int:
     """Run the sub-command; user errors and interruptions become one line and an exit code."""
     try:
         return int(args.fn(args))
     except KeyboardInterrupt as exc:  # JobInterrupted too
         shutdown_ray()
-        print(f"interrupted: {INTERRUPTED.get(args.cmd, INTERRUPTED_OTHER)}", file=sys.stderr)
+        print(f"interrupted: {_left(args)}", file=sys.stderr)
         return exit_code(exc)
     except GeoSegError as exc:
         print(f"error: {exc}", file=sys.stderr)

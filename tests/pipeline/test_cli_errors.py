@@ -221,6 +221,25 @@ def test_interrupt_says_how_this_command_goes_on(cmd: str, resumes: bool,
     assert ("--resume" in err) is resumes, err
 
 
+def test_a_run_stopped_before_its_folder_says_nothing_was_finished(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while a run connects to a cluster (no manifest yet) has nothing to resume."""
+    import argparse
+
+    from geoseg.cli.app import _dispatch
+
+    def stop(_: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    for out, resumes in ((tmp_path / "never", False), (tmp_path / "began", True)):
+        if resumes:
+            out.mkdir()
+            (out / "manifest.json").write_text("{}")
+        rc = _dispatch(argparse.Namespace(cmd="run", fn=stop, out=str(out)), lambda _exc: 130)
+        err = capsys.readouterr().err
+        assert rc == 130 and ("--resume" in err) is resumes, err
+
+
 def test_out_under_a_file_does_not_say_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               tiny_bundles: tuple[str, str]) -> None:
     """Nothing ran: the line says what is wrong, not "rerun with --resume"."""
