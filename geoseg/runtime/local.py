@@ -102,6 +102,7 @@ class LocalBackend:
         ahead = max(callers, max_in_flight // 2)  # chunks read ahead of the model
 
         def fail(chunk: Chunk, exc: BaseException) -> None:
+            failed_ids.add(chunk.id)
             f = ChunkFailure.of(chunk, short_error(exc), attempts[chunk.id],
                                 retryable=not isinstance(exc, GeoSegError))
             report.failed.append(f)
@@ -127,9 +128,11 @@ class LocalBackend:
         # GPU leave room: vectors run at once (DESIGN.md, "A CPU model runs alone").
         beside_model = device != "cpu" or per_call == 1
 
+        failed_ids: set[str] = set()  # not vectorized: their failure is reported once
+
         def settle(chunk: Chunk) -> None:
             if vector_fn is not None:
-                ready.extend(gate.settle(chunk.index))
+                ready.extend(c for c in gate.settle(chunk.index) if c.id not in failed_ids)
 
         def collect(done: Iterable[Future[Any]]) -> None:
             for fut in done:

@@ -44,7 +44,13 @@ from geoseg.chunks import (
     read_chunk,
     write_output,
 )
-from geoseg.errors import ClusterError, GeoSegError, JobInterrupted, StorageError
+from geoseg.errors import (
+    ClusterError,
+    GeoSegError,
+    InputError,
+    JobInterrupted,
+    StorageError,
+)
 from geoseg.grid import Chunk
 from geoseg.io import RasterInfo
 from geoseg.plan import Plan
@@ -197,6 +203,10 @@ class ModelWorker:
         """The Ray node the actor runs on (its chunks are read there)."""
         return str(ray.get_runtime_context().get_node_id())
 
+    def unseen(self, paths: list[str]) -> tuple[str, list[str]]:
+        """This node's address and those of the job's local ``paths`` it does not have."""
+        return ray.util.get_node_ip_address(), [p for p in paths if not os.path.exists(p)]
+
 
 class ChunkReader:
     """Reads chunks on one node through one decoded-block cache (:mod:`geoseg.blockcache`),
@@ -279,6 +289,31 @@ class _Pool:
         self.actors = []
 
 
+def _check_nodes_see(pool: _Pool, plan: Plan, store: str) -> None:
+    """Refuse, before any chunk, a job whose local image or store a model actor's node does
+    not have (a path on the driver's disk, not on storage every node mounts): each chunk
+    failed instead, as a damaged image or a store without its arrays."""
+    from geoseg.sources.mosaic import Mosaic
+    from geoseg.sources.remote import is_local_path
+
+    image = plan.image
+    paths = ([h for it in image.items for h in it.hrefs] if isinstance(image, Mosaic)
+             else [image.path])
+    local = [str(p) for p in paths if is_local_path(p)]
+    if is_local_path(store):
+        local.append(os.path.join(store, ".zgroup"))
+    if not local:
+        return
+    for ip, missing in ray.get([a.unseen.remote(local) for a in pool.actors]):
+        if missing:
+            pool.stop()
+            where = os.path.dirname(missing[0]) if missing[0].endswith(".zgroup") else missing[0]
+            raise InputError(
+                f"the Ray node {ip} cannot see {where}: on a cluster the image and --out must "
+                "be on storage every node mounts at the same path, or URLs (s3://, gs://, "
+                "az://, https://)")
+
+
 class RayBackend:
     """Runs chunks on Ray. ``worker_cls`` (the model actor), ``reader_cls`` (the chunk reader)
     and ``write_fn`` (the chunk writer) are the seams where tests inject faults;
@@ -346,6 +381,7 @@ class RayBackend:
         t0 = time.perf_counter()
         plan_ref = ray.put(plan)
         pool = _Pool.start(make, workers, max_replacements=2 * workers * (retries + 1))
+        _check_nodes_see(pool, plan, store)
         # each node takes its own band of chunks first (their halos share source blocks)
         pending = ChunkQueues.split(todo, Counter(pool.nodes))
         readers = _Readers.start(self.reader_cls, plan, pool, pending, max_in_flight,
@@ -361,11 +397,14 @@ class RayBackend:
         chunk_refs: dict[ray.ObjectRef, tuple[Chunk, int, int]] = {}
         vec_refs: dict[ray.ObjectRef, Chunk] = {}
 
+        failed_ids: set[str] = set()  # not vectorized: their failure is reported once
+
         def submit_vectors(chunks: list[Chunk]) -> None:
             if vector_fn is None:
                 return
             for c in chunks:
-                vec_refs[vec_t.remote(vector_fn, plan_ref, store, c)] = c
+                if c.id not in failed_ids:
+                    vec_refs[vec_t.remote(vector_fn, plan_ref, store, c)] = c
 
         def submit() -> None:
             i = pool.pick()
@@ -382,6 +421,7 @@ class RayBackend:
             chunk_refs[ref] = (chunk, i, pool.generation[i])
 
         def fail(chunk: Chunk, msg: str, n: int, retryable: bool = True) -> None:
+            failed_ids.add(chunk.id)
             failure = ChunkFailure.of(chunk, msg, n, retryable)
             report.failed.append(failure)
             cb.chunk_failed(failure)

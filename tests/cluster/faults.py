@@ -71,3 +71,12 @@ class CrashingReader(ChunkReader):
         if chunk.id == READER_CRASH_CHUNK and _once(_out_dir(self.plan) / "reader-crashed"):
             os._exit(1)
         return super().read(chunk)
+
+
+class BlindWorker(ModelWorker):
+    """A model actor on a node that does not mount the driver's disk: none of the job's local
+    paths is there."""
+
+    def unseen(self, paths: list[str]) -> tuple[str, list[str]]:
+        ip, _ = super().unseen([])
+        return ip, list(paths)

@@ -122,6 +122,7 @@ def test_one_reader_decodes_each_source_block_once(ray_cluster: None, tmp_path: 
     assert_same_store(clean_run, out)
 
 
+@pytest.mark.slow  # (14 s; the reader's normal path is in the default suite, above)
 def test_reader_dead_for_good_hands_its_reads_to_tasks(ray_cluster: None, tmp_path: Path,
                                                         region_tif: Path,
                                                         tiny_bundles: tuple[str, str],
@@ -141,3 +142,26 @@ def test_reader_dead_for_good_hands_its_reads_to_tasks(ray_cluster: None, tmp_pa
     assert any("chunk reader actor died for good" in m for m in said), said
     assert not any("model actor" in m for m in said), said  # the model was not replaced
     assert_same_store(clean_run, out)
+
+
+def test_a_node_without_the_drivers_disk_is_one_line_before_any_chunk(
+        ray_cluster: None, tmp_path: Path, region_tif: Path,
+        tiny_bundles: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Image and --out on a disk only the driver has: every chunk failed, reported as a
+    damaged image ("a rerun cannot fix this") or a store without arrays, twice each; now one
+    line names the node and the path before any chunk runs. (Every other Ray test runs the
+    same check on paths the node does have.)"""
+    from geoseg.cli import main
+
+    img = _own_image(tmp_path, region_tif)
+    out = tmp_path / "out"
+    monkeypatch.setattr("geoseg.job.default_backend",
+                        lambda _cfg: RayBackend(worker_cls=faults.BlindWorker))
+    cfg = write_config(tmp_path / "job.yaml", job_dict(img, out, tiny_bundles))
+    rc = main(["-q", "run", str(img), "-o", str(out), "--config", str(cfg)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("warning:")]
+    assert rc == 2 and len(err) == 1, err
+    assert "cannot see " + str(img) in err[0] and "every node mounts" in err[0]
+    records = out / "chunks.jsonl"
+    assert not records.exists() or not records.read_text().strip()  # no chunk ran

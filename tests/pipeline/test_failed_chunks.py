@@ -40,6 +40,7 @@ def test_a_run_with_failed_chunks_publishes_no_features(
                          workers=1, threads=1)
     failed = run.failed_chunks
     assert failed and not run.complete and all(not f.retryable for f in failed)
+    assert len({f.chunk_id for f in failed}) == len(failed)  # each reported once
     said = [str(w.message) for w in seen if issubclass(w.category, GeoSegWarning)
             and "chunk(s) failed" in str(w.message)]
     assert len(said) == 1 and f"{len(failed)} failed on an error a rerun cannot fix" in said[0]
