@@ -37,12 +37,12 @@ def test_one_and_two_workers_identical(ray_cluster: None, tmp_path: Path, scene_
     with monkeypatch.context() as mp:  # the quicklook comes from the pixels workers kept
         for name in ("read_window", "read_layer"):
             mp.setattr(outputs, name, lambda *_, **__: pytest.fail("quicklook read again"))
-        r1 = _run(scene_tif, tmp_path / "w1", tiny_bundles, 1, 64)
-        r2 = _run(scene_tif, tmp_path / "w2", tiny_bundles, 2, 64)
+        r1 = _run(scene_tif, tmp_path / "w1", tiny_bundles, 1, 128)  # 6 chunks, 2 seams
+        r2 = _run(scene_tif, tmp_path / "w2", tiny_bundles, 2, 128)  # each way
     assert r1.ok and r2.ok  # type: ignore[attr-defined]
     quicklook = (tmp_path / "w1" / "quicklook.png").read_bytes()
     assert quicklook == (tmp_path / "w2" / "quicklook.png").read_bytes()
-    plan = make_plan(validate_job(_job(scene_tif, tmp_path / "w1", tiny_bundles, 1, 64)))
+    plan = make_plan(validate_job(_job(scene_tif, tmp_path / "w1", tiny_bundles, 1, 128)))
     assert quicklook == outputs.quicklook(plan, str(tmp_path / "w1" / "predictions.zarr"),
                                           tmp_path / "read-back.png").read_bytes()
     a = zarr.open_group(str(tmp_path / "w1" / "predictions.zarr"), mode="r")
