@@ -167,7 +167,8 @@ def _existing(where: str, first: str | None, ours: bool, *, resume: bool, overwr
     if not overwrite:
         raise OutputExistsError(
             f"{where} already holds the results of a geoseg run: pass --resume to continue "
-            f"that run or --overwrite to replace its outputs (other {noun}s are kept)")
+            f"that run or --overwrite to replace its outputs (resume=True / overwrite=True in "
+            f"Python; other {noun}s are kept)")
     return "overwrite"
 
 

@@ -76,7 +76,7 @@ def store_classes(store: str | Path, layer: str) -> tuple[int | None, tuple[str,
     layers = [n for n, _ in g.arrays() if n not in _COORDS and not n.endswith("_confidence")]
     if layer not in layers:
         raise InputError(f"{store} has no layer {layer!r} (layers: {', '.join(layers) or 'none'})"
-                         ": pass --layer")
+                         ": pass --layer (layer= in Python)")
     flags = g[layer].attrs.get("flag_values")
     if not isinstance(flags, list) or not flags:
         return None, None
@@ -647,7 +647,8 @@ def evaluate_outputs(*, run: str | Path | None = None, scene: str | Path | None 
     if not report:
         raise ConfigError("nothing to evaluate: pass --run RUN --scene SCENE, or --truth (with "
                           "--run or --store), or --truth-footprints and/or --truth-instances "
-                          "(with --run or --footprints)")
+                          "(with --run or --footprints); in Python the same names as "
+                          "arguments, e.g. geoseg.evaluate(run, truth=...)")
     if plot:
         where = Path(store) if store is not None else RunLayout(root or Path(".")).store
         for name in sections:
