@@ -368,9 +368,17 @@ def _check_label_grid(img: RasterInfo, lab: DatasetReader, sc: SceneFiles) -> No
         raise LabelError(f"{sc.labels} is in {_crs_name(normalize_crs(lab.crs))} but {sc.image} "
                          f"is in {_crs_name(img.geobox.crs)}: reproject the labels onto the "
                          f"image grid, e.g. {_warp_command(img, sc.labels)}")
-    if img.geobox.shape != (lab.height, lab.width) or img.geobox.transform != lab.transform:
-        raise LabelError(f"{sc.labels} is not on the grid of {sc.image}: resample the "
-                         "labels to the image grid")
+    t = img.geobox.transform
+    # the same grid to a millionth of a pixel (a grid written by another tool may differ in
+    # the last bits of its origin: 1e-9 m is not another grid)
+    close = lab.transform.almost_equals(t, precision=1e-6 * max(abs(t.a), abs(t.e)))
+    if img.geobox.shape != (lab.height, lab.width) or not close:
+        what = (f"its shape ({lab.width} x {lab.height}) differs from the image's "
+                f"({img.geobox.width} x {img.geobox.height})"
+                if img.geobox.shape != (lab.height, lab.width) else
+                "its pixels are not the image's (origin or pixel size)")
+        raise LabelError(f"{sc.labels} is not on the grid of {sc.image}: {what}; resample the "
+                         f"labels onto the image grid, e.g. {_warp_command(img, sc.labels)}")
 
 
 def _crs_name(crs: CRS) -> str:

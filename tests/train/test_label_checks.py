@@ -240,10 +240,19 @@ def test_affine_grid_check_still_applies(tiny_scene: Path) -> None:
     shifted = Affine(0.5, 0.0, 500000.5, 0.0, -0.5, 5000000.0)
     message = _refusal(tiny_scene, _write_like(tiny_scene, "shift.tif", land,
                                                transform=shifted))
-    assert "is not on the grid of" in message
+    assert "is not on the grid of" in message and "not the image's (origin" in message
+    assert "gdalwarp -r near" in message
     message = _refusal(tiny_scene, _write_like(tiny_scene, "both.tif", land, transform=shifted,
                                                crs="EPSG:4326"))
     assert "is in EPSG:4326" in message
+    # the image's grid written by another tool, 1e-9 m off in its origin: the same grid
+    with rasterio.open(tiny_scene / "image_t0.tif") as src:
+        t = src.transform
+    near = Affine(t.a, t.b, t.c + 1e-9, t.d, t.e, t.f - 1e-9)
+    labels = _write_like(tiny_scene, "near.tif", land, transform=near)
+    with ChipSampler([SceneFiles(tiny_scene / "image_t0.tif", labels)], "landcover", BANDS, 64,
+                     (0, 0, 0, 0), 0.25, class_names=NAMES) as s:
+        assert s.pixel_size == 0.5
 
 
 def test_a_tile_too_small_for_the_chips_names_a_chip_size_that_fits(tiny_scene: Path) -> None:
