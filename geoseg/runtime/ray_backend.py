@@ -432,7 +432,7 @@ class RayBackend:
                 while pending and len(chunk_refs) < max_in_flight:
                     submit()
                 self.peak_in_flight = max(self.peak_in_flight, len(chunk_refs))
-                ready, _ = ray.wait([*chunk_refs, *vec_refs], num_returns=1)
+                ready = _wait_one([*chunk_refs, *vec_refs])
                 ref = ready[0]
                 if ref in vec_refs:
                     c = vec_refs.pop(ref)
@@ -565,6 +565,23 @@ def _root(exc: BaseException) -> BaseException:
     """The exception a task raised, out of Ray's wrapper (chained tasks pass it along)."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+QUIET_S = 60.0  # a job with nothing finished for this long says why it may be waiting
+
+
+def _wait_one(refs: list[Any], quiet_s: float = QUIET_S) -> list[Any]:
+    """``ray.wait`` for one result; every ``quiet_s`` without one, a warning with the
+    cluster's live CPU nodes (none: the job waits for a node to join, e.g. after the only
+    worker node was lost; it goes on by itself when one does)."""
+    while True:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=quiet_s)
+        if ready:
+            return list(ready)
+        nodes = cpu_nodes()
+        log.warning("no chunk finished in the last %.0f s (%d in flight; %s)", quiet_s,
+                    len(refs), f"{len(nodes)} live node(s) with CPUs" if nodes else
+                    "no live node with CPUs: waiting for one to join the cluster")
 
 
 def _short(exc: BaseException) -> str:

@@ -182,3 +182,25 @@ def test_an_address_other_than_the_connected_cluster_is_refused(ray_cluster: Non
     other = f"127.0.0.1:{int(here.rpartition(':')[2]) + 1}"
     with pytest.raises(ClusterError, match=f"already connected to the Ray cluster at {here}"):
         _check_same_cluster(other)
+
+
+def test_a_job_with_nothing_finishing_says_so(ray_cluster: None,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """After the only worker node was lost a job waited in silence (for ever, or until a node
+    joined); now every quiet period logs the cluster's live CPU nodes."""
+    import time
+
+    import ray
+
+    from geoseg.runtime.ray_backend import _wait_one
+
+    @ray.remote
+    def slow() -> int:
+        time.sleep(1.5)
+        return 7
+
+    ref = slow.remote()
+    with caplog.at_level("WARNING", logger="geoseg.runtime.ray_backend"):
+        assert _wait_one([ref], quiet_s=0.5) == [ref]
+    said = [r.getMessage() for r in caplog.records if "no chunk finished" in r.getMessage()]
+    assert said and "1 in flight; 1 live node(s) with CPUs" in said[0]
