@@ -200,7 +200,8 @@ class Run:
 
     @property
     def config(self) -> JobConfig:
-        """The job configuration the run was started with."""
+        """The job configuration the run was started with (URLs without their query: a
+        signature or token is not kept in the run's folder)."""
         from geoseg.config import validate_job
 
         return validate_job(self._manifest()["config"], source=str(self.layout.manifest))
@@ -293,8 +294,11 @@ class Run:
 
         gpkg = self.layout.gpkg
         if not gpkg.is_file() and self.complete:
-            raise InputError(f"{self.path} has no {gpkg.name}: the run was made without "
-                             "vectors (vectors=False / --no-vectors)")
+            vectors = (self._manifest().get("config") or {}).get("vectors") or {}
+            raise InputError(f"{self.path} has no {gpkg.name}: " + (
+                "the run was made without vectors (vectors=False / --no-vectors)"
+                if vectors.get("enabled") is False else
+                "no pixel of its image was valid, so there was nothing to vectorize"))
         if not gpkg.is_file():
             raise IncompleteRunError(f"{self.path} has no {gpkg.name} (status: {self.status}):"
                                      " it is written once every chunk is in, or vectors were "

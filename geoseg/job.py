@@ -37,7 +37,7 @@ from geoseg.runtime.connection import ray_connected
 from geoseg.runtime.memory import release_free_memory
 from geoseg.runtime.provenance import code_version
 from geoseg.runtime.sink_process import ProcessSink, use_process
-from geoseg.sources.remote import redact
+from geoseg.sources.remote import redact, shown_name
 from geoseg.thumbs import THUMBS, Thumbs
 
 if TYPE_CHECKING:
@@ -291,11 +291,13 @@ def run_job(cfg: JobConfig, *, overwrite: bool = False, resume: bool = False,
     gpus = _remote_cluster_gpus(cfg)
     if gpus is not None:  # the engine for the cluster's devices, not for unknown ones
         plan = make_plan(cfg, engines=engines, cluster_gpus=gpus)
-    with open_run_folder(cfg.output) as folder, warnings.catch_warnings():
-        # rasterio reads the transform of each fresh in-memory dataset (features.rasterize and
-        # shapes build one per call) before setting it, and warns so from the vector threads:
-        # not about the user's data (filters are process-wide: set here, for every thread)
-        warnings.filterwarnings("ignore", message="Dataset has no geotransform, gcps, or rpcs")
+    # rasterio reads the transform of each fresh in-memory dataset (features.rasterize and
+    # shapes build one per call) before setting it, and warns so from the vector threads: not
+    # about the user's data. Filters are process-wide, and catch_warnings around a job is not
+    # thread-safe (two jobs in threads could leave either's filters behind): this one filter
+    # is added once and stays (adding it again moves it, the list does not grow).
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform, gcps, or rpcs")
+    with open_run_folder(cfg.output) as folder:
         return _run_locked(cfg, plan, folder, overwrite=overwrite, resume=resume,
                            progress=progress, backend=backend)
 
@@ -414,7 +416,7 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
         raise
     except Exception as exc:  # bad model, disk full, a bug: finished chunks stay valid
         with contextlib.suppress(StorageError):  # no room to say so on a full disk
-            manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            manifest.update(status="failed", error=redact(f"{type(exc).__name__}: {exc}")[:500])
         if isinstance(exc, StorageError) and str(exc).endswith("then rerun"):
             raise _resumable(exc) from exc
         raise
@@ -500,7 +502,7 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
             vectorize_chunk,
         )
 
-        common = {"source_image": Path(redact(plan.image.path)).name,
+        common = {"source_image": shown_name(plan.image.path),
                   "acquisition_date": plan.image.acquisition_date or ""}
         mosaic = isinstance(plan.image, Mosaic)  # features get their source's date
         split_px = cfg.vectors.landcover_split_px

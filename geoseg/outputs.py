@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -164,7 +165,10 @@ def quicklook(plan: Plan, store: str, path: str | Path, max_px: int | None = Non
     gap = np.full((shape[0], 8, 3), 255, np.uint8)
     row = Image.fromarray(np.concatenate([p for pan in panels for p in (pan, gap)][:-1], axis=1))
     aspect = abs(g.transform.e) / abs(g.transform.a)  # ground shape: a pixel 0.5 × 0.75 m
-    if abs(aspect - 1.0) > 0.01:  # is drawn 2 wide by 3 high
+    if g.crs.is_geographic:  # is drawn 2 wide by 3 high; a degree of longitude is cos(lat)
+        lat = (g.bounds.bottom + g.bounds.top) / 2  # of one of latitude
+        aspect /= max(0.05, math.cos(math.radians(lat)))
+    if abs(aspect - 1.0) > 0.01:
         row = row.resize((row.width, max(1, round(row.height * aspect))), Image.Resampling.NEAREST)
     legend = _legend(row.width, [(m.name, m.spec.classes) for m in plan.models])
     sheet = Image.new("RGB", (row.width, row.height + legend.height), (255, 255, 255))

@@ -40,7 +40,7 @@ from geoseg.layout import RunLayout
 from geoseg.objstore import is_object_url
 from geoseg.outdir import atomic_write_text
 from geoseg.plan import Plan
-from geoseg.sources.remote import redact
+from geoseg.sources.remote import shown_name
 from geoseg.store import FILL
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,8 @@ def build_stac_item(layout: RunLayout, plan: Plan, outputs: dict[str, str], *,
     footprint, bbox = _footprint(plan)
     footprint = shapely.orient_polygons(footprint)  # GeoJSON: exterior rings counterclockwise
     when, start, end = _acquired(plan.image.acquisition_date, now)
-    shown = Path(redact(plan.image.path).removesuffix("?…"))  # no signature or token
-    image = shown.name
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", shown.stem) or "image"
+    image = shown_name(plan.image.path)  # no signature or token
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image).stem) or "image"
     item = pystac.Item(
         id=f"{stem}-{result_key[:12]}" if result_key else stem,
         geometry=mapping(footprint), bbox=bbox,

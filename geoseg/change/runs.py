@@ -130,7 +130,10 @@ def _scheme(attrs: dict[str, Any], label: str, root: Path) -> ClassScheme:
 
 def check_same_classes(a: RunInfo, b: RunInfo) -> None:
     """Both runs must use one class scheme, else transitions would be meaningless."""
-    if (a.classes.values, a.classes.meanings) != (b.classes.values, b.classes.meanings):
+    def words(c: ClassScheme) -> tuple[str, ...]:  # a store from before ``class_names``
+        return tuple(n.replace(" ", "_") for n in c.meanings)  # spells "low vegetation" so
+
+    if (a.classes.values, words(a.classes)) != (b.classes.values, words(b.classes)):
         raise InputError(
             f"runs use different land-cover classes ({' '.join(a.classes.meanings)} vs "
             f"{' '.join(b.classes.meanings)}): compare runs made with the same land-cover model")

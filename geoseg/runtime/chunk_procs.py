@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from geoseg.errors import StorageError
 from geoseg.grid import Chunk
 from geoseg.plan import Plan
-from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn
+from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn, short_error
 from geoseg.runtime.scheduling import NeighbourGate
 from geoseg.runtime.vector_procs import (
     LogRecords,
@@ -201,8 +201,9 @@ def run_in_processes(n: int, plan: Plan, store: str, todo: list[Chunk],
 
     def settle(chunk: Chunk) -> None:
         reported.add(chunk.id)
-        if vector_fn is not None:
-            ready.extend(gate.settle(chunk.index))
+        if vector_fn is not None:  # a failed chunk is not vectorized: reported once
+            failed = {f.chunk_id for f in report.failed}
+            ready.extend(c for c in gate.settle(chunk.index) if c.id not in failed)
 
     forked = fork_server(True)
     ctx = worker_context(forked)
@@ -286,7 +287,7 @@ def _strip_done(k: int, fut: Future[Any], part: list[Chunk], report: StageReport
         return int(callers)
     if isinstance(exc, StorageError):
         raise exc
-    why = f"chunk worker process {k} failed: {type(exc).__name__}: {exc}"[:500]
+    why = f"chunk worker process {k} failed: {short_error(exc)}"
     log.warning("%s; its %d unfinished chunks failed (rerun with --resume)", why,
                 sum(1 for c in part if c.id not in reported))
     for c in part:

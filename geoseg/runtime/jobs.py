@@ -36,6 +36,7 @@ from geoseg.errors import (
 )
 from geoseg.runtime.provenance import COMMIT_ENV, code_version, source_root
 from geoseg.runtime.upload import MAX_UPLOAD_MB, UploadPlan, check_size, plan_upload, staged
+from geoseg.sources.remote import redact
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ def submit(sub: Submission) -> str:
             "git_commit": str(version["git_commit"] or ""), "config": sub.config.name,
             "output": cfg.output}
     ep = entrypoint(sub, root, cfg)
-    log.info("submitting %s with %d files (%.1f MB)", ep, len(plan.files), plan.mb)
+    log.info("submitting %s with %d files (%.1f MB)", redact(ep), len(plan.files), plan.mb)
     with staged(plan) as work, authenticated(resolve_address(sub.address)):
         try:
             return str(c.submit_job(entrypoint=ep, runtime_env=runtime_env(work, root),

@@ -54,7 +54,14 @@ from geoseg.errors import (
 from geoseg.grid import Chunk
 from geoseg.io import RasterInfo
 from geoseg.plan import Plan
-from geoseg.runtime.base import Callbacks, ChunkFailure, StageReport, VectorFn, model_callers
+from geoseg.runtime.base import (
+    Callbacks,
+    ChunkFailure,
+    StageReport,
+    VectorFn,
+    model_callers,
+    short_error,
+)
 from geoseg.runtime.placement import ActorPlace, ChunkQueues, place_actors
 from geoseg.runtime.scheduling import NeighbourGate
 
@@ -155,10 +162,26 @@ def _check_same_cluster(addr: str | None) -> None:
         here = str(ray.get_runtime_context().gcs_address)
     except Exception:  # (Ray Client mode, or an old Ray): nothing to compare
         return
-    if here.rpartition(":")[2] != addr.rpartition(":")[2]:
+    if _other_cluster(here, addr):
         raise ClusterError(f"this process is already connected to the Ray cluster at {here}, "
                            f"so it cannot join {addr}: run the job from a new process (or "
                            "call ray.shutdown() first)")
+
+
+def _other_cluster(here: str, there: str) -> bool:
+    """Whether GCS address ``there`` is not ``here``: another port, or another host (by IP;
+    a loopback address may be this machine's own node, so it is not told apart)."""
+    import socket
+
+    def ip(host: str) -> str:
+        try:
+            return socket.gethostbyname(host.strip("[]"))
+        except OSError:
+            return host
+
+    (h1, _, p1), (h2, _, p2) = here.rpartition(":"), there.rpartition(":")
+    a, b = ip(h1), ip(h2)
+    return p1 != p2 or (a != b and not (a.startswith("127.") or b.startswith("127.")))
 
 
 def cluster_gpus() -> int:
@@ -310,8 +333,8 @@ def _check_nodes_see(pool: _Pool, plan: Plan, store: str) -> None:
             where = os.path.dirname(missing[0]) if missing[0].endswith(".zgroup") else missing[0]
             raise InputError(
                 f"the Ray node {ip} cannot see {where}: on a cluster the image and --out must "
-                "be on storage every node mounts at the same path, or URLs (s3://, gs://, "
-                "az://, https://)")
+                "be on storage every node mounts at the same path, or in object storage (the "
+                "image may be any URL GDAL reads, --out an s3://, gs:// or az:// folder)")
 
 
 class RayBackend:
@@ -585,10 +608,16 @@ def _wait_one(refs: list[Any], quiet_s: float = QUIET_S) -> list[Any]:
 
 
 def _short(exc: BaseException) -> str:
-    """One line for the report: the root cause's type and last message line."""
+    """One line for the report, redacted: the cause a task raised (its type and first line,
+    :func:`geoseg.runtime.base.short_error`), or for Ray's own errors (an actor that died,
+    a lost node), whose text is a header then the story, their last line."""
     base = _root(exc)
-    lines = [ln for ln in str(base).strip().splitlines() if ln.strip()]
-    return f"{type(base).__name__}: {lines[-1] if lines else ''}"[:500]
+    if not isinstance(base, ray.exceptions.RayError):
+        return short_error(base)
+    from geoseg.sources.remote import redact
+
+    lines = [ln.strip() for ln in str(base).splitlines() if ln.strip()]
+    return redact(f"{type(base).__name__}: {lines[-1] if lines else ''}")[:500]
 
 
 def ray_map(fn: Callable[..., Any], items: list[Any], shared: dict[str, Any], *,

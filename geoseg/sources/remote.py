@@ -120,6 +120,11 @@ def redact(text: str | Path) -> str:
     return re.sub(r"(/vsi[a-z0-9_]+)\?\S*", r"\1?…", s)
 
 
+def shown_name(path: str | Path) -> str:
+    """The file name of ``path`` as outputs show it: without a URL's query or user info."""
+    return Path(redact(path).removesuffix("?…")).name
+
+
 def gdal_options() -> dict[str, str]:
     """:data:`GDAL_DEFAULTS` minus the options the environment sets itself."""
     return {k: v for k, v in GDAL_DEFAULTS.items() if k not in os.environ}

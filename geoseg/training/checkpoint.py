@@ -91,7 +91,8 @@ def load(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ResumeError(f"{path} is not a geoseg training checkpoint (format {FORMAT}): "
                           "delete it and train without resume")
-    if data["fingerprint"] != fingerprint_json:
+    if data["fingerprint"] != fingerprint_json and not _older_same(data["fingerprint"],
+                                                                    fingerprint_json, path):
         raise ConfigError(f"cannot resume from {path}: it was written for a different "
                           f"config or scenes ({_diff(data['fingerprint'], fingerprint_json)}); "
                           "resume with the original config or train without resume")
@@ -105,6 +106,20 @@ def load(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
         torch.cuda.set_rng_state_all(data["cuda_rng"])
     return TrainState(int(data["step"]), [float(v) for v in data["losses"].tolist()],
                       float(data["seconds"]), str(data["extra"]))
+
+
+def _older_same(old_json: str, new_json: str, path: Path) -> bool:
+    """Whether a checkpoint of an earlier geoseg, whose fingerprint named each scene by its
+    image only (no labels' hash), is of this config and these scenes: it resumes, with a
+    warning that its labels cannot be compared."""
+    old, new = json.loads(old_json), json.loads(new_json)
+    names = [s.get("scene") if isinstance(s, dict) else s for s in new["scenes"]]
+    if old["config"] != new["config"] or old["scenes"] != names \
+            or any(isinstance(s, dict) for s in old["scenes"]):
+        return False
+    logger.warning("%s was written by an earlier geoseg, which did not record the labels: "
+                   "resuming without checking that they are unchanged", path)
+    return True
 
 
 def _diff(old_json: str, new_json: str) -> str:

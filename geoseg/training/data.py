@@ -79,9 +79,10 @@ class SceneFiles:
         read. A resume compares it, and the bundle records it."""
         files = [self.labels]
         vector = is_vector(self.labels)
-        if self.labels.suffix.lower() == ".shp":
-            files += [p for ext in (".dbf", ".shx", ".prj", ".cpg")
-                      if (p := self.labels.with_suffix(ext)).is_file()]
+        if self.labels.suffix.lower() == ".shp":  # its sidecars, in either case
+            files += sorted(p for p in self.labels.parent.iterdir()
+                            if p.stem == self.labels.stem
+                            and p.suffix.lower() in (".dbf", ".shx", ".prj", ".cpg"))
         digest = hashlib.sha256()
         for path in files:
             with path.open("rb") as f:

@@ -7,12 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyogrio
+import pytest
 import torch
 import zarr
 
 import geoseg
 from geoseg.bundle import ArchitectureSpec, BundleSpec, ClassSpec, Normalization
 from geoseg.change import compare_runs
+from geoseg.errors import InputError
 from geoseg.models import build_model, save_bundle
 from tests.conftest import write_raster
 from tests.pipeline.conftest import LC, textured
@@ -53,3 +55,17 @@ def test_class_names_are_spelled_one_way(tmp_path: Path) -> None:
                           min_spectral_change=0)
     names = {r["from_class"] for r in change.summary["transitions"]}
     assert names <= set(NAMES) and "low vegetation" in names
+
+
+def test_a_run_from_before_class_names_compares_with_a_new_one() -> None:
+    """A store written before ``class_names`` reads "low_vegetation" from flag_meanings; a new
+    one "low vegetation": the same classes, so change compares them."""
+    from geoseg.change.runs import ClassScheme, RunInfo, check_same_classes
+
+    def run(names: tuple[str, ...]) -> RunInfo:
+        scheme = ClassScheme(tuple(range(len(names))), names, ("#000000",) * len(names))
+        return RunInfo(Path("r"), None, 64, scheme, "", "", True, None)  # type: ignore[arg-type]
+
+    check_same_classes(run(tuple(n.replace(" ", "_") for n in NAMES)), run(NAMES))
+    with pytest.raises(InputError, match="different land-cover classes"):
+        check_same_classes(run(NAMES[::-1]), run(NAMES))

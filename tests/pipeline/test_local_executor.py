@@ -243,3 +243,15 @@ def test_a_chunk_error_is_one_line_without_secrets() -> None:
                                  "max_retries:10")
     assert short_error(ValueError("see https://h/x.tif?sig=SECRET")) == \
         "ValueError: see https://h/x.tif?…"
+
+
+def test_a_ray_chunk_error_is_one_line_without_secrets() -> None:
+    """On Ray too: the task's own exception, first line, redacted (it kept the signature and,
+    of an object store's dump, only its last line "}")."""
+    import ray
+
+    from geoseg.runtime.ray_backend import _short
+
+    wrapped = ray.exceptions.RayTaskError("predict", "traceback ...", ValueError(
+        "cannot read https://h/x.tif?sig=SECRET\n  details {\n  }"))
+    assert _short(wrapped) == "ValueError: cannot read https://h/x.tif?…"

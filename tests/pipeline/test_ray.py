@@ -182,6 +182,12 @@ def test_an_address_other_than_the_connected_cluster_is_refused(ray_cluster: Non
     other = f"127.0.0.1:{int(here.rpartition(':')[2]) + 1}"
     with pytest.raises(ClusterError, match=f"already connected to the Ray cluster at {here}"):
         _check_same_cluster(other)
+    from geoseg.runtime.ray_backend import _other_cluster
+
+    # heads on the default port of two machines are two clusters; loopback may be this one
+    assert _other_cluster("10.0.0.5:6379", "10.0.0.6:6379")
+    assert not _other_cluster("10.0.0.5:6379", "127.0.0.1:6379")
+    assert not _other_cluster("10.0.0.5:6379", "10.0.0.5:6379")
 
 
 def test_a_job_with_nothing_finishing_says_so(ray_cluster: None,

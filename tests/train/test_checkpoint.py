@@ -212,3 +212,18 @@ def test_a_checkpoint_never_writes_through_a_link(tmp_path: Path) -> None:
     assert loaded["step"] == 3
     assert torch.equal(loaded["model"]["weight"], model.state_dict()["weight"])
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt", "last.pt.tmp"]
+
+
+def test_a_checkpoint_of_the_earlier_fingerprint_still_resumes(
+        landcover_classes: tuple[ClassSpec, ...], tmp_path: Path) -> None:
+    """Checkpoints written before the labels were fingerprinted named scenes by image only:
+    the same config and scenes resume (with a warning), another config is still refused."""
+    from geoseg.training.checkpoint import _older_same, fingerprint
+
+    cfg = _config(landcover_classes)
+    labels = {"scene": "s/image_t0", "labels": "landcover_t0.tif", "sha256": "ab"}
+    now = fingerprint(cfg, [labels, "weights-sha"])
+    assert _older_same(fingerprint(cfg, ["s/image_t0", "weights-sha"]), now, tmp_path)
+    other = cfg.model_copy(update={"lr": 0.5})
+    assert not _older_same(fingerprint(other, ["s/image_t0", "weights-sha"]), now, tmp_path)
+    assert not _older_same(fingerprint(cfg, ["t/image_t0", "weights-sha"]), now, tmp_path)
