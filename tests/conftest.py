@@ -112,3 +112,19 @@ def real_data() -> Path:
     if not SHARED_REAL.is_dir():
         pytest.skip("../shared/data/real not present")
     return SHARED_REAL
+
+
+def damaged_copy(src: Path, dst: Path) -> Path:
+    """``src`` rewritten as a GeoTIFF of 32² tiles, then a few of its compressed tiles
+    overwritten (the header stays intact, so it plans fine and those chunks fail)."""
+    import rasterio
+
+    with rasterio.open(src) as s:
+        profile = {**s.profile, "blockxsize": 32, "blockysize": 32, "tiled": True}
+        with rasterio.open(dst, "w", **profile) as d:
+            d.write(s.read())
+    data = bytearray(dst.read_bytes())
+    mid = len(data) // 2
+    data[mid: mid + 2000] = b"\xff" * 2000
+    dst.write_bytes(bytes(data))
+    return dst

@@ -121,19 +121,10 @@ def test_damaged_image_is_not_retried(ray_cluster: None, tmp_path: Path, region_
     """A GeoTIFF with damaged tiles plans fine (its header is intact); the chunks that read
     those tiles fail once each (no retry can help), the others finish, and the run says to fix
     the input, not just to resume."""
-    import rasterio
-
     from geoseg.cli import main
+    from tests.conftest import damaged_copy
 
-    img = tmp_path / "damaged.tif"
-    with rasterio.open(region_tif) as src:
-        profile = {**src.profile, "blockxsize": 32, "blockysize": 32, "tiled": True}
-        with rasterio.open(img, "w", **profile) as dst:
-            dst.write(src.read())
-    data = bytearray(img.read_bytes())
-    mid = len(data) // 2
-    data[mid: mid + 2000] = b"\xff" * 2000  # a few compressed tiles
-    img.write_bytes(bytes(data))
+    img = damaged_copy(region_tif, tmp_path / "damaged.tif")
     out = tmp_path / "out"
     argv = _argv(tmp_path, img, out, tiny_bundles)
     rc = main([*argv, "--address", _gcs()])

@@ -7,11 +7,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-import rasterio
 
 import geoseg
 from geoseg.errors import GeoSegWarning, IncompleteRunError
-from tests.conftest import write_raster
+from tests.conftest import damaged_copy, write_raster
 from tests.pipeline.conftest import textured
 
 
@@ -19,16 +18,7 @@ def _damaged(tmp_path: Path) -> Path:
     """A 256² GeoTIFF of 32² tiles with a few compressed tiles overwritten (header intact)."""
     img = write_raster(tmp_path / "clean.tif", textured(256, 256, seed=5),
                        descriptions=["red", "green", "blue", "nir"])
-    damaged = tmp_path / "damaged.tif"
-    with rasterio.open(img) as src:
-        profile = {**src.profile, "blockxsize": 32, "blockysize": 32, "tiled": True}
-        with rasterio.open(damaged, "w", **profile) as dst:
-            dst.write(src.read())
-    data = bytearray(damaged.read_bytes())
-    mid = len(data) // 2
-    data[mid: mid + 2000] = b"\xff" * 2000
-    damaged.write_bytes(bytes(data))
-    return damaged
+    return damaged_copy(img, tmp_path / "damaged.tif")
 
 
 def test_a_run_with_failed_chunks_publishes_no_features(
