@@ -340,11 +340,9 @@ def _mosaic_items(plan: Plan) -> list[dict[str, Any]] | None:
 
 def _inputs(cfg: JobConfig, plan: Plan) -> list[str]:
     """Files and URLs the run reads: never removed by --overwrite."""
-    from geoseg.sources.mosaic import Mosaic
+    from geoseg.plan import image_paths
 
-    images = ([h for it in plan.image.items for h in it.hrefs]
-              if isinstance(plan.image, Mosaic) else [plan.image.path])
-    paths = [*map(str, images), *(str(m.path) for m in plan.models)]
+    paths = [*image_paths(plan.image), *(str(m.path) for m in plan.models)]
     if cfg.region is not None and cfg.region.file:
         paths.append(str(cfg.region.file))
     return paths
@@ -557,9 +555,11 @@ def _execute(cfg: JobConfig, plan: Plan, folder: RunFolder, manifest: RunManifes
         failed += early.missing()
         try:
             with storage_errors(layout.gpkg):
-                if sink is not None and failed:  # no features.gpkg until every chunk is in:
-                    sink.close(abort=True)  # a map with holes never looks finished (a
-                    counts = {}  # resume vectorizes every chunk again)
+                # no features.gpkg until every chunk is in: a map with holes never looks
+                # finished (a resume vectorizes every chunk again)
+                if sink is not None and failed:
+                    sink.close(abort=True)
+                    counts = {}
                 else:
                     counts = sink.finish() if sink is not None else {}
         except BaseException:  # (a signal): the writers end before the job does

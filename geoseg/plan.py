@@ -194,6 +194,13 @@ def _sample_windows(window: Window) -> list[Window]:
     return sorted(wins, key=lambda v: (v.row_off, v.col_off))
 
 
+def image_paths(image: RasterInfo | Mosaic) -> list[str]:
+    """The files (or URLs) an image is read from: a mosaic's items' rasters, else its path."""
+    if isinstance(image, Mosaic):
+        return [str(h) for it in image.items for h in it.hrefs]
+    return [str(image.path)]
+
+
 def input_fingerprint(plan: Plan) -> dict[str, Any]:
     """What a run's input is, for ``--resume`` to compare: the grid, the images (paths and, for
     local files, sizes) and a hash of the pixels of :func:`_sample_windows` (every band the models
@@ -201,8 +208,7 @@ def input_fingerprint(plan: Plan) -> dict[str, Any]:
     date, another size); not a change outside the sampled windows, which only a full read could
     see. ``None`` values where a value cannot be read (a damaged image: the chunks say so)."""
     image = plan.image
-    paths = ([h for it in image.items for h in it.hrefs] if isinstance(image, Mosaic)
-             else [image.path])
+    paths = image_paths(image)
     sizes = []
     for path in paths:
         try:

@@ -248,9 +248,9 @@ def submit(sub: Submission) -> str:
                 raise ClusterError(f"the cluster already has a job {sub.submission_id!r}: "
                                    "pick another --job-id (geoseg status lists the jobs)"
                                    ) from None
-            raise ClusterError(f"the job server refused the job ({_last_line(exc)}): check "
-                               "`geoseg status` and the dashboard; a repeated --job-id is "
-                               "refused") from None
+            why = _first_line(exc, last=True)
+            raise ClusterError(f"the job server refused the job ({why}): check `geoseg status` "
+                               "and the dashboard; a repeated --job-id is refused") from None
 
 
 def state(job_id: str, address: str | None = None, *, c: Any = None) -> JobState:
@@ -346,16 +346,11 @@ def _known_job(c: Any, job_id: str) -> bool:
     return True
 
 
-def _last_line(exc: BaseException) -> str:
-    """The last line of a job server's error: its body is a Python traceback, whose first
-    line says only "Traceback (most recent call last):"."""
+def _first_line(exc: BaseException, last: bool = False) -> str:
+    """The first (``last``: the last) non-empty line of ``exc``: a job server's error body is
+    a Python traceback, whose first line says only "Traceback (most recent call last):"."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:300]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]
+    return (lines[-1 if last else 0] if lines else type(exc).__name__)[:300]
 
 
 def _job_error(job_id: str, exc: BaseException) -> ClusterError:

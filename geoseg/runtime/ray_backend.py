@@ -154,7 +154,7 @@ def _speaks_http(sock: Any) -> bool:
 
 def _check_same_cluster(addr: str | None) -> None:
     """Refuse to run on the Ray this process is already connected to when ``addr`` names
-    another (its GCS on another port): ``ray.init`` cannot join a second cluster, and the job
+    another (:func:`_other_cluster`): ``ray.init`` cannot join a second cluster, and the job
     would run where it was not sent."""
     if not addr or addr.lower() in ("auto", "local") or addr.startswith("ray://"):
         return
@@ -316,13 +316,10 @@ def _check_nodes_see(pool: _Pool, plan: Plan, store: str) -> None:
     """Refuse, before any chunk, a job whose local image or store a model actor's node does
     not have (a path on the driver's disk, not on storage every node mounts): each chunk
     failed instead, as a damaged image or a store without its arrays."""
-    from geoseg.sources.mosaic import Mosaic
+    from geoseg.plan import image_paths
     from geoseg.sources.remote import is_local_path
 
-    image = plan.image
-    paths = ([h for it in image.items for h in it.hrefs] if isinstance(image, Mosaic)
-             else [image.path])
-    local = [str(p) for p in paths if is_local_path(p)]
+    local = [p for p in image_paths(plan.image) if is_local_path(p)]
     if is_local_path(store):
         local.append(os.path.join(store, ".zgroup"))
     if not local:
