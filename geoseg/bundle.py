@@ -27,12 +27,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def flag_word(name: str) -> str:
+    """A class name as CF's space-separated ``flag_meanings`` writes it (a space is ``_``)."""
+    return name.replace(" ", "_")
+
+
 def repeated_name(names: Iterable[str]) -> str | None:
     """What makes two class names one, as stores write them (a space is an underscore in
     ``flag_meanings``, so "bare soil" and "bare_soil" are one name there); None if nothing."""
     seen: dict[str, str] = {}
     for name in names:
-        key = name.replace(" ", "_")
+        key = flag_word(name)
         if key in seen:
             first = seen[key]
             return (f"{name!r} is given twice" if first == name else

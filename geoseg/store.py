@@ -31,7 +31,7 @@ import numpy as np
 import zarr
 from numcodecs import Blosc
 
-from geoseg.bundle import ClassSpec
+from geoseg.bundle import ClassSpec, flag_word
 from geoseg.errors import InputError
 from geoseg.grid import Chunk, GeoBox, Window
 from geoseg.objstore import ObjectFolder, client, is_object_url, object_errors
@@ -68,7 +68,7 @@ def class_flags(ids: Sequence[int], names: Sequence[str],
     words, so a space in a name is written ``_``), ``flag_colors``, and ``class_names``, the
     names as the bundle spells them (what the summary, the GeoPackage and the COGs show)."""
     return {"flag_values": list(ids),
-            "flag_meanings": " ".join(n.replace(" ", "_") for n in names),
+            "flag_meanings": " ".join(flag_word(n) for n in names),
             "flag_colors": " ".join(colors), "class_names": list(names)}
 
 

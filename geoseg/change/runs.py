@@ -15,6 +15,7 @@ from typing import Any
 
 from affine import Affine
 
+from geoseg.bundle import flag_word
 from geoseg.errors import GeoSegWarning, InputError
 from geoseg.grid import GeoBox, normalize_crs
 from geoseg.layout import GPKG, MANIFEST, STORE
@@ -131,7 +132,7 @@ def _scheme(attrs: dict[str, Any], label: str, root: Path) -> ClassScheme:
 def check_same_classes(a: RunInfo, b: RunInfo) -> None:
     """Both runs must use one class scheme, else transitions would be meaningless."""
     def words(c: ClassScheme) -> tuple[str, ...]:  # a store from before ``class_names``
-        return tuple(n.replace(" ", "_") for n in c.meanings)  # spells "low vegetation" so
+        return tuple(flag_word(n) for n in c.meanings)  # spells "low vegetation" so
 
     if (a.classes.values, words(a.classes)) != (b.classes.values, words(b.classes)):
         raise InputError(
