@@ -27,7 +27,14 @@ from geoseg.objstore import is_object_url
 from geoseg.outdir import atomic_write_bytes, storage_errors
 from geoseg.plan import Plan
 from geoseg.store import FILL, read_layer
-from geoseg.thumbs import IMAGE, Thumbs, panel_bands, quicklook_step, sample_slices
+from geoseg.thumbs import (
+    IMAGE,
+    Thumbs,
+    panel_bands,
+    quicklook_limit,
+    quicklook_step,
+    sample_slices,
+)
 
 # GDAL's block cache (default 5 % of RAM) fills with the whole raster while a COG and its
 # overviews are built: the 16384² class map took 343 MB RSS to convert with the default, 87 MB
@@ -168,8 +175,10 @@ def quicklook(plan: Plan, store: str, path: str | Path, max_px: int | None = Non
     if g.crs.is_geographic:  # is drawn 2 wide by 3 high; a degree of longitude is cos(lat)
         lat = (g.bounds.bottom + g.bounds.top) / 2  # of one of latitude
         aspect /= max(0.05, math.cos(math.radians(lat)))
-    if abs(aspect - 1.0) > 0.01:
-        row = row.resize((row.width, max(1, round(row.height * aspect))), Image.Resampling.NEAREST)
+    if abs(aspect - 1.0) > 0.01:  # a panel taller than the limit is narrowed instead
+        shrink = min(1.0, quicklook_limit(max_px) / (row.height * aspect))
+        row = row.resize((max(1, round(row.width * shrink)),
+                          max(1, round(row.height * aspect * shrink))), Image.Resampling.NEAREST)
     legend = _legend(row.width, [(m.name, m.spec.classes) for m in plan.models])
     sheet = Image.new("RGB", (row.width, row.height + legend.height), (255, 255, 255))
     sheet.paste(row, (0, 0))

@@ -35,7 +35,12 @@ class Thumbs(NamedTuple):
 def quicklook_step(height: int, width: int, max_px: int | None = None) -> int:
     """Grid pixels per quicklook pixel: every ``step``-th row and column is shown, so that the
     longest side has at most ``max_px`` (default :data:`QUICKLOOK_PX`) pixels."""
-    return max(1, -(-max(height, width) // (max_px or QUICKLOOK_PX)))
+    return max(1, -(-max(height, width) // quicklook_limit(max_px)))
+
+
+def quicklook_limit(max_px: int | None = None) -> int:
+    """The quicklook's longest side at most, in panel pixels (``max_px`` or the default)."""
+    return max_px or QUICKLOOK_PX
 
 
 def sample_slices(window: Window, step: int) -> tuple[slice, slice]:

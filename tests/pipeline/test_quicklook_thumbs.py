@@ -225,3 +225,26 @@ def test_the_quicklook_has_a_legend_and_the_grounds_shape(
     legend = {tuple(int(v) for v in px) for px in png[body:].reshape(-1, 3)}
     colours = {tuple(int(c.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)) for _, c in (*LC, *BD)}
     assert colours <= legend
+
+
+def test_very_tall_ground_pixels_stay_within_the_quicklook_limit(
+        tmp_path: Path, tiny_bundles: tuple[str, str]) -> None:
+    """0.5 × 10 m pixels (20 times as high on the ground as wide): drawn in the ground's shape,
+    the panels would be 20 times the limit's height; they are narrowed instead, so the
+    quicklook keeps its limit (50 px here) and its shape."""
+    from PIL import Image
+
+    image = write_raster(tmp_path / "tall.tif", textured(120, 160),
+                         transform=Affine(0.5, 0, 500000.0, 0, -10.0, 5100000.0))
+    out = tmp_path / "run"
+    assert run_job(validate_job({
+        "image": str(image), "output": str(out), "models": list(tiny_bundles),
+        "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"enabled": False},
+        "outputs": {"cog": False}, "runtime": {"threads_per_worker": 1}}),
+        backend=SerialBackend()).ok
+    png = np.asarray(Image.open(out / "quicklook.png").convert("RGB"))
+    body = int(np.argmax((png == 255).all(axis=(1, 2))))  # the legend's white margin
+    assert body == 50
+    step = quicklook_step(120, 160)
+    h, w = -(-120 // step), -(-160 // step)
+    assert png.shape[1] == round((3 * w + 2 * 8) * 50 / (h * 20))  # the ground's shape kept
