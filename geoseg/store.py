@@ -226,6 +226,13 @@ def _local_array(store: Path, name: str) -> _LocalArray | None:
     try:
         st = meta_path.stat()
     except OSError:
+        if not store.is_dir():  # a Ray node without the driver's disk
+            import socket
+
+            raise InputError(
+                f"{store} is not on {socket.gethostname()}'s disks: on a cluster --out must be "
+                "on storage every node mounts at the same path, or an s3://, gs:// or az:// "
+                "folder") from None
         raise InputError(f"{name} is not an array in {store}") from None
     key = (str(meta_path), st.st_mtime_ns, st.st_size)
     if key in _LOCAL_ARRAYS:

@@ -108,6 +108,24 @@ def test_misaligned_write_refused(tmp_path: Path) -> None:
                     {"landcover": np.zeros((10, 10), np.uint8)}, 32)
 
 
+def test_a_node_without_the_store_writes_nothing_and_says_why(tmp_path: Path) -> None:
+    """A Ray task on a node that does not mount the driver's --out: no chunk file is made on
+    that node's own disk (it would look written and be lost), and the error names the cause."""
+    from geoseg.errors import InputError
+
+    path, _, cg = _store(tmp_path, CRS.from_epsg(32633))
+    elsewhere = tmp_path / "not-mounted" / "p.zarr"
+    chunk = next(iter(cg))
+    block = np.ones(chunk.window.shape, np.uint8)
+    with pytest.raises(InputError, match="not on .*'s disks: on a cluster --out must be"):
+        write_chunk(str(elsewhere), chunk, {"landcover": block}, 32)
+    with pytest.raises(InputError, match="not on .*'s disks"):
+        read_layer(str(elsewhere), "landcover", chunk.window)
+    assert not (tmp_path / "not-mounted").exists()
+    with pytest.raises(InputError, match="roads is not an array in"):
+        read_layer(path, "roads", chunk.window)
+
+
 def _files(path: Path) -> dict[str, bytes]:
     return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*"))
             if f.is_file()}
