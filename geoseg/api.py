@@ -481,9 +481,11 @@ def train(out: str | Path, *, task: Literal["landcover", "buildings"],
     try:
         cfg = TrainConfig(name=name or f"{task}-custom", task=task, **options)
     except ValidationError as exc:
+        from geoseg.setting_errors import explain
+
         e = exc.errors()[0]
-        raise ConfigError(f"geoseg.train(): {'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
-                          ) from exc
+        raise ConfigError(f"geoseg.train(): {'.'.join(str(x) for x in e['loc'])}: "
+                          f"{explain([e])}") from exc
     return train_bundle(cfg, data, out, resume=resume, overwrite=overwrite, progress=progress)
 
 

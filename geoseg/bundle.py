@@ -253,9 +253,11 @@ def read_spec(bundle_dir: str | Path) -> BundleSpec:
         raise BundleError(f"cannot read {path}: {exc.strerror or exc}: make it readable "
                           "by this user, or rebuild the bundle") from exc
     except ValidationError as exc:
+        from geoseg.setting_errors import explain
+
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        msg = str(first["msg"]).removeprefix("Value error, ")  # our own validators' messages
+        msg = explain([first])
         raise BundleError(f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}") from exc
     except yaml.YAMLError as exc:
         raise BundleError(yaml_error_line(path, exc)) from exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -218,13 +218,15 @@ class JobConfig(_Strict):
         """The inputs as given (paths, URLs, globs, lists, STAC documents)."""
         return (self.image,) if isinstance(self.image, str) else self.image
 
-    def with_overrides(self, source: str = "arguments", **overrides: object) -> JobConfig:
+    def with_overrides(self, source: str = "arguments",
+                       spell: Callable[[str], str] | None = None,
+                       **overrides: object) -> JobConfig:
         """A copy with settings replaced; ``None`` keeps the current value.
 
         The one place where flags (CLI, ``workflows/``, the Python API) meet a config: names are
         flat, as the flags spell them (``chunk_size``, ``tile_size``, ``workers``, ``threads``,
         ``vectors``, ...; see :data:`OVERRIDES`); a bad value raises :class:`ConfigError` naming
-        ``source``."""
+        ``source`` and the override as ``spell`` writes it (``--halo``; its name by default)."""
         unknown = sorted(set(overrides) - set(OVERRIDES))
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: "
@@ -238,7 +240,9 @@ class JobConfig(_Strict):
                 data[path[0]] = value
             else:
                 data[path[0]] = {**(data.get(path[0]) or {}), path[1]: value}
-        return validate_job(data, source=source)
+        names = {".".join(OVERRIDES[n]): spell(n) if spell else n
+                 for n, v in overrides.items() if v is not None}
+        return validate_job(data, source=source, names=names)
 
 
 # flat override name -> path in JobConfig (the names of `geoseg run`'s flags)
@@ -302,7 +306,11 @@ def load_job_config(path: str | Path, **overrides: object) -> JobConfig:
     return validate_job(data, source=str(p))
 
 
-def validate_job(data: dict[str, object], source: str = "config") -> JobConfig:
+def validate_job(data: dict[str, object], source: str = "config",
+                 names: Mapping[str, str] | None = None) -> JobConfig:
+    """``data`` as a JobConfig; a bad value is one :class:`ConfigError`, ``source: setting:
+    what it should be`` (``names``: how a setting is spelt where it was given, e.g.
+    ``inference.halo`` → ``--halo``; an empty ``source`` is left out)."""
     try:
         return JobConfig.model_validate(data)
     except ValidationError as exc:
@@ -311,11 +319,16 @@ def validate_job(data: dict[str, object], source: str = "config") -> JobConfig:
         errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         where = list(dict.fromkeys(_setting(e["loc"]) for e in errors))
         e = errors[0]
-        msg = str(e["msg"]).removeprefix("Value error, ")  # our own validators' messages
         if e["type"] == "extra_forbidden":
             msg = _unknown_key(e["loc"])
+        else:
+            from geoseg.setting_errors import explain
+
+            msg = explain([x for x in errors if _setting(x["loc"]) == where[0]])
         more = f" (and {len(where) - 1} more problem(s))" if len(where) > 1 else ""
-        raise ConfigError(f"{source}: {where[0]}: {msg}{more}") from exc
+        prefix = f"{source}: " if source else ""
+        raise ConfigError(f"{prefix}{(names or {}).get(where[0], where[0])}: {msg}{more}"
+                          ) from exc
 
 
 def _setting(loc: tuple[int | str, ...]) -> str:
@@ -349,6 +362,7 @@ def _unknown_key(loc: tuple[int | str, ...]) -> str:
 
 def make_job_config(image: str | Sequence[str] | None, output: str | None,
                     config: str | Path | None = None, source: str = "arguments",
+                    spell: Callable[[str], str] | None = None,
                     **overrides: object) -> JobConfig:
     """The job for ``image`` → ``output``: the YAML ``config`` when given (its image/output
     replaced by these when not None), then ``overrides`` (see :meth:`JobConfig.with_overrides`)."""
@@ -358,4 +372,4 @@ def make_job_config(image: str | Sequence[str] | None, output: str | None,
         base = load_job_config(config, image=image, output=output)
     else:
         base = validate_job({"image": image, "output": output}, source=source)
-    return base.with_overrides(source, **overrides)
+    return base.with_overrides(source, spell, **overrides)

@@ -154,10 +154,11 @@ def _dispatch(args: argparse.Namespace, exit_code: Callable[[BaseException], int
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except ValidationError as exc:  # settings passed on the command line, checked by pydantic
+        from geoseg.setting_errors import explain
+
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or exc.title
-        print(f"error: invalid {where}: {first['msg']} (got {first.get('input')!r})",
-              file=sys.stderr)
+        print(f"error: {where}: {explain([first])}", file=sys.stderr)
         return ConfigError.exit_code
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ def job_config(a: argparse.Namespace, image: str | list[str] | None, output: str
     """The JobConfig of ``geoseg run``'s flags (``--config`` first, then every flag given)."""
     from geoseg.config import make_job_config
 
-    return make_job_config(image, output, a.config, models=a.models, region=_region(a),
+    return make_job_config(image, output, a.config, "", _flag, models=a.models,
+                           region=_region(a),
                            chunk_size=a.chunk_size, halo=a.halo, tile_size=a.tile_size,
                            engine=a.engine, tta=a.tta, workers=a.workers, threads=a.threads,
                            passes_at_once=getattr(a, "passes_at_once", None),
@@ -121,6 +122,12 @@ def job_config(a: argparse.Namespace, image: str | list[str] | None, output: str
                            bands=getattr(a, "bands", None), crs=getattr(a, "crs", None),
                            resolution=getattr(a, "resolution", None),
                            mosaic=getattr(a, "mosaic", None), nodata=getattr(a, "nodata", None))
+
+
+def _flag(override: str) -> str:
+    """How ``geoseg run`` spells the flag of an override (see config.OVERRIDES)."""
+    return {"models": "--model", "vectors": "--no-vectors", "region": "--region",
+            "output": "--out", "image": "IMAGE"}.get(override, "--" + override.replace("_", "-"))
 
 
 def _region(a: argparse.Namespace) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import geoseg
 from geoseg.bundle import BUNDLE_FILE, builtin_bundle, read_spec
 from geoseg.cli import main
 from geoseg.config import load_job_config
@@ -57,6 +58,15 @@ def image(tmp_path: Path) -> Path:
                                             "chunk_size? settings here: chunk_size, halo,"),
     (b"region: {bbx: [1, 2, 3, 4]}\n", "region.bbx: not a setting (did you mean bbox? settings "
                                        "here: bbox, file, wkt, crs)"),
+    # what the value should be, in words, with the value given (both branches of a union)
+    (b"inference: {halo: -5}\n", "inference.halo: should be at least 0 or 'auto', not -5"),
+    (b"inference: {chunk_size: abc}\n", "inference.chunk_size: should be a whole number, "
+                                        "not 'abc'"),
+    (b"models: landcover\n", "models: should be a list, e.g. [landcover], not 'landcover'"),
+    (b"vectors: {enabled: maybe}\n", "vectors.enabled: should be true or false, not 'maybe'"),
+    (b"inference: {engine: trt}\n", "inference.engine: should be one of 'auto', 'torch', "
+                                    "'torch-bf16' or 'onnx', not 'trt'"),
+    (b"inference: 5\n", "inference: should be a mapping of settings (name: value), not 5"),
 ])
 def test_bad_job_config_is_one_line(tmp_path: Path, image: Path, text: bytes, needle: str,
                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,6 +78,22 @@ def test_bad_job_config_is_one_line(tmp_path: Path, image: Path, text: bytes, ne
     assert rc == 2 and needle in line and str(cfg) in line, line
     assert not (tmp_path / "o").exists()
     assert cfg.read_bytes() == text
+
+
+@pytest.mark.parametrize("flags, line", [
+    (["--halo", "-5"], "error: --halo: should be at least 0 or 'auto', not -5"),
+    (["--chunk-size", "0"], "error: --chunk-size: should be at least 64, not 0"),
+    (["--threads", "0"], "error: --threads: should be at least 1, not 0"),
+])
+def test_a_bad_flag_value_is_named_as_the_flag(tmp_path: Path, image: Path, flags: list[str],
+                                               line: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _cli(capsys, "-q", "run", str(image), "-o", str(tmp_path / "o"), *flags)
+    assert rc == 2 and _one_line(err) == line
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError) as exc:
+        geoseg.run(image, out=tmp_path / "o", halo=-5)
+    assert str(exc.value) == "geoseg.run(): halo: should be at least 0 or 'auto', not -5"
 
 
 def test_config_errors_say_what_to_do(tmp_path: Path) -> None:
