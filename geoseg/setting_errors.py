@@ -35,6 +35,8 @@ def _wanted(err: Any) -> str | None:
     if kind in _BOUNDS:
         key, words = _BOUNDS[kind]
         return f"{words} {ctx.get(key)}"
+    if kind == "multiple_of":
+        return f"a multiple of {ctx.get('multiple_of')}"
     if kind in ("tuple_type", "list_type"):
         value = err.get("input")
         return f"a list, e.g. [{value}]" if isinstance(value, str | int | float) else \
