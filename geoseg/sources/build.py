@@ -76,12 +76,33 @@ def file_items(paths: Sequence[str], bands: Sequence[str | int] | None,
                 raise BandMismatchError(
                     f"{redact(p)} has {info.count} band(s) but {redact(paths[0])} has "
                     f"{first.count}: choose the same bands of each (--bands)")
-            index = list(range(1, info.count + 1))
+            index = _same_bands_as(info, first)
         else:
             index = [_band_index(info, b) for b in bands]
         out.append(SourceItem(item_id_of(p), info.acquisition_date,
                               tuple(BandRef(p, i) for i in index)))
     return out
+
+
+def _named(info: RasterInfo) -> list[str] | None:
+    """The file's band descriptions, case-folded, when every band has its own; else None."""
+    names = [str(n).casefold() for n in info.band_names if n]
+    return names if len(names) == info.count and len(set(names)) == info.count else None
+
+
+def _same_bands_as(info: RasterInfo, first: RasterInfo) -> list[int]:
+    """The bands of ``info`` in the order of the mosaic's first file: by name where both
+    files name every band (a file stored blue, green, red is read red, green, blue), else by
+    position. Files that name different bands are refused: position would mix them."""
+    mine, theirs = _named(info), _named(first)
+    if mine is None or theirs is None or mine == theirs:
+        return list(range(1, info.count + 1))
+    if sorted(mine) != sorted(theirs):
+        raise BandMismatchError(
+            f"{redact(info.path)} has bands named {', '.join(mine)} but {redact(first.path)} "
+            f"has {', '.join(theirs)}: pick the same bands of each by name (--bands), or fix "
+            "the band descriptions (gdal_edit.py)")
+    return [mine.index(name) + 1 for name in theirs]
 
 
 def _band_index(info: RasterInfo, band: str | int) -> int:

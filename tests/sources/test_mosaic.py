@@ -210,6 +210,30 @@ def test_band_selection_by_name_and_number(scene: Scene) -> None:
     assert np.array_equal(read_window(m, win, (1,))[0], read_window(by_number, win, (1,))[0])
 
 
+def test_a_file_storing_the_bands_in_another_order_is_read_by_name(scene: Scene) -> None:
+    """C stored nir, red (and described so) in a mosaic after A (red, nir): its bands are
+    matched by name, so the mosaic reads what it reads with C stored red, nir; a file whose
+    bands have other names is refused (by position they would be mixed)."""
+    from geoseg.errors import BandMismatchError
+    from tests.conftest import write_raster
+
+    swapped = scene.a.with_name("c_swapped.tif")
+    write_raster(swapped, scene.c_data[::-1], crs=UTM33, transform=scene.c_transform, nodata=0,
+                 descriptions=["nir", "red"], tags={"ACQUISITION_DATE": "2020-02-01"})
+    m = open_source([str(scene.a), str(swapped)])
+    ref = open_source([str(scene.a), str(scene.c)])
+    assert isinstance(m, Mosaic) and m.band_names == ("red", "nir")
+    win = Window(0, 0, 70, 90)
+    assert all(np.array_equal(x, y) for x, y in
+               zip(read_window(m, win, (1, 2)), read_window(ref, win, (1, 2)), strict=True))
+    other = scene.a.with_name("c_other.tif")
+    write_raster(other, scene.c_data, crs=UTM33, transform=scene.c_transform, nodata=0,
+                 descriptions=["green", "swir"])
+    with pytest.raises(BandMismatchError, match="has bands named green, swir but .*a.tif has "
+                                                "red, nir: pick the same bands of each"):
+        open_source([str(scene.a), str(other)])
+
+
 def test_source_helpers() -> None:
     from geoseg.sources.mosaic import SourceRef, dominant_source, sources_record
 
