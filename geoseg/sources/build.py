@@ -39,8 +39,8 @@ _EPS = 1e-6
 
 def open_all(hrefs: Sequence[str], nodata: float | None = None) -> dict[str, RasterInfo]:
     """:func:`geoseg.io.open_info` of every href (headers only, 8 at a time); one summary
-    warning for the rasters that declare no nodata value; ``nodata`` overrides every raster's
-    own nodata value."""
+    warning for the rasters that declare no nodata value; ``nodata`` is the nodata value of
+    those (:func:`with_nodata`)."""
     unique = list(dict.fromkeys(hrefs))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -53,14 +53,28 @@ def open_all(hrefs: Sequence[str], nodata: float | None = None) -> dict[str, Ras
         else:
             warnings.warn(w.message, w.category, stacklevel=2)
     if nodata is not None:
-        return {k: replace(v, nodata=float(nodata), has_dataset_mask=False)
-                for k, v in infos.items()}
+        return with_nodata(infos, nodata)
     if no_nodata:
         warnings.warn(f"{no_nodata} of {len(unique)} mosaic file(s) declare no nodata value: "
                       "every pixel of those is valid and covers the images below it (give a "
                       "nodata value to treat e.g. zero collars as holes)", GeoSegWarning,
                       stacklevel=2)
     return infos
+
+
+def with_nodata(infos: dict[str, RasterInfo], nodata: float) -> dict[str, RasterInfo]:
+    """``nodata`` (``--nodata``) for the rasters that declare no nodata value and have no mask;
+    a raster's own nodata value or mask is kept (its collar must not become data), with one
+    warning when it differs from ``nodata``."""
+    own = [k for k, v in infos.items() if v.nodata is not None or v.has_dataset_mask]
+    differ = [k for k in own if infos[k].nodata is None or infos[k].nodata != float(nodata)]
+    if differ:
+        first = infos[differ[0]]
+        theirs = f"nodata {first.nodata:g}" if first.nodata is not None else "a mask"
+        warnings.warn(f"--nodata {nodata:g} is used for the images that declare none; "
+                      f"{len(differ)} declare their own, kept ({redact(differ[0])}: {theirs})",
+                      GeoSegWarning, stacklevel=3)
+    return {k: v if k in own else replace(v, nodata=float(nodata)) for k, v in infos.items()}
 
 
 def file_items(paths: Sequence[str], bands: Sequence[str | int] | None,
@@ -294,9 +308,9 @@ def build_mosaic(items: Sequence[SourceItem], *, band_names: Sequence[str | None
     hrefs = [ref.href for it in kept for ref in it.bands]
     known = {k: v for k, v in (infos or {}).items() if k in hrefs}
     opened = open_all([h for h in hrefs if h not in known], nodata)
-    if nodata is not None:
-        known = {k: replace(v, nodata=float(nodata), has_dataset_mask=False)
-                 for k, v in known.items()}
+    if nodata is not None and known:  # opened by the caller (open_all: already applied)
+        known = {k: v if v.nodata is not None or v.has_dataset_mask
+                 else replace(v, nodata=float(nodata)) for k, v in known.items()}
     all_infos = {**known, **opened}
     parts = [_parts(it, all_infos) for it in kept]
     dtype = _check_dtypes(kept, parts, band_names)

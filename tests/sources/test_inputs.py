@@ -85,6 +85,26 @@ def test_images_without_nodata_warn_once_and_nodata_overrides(tmp_path: Path) ->
     assert not valid[:4].any() and np.all(data[0, 4:] == 1)
 
 
+def test_nodata_is_for_the_images_that_declare_none(tmp_path: Path) -> None:
+    """``--nodata 0`` (as its help says) is the nodata of images that declare none; an image
+    declaring 255 keeps it, so its 255 collar stays a hole and the next image fills it."""
+    from geoseg.io import read_window
+
+    own = np.full((1, 16, 16), 5, np.uint8)
+    own[0, :, 8:] = 255  # its declared collar
+    first = write_raster(tmp_path / "own.tif", own, crs=UTM33, nodata=255)
+    under = np.full((1, 16, 16), 7, np.uint8)
+    under[0, :4] = 0  # a zero collar, declared by nothing
+    second = write_raster(tmp_path / "under.tif", under, crs=UTM33)
+    with pytest.warns(GeoSegWarning, match=r"--nodata 0 is used for the images that declare "
+                                           r"none; 1 declare their own, kept \(.*own.tif: "
+                                           r"nodata 255\)"):
+        m = open_source([str(first), str(second)], nodata=0)
+    data, valid = read_window(m, m.geobox.window, (1,))
+    assert np.all(data[0, :, :8] == 5)
+    assert np.all(data[0, 4:, 8:] == 7) and not valid[:4, 8:].any()  # filled; both collars
+
+
 def test_a_vrt_is_one_raster(local_scene: Scene) -> None:
     """A GDAL VRT (here: A and C on one grid) is opened as a single raster, or as one item."""
     from geoseg.grid import Window
