@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from shapely.geometry.base import BaseGeometry
 
@@ -40,16 +40,22 @@ def is_url(href: str) -> bool:
     return "://" in href and not href.lower().startswith("file://")
 
 
-def resolve_href(href: str, base: str | None) -> str:
-    """``href`` made absolute against ``base`` (the URL or path of the document naming it)."""
+def resolve_href(href: str, base: str | None, uri: bool = False) -> str:
+    """``href`` made absolute against ``base`` (the URL or path of the document naming it).
+    ``file://`` URLs are percent-decoded (``my%20scene`` is the folder ``my scene``), and so
+    is any local ``href`` when ``uri`` (a STAC href is a URI reference, RFC 3986; a line of a
+    ``.txt`` list is a path, kept as written)."""
     if href.lower().startswith("file://"):
-        return urlsplit(href).path
-    if is_url(href) or os.path.isabs(href) or not base:
+        return unquote(urlsplit(href).path)
+    if is_url(href):
         return href
-    if is_url(base):
+    if base and is_url(base) and not os.path.isabs(href):
         return urljoin(base, href)
-    base_path = base[7:] if base.lower().startswith("file://") else base
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(base_path)), href))
+    local = unquote(href) if uri else href
+    if os.path.isabs(local) or not base:
+        return local
+    base_path = unquote(urlsplit(base).path) if base.lower().startswith("file://") else base
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(base_path)), local))
 
 
 def item_id_of(href: str) -> str:

@@ -164,7 +164,8 @@ def to_source_item(item: Any, bands: Sequence[str], base: str) -> SourceItem:
             raise InputError(f"STAC item {item.id}: asset {key!r} (band {name!r}) has an empty "
                              "href: fix the item, or choose another band")
         href = asset.get_absolute_href() or asset.href
-        refs.append(BandRef(resolve_href(href, item.get_self_href() or base), index))
+        refs.append(BandRef(resolve_href(href, item.get_self_href() or base, uri=True),
+                                index))
     footprint = None
     try:
         if item.geometry:

@@ -39,6 +39,27 @@ def test_item_collection_hrefs_resolve_against_the_collection(stac: Stac) -> Non
     assert items[1].bands[0].href == str(stac.root / "items" / "c" / "B04.tif")
 
 
+def test_percent_encoded_hrefs_name_the_files(stac: Stac, tmp_path: Path) -> None:
+    """A STAC href is a URI: ``my%20scene/B04.tif`` and ``file:///.../my%20scene/B08.tif`` are
+    the files in the folder ``my scene`` (a .txt list's lines are paths, kept as written)."""
+    import shutil
+
+    from geoseg.sources.items import resolve_href
+
+    folder = tmp_path / "my scene"
+    shutil.copytree(stac.root / "items" / "a", folder)
+    doc = json.loads(stac.item_a.read_text())
+    doc["assets"]["B04"]["href"] = "./my%20scene/B04.tif"
+    doc["assets"]["B08"]["href"] = (folder.parent.as_uri() + "/my%20scene/B08.tif")
+    item = tmp_path / "item.json"
+    item.write_text(json.dumps(doc))
+    (read,) = read_stac([str(item)], ["red", "nir"])
+    assert [b.href for b in read.bands] == [str(folder / "B04.tif"), str(folder / "B08.tif")]
+    m = open_source([str(item)], bands=["red", "nir"])
+    assert isinstance(m, Mosaic) and m.count == 2
+    assert resolve_href("my%20x.tif", str(item)) == str(tmp_path / "my%20x.tif")
+
+
 def test_band_in_a_multiband_asset_and_by_asset_or_band_name(stac: Stac) -> None:
     (item,) = read_stac([str(stac.item_a)], ["green", "B04"])
     assert item.bands[0].href.endswith("visual.tif") and item.bands[0].index == 2
