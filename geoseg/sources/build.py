@@ -204,6 +204,20 @@ def _default_resolution(ref: GeoBox, crs: CRS) -> float:
     return float(abs(t.a))
 
 
+UNIT_SLIP = 1000.0
+"""A ``--resolution`` this many times coarser or finer than the images' pixels is a unit slip
+(metres given for a degree grid: 0.5 "m" is 0.5° ≈ 55 km), not a choice."""
+
+
+def _check_units(resolution: float, native: float, crs: CRS) -> None:
+    if native > 0 and not native / UNIT_SLIP <= resolution <= native * UNIT_SLIP:
+        unit = crs.axis_info[0].unit_name if crs.axis_info else "units"
+        raise InputError(
+            f"--resolution {resolution:g} is in {unit}s of {crs.to_string()}, where the "
+            f"images' pixels are about {native:.3g} {unit}s: give the pixel size in those "
+            f"units (e.g. --resolution {native:.3g})")
+
+
 def output_grid(ref: GeoBox, footprints: Sequence[BaseGeometry], crs: CRS | None,
                 resolution: float | None) -> GeoBox:
     """The output grid (see the module docstring) covering ``footprints`` (in its CRS)."""
@@ -214,8 +228,10 @@ def output_grid(ref: GeoBox, footprints: Sequence[BaseGeometry], crs: CRS | None
         raise InputError("south-up rasters are not supported: warp them north-up first")
     if out_crs != ref.crs or (resolution is not None and not (
             math.isclose(resolution, rx) and math.isclose(resolution, ry))):
-        rx = ry = float(resolution) if resolution is not None else _default_resolution(
-            ref, out_crs)
+        native = _default_resolution(ref, out_crs)
+        if resolution is not None:
+            _check_units(resolution, native, out_crs)
+        rx = ry = float(resolution) if resolution is not None else native
         ox = oy = 0.0
     left, bottom, right, top = shapely.total_bounds(list(footprints))
     c0, c1 = math.floor((left - ox) / rx + _EPS), math.ceil((right - ox) / rx - _EPS)

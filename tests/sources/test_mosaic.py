@@ -85,6 +85,21 @@ def test_grid_override_crs_and_resolution(scene: Scene) -> None:
     assert np.all(data[0][source == 2] == 200)
 
 
+def test_a_resolution_in_other_units_is_one_line(scene: Scene) -> None:
+    """0.5 meant as metres on a degree grid is 0.5° (~55 km: a 1×1 px run that looked
+    complete); 1e-4 meant as degrees on a metre grid: both refused, with the pixel size in
+    the grid's units."""
+    from geoseg.errors import InputError
+
+    with pytest.raises(InputError, match=r"--resolution 0.5 is in degrees of EPSG:4326, where "
+                                         r"the images' pixels are about 0.000111 degrees"):
+        _mosaic(scene, crs="EPSG:4326", resolution=0.5)
+    with pytest.raises(InputError, match=r"0.0001 is in metres .* about 10 metres: give the "
+                                         r"pixel size in those units \(e.g. --resolution 10\)"):
+        _mosaic(scene, crs=UTM32, resolution=1e-4)
+    assert _mosaic(scene, crs=UTM32, resolution=300.0).geobox.resolution == (300.0, 300.0)
+
+
 @pytest.mark.parametrize("rule", ["first", "latest", "least-nodata"])
 def test_rules_pixel_by_pixel(scene: Scene, rule: str) -> None:
     m = _mosaic(scene, rule)
