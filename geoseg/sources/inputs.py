@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,11 @@ def expand_inputs(inputs: Sequence[str], _depth: int = 0) -> list[tuple[Kind, st
             raise RasterNotFoundError(f"input not found: {href} (check the path)")
         else:
             out.append(("stac" if suffix in STAC_SUFFIXES else "raster", href))
-    unique = list(dict.fromkeys(out))
+    first: dict[tuple[Kind, str], tuple[Kind, str]] = {}
+    for kind, href in out:  # a.tif, ./a.tif and /abs/a.tif are one file
+        local = not (is_remote(href) or "://" in href or href.startswith("/vsi"))
+        first.setdefault((kind, os.path.realpath(href) if local else href), (kind, href))
+    unique = list(first.values())
     if len(unique) < len(out):
         log.warning("%d repeated input(s) ignored", len(out) - len(unique))
     return unique

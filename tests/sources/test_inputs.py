@@ -33,6 +33,15 @@ def test_glob_and_text_list(local_scene: Scene, tmp_path: Path) -> None:
         ("raster", str(local_scene.c)), ("raster", str(local_scene.a))]  # repeats dropped
 
 
+def test_one_file_spelt_three_ways_is_one_input(local_scene: Scene,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(local_scene.a.parent)
+    link = local_scene.a.parent / "a-link.tif"
+    link.symlink_to(local_scene.a)
+    spelt = ["a.tif", "./a.tif", str(local_scene.a), str(link), "c.tif"]
+    assert expand_inputs(spelt) == [("raster", "a.tif"), ("raster", "c.tif")]
+
+
 def test_unknown_rule_and_missing_inputs(local_scene: Scene, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown mosaic rule 'newest'"):
         open_source([str(local_scene.a)], mosaic="newest")
