@@ -30,7 +30,7 @@ from geoseg.layout import GPKG, STAC_ITEM, STORE, SUMMARY, RunLayout
 from geoseg.manifest import ObjectManifest, RunManifest
 from geoseg.objstore import join
 from geoseg.outdir import atomic_write_text, storage_errors
-from geoseg.plan import Plan, input_changes, input_fingerprint, make_plan
+from geoseg.plan import Plan, input_changes, input_fingerprint, make_plan, sampled_windows
 from geoseg.runfolder import RunFolder, open_run_folder, read_manifest
 from geoseg.runtime.base import GPU_PASSES, Backend, ChunkFailure
 from geoseg.runtime.connection import ray_connected
@@ -369,6 +369,16 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
                                      protect=_inputs(cfg, plan))
     earlier = manifest.data.get("inputs")
     changed = input_changes(earlier, inputs) if isinstance(earlier, dict) else []
+    if changed == ["file sizes"] and _failed_on_damage(str(cfg.output)):
+        if not isinstance(earlier, dict) or not any(sampled_windows(earlier, inputs)):
+            raise ResumeError(
+                f"{redact(str(cfg.output))}: the image was damaged where geoseg samples it, so "
+                "the repaired one (its file sizes differ) cannot be told from another image: "
+                "resume refused, the run is left as it was; pass --overwrite to start over")
+        log.warning("the input's file sizes differ from the run's, whose chunks failed on a "
+                    "damaged image: taken as the repaired image (the same grid and sampled "
+                    "pixels); the failed chunks are computed, the finished ones kept")
+        changed = []
     if changed:  # before anything is touched: the earlier run stays as it was
         raise ResumeError(
             f"{redact(str(cfg.output))}: the input is not the one this run began with (its "
@@ -457,6 +467,16 @@ def _resumable(exc: StorageError) -> StorageError:
     err = StorageError(f"{exc} with --resume (finished chunks are kept)")
     err.fatal = exc.fatal
     return err
+
+
+def _failed_on_damage(output: str) -> bool:
+    """Whether the run in ``output`` last ended with chunks that failed on an error a rerun
+    cannot fix (a damaged image: "repair or re-download it, then rerun with --resume")."""
+    from geoseg.runfolder import read_json
+
+    summary = read_json(output, SUMMARY) or {}
+    failed = (summary.get("chunks") or {}).get("failed") or []
+    return any(isinstance(f, dict) and f.get("retryable") is False for f in failed)
 
 
 def _damaged(plan: Plan, store: str, records: dict[str, dict[str, Any] | None]) -> list[str]:

@@ -217,28 +217,45 @@ def input_fingerprint(plan: Plan) -> dict[str, Any]:
             sizes.append(None)
     bands = tuple(sorted({b for m in plan.models for b in m.spec.bands}))
     hasher = hashlib.sha256()
-    digest: str | None = None
-    try:
-        for win in _sample_windows(plan.offset):
+    per_window: list[str | None] = []
+    for win in _sample_windows(plan.offset):
+        try:
             data, valid = read_window(image, win, bands)
-            hasher.update(np.ascontiguousarray(data).tobytes())
-            hasher.update(np.packbits(valid).tobytes())
-        digest = hasher.hexdigest()
-    except (OSError, GeoSegError):
-        pass
+        except (OSError, GeoSegError):
+            per_window.append(None)
+            continue
+        one = hashlib.sha256(np.ascontiguousarray(data).tobytes())
+        one.update(np.packbits(valid).tobytes())
+        per_window.append(one.hexdigest())
+        hasher.update(np.ascontiguousarray(data).tobytes())
+        hasher.update(np.packbits(valid).tobytes())
+    digest = hasher.hexdigest() if per_window and None not in per_window else None
     g = plan.grid
     return {"grid": {"shape": list(g.shape), "transform": list(g.transform)[:6],
                      "crs_wkt": g.crs.to_wkt()},
-            "images": [redact(p) for p in paths], "sizes": sizes, "sample_sha256": digest}
+            "images": [redact(p) for p in paths], "sizes": sizes, "sample_sha256": digest,
+            "sample_windows_sha256": per_window}
 
 
 def input_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """What differs between two :func:`input_fingerprint` records (empty: the same input)."""
+    """What differs between two :func:`input_fingerprint` records (empty: the same input); a
+    sampled window unreadable in either (a damaged image) is not compared."""
     said = {"grid": "grid", "images": "image list", "sizes": "file sizes",
             "sample_sha256": "sampled pixels"}
-    return [text for key, text in said.items()
-            if key in before and before[key] is not None and now.get(key) is not None
-            and before[key] != now[key]]
+    changed = [text for key, text in said.items()
+               if key in before and before[key] is not None and now.get(key) is not None
+               and before[key] != now[key]]
+    if "sampled pixels" not in changed and sampled_windows(before, now).count(False):
+        changed.append("sampled pixels")
+    return changed
+
+
+def sampled_windows(before: dict[str, Any], now: dict[str, Any]) -> list[bool]:
+    """Per sampled window read in both fingerprints: whether its pixels are the same."""
+    a, b = before.get("sample_windows_sha256"), now.get("sample_windows_sha256")
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b):
+        return []
+    return [x == y for x, y in zip(a, b, strict=True) if x is not None and y is not None]
 
 
 def sampled_values(image: RasterInfo | Mosaic, window: Window,

@@ -41,3 +41,51 @@ def test_a_run_with_failed_chunks_publishes_no_features(
     assert "gpkg" not in run.summary.outputs
     with pytest.raises(IncompleteRunError, match=r"a rerun cannot fix .* fix the input or model"):
         run.features("buildings")
+
+
+def test_a_repaired_image_resumes_as_the_advice_says(tmp_path: Path,
+                                                     tiny_bundles: tuple[str, str]) -> None:
+    """An image cut short (an interrupted download): its chunks fail, "fix the input, then
+    rerun with --resume". Downloaded again whole (another file size), --resume keeps the
+    finished chunks and computes the failed ones: the store equals a clean run's. An image
+    replaced by another one is still refused (its sampled pixels differ)."""
+    import numpy as np
+    import zarr
+
+    from geoseg.errors import ResumeError
+
+    import rasterio
+
+    clean = write_raster(tmp_path / "clean.tif", textured(256, 256, seed=5),
+                         descriptions=["red", "green", "blue", "nir"])
+    image = tmp_path / "image.tif"
+    with rasterio.open(clean) as s:  # 32² tiles
+        profile = {**s.profile, "blockxsize": 32, "blockysize": 32, "tiled": True}
+        with rasterio.open(image, "w", **profile) as d:
+            d.write(s.read())
+    whole = image.read_bytes()
+    image.write_bytes(whole[:len(whole) * 3 // 4])
+    opts = {"models": list(tiny_bundles), "chunk_size": 64, "workers": 1, "threads": 1,
+            "vectors": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = geoseg.run(image, tmp_path / "out", **opts)
+        failed = len(first.failed_chunks)
+        assert failed and all(not f.retryable for f in first.failed_chunks)
+        image.write_bytes(whole)  # downloaded again, whole
+        resumed = geoseg.run(image, tmp_path / "out", resume=True, **opts)
+        reference = geoseg.run(image, tmp_path / "ref", **opts)
+    assert resumed.complete and resumed.summary.chunks.computed_this_run == failed
+    a = zarr.open_group(str(tmp_path / "out" / "predictions.zarr"), mode="r")
+    b = zarr.open_group(str(tmp_path / "ref" / "predictions.zarr"), mode="r")
+    for name in ("landcover", "buildings_confidence"):
+        assert np.array_equal(a[name][:], b[name][:]), name  # type: ignore[index]
+    other = write_raster(tmp_path / "other.tif", textured(256, 256, seed=6),
+                         descriptions=["red", "green", "blue", "nir"])
+    image.write_bytes(whole[:len(whole) * 3 // 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geoseg.run(image, tmp_path / "out2", **opts)
+        image.write_bytes(other.read_bytes())
+        with pytest.raises(ResumeError, match="sampled pixels"):
+            geoseg.run(image, tmp_path / "out2", resume=True, **opts)
