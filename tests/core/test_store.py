@@ -117,9 +117,9 @@ def test_a_node_without_the_store_writes_nothing_and_says_why(tmp_path: Path) ->
     elsewhere = tmp_path / "not-mounted" / "p.zarr"
     chunk = next(iter(cg))
     block = np.ones(chunk.window.shape, np.uint8)
-    with pytest.raises(InputError, match="not on .*'s disks: on a cluster --out must be"):
+    with pytest.raises(InputError, match=r"not on .*'s disks: on a cluster --out must be"):
         write_chunk(str(elsewhere), chunk, {"landcover": block}, 32)
-    with pytest.raises(InputError, match="not on .*'s disks"):
+    with pytest.raises(InputError, match=r"not on .*'s disks"):
         read_layer(str(elsewhere), "landcover", chunk.window)
     assert not (tmp_path / "not-mounted").exists()
     with pytest.raises(InputError, match="roads is not an array in"):

@@ -50,11 +50,10 @@ def test_a_repaired_image_resumes_as_the_advice_says(tmp_path: Path,
     finished chunks and computes the failed ones: the store equals a clean run's. An image
     replaced by another one is still refused (its sampled pixels differ)."""
     import numpy as np
+    import rasterio
     import zarr
 
     from geoseg.errors import ResumeError
-
-    import rasterio
 
     clean = write_raster(tmp_path / "clean.tif", textured(256, 256, seed=5),
                          descriptions=["red", "green", "blue", "nir"])
@@ -74,7 +73,7 @@ def test_a_repaired_image_resumes_as_the_advice_says(tmp_path: Path,
         assert failed and all(not f.retryable for f in first.failed_chunks)
         image.write_bytes(whole)  # downloaded again, whole
         resumed = geoseg.run(image, tmp_path / "out", resume=True, **opts)
-        reference = geoseg.run(image, tmp_path / "ref", **opts)
+        assert geoseg.run(image, tmp_path / "ref", **opts).complete
     assert resumed.complete and resumed.summary.chunks.computed_this_run == failed
     a = zarr.open_group(str(tmp_path / "out" / "predictions.zarr"), mode="r")
     b = zarr.open_group(str(tmp_path / "ref" / "predictions.zarr"), mode="r")

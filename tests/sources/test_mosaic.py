@@ -244,7 +244,7 @@ def test_a_file_storing_the_bands_in_another_order_is_read_by_name(scene: Scene)
     other = scene.a.with_name("c_other.tif")
     write_raster(other, scene.c_data, crs=UTM33, transform=scene.c_transform, nodata=0,
                  descriptions=["green", "swir"])
-    with pytest.raises(BandMismatchError, match="has bands named green, swir but .*a.tif has "
+    with pytest.raises(BandMismatchError, match=r"has bands named green, swir but .*a.tif has "
                                                 "red, nir: pick the same bands of each"):
         open_source([str(scene.a), str(other)])
 
