@@ -9,6 +9,11 @@ Zarr chunks copied to the shifted chunk keys, their footprints translated), as
 inference each; their images are tiled the same way as VRTs for the image check. The change
 step reads them as it reads any run. Peak memory is the summed PSS of
 the ``geoseg change`` process tree, sampled every 0.2 s.
+
+Runs without a buildings model (``geoseg run -m landcover``) or without vectors
+(``--no-vectors``) compare too: there are no footprints to tile, and the table's ``buildings``
+is null. A failed ``geoseg change`` stops the benchmark with one line (the command and the last
+line of its stderr) and exit status 1.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -91,6 +97,8 @@ def tile_run(src: Path, dst: Path, n: int) -> Path:
         else:
             shutil.copytree(arr, out / arr.name)
     zarr.consolidate_metadata(str(out), zarr_format=2)
+    if not _has_buildings(src):  # a run without a buildings model, or without vectors
+        return dst
     frame = gpd.read_file(src / GPKG, layer="buildings", engine="pyogrio")
     parts = []
     for i in range(n):
@@ -105,6 +113,15 @@ def tile_run(src: Path, dst: Path, n: int) -> Path:
     tiled = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs=frame.crs)
     tiled.to_file(dst / GPKG, layer="buildings", driver="GPKG", engine="pyogrio")
     return dst
+
+
+def _has_buildings(run: Path) -> bool:
+    """Whether ``run`` wrote building footprints (its GeoPackage has a buildings layer)."""
+    import pyogrio
+
+    gpkg = run / GPKG
+    return gpkg.is_file() and "buildings" in {str(name) for name, _ in
+                                               pyogrio.list_layers(gpkg)}
 
 
 def _source_image(run: Path) -> str:
@@ -146,6 +163,25 @@ def tile_image(src: str, dst: Path, n: int) -> str:
     return str(dst)
 
 
+def run_change(cmd: list[str], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``measure`` the ``geoseg change`` command ``cmd`` writing to ``out``: its measurements and
+    its ``change_summary.json``. A change that fails (or writes no summary) stops the benchmark
+    with one line naming the command and the last line of its stderr."""
+    shown = shlex.join(cmd)
+    try:
+        res = measure(cmd)
+    except SystemExit as exc:  # measure's message: "CMD failed (RC):\nSTDERR"
+        head, _, err = str(exc.code).partition("\n")
+        rc = re.search(r"failed \((-?\d+)\):$", head)
+        last = next((line.strip() for line in reversed(err.splitlines()) if line.strip()),
+                    "(nothing on stderr)")
+        raise SystemExit(f"error: {shown} failed (exit {rc[1] if rc else '?'}): {last}") from None
+    path = out / "change_summary.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {shown} exited 0 but wrote no {path}")
+    return res, json.loads(path.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,13 +199,13 @@ def main() -> None:
         out = work / f"change-x{n}"
         images = [tile_image(_source_image(r), work / f"{k}-x{n}.vrt", n)
                   for k, r in (("a", args.run_a), ("b", args.run_b))]
-        res = measure([sys.executable, "-m", "geoseg", "change", str(ra), str(rb), "-o", str(out),
-                       "--overwrite", "--images", *images])
-        summary = json.loads((out / "change_summary.json").read_text())
-        shape = summary.get("grid", {}).get("shape")
+        res, summary = run_change([sys.executable, "-m", "geoseg", "change", str(ra), str(rb),
+                                   "-o", str(out), "--overwrite", "--images", *images], out)
+        # a section is null when the runs have no such model (buildings) or no such output
+        shape = (summary.get("grid") or {}).get("shape")
         rows.append({"tiles": n, "shape": shape, "wall_s": round(res["wall_s"], 1),
                      "peak_pss_gb": round(res["peak_pss_gb"], 3),
-                     "buildings": summary.get("buildings", {}).get("counts")})
+                     "buildings": (summary.get("buildings") or {}).get("counts")})
         print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'tiles':>5} {'shape':>13} {'wall s':>8} {'peak PSS GB':>12}")
     for r in rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,9 +41,6 @@ def test_busy_cores_shows_where_a_run_left_its_cores_idle() -> None:
 
 
 def test_bench_trace_prints_both_walks_on_a_class_map(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     import numpy as np
     import rasterio
     from rasterio.transform import from_origin
@@ -101,3 +100,56 @@ def test_bench_schedule_stops_growing_with_the_region() -> None:
     huge = measure(2_000_000, 1024, 64, 128)
     assert small["scheduled"] and small["block_counters"] == (4096 // 128) ** 2
     assert not huge["scheduled"] and huge["block_counters"] == 0 and huge["chunks"] == 1954 ** 2
+
+
+def _landcover_runs(tmp_path: Path, image_b: bool = True) -> tuple[Path, Path]:
+    """Two land-cover-only runs (no buildings model, no GeoPackage) of one place, with their
+    images (``image_b=False``: b records an image that does not exist)."""
+    import numpy as np
+
+    from tests.change.conftest import SHAPE, T_A, make_run, pattern
+    from tests.conftest import write_raster
+
+    rng = np.random.default_rng(0)
+    images = [write_raster(tmp_path / f"{k}.tif",
+                           rng.integers(100, 900, (4, *SHAPE)).astype(np.uint16), transform=T_A)
+              for k in "ab"]
+    a = make_run(tmp_path / "a", pattern(SHAPE, 0), image=images[0], buildings=None,
+                 building_model=False)
+    b = make_run(tmp_path / "b", pattern(SHAPE, 1), date="2024-06-01", buildings=None,
+                 building_model=False, image=images[1] if image_b else tmp_path / "gone.tif")
+    return a, b
+
+
+def _bench_change(tmp_path: Path, a: Path, b: Path, *tiles: int
+                  ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "benchmarks.bench_change", "--run-a", str(a),
+                           "--run-b", str(b), *(f"--tiles={n}" for n in tiles),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
+def test_bench_change_compares_runs_without_a_buildings_model(tmp_path: Path) -> None:
+    """Land-cover-only runs: their change summary has ``buildings: null`` (the table shows
+    null) and there are no footprints to tile."""
+    import json
+
+    a, b = _landcover_runs(tmp_path)
+    res = _bench_change(tmp_path, a, b, 1, 2)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert [(r["tiles"], r["shape"], r["buildings"]) for r in rows] == [
+        (1, [96, 128], None), (2, [192, 256], None)]
+
+
+def test_bench_change_reports_a_failed_change_in_one_line(tmp_path: Path) -> None:
+    """A ``geoseg change`` that fails (here: date b's image is gone) stops the benchmark with
+    one line naming the command and the change's own error, and a non-zero exit."""
+    a, b = _landcover_runs(tmp_path, image_b=False)
+    res = _bench_change(tmp_path, a, b, 1)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("error: ") and " -m geoseg change " in lines[0]
+    assert "failed (exit 2)" in lines[0] and "gone.tif" in lines[0]
+    assert not (tmp_path / "work" / "results.json").exists()

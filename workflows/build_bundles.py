@@ -7,7 +7,14 @@ and score them on the path users run.
         --train-seeds 101 102 103 104 105 106 --max-minutes 55   # fine-tune OLD/<name>
 
 Bundles 1.1.0 (shipped) are 1.0.0 (git f3767ac) fine-tuned that way (README, "Training and
-evaluation").
+evaluation"). A bundle's version names the recipe it was built with (:data:`RECIPES`): 1.0.0 from
+scratch with the defaults above, 1.1.0 fine-tuned from a 1.0.0 bundle with the README's command;
+any other build is versioned ``0.0.0+local`` (:data:`LOCAL_VERSION`), so that it never claims to
+be a published bundle.
+
+``--out``, ``--init-from`` (and, with ``--score-only``, the bundles in ``--out``) are checked
+before any scene is generated; a bad one (as any geoseg error later) is one ``error:`` line and
+the error's exit status (2 for these), as ``geoseg``'s commands report it.
 
 ``--only maskrcnn`` builds the optional Mask R-CNN buildings bundle (route (b) of building
 footprints, not shipped) into ``<out>/buildings-maskrcnn``; it needs an explicit ``--out``:
@@ -33,6 +40,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 import tempfile
 import time
 import warnings
@@ -44,7 +53,7 @@ import numpy as np
 import torch
 
 from geoseg.bundle import ArchitectureSpec, ClassSpec, builtin_bundle, read_spec
-from geoseg.errors import BundleError
+from geoseg.errors import BundleError, ConfigError, GeoSegError
 from geoseg.models import Predictor
 from geoseg.training import BUILDING_CLASSES, TrainConfig, scene_files, train
 
@@ -67,6 +76,21 @@ BAND_NAMES = ("red", "green", "blue", "nir")
 # Mask R-CNN for CPUs: ResNet-18 FPN (the smallest torchvision ResNet), chips of 256 px in
 # batches of 4, AdamW at the detector's default rate (geoseg.training.loop.MASKRCNN_LR).
 MASKRCNN_ARCHITECTURE = ArchitectureSpec(name="maskrcnn", encoder="resnet18")
+# The published versions of the default bundles and the recipe each was built with (README,
+# "Training and evaluation"): this script's options, ``init_from`` being the version of the bundle
+# fine-tuned (None: random weights) and ``max_minutes`` given per bundle.
+# A build claims a version only when it follows that version's recipe (:func:`recipe_version`).
+RECIPES: dict[str, dict[str, Any]] = {
+    "1.0.0": {"init_from": None, "lr": 3e-3, "steps": 2000, "train_seeds": [101, 102, 103],
+              "max_minutes": {"landcover": 18, "buildings": 18}},
+    "1.1.0": {"init_from": "1.0.0", "lr": 1.5e-3, "steps": 6000,
+              "train_seeds": [101, 102, 103, 104, 105, 106],
+              "max_minutes": {"landcover": 40, "buildings": 55}},
+}
+# options every published recipe kept at this script's defaults
+RECIPE_COMMON: dict[str, Any] = {"size": 2048, "seed": 0, "contact_weight": 0.0}
+RECIPE_LR = 3e-3                # the peak learning rate without --lr
+LOCAL_VERSION = "0.0.0+local"   # any other build: not a published bundle
 
 
 def make_scenes(root: Path, seeds: Sequence[int], size: int) -> list[Path]:
@@ -85,19 +109,37 @@ def make_scenes(root: Path, seeds: Sequence[int], size: int) -> list[Path]:
     return out
 
 
+def recipe_version(name: str, args: argparse.Namespace, start_version: str | None) -> str:
+    """The version bundle ``name`` built with ``args`` gets: the published version whose recipe
+    (:data:`RECIPES`) it follows, else :data:`LOCAL_VERSION`. ``start_version`` is the version of
+    the bundle it is fine-tuned from (None: from random weights)."""
+    if name not in BUNDLES:
+        return LOCAL_VERSION
+    lr = RECIPE_LR if args.lr is None else args.lr
+    common = all(getattr(args, k) == v for k, v in RECIPE_COMMON.items())
+    for version, r in RECIPES.items():
+        if (common and start_version == r["init_from"] and lr == r["lr"]
+                and args.steps == r["steps"] and list(args.train_seeds) == r["train_seeds"]
+                and args.max_minutes == r["max_minutes"][name]):
+            return version
+    return LOCAL_VERSION
+
+
 def config_for(name: str, steps: int, seed: int, threads: int,
                max_seconds: float | None, precision: str = "fp32",
-               init_from: Path | None = None) -> TrainConfig:
+               init_from: Path | None = None, version: str = LOCAL_VERSION) -> TrainConfig:
+    """The training config of bundle ``name``; ``version`` is the bundle's version (see
+    :func:`recipe_version`: only a build that follows a published recipe claims its version)."""
     if name == "maskrcnn":
         return maskrcnn_config(steps, seed, threads, max_seconds, precision)
     common: dict[str, Any] = {
         "init_from": None if init_from is None else str(init_from / name),
         "architecture": ARCHITECTURE, "band_names": BAND_NAMES, "steps": steps,
-        "batch_size": 8, "chip_size": 256, "lr": 3e-3, "seed": seed, "threads": threads,
+        "batch_size": 8, "chip_size": 256, "lr": RECIPE_LR, "seed": seed, "threads": threads,
         "precision": "bf16",
         # the recipe of the shipped bundles: joint rot90/flips + contrast, brightness, noise
         "augment": {"scale": None, "blur": 0.0},
-        "max_seconds": max_seconds, "tile_size": 512, "version": "1.1.0"}
+        "max_seconds": max_seconds, "tile_size": 512, "version": version}
     if name == "landcover":
         from geoseg.sample import CLASSES
 
@@ -238,11 +280,12 @@ def write_metrics(name: str, bundle: Path, scores: dict[str, Any], threads: int,
     return metrics
 
 
-def build(name: str, out: Path, scenes: list[Path], args: argparse.Namespace) -> Path:
+def build(name: str, out: Path, scenes: list[Path], args: argparse.Namespace,
+          version: str = LOCAL_VERSION) -> Path:
     """Train bundle ``name`` into ``<out>/<config name>`` (and export its ONNX graph)."""
     config = config_for(name, args.steps, args.seed, args.train_threads,
                         args.max_minutes * 60 if args.max_minutes else None,
-                        args.maskrcnn_precision, args.init_from)
+                        args.maskrcnn_precision, args.init_from, version)
     if args.lr is not None:
         config = config.model_copy(update={"lr": args.lr})
     if args.contact_weight and config.task == "buildings":
@@ -262,6 +305,59 @@ def bundle_dir(name: str, out: Path) -> Path:
     return out / ("buildings-maskrcnn" if name == "maskrcnn" else name)
 
 
+def check_inputs(names: Sequence[str], args: argparse.Namespace) -> dict[str, str]:
+    """Check what the build reads and writes before any scene is generated (a GeoSegError names
+    the first problem), and return the version each bundle will get (:func:`recipe_version`).
+
+    ``--score-only``: each bundle in ``--out`` must be a bundle with its weights. Otherwise each
+    ``--init-from DIR/<name>`` must be a bundle whose architecture and classes are those trained,
+    and each ``<out>/<name>`` must be new, empty or an earlier training output (a folder holding
+    files geoseg did not write is refused, never overwritten), inside a writable folder."""
+    from geoseg.training.bundle_dir import check_bundle_dir
+
+    if args.score_only:
+        for name in names:
+            bundle = bundle_dir(name, args.out)
+            spec = read_spec(bundle)
+            if not (bundle / spec.weights).is_file():
+                raise BundleError(f"{bundle}: its weights {spec.weights} are missing: rebuild "
+                                  "the bundle, or point --out at a folder of complete bundles")
+        return {}
+    versions = {}
+    for name in names:
+        start_version = None
+        if args.init_from is not None and name != "maskrcnn":  # maskrcnn: random weights
+            start_version = _check_start(name, args)
+        versions[name] = recipe_version(name, args, start_version)
+        out = check_bundle_dir(bundle_dir(name, args.out), resume=args.resume, overwrite=True)
+        _check_writable(out)
+    return versions
+
+
+def _check_start(name: str, args: argparse.Namespace) -> str:
+    """The version of the bundle ``--init-from DIR/<name>``, checked as training checks it."""
+    from geoseg.training.finetune import check_compatible, starting_bundle
+    from geoseg.training.loop import base_spec
+
+    start = starting_bundle(str(args.init_from / name))
+    config = config_for(name, args.steps, args.seed, args.train_threads, None,
+                        init_from=args.init_from)
+    config = config.model_copy(update={"bands": start.spec.bands})  # band count: train checks
+    check_compatible(start, base_spec(config, start.spec.normalization, start.spec.pixel_size))
+    return start.spec.version
+
+
+def _check_writable(out: Path) -> None:
+    """``out`` (which may not exist yet) can be created and written by this user."""
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out: cannot write {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out: cannot write {out}: {parent} is not writable by this user")
+
+
 def summary(name: str, m: dict[str, Any]) -> str:
     head = ", ".join(f"{k} {v:.3f}" for k, v in m["headline"].items())
     if "landcover" in m:
@@ -276,7 +372,8 @@ def summary(name: str, m: dict[str, Any]) -> str:
             f"{m['forward_seconds_4x4x512_cpu']:.2f} s; training {train_s} s")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m workflows.build_bundles``."""
     p = argparse.ArgumentParser(
         prog="python -m workflows.build_bundles",
         description="Build geoseg's default model bundles (landcover and buildings) from "
@@ -323,6 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--score-only", "--skip-train", dest="score_only", action="store_true",
                    help="only score the existing bundles in --out (no training, no ONNX "
                         "export, forward timing kept from their metrics.json)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.out is None:
         if set(args.only or ()) & set(OPTIONAL):
@@ -332,11 +434,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     names = list(dict.fromkeys(args.only or BUNDLES))
+    try:
+        return _main(names, args)
+    except GeoSegError as exc:  # as geoseg's CLI: one line, the error's exit status
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _main(names: list[str], args: argparse.Namespace) -> int:
+    versions = check_inputs(names, args)  # before any scene is generated
     if args.score_only:
         bundles = {name: bundle_dir(name, args.out) for name in names}
     else:
         scenes = make_scenes(args.scenes, args.train_seeds, args.size)
-        bundles = {name: build(name, args.out, scenes, args) for name in names}
+        bundles = {name: build(name, args.out, scenes, args, versions[name]) for name in names}
     (eval_scene,) = make_scenes(args.scenes, [args.eval_seed], args.eval_size)
     with tempfile.TemporaryDirectory(prefix="geoseg-score-") as work:
         scores = score(bundles, eval_scene, Path(work), seed=args.eval_seed,
