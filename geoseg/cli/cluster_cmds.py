@@ -30,7 +30,9 @@ def _print_plan(e: Any, as_json: bool) -> None:
           f"({e.pixels_read / max(e.pixels_todo, 1):.2f}× read with the halo)")
     print(f"  area     {e.area_km2:.3f} km²")
     if e.rate is None:
-        print("  time     unknown: no previous run and no calibration (nothing to do?)")
+        why = ("nothing to do" if not e.chunks_todo
+               else "no previous run, and calibration is off (--no-calibrate)")
+        print(f"  time     unknown: {why}")
         return
     print(f"  rate     {e.rate.px_per_s / 1e6:.3f} Mpx/s measured by {e.rate.source}: "
           f"{e.rate.detail}")
@@ -71,6 +73,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
         from geoseg.runtime.estimate import as_dict, estimate
 
         cfg = load_job_config(sub.config, image=sub.image, output=sub.output)
+        jobs.check_cluster_paths(cfg)  # what submit refuses, the dry run refuses
         upload = jobs.upload_plan(sub)
         if not a.json:  # first: it needs no image, which may exist on the cluster only
             _print_upload(upload, a.max_upload_mb)

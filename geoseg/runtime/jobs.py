@@ -186,7 +186,7 @@ def _is_url(p: str) -> bool:
     return "://" in p
 
 
-def _check_cluster_paths(cfg: JobConfig) -> None:
+def check_cluster_paths(cfg: JobConfig) -> None:
     """Paths the cluster must resolve: absolute (shared storage) or URLs, never relative (they
     would resolve inside the job's temporary working dir, which holds only the code)."""
     checks = [("image", image, "pass --image with") for image in cfg.images]
@@ -228,7 +228,7 @@ def entrypoint(sub: Submission, root: Path, cfg: JobConfig) -> str:
 def submit(sub: Submission) -> str:
     """Validate the config here, stage and ship the code, start the job; returns the job id."""
     cfg = load_job_config(sub.config, image=sub.image, output=sub.output)
-    _check_cluster_paths(cfg)
+    check_cluster_paths(cfg)
     root = project_root(sub.working_dir)
     plan = plan_upload(root, sub.config)
     check_size(plan, sub.max_upload_mb)

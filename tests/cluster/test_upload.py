@@ -130,6 +130,7 @@ def test_plan_lists_the_upload(tmp_path: Path, recording: list[dict[str, Any]],
     assert "geoseg/weights.bin" in out and "configs/job.yaml" in out
     assert "secret" not in out.lower() and ".env" not in out
     assert "256×256 px" in out  # the compute plan follows
+    assert "time     unknown: no previous run, and calibration is off (--no-calibrate)" in out
     rc, out, err = cluster_cli([*argv, "--json"])
     assert rc == 0, err
     up = json.loads(out)["upload"]
@@ -138,6 +139,8 @@ def test_plan_lists_the_upload(tmp_path: Path, recording: list[dict[str, Any]],
     rc, out, _ = cluster_cli([*argv, "--max-upload-mb", "1"])
     assert rc == 0 and "over --max-upload-mb 1: submit would refuse" in out
     assert recording == []  # --plan submits nothing
+    rc, _, err = cluster_cli([*argv, "--output", "rel_out"])  # as submit refuses it
+    assert rc == 2 and "output 'rel_out' is a relative path" in err, err
 
 
 def test_size_limit_refuses(tmp_path: Path, recording: list[dict[str, Any]]) -> None:
