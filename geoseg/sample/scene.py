@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import ExitStack
@@ -32,7 +33,7 @@ from rasterio.windows import Window as RioWindow
 
 from geoseg.errors import CRSError, InputError, OutputExistsError
 from geoseg.grid import ChunkGrid, normalize_crs
-from geoseg.outdir import atomic_write_text, storage_errors
+from geoseg.outdir import atomic_write_text, holder_alive, process_start, storage_errors
 from geoseg.sample.city_plan import Plan, build_plan
 from geoseg.sample.palette import CLASSES, LANDCOVER_NODATA
 from geoseg.sample.render import render_block
@@ -306,6 +307,25 @@ def _metadata(plan: Plan, files: SceneFiles, counts: list[Counts]) -> dict[str, 
     }
 
 
+WORK_PREFIX = ".partial-scene-"  # a run's own folder in the scene folder, renamed from
+OWNER = ".owner.json"  # in it: the host, PID and start of the process writing it
+
+
+def _remove_stale_work(root: Path) -> None:
+    """Remove the work folders of earlier runs that were killed (SIGKILL, power loss): those
+    whose owner file names a process of this host that is gone. A folder without one, or of
+    a process alive or on another host, is left alone."""
+    for work in root.glob(f"{WORK_PREFIX}*"):
+        try:
+            owner = json.loads((work / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(owner, dict) and not work.is_symlink() and not holder_alive(owner):
+            log.info("removing %s, left by a stopped geoseg sample (pid %s)", work,
+                     owner.get("pid"))
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def generate_scene(out_dir: str | Path, size: int | tuple[int, int] = 4096, seed: int = 0, *,
                    pixel_size: float = 0.5, crs: str = "EPSG:32633",
                    origin: tuple[float, float] = (500000.0, 5100000.0), nodata_collar: int = 0,
@@ -336,7 +356,10 @@ def generate_scene(out_dir: str | Path, size: int | tuple[int, int] = 4096, seed
     # a rename is interrupted (or kept from an earlier such run): it marks the files as
     # geoseg's, so that --overwrite may replace them.
     with storage_errors(files.root):
-        work = Path(tempfile.mkdtemp(prefix=".partial-scene-", dir=files.root))
+        _remove_stale_work(files.root)
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=files.root))
+        (work / OWNER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                              "started": process_start(os.getpid())}))
     partial = SceneFiles(work, **{k: work / p.name for k, p in files.named().items()
                                   if k != "metadata"}, metadata=_partial(files.metadata))
     keep_mark = _is_unfinished(files.root)

@@ -249,6 +249,36 @@ def test_an_interrupted_scene_leaves_nothing_that_looks_finished(
     assert {p.name: p.read_bytes() for p in first.paths()} == before
 
 
+def test_a_killed_sample_leaves_no_folder_behind_the_next_one(tmp_path: Path) -> None:
+    """SIGKILL mid-write left its hidden work folder (hundreds of MB at 4096²) for ever; the
+    next sample into the folder removes it. A work folder without an owner, or of a live
+    process, is left alone."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "geoseg", "sample", str(root), "--size",
+                             "2048", "--seed", "2"], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(root.glob(".partial-scene-*/*.tif")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (left,) = root.glob(".partial-scene-*")
+    foreign = root / ".partial-scene-users"  # no owner file: not judged
+    foreign.mkdir()
+    live = root / ".partial-scene-live"
+    live.mkdir()
+    (live / ".owner.json").write_text(json.dumps({"host": socket.gethostname(),
+                                                  "pid": os.getpid()}))
+    generate_scene(root, 128, seed=1)
+    assert not left.exists() and foreign.is_dir() and live.is_dir()
+
+
 def test_cli_sample_and_demo_refusals_are_one_line(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from geoseg.cli import main
