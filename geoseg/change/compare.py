@@ -177,7 +177,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
                  modified_min_changed: float = MODIFIED_MIN_CHANGED,
                  building_part_changed: float = BUILDING_PART_CHANGED,
                  min_spectral_change: float = MIN_SPECTRAL_CHANGE,
-                 images: tuple[str, str] | None = None) -> ChangeResult:
+                 images: tuple[str, str] | None = None,
+                 source: dict[str, Any] | None = None) -> ChangeResult:
     """Land-cover and building change from run A (before) to run B (after).
 
     Both runs are compared on A's grid (``grid="a"``) or B's; the other run is aligned to it
@@ -202,8 +203,10 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
     A land-cover change also needs the images to have changed: where the change magnitude of
     the two dates' pixels (:mod:`geoseg.change.spectral`) is below ``min_spectral_change`` σ,
     differing classes are ``no_image_change`` (changed = 3), not a change. The images are
-    ``images`` (before, after) or, by default, those the runs recorded; when those cannot be
-    opened the check is skipped with a warning (0 turns it off).
+    ``images`` (before, after; read with ``source``'s settings — bands, crs, resolution,
+    mosaic, nodata, as ``geoseg run`` takes them — else with those each run recorded) or, by
+    default, the inputs the runs recorded, read as they read them; when those cannot be opened
+    the check is skipped with a warning (0 turns it off).
     """
     t_start = time.perf_counter()
     run_a, run_b, out = Path(run_a), Path(run_b), Path(out)
@@ -236,7 +239,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
-        spectral, spectral_note = _spectral_inputs(a, b, decision, min_spectral_change, images)
+        spectral, spectral_note = _spectral_inputs(a, b, decision, min_spectral_change, images,
+                                                   source)
         inputs = change_inputs(decision, a, b, spectral)
         store = out / STORE
         init_change_store(store, decision, a.classes, _store_attrs(a, b, decision, min_confidence),
@@ -287,7 +291,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, *, grid: Literal["a", "b"]
 
 
 def _spectral_inputs(a: RunInfo, b: RunInfo, decision: GridDecision, min_change: float,
-                     images: tuple[str, str] | None) -> tuple[SpectralInputs | None, str]:
+                     images: tuple[str, str] | None, source: dict[str, Any] | None = None
+                     ) -> tuple[SpectralInputs | None, str]:
     """The images for the spectral check and their statistics, or None and why not. Images
     given explicitly must open (an error otherwise); the runs' recorded images may be gone
     (a warning)."""
@@ -296,16 +301,18 @@ def _spectral_inputs(a: RunInfo, b: RunInfo, decision: GridDecision, min_change:
     if min_change <= 0:
         return None, "min_spectral_change is 0"
     if images is not None:
-        return open_spectral(str(images[0]), str(images[1]), decision.grid,
-                             decision.overlap), ""
-    recorded = (a.source_image, b.source_image)
+        return open_spectral(str(images[0]), str(images[1]), decision.grid, decision.overlap,
+                             (source or a.source, source or b.source)), ""
+    # the inputs each run was given, read as it read them (a mosaic's source_image is only
+    # its description); runs of earlier versions record only source_image
+    recorded = [r.inputs or ((r.source_image,) if r.source_image else ()) for r in (a, b)]
     if not all(recorded):
         note = "a run does not record its image"
     else:
         try:
             with quiet_warp():
                 return open_spectral(recorded[0], recorded[1], decision.grid,
-                                     decision.overlap), ""
+                                     decision.overlap, (a.source, b.source)), ""
         except GeoSegError as exc:
             note = f"the runs' images cannot be used ({exc})"
     warnings.warn(f"changes are not checked against the images: {note}; pass --images BEFORE "

@@ -55,6 +55,8 @@ class RunInfo:
     source_image: str
     complete: bool
     gpkg: Path | None
+    inputs: tuple[str, ...] = ()  # the run's images as it was given them (its manifest)
+    source: dict[str, Any] | None = None  # ... and how it read them (bands, crs, mosaic, ...)
 
     @property
     def store(self) -> Path:
@@ -105,7 +107,13 @@ def open_run(path: str | Path, label: str) -> RunInfo:
     classes = _scheme(lattrs, label, root)
     # both marks, as geoseg.open_run: a run killed between them is not complete
     manifest = root / MANIFEST
-    status = _json(manifest).get("status") if manifest.is_file() else "complete"
+    recorded = _json(manifest) if manifest.is_file() else {}
+    status = recorded.get("status") if manifest.is_file() else "complete"
+    config = recorded.get("config")
+    config = config if isinstance(config, dict) else {}
+    image = config.get("image")
+    inputs = (image,) if isinstance(image, str) else tuple(str(i) for i in image or ())
+    source = config.get("source") if isinstance(config.get("source"), dict) else None
     complete = bool(attrs.get("geoseg_complete", False)) and status == "complete"
     if not complete:
         warnings.warn(f"run {label} ({root}) is not complete: its missing chunks count as "
@@ -114,7 +122,7 @@ def open_run(path: str | Path, label: str) -> RunInfo:
     gpkg = root / GPKG
     return RunInfo(root, grid, chunk, classes, str(attrs.get("acquisition_date") or ""),
                    str(attrs.get("source_image") or ""), complete,
-                   gpkg if gpkg.exists() else None)
+                   gpkg if gpkg.exists() else None, inputs, source)
 
 
 def _scheme(attrs: dict[str, Any], label: str, root: Path) -> ClassScheme:

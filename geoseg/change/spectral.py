@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,24 +149,38 @@ def _sample_windows(overlap: Window, n: int = SAMPLE_WINDOWS, size: int = SAMPLE
     return list(dict.fromkeys(out))
 
 
-def _open(image: str) -> Any:
+Image = str | Sequence[str]  # one input, or the inputs of one mosaic
+
+
+def shown(image: Image) -> str:
+    """An image as messages and the summary name it."""
+    return image if isinstance(image, str) else " ".join(image)
+
+
+def _open(image: Image, source: Mapping[str, Any] | None) -> Any:
     """The image as ``geoseg run`` opens it (a raster, or a glob, ``.txt`` list, STAC document:
-    a mosaic), without repeating the warnings its run already gave (no nodata, ...)."""
+    a mosaic) with ``source``'s settings (a run's ``source:``: bands, crs, resolution, mosaic,
+    nodata), without repeating the warnings its run already gave (no nodata, ...)."""
     import warnings
 
     from geoseg.errors import GeoSegWarning
     from geoseg.sources import open_source
 
+    keys = ("bands", "crs", "resolution", "mosaic", "nodata")
+    opts = {k: v for k, v in (source or {}).items() if k in keys and v is not None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GeoSegWarning)
-        return open_source([image])
+        return open_source([image] if isinstance(image, str) else list(image), **opts)
 
 
-def open_spectral(image_a: str, image_b: str, grid: GeoBox, overlap: Window) -> SpectralInputs:
-    """Open both images and measure their band statistics over ``overlap`` of ``grid`` (pixels
-    valid on both dates, every 2nd row and column of :data:`SAMPLE_WINDOWS` windows); raise a
-    one-line :class:`~geoseg.errors.GeoSegError` when an image cannot be used."""
-    ia, ib = _open(image_a), _open(image_b)
+def open_spectral(image_a: Image, image_b: Image, grid: GeoBox, overlap: Window,
+                  sources: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]
+                  = (None, None)) -> SpectralInputs:
+    """Open both images (with ``sources``: how each run read its images) and measure their
+    band statistics over ``overlap`` of ``grid`` (pixels valid on both dates, every 2nd row
+    and column of :data:`SAMPLE_WINDOWS` windows); raise a one-line
+    :class:`~geoseg.errors.GeoSegError` when an image cannot be used."""
+    ia, ib = _open(image_a, sources[0]), _open(image_b, sources[1])
     n = min(ia.count, ib.count)
     if ia.count != ib.count:
         log.warning("images have %d and %d bands: the spectral evidence uses bands 1-%d",
@@ -179,9 +194,9 @@ def open_spectral(image_a: str, image_b: str, grid: GeoBox, overlap: Window) -> 
         samples[1].append(xb[:, ::2, ::2][:, both])
     values = [np.concatenate(s, axis=1) for s in samples]
     if values[0].shape[1] < 100:
-        raise InputError(f"{image_a} and {image_b} share too few valid pixels in the runs' "
-                          "overlap to compare their values: check that these are the runs' "
-                          "images, or pass --min-spectral-change 0")
+        raise InputError(f"{shown(image_a)} and {shown(image_b)} share too few valid pixels "
+                         "in the runs' overlap to compare their values: check that these are "
+                         "the runs' images, or pass --min-spectral-change 0")
     stats = []
     for v in values:
         q25, med, q75 = np.percentile(v, [25, 50, 75], axis=1)
@@ -190,7 +205,7 @@ def open_spectral(image_a: str, image_b: str, grid: GeoBox, overlap: Window) -> 
         spread = np.where(spread > 1e-9, spread, np.where(fallback > 1e-9, fallback, 1.0))
         stats.append((tuple(med.tolist()), tuple(spread.tolist())))
     return SpectralInputs(ia, ib, bands, stats[0][0], stats[0][1], stats[1][0], stats[1][1],
-                          str(image_a), str(image_b))
+                          shown(image_a), shown(image_b))
 
 
 def magnitude(a: np.ndarray, b: np.ndarray, valid: np.ndarray, spec: SpectralInputs

@@ -17,7 +17,7 @@ from geoseg.change.defaults import (
     MIN_SPECTRAL_CHANGE,
     MODIFIED_MIN_CHANGED,
 )
-from geoseg.cli.run_cmds import add_width_args
+from geoseg.cli.run_cmds import SOURCE_ARGS, add_source_args, add_width_args
 
 
 def _print_summary(res: Any) -> None:
@@ -63,9 +63,9 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | Non
 
     a_path, b_path = local_run(a.run_a), local_run(a.run_b)  # runs in object storage: fetched
     images = (str(a.images[0]), str(a.images[1])) if a.images else None
-    if not (a_path.is_file() or b_path.is_file()):
+    if not (_is_image(a_path) or _is_image(b_path)):
         return a_path, b_path, images
-    if not (a_path.is_file() and b_path.is_file()):
+    if not (_is_image(a_path) and _is_image(b_path)):
         raise InputError("give two run directories or two images, not one of each: "
                          f"{a_path} / {b_path}")
     out_dir = Path(a.out)
@@ -86,7 +86,7 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | Non
         vars(ns).update(
             {k: getattr(a, k) for k in ("models", "config", "bbox", "region_crs", "region",
                                         "chunk_size", "workers", "threads", "device",
-                                        "address", "quiet")},
+                                        "address", "quiet", *SOURCE_ARGS)},
             overwrite=existing and a.overwrite, resume=existing and not a.overwrite)
         return ns
 
@@ -105,6 +105,21 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | Non
                              f"see {out}/summary.json, then rerun to resume it")
         runs.append(out)
     return runs[0], runs[1], images or (str(a_path), str(b_path))
+
+
+def _is_image(path: Path) -> bool:
+    """Whether a date argument is an image (a file: raster, .txt list, STAC document; or a
+    quoted glob) rather than a run directory."""
+    import glob
+
+    return path.is_file() or (not path.exists() and glob.has_magic(str(path)))
+
+
+def source_options(a: argparse.Namespace) -> dict[str, object] | None:
+    """The source flags given (``--bands`` ...), as a run's ``source:`` records them; None when
+    none was given."""
+    given = {k: getattr(a, k) for k in SOURCE_ARGS if getattr(a, k, None) is not None}
+    return given or None
 
 
 def _check_dates(a: argparse.Namespace, b: argparse.Namespace, target: str) -> None:
@@ -154,7 +169,8 @@ def cmd_change(a: argparse.Namespace) -> int:
                        building_break_changed=a.building_break_changed,
                        modified_min_changed=a.modified_min_changed,
                        building_part_changed=a.building_part_changed,
-                       min_spectral_change=a.min_spectral_change, images=images)
+                       min_spectral_change=a.min_spectral_change, images=images,
+                       source=source_options(a))
     _print_summary(res)
     if a.scene:
         import json
@@ -214,7 +230,8 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
                         "turns the check off)")
     c.add_argument("--images", nargs=2, metavar=("BEFORE", "AFTER"),
                    help="the images of the two runs for that check, each as `geoseg run` takes "
-                        "it (a raster, URL, quoted glob, .txt list or STAC document) (default: "
+                        "it (a raster, URL, quoted glob, .txt list or STAC document; read with "
+                        "--bands etc. when given, else as each run read its images) (default: "
                         "the images the runs recorded; when those cannot be opened the check "
                         "is skipped with a warning)")
     c.add_argument("--iou-modified", type=float, default=0.8,
@@ -263,6 +280,8 @@ def add_change_command(sub: argparse._SubParsersAction) -> None:  # type: ignore
     add_width_args(r)
     r.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where models run (default auto: CUDA when available)")
+    add_source_args(c.add_argument_group(
+        "when the images are several files, globs or STAC documents (and for --images)"))
     c.add_argument("--address", help="Ray cluster address: runs both dates (for images) and the "
                                       "land-cover change pass there (default: RAY_ADDRESS; "
                                       "else everything runs in this process's threads)")

@@ -25,6 +25,24 @@ def add_width_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None
                    "node, shared among the workers there)")
 
 
+SOURCE_ARGS = ("bands", "crs", "resolution", "mosaic", "nodata")  # config.SourceConfig's
+
+
+def add_source_args(m: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How the input images become the one image a job reads (:data:`SOURCE_ARGS`)."""
+    m.add_argument("--bands", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
+                   help="bands to read, by name (STAC common names or band descriptions: "
+                        "red,green,blue,nir) or 1-based number (default: all bands)")
+    m.add_argument("--crs", help="output CRS (default: the most common CRS of the images)")
+    m.add_argument("--resolution", type=float,
+                   help="output pixel size in CRS units (default: the first image's)")
+    m.add_argument("--mosaic", choices=["first", "latest", "least-nodata"],
+                   help="where images overlap: the first listed, the latest acquired, or the "
+                        "one with the least nodata wins (per pixel, nodata-aware; default first)")
+    m.add_argument("--nodata", type=float,
+                   help="a value that is nodata in every image (for images that declare none)")
+
+
 def _halo(text: str) -> int | str:
     """``--halo`` and ``--tile-size``: a whole number of pixels or ``auto``."""
     if text == "auto":
@@ -276,18 +294,7 @@ def run_parser(sub: Any = None) -> argparse.ArgumentParser:
     r.add_argument("--out", "-o", help="output directory (optional with a --config that "
                                        "names it as output:)")
     add_run_args(r)
-    m = r.add_argument_group("several images or STAC items (a mosaic)")
-    m.add_argument("--bands", type=lambda t: tuple(b.strip() for b in t.split(",") if b.strip()),
-                   help="bands to read, by name (STAC common names or band descriptions: "
-                        "red,green,blue,nir) or 1-based number (default: all bands)")
-    m.add_argument("--crs", help="output CRS (default: the most common CRS of the images)")
-    m.add_argument("--resolution", type=float,
-                   help="output pixel size in CRS units (default: the first image's)")
-    m.add_argument("--mosaic", choices=["first", "latest", "least-nodata"],
-                   help="where images overlap: the first listed, the latest acquired, or the "
-                        "one with the least nodata wins (per pixel, nodata-aware; default first)")
-    m.add_argument("--nodata", type=float,
-                   help="a value that is nodata in every image (for images that declare none)")
+    add_source_args(r.add_argument_group("several images or STAC items (a mosaic)"))
     r.set_defaults(fn=cmd_run)
     if sub is None:  # a parser of its own has no global -q/-v; as a sub-command, a default
         r.set_defaults(quiet=False, verbose=0)  # here would undo `geoseg -q run`

@@ -100,3 +100,30 @@ def test_what_stops_a_date_is_found_before_either_date_runs(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and expected in err[0], err
     assert not out.exists()  # date A did not run
+
+
+def test_dates_given_as_globs_of_tiles_are_run_and_checked_against_their_images(
+        tmp_path: Path, tiny_bundles: tuple[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each date a quoted glob of two tiles read by band name (--bands): both dates run as
+    mosaics, and the image check reads them as the runs did, here and when the two runs are
+    compared again from their folders (a mosaic's recorded image was only its description:
+    the check was skipped, "input not found: mosaic of 2 item(s)")."""
+    names = ["red", "green", "blue", "nir"]
+    for date, seed in (("t0", 0), ("t1", 3)):
+        whole = textured(96, 160, seed=seed)
+        for k, (c0, c1) in enumerate(((0, 96), (64, 160))):
+            write_raster(tmp_path / f"{date}_{k}.tif", whole[:, :, c0:c1], descriptions=names,
+                         transform=Affine(0.5, 0, 500000.0 + c0 * 0.5, 0, -0.5, 5100000.0))
+    out = tmp_path / "change"
+    common = ["-m", tiny_bundles[0], "--chunk-size", "64", "--workers", "1", "--threads", "1"]
+    assert main(["-q", "change", str(tmp_path / "t0_*.tif"), str(tmp_path / "t1_*.tif"),
+                 "-o", str(out), "--bands", ",".join(names), *common]) == 0
+    capsys.readouterr()
+    summary = json.loads((out / "change_summary.json").read_text())
+    assert summary["spectral"]["image_a"] == str(tmp_path / "t0_*.tif"), summary["spectral"]
+    again = tmp_path / "again"
+    assert main(["-q", "change", str(out / "run_a"), str(out / "run_b"), "-o", str(again)]) == 0
+    assert "not checked against the images" not in capsys.readouterr().err
+    spectral = json.loads((again / "change_summary.json").read_text())["spectral"]
+    assert spectral.get("min_spectral_change") and not spectral.get("skipped"), spectral
