@@ -194,16 +194,23 @@ def read_window(info: RasterInfo | Mosaic, window: Window, bands: tuple[int, ...
 
 def valid_windows(info: RasterInfo | Mosaic, bands: tuple[int, ...], size: int, count: int,
                   tries: int, seed: int = 0) -> list[np.ndarray]:
-    """Up to ``count`` windows ``(C, size, size)`` of ``bands`` at random places of the image,
-    each without an invalid pixel (checks of a model on a user's image never score padding),
-    from at most ``tries`` draws of a generator seeded with ``seed``."""
+    """Up to ``count`` windows ``(C, size, size)`` of ``bands`` at distinct random places of
+    the image, each without an invalid pixel (checks of a model on a user's image never score
+    padding, nor one window twice), from at most ``tries`` draws of a generator seeded with
+    ``seed``. Fewer when the image has fewer places for such a window (one, for a window the
+    size of the image)."""
     h, w = info.geobox.height, info.geobox.width
+    places = max(0, h - size + 1) * max(0, w - size + 1)
     rng = np.random.default_rng(seed)
     out: list[np.ndarray] = []
+    seen: set[tuple[int, int]] = set()
     for _ in range(tries):
-        if len(out) == count:
+        if len(out) == count or len(seen) == places:
             break
         r, c = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        if (r, c) in seen:  # the same place again: the same window
+            continue
+        seen.add((r, c))
         data, valid = read_window(info, Window(r, c, size, size), bands)
         if valid.all():
             out.append(data)

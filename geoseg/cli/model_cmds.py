@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,47 +264,85 @@ def _check_report_target(path: Path) -> None:
     check_target(path, earlier_report, "--json")
 
 
+def _at_least(least: int, example: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least`` (argparse names the flag)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least "
+                                             f"{least} (e.g. {example})")
+        return value
+
+    return parse
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     if not (a.onnx or a.bf16_check or a.halo_check):
         raise ConfigError("say what to export: --onnx (an ONNX graph), --bf16-check IMAGE "
                           "and/or --halo-check IMAGE")
+    if a.chunk is not None and not a.halo_check:
+        raise ConfigError("--chunk is the chunk size --halo-check measures for: add "
+                          "--halo-check IMAGE, or leave --chunk out")
+    if a.windows is not None and not (a.bf16_check or a.halo_check):
+        raise ConfigError("--windows is for --bf16-check and --halo-check: add one, or leave "
+                          "--windows out")
     if a.onnx:
-        from geoseg.models import export_onnx
+        from geoseg.models.onnx import export_onnx, require_onnx
 
+        require_onnx()  # before any work, also that of the checks
         path = export_onnx(a.bundle)
         print(f"ONNX model written: {path} (bundle.yaml now names it)")
     if a.bf16_check:
-        from geoseg.engine import BF16_MIN_AGREEMENT
-        from geoseg.models.bf16 import check_bundle
-
-        share = check_bundle(a.bundle, a.bf16_check, windows=a.windows or 8)
-        verdict = ("engine auto may run it in bf16 on CPUs with bf16 units (AMX, AVX512-BF16)"
-                   if share >= BF16_MIN_AGREEMENT
-                   else f"below {BF16_MIN_AGREEMENT:.1%}: engine auto keeps float32")
-        print(f"bf16 classes equal float32's on {share:.4%} of the pixels of {a.windows or 8} "
-              f"windows of {a.bf16_check}; recorded in bundle.yaml ({verdict})")
+        _bf16_check(a)
     if a.halo_check:
         _halo_check(a)
     return 0
 
 
+def _bf16_check(a: argparse.Namespace) -> None:
+    from geoseg.engine import BF16_MIN_AGREEMENT
+    from geoseg.models.bf16 import Bf16Check, check_bundle
+
+    def report(res: Bf16Check) -> None:  # printed before it is recorded
+        verdict = ("engine auto may run it in bf16 on CPUs with bf16 units (AMX, AVX512-BF16)"
+                   if res.share >= BF16_MIN_AGREEMENT
+                   else f"below {BF16_MIN_AGREEMENT:.1%}: engine auto keeps float32")
+        print(f"bf16 classes equal float32's on {res.share:.4%} of the pixels of "
+              f"{res.windows} {res.size}-px window{'s' if res.windows > 1 else ''} of "
+              f"{a.bf16_check} ({verdict})", flush=True)
+
+    share = check_bundle(a.bundle, a.bf16_check, windows=8 if a.windows is None else a.windows,
+                         report=report)
+    print(f"recorded in bundle.yaml: bf16_agreement {round(share, 6)}")
+
+
 def _halo_check(a: argparse.Namespace) -> None:
-    from geoseg.models.halo import MIN_AGREEMENT, REFERENCE, check_bundle
+    from geoseg.models.halo import MIN_AGREEMENT, REFERENCE, HaloCheck, check_bundle
 
     def progress(done: int, total: int) -> None:
         print(f"halo check: window {done}/{total} compared", file=sys.stderr, flush=True)
 
-    res = check_bundle(a.bundle, a.halo_check, chunk=a.chunk, windows=a.windows or 4,
-                       progress=progress)
-    print(f"classes of {res.chunk}-px chunks equal those of a pass with {REFERENCE} px of "
-          f"context, on {res.windows} windows of {a.halo_check}:")
-    for h, share in res.agreement.items():
-        mark = "  <- recorded in bundle.yaml (inference.halo auto runs it)" if h == res.halo else ""
-        print(f"  halo {h:>4} px: {share:.4%} (worst window {res.worst[h]:.4%}){mark}")
-    if res.halo is None:
-        print(f"no halo up to {max(res.agreement)} px keeps {MIN_AGREEMENT:.1%} in every "
-              "window: the table is recorded without a halo (inference.halo auto runs 64; "
-              "set a larger inference.halo for this model if its seams matter)")
+    def report(res: HaloCheck) -> None:  # printed before it is recorded
+        print(f"classes of {res.chunk}-px chunks equal those of a pass with {REFERENCE} px of "
+              f"context, on {res.windows} window{'s' if res.windows > 1 else ''} of "
+              f"{a.halo_check}:")
+        for h, share in res.agreement.items():
+            mark = ("  <- recorded in bundle.yaml (inference.halo auto runs it)"
+                    if h == res.halo else "")
+            print(f"  halo {h:>4} px: {share:.4%} (worst window {res.worst[h]:.4%}){mark}")
+        if res.halo is None:
+            print(f"no halo up to {max(res.agreement)} px keeps {MIN_AGREEMENT:.1%} in every "
+                  "window: the table is recorded without a halo (inference.halo auto runs 64; "
+                  "set a larger inference.halo for this model if its seams matter)")
+        sys.stdout.flush()
+
+    check_bundle(a.bundle, a.halo_check, chunk=1024 if a.chunk is None else a.chunk,
+                 windows=4 if a.windows is None else a.windows, progress=progress,
+                 report=report)
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -446,9 +485,10 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
                    help="measure on windows of IMAGE the smallest halo (context around a "
                         "chunk) whose classes equal a 256-px-context pass on 99.9 %% of pixels "
                         "and record it in bundle.yaml (inference.halo auto runs it)")
-    x.add_argument("--chunk", type=int, default=1024,
-                   help="--halo-check: chunk size to measure for, px (default 1024)")
-    x.add_argument("--windows", type=int, default=None,
+    x.add_argument("--chunk", type=_at_least(64, 1024), default=None,
+                   help="--halo-check: chunk size to measure for, px, at least 64 (default "
+                        "1024)")
+    x.add_argument("--windows", type=_at_least(1, 4), default=None,
                    help="windows without nodata to compare (default: 8 random 512-px windows "
                         "for --bf16-check, 4 for --halo-check)")
     x.set_defaults(fn=cmd_export)

@@ -20,16 +20,32 @@ needs 160 px (98.98 % at 64).
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geoseg.bundle import BundleSpec, HaloRecord, read_spec, require_bands, write_spec
+from geoseg.bundle import (
+    BUNDLE_FILE,
+    BundleSpec,
+    HaloRecord,
+    bundle_file,
+    read_spec,
+    require_bands,
+    write_spec,
+)
 from geoseg.engine import RunEngine
-from geoseg.errors import InputError
+from geoseg.errors import GeoSegWarning, InputError
+from geoseg.outdir import storage_errors
+
+if TYPE_CHECKING:
+    from geoseg.io import RasterInfo
+    from geoseg.sources.mosaic import Mosaic
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +100,59 @@ def _classes(predictor: Any, x: np.ndarray, keep: int, size: int) -> np.ndarray:
     return np.asarray(proba.argmax(axis=0)[keep:keep + size, keep:keep + size], np.uint8)
 
 
+def require_writable(bundle_dir: str | Path) -> None:
+    """Refuse, before a check measures anything, a bundle whose ``bundle.yaml`` cannot be
+    replaced (a read-only folder): one line (:class:`~geoseg.errors.StorageError`), not minutes
+    of measuring lost. It tries what :func:`~geoseg.bundle.write_spec` does: a new file in the
+    folder (``os.access`` says yes to root even in an immutable folder)."""
+    folder = Path(bundle_dir)
+    with storage_errors(folder / BUNDLE_FILE):
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+
+
+def record_keys(bundle_dir: str | Path, **keys: Any) -> None:
+    """Set ``keys`` in ``bundle.yaml`` as it is now, re-read just before it is written: keys
+    that another command wrote while this one worked (an ``onnx:`` of a parallel export, a
+    ``halo`` of a parallel check) are kept; a key set to None is removed."""
+    write_spec(read_spec(bundle_dir).model_copy(update=keys), bundle_dir)
+
+
+def check_image(spec: BundleSpec, info: RasterInfo | Mosaic, image: str | Path) -> None:
+    """The checks ``geoseg run`` makes of an image (:mod:`geoseg.plan`), made before a check
+    measures a bundle on it: the bands the bundle reads exist and, where the image and the
+    bundle name them, are the bundle's, in its order; and the image's values are on the scale
+    the bundle was trained on. Run only warns about the scale; a check refuses it, since what
+    it measured would be recorded in ``bundle.yaml`` and steer every later run."""
+    from geoseg.plan import ModelRef, check_bands, far_band, sampled_values
+
+    require_bands(spec, info.count, str(image))
+    ref = ModelRef(spec.task, "", spec, "")
+    check_bands(info, (ref,))
+    bands = tuple(spec.bands)
+    values = sampled_values(info, info.geobox.window, bands)
+    i = None if values is None else far_band(values, spec.normalization)
+    if values is None or i is None:
+        return
+    norm = spec.normalization
+    raise InputError(
+        f"{image}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
+        f"{values[i].std():.3g}) are far from those model {ref.model_id} was trained on (mean "
+        f"{norm.mean[i]:.4g}, spread {norm.std[i]:.3g}), so a check measured on it would be "
+        "recorded but mean nothing: give an image scaled like the model's training images "
+        "(e.g. not reflectance 0-1 or 0-10000 for a model trained on 0-255 images)")
+
+
+def fewer_windows(image: str | Path, found: int, asked: int, size: int, what: str) -> None:
+    """Warn that ``found`` distinct ``size``-px windows without nodata were measured where
+    ``asked`` were asked for (a small image, or a small valid area)."""
+    if found < asked:
+        warnings.warn(f"{image}: only {found} distinct {size}-px window(s) without nodata "
+                      f"found of the {asked} asked: {what} is measured on {found} (an image "
+                      "with a larger valid area gives more)", GeoSegWarning, stacklevel=3)
+
+
 def measure(predictor: Any, spec: BundleSpec, image: str | Path, *, chunk: int = 1024,
             windows: int = 4, seed: int = 0, halos: list[int] | None = None,
             progress: Callable[[int, int], None] | None = None) -> HaloCheck:
@@ -99,7 +168,7 @@ def measure(predictor: Any, spec: BundleSpec, image: str | Path, *, chunk: int =
         raise InputError(f"halos to check must be multiples of {unit} (the model's stride, at "
                          f"least 16) from 0 to {REFERENCE}, got {halos}")
     info = open_info(str(image))
-    require_bands(spec, info.count, str(image))
+    check_image(spec, info, image)
     geobox = info.geobox
     whole = max(unit, 32)
     chunk = min(chunk, min(geobox.height, geobox.width) - 2 * REFERENCE) // whole * whole
@@ -112,6 +181,7 @@ def measure(predictor: Any, spec: BundleSpec, image: str | Path, *, chunk: int =
     if not cut:
         raise InputError(f"{image}: no {size}-px window without nodata was found for the halo "
                          "check: give an image with a larger valid area (or a smaller --chunk)")
+    fewer_windows(image, len(cut), windows, size, "the halo")
     for i, x in enumerate(cut, 1):
         ref = _classes(predictor, x, REFERENCE, chunk)
         for h in halos:
@@ -127,31 +197,44 @@ def measure(predictor: Any, spec: BundleSpec, image: str | Path, *, chunk: int =
 def check_bundle(bundle_dir: str | Path, image: str | Path, *, chunk: int = 1024,
                  windows: int = 4, record: bool = True,
                  num_threads: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> HaloCheck:
+                 progress: Callable[[int, int], None] | None = None,
+                 report: Callable[[HaloCheck], None] | None = None) -> HaloCheck:
     """Measure the halo a bundle needs on ``image`` with the engine its CPU runs take (ONNX
     when the bundle has a graph, else torch) and (``record``) write it into ``bundle.yaml`` as
     ``halo`` with the check's table (``halo_check``); ``halo`` is left out when no candidate
     reached the minimum (``auto`` then runs 64 px), so an earlier check never outlives a
-    later one."""
+    later one. With ``record`` a bundle that cannot be written is refused before measuring;
+    ``report(result)`` is called before the result is recorded (so a failed write loses
+    nothing that was measured)."""
     from geoseg.models.onnx_predictor import load_predictor
 
     spec = read_spec(bundle_dir)
     if spec.architecture.name == "maskrcnn":
         raise InputError(f"bundle {spec.name!r} is maskrcnn: the halo check compares classes "
                          "of semantic bundles; set inference.halo for it")
-    engine: RunEngine = "onnx" if spec.onnx else "torch"
-    predictor = load_predictor(bundle_dir, "cpu", num_threads, engine)
+    if record:
+        require_writable(bundle_dir)
+    predictor = load_predictor(bundle_dir, "cpu", num_threads, _engine(spec, bundle_dir))
     result = measure(predictor, spec, image, chunk=chunk, windows=windows, progress=progress)
     line = ", ".join(f"{h}: {a:.4%} (worst window {result.worst[h]:.4%})"
                      for h, a in result.agreement.items())
     logger.info("bundle %s: classes equal the %d-px-context reference per halo: %s", spec.name,
                 REFERENCE, line)
+    if report is not None:
+        report(result)
     if record:
         table = HaloRecord(chunk=result.chunk, windows=result.windows,
                            worst={h: round(a, 6) for h, a in result.worst.items()})
-        write_spec(spec.model_copy(update={"halo": result.halo, "halo_check": table}),
-                   bundle_dir)
+        record_keys(bundle_dir, halo=result.halo, halo_check=table)
     return result
+
+
+def _engine(spec: BundleSpec, bundle_dir: str | Path) -> RunEngine:
+    """ONNX when the bundle's graph is there, else torch (as ``engine auto`` on a CPU: a graph
+    that ``bundle.yaml`` names but an interrupted export did not put in place is not run)."""
+    if spec.onnx and bundle_file(bundle_dir, spec.onnx, "onnx file").is_file():
+        return "onnx"
+    return "torch"
 
 
 def halo_for_chunk(spec: BundleSpec, chunk: int) -> int | None:
