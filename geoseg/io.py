@@ -108,6 +108,10 @@ def open_info(path: str | Path) -> RasterInfo:
     except RasterioIOError as exc:
         if is_remote(p):
             raise NotARasterError(describe_remote_error(p, str(exc))) from exc
+        if os.path.isdir(p):  # a folder of tiles, most likely
+            raise NotARasterError(f"{p} is a folder GDAL cannot read as one raster: give its "
+                                  f"images as a quoted glob ('{os.path.join(p, '*.tif')}') or "
+                                  "a .txt list of them") from exc
         raise NotARasterError(f"{p} is not a raster GDAL can read: {_first_line(exc)}") from exc
     if info.nodata is None and not info.has_dataset_mask:
         but = " except NaN/inf" if np.dtype(info.dtype).kind in "fc" else ""

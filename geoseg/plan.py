@@ -359,7 +359,9 @@ def open_image(cfg: JobConfig, region: Region | None) -> RasterInfo | Mosaic:
 
 def _expands(image: str) -> bool:
     """Whether one input names several images (a glob, a list file, a STAC document)."""
-    return any(c in image for c in "*?[") or image.lower().endswith((".txt", ".json"))
+    from geoseg.sources.inputs import names_several
+
+    return names_several(image)
 
 
 DEFAULT_HALO = 64

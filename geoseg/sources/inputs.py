@@ -23,6 +23,13 @@ LIST_SUFFIXES = (".txt",)
 _MAX_DEPTH = 3
 
 
+def names_several(href: str) -> bool:
+    """Whether one input may name several images: a glob, a ``.txt`` list, a STAC document."""
+    pattern = not (is_remote(href) or "://" in href) and glob.has_magic(href) \
+        and not os.path.exists(href)
+    return pattern or _suffix(href) in LIST_SUFFIXES + STAC_SUFFIXES
+
+
 def _suffix(href: str) -> str:
     name = href.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     return Path(name).suffix.lower()
@@ -61,10 +68,17 @@ def expand_inputs(inputs: Sequence[str], _depth: int = 0) -> list[tuple[Kind, st
             continue
         suffix = _suffix(href)
         if suffix in LIST_SUFFIXES:
-            out += expand_inputs(_read_list(href), _depth + 1)
+            listed = _read_list(href)
+            if not listed:
+                raise InputError(f"the input list {redact(href)} names no image: write one "
+                                 "path or URL per line")
+            try:
+                out += expand_inputs(listed, _depth + 1)
+            except RasterNotFoundError as exc:
+                raise RasterNotFoundError(f"{exc} (listed in {redact(href)})") from None
         elif is_remote(href) or "://" in href or href.startswith("/vsi"):
             out.append(("stac" if suffix in STAC_SUFFIXES else "raster", href))
-        elif glob.has_magic(href):
+        elif glob.has_magic(href) and not Path(href).exists():  # scan[1].tif: that file
             matches = sorted(p for p in glob.glob(href, recursive=True) if Path(p).is_file())
             if not matches:
                 raise RasterNotFoundError(f"no file matches {href} (check the pattern)")

@@ -94,6 +94,33 @@ def test_images_without_nodata_warn_once_and_nodata_overrides(tmp_path: Path) ->
     assert not valid[:4].any() and np.all(data[0, 4:] == 1)
 
 
+def test_lists_folders_and_odd_names_say_where_the_problem_is(local_scene: Scene,
+                                                             tmp_path: Path) -> None:
+    """An empty list and a missing line name their list; a folder of tiles is told to use a
+    glob; a file named like a glob (scan[1].tif) is that file; a STAC document named .geojson
+    is a STAC document, as .json is."""
+    from geoseg.errors import NotARasterError
+    from geoseg.plan import _expands
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(InputError, match=r"the input list .*empty.txt names no image"):
+        expand_inputs([str(empty)])
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"{local_scene.a}\nnothere.tif\n")
+    with pytest.raises(RasterNotFoundError, match=r"nothere.tif \(check the path\) \(listed "
+                                                  r"in .*images.txt\)"):
+        expand_inputs([str(listing)])
+    with pytest.raises(NotARasterError, match=r"imgs is a folder GDAL cannot read as one "
+                                              r"raster: give its images as a quoted glob"):
+        open_source([str(local_scene.a.parent)])
+    odd = local_scene.a.with_name("scan[1].tif")
+    odd.write_bytes(local_scene.a.read_bytes())
+    assert expand_inputs([str(odd)]) == [("raster", str(odd))] and not _expands(str(odd))
+    assert _expands("items/A.geojson") and _expands("s3://b/list.txt")
+    assert not _expands("https://h/a.tif?sig=x")
+
+
 def test_nodata_is_for_the_images_that_declare_none(tmp_path: Path) -> None:
     """``--nodata 0`` (as its help says) is the nodata of images that declare none; an image
     declaring 255 keeps it, so its 255 collar stays a hole and the next image fills it."""
