@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -284,6 +284,54 @@ def write_spec(spec: BundleSpec, bundle_dir: str | Path) -> Path:
     atomic_write_text(path, yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True),
                                            sort_keys=False))
     return path
+
+
+def update_spec(bundle_dir: str | Path, **keys: Any) -> Path:
+    """Set top-level ``keys`` of ``bundle.yaml`` as it is now (None removes a key), keeping
+    the rest of the file as written, comments and layout included: only the lines of those
+    keys change (a hand-written bundle.yaml stays the user's). Falls back to writing the
+    whole spec when the file's text does not allow that (the result is checked either way)."""
+    from geoseg.outdir import atomic_write_text  # replaces a symlink, never writes through it
+
+    path = Path(bundle_dir) / BUNDLE_FILE
+    spec = read_spec(bundle_dir)
+    wanted = spec.model_copy(update=keys)
+    text = _with_keys(path.read_text(encoding="utf-8"), {
+        k: wanted.model_dump(mode="json", include={k}).get(k) for k in keys})
+    try:
+        same = text is not None and BundleSpec.model_validate(yaml.safe_load(text)) == wanted
+    except (yaml.YAMLError, ValidationError):
+        same = False
+    if not same or text is None:
+        return write_spec(wanted, bundle_dir)
+    atomic_write_text(path, text)
+    return path
+
+
+def _with_keys(text: str, keys: dict[str, Any]) -> str | None:
+    """``text`` (YAML) with each top-level key of ``keys`` replaced in place (its line and the
+    indented lines under it), appended when absent, removed when None; None when a key's
+    block cannot be found by its lines alone (e.g. a flow mapping of the whole file)."""
+    lines = text.splitlines(keepends=True)
+    for key, value in keys.items():
+        start = next((i for i, ln in enumerate(lines)
+                      if ln.startswith(f"{key}:") or ln.startswith(f"{key} :")), None)
+        block = [] if value is None else yaml.safe_dump(
+            {key: value}, sort_keys=False, default_flow_style=False).splitlines(keepends=True)
+        if start is None:
+            if value is not None:
+                if lines and not lines[-1].endswith("\n"):
+                    lines[-1] += "\n"
+                lines += block
+            continue
+        end = start + 1
+        while end < len(lines) and (lines[end][:1] in (" ", "\t", "-")
+                                    or not lines[end].strip()):  # a comment at column 0 stays
+            end += 1
+        while end > start + 1 and not lines[end - 1].strip():  # keep the blank lines after
+            end -= 1
+        lines[start:end] = block
+    return "".join(lines) if lines else None
 
 
 def bundle_file(bundle_dir: str | Path, name: str, what: str = "file") -> Path:

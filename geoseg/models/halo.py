@@ -37,7 +37,7 @@ from geoseg.bundle import (
     bundle_file,
     read_spec,
     require_bands,
-    write_spec,
+    update_spec,
 )
 from geoseg.engine import RunEngine
 from geoseg.errors import GeoSegWarning, InputError
@@ -116,7 +116,7 @@ def record_keys(bundle_dir: str | Path, **keys: Any) -> None:
     """Set ``keys`` in ``bundle.yaml`` as it is now, re-read just before it is written: keys
     that another command wrote while this one worked (an ``onnx:`` of a parallel export, a
     ``halo`` of a parallel check) are kept; a key set to None is removed."""
-    write_spec(read_spec(bundle_dir).model_copy(update=keys), bundle_dir)
+    update_spec(bundle_dir, **keys)
 
 
 def check_image(spec: BundleSpec, info: RasterInfo | Mosaic, image: str | Path) -> None:

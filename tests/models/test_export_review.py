@@ -378,3 +378,39 @@ def test_bf16_check_resolves_weights_as_run_does(bundle: Path, tmp_path: Path,
         assert main(["export", str(only), *flag]) == 2
         line = _one_error(capsys.readouterr().err)
         assert "ships only an ONNX graph (model.onnx), no torch weights" in line, line
+
+
+def test_recording_keys_keeps_a_hand_written_bundle_yaml(tmp_path: Path) -> None:
+    """A check or an export changes only the lines of its keys: the user's comments, order
+    and layout stay (they were lost, and every default written out); a file whose text does
+    not allow that (one flow mapping) is written whole, with the same content."""
+    import shutil
+
+    import yaml
+
+    from geoseg.bundle import BUNDLE_FILE, HaloRecord, builtin_bundle, read_spec, update_spec
+
+    bundle = tmp_path / "b"
+    shutil.copytree(builtin_bundle("landcover"), bundle)
+    path = bundle / BUNDLE_FILE
+    data = yaml.safe_load(path.read_text())
+    data.pop("halo", None)
+    data.pop("halo_check", None)
+    text = "# my bundle, written by hand\n" + yaml.safe_dump(data, sort_keys=False).replace(
+        "\nclasses:", "\n# the survey's classes\nclasses:")
+    path.write_text(text)
+    record = HaloRecord(chunk=1024, windows=4, worst={0: 0.99, 16: 0.9995})
+    update_spec(bundle, halo=16, halo_check=record, onnx=None)
+    new = path.read_text()
+    spec = read_spec(bundle)
+    assert spec.halo == 16 and spec.halo_check == record and spec.onnx is None
+    kept = [ln for ln in text.splitlines() if not ln.startswith("onnx:")]
+    assert new.splitlines()[:len(kept)] == kept  # every other line as the user wrote it
+    update_spec(bundle, halo=32)
+    assert read_spec(bundle).halo == 32 and read_spec(bundle).halo_check == record
+    assert "# the survey's classes" in path.read_text()
+    path.write_text(yaml.safe_dump(data, default_flow_style=True))  # one flow mapping
+    update_spec(bundle, halo=48)
+    assert read_spec(bundle).halo == 48
+    assert read_spec(bundle).model_copy(update={"halo": None}) == \
+        type(spec).model_validate(data)
