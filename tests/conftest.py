@@ -98,7 +98,8 @@ def _local_unless_ray(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    """One local Ray for the whole session (keep Ray tests out of xdist)."""
+    """One local Ray for the whole session (under xdist, in the one worker that runs every
+    Ray test: see :func:`pytest_collection_modifyitems`)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False,
@@ -128,3 +129,13 @@ def damaged_copy(src: Path, dst: Path) -> Path:
     data[mid: mid + 2000] = b"\xff" * 2000
     dst.write_bytes(bytes(data))
     return dst
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n 2 --dist loadgroup``) the Ray tests run in one worker, one
+    after another: those marked ``ray`` or using the session's Ray, and tests/cluster, whose
+    tests start Ray clusters of their own. Without xdist the mark does nothing."""
+    for item in items:
+        if (item.get_closest_marker("ray") is not None or "tests/cluster/" in item.nodeid
+                or "ray_cluster" in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("ray"))
