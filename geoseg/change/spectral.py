@@ -168,6 +168,8 @@ def _open(image: Image, source: Mapping[str, Any] | None) -> Any:
 
     keys = ("bands", "crs", "resolution", "mosaic", "nodata")
     opts = {k: v for k, v in (source or {}).items() if k in keys and v is not None}
+    if "bands" in opts:  # as the run's plan reads them: "2" is band 2
+        opts["bands"] = [int(b) if str(b).isdigit() else b for b in opts["bands"]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GeoSegWarning)
         return open_source([image] if isinstance(image, str) else list(image), **opts)

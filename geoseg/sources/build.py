@@ -211,10 +211,11 @@ UNIT_SLIP = 1000.0
 
 def _check_units(resolution: float, native: float, crs: CRS) -> None:
     if native > 0 and not native / UNIT_SLIP <= resolution <= native * UNIT_SLIP:
-        unit = crs.axis_info[0].unit_name if crs.axis_info else "units"
+        unit = crs.axis_info[0].unit_name if crs.axis_info else "unit"
+        units = f"{unit}s" if unit in ("metre", "meter", "degree", "unit") else f"units ({unit})"
         raise InputError(
-            f"--resolution {resolution:g} is in {unit}s of {crs.to_string()}, where the "
-            f"images' pixels are about {native:.3g} {unit}s: give the pixel size in those "
+            f"--resolution {resolution:g} is in {units} of {crs.to_string()}, where the "
+            f"images' pixels are about {native:.3g} {units}: give the pixel size in those "
             f"units (e.g. --resolution {native:.3g})")
 
 
