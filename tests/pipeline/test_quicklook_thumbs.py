@@ -199,23 +199,28 @@ def test_two_band_image_gets_a_grey_panel(tmp_path: Path) -> None:
     assert (out / "quicklook.png").read_bytes() == _read_back(out, tmp_path)
 
 
+def _quicklook_of_pixels(tmp_path: Path, bundles: tuple[str, str], height: float) -> np.ndarray:
+    """The quicklook (RGB array) of a run on a 120 × 160 image of 0.5 × ``height`` m pixels."""
+    from PIL import Image
+
+    image = write_raster(tmp_path / "tall.tif", textured(120, 160),
+                         transform=Affine(0.5, 0, 500000.0, 0, -height, 5100000.0))
+    out = tmp_path / "run"
+    assert run_job(validate_job({
+        "image": str(image), "output": str(out), "models": list(bundles),
+        "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"enabled": False},
+        "outputs": {"cog": False}, "runtime": {"threads_per_worker": 1}}),
+        backend=SerialBackend()).ok
+    return np.asarray(Image.open(out / "quicklook.png").convert("RGB"))
+
+
 def test_the_quicklook_has_a_legend_and_the_grounds_shape(
         tmp_path: Path, tiny_bundles: tuple[str, str]) -> None:
     """0.5 × 0.75 m pixels: the panels are drawn 1.5 times as high as the pixel grid is (the
     ground's shape, not the array's), and a key under them names every class with its colour."""
-    from PIL import Image
-
     from tests.pipeline.conftest import BD, LC
 
-    image = write_raster(tmp_path / "tall.tif", textured(120, 160),
-                         transform=Affine(0.5, 0, 500000.0, 0, -0.75, 5100000.0))
-    out = tmp_path / "run"
-    assert run_job(validate_job({
-        "image": str(image), "output": str(out), "models": list(tiny_bundles),
-        "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"enabled": False},
-        "outputs": {"cog": False}, "runtime": {"threads_per_worker": 1}}),
-        backend=SerialBackend()).ok
-    png = np.asarray(Image.open(out / "quicklook.png").convert("RGB"))
+    png = _quicklook_of_pixels(tmp_path, tiny_bundles, 0.75)
     step = quicklook_step(120, 160)
     h, w = -(-120 // step), -(-160 // step)
     assert png.shape[1] == 3 * w + 2 * 8  # image, landcover, buildings
@@ -232,17 +237,7 @@ def test_very_tall_ground_pixels_stay_within_the_quicklook_limit(
     """0.5 × 10 m pixels (20 times as high on the ground as wide): drawn in the ground's shape,
     the panels would be 20 times the limit's height; they are narrowed instead, so the
     quicklook keeps its limit (50 px here) and its shape."""
-    from PIL import Image
-
-    image = write_raster(tmp_path / "tall.tif", textured(120, 160),
-                         transform=Affine(0.5, 0, 500000.0, 0, -10.0, 5100000.0))
-    out = tmp_path / "run"
-    assert run_job(validate_job({
-        "image": str(image), "output": str(out), "models": list(tiny_bundles),
-        "inference": {"chunk_size": 64, "halo": 32}, "vectors": {"enabled": False},
-        "outputs": {"cog": False}, "runtime": {"threads_per_worker": 1}}),
-        backend=SerialBackend()).ok
-    png = np.asarray(Image.open(out / "quicklook.png").convert("RGB"))
+    png = _quicklook_of_pixels(tmp_path, tiny_bundles, 10.0)
     body = int(np.argmax((png == 255).all(axis=(1, 2))))  # the legend's white margin
     assert body == 50
     step = quicklook_step(120, 160)
