@@ -63,18 +63,21 @@ def open_all(hrefs: Sequence[str], nodata: float | None = None) -> dict[str, Ras
 
 
 def with_nodata(infos: dict[str, RasterInfo], nodata: float) -> dict[str, RasterInfo]:
-    """``nodata`` (``--nodata``) for the rasters that declare no nodata value and have no mask;
-    a raster's own nodata value or mask is kept (its collar must not become data), with one
-    warning when it differs from ``nodata``."""
-    own = [k for k, v in infos.items() if v.nodata is not None or v.has_dataset_mask]
-    differ = [k for k in own if infos[k].nodata is None or infos[k].nodata != float(nodata)]
+    """``nodata`` (``--nodata``) for the rasters that declare no nodata value (their mask, e.g.
+    the alpha GDAL reads into a 4th band of 8 bits, gives way to it, as before); a raster's own
+    nodata value is kept (its collar must not become data), with one warning when it differs
+    from ``nodata``."""
+    def same(a: float) -> bool:
+        return a == float(nodata) or (math.isnan(a) and math.isnan(float(nodata)))
+
+    own = [k for k, v in infos.items() if v.nodata is not None]
+    differ = [k for k in own if not same(float(infos[k].nodata))]  # type: ignore[arg-type]
     if differ:
-        first = infos[differ[0]]
-        theirs = f"nodata {first.nodata:g}" if first.nodata is not None else "a mask"
         warnings.warn(f"--nodata {nodata:g} is used for the images that declare none; "
-                      f"{len(differ)} declare their own, kept ({redact(differ[0])}: {theirs})",
-                      GeoSegWarning, stacklevel=3)
-    return {k: v if k in own else replace(v, nodata=float(nodata)) for k, v in infos.items()}
+                      f"{len(differ)} declare their own, kept ({redact(differ[0])}: nodata "
+                      f"{infos[differ[0]].nodata:g})", GeoSegWarning, stacklevel=3)
+    return {k: v if k in own else replace(v, nodata=float(nodata), has_dataset_mask=False)
+            for k, v in infos.items()}
 
 
 def file_items(paths: Sequence[str], bands: Sequence[str | int] | None,
@@ -326,8 +329,9 @@ def build_mosaic(items: Sequence[SourceItem], *, band_names: Sequence[str | None
     known = {k: v for k, v in (infos or {}).items() if k in hrefs}
     opened = open_all([h for h in hrefs if h not in known], nodata)
     if nodata is not None and known:  # opened by the caller (open_all: already applied)
-        known = {k: v if v.nodata is not None or v.has_dataset_mask
-                 else replace(v, nodata=float(nodata)) for k, v in known.items()}
+        known = {k: v if v.nodata is not None
+                 else replace(v, nodata=float(nodata), has_dataset_mask=False)
+                 for k, v in known.items()}
     all_infos = {**known, **opened}
     parts = [_parts(it, all_infos) for it in kept]
     dtype = _check_dtypes(kept, parts, band_names)

@@ -139,6 +139,15 @@ def test_nodata_is_for_the_images_that_declare_none(tmp_path: Path) -> None:
     data, valid = read_window(m, m.geobox.window, (1,))
     assert np.all(data[0, :, :8] == 5)
     assert np.all(data[0, 4:, 8:] == 7) and not valid[:4, 8:].any()  # filled; both collars
+    # 4 bands of 8 bits and no nodata: GDAL reads the 4th as alpha (a mask), which gives way
+    # to --nodata as before; its 255 collar is a hole the next image fills
+    rgbn = np.full((4, 16, 16), 50, np.uint8)
+    rgbn[:, :, 8:] = 255
+    a = write_raster(tmp_path / "rgbn.tif", rgbn, crs=UTM33)
+    b = write_raster(tmp_path / "rgbn_b.tif", np.full((4, 16, 16), 80, np.uint8), crs=UTM33)
+    m = open_source([str(a), str(b)], nodata=255)
+    data, valid = read_window(m, m.geobox.window, (1, 2, 3, 4))
+    assert valid.all() and np.all(data[:, :, 8:] == 80) and np.all(data[:, :, :8] == 50)
 
 
 def test_a_vrt_is_one_raster(local_scene: Scene) -> None:
