@@ -379,6 +379,7 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
                     "damaged image: taken as the repaired image (the same grid and sampled "
                     "pixels); the failed chunks are computed, the finished ones kept")
         changed = []
+        manifest.update(inputs=inputs)  # the repaired image is the run's input from now on
     if changed:  # before anything is touched: the earlier run stays as it was
         raise ResumeError(
             f"{redact(str(cfg.output))}: the input is not the one this run began with (its "

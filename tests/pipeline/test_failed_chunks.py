@@ -75,6 +75,9 @@ def test_a_repaired_image_resumes_as_the_advice_says(tmp_path: Path,
         resumed = geoseg.run(image, tmp_path / "out", resume=True, **opts)
         assert geoseg.run(image, tmp_path / "ref", **opts).complete
     assert resumed.complete and resumed.summary.chunks.computed_this_run == failed
+    with warnings.catch_warnings():  # the repaired image is the run's input from now on
+        warnings.simplefilter("ignore")
+        assert geoseg.run(image, tmp_path / "out", resume=True, **opts).complete
     a = zarr.open_group(str(tmp_path / "out" / "predictions.zarr"), mode="r")
     b = zarr.open_group(str(tmp_path / "ref" / "predictions.zarr"), mode="r")
     for name in ("landcover", "buildings_confidence"):
