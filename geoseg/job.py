@@ -362,7 +362,7 @@ def _run_locked(cfg: JobConfig, plan: Plan, folder: RunFolder, *, overwrite: boo
             "chunk_size": plan.chunks.chunk, "chunks": len(plan.chunks), "status": "running",
             "models": {m.name: {"id": m.model_id, "digest": m.digest, "engine": m.engine}
                        for m in plan.models},
-            "inputs": inputs}
+            "inputs": inputs, "input_paths": _input_paths(cfg)}
     if resume:
         _check_same_settings(cfg, key, plan)
     manifest = folder.start_manifest(meta, overwrite=overwrite, resume=resume,
@@ -468,6 +468,15 @@ def _resumable(exc: StorageError) -> StorageError:
     err = StorageError(f"{exc} with --resume (finished chunks are kept)")
     err.fatal = exc.fatal
     return err
+
+
+def _input_paths(cfg: JobConfig) -> list[str]:
+    """The job's inputs as a later command (``geoseg change``'s image check) can open them from
+    anywhere: local paths and patterns made absolute, URLs without their query (signed URLs
+    are credentials)."""
+    from geoseg.sources.remote import is_local_path
+
+    return [os.path.abspath(i) if is_local_path(i) else redact(i) for i in cfg.images]
 
 
 def _failed_on_damage(output: str) -> bool:

@@ -111,8 +111,10 @@ def open_run(path: str | Path, label: str) -> RunInfo:
     status = recorded.get("status") if manifest.is_file() else "complete"
     config = recorded.get("config")
     config = config if isinstance(config, dict) else {}
-    image = config.get("image")
-    inputs = (image,) if isinstance(image, str) else tuple(str(i) for i in image or ())
+    # the inputs as the run could open them from anywhere (absolute; runs before 2026-12-06
+    # recorded only the config's paths, relative to where they ran: source_image then)
+    paths = recorded.get("input_paths")
+    inputs = tuple(str(i) for i in paths) if isinstance(paths, list) else ()
     source = config.get("source") if isinstance(config.get("source"), dict) else None
     complete = bool(attrs.get("geoseg_complete", False)) and status == "complete"
     if not complete:

@@ -127,3 +127,25 @@ def test_dates_given_as_globs_of_tiles_are_run_and_checked_against_their_images(
     assert "not checked against the images" not in capsys.readouterr().err
     spectral = json.loads((again / "change_summary.json").read_text())["spectral"]
     assert spectral.get("min_spectral_change") and not spectral.get("skipped"), spectral
+
+
+def test_runs_of_relative_paths_are_checked_against_their_own_images(
+        tmp_path: Path, tiny_bundles: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each date run from its own folder as `geoseg run img.tif`: a change made from one of
+    those folders read the same img.tif for both dates (every change vetoed, no word), and
+    from elsewhere skipped the check. The runs record their inputs as absolute paths."""
+    for date, seed in (("a", 0), ("b", 3)):
+        (tmp_path / date).mkdir()
+        write_raster(tmp_path / date / "img.tif", textured(96, 128, seed=seed),
+                     descriptions=["red", "green", "blue", "nir"])
+        monkeypatch.chdir(tmp_path / date)
+        assert main(["-q", "run", "img.tif", "-o", str(tmp_path / f"run_{date}"), "-m",
+                     tiny_bundles[0], "--chunk-size", "64", "--no-vectors"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "change", str(tmp_path / "run_a"), str(tmp_path / "run_b"), "-o",
+                 str(tmp_path / "change")]) == 0  # from b's folder
+    assert "not checked against the images" not in capsys.readouterr().err
+    spectral = json.loads((tmp_path / "change" / "change_summary.json").read_text())["spectral"]
+    assert (spectral["image_a"], spectral["image_b"]) == (
+        str(tmp_path / "a" / "img.tif"), str(tmp_path / "b" / "img.tif")), spectral
