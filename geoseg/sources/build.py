@@ -107,12 +107,24 @@ def _named(info: RasterInfo) -> list[str] | None:
     return names if len(names) == info.count and len(set(names)) == info.count else None
 
 
+def _listed(info: RasterInfo) -> str:
+    return ", ".join(str(n) if n else "(unnamed)" for n in info.band_names)
+
+
 def _same_bands_as(info: RasterInfo, first: RasterInfo) -> list[int]:
     """The bands of ``info`` in the order of the mosaic's first file: by name where both
     files name every band (a file stored blue, green, red is read red, green, blue), else by
     position. Files that name different bands are refused: position would mix them."""
     mine, theirs = _named(info), _named(first)
-    if mine is None or theirs is None or mine == theirs:
+    if mine is None or theirs is None:  # by position, unless the names it has disagree
+        pairs = zip(info.band_names, first.band_names, strict=False)
+        if any(a and b and str(a).casefold() != str(b).casefold() for a, b in pairs):
+            raise BandMismatchError(
+                f"{redact(info.path)} names its bands {_listed(info)} but {redact(first.path)} "
+                f"{_listed(first)}: by position they would be mixed; name every band of both "
+                "(gdal_edit.py), so that they are matched by name")
+        return list(range(1, info.count + 1))
+    if mine == theirs:
         return list(range(1, info.count + 1))
     if sorted(mine) != sorted(theirs):
         raise BandMismatchError(

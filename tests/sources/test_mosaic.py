@@ -247,6 +247,12 @@ def test_a_file_storing_the_bands_in_another_order_is_read_by_name(scene: Scene)
     with pytest.raises(BandMismatchError, match=r"has bands named green, swir but .*a.tif has "
                                                 "red, nir: pick the same bands of each"):
         open_source([str(scene.a), str(other)])
+    partly = scene.a.with_name("c_partly.tif")  # nir, (unnamed): by position nir is read as red
+    write_raster(partly, scene.c_data[::-1], crs=UTM33, transform=scene.c_transform, nodata=0,
+                 descriptions=["nir", ""])
+    with pytest.raises(BandMismatchError, match=r"names its bands nir, \(unnamed\) but .*a.tif "
+                                                r"red, nir: by position they would be mixed"):
+        open_source([str(scene.a), str(partly)])
 
 
 def test_source_helpers() -> None:
