@@ -24,10 +24,12 @@ _MAX_DEPTH = 3
 
 
 def names_several(href: str) -> bool:
-    """Whether one input may name several images: a glob, a ``.txt`` list, a STAC document."""
+    """Whether one input may name several images (a glob, a ``.txt`` list, a STAC document),
+    or must be made a path first (a ``file://`` URL): :func:`expand_inputs` reads it."""
     pattern = not (is_remote(href) or "://" in href) and glob.has_magic(href) \
         and not os.path.exists(href)
-    return pattern or _suffix(href) in LIST_SUFFIXES + STAC_SUFFIXES
+    return (pattern or _suffix(href) in LIST_SUFFIXES + STAC_SUFFIXES
+            or href.lower().startswith("file://"))  # made a path by expand_inputs
 
 
 def _suffix(href: str) -> str:
@@ -66,6 +68,8 @@ def expand_inputs(inputs: Sequence[str], _depth: int = 0) -> list[tuple[Kind, st
         href = str(raw).strip()
         if not href:
             continue
+        if href.lower().startswith("file://"):  # a local file, as GDAL does not read the URL
+            href = resolve_href(href, None)
         suffix = _suffix(href)
         if suffix in LIST_SUFFIXES:
             listed = _read_list(href)

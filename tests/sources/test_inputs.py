@@ -38,8 +38,11 @@ def test_one_file_spelt_three_ways_is_one_input(local_scene: Scene,
     monkeypatch.chdir(local_scene.a.parent)
     link = local_scene.a.parent / "a-link.tif"
     link.symlink_to(local_scene.a)
-    spelt = ["a.tif", "./a.tif", str(local_scene.a), str(link), "c.tif"]
+    spelt = ["a.tif", "./a.tif", str(local_scene.a), str(link), local_scene.a.as_uri(), "c.tif"]
     assert expand_inputs(spelt) == [("raster", "a.tif"), ("raster", "c.tif")]
+    spaced = local_scene.a.with_name("my scene.tif")  # file:///.../my%20scene.tif
+    spaced.write_bytes(local_scene.a.read_bytes())
+    assert expand_inputs([spaced.as_uri()]) == [("raster", str(spaced))]
 
 
 def test_unknown_rule_and_missing_inputs(local_scene: Scene, tmp_path: Path) -> None:
