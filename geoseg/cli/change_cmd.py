@@ -64,6 +64,14 @@ def _run_dates(a: argparse.Namespace) -> tuple[Path, Path, tuple[str, str] | Non
     a_path, b_path = local_run(a.run_a), local_run(a.run_b)  # runs in object storage: fetched
     images = (str(a.images[0]), str(a.images[1])) if a.images else None
     if not (_is_image(a_path) or _is_image(b_path)):
+        given = source_options(a)
+        if given and not images:
+            from geoseg.errors import ConfigError
+
+            flags = ", ".join(f"--{k}" for k in given)
+            raise ConfigError(f"{flags}: how to read image dates or --images; the runs compared "
+                              "here are read as they were made: leave it out, or pass --images "
+                              "BEFORE AFTER")
         return a_path, b_path, images
     if not (_is_image(a_path) and _is_image(b_path)):
         raise InputError("give two run directories or two images, not one of each: "

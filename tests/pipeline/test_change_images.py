@@ -149,3 +149,9 @@ def test_runs_of_relative_paths_are_checked_against_their_own_images(
     spectral = json.loads((tmp_path / "change" / "change_summary.json").read_text())["spectral"]
     assert (spectral["image_a"], spectral["image_b"]) == (
         str(tmp_path / "a" / "img.tif"), str(tmp_path / "b" / "img.tif")), spectral
+    capsys.readouterr()
+    assert main(["-q", "change", str(tmp_path / "run_a"), str(tmp_path / "run_b"), "-o",
+                 str(tmp_path / "c2"), "--bands", "9,9", "--crs", "EPSG:4326"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --bands, --crs: how to read image dates")
+    assert not (tmp_path / "c2").exists()
