@@ -283,14 +283,7 @@ def write_metrics(name: str, bundle: Path, scores: dict[str, Any], threads: int,
 def build(name: str, out: Path, scenes: list[Path], args: argparse.Namespace,
           version: str = LOCAL_VERSION) -> Path:
     """Train bundle ``name`` into ``<out>/<config name>`` (and export its ONNX graph)."""
-    config = config_for(name, args.steps, args.seed, args.train_threads,
-                        args.max_minutes * 60 if args.max_minutes else None,
-                        args.maskrcnn_precision, args.init_from, version)
-    if args.lr is not None:
-        config = config.model_copy(update={"lr": args.lr})
-    if args.contact_weight and config.task == "buildings":
-        config = config.model_copy(update={"loss": config.loss.model_copy(
-            update={"contact_weight": args.contact_weight})})
+    config = train_config(name, args, version)
     files = [f for d in scenes for f in scene_files(d, config.task, DATES)]
     bundle = out / config.name
     train(config, files, bundle, resume=args.resume, overwrite=True)  # a rebuild
@@ -299,6 +292,30 @@ def build(name: str, out: Path, scenes: list[Path], args: argparse.Namespace,
 
         export_onnx(bundle)
     return bundle
+
+
+def train_config(name: str, args: argparse.Namespace, version: str = LOCAL_VERSION
+                 ) -> TrainConfig:
+    """The training config of bundle ``name`` with this command's options, validated (a bad
+    ``--steps`` or ``--lr`` is a one-line ConfigError, found before any scene is made)."""
+    from pydantic import ValidationError
+
+    from geoseg.setting_errors import explain
+
+    try:
+        config = config_for(name, args.steps, args.seed, args.train_threads,
+                            args.max_minutes * 60 if args.max_minutes else None,
+                            args.maskrcnn_precision, args.init_from, version)
+        update: dict[str, Any] = {}
+        if args.lr is not None:
+            update["lr"] = args.lr
+        if args.contact_weight and config.task == "buildings":
+            update["loss"] = {**config.loss.model_dump(), "contact_weight": args.contact_weight}
+        return TrainConfig.model_validate({**config.model_dump(), **update})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        where = ".".join(str(x) for x in e["loc"])
+        raise ConfigError(f"--{where.replace('_', '-')}: {explain([e])}") from None
 
 
 def bundle_dir(name: str, out: Path) -> Path:
@@ -329,6 +346,7 @@ def check_inputs(names: Sequence[str], args: argparse.Namespace) -> dict[str, st
         if args.init_from is not None and name != "maskrcnn":  # maskrcnn: random weights
             start_version = _check_start(name, args)
         versions[name] = recipe_version(name, args, start_version)
+        train_config(name, args, versions[name])  # bad --steps, --lr: before any scene
         out = check_bundle_dir(bundle_dir(name, args.out), resume=args.resume, overwrite=True)
         _check_writable(out)
     return versions

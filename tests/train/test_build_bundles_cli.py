@@ -128,3 +128,19 @@ def test_the_version_comes_from_the_starting_bundle(tmp_path: Path) -> None:
     for version, expect in (("1.1.0", LOCAL_VERSION), ("1.0.0", "1.1.0")):
         args = parser().parse_args([*argv, "--init-from", str(tmp_path / version)])
         assert check_inputs(["landcover"], args) == {"landcover": expect}
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--steps", "0", "--steps: should be at least 1, not 0"),
+    ("--lr", "-1", "--lr: should be more than 0.0, not -1.0"),
+])
+def test_bad_training_values_are_found_before_any_scene(tmp_path: Path, flag: str, value: str,
+                                                        said: str) -> None:
+    from geoseg.errors import ConfigError
+
+    args = parser().parse_args(["--only", "landcover", "--out", str(tmp_path / "o"),
+                                "--scenes", str(tmp_path / "scenes"), *TINY, flag, value])
+    with pytest.raises(ConfigError) as err:
+        check_inputs(["landcover"], args)
+    assert str(err.value) == said
+    assert not (tmp_path / "scenes").exists()
