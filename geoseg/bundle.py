@@ -10,6 +10,7 @@ an ONNX-only bundle ships (see :mod:`geoseg.engine`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -315,7 +316,7 @@ def _with_keys(text: str, keys: dict[str, Any]) -> str | None:
     lines = text.splitlines(keepends=True)
     for key, value in keys.items():
         start = next((i for i, ln in enumerate(lines)
-                      if ln.startswith(f"{key}:") or ln.startswith(f"{key} :")), None)
+                      if re.match(rf"""(["']?){re.escape(key)}\1\s*:""", ln)), None)
         block = [] if value is None else yaml.safe_dump(
             {key: value}, sort_keys=False, default_flow_style=False).splitlines(keepends=True)
         if start is None:

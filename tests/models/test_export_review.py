@@ -409,6 +409,11 @@ def test_recording_keys_keeps_a_hand_written_bundle_yaml(tmp_path: Path) -> None
     update_spec(bundle, halo=32)
     assert read_spec(bundle).halo == 32 and read_spec(bundle).halo_check == record
     assert "# the survey's classes" in path.read_text()
+    path.write_text(path.read_text().replace("\nhalo: 32", "\n'halo': 32"))  # quoted key
+    assert "\n'halo': 32" in path.read_text()
+    update_spec(bundle, halo=24)
+    assert path.read_text().count("halo:") + path.read_text().count("'halo':") == 1
+    assert read_spec(bundle).halo == 24
     path.write_text(yaml.safe_dump(data, default_flow_style=True))  # one flow mapping
     update_spec(bundle, halo=48)
     assert read_spec(bundle).halo == 48
