@@ -182,6 +182,9 @@ def start(root: Path, data: dict[str, Any], *, overwrite: bool, resume: bool,
     layout = RunLayout(root)
     entries = _entries(root)
     earlier = _is_ours(root)
+    # a run that failed before finishing any chunk (a model file that does not fit its
+    # architecture, found as the model loads) left nothing to keep: the same command starts anew
+    overwrite = overwrite or (not resume and _failed_empty(layout, earlier))
     todo = _existing(str(root), entries[0].name if entries else None, earlier is not None,
                      resume=resume, overwrite=overwrite, noun="file")
     if todo == "resume":
@@ -194,6 +197,18 @@ def start(root: Path, data: dict[str, Any], *, overwrite: bool, resume: bool,
     _write_json(layout.manifest, m.data)
     atomic_write_text(layout.chunks, "")
     return m
+
+
+def _failed_empty(layout: RunLayout, earlier: dict[str, Any] | None) -> bool:
+    """Whether the run in ``layout`` failed before it finished a single chunk."""
+    if earlier is None or earlier.get("status") != "failed":
+        return False
+    try:
+        return not layout.chunks.read_text().strip()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _remove_outputs(root: Path, names: list[str], protect: Iterable[Path]) -> None:

@@ -436,3 +436,36 @@ def test_tile_size_auto_is_a_flag_value_as_in_yaml(tmp_path: Path) -> None:
     assert job_config(a, "img.tif", "o").inference.tile_size == 512
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "img.tif", "-o", "o", "--tile-size", "big"])
+
+
+def test_a_model_that_fails_as_it_loads_leaves_a_run_the_same_command_starts_again(
+        tmp_path: Path, tiny_bundles: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A driver without torch checks only the weights' header; a tensor of the wrong shape
+    is found as the model loads, after --out was started. That run finished nothing, so once
+    the bundle is fixed the same command runs (it said "pass --resume or --overwrite")."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import geoseg.models.preflight as preflight
+    from tests.pipeline.conftest import textured
+
+    bundle = Path(shutil.copytree(tiny_bundles[0], tmp_path / "bundle"))
+    good = (bundle / "weights.safetensors").read_bytes()
+    weights = load_file(str(bundle / "weights.safetensors"))
+    name = next(k for k, v in weights.items() if k.startswith("decoder.") and v.ndim == 4)
+    weights[name] = torch.zeros((weights[name].shape[0] + 1, *weights[name].shape[1:]))
+    save_file(weights, str(bundle / "weights.safetensors"))
+    real = preflight.check_model_file
+    monkeypatch.setattr(preflight, "check_model_file",
+                        lambda *a, **k: real(*a, **{**k, "architecture": False}))
+    img = write_raster(tmp_path / "img.tif", textured(64, 64),
+                       descriptions=["red", "green", "blue", "nir"])
+    argv = ["-q", "run", str(img), "-o", str(tmp_path / "out"), "-m", str(bundle),
+            "--chunk-size", "64", "--no-vectors", "--engine", "torch"]
+    rc, _, err = _cli(capsys, *argv)
+    assert rc == 2 and name in _one_line(err)
+    (bundle / "weights.safetensors").write_bytes(good)
+    rc, _, err = _cli(capsys, *argv)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "complete"
