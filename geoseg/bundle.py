@@ -89,6 +89,13 @@ class Normalization(_Strict):
     clip_max: tuple[float, ...] | None = None
     clip_percentiles: tuple[float, float] | None = None
 
+    @property
+    def identity(self) -> bool:
+        """Mean 0, std 1 and no clip: the model (an ONNX graph) normalises by itself, so the
+        values it was trained on are not known here."""
+        return (all(m == 0 for m in self.mean) and all(s == 1 for s in self.std)
+                and self.clip_min is None)
+
     @field_validator("std")
     @classmethod
     def _positive(cls, v: tuple[float, ...]) -> tuple[float, ...]:

@@ -276,7 +276,10 @@ def sampled_values(image: RasterInfo | Mosaic, window: Window,
 
 def far_band(values: np.ndarray, norm: Normalization) -> int | None:
     """The first band whose ``values`` (C, N), normalised by ``norm``, have a mean beyond
-    :data:`_FAR` or a spread under :data:`_NARROW` (a varying band only); None if none."""
+    :data:`_FAR` or a spread under :data:`_NARROW` (a varying band only); None if none, or
+    when ``norm`` is the identity (a graph that normalises by itself: nothing to judge by)."""
+    if norm.identity:
+        return None
     normed = norm.apply(values[:, None, :])[:, 0, :]
     far = np.abs(normed.mean(axis=1)) > _FAR
     narrow = (normed.std(axis=1) < _NARROW) & (values.std(axis=1) > 0)

@@ -99,6 +99,26 @@ def test_values_far_from_the_training_images_warn(tmp_path: Path, scale: float,
         assert msgs[0].startswith(f"{tif}: band 1 values (mean ") and "scaling" in msgs[0]
 
 
+def test_a_graph_that_normalises_by_itself_is_not_judged(tmp_path: Path,
+                                                          tiny_bundles: tuple[str, str]) -> None:
+    """normalization mean 0, std 1 (README: an ONNX graph that normalises by itself): the
+    values it was trained on are unknown, so no "far from" warning for a 0-255 image."""
+    import shutil
+
+    import yaml
+
+    bundle = Path(shutil.copytree(tiny_bundles[0], tmp_path / "own-norm"))
+    spec = yaml.safe_load((bundle / "bundle.yaml").read_text())
+    spec["normalization"] = {"mean": [0, 0, 0, 0], "std": [1, 1, 1, 1]}
+    (bundle / "bundle.yaml").write_text(yaml.safe_dump(spec))
+    tif = write_raster(tmp_path / "img.tif", textured(96, 96, seed=5),
+                       descriptions=["red", "green", "blue", "nir"])
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        make_plan(_cfg(tif, tmp_path / "o", [str(bundle)]))  # type: ignore[arg-type]
+    assert not [w for w in rec if "far from those model" in str(w.message)]
+
+
 def test_a_damaged_image_is_left_to_the_chunks(tmp_path: Path) -> None:
     """The sample read must not stop the plan: the chunks report a damaged file as they do
     (a COG whose header is whole and whose tiles are cut off)."""
