@@ -327,8 +327,11 @@ def validate_job(data: dict[str, object], source: str = "config",
             msg = explain([x for x in errors if _setting(x["loc"]) == where[0]])
         more = f" (and {len(where) - 1} more problem(s))" if len(where) > 1 else ""
         prefix = f"{source}: " if source else ""
-        raise ConfigError(f"{prefix}{(names or {}).get(where[0], where[0])}: {msg}{more}"
-                          ) from exc
+        shown = (names or {}).get(where[0], where[0])
+        field = msg.split(" ", 1)[0]  # a section's own check names its field: "tile_size must"
+        if f"{where[0]}.{field}" in (names or {}):
+            shown, msg = (names or {})[f"{where[0]}.{field}"], msg.split(" ", 1)[1]
+        raise ConfigError(f"{prefix}{shown}: {msg}{more}") from exc
 
 
 def _setting(loc: tuple[int | str, ...]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.cli.progress import ProgressLine, fmt_duration
-from geoseg.errors import GeoSegError
+from geoseg.errors import ConfigError, GeoSegError
 from geoseg.layout import RunLayout
 
 
@@ -156,10 +156,16 @@ def _region(a: argparse.Namespace) -> dict[str, Any] | None:
             raise GeoSegError(f"bad --bbox {a.bbox!r}: give minx,miny,maxx,maxy") from None
         if len(bbox) != 4:
             raise GeoSegError(f"bad --bbox {a.bbox!r}: give exactly 4 numbers")
+        if not a.region_crs:
+            raise ConfigError("--bbox needs --bbox-crs, the CRS of its numbers (e.g. "
+                              "--bbox-crs EPSG:4326 for longitudes and latitudes)")
         return {"bbox": bbox, "crs": a.region_crs}
     if a.region:
         return {"file": a.region, "crs": a.region_crs}
     if a.wkt:
+        if not a.region_crs:
+            raise ConfigError("--wkt needs --region-crs, the CRS of its coordinates (e.g. "
+                              "--region-crs EPSG:4326 for longitudes and latitudes)")
         return {"wkt": a.wkt, "crs": a.region_crs}
     return None
 

@@ -84,6 +84,9 @@ def test_bad_job_config_is_one_line(tmp_path: Path, image: Path, text: bytes, ne
     (["--halo", "-5"], "error: --halo: should be at least 0 or 'auto', not -5"),
     (["--chunk-size", "0"], "error: --chunk-size: should be at least 64, not 0"),
     (["--threads", "0"], "error: --threads: should be at least 1, not 0"),
+    (["--tile-size", "100"], "error: --tile-size: must be 'auto' or a multiple of 32 ≥ 64"),
+    (["--bbox", "1,2,3,4"], "error: --bbox needs --bbox-crs, the CRS of its numbers (e.g. "
+                            "--bbox-crs EPSG:4326 for longitudes and latitudes)"),
 ])
 def test_a_bad_flag_value_is_named_as_the_flag(tmp_path: Path, image: Path, flags: list[str],
                                                line: str,
