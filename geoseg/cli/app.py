@@ -158,6 +158,8 @@ def _dispatch(args: argparse.Namespace, exit_code: Callable[[BaseException], int
 
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or exc.title
+        if hasattr(args, where):  # a flag of this command (train's --chip-size, --steps, ...)
+            where = "--" + where.replace("_", "-")
         print(f"error: {where}: {explain([first])}", file=sys.stderr)
         return ConfigError.exit_code
 

@@ -308,7 +308,7 @@ def test_cli_reports_bad_settings_in_one_line(tiny_scene: Path, tmp_path: Path,
     pair = ["--image", str(tiny_scene / "image_t0.tif"),
             "--labels", str(tiny_scene / "landcover_t0.tif")]
     rc, line = _cli(capsys, tmp_path, *pair, "--chip-size", "100")
-    assert rc == 2 and line == "error: chip_size: should be a multiple of 32, not 100", line
+    assert rc == 2 and line == "error: --chip-size: should be a multiple of 32, not 100", line
     rc, line = _cli(capsys, tmp_path, *pair, "--chip-size", "64", "--encoder", "nosuch",
                     "--steps", "1")
     assert rc == 2 and "unknown encoder 'nosuch'" in line
