@@ -295,7 +295,9 @@ def write_spec(spec: BundleSpec, bundle_dir: str | Path) -> Path:
 
 
 def update_spec(bundle_dir: str | Path, **keys: Any) -> Path:
-    """Set top-level ``keys`` of ``bundle.yaml`` as it is now (None removes a key), keeping
+    """Set top-level ``keys`` of ``bundle.yaml`` as it is now, re-read just before it is
+    written (keys another command wrote meanwhile, an ``onnx:`` of a parallel export, are
+    kept; None removes a key), keeping
     the rest of the file as written, comments and layout included: only the lines of those
     keys change (a hand-written bundle.yaml stays the user's). Falls back to writing the
     whole spec when the file's text does not allow that (the result is checked either way)."""
@@ -310,7 +312,7 @@ def update_spec(bundle_dir: str | Path, **keys: Any) -> Path:
         same = text is not None and BundleSpec.model_validate(yaml.safe_load(text)) == wanted
     except (yaml.YAMLError, ValidationError):
         same = False
-    if not same or text is None:
+    if text is None or not same:  # (None: an empty file)
         return write_spec(wanted, bundle_dir)
     atomic_write_text(path, text)
     return path
@@ -318,8 +320,9 @@ def update_spec(bundle_dir: str | Path, **keys: Any) -> Path:
 
 def _with_keys(text: str, keys: dict[str, Any]) -> str | None:
     """``text`` (YAML) with each top-level key of ``keys`` replaced in place (its line and the
-    indented lines under it), appended when absent, removed when None; None when a key's
-    block cannot be found by its lines alone (e.g. a flow mapping of the whole file)."""
+    indented lines under it), appended when absent, removed when None; None for an empty
+    file. Text this cannot edit by lines (a flow mapping of the whole file) comes out wrong,
+    which :func:`update_spec` finds by reading it back."""
     lines = text.splitlines(keepends=True)
     for key, value in keys.items():
         start = next((i for i, ln in enumerate(lines)

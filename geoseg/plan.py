@@ -224,11 +224,10 @@ def input_fingerprint(plan: Plan) -> dict[str, Any]:
         except (OSError, GeoSegError):
             per_window.append(None)
             continue
-        one = hashlib.sha256(np.ascontiguousarray(data).tobytes())
-        one.update(np.packbits(valid).tobytes())
-        per_window.append(one.hexdigest())
-        hasher.update(np.ascontiguousarray(data).tobytes())
-        hasher.update(np.packbits(valid).tobytes())
+        raw, mask = np.ascontiguousarray(data).tobytes(), np.packbits(valid).tobytes()
+        per_window.append(hashlib.sha256(raw + mask).hexdigest())
+        hasher.update(raw)
+        hasher.update(mask)
     digest = hasher.hexdigest() if per_window and None not in per_window else None
     g = plan.grid
     return {"grid": {"shape": list(g.shape), "transform": list(g.transform)[:6],
@@ -286,6 +285,14 @@ def far_band(values: np.ndarray, norm: Normalization) -> int | None:
     return int(np.argmax(far | narrow)) if (far | narrow).any() else None
 
 
+def far_text(band: int, values: np.ndarray, norm: Normalization, i: int, whose: str) -> str:
+    """``band``'s values (row ``i`` of ``values``) beside those ``whose`` (``model NAME@V``,
+    ``--init-from NAME``) was trained on: the head of every "far from" message."""
+    return (f"band {band} values (mean {values[i].mean():.4g}, spread {values[i].std():.3g}) "
+            f"are far from those {whose} was trained on (mean {norm.mean[i]:.4g}, spread "
+            f"{norm.std[i]:.3g})")
+
+
 def check_value_range(image: RasterInfo | Mosaic, window: Window,
                       models: tuple[ModelRef, ...]) -> None:
     """Warn when the image's values are far from those each model was trained on
@@ -301,14 +308,11 @@ def check_value_range(image: RasterInfo | Mosaic, window: Window,
         i = far_band(values, m.spec.normalization)
         if i is None:
             continue
-        norm = m.spec.normalization
+        far = far_text(bands[i], values, m.spec.normalization, i, f"model {m.model_id}")
         warnings.warn(
-            f"{redact(image.path)}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
-            f"{values[i].std():.3g}) are far from those model {m.model_id} was trained on (mean "
-            f"{norm.mean[i]:.4g}, spread {norm.std[i]:.3g}): check the image's scaling (e.g. "
-            "reflectance 0-1 or 0-10000 given to a model trained on 0-255 images), or use a "
-            "model trained on such images; the map may be meaningless", GeoSegWarning,
-            stacklevel=2)
+            f"{redact(image.path)}: {far}: check the image's scaling (e.g. reflectance 0-1 or "
+            "0-10000 given to a model trained on 0-255 images), or use a model trained on such "
+            "images; the map may be meaningless", GeoSegWarning, stacklevel=2)
 
 
 def _check_alpha(image: RasterInfo, m: ModelRef, values: np.ndarray) -> None:
@@ -355,7 +359,9 @@ def open_image(cfg: JobConfig, region: Region | None) -> RasterInfo | Mosaic:
     if region is not None:
         left, bottom, right, top = region.geometry.bounds
         bounds = Bounds(left, bottom, right, top, region.crs)
-    bands = None if s.bands is None else [int(b) if b.isdigit() else b for b in s.bands]
+    from geoseg.sources import band_refs
+
+    bands = band_refs(s.bands)
     return open_source(cfg.images, bands=bands, crs=s.crs, resolution=s.resolution,
                        mosaic=s.mosaic, nodata=s.nodata, region=bounds)
 

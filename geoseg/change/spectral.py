@@ -164,12 +164,12 @@ def _open(image: Image, source: Mapping[str, Any] | None) -> Any:
     import warnings
 
     from geoseg.errors import GeoSegWarning
-    from geoseg.sources import open_source
+    from geoseg.sources import band_refs, open_source
 
     keys = ("bands", "crs", "resolution", "mosaic", "nodata")
     opts = {k: v for k, v in (source or {}).items() if k in keys and v is not None}
     if "bands" in opts:  # as the run's plan reads them: "2" is band 2
-        opts["bands"] = [int(b) if str(b).isdigit() else b for b in opts["bands"]]
+        opts["bands"] = band_refs(opts["bands"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GeoSegWarning)
         return open_source([image] if isinstance(image, str) else list(image), **opts)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoseg.bundle import BundleSpec, bundle_file, read_spec
+from geoseg.bundle import BundleSpec, bundle_file, read_spec, update_spec
 from geoseg.errors import BundleError, GeoSegWarning, InputError
-from geoseg.models.halo import check_image, fewer_windows, record_keys, require_writable
+from geoseg.models.halo import check_image, fewer_windows, require_writable
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def check_bundle(bundle_dir: str | Path, image: str | Path, *, windows: int = 8,
     if report is not None:
         report(result)
     if record:
-        record_keys(bundle_dir, bf16_agreement=round(result.share, 6))
+        update_spec(bundle_dir, bf16_agreement=round(result.share, 6))
     return result.share
 
 

@@ -112,20 +112,13 @@ def require_writable(bundle_dir: str | Path) -> None:
         os.unlink(probe)
 
 
-def record_keys(bundle_dir: str | Path, **keys: Any) -> None:
-    """Set ``keys`` in ``bundle.yaml`` as it is now, re-read just before it is written: keys
-    that another command wrote while this one worked (an ``onnx:`` of a parallel export, a
-    ``halo`` of a parallel check) are kept; a key set to None is removed."""
-    update_spec(bundle_dir, **keys)
-
-
 def check_image(spec: BundleSpec, info: RasterInfo | Mosaic, image: str | Path) -> None:
     """The checks ``geoseg run`` makes of an image (:mod:`geoseg.plan`), made before a check
     measures a bundle on it: the bands the bundle reads exist and, where the image and the
     bundle name them, are the bundle's, in its order; and the image's values are on the scale
     the bundle was trained on. Run only warns about the scale; a check refuses it, since what
     it measured would be recorded in ``bundle.yaml`` and steer every later run."""
-    from geoseg.plan import ModelRef, check_bands, far_band, sampled_values
+    from geoseg.plan import ModelRef, check_bands, far_band, far_text, sampled_values
 
     require_bands(spec, info.count, str(image))
     ref = ModelRef(spec.task, "", spec, "")
@@ -135,13 +128,11 @@ def check_image(spec: BundleSpec, info: RasterInfo | Mosaic, image: str | Path) 
     i = None if values is None else far_band(values, spec.normalization)
     if values is None or i is None:
         return
-    norm = spec.normalization
+    far = far_text(bands[i], values, spec.normalization, i, f"model {ref.model_id}")
     raise InputError(
-        f"{image}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
-        f"{values[i].std():.3g}) are far from those model {ref.model_id} was trained on (mean "
-        f"{norm.mean[i]:.4g}, spread {norm.std[i]:.3g}), so a check measured on it would be "
-        "recorded but mean nothing: give an image scaled like the model's training images "
-        "(e.g. not reflectance 0-1 or 0-10000 for a model trained on 0-255 images)")
+        f"{image}: {far}, so a check measured on it would be recorded but mean nothing: give "
+        "an image scaled like the model's training images (e.g. not reflectance 0-1 or "
+        "0-10000 for a model trained on 0-255 images)")
 
 
 def fewer_windows(image: str | Path, found: int, asked: int, size: int, what: str) -> None:
@@ -225,7 +216,7 @@ def check_bundle(bundle_dir: str | Path, image: str | Path, *, chunk: int = 1024
     if record:
         table = HaloRecord(chunk=result.chunk, windows=result.windows,
                            worst={h: round(a, 6) for h, a in result.worst.items()})
-        record_keys(bundle_dir, halo=result.halo, halo_check=table)
+        update_spec(bundle_dir, halo=result.halo, halo_check=table)
     return result
 
 

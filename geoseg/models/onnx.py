@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
-from geoseg.bundle import BundleSpec, read_spec
+from geoseg.bundle import BundleSpec, read_spec, update_spec
 from geoseg.engine import ONNX_INSTALL
 from geoseg.errors import BundleError, MissingDependencyError, OutputExistsError
 from geoseg.models.bf16 import torch_weights
 from geoseg.models.factory import build_model, dummy_input, is_semantic
-from geoseg.models.halo import record_keys
 from geoseg.models.weights import load_weights, weights_path
 from geoseg.outdir import storage_errors
 
@@ -85,12 +84,12 @@ def _put_in_place(bundle_dir: Path, tmp: Path, path: Path) -> None:
     auto runs the weights; a rerun exports it again), never a graph that bundle.yaml does not
     name (which an export refuses as not geoseg's). A failed rename restores the name it had."""
     before = read_spec(bundle_dir).onnx
-    record_keys(bundle_dir, onnx=path.name)
+    update_spec(bundle_dir, onnx=path.name)
     try:
         os.replace(tmp, path)
     except BaseException:
         if before != path.name:
-            record_keys(bundle_dir, onnx=before)
+            update_spec(bundle_dir, onnx=before)
         raise
 
 

@@ -33,6 +33,14 @@ def _identity(bands: Sequence[str | int], info: RasterInfo) -> bool:
     return want in (numbers, names)
 
 
+def band_refs(bands: Sequence[str | int] | None) -> list[str | int] | None:
+    """Bands as a config or a flag gives them (``red``, ``"2"``) as :func:`open_source` takes
+    them: digits are 1-based band numbers, other text band names."""
+    if bands is None:
+        return None
+    return [int(b) if str(b).isdigit() else b for b in bands]
+
+
 def open_source(inputs: Sequence[str], *, bands: Sequence[str | int] | None = None,
                 crs: Any = None, resolution: float | None = None, mosaic: str = "first",
                 nodata: float | None = None, region: Bounds | None = None

@@ -76,7 +76,13 @@ def with_nodata(infos: dict[str, RasterInfo], nodata: float) -> dict[str, Raster
         warnings.warn(f"--nodata {nodata:g} is used for the images that declare none; "
                       f"{len(differ)} declare their own, kept ({redact(differ[0])}: nodata "
                       f"{infos[differ[0]].nodata:g})", GeoSegWarning, stacklevel=3)
-    return {k: v if k in own else replace(v, nodata=float(nodata), has_dataset_mask=False)
+    return _fill_nodata(infos, nodata)
+
+
+def _fill_nodata(infos: dict[str, RasterInfo], nodata: float) -> dict[str, RasterInfo]:
+    """``nodata`` for the rasters that declare none (see :func:`with_nodata`)."""
+    return {k: v if v.nodata is not None
+            else replace(v, nodata=float(nodata), has_dataset_mask=False)
             for k, v in infos.items()}
 
 
@@ -341,9 +347,7 @@ def build_mosaic(items: Sequence[SourceItem], *, band_names: Sequence[str | None
     known = {k: v for k, v in (infos or {}).items() if k in hrefs}
     opened = open_all([h for h in hrefs if h not in known], nodata)
     if nodata is not None and known:  # opened by the caller (open_all: already applied)
-        known = {k: v if v.nodata is not None
-                 else replace(v, nodata=float(nodata), has_dataset_mask=False)
-                 for k, v in known.items()}
+        known = _fill_nodata(known, nodata)
     all_infos = {**known, **opened}
     parts = [_parts(it, all_infos) for it in kept]
     dtype = _check_dtypes(kept, parts, band_names)

@@ -26,10 +26,14 @@ _MAX_DEPTH = 3
 def names_several(href: str) -> bool:
     """Whether one input may name several images (a glob, a ``.txt`` list, a STAC document),
     or must be made a path first (a ``file://`` URL): :func:`expand_inputs` reads it."""
-    pattern = not (is_remote(href) or "://" in href) and glob.has_magic(href) \
-        and not os.path.exists(href)
+    pattern = not _addressed(href) and glob.has_magic(href) and not os.path.exists(href)
     return (pattern or _suffix(href) in LIST_SUFFIXES + STAC_SUFFIXES
             or href.lower().startswith("file://"))  # made a path by expand_inputs
+
+
+def _addressed(href: str) -> bool:
+    """Whether ``href`` is a URL or a GDAL virtual path, not a local path (nor a pattern)."""
+    return is_remote(href) or "://" in href or href.startswith("/vsi")
 
 
 def _suffix(href: str) -> str:
@@ -80,7 +84,7 @@ def expand_inputs(inputs: Sequence[str], _depth: int = 0) -> list[tuple[Kind, st
                 out += expand_inputs(listed, _depth + 1)
             except RasterNotFoundError as exc:
                 raise RasterNotFoundError(f"{exc} (listed in {redact(href)})") from None
-        elif is_remote(href) or "://" in href or href.startswith("/vsi"):
+        elif _addressed(href):
             out.append(("stac" if suffix in STAC_SUFFIXES else "raster", href))
         elif glob.has_magic(href) and not Path(href).exists():  # scan[1].tif: that file
             matches = sorted(p for p in glob.glob(href, recursive=True) if Path(p).is_file())
@@ -93,8 +97,8 @@ def expand_inputs(inputs: Sequence[str], _depth: int = 0) -> list[tuple[Kind, st
             out.append(("stac" if suffix in STAC_SUFFIXES else "raster", href))
     first: dict[tuple[Kind, str], tuple[Kind, str]] = {}
     for kind, href in out:  # a.tif, ./a.tif and /abs/a.tif are one file
-        local = not (is_remote(href) or "://" in href or href.startswith("/vsi"))
-        first.setdefault((kind, os.path.realpath(href) if local else href), (kind, href))
+        first.setdefault((kind, href if _addressed(href) else os.path.realpath(href)),
+                         (kind, href))
     unique = list(first.values())
     if len(unique) < len(out):
         log.warning("%d repeated input(s) ignored", len(out) - len(unique))

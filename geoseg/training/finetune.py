@@ -79,7 +79,7 @@ def check_start_range(start: StartingBundle, images: Sequence[Path],
     bundle's normalization, so 0-10000 reflectances would reach its weights as inputs hundreds
     of standard deviations out; training without ``--init-from`` takes these images' own."""
     from geoseg.io import open_info
-    from geoseg.plan import far_band, sampled_values
+    from geoseg.plan import far_band, far_text, sampled_values
 
     norm = start.spec.normalization
     for image in images:
@@ -88,11 +88,9 @@ def check_start_range(start: StartingBundle, images: Sequence[Path],
         i = None if values is None else far_band(values, norm)
         if values is None or i is None:
             continue
+        far = far_text(bands[i], values, norm, i, f"--init-from {start.spec.name}")
         warnings.warn(
-            f"{image}: band {bands[i]} values (mean {values[i].mean():.4g}, spread "
-            f"{values[i].std():.3g}) are far from those --init-from {start.spec.name} was "
-            f"trained on (mean {norm.mean[i]:.4g}, spread {norm.std[i]:.3g}), and fine-tuning "
-            "keeps its normalization: rescale the images to its range, or train without "
-            "--init-from (the normalization then comes from these images)", GeoSegWarning,
-            stacklevel=2)
+            f"{image}: {far}, and fine-tuning keeps its normalization: rescale the images to "
+            "its range, or train without --init-from (the normalization then comes from these "
+            "images)", GeoSegWarning, stacklevel=2)
         return

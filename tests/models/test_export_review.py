@@ -263,8 +263,8 @@ def test_what_was_measured_is_printed_before_it_is_recorded(
         raise StorageError(f"disk full writing {bundle / 'bundle.yaml'}: free some space, "
                            "then rerun")
 
-    monkeypatch.setattr(halo_mod, "record_keys", fails)
-    monkeypatch.setattr(bf16_mod, "record_keys", fails)
+    monkeypatch.setattr(halo_mod, "update_spec", fails)
+    monkeypatch.setattr(bf16_mod, "update_spec", fails)
     rc = main(["export", str(bundle), check, str(_image(tmp_path / "img.tif", 64))])
     out, err = capsys.readouterr()
     assert rc == StorageError.exit_code and "disk full" in _one_error(err)
